@@ -1,0 +1,83 @@
+//! Flags shared by every subcommand that runs a model.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use lcserve_engine::EngineConfig;
+use lcserve_model::Model;
+
+/// File name `scripts/fetch-model` gives the reference model.
+const REFERENCE_MODEL: &str = "smollm2-135m-instruct.Q4_1.gguf";
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// GGUF file or Hugging Face directory [default: the reference model fetched by
+    /// scripts/fetch-model, under $LCSERVE_MODEL_DIR or ./models].
+    #[arg(long, env = "LCSERVE_MODEL")]
+    pub model: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    pub fn path(&self) -> PathBuf {
+        self.model.clone().unwrap_or_else(|| {
+            let dir = std::env::var_os("LCSERVE_MODEL_DIR").map_or_else(|| PathBuf::from("models"), PathBuf::from);
+            dir.join(REFERENCE_MODEL)
+        })
+    }
+
+    /// Loads the model, with a progress bar on a terminal.
+    pub fn load(&self) -> anyhow::Result<Arc<Model>> {
+        let path = self.path();
+        if self.model.is_none() && !path.exists() {
+            anyhow::bail!("no model at {}: run scripts/fetch-model, or pass --model PATH", path.display());
+        }
+        let bar = ProgressBar::new(0).with_message(format!("loading {}", path.display()));
+        bar.set_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} layers")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let model = Model::load(&path, &mut |p| {
+            bar.set_length(p.layers_total as u64);
+            bar.set_position(p.layers_done as u64);
+        })
+        .with_context(|| format!("loading model {}", path.display()))?;
+        bar.finish_and_clear();
+        Ok(Arc::new(model))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Tokens per KV block.
+    #[arg(long, env = "LCSERVE_BLOCK_SIZE", default_value_t = 64)]
+    pub block_size: usize,
+    /// Bytes of memory for the paged KV pool.
+    #[arg(long, env = "LCSERVE_KV_CACHE_BYTES", default_value_t = 1 << 30)]
+    pub kv_cache_bytes: usize,
+    /// Most prompt tokens computed per step (chunked prefill).
+    #[arg(long, env = "LCSERVE_PREFILL_CHUNK", default_value_t = 512)]
+    pub prefill_chunk: usize,
+    /// Most sequences decoded together.
+    #[arg(long, env = "LCSERVE_MAX_RUNNING", default_value_t = 32)]
+    pub max_running: usize,
+    /// Compute threads [default: all cores].
+    #[arg(long, env = "LCSERVE_THREADS")]
+    pub threads: Option<usize>,
+}
+
+impl EngineArgs {
+    pub fn config(&self) -> EngineConfig {
+        let defaults = EngineConfig::default();
+        EngineConfig {
+            block_size: self.block_size,
+            kv_cache_bytes: self.kv_cache_bytes,
+            prefill_chunk: self.prefill_chunk,
+            max_running: self.max_running,
+            threads: self.threads.unwrap_or(defaults.threads),
+            prefix_caching: defaults.prefix_caching,
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! `lcserve generate`: one prompt through the engine, streamed to stdout.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::Args;
+use lcserve_engine::{EngineEvent, EngineHandle, GenerateRequest, SamplingParams, StopConditions};
+use lcserve_model::{ChatMessage, Model};
+use serde::Serialize;
+
+use crate::engine_args::{EngineArgs, ModelArgs};
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// The prompt text.
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// System message for --chat (the template's default when absent).
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop at this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Print one JSON summary at the end instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    text: String,
+    finish_reason: String,
+    prompt_tokens: usize,
+    generated_tokens: usize,
+    cached_tokens: usize,
+    ttft_ms: f64,
+    prefill_tokens_per_s: f64,
+    decode_tokens_per_s: f64,
+}
+
+/// Tokenizes `prompt`, through the chat template when asked.
+pub fn encode_prompt(model: &Model, prompt: &str, chat: bool, system: Option<&str>) -> anyhow::Result<Vec<u32>> {
+    if !chat {
+        return Ok(model.tokenizer.encode(prompt, true)?);
+    }
+    let template = model.chat_template.as_ref().context("--chat: the model has no chat template")?;
+    let mut messages = Vec::new();
+    if let Some(system) = system {
+        messages.push(ChatMessage { role: "system".into(), content: system.into() });
+    }
+    messages.push(ChatMessage { role: "user".into(), content: prompt.into() });
+    let text = template.render(&messages, true, &model.tokenizer)?;
+    Ok(model.tokenizer.encode(&text, false)?)
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let model = args.model.load()?;
+    let prompt = encode_prompt(&model, &args.prompt, args.chat, args.system.as_deref())?;
+    let engine = EngineHandle::start(model, args.engine.config())?;
+    let request = GenerateRequest {
+        prompt,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+            repetition_penalty: args.repetition_penalty,
+            seed: args.seed,
+            ..SamplingParams::default()
+        },
+        stop: StopConditions { max_tokens: args.max_tokens, stop_strings: args.stop, ..StopConditions::default() },
+        cache_salt: Vec::new(),
+    };
+    let mut stream = engine.submit(request)?;
+    let mut stdout = std::io::stdout().lock();
+    let mut text = String::new();
+    while let Some(event) = stream.blocking_next() {
+        match event {
+            EngineEvent::Token { text: piece, .. } => {
+                if !args.json {
+                    stdout.write_all(piece.as_bytes())?;
+                    stdout.flush()?;
+                }
+                text.push_str(&piece);
+            }
+            EngineEvent::Finished { reason, text: rest, usage, timings } => {
+                text.push_str(&rest);
+                if args.json {
+                    let computed = usage.prompt_tokens - usage.cached_tokens;
+                    let summary = Summary {
+                        text,
+                        finish_reason: serde_json::to_value(reason)?.as_str().unwrap_or_default().to_owned(),
+                        prompt_tokens: usage.prompt_tokens,
+                        generated_tokens: usage.completion_tokens,
+                        cached_tokens: usage.cached_tokens,
+                        ttft_ms: timings.time_to_first_token.as_secs_f64() * 1e3,
+                        prefill_tokens_per_s: timings.prefill_tokens_per_s(computed),
+                        decode_tokens_per_s: timings.decode_tokens_per_s(usage.completion_tokens),
+                    };
+                    writeln!(stdout, "{}", serde_json::to_string(&summary)?)?;
+                } else {
+                    stdout.write_all(rest.as_bytes())?;
+                    writeln!(stdout)?;
+                }
+                return Ok(());
+            }
+            EngineEvent::Error(error) => return Err(error.into()),
+        }
+    }
+    anyhow::bail!("the engine stopped before the request finished")
+}

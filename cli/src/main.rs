@@ -1,0 +1,38 @@
+//! `lcserve`: one binary, many subcommands. Each subcommand parses its flags and calls library
+//! code; nothing here computes.
+
+mod bench;
+mod engine_args;
+mod generate;
+mod model_cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Serve long-context language models.
+#[derive(Debug, Parser)]
+#[command(name = "lcserve", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate a completion for one prompt and stream it to stdout.
+    Generate(generate::GenerateArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Inspect or create model files.
+    #[command(subcommand)]
+    Model(model_cmd::ModelCommand),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(command) => bench::run(command),
+        Command::Model(command) => model_cmd::run(command),
+    }
+}

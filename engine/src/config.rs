@@ -1,0 +1,58 @@
+//! Engine settings, validated once at start.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::EngineError;
+
+/// How an engine uses its model and memory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EngineConfig {
+    /// Tokens per KV block; one value per deployment (block hashes depend on it).
+    pub block_size: usize,
+    /// Bytes of KV memory the paged pool may use (rounded down to whole blocks).
+    pub kv_cache_bytes: usize,
+    /// Most prompt tokens computed in one step; long prompts are prefilled in chunks so decoding
+    /// sequences keep getting steps in between.
+    pub prefill_chunk: usize,
+    /// Most sequences decoded together in one step.
+    pub max_running: usize,
+    /// Compute threads (rayon pool owned by the engine thread).
+    pub threads: usize,
+    /// Keep finished sequences' full blocks findable by hash until evicted.
+    pub prefix_caching: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 64,
+            kv_cache_bytes: 1 << 30,
+            prefill_chunk: 512,
+            max_running: 32,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            prefix_caching: true,
+        }
+    }
+}
+
+impl EngineConfig {
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let positive = [
+            ("block_size", self.block_size),
+            ("kv_cache_bytes", self.kv_cache_bytes),
+            ("prefill_chunk", self.prefill_chunk),
+            ("max_running", self.max_running),
+            ("threads", self.threads),
+        ];
+        if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(EngineError::InvalidConfig { field, reason: "must be positive".into() });
+        }
+        if self.block_size > 4096 {
+            return Err(EngineError::InvalidConfig {
+                field: "block_size",
+                reason: format!("{} exceeds 4096", self.block_size),
+            });
+        }
+        Ok(())
+    }
+}

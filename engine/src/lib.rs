@@ -1,0 +1,32 @@
+//! The lcserve engine: one model on one device, serving many sequences at once.
+//!
+//! - [`EngineHandle`] starts the engine thread (which owns the model's compute pool) and takes
+//!   requests; each request's [`EventStream`] yields tokens and one terminal event.
+//! - The scheduler (private) runs steps: admit waiting sequences after reusing their longest
+//!   cached prefix, stack decode tokens and prefill chunks into one forward pass, sample, stream,
+//!   retire. When the pool is full it preempts by recompute.
+//! - [`BlockAllocator`] is the paged pool's bookkeeping: reference-counted blocks, prefix
+//!   retention by chained [`lcserve_common::SequenceHash`], LRU eviction. The K/V bytes live in
+//!   the model crate's `KvArena`.
+//! - [`Sampler`] turns logits into tokens (greedy, temperature, top-k/p, min-p, penalties,
+//!   seeds, logprobs).
+//!
+//! Nothing here touches the network: services wrap an [`EngineHandle`].
+
+mod block_allocator;
+mod config;
+mod engine;
+mod error;
+mod request;
+mod sampler;
+mod scheduler;
+mod sequence;
+mod stop_text;
+
+pub use block_allocator::{BlockAllocator, BlockAllocatorError, PoolExhausted};
+pub use config::EngineConfig;
+pub use engine::{EngineHandle, EventStream};
+pub use error::EngineError;
+pub use request::{EngineEvent, FinishReason, GenerateRequest, StopConditions, Timings, TokenLogprobs, Usage};
+pub use sampler::{InvalidSamplingParam, SampleError, SampledToken, Sampler, SamplingParams};
+pub use scheduler::EngineStats;

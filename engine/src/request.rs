@@ -1,0 +1,109 @@
+//! What callers send to the engine and what they get back.
+
+use std::time::Duration;
+
+use lcserve_common::TokenId;
+use serde::Serialize;
+
+use crate::error::EngineError;
+use crate::sampler::SamplingParams;
+
+/// When to stop generating.
+#[derive(Clone, Debug, Default)]
+pub struct StopConditions {
+    /// Most tokens to generate (≥ 1).
+    pub max_tokens: usize,
+    /// Token ids that end generation (the model's end-of-sequence ids are added unless
+    /// `ignore_eos`). The stop token itself is not part of the text.
+    pub stop_token_ids: Vec<TokenId>,
+    /// Strings that end generation; the text is cut before the match.
+    pub stop_strings: Vec<String>,
+    /// Generate until `max_tokens` even past end-of-sequence (benchmarks).
+    pub ignore_eos: bool,
+}
+
+/// One generation request over an already tokenized prompt.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    pub prompt: Vec<TokenId>,
+    pub sampling: SamplingParams,
+    pub stop: StopConditions,
+    /// Tenant salt folded into the block namespace: tenants never share cached blocks.
+    pub cache_salt: Vec<u8>,
+}
+
+/// Log-probabilities reported with a token.
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenLogprobs {
+    pub logprob: f32,
+    /// Most likely alternatives, most likely first.
+    pub top: Vec<(TokenId, f32)>,
+}
+
+/// Why a sequence ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// A stop token or stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// The context window is full.
+    ContextFull,
+}
+
+/// Token counts of a finished request.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens whose KV came from the prefix cache instead of being computed.
+    pub cached_tokens: usize,
+}
+
+/// Where the time of a request went.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Timings {
+    /// Submission to first token.
+    pub time_to_first_token: Duration,
+    /// Time spent in steps that computed this sequence's prompt.
+    pub prefill: Duration,
+    /// First token to last.
+    pub decode: Duration,
+}
+
+impl Timings {
+    pub fn prefill_tokens_per_s(&self, computed_prompt_tokens: usize) -> f64 {
+        per_second(computed_prompt_tokens, self.prefill)
+    }
+
+    pub fn decode_tokens_per_s(&self, completion_tokens: usize) -> f64 {
+        // The first token comes from the prefill step; decode steps produce the rest.
+        per_second(completion_tokens.saturating_sub(1), self.decode)
+    }
+}
+
+fn per_second(count: usize, time: Duration) -> f64 {
+    if time.is_zero() { 0.0 } else { count as f64 / time.as_secs_f64() }
+}
+
+/// What a request's stream yields, in order: tokens, then exactly one `Finished` or `Error`.
+#[derive(Clone, Debug)]
+pub enum EngineEvent {
+    Token {
+        id: TokenId,
+        /// Newly completed text (may be empty while a UTF-8 character or a possible stop string
+        /// is incomplete).
+        text: String,
+        logprobs: Option<TokenLogprobs>,
+    },
+    Finished {
+        reason: FinishReason,
+        /// Text held back at the end (an incomplete stop-string prefix that turned out not to be
+        /// one, or a trailing partial character).
+        text: String,
+        usage: Usage,
+        timings: Timings,
+    },
+    Error(EngineError),
+}

@@ -1,0 +1,383 @@
+//! One engine step at a time: admit, batch, run, sample, retire.
+//!
+//! Every step stacks the one pending token of each decoding sequence with up to
+//! `prefill_chunk` prompt tokens of prefilling sequences into a single forward pass (chunked
+//! prefill mixed with continuous batching), so long prompts never stall running streams.
+//! Blocks for a prompt are allocated at admission after reusing the longest cached prefix;
+//! decode allocates a block at each boundary and, when the pool is full, preempts the most
+//! recently admitted sequence by recompute (its blocks are released, it re-queues at the front
+//! and later recomputes — usually from its own now-cached prefix).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use lcserve_common::{BlockId, chain_hash, sequence_hashes};
+use lcserve_model::{DenseAttention, KvArena, LogitsWanted, Model, SequenceInput};
+
+use crate::block_allocator::BlockAllocator;
+use crate::config::EngineConfig;
+use crate::error::EngineError;
+use crate::request::{EngineEvent, FinishReason, Timings, TokenLogprobs};
+use crate::sequence::Sequence;
+
+/// Pool and queue occupancy, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EngineStats {
+    pub capacity_blocks: usize,
+    pub free_blocks: usize,
+    pub cached_blocks: usize,
+    pub used_blocks: usize,
+    pub evictions: u64,
+    pub running: usize,
+    pub waiting: usize,
+    /// Prompt tokens computed by the model since start (cached ones excluded).
+    pub prefill_tokens: u64,
+}
+
+pub(crate) struct Scheduler {
+    model: Arc<Model>,
+    config: EngineConfig,
+    arena: KvArena,
+    allocator: BlockAllocator,
+    waiting: VecDeque<Sequence>,
+    running: Vec<Sequence>,
+    prefill_tokens: u64,
+}
+
+/// What one sequence contributes to a step.
+struct Slot {
+    seq: usize,
+    start: usize,
+    len: usize,
+    logits: LogitsWanted,
+}
+
+impl Scheduler {
+    pub fn new(model: Arc<Model>, config: EngineConfig) -> Result<Self, EngineError> {
+        let layout = model.kv_layout(config.block_size);
+        let block_bytes = layout.bytes_per_block(lcserve_model::KV_ELEM_BYTES);
+        let num_blocks = config.kv_cache_bytes / block_bytes;
+        if num_blocks == 0 {
+            return Err(EngineError::InvalidConfig {
+                field: "kv_cache_bytes",
+                reason: format!("{} bytes hold no {block_bytes}-byte KV block", config.kv_cache_bytes),
+            });
+        }
+        let allocator = BlockAllocator::new(num_blocks)?;
+        Ok(Self {
+            arena: KvArena::new(layout, num_blocks),
+            allocator,
+            model,
+            config,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            prefill_tokens: 0,
+        })
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    pub fn enqueue(&mut self, seq: Sequence) {
+        let needed = seq.tokens.len().div_ceil(self.config.block_size);
+        if needed > self.allocator.capacity() {
+            fail(
+                seq,
+                EngineError::TooLargeForPool { needed_blocks: needed, capacity_blocks: self.allocator.capacity() },
+            );
+            return;
+        }
+        self.waiting.push_back(seq);
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            capacity_blocks: self.allocator.capacity(),
+            free_blocks: self.allocator.num_free(),
+            cached_blocks: self.allocator.num_cached(),
+            used_blocks: self.allocator.num_in_use(),
+            evictions: self.allocator.evictions(),
+            running: self.running.len(),
+            waiting: self.waiting.len(),
+            prefill_tokens: self.prefill_tokens,
+        }
+    }
+
+    /// Ends every sequence with `error` (shutdown).
+    pub fn abort_all(&mut self, error: EngineError) {
+        let all: Vec<Sequence> = self.running.drain(..).chain(self.waiting.drain(..)).collect();
+        for mut seq in all {
+            self.release_blocks(&mut seq);
+            fail(seq, error.clone());
+        }
+    }
+
+    /// Runs one step. Errors here are per-sequence and already reported to their callers.
+    pub fn step(&mut self) {
+        self.drop_abandoned();
+        self.admit();
+        let slots = self.plan();
+        if slots.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let result = {
+            let inputs: Vec<SequenceInput<'_>> = slots
+                .iter()
+                .map(|slot| {
+                    let seq = &self.running[slot.seq];
+                    SequenceInput {
+                        tokens: &seq.tokens[slot.start..slot.start + slot.len],
+                        start_pos: slot.start,
+                        block_table: &seq.blocks,
+                        logits: slot.logits,
+                    }
+                })
+                .collect();
+            self.model.forward(&inputs, &mut self.arena, &DenseAttention)
+        };
+        let logits = match result {
+            Ok(logits) => logits,
+            Err(error) => {
+                // A model error fails the sequences of this step, not the engine.
+                let error = EngineError::from(error);
+                let mut failed: Vec<usize> = slots.iter().map(|s| s.seq).collect();
+                failed.sort_unstable();
+                for index in failed.into_iter().rev() {
+                    let mut seq = self.running.remove(index);
+                    self.release_blocks(&mut seq);
+                    fail(seq, error.clone());
+                }
+                return;
+            }
+        };
+        let elapsed = started.elapsed();
+
+        let mut finished = Vec::new();
+        for (batch_index, slot) in slots.iter().enumerate() {
+            let seq = &mut self.running[slot.seq];
+            if seq.is_prefilling() {
+                seq.prefill_time += elapsed;
+                self.prefill_tokens += slot.len.min(seq.prompt_len - slot.start) as u64;
+            }
+            seq.computed = slot.start + slot.len;
+            if self.config.prefix_caching {
+                register_full_blocks(seq, &mut self.allocator, self.config.block_size);
+            }
+            let Some(row) = logits.last_of(batch_index) else { continue };
+            match sample_and_emit(seq, row, self.model.config.context_length) {
+                Ok(None) => {}
+                Ok(Some(reason)) => finished.push((slot.seq, Ok(reason))),
+                Err(error) => finished.push((slot.seq, Err(error))),
+            }
+        }
+        finished.sort_unstable_by_key(|(index, _)| *index);
+        for (index, outcome) in finished.into_iter().rev() {
+            let mut seq = self.running.remove(index);
+            self.release_blocks(&mut seq);
+            match outcome {
+                Ok(reason) => finish(seq, reason),
+                Err(error) => fail(seq, error),
+            }
+        }
+    }
+
+    fn drop_abandoned(&mut self) {
+        let mut index = 0;
+        while index < self.running.len() {
+            if self.running[index].is_abandoned() {
+                let mut seq = self.running.remove(index);
+                self.release_blocks(&mut seq);
+            } else {
+                index += 1;
+            }
+        }
+        self.waiting.retain(|seq| !seq.is_abandoned());
+    }
+
+    /// Moves waiting sequences to running while blocks allow, reusing cached prefixes.
+    fn admit(&mut self) {
+        let block_size = self.config.block_size;
+        while self.running.len() < self.config.max_running {
+            let Some(mut seq) = self.waiting.pop_front() else { break };
+            let hashes = if self.config.prefix_caching {
+                sequence_hashes(seq.namespace, &seq.tokens, block_size)
+            } else {
+                Vec::new()
+            };
+            let mut cached = self.allocator.lookup_prefix(&hashes);
+            // The last token must run to produce logits, so its block is never reused.
+            let reusable = (seq.tokens.len() - 1) / block_size;
+            for extra in cached.drain(reusable.min(cached.len())..) {
+                self.release_or_log(extra);
+            }
+            let needed = seq.tokens.len().div_ceil(block_size) - cached.len();
+            match self.allocator.allocate_many(needed) {
+                Ok(fresh) => {
+                    seq.registered = cached.len();
+                    seq.last_hash = cached.len().checked_sub(1).map_or(seq.namespace.root(), |i| hashes[i]);
+                    seq.computed = cached.len() * block_size;
+                    seq.cached_tokens.get_or_insert(seq.computed);
+                    seq.blocks = cached;
+                    seq.blocks.extend(fresh);
+                    self.running.push(seq);
+                }
+                Err(exhausted) => {
+                    for block in cached {
+                        self.release_or_log(block);
+                    }
+                    if self.running.is_empty() {
+                        fail(seq, exhausted.into());
+                    } else {
+                        self.waiting.push_front(seq);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Picks each running sequence's tokens for this step and makes sure their blocks exist.
+    fn plan(&mut self) -> Vec<Slot> {
+        let mut budget = self.config.prefill_chunk;
+        let mut slots = Vec::new();
+        let mut index = 0;
+        while index < self.running.len() {
+            let seq = &self.running[index];
+            let pending = seq.pending();
+            // Prompts (and sequences recomputing after preemption) catch up in chunks from the
+            // step's budget; decoding sequences run their one pending token.
+            let catching_up = pending > 1;
+            let len = if catching_up { pending.min(budget) } else { pending };
+            if len == 0 {
+                index += 1;
+                continue;
+            }
+            let start = seq.computed;
+            if !self.ensure_blocks(index, start + len) {
+                // `index` was preempted (or failed); the sequence now at `index` is another one.
+                continue;
+            }
+            if catching_up {
+                budget -= len;
+            }
+            let logits =
+                if start + len == self.running[index].tokens.len() { LogitsWanted::Last } else { LogitsWanted::None };
+            slots.push(Slot { seq: index, start, len, logits });
+            index += 1;
+        }
+        slots
+    }
+
+    /// Grows sequence `index`'s block table to cover `positions`, preempting later-admitted
+    /// sequences when the pool is full. Returns false if `index` itself had to leave.
+    fn ensure_blocks(&mut self, index: usize, positions: usize) -> bool {
+        let needed = positions.div_ceil(self.config.block_size);
+        while self.running[index].blocks.len() < needed {
+            match self.allocator.allocate() {
+                Ok(block) => self.running[index].blocks.push(block),
+                Err(exhausted) => {
+                    let victim = self.running.len() - 1;
+                    let mut seq = self.running.remove(victim);
+                    self.release_blocks(&mut seq);
+                    if victim == index && self.running.is_empty() {
+                        fail(seq, exhausted.into());
+                    } else {
+                        seq.reset_kv();
+                        self.waiting.push_front(seq);
+                    }
+                    if victim == index {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn release_blocks(&mut self, seq: &mut Sequence) {
+        for block in seq.blocks.drain(..) {
+            self.release_or_log(block);
+        }
+    }
+
+    fn release_or_log(&mut self, block: BlockId) {
+        release_logged(&mut self.allocator, block);
+    }
+}
+
+/// Releases `block`; a failure is a bookkeeping bug that leaves the allocator unchanged, so it
+/// is reported and serving goes on.
+fn release_logged(allocator: &mut BlockAllocator, block: BlockId) {
+    if let Err(error) = allocator.release(block) {
+        eprintln!("lcserve-engine: {error}");
+    }
+}
+
+/// Registers the sequence's newly filled blocks under their chained hashes, switching to an
+/// identical block another sequence registered first.
+fn register_full_blocks(seq: &mut Sequence, allocator: &mut BlockAllocator, block_size: usize) {
+    let full = seq.computed / block_size;
+    while seq.registered < full {
+        let i = seq.registered;
+        let hash = chain_hash(seq.last_hash, &seq.tokens[i * block_size..(i + 1) * block_size]);
+        let own = seq.blocks[i];
+        match allocator.register(own, hash) {
+            Ok(canonical) if canonical != own => {
+                if allocator.acquire(canonical).is_ok() {
+                    seq.blocks[i] = canonical;
+                    release_logged(allocator, own);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        seq.registered += 1;
+        seq.last_hash = hash;
+    }
+}
+
+/// Samples the next token from `row`, streams it, and says whether the sequence is done.
+fn sample_and_emit(
+    seq: &mut Sequence,
+    row: &[f32],
+    context_length: usize,
+) -> Result<Option<FinishReason>, EngineError> {
+    let (prompt, generated) = seq.tokens.split_at(seq.prompt_len);
+    let sampled = seq.sampler.sample(row, prompt, generated)?;
+    seq.tokens.push(sampled.token);
+    let now = Instant::now();
+    seq.first_token_at.get_or_insert(now);
+    let stop_token = seq.stop.stop_token_ids.contains(&sampled.token);
+    if stop_token {
+        return Ok(Some(FinishReason::Stop));
+    }
+    let step = seq.text.push(sampled.token)?;
+    let logprobs =
+        seq.sampler.params().logprobs.map(|_| TokenLogprobs { logprob: sampled.logprob, top: sampled.top_logprobs });
+    let _ = seq.events.send(EngineEvent::Token { id: sampled.token, text: step.delta, logprobs });
+    Ok(if step.stopped {
+        Some(FinishReason::Stop)
+    } else if seq.generated().len() >= seq.stop.max_tokens {
+        Some(FinishReason::Length)
+    } else if seq.tokens.len() >= context_length {
+        Some(FinishReason::ContextFull)
+    } else {
+        None
+    })
+}
+
+fn finish(mut seq: Sequence, reason: FinishReason) {
+    let text = seq.text.finish().unwrap_or_default();
+    let now = Instant::now();
+    let first = seq.first_token_at.unwrap_or(now);
+    let timings =
+        Timings { time_to_first_token: first - seq.submitted, prefill: seq.prefill_time, decode: now - first };
+    let _ = seq.events.send(EngineEvent::Finished { reason, text, usage: seq.usage(), timings });
+}
+
+fn fail(seq: Sequence, error: EngineError) {
+    let _ = seq.events.send(EngineEvent::Error(error));
+}

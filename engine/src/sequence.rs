@@ -1,0 +1,71 @@
+//! A request inside the engine: its tokens, its blocks, and where it is in its life.
+
+use std::time::{Duration, Instant};
+
+use lcserve_common::{BlockId, Namespace, SequenceHash, TokenId};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::request::{EngineEvent, StopConditions, Usage};
+use crate::sampler::Sampler;
+use crate::stop_text::StopText;
+
+pub(crate) struct Sequence {
+    pub id: u64,
+    /// Prompt followed by generated tokens.
+    pub tokens: Vec<TokenId>,
+    pub prompt_len: usize,
+    /// Tokens whose K/V are in the arena (a prefix of `tokens`).
+    pub computed: usize,
+    /// Block table: block `i` holds positions `i*B .. (i+1)*B`.
+    pub blocks: Vec<BlockId>,
+    /// Leading blocks registered in the prefix cache, and the hash of the last of them.
+    pub registered: usize,
+    pub last_hash: SequenceHash,
+    pub namespace: Namespace,
+    pub sampler: Sampler,
+    pub stop: StopConditions,
+    pub text: StopText,
+    pub events: UnboundedSender<EngineEvent>,
+    /// Prompt tokens served from the prefix cache at (first) admission.
+    pub cached_tokens: Option<usize>,
+    pub submitted: Instant,
+    pub first_token_at: Option<Instant>,
+    /// Wall time of steps that computed this sequence's prompt.
+    pub prefill_time: Duration,
+}
+
+impl Sequence {
+    pub fn generated(&self) -> &[TokenId] {
+        &self.tokens[self.prompt_len..]
+    }
+
+    /// Tokens still to be run through the model.
+    pub fn pending(&self) -> usize {
+        self.tokens.len() - self.computed
+    }
+
+    pub fn is_prefilling(&self) -> bool {
+        self.computed < self.prompt_len
+    }
+
+    /// The caller dropped its stream: cancel.
+    pub fn is_abandoned(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    pub fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_len,
+            completion_tokens: self.generated().len(),
+            cached_tokens: self.cached_tokens.unwrap_or(0),
+        }
+    }
+
+    /// Forgets all KV (after preemption): the caller has released `blocks`.
+    pub fn reset_kv(&mut self) {
+        self.blocks.clear();
+        self.computed = 0;
+        self.registered = 0;
+        self.last_hash = self.namespace.root();
+    }
+}

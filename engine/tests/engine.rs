@@ -1,0 +1,262 @@
+//! The engine end to end on real models: scheduling, prefix reuse, cancellation, preemption,
+//! validation.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lcserve_engine::{
+    EngineConfig, EngineError, EngineEvent, EngineHandle, FinishReason, GenerateRequest, SamplingParams,
+    StopConditions, Usage,
+};
+use lcserve_model::{ChatMessage, Model};
+
+struct Outcome {
+    tokens: Vec<u32>,
+    text: String,
+    reason: FinishReason,
+    usage: Usage,
+}
+
+fn collect(engine: &EngineHandle, request: GenerateRequest) -> Result<Outcome, EngineError> {
+    let mut stream = engine.submit(request)?;
+    let (mut tokens, mut text) = (Vec::new(), String::new());
+    while let Some(event) = stream.blocking_next() {
+        match event {
+            EngineEvent::Token { id, text: piece, .. } => {
+                tokens.push(id);
+                text.push_str(&piece);
+            }
+            EngineEvent::Finished { reason, text: rest, usage, .. } => {
+                text.push_str(&rest);
+                return Ok(Outcome { tokens, text, reason, usage });
+            }
+            EngineEvent::Error(error) => return Err(error),
+        }
+    }
+    panic!("stream ended without a terminal event")
+}
+
+fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        prompt,
+        sampling: SamplingParams::default(),
+        stop: StopConditions { max_tokens, ignore_eos: true, ..StopConditions::default() },
+        cache_salt: Vec::new(),
+    }
+}
+
+fn tiny_model() -> (tempfile::TempDir, Arc<Model>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = lcserve_model::write_tiny_model(dir.path(), 5).expect("tiny model");
+    let model = Model::load(&paths.gguf, &mut |_| {}).expect("load tiny");
+    (dir, Arc::new(model))
+}
+
+fn config(block_size: usize, blocks: usize, model: &Model) -> EngineConfig {
+    let block_bytes = model.kv_layout(block_size).bytes_per_block(lcserve_model::KV_ELEM_BYTES);
+    EngineConfig {
+        block_size,
+        kv_cache_bytes: blocks * block_bytes,
+        prefill_chunk: 48,
+        max_running: 8,
+        threads: 2,
+        prefix_caching: true,
+    }
+}
+
+fn tokens(len: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    (0..len as u64).map(|i| ((i * 7919 + seed * 104_729) % vocab as u64) as u32).collect()
+}
+
+fn wait_until(engine: &EngineHandle, what: &str, done: impl Fn(&lcserve_engine::EngineStats) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = engine.blocking_stats().expect("stats");
+        if done(&stats) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: stats stayed {stats:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn reference_model_answers_the_capital_of_france() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/smollm2-135m-instruct.Q4_1.gguf");
+    let path = std::env::var_os("LCSERVE_MODEL_DIR")
+        .map_or(path, |d| PathBuf::from(d).join("smollm2-135m-instruct.Q4_1.gguf"));
+    if !path.exists() {
+        eprintln!("note: {} absent (run scripts/fetch-model); skipping", path.display());
+        return;
+    }
+    let model = Arc::new(Model::load(&path, &mut |_| {}).expect("load"));
+    let template = model.chat_template.as_ref().expect("template");
+    let text = template
+        .render(
+            &[ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }],
+            true,
+            &model.tokenizer,
+        )
+        .expect("render");
+    let prompt = model.tokenizer.encode(&text, false).expect("encode");
+    let engine =
+        EngineHandle::start(model.clone(), EngineConfig { threads: 2, ..EngineConfig::default() }).expect("engine");
+    let mut request = greedy(prompt, 48);
+    request.stop.ignore_eos = false;
+    let outcome = collect(&engine, request).expect("generate");
+    assert!(outcome.text.contains("Paris"), "answer: {:?}", outcome.text);
+    assert_eq!(outcome.reason, FinishReason::Stop, "the model ends its answer with <|im_end|>");
+}
+
+#[test]
+fn prefix_is_reused_by_a_second_request() {
+    let (_dir, model) = tiny_model();
+    let engine = EngineHandle::start(model.clone(), config(16, 64, &model)).expect("engine");
+    let shared = tokens(200, model.config.vocab_size, 1);
+    let first = collect(&engine, greedy(shared.clone(), 4)).expect("first");
+    assert_eq!(first.usage.cached_tokens, 0);
+    let before = engine.blocking_stats().expect("stats").prefill_tokens;
+
+    let mut extended = shared.clone();
+    extended.extend(tokens(30, model.config.vocab_size, 2));
+    let second = collect(&engine, greedy(extended.clone(), 4)).expect("second");
+    // 200 shared tokens = 12 full blocks of 16.
+    assert_eq!(second.usage.cached_tokens, 192);
+    let computed = engine.blocking_stats().expect("stats").prefill_tokens - before;
+    assert_eq!(computed as usize, extended.len() - 192, "only the uncached tokens are computed");
+
+    // Reuse is exact: the same request without the cache gives the same tokens.
+    let mut fresh = greedy(extended, 4);
+    fresh.cache_salt = b"another tenant".to_vec();
+    let uncached = collect(&engine, fresh).expect("fresh");
+    assert_eq!(uncached.usage.cached_tokens, 0, "a different salt never shares blocks");
+    assert_eq!(uncached.tokens, second.tokens);
+}
+
+#[test]
+fn identical_prompt_reuses_all_but_the_last_block() {
+    let (_dir, model) = tiny_model();
+    let engine = EngineHandle::start(model.clone(), config(16, 64, &model)).expect("engine");
+    let prompt = tokens(64, model.config.vocab_size, 3);
+    let a = collect(&engine, greedy(prompt.clone(), 3)).expect("a");
+    let b = collect(&engine, greedy(prompt, 3)).expect("b");
+    assert_eq!(b.usage.cached_tokens, 48, "the last token must run to produce logits");
+    assert_eq!(a.tokens, b.tokens);
+}
+
+#[test]
+fn dropping_the_stream_frees_the_sequence() {
+    let (_dir, model) = tiny_model();
+    let engine = EngineHandle::start(model.clone(), config(16, 256, &model)).expect("engine");
+    let mut stream = engine.submit(greedy(tokens(100, model.config.vocab_size, 4), 3000)).expect("submit");
+    assert!(matches!(stream.blocking_next(), Some(EngineEvent::Token { .. })));
+    drop(stream);
+    wait_until(&engine, "after cancel", |s| s.used_blocks == 0 && s.running == 0);
+}
+
+#[test]
+fn preemption_under_a_small_pool_keeps_outputs_exact() {
+    let (_dir, model) = tiny_model();
+    let vocab = model.config.vocab_size;
+    let prompts: Vec<Vec<u32>> = (0..6).map(|i| tokens(40 + 13 * i, vocab, 10 + i as u64)).collect();
+    // Alone, with plenty of memory.
+    let roomy = EngineHandle::start(model.clone(), config(16, 256, &model)).expect("engine");
+    let expected: Vec<Vec<u32>> =
+        prompts.iter().map(|p| collect(&roomy, greedy(p.clone(), 40)).expect("alone").tokens).collect();
+    // Together, in a pool too small for all of them at once: sequences get preempted.
+    let tight = EngineHandle::start(model.clone(), config(16, 14, &model)).expect("engine");
+    let streams: Vec<_> = prompts.iter().map(|p| tight.submit(greedy(p.clone(), 40)).expect("submit")).collect();
+    for (i, mut stream) in streams.into_iter().enumerate() {
+        let mut got = Vec::new();
+        loop {
+            match stream.blocking_next().expect("event") {
+                EngineEvent::Token { id, .. } => got.push(id),
+                EngineEvent::Finished { .. } => break,
+                EngineEvent::Error(e) => panic!("sequence {i}: {e}"),
+            }
+        }
+        assert_eq!(got, expected[i], "sequence {i}");
+    }
+    wait_until(&tight, "after all finished", |s| s.used_blocks == 0);
+}
+
+#[test]
+fn same_seed_same_sample() {
+    let (_dir, model) = tiny_model();
+    let engine = EngineHandle::start(model.clone(), config(16, 64, &model)).expect("engine");
+    let sampled = |seed| {
+        let mut request = greedy(tokens(20, model.config.vocab_size, 5), 24);
+        request.sampling =
+            SamplingParams { temperature: 1.0, top_p: 0.95, seed: Some(seed), ..SamplingParams::default() };
+        collect(&engine, request).expect("sample").tokens
+    };
+    assert_eq!(sampled(42), sampled(42));
+    assert_ne!(sampled(42), sampled(43));
+}
+
+#[test]
+fn stop_strings_cut_the_text() {
+    let (_dir, model) = tiny_model();
+    let engine = EngineHandle::start(model.clone(), config(16, 64, &model)).expect("engine");
+    let plain = collect(&engine, greedy(tokens(20, model.config.vocab_size, 6), 30)).expect("plain");
+    let chars: Vec<char> = plain.text.chars().collect();
+    if chars.len() < 6 {
+        return; // nothing printable to stop on
+    }
+    let stop: String = chars[3..5].iter().collect();
+    let mut request = greedy(tokens(20, model.config.vocab_size, 6), 30);
+    request.stop.stop_strings = vec![stop.clone()];
+    let stopped = collect(&engine, request).expect("stopped");
+    assert_eq!(stopped.reason, FinishReason::Stop);
+    let cut = plain.text.find(&stop).expect("stop occurs");
+    assert_eq!(stopped.text, plain.text[..cut]);
+}
+
+#[test]
+fn bad_requests_name_the_field() {
+    let (_dir, model) = tiny_model();
+    let engine = EngineHandle::start(model.clone(), config(16, 64, &model)).expect("engine");
+    let field_of = |request: GenerateRequest| match engine.submit(request) {
+        Err(EngineError::InvalidRequest { field, .. }) => field.to_string(),
+        Err(EngineError::InvalidSampling(e)) => e.field.to_string(),
+        other => panic!("expected a validation error, got {other:?}"),
+    };
+    assert_eq!(field_of(greedy(vec![], 4)), "prompt");
+    let context = model.config.context_length;
+    assert_eq!(field_of(greedy(vec![1; context], 4)), "prompt");
+    assert_eq!(field_of(greedy(vec![1; 4], 0)), "max_tokens");
+    assert_eq!(field_of(greedy(vec![1; 4], context)), "max_tokens");
+    assert_eq!(field_of(greedy(vec![model.config.vocab_size as u32], 4)), "prompt");
+    let mut hot = greedy(vec![1; 4], 4);
+    hot.sampling.temperature = -1.0;
+    assert_eq!(field_of(hot), "temperature");
+    // The engine keeps serving.
+    assert!(collect(&engine, greedy(vec![1; 4], 2)).is_ok());
+}
+
+#[test]
+fn a_prompt_larger_than_the_pool_is_refused_clearly() {
+    let (_dir, model) = tiny_model();
+    let engine = EngineHandle::start(model.clone(), config(16, 4, &model)).expect("engine");
+    let err = collect(&engine, greedy(tokens(100, model.config.vocab_size, 7), 4)).err().expect("refused");
+    assert!(matches!(err, EngineError::TooLargeForPool { .. }), "{err}");
+    assert!(collect(&engine, greedy(tokens(20, model.config.vocab_size, 7), 4)).is_ok(), "still serving");
+}
+
+#[test]
+fn invalid_config_is_refused() {
+    let (_dir, model) = tiny_model();
+    let mut bad = config(16, 64, &model);
+    bad.block_size = 0;
+    assert!(matches!(
+        EngineHandle::start(model.clone(), bad),
+        Err(EngineError::InvalidConfig { field: "block_size", .. })
+    ));
+    let mut tiny_pool = config(16, 64, &model);
+    tiny_pool.kv_cache_bytes = 10;
+    assert!(matches!(
+        EngineHandle::start(model, tiny_pool),
+        Err(EngineError::InvalidConfig { field: "kv_cache_bytes", .. })
+    ));
+}

@@ -1,0 +1,129 @@
+//! Matmul micro-benchmark for the SmolLM2-135M shapes (Q4_1 layers, Q8_0 LM head).
+//!
+//! `cargo run --release -p lcserve-kernels --example matmul_bench [threads]`
+//! Prints GFLOP/s and weight GB/s per shape for n = 1 and n = 256, a path comparison used
+//! to pick `GEMM_MIN_N`, and the decode time per token these numbers imply.
+
+use std::time::Instant;
+
+use lcserve_kernels::{MatmulKernel, QMatrix, QuantType};
+
+/// Best-of-batches seconds per call of `f`.
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut best = f64::MAX;
+    let mut total = 0.0;
+    while total < 0.4 {
+        let reps = 8;
+        let t = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        let dt = t.elapsed().as_secs_f64();
+        total += dt;
+        best = best.min(dt / reps as f64);
+    }
+    best
+}
+
+fn matrix(ty: QuantType, rows: usize, cols: usize) -> QMatrix {
+    let mut s = 0x1234_5678u32;
+    let vals: Vec<f32> = (0..rows * cols)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32) - 0.5
+        })
+        .collect();
+    QMatrix::quantize(ty, rows, cols, &vals).expect("valid shape")
+}
+
+fn bench(m: &QMatrix, n: usize, kernel: MatmulKernel) -> f64 {
+    let x: Vec<f32> = (0..n * m.cols()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let mut out = vec![0f32; n * m.rows()];
+    time(|| m.matmul_with(kernel, &x, n, &mut out).expect("shapes match"))
+}
+
+fn main() {
+    let threads: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(2);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+    pool.install(|| run(threads));
+}
+
+fn run(threads: usize) {
+    // (name, type, rows = out features, cols = in features, uses per token)
+    let shapes = [
+        ("q/o 576->576", QuantType::Q4_1, 576, 576, 2 * 30),
+        ("k/v 576->192", QuantType::Q4_1, 192, 576, 2 * 30),
+        ("gate/up 576->1536", QuantType::Q4_1, 1536, 576, 2 * 30),
+        ("down 1536->576", QuantType::Q4_1, 576, 1536, 30),
+        ("lm_head 576->49152", QuantType::Q8_0, 49152, 576, 1),
+    ];
+    println!("threads = {threads}, avx2 = {}", lcserve_kernels::simd::has_avx2_fma());
+    let mut decode = 0.0;
+    let mut prefill = 0.0;
+    for (name, ty, rows, cols, uses) in shapes {
+        let m = matrix(ty, rows, cols);
+        for n in [1usize, 256] {
+            let t = bench(&m, n, MatmulKernel::Auto);
+            let flops = 2.0 * (rows * cols * n) as f64;
+            let gbs = m.bytes().len() as f64 / t / 1e9;
+            println!(
+                "{name:<20} {:?} n={n:<4} {:>9.1} us  {:>7.1} GFLOP/s  {:>6.1} GB/s",
+                ty,
+                t * 1e6,
+                flops / t / 1e9,
+                gbs
+            );
+            if n == 1 {
+                decode += t * uses as f64;
+            } else if uses > 1 {
+                prefill += t * uses as f64;
+            }
+        }
+    }
+    println!("decode matmuls: {:.2} ms/token ({:.0} tok/s bound)", decode * 1e3, 1.0 / decode);
+    println!("prefill matmuls (no lm head): {:.1} ms / 256 tokens ({:.0} tok/s bound)", prefill * 1e3, 256.0 / prefill);
+
+    // Whole-model decode: 30 layers of distinct matrices (96 MB, far beyond cache), so the
+    // weights stream from DRAM as in real decoding.
+    let layers: Vec<Vec<QMatrix>> = (0..30)
+        .map(|_| {
+            [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
+                .iter()
+                .map(|&(r, c)| matrix(QuantType::Q4_1, r, c))
+                .collect()
+        })
+        .collect();
+    let head = matrix(QuantType::Q8_0, 49152, 576);
+    let x = vec![0.1f32; 1536];
+    let mut out = vec![0f32; 49152];
+    let t = time(|| {
+        for layer in &layers {
+            for m in layer {
+                m.matmul(&x[..m.cols()], 1, &mut out[..m.rows()]).expect("shapes match");
+            }
+        }
+        head.matmul(&x[..576], 1, &mut out).expect("shapes match");
+    });
+    let bytes: usize = layers.iter().flatten().map(|m| m.bytes().len()).sum::<usize>() + head.bytes().len();
+    println!(
+        "decode, all 30 layers + head from DRAM: {:.2} ms/token ({:.0} tok/s), {:.1} GB/s",
+        t * 1e3,
+        1.0 / t,
+        bytes as f64 / t / 1e9
+    );
+
+    println!("\npath comparison, gate/up 576->1536 and down 1536->576 (us per call):");
+    for (rows, cols) in [(1536, 576), (576, 1536)] {
+        let m = matrix(QuantType::Q4_1, rows, cols);
+        for n in [1usize, 2, 4, 8, 12, 16, 24, 32, 64, 256] {
+            let int = bench(&m, n, MatmulKernel::IntegerSimd);
+            let gemm = bench(&m, n, MatmulKernel::DequantGemm);
+            println!("  {rows}x{cols} n={n:<4} int {:>9.1}  gemm {:>9.1}", int * 1e6, gemm * 1e6);
+        }
+        let f = bench(&matrix(QuantType::F32, rows, cols), 256, MatmulKernel::Auto);
+        println!("  {rows}x{cols} n=256  f32 weights (no decoding) {:>9.1}", f * 1e6);
+    }
+}

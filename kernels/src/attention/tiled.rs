@@ -1,0 +1,306 @@
+//! Flash-style attention over a paged KV cache.
+//!
+//! Work item = (KV head, tile of queries, key range). All query heads of a GQA group are
+//! processed together, so each key/value vector is loaded once per tile and reused by
+//! `tile × group` rows. Keys are visited one cache block at a time; each row keeps the
+//! online-softmax state (running max `m`, denominator `l`, unnormalized output) — memory is
+//! O(rows · head_dim + block_size), never O(N²).
+//!
+//! Parallelism: items run on the current rayon pool. When there are too few items to feed
+//! the threads (decode: one query, a handful of KV heads) the key range is split into parts
+//! whose partial results are combined with log-sum-exp merging, so decode uses every thread.
+//! Tiny problems run inline to avoid task overhead.
+
+use rayon::prelude::*;
+
+use super::merge::merge_row;
+use super::{AttnShape, PagedKv, validate};
+use crate::error::Result;
+use crate::simd;
+
+/// Target rows (queries × heads of a group) per tile: enough reuse of each loaded key,
+/// small enough that scaled queries and accumulators stay in L1.
+const TILE_ROWS: usize = 32;
+/// Smallest key range worth a separate task when splitting keys.
+const MIN_SPLIT_KEYS: usize = 256;
+/// Below this many multiply-adds the whole call runs on the calling thread.
+const SERIAL_MACS: usize = 1 << 17;
+
+/// Computes causal attention of `nq` queries over `kv`.
+///
+/// * `q`: `[nq][n_heads][head_dim]`, query `i` at position `kv.len - nq + i`.
+/// * `scale`: logit scale, usually `1/√head_dim`.
+/// * `out`: `[nq][n_heads][head_dim]`.
+/// * `lse`: optional `[nq][n_heads]` natural-log log-sum-exp of the scaled logits, for
+///   merging with attention over other keys ([`super::merge_lse`]).
+///
+/// Errors on inconsistent shapes, including `nq > kv.len` and blocks of the wrong length.
+pub fn attention(
+    q: &[f32],
+    nq: usize,
+    kv: &PagedKv<'_>,
+    shape: &AttnShape,
+    scale: f32,
+    out: &mut [f32],
+    lse: Option<&mut [f32]>,
+) -> Result<()> {
+    validate("attention", q, nq, kv, shape, out.len(), lse.as_ref().map(|l| l.len()))?;
+    if nq == 0 {
+        return Ok(());
+    }
+    let items = plan(nq, kv, shape);
+    let use_simd = simd::has_avx2_fma();
+    let run = |it: &Item| run_item(use_simd, q, nq, kv, shape, scale, it);
+    let macs = nq * kv.len * shape.n_heads * shape.head_dim;
+    let parts: Vec<Partial> = if items.len() == 1 || macs < SERIAL_MACS {
+        items.iter().map(run).collect()
+    } else {
+        items.par_iter().map(run).collect()
+    };
+
+    let (h_n, hd, g) = (shape.n_heads, shape.head_dim, shape.group());
+    out.fill(0.0);
+    let mut lse_acc = vec![f32::NEG_INFINITY; nq * h_n];
+    for (it, p) in items.iter().zip(&parts) {
+        for qi in it.q0..it.q1 {
+            for hh in 0..g {
+                let r = (qi - it.q0) * g + hh;
+                let h = it.kvh * g + hh;
+                let o = &mut out[(qi * h_n + h) * hd..][..hd];
+                merge_row(o, &mut lse_acc[qi * h_n + h], &p.o[r * hd..][..hd], p.lse[r]);
+            }
+        }
+    }
+    if let Some(l) = lse {
+        l.copy_from_slice(&lse_acc);
+    }
+    Ok(())
+}
+
+/// One unit of work: queries `q0..q1` × the group of KV head `kvh` × keys `k0..k1`.
+#[derive(Debug, Clone, Copy)]
+struct Item {
+    kvh: usize,
+    q0: usize,
+    q1: usize,
+    k0: usize,
+    k1: usize,
+}
+
+/// Normalized partial output (`rows × head_dim`) and its log-sum-exp per row (`-inf` for a
+/// row that saw no key in the item's range).
+struct Partial {
+    o: Vec<f32>,
+    lse: Vec<f32>,
+}
+
+fn plan(nq: usize, kv: &PagedKv<'_>, shape: &AttnShape) -> Vec<Item> {
+    let g = shape.group();
+    let tq = (TILE_ROWS / g).max(1);
+    let tiles = nq.div_ceil(tq);
+    let base = tiles * shape.n_kv_heads;
+    let threads = rayon::current_num_threads().max(1);
+    // Split keys only for a single query tile (decode, short verify batches): with many
+    // tiles there is already enough parallelism and causal ranges differ per tile.
+    let splits = if tiles == 1 && base < 4 * threads {
+        let max = (kv.len / MIN_SPLIT_KEYS).max(1);
+        let mut s = (4 * threads).div_ceil(base).min(max);
+        // Prefer an item count divisible by the thread count (no straggler round).
+        while !(base * s).is_multiple_of(threads) && s < max {
+            s += 1;
+        }
+        s
+    } else {
+        1
+    };
+    let part = kv.len.div_ceil(splits).div_ceil(kv.block_size) * kv.block_size;
+    let mut items = Vec::with_capacity(base * splits);
+    for kvh in 0..shape.n_kv_heads {
+        for t in 0..tiles {
+            let (q0, q1) = (t * tq, nq.min((t + 1) * tq));
+            let mut k0 = 0;
+            while k0 < kv.len {
+                let k1 = kv.len.min(k0 + part);
+                items.push(Item { kvh, q0, q1, k0, k1 });
+                k0 = k1;
+            }
+        }
+    }
+    items
+}
+
+/// Vector primitives the kernel is generic over, so the whole inner loop is compiled once
+/// with AVX2 enabled (inlined) and once portable.
+trait VecOps {
+    fn scores(q: &[f32], k: &[f32], hd: usize, out: &mut [f32]);
+    fn accumulate(acc: &mut [f32], p: &[f32], v: &[f32], hd: usize);
+    fn scale(y: &mut [f32], alpha: f32);
+    fn exp_sub_sum(x: &mut [f32], m: f32) -> f32;
+}
+
+struct Scalar;
+
+impl VecOps for Scalar {
+    #[inline(always)]
+    fn scores(q: &[f32], k: &[f32], hd: usize, out: &mut [f32]) {
+        simd::scalar::scores(q, k, hd, out)
+    }
+    #[inline(always)]
+    fn accumulate(acc: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
+        simd::scalar::accumulate(acc, p, v, hd)
+    }
+    #[inline(always)]
+    fn scale(y: &mut [f32], alpha: f32) {
+        simd::scalar::scale(y, alpha)
+    }
+    #[inline(always)]
+    fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+        simd::scalar::exp_sub_sum(x, m)
+    }
+}
+
+/// Only instantiated inside `item_avx2`, which is entered after `has_avx2_fma()`.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+struct Avx2;
+
+// SAFETY (all four methods): `Avx2` is only used from `item_avx2`, reached only when
+// `has_avx2_fma()` returned true, so the AVX2/FMA instructions exist on this CPU.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+impl VecOps for Avx2 {
+    #[inline(always)]
+    fn scores(q: &[f32], k: &[f32], hd: usize, out: &mut [f32]) {
+        // SAFETY: see impl comment.
+        unsafe { simd::avx2::scores(q, k, hd, out) }
+    }
+    #[inline(always)]
+    fn accumulate(acc: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
+        // SAFETY: see impl comment.
+        unsafe { simd::avx2::accumulate(acc, p, v, hd) }
+    }
+    #[inline(always)]
+    fn scale(y: &mut [f32], alpha: f32) {
+        // SAFETY: see impl comment.
+        unsafe { simd::avx2::scale(y, alpha) }
+    }
+    #[inline(always)]
+    fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+        // SAFETY: see impl comment.
+        unsafe { simd::avx2::exp_sub_sum(x, m) }
+    }
+}
+
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2,fma")]
+fn item_avx2(q: &[f32], nq: usize, kv: &PagedKv<'_>, shape: &AttnShape, scale: f32, it: &Item) -> Partial {
+    item_generic::<Avx2>(q, nq, kv, shape, scale, it)
+}
+
+fn run_item(
+    use_simd: bool,
+    q: &[f32],
+    nq: usize,
+    kv: &PagedKv<'_>,
+    shape: &AttnShape,
+    scale: f32,
+    it: &Item,
+) -> Partial {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if use_simd {
+        // SAFETY: `use_simd` comes from `has_avx2_fma()`.
+        return unsafe { item_avx2(q, nq, kv, shape, scale, it) };
+    }
+    let _ = use_simd;
+    item_generic::<Scalar>(q, nq, kv, shape, scale, it)
+}
+
+#[inline(always)]
+fn item_generic<O: VecOps>(
+    q: &[f32],
+    nq: usize,
+    kv: &PagedKv<'_>,
+    shape: &AttnShape,
+    scale: f32,
+    it: &Item,
+) -> Partial {
+    let (h_n, hd, g, bs) = (shape.n_heads, shape.head_dim, shape.group(), kv.block_size);
+    let rows = (it.q1 - it.q0) * g;
+    let first_pos = kv.len - nq; // position of query 0
+    let mut qs = vec![0f32; rows * hd];
+    for (r, dst) in qs.chunks_exact_mut(hd).enumerate() {
+        let (qi, hh) = (it.q0 + r / g, r % g);
+        for (d, s) in dst.iter_mut().zip(&q[(qi * h_n + it.kvh * g + hh) * hd..][..hd]) {
+            *d = s * scale;
+        }
+    }
+    let mut m = vec![f32::NEG_INFINITY; rows];
+    let mut l = vec![0f32; rows];
+    let mut acc = vec![0f32; rows * hd];
+    let mut s = vec![0f32; bs];
+
+    let kend = it.k1.min(first_pos + it.q1); // last query sees keys < first_pos + q1
+    let mut ks = it.k0;
+    while ks < kend {
+        let b = ks / bs;
+        let ke = kend.min((b + 1) * bs);
+        let kblk = &kv.k_blocks[b][it.kvh * bs * hd..(it.kvh + 1) * bs * hd];
+        let vblk = &kv.v_blocks[b][it.kvh * bs * hd..(it.kvh + 1) * bs * hd];
+        let off = ks - b * bs;
+        for r in 0..rows {
+            let visible_end = ke.min(first_pos + it.q0 + r / g + 1);
+            if visible_end <= ks {
+                continue;
+            }
+            let cnt = visible_end - ks;
+            let qr = &qs[r * hd..][..hd];
+            let sc = &mut s[..cnt];
+            O::scores(qr, &kblk[off * hd..(off + cnt) * hd], hd, sc);
+            let mx = sc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let accr = &mut acc[r * hd..][..hd];
+            if mx > m[r] {
+                if l[r] > 0.0 {
+                    let alpha = (m[r] - mx).exp();
+                    O::scale(accr, alpha);
+                    l[r] *= alpha;
+                }
+                m[r] = mx;
+            }
+            l[r] += O::exp_sub_sum(sc, m[r]);
+            O::accumulate(accr, sc, &vblk[off * hd..(off + cnt) * hd], hd);
+        }
+        ks = ke;
+    }
+
+    let mut lse = vec![f32::NEG_INFINITY; rows];
+    for r in 0..rows {
+        if l[r] > 0.0 {
+            O::scale(&mut acc[r * hd..][..hd], 1.0 / l[r]);
+            lse[r] = m[r] + l[r].ln();
+        }
+    }
+    Partial { o: acc, lse }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The portable kernel is what non-x86 targets run; pin it against the SIMD one here.
+    #[test]
+    fn scalar_and_simd_items_agree() {
+        let shape = AttnShape { n_heads: 6, n_kv_heads: 2, head_dim: 80 };
+        let (bs, len, nq): (usize, usize, usize) = (16, 150, 9);
+        let blocks: Vec<Vec<f32>> = (0..len.div_ceil(bs))
+            .map(|b| (0..2 * bs * 80).map(|i| (((b * 31 + i * 7) % 17) as f32 - 8.0) / 9.0).collect())
+            .collect();
+        let refs: Vec<&[f32]> = blocks.iter().map(|b| b.as_slice()).collect();
+        let kv = PagedKv { k_blocks: &refs, v_blocks: &refs, block_size: bs, len };
+        let q: Vec<f32> = (0..nq * 6 * 80).map(|i| ((i % 23) as f32 - 11.0) / 13.0).collect();
+        for it in plan(nq, &kv, &shape) {
+            let a = run_item(false, &q, nq, &kv, &shape, 0.1, &it);
+            let b = run_item(simd::has_avx2_fma(), &q, nq, &kv, &shape, 0.1, &it);
+            for (x, y) in a.o.iter().zip(&b.o).chain(a.lse.iter().zip(&b.lse)) {
+                assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} vs {y}");
+            }
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! CPU compute kernels of lcserve's transformer forward pass.
+//!
+//! Map of the crate (data flows top to bottom in one layer of a forward pass):
+//!
+//! * [`ops`] — elementwise and row-wise helpers: RMSNorm, RoPE (interleaved and NeoX) from a
+//!   precomputed [`ops::RopeTable`], SiLU·up, softmax, residual add.
+//! * [`quant`] — weights. [`QMatrix`] holds a GGUF-layout matrix (`F32`, `F16`, `BF16`,
+//!   `Q4_0`, `Q4_1`, `Q8_0`, `Q4_K`, `Q6_K`), owned or memory-mapped ([`WeightData`]);
+//!   `QMatrix::matmul` computes `x · Wᵀ` with 8-bit-activation integer kernels for small
+//!   batches (decode) and dequantize + f32 GEMM for large ones (prefill).
+//! * [`attention`] — causal attention of a chunk of queries over a paged KV cache
+//!   ([`PagedKv`]), flash-style (online softmax, no N×N scores), with optional
+//!   log-sum-exp output and [`merge_lse`] to combine partial results.
+//!
+//! SIMD paths (AVX2 + FMA + F16C) are chosen at run time with
+//! [`simd::has_avx2_fma`]; every kernel has a portable scalar path. Work is spread over the
+//! *current* rayon pool, so the caller decides the thread count by installing a pool.
+//! Every entry point validates shapes and returns [`KernelError`] instead of panicking.
+
+pub mod attention;
+mod error;
+pub mod ops;
+pub mod quant;
+pub mod simd;
+
+pub use attention::{AttnShape, PagedKv, attention, attention_naive, merge_lse};
+pub use error::{KernelError, Result};
+pub use quant::{MatmulKernel, QMatrix, QuantType, WeightData, dequantize_row, quantize_row};

@@ -1,0 +1,392 @@
+//! `QMatrix::matmul`: `out[n × rows] = x[n × cols] · Wᵀ`.
+//!
+//! Two algorithms, picked by batch size `n` ([`MatmulKernel::Auto`]):
+//! * **Integer** (`n < GEMM_MIN_N`, decode and short verification batches): activations are
+//!   quantized to 8 bits once, then each task takes a chunk of weight rows and dots every row
+//!   with up to 4 activation rows per pass (weight block loaded once per 4 rows). Memory
+//!   traffic is the packed weights only, which is what bounds decode speed.
+//! * **Dequantize + GEMM** (`n ≥ GEMM_MIN_N`, prefill): each task decodes a tile of weight
+//!   rows to f32 into a thread-local scratch buffer and runs the `gemm` crate's f32 kernel on
+//!   it; decoding cost is amortized over `n`. Float weight types always use this path (f32
+//!   weights without a copy).
+//!
+//! **Batch invariance.** For quantized weights the GEMM path multiplies the same 8-bit
+//! approximation of the activations that the integer path uses, so the two agree to f32
+//! rounding (~1e-6) and a sequence's logits do not depend on how many rows shared its step:
+//! chunked prefill equals one-shot prefill, a cached prefix equals a recomputed one, and a
+//! sampled sequence with a seed is reproducible under any load.
+//!
+//! Parallelism: tasks run on the current rayon pool (the caller installs one with the thread
+//! count it wants); `gemm` itself runs single-threaded inside a task.
+
+use std::cell::RefCell;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::activation::{Q8Act, Q8KAct, SumRounding, quantize_q8, quantize_q8k};
+use super::dot_scalar;
+use super::matrix::QMatrix;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+use super::packed::PackedActs;
+use super::types::{QK, QK_K, QuantType};
+use crate::error::{KernelError, Result, check_len};
+
+/// Batch size from which [`MatmulKernel::Auto`] switches quantized matrices from the integer
+/// kernels to dequantize + f32 GEMM (measured with `examples/matmul_bench.rs`).
+pub const GEMM_MIN_N: usize = 32;
+
+/// Algorithm selection for [`QMatrix::matmul_with`]; `Auto` is what production uses, the
+/// others exist so tests and benchmarks can pin and compare paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// Integer kernels for `n < GEMM_MIN_N`, dequantize + GEMM otherwise.
+    Auto,
+    /// 8-bit activations with the portable scalar dot products.
+    IntegerScalar,
+    /// 8-bit activations with AVX2 dot products (the scalar ones where AVX2 is missing).
+    IntegerSimd,
+    /// Weight tiles decoded to f32, multiplied with the `gemm` crate.
+    DequantGemm,
+}
+
+/// Minimum multiply-adds per rayon task, so task overhead (~µs) stays small against work.
+const MIN_TASK_MACS: usize = 48 * 1024;
+
+/// f32 weights per GEMM tile (~256 KiB, so a decoded tile stays in L2 next to gemm's packing).
+const GEMM_TILE_ELEMS: usize = 64 * 1024;
+
+impl QMatrix {
+    /// `out = x · Wᵀ` where `x` is `n × cols` and `out` is `n × rows`, both row-major.
+    ///
+    /// Accuracy: float types and the GEMM path are f32 GEMMs (relative error ~1e-6 of
+    /// `‖x‖·‖w‖`); the integer path quantizes activations to 8 bits per 32 (or 256) values,
+    /// which adds at most `0.5/127` relative error per block of `x` (≤ ~4e-3 of `‖x‖·‖w‖`).
+    pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
+        self.matmul_with(MatmulKernel::Auto, x, n, out)
+    }
+
+    /// [`QMatrix::matmul`] with an explicit algorithm. Integer kernels do not apply to the
+    /// float types, which always use the GEMM path.
+    pub fn matmul_with(&self, kernel: MatmulKernel, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
+        let overflow = || KernelError::InvalidShape {
+            op: "QMatrix::matmul",
+            detail: format!("n={n} overflows with {}x{}", self.rows(), self.cols()),
+        };
+        check_len("QMatrix::matmul", "x", x.len(), n.checked_mul(self.cols()).ok_or_else(overflow)?)?;
+        check_len("QMatrix::matmul", "out", out.len(), n.checked_mul(self.rows()).ok_or_else(overflow)?)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let simd = crate::simd::has_avx2_fma();
+        match (self.ty(), kernel) {
+            (QuantType::F32 | QuantType::F16 | QuantType::BF16, _) | (_, MatmulKernel::DequantGemm) => {
+                matmul_gemm(self, x, n, out)
+            }
+            (_, MatmulKernel::Auto) if n >= GEMM_MIN_N => matmul_gemm(self, x, n, out),
+            (_, MatmulKernel::Auto | MatmulKernel::IntegerSimd) => matmul_int(self, x, n, out, simd),
+            (_, MatmulKernel::IntegerScalar) => matmul_int(self, x, n, out, false),
+        }
+        Ok(())
+    }
+}
+
+/// Output pointer shared by tasks that write disjoint elements of a strided output.
+#[derive(Clone, Copy)]
+struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: `SharedOut` is only a pointer; every user writes a set of indices disjoint from all
+// other tasks (distinct weight rows), and the borrow of `out` outlives the parallel section.
+unsafe impl Send for SharedOut {}
+// SAFETY: as above — concurrent tasks never touch the same element.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn new(out: &mut [f32]) -> Self {
+        Self { ptr: out.as_mut_ptr(), len: out.len() }
+    }
+
+    /// # Safety
+    /// No other thread may access `idx` concurrently.
+    #[inline]
+    unsafe fn write(self, idx: usize, v: f32) {
+        assert!(idx < self.len, "SharedOut index {idx} out of {}", self.len);
+        // SAFETY: in bounds (checked above); exclusivity is the caller's contract.
+        unsafe { *self.ptr.add(idx) = v }
+    }
+}
+
+/// Rows per task: enough tasks for load balance (≈4 per thread), each with ≥ MIN_TASK_MACS.
+fn rows_per_task(rows: usize, macs_per_row: usize, granule: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let balance = rows.div_ceil(threads * 4);
+    let work = MIN_TASK_MACS.div_ceil(macs_per_row.max(1));
+    balance.max(work).max(1).div_ceil(granule) * granule
+}
+
+fn matmul_int(m: &QMatrix, x: &[f32], n: usize, out: &mut [f32], simd: bool) {
+    let cols = m.cols();
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if simd && let Some(p) = m.packed() {
+        let acts = PackedActs::quantize(x, n, cols, SumRounding::for_weights(m.ty()));
+        drive(m, n, out, |r, g0, res| avx2::packed(p, r, &acts, g0, res));
+        return;
+    }
+    match m.ty() {
+        QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q8_0 => {
+            let nb = cols / QK;
+            let mut acts = vec![Q8Act::ZERO; n * nb];
+            let rounding = SumRounding::for_weights(m.ty());
+            quantize_acts(x, cols, &mut acts, nb, |x, a| quantize_q8(x, a, rounding));
+            let dot = match m.ty() {
+                QuantType::Q4_0 => dot_scalar::dot_q4_0,
+                QuantType::Q4_1 => dot_scalar::dot_q4_1,
+                _ => dot_scalar::dot_q8_0,
+            };
+            drive(m, n, out, |r, g0, res| {
+                for (j, o) in res.iter_mut().enumerate() {
+                    *o = dot(m.row(r), &acts[(g0 + j) * nb..(g0 + j + 1) * nb]);
+                }
+            });
+        }
+        QuantType::Q4K | QuantType::Q6K => {
+            let nb = cols / QK_K;
+            let mut acts = vec![Q8KAct::ZERO; n * nb];
+            quantize_acts(x, cols, &mut acts, nb, quantize_q8k);
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            if simd {
+                let q4k = m.ty() == QuantType::Q4K;
+                drive(m, n, out, |r, g0, res| avx2::kquant(q4k, m.row(r), &acts, nb, g0, res));
+                return;
+            }
+            let dot = if m.ty() == QuantType::Q4K { dot_scalar::dot_q4k } else { dot_scalar::dot_q6k };
+            drive(m, n, out, |r, g0, res| {
+                for (j, o) in res.iter_mut().enumerate() {
+                    *o = dot(m.row(r), &acts[(g0 + j) * nb..(g0 + j + 1) * nb]);
+                }
+            });
+        }
+        QuantType::F32 | QuantType::F16 | QuantType::BF16 => matmul_gemm(m, x, n, out),
+    }
+    let _ = simd;
+}
+
+fn quantize_acts<A: Send>(x: &[f32], cols: usize, acts: &mut [A], nb: usize, f: impl Fn(&[f32], &mut [A]) + Sync) {
+    if x.len() >= 4 * cols {
+        acts.par_chunks_mut(nb).zip(x.par_chunks(cols)).for_each(|(a, x)| f(x, a));
+    } else {
+        acts.chunks_mut(nb).zip(x.chunks(cols)).for_each(|(a, x)| f(x, a));
+    }
+}
+
+/// Runs `dot(r, g0, res)` — weight row `r` against activation rows `g0..g0 + res.len()`
+/// (at most 4) — for every row and activation group, tasks owning chunks of weight rows.
+fn drive(m: &QMatrix, n: usize, out: &mut [f32], dot: impl Fn(usize, usize, &mut [f32]) + Sync) {
+    let rows = m.rows();
+    let chunk = rows_per_task(rows, m.cols() * n, 4);
+    let dst = SharedOut::new(out);
+    (0..rows.div_ceil(chunk)).into_par_iter().for_each(|t| {
+        let mut buf = [0f32; 4];
+        for r in t * chunk..rows.min((t + 1) * chunk) {
+            for g0 in (0..n).step_by(4) {
+                let res = &mut buf[..4.min(n - g0)];
+                dot(r, g0, res);
+                for (j, &v) in res.iter().enumerate() {
+                    // SAFETY: element (g0 + j, r) belongs to weight row `r`, owned by this task.
+                    unsafe { dst.write((g0 + j) * rows + r, v) };
+                }
+            }
+        }
+    });
+}
+
+/// Safe entry points to the AVX2 kernels. Only reached when `has_avx2_fma()` succeeded
+/// (`matmul_int`'s `simd` flag, and `packed` only exists on such CPUs); activation buffers
+/// are built by `matmul_int` for exactly this matrix's block count.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+mod avx2 {
+    use super::super::activation::Q8KAct;
+    use super::super::dot_avx2::{self, ActRow};
+    use super::super::packed::{Packed, PackedActs};
+    use super::super::types::QuantType;
+
+    /// Dispatches a group of 1..=4 activation rows to the const-generic kernel `$f`.
+    macro_rules! by_k {
+        ($res:expr, $rows:expr, |$a:ident| $call:expr) => {{
+            let r = $rows;
+            match $res.len() {
+                1 => {
+                    let $a = [r(0)];
+                    $res.copy_from_slice(&$call)
+                }
+                2 => {
+                    let $a = [r(0), r(1)];
+                    $res.copy_from_slice(&$call)
+                }
+                3 => {
+                    let $a = [r(0), r(1), r(2)];
+                    $res.copy_from_slice(&$call)
+                }
+                _ => {
+                    let $a = [r(0), r(1), r(2), r(3)];
+                    $res.copy_from_slice(&$call)
+                }
+            }
+        }};
+    }
+
+    pub(super) fn packed(p: &Packed, r: usize, acts: &PackedActs, g0: usize, res: &mut [f32]) {
+        let w = p.row(r);
+        let rows = |j: usize| -> ActRow<'_> { acts.row(g0 + j) };
+        // SAFETY: see module doc — CPU support checked, `w` is a packed row of `p`, and the
+        // activation rows were quantized with the same column count.
+        unsafe {
+            if p.ty == QuantType::Q8_0 {
+                by_k!(res, rows, |a| dot_avx2::dot_packed_q8(w, p.nb, p.nb8, a))
+            } else {
+                let has_m = p.ty == QuantType::Q4_1;
+                by_k!(res, rows, |a| dot_avx2::dot_packed_q4(w, p.nb, p.nb8, has_m, a))
+            }
+        }
+    }
+
+    pub(super) fn kquant(q4k: bool, w: &[u8], acts: &[Q8KAct], nb: usize, g0: usize, res: &mut [f32]) {
+        let rows = |j: usize| &acts[(g0 + j) * nb..(g0 + j + 1) * nb];
+        // SAFETY: see module doc — CPU support checked, each activation row has `nb`
+        // super-blocks, the same as `w`.
+        unsafe {
+            if q4k {
+                by_k!(res, rows, |a| dot_avx2::dot_q4k(w, a))
+            } else {
+                by_k!(res, rows, |a| dot_avx2::dot_q6k(w, a))
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Per-thread f32 tile buffer of the GEMM path, reused across calls so large tiles do not
+    /// hit the allocator (and fresh page faults) on every matmul.
+    static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The f32 weights themselves when they can be used in place (f32, aligned, little-endian).
+fn f32_view(m: &QMatrix) -> Option<&[f32]> {
+    if m.ty() != QuantType::F32 || cfg!(target_endian = "big") {
+        return None;
+    }
+    // SAFETY: every bit pattern is a valid f32; `align_to` only yields the aligned middle.
+    let (pre, mid, post) = unsafe { m.bytes().align_to::<f32>() };
+    (pre.is_empty() && post.is_empty()).then_some(mid)
+}
+
+fn matmul_gemm(m: &QMatrix, x: &[f32], n: usize, out: &mut [f32]) {
+    let (rows, cols) = (m.rows(), m.cols());
+    // Quantized weights multiply the integer path's 8-bit activations (module docs). A `Q4_1`
+    // minimum is applied separately, against the f16-rounded block sums the integer path uses.
+    let q4_1 = m.ty() == QuantType::Q4_1;
+    let rounded;
+    let mut sums = Vec::new();
+    let x = match m.ty() {
+        QuantType::F32 | QuantType::F16 | QuantType::BF16 => x,
+        ty => {
+            let k_quants = matches!(ty, QuantType::Q4K | QuantType::Q6K);
+            let nb = cols / QK;
+            let mut buf = vec![0f32; x.len()];
+            let mut block_sums = vec![0f32; if q4_1 { n * nb } else { 0 }];
+            if q4_1 {
+                buf.par_chunks_mut(cols)
+                    .zip(x.par_chunks(cols))
+                    .zip(block_sums.par_chunks_mut(nb))
+                    .for_each(|((o, xr), s)| super::activation::dequantize_q8_into(xr, false, o, Some(s)));
+            } else {
+                buf.par_chunks_mut(cols)
+                    .zip(x.par_chunks(cols))
+                    .for_each(|(o, xr)| super::activation::dequantize_q8_into(xr, k_quants, o, None));
+            }
+            rounded = buf;
+            sums = block_sums;
+            &rounded[..]
+        }
+    };
+    let max_tile = (GEMM_TILE_ELEMS / cols).max(8);
+    let tile = rows_per_task(rows, cols * n, 8).min(max_tile);
+    let dst = SharedOut::new(out);
+    let direct = f32_view(m);
+    (0..rows.div_ceil(tile)).into_par_iter().for_each(|t| {
+        let (r0, r1) = (t * tile, rows.min((t + 1) * tile));
+        if let Some(w) = direct {
+            gemm_tile(&w[r0 * cols..r1 * cols], x, n, cols, dst, r0, rows);
+            return;
+        }
+        let run = |buf: &mut Vec<f32>| {
+            buf.resize((r1 - r0) * cols, 0.0);
+            for (r, o) in (r0..r1).zip(buf.chunks_exact_mut(cols)) {
+                if q4_1 {
+                    super::legacy::dequant_q4_1_scaled(m.row(r), o);
+                } else {
+                    super::dequantize_row_unchecked(m.ty(), m.row(r), o);
+                }
+            }
+            gemm_tile(buf, x, n, cols, dst, r0, rows);
+            if q4_1 {
+                add_q4_1_minimums(m, &sums, n, dst, r0, r1);
+            }
+        };
+        TILE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => run(&mut buf),
+            Err(_) => run(&mut Vec::new()),
+        });
+    });
+}
+
+/// `out[i, r] += Σ_b m[r, b] · s[i, b]` for weight rows `r0..r1`: the `Q4_1` minimum term of
+/// the GEMM path, with the integer path's rounded block sums `s`.
+fn add_q4_1_minimums(m: &QMatrix, sums: &[f32], n: usize, dst: SharedOut, r0: usize, r1: usize) {
+    let (rows, nb) = (m.rows(), m.cols() / QK);
+    for r in r0..r1 {
+        let mins: Vec<f32> = m.row(r).chunks_exact(20).map(|b| super::legacy::f16_at(b, 2)).collect();
+        for i in 0..n {
+            let term: f32 = mins.iter().zip(&sums[i * nb..(i + 1) * nb]).map(|(a, b)| a * b).sum();
+            let idx = i * rows + r;
+            assert!(idx < dst.len);
+            // SAFETY: `idx` is in bounds (asserted) and column `r` belongs to this task's tile.
+            unsafe { *dst.ptr.add(idx) += term };
+        }
+    }
+}
+
+/// `out[:, r0..r0 + tr] = x · wᵀ` for a tile `w` of `tr` weight rows.
+fn gemm_tile(w: &[f32], x: &[f32], n: usize, cols: usize, dst: SharedOut, r0: usize, rows: usize) {
+    let tr = w.len() / cols;
+    assert!(x.len() >= n * cols && r0 + tr <= rows && (n - 1) * rows + r0 + tr <= dst.len);
+    // SAFETY: bounds asserted above: lhs `x` is n×cols (row stride cols), rhs is `w` read
+    // transposed (column stride cols), dst is the n×tr window at column r0 of the n×rows
+    // output; this task is the only writer of columns r0..r0+tr.
+    unsafe {
+        gemm::gemm(
+            n,
+            tr,
+            cols,
+            dst.ptr.add(r0),
+            1,
+            rows as isize,
+            false,
+            x.as_ptr(),
+            1,
+            cols as isize,
+            w.as_ptr(),
+            cols as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}

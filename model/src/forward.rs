@@ -1,0 +1,247 @@
+//! The transformer forward pass over a batch of sequences sharing one paged KV arena.
+//!
+//! All new tokens of the batch (prefill chunks and single decode tokens alike) are stacked into
+//! one `[T × hidden]` activation matrix, so every weight matrix is read once per step whatever the
+//! batch holds. Attention is the only per-sequence part: each sequence's queries attend to its own
+//! blocks through the [`AttentionBackend`]. Logits are computed only for the rows that ask.
+
+use lcserve_common::{BlockId, TokenId};
+use lcserve_kernels::ops::{add_inplace, rms_norm, rope_interleaved, rope_neox, silu_mul};
+use lcserve_kernels::{AttnShape, PagedKv};
+
+use crate::attention::AttentionBackend;
+use crate::config::RopeLayout;
+use crate::error::{ModelError, Result};
+use crate::kv_arena::KvArena;
+use crate::model::Model;
+
+/// Which positions of a sequence's new tokens need next-token logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitsWanted {
+    /// None (a prefill chunk that is not the last).
+    None,
+    /// Only after the last new token (the usual case).
+    Last,
+    /// After every new token (verification, tests).
+    All,
+}
+
+/// One sequence's part of a forward batch.
+#[derive(Clone, Copy, Debug)]
+pub struct SequenceInput<'a> {
+    /// Tokens to run, at positions `start_pos ..`.
+    pub tokens: &'a [TokenId],
+    /// Tokens of this sequence already in the KV arena.
+    pub start_pos: usize,
+    /// The sequence's blocks; must cover `start_pos + tokens.len()` positions.
+    pub block_table: &'a [BlockId],
+    pub logits: LogitsWanted,
+}
+
+/// Logit rows of a forward step, in batch order.
+#[derive(Debug)]
+pub struct Logits {
+    vocab: usize,
+    data: Vec<f32>,
+    /// For each row: (index of the sequence in the batch, absolute position of the token the
+    /// logits follow).
+    rows: Vec<(usize, usize)>,
+}
+
+impl Logits {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.vocab..(i + 1) * self.vocab]
+    }
+
+    /// (sequence index, position) of row `i`.
+    pub fn origin(&self, i: usize) -> (usize, usize) {
+        self.rows[i]
+    }
+
+    /// The last logit row of sequence `seq`, if it asked for any.
+    pub fn last_of(&self, seq: usize) -> Option<&[f32]> {
+        self.rows.iter().rposition(|&(s, _)| s == seq).map(|i| self.row(i))
+    }
+
+    /// All logit rows of sequence `seq`, in position order.
+    pub fn rows_of(&self, seq: usize) -> impl Iterator<Item = &[f32]> {
+        self.rows.iter().enumerate().filter(move |(_, (s, _))| *s == seq).map(|(i, _)| self.row(i))
+    }
+}
+
+/// Per-row bookkeeping of a stacked batch.
+struct RowMap {
+    /// (sequence index, absolute position) per row.
+    origin: Vec<(usize, usize)>,
+    /// First row of each sequence.
+    first_row: Vec<usize>,
+}
+
+impl Model {
+    /// Runs `batch` through the model, appending each sequence's new K/V to `arena`.
+    pub fn forward(
+        &self,
+        batch: &[SequenceInput<'_>],
+        arena: &mut KvArena,
+        attention: &dyn AttentionBackend,
+    ) -> Result<Logits> {
+        let rows = self.validate_batch(batch, arena)?;
+        let cfg = &self.config;
+        let total = rows.origin.len();
+        let (hidden, q_dim, kv_dim) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
+        let qkv_width = q_dim + 2 * kv_dim;
+        let shape = AttnShape { n_heads: cfg.num_heads, n_kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim };
+
+        let mut x = vec![0.0f32; total * hidden];
+        for (row, &token) in batch.iter().flat_map(|s| s.tokens).enumerate() {
+            self.weights.token_embedding.dequantize_row(token as usize, &mut x[row * hidden..(row + 1) * hidden])?;
+        }
+
+        let rope = match cfg.rope.layout {
+            RopeLayout::Interleaved => rope_interleaved,
+            RopeLayout::Halves => rope_neox,
+        };
+        let mut h = vec![0.0f32; total * hidden];
+        let mut qkv = vec![0.0f32; total * qkv_width];
+        let mut attn = vec![0.0f32; total * q_dim];
+        let mut proj = vec![0.0f32; total * hidden];
+        let mut gate_up = vec![0.0f32; total * 2 * cfg.intermediate_size];
+        let mut act = vec![0.0f32; total * cfg.intermediate_size];
+        let mut q_seq = Vec::new();
+        let mut out_seq = Vec::new();
+
+        for (layer_idx, layer) in self.weights.layers.iter().enumerate() {
+            rms_norm(&x, &layer.attn_norm, cfg.rms_norm_eps, &mut h)?;
+            layer.qkv.matmul(&h, total, &mut qkv)?;
+            if !layer.qkv_bias.is_empty() {
+                for row in qkv.chunks_exact_mut(qkv_width) {
+                    row.iter_mut().zip(&layer.qkv_bias).for_each(|(v, b)| *v += b);
+                }
+            }
+            for (values, &(_, pos)) in qkv.chunks_exact_mut(qkv_width).zip(&rows.origin) {
+                let (q, kv) = values.split_at_mut(q_dim);
+                rope(q, cfg.num_heads, cfg.head_dim, &[pos], &self.rope)?;
+                rope(&mut kv[..kv_dim], cfg.num_kv_heads, cfg.head_dim, &[pos], &self.rope)?;
+            }
+            self.write_kv(batch, &rows, &qkv, layer_idx, arena);
+
+            for (seq_idx, seq) in batch.iter().enumerate() {
+                let (first, nq) = (rows.first_row[seq_idx], seq.tokens.len());
+                q_seq.clear();
+                q_seq.extend(
+                    qkv[first * qkv_width..(first + nq) * qkv_width].chunks_exact(qkv_width).flat_map(|r| &r[..q_dim]),
+                );
+                out_seq.resize(nq * q_dim, 0.0);
+                let len = seq.start_pos + nq;
+                let used_blocks = len.div_ceil(arena.layout().block_size);
+                let (k_blocks, v_blocks): (Vec<&[f32]>, Vec<&[f32]>) =
+                    seq.block_table[..used_blocks].iter().map(|&b| arena.layer(b, layer_idx)).unzip();
+                let kv =
+                    PagedKv { k_blocks: &k_blocks, v_blocks: &v_blocks, block_size: arena.layout().block_size, len };
+                attention.attend(layer_idx, &q_seq, nq, &kv, &shape, &mut out_seq)?;
+                attn[first * q_dim..(first + nq) * q_dim].copy_from_slice(&out_seq);
+            }
+
+            layer.attn_output.matmul(&attn, total, &mut proj)?;
+            add_inplace(&mut x, &proj)?;
+            rms_norm(&x, &layer.ffn_norm, cfg.rms_norm_eps, &mut h)?;
+            layer.gate_up.matmul(&h, total, &mut gate_up)?;
+            let ffn = cfg.intermediate_size;
+            for (gu, a) in gate_up.chunks_exact(2 * ffn).zip(act.chunks_exact_mut(ffn)) {
+                let (gate, up) = gu.split_at(ffn);
+                silu_mul(gate, up, a)?;
+            }
+            layer.ffn_down.matmul(&act, total, &mut proj)?;
+            add_inplace(&mut x, &proj)?;
+        }
+
+        self.lm_head(batch, &rows, &x)
+    }
+
+    /// Checks every batch entry before any KV is written, so a bad request changes nothing.
+    fn validate_batch(&self, batch: &[SequenceInput<'_>], arena: &KvArena) -> Result<RowMap> {
+        let vocab = self.config.vocab_size;
+        let block_size = arena.layout().block_size;
+        let mut origin = Vec::new();
+        let mut first_row = Vec::with_capacity(batch.len());
+        for (index, seq) in batch.iter().enumerate() {
+            let invalid = |reason: String| ModelError::InvalidBatch { index, reason };
+            if seq.tokens.is_empty() {
+                return Err(invalid("no tokens".into()));
+            }
+            let end = seq.start_pos + seq.tokens.len();
+            if end > self.config.context_length {
+                return Err(ModelError::ContextExceeded { position: end, context: self.config.context_length });
+            }
+            if seq.block_table.len() * block_size < end {
+                return Err(invalid(format!(
+                    "block table covers {} positions, need {end}",
+                    seq.block_table.len() * block_size
+                )));
+            }
+            if let Some(&b) = seq.block_table.iter().find(|b| b.0 as usize >= arena.num_blocks()) {
+                return Err(invalid(format!("block {} outside the arena of {} blocks", b.0, arena.num_blocks())));
+            }
+            if let Some(&token) = seq.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(ModelError::TokenOutOfRange { token, vocab });
+            }
+            first_row.push(origin.len());
+            origin.extend((seq.start_pos..end).map(|pos| (index, pos)));
+        }
+        Ok(RowMap { origin, first_row })
+    }
+
+    /// Scatters the rotated keys and the values of every row into the row's block and slot.
+    fn write_kv(&self, batch: &[SequenceInput<'_>], rows: &RowMap, qkv: &[f32], layer: usize, arena: &mut KvArena) {
+        let (q_dim, kv_dim, d) = (self.config.q_dim(), self.config.kv_dim(), self.config.head_dim);
+        let qkv_width = q_dim + 2 * kv_dim;
+        let block_size = arena.layout().block_size;
+        for (row, &(seq, pos)) in rows.origin.iter().enumerate() {
+            let block = batch[seq].block_table[pos / block_size];
+            let slot = pos % block_size;
+            let values = &qkv[row * qkv_width..(row + 1) * qkv_width];
+            let (k_src, v_src) = values[q_dim..].split_at(kv_dim);
+            let (k_dst, v_dst) = arena.layer_mut(block, layer);
+            for head in 0..self.config.num_kv_heads {
+                let dst = (head * block_size + slot) * d;
+                k_dst[dst..dst + d].copy_from_slice(&k_src[head * d..(head + 1) * d]);
+                v_dst[dst..dst + d].copy_from_slice(&v_src[head * d..(head + 1) * d]);
+            }
+        }
+    }
+
+    /// Final norm and LM head over the rows that want logits only.
+    fn lm_head(&self, batch: &[SequenceInput<'_>], rows: &RowMap, x: &[f32]) -> Result<Logits> {
+        let hidden = self.config.hidden_size;
+        let mut selected = Vec::new();
+        for (seq_idx, seq) in batch.iter().enumerate() {
+            let first = rows.first_row[seq_idx];
+            let range = match seq.logits {
+                LogitsWanted::None => continue,
+                LogitsWanted::Last => first + seq.tokens.len() - 1..first + seq.tokens.len(),
+                LogitsWanted::All => first..first + seq.tokens.len(),
+            };
+            selected.extend(range);
+        }
+        let mut gathered = Vec::with_capacity(selected.len() * hidden);
+        for &row in &selected {
+            gathered.extend_from_slice(&x[row * hidden..(row + 1) * hidden]);
+        }
+        let mut normed = vec![0.0; gathered.len()];
+        rms_norm(&gathered, &self.weights.output_norm, self.config.rms_norm_eps, &mut normed)?;
+        let vocab = self.config.vocab_size;
+        let mut data = vec![0.0; selected.len() * vocab];
+        if !selected.is_empty() {
+            self.weights.lm_head.matmul(&normed, selected.len(), &mut data)?;
+        }
+        Ok(Logits { vocab, data, rows: selected.iter().map(|&r| rows.origin[r]).collect() })
+    }
+}

@@ -1,0 +1,39 @@
+//! Models for lcserve: formats, tokenizer, chat template, and the forward pass.
+//!
+//! Data flow: a [`GgufSource`] (GGUF file) or [`HfSource`] (Hugging Face directory) yields
+//! memory-mapped tensors by GGUF name → [`Weights`] turns them into typed matrices (fusing
+//! q‖k‖v and gate‖up) → [`Model`] bundles them with the [`Tokenizer`], the [`ChatTemplate`] and
+//! the [`lcserve_common::ModelFingerprint`] → [`Model::forward`] runs a batch of sequences,
+//! writing K/V into a paged [`KvArena`] and attending through an [`AttentionBackend`].
+//!
+//! The heavy math lives in `lcserve-kernels`; this crate owns shapes, names and the order of
+//! operations.
+
+mod attention;
+mod chat_template;
+mod config;
+mod detokenizer;
+mod error;
+mod export;
+mod fingerprint;
+mod forward;
+mod kv_arena;
+mod model;
+mod source;
+mod tiny;
+mod tokenizer;
+mod weights;
+
+pub use attention::{AttentionBackend, DenseAttention};
+pub use chat_template::{ChatMessage, ChatTemplate};
+pub use config::{Architecture, ModelConfig, RopeConfig, RopeLayout, RopeScaling};
+pub use detokenizer::IncrementalDecoder;
+pub use error::{ModelError, Result};
+pub use export::export_hf_dir;
+pub use forward::{Logits, LogitsWanted, SequenceInput};
+pub use kv_arena::{KV_ELEM_BYTES, KvArena};
+pub use model::{LoadProgress, Model, ModelFormat, ModelSummary};
+pub use source::{GgufSource, HfSource, TensorSource, WeightTensor};
+pub use tiny::{TinyModelPaths, write_tiny_model};
+pub use tokenizer::{Tokenizer, TokenizerError};
+pub use weights::{LayerWeights, Projection, Weights, dequantize_vector};

@@ -1,0 +1,140 @@
+//! A loaded model: config, weights, tokenizer, chat template and fingerprint.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use lcserve_common::{KvLayout, ModelFingerprint};
+use lcserve_kernels::QuantType;
+use lcserve_kernels::ops::RopeTable;
+use serde::Serialize;
+
+use crate::chat_template::ChatTemplate;
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::fingerprint::fingerprint;
+use crate::source::{GgufSource, TensorSource};
+use crate::tokenizer::Tokenizer;
+use crate::weights::Weights;
+
+/// On-disk format a model was loaded from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFormat {
+    Gguf,
+    /// A Hugging Face directory: `config.json`, `*.safetensors`, `tokenizer.json`.
+    HuggingFace,
+}
+
+/// Facts about a loaded model for `lcserve model inspect` and model-info RPCs.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelSummary {
+    pub path: PathBuf,
+    pub format: ModelFormat,
+    pub architecture: String,
+    pub parameters: u64,
+    /// Matrix element types and how many matrices use each.
+    pub tensor_types: Vec<(String, usize)>,
+    pub context_length: usize,
+    pub vocab_size: usize,
+    pub has_chat_template: bool,
+    pub fingerprint: String,
+    pub config: ModelConfig,
+}
+
+/// Progress of a load, reported once per layer.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadProgress {
+    pub layers_done: usize,
+    pub layers_total: usize,
+}
+
+/// A model ready to run.
+#[derive(Debug)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub weights: Weights,
+    pub tokenizer: Arc<Tokenizer>,
+    pub chat_template: Option<ChatTemplate>,
+    pub fingerprint: ModelFingerprint,
+    pub summary: ModelSummary,
+    /// RoPE cos/sin for every position of the context (scaling applied).
+    pub(crate) rope: RopeTable,
+}
+
+impl Model {
+    /// Loads a GGUF file or a Hugging Face directory.
+    pub fn load(path: &Path, progress: &mut dyn FnMut(LoadProgress)) -> Result<Self> {
+        if !path.exists() {
+            return Err(ModelError::NotFound(path.to_owned()));
+        }
+        if path.is_dir() {
+            let source = crate::source::HfSource::open(path)?;
+            let config = source.config().clone();
+            let tokenizer = source.tokenizer()?;
+            let chat_template = source.chat_template()?;
+            Self::assemble(path, ModelFormat::HuggingFace, config, &source, tokenizer, chat_template, progress)
+        } else {
+            let source = GgufSource::open(path)?;
+            let config = source.config()?;
+            let tokenizer = Tokenizer::from_gguf_metadata(source.metadata())?;
+            let chat_template = match source.metadata().get("tokenizer.chat_template") {
+                Some(value) => {
+                    let text = value.to_string().map_err(|e| ModelError::InvalidMetadata {
+                        key: "tokenizer.chat_template".into(),
+                        reason: e.to_string(),
+                    })?;
+                    Some(ChatTemplate::new(text)?)
+                }
+                None => None,
+            };
+            Self::assemble(path, ModelFormat::Gguf, config, &source, tokenizer, chat_template, progress)
+        }
+    }
+
+    fn assemble(
+        path: &Path,
+        format: ModelFormat,
+        config: ModelConfig,
+        source: &dyn TensorSource,
+        tokenizer: Tokenizer,
+        chat_template: Option<ChatTemplate>,
+        progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
+        let layers_total = config.num_layers;
+        let weights =
+            Weights::load(source, &config, |layers_done| progress(LoadProgress { layers_done, layers_total }))?;
+        let fingerprint = fingerprint(&config, source)?;
+        let mut parameters = 0u64;
+        for name in source.tensor_names() {
+            parameters += source.tensor(&name)?.elem_count() as u64;
+        }
+        let summary = ModelSummary {
+            path: path.to_owned(),
+            format,
+            architecture: config.architecture.name().to_owned(),
+            parameters,
+            tensor_types: weights
+                .quant_types()
+                .into_iter()
+                .map(|(t, n): (QuantType, usize)| (t.name().to_owned(), n))
+                .collect(),
+            context_length: config.context_length,
+            vocab_size: config.vocab_size,
+            has_chat_template: chat_template.is_some(),
+            fingerprint: fingerprint.to_string(),
+            config: config.clone(),
+        };
+        let rope = RopeTable::new(&config.rope.inv_freq(config.head_dim, config.context_length), config.context_length);
+        Ok(Self { config, weights, tokenizer: Arc::new(tokenizer), chat_template, fingerprint, summary, rope })
+    }
+
+    /// The KV block shape of this model at `block_size` tokens per block.
+    pub fn kv_layout(&self, block_size: usize) -> KvLayout {
+        KvLayout {
+            layers: self.config.num_layers,
+            kv_heads: self.config.num_kv_heads,
+            head_dim: self.config.head_dim,
+            block_size,
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! A tiny deterministic llama model for tests and demos (`lcserve model tiny --out DIR`).
+//!
+//! Why: end-to-end tests need a real model — real GGUF metadata, a real byte-level BPE tokenizer,
+//! a chat template, quantized matrices of several types — but cannot download one or spend
+//! seconds per forward pass. This writes one in milliseconds from a seed: 2 layers, hidden 64,
+//! 4 query / 2 KV heads of 16, FFN 128, a 4096-token context (so long-context paths run) and a
+//! 303-token vocabulary (3 ChatML specials, 256 GPT-2 byte tokens, 44 merges). Matrices mix
+//! Q8_0 / Q4_1 / Q4_0 so both fused and unfused projections are exercised; norms are F32 near 1.
+//! The Hugging Face copy is [`export_hf_dir`] of the GGUF, so the two are the same model.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::error::{ModelError, Result};
+use crate::export::export_hf_dir;
+use crate::source::GgufSource;
+use crate::tokenizer::Tokenizer;
+
+const HIDDEN: usize = 64;
+const LAYERS: usize = 2;
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+const HEAD_DIM: usize = HIDDEN / HEADS;
+const FFN: usize = 128;
+const CONTEXT: usize = 4096;
+const ROPE_THETA: f32 = 10_000.0;
+const RMS_EPS: f32 = 1e-5;
+
+/// Special tokens, at ids 0, 1, 2 (BOS = `<|im_start|>`, EOS = `<|im_end|>`, as in SmolLM2).
+const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+const BOS: u32 = 1;
+const EOS: u32 = 2;
+
+/// BPE merges in priority order, in GPT-2 byte-unicode form (`Ġ` is a space, `Ċ` a newline);
+/// each merge's parts exist by the time it applies.
+#[rustfmt::skip]
+const MERGES: [(&str, &str); 44] = [
+    ("Ġ", "t"), ("h", "e"), ("i", "n"), ("e", "r"), ("a", "n"), ("Ġ", "a"), ("o", "n"),
+    ("Ġt", "he"), ("r", "e"), ("o", "u"), ("a", "t"), ("e", "n"), ("Ġ", "s"), ("Ġ", "w"),
+    ("i", "s"), ("o", "r"), ("e", "s"), ("Ġ", "o"), ("i", "t"), ("Ġ", "c"), ("a", "r"),
+    ("e", "d"), ("Ġ", "b"), ("in", "g"), ("Ġ", "f"), ("Ġ", "m"), ("l", "l"), ("Ġ", "h"),
+    ("Ġ", "p"), ("Ġ", "d"), ("Ġa", "n"), ("Ġan", "d"), ("Ġ", "i"), ("Ġo", "f"), ("Ġt", "o"),
+    ("Ġ", "is"), ("Ġi", "n"), ("Ġ", "l"), ("Ġ", "n"), ("a", "s"), ("Ġw", "h"), ("o", "w"),
+    ("Ċ", "Ċ"), ("Ġ", "y"),
+];
+
+/// ChatML, as SmolLM2 and Qwen use it.
+const CHAT_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// Where [`write_tiny_model`] put the model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TinyModelPaths {
+    /// `OUT/tiny.gguf`.
+    pub gguf: PathBuf,
+    /// `OUT/tiny-hf/`, the dequantized Hugging Face copy.
+    pub hf_dir: PathBuf,
+}
+
+/// Writes the tiny model to `out_dir` (created if needed) as `tiny.gguf` and `tiny-hf/`.
+/// The same `seed` always gives byte-identical files.
+pub fn write_tiny_model(out_dir: &Path, seed: u64) -> Result<TinyModelPaths> {
+    std::fs::create_dir_all(out_dir).map_err(|source| ModelError::Io { path: out_dir.to_owned(), source })?;
+    let paths = TinyModelPaths { gguf: out_dir.join("tiny.gguf"), hf_dir: out_dir.join("tiny-hf") };
+    write_gguf(&paths.gguf, seed)?;
+    let gguf = GgufSource::open(&paths.gguf)?;
+    let tokenizer = Tokenizer::from_gguf_metadata(gguf.metadata())?;
+    export_hf_dir(&gguf, &tokenizer, Some(CHAT_TEMPLATE), &paths.hf_dir)?;
+    Ok(paths)
+}
+
+/// GPT-2's reversible byte → printable-character map (`bytes_to_unicode`).
+fn byte_chars() -> Vec<char> {
+    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+    let mut next_unprintable = 256;
+    (0u32..256)
+        .map(|b| {
+            let code = if printable(b) {
+                b
+            } else {
+                next_unprintable += 1;
+                next_unprintable - 1
+            };
+            char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER)
+        })
+        .collect()
+}
+
+fn vocabulary() -> Vec<String> {
+    let mut tokens: Vec<String> = SPECIALS.iter().map(|s| (*s).to_owned()).collect();
+    tokens.extend(byte_chars().into_iter().map(String::from));
+    tokens.extend(MERGES.iter().map(|(a, b)| format!("{a}{b}")));
+    tokens
+}
+
+/// Normal samples by Box–Muller (rand 0.9 has no distributions without `rand_distr`).
+struct Gaussian(StdRng);
+
+impl Gaussian {
+    fn sample(&mut self, mean: f32, std: f32, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let u1: f32 = 1.0 - self.0.random::<f32>();
+                let u2: f32 = self.0.random();
+                mean + std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+            })
+            .collect()
+    }
+}
+
+fn quantized(name: &str, values: Vec<f32>, shape: &[usize], dtype: GgmlDType) -> Result<QTensor> {
+    let error = |e: candle_core::Error| ModelError::TensorData { tensor: name.to_owned(), reason: e.to_string() };
+    let tensor = Tensor::from_vec(values, shape, &Device::Cpu).map_err(error)?;
+    QTensor::quantize(&tensor, dtype).map_err(error)
+}
+
+fn write_gguf(path: &Path, seed: u64) -> Result<()> {
+    use GgmlDType::{F32, Q4_0, Q4_1, Q8_0};
+    let tokens = vocabulary();
+    let vocab = tokens.len();
+    let mut rng = Gaussian(StdRng::seed_from_u64(seed));
+
+    // Matrix types per layer: (q, k, v, output, gate, up, down). Layer 0 fuses q‖k‖v and
+    // gate‖up; layer 1 mixes types so the loader keeps them separate.
+    let layer_types = [[Q4_1, Q4_1, Q4_1, Q4_0, Q8_0, Q8_0, Q4_1], [Q4_0, Q8_0, Q4_1, Q8_0, Q4_1, Q4_0, Q8_0]];
+    let mut tensors = vec![(
+        "token_embd.weight".to_owned(),
+        quantized("token_embd.weight", rng.sample(0.0, 0.5, vocab * HIDDEN), &[vocab, HIDDEN], Q8_0)?,
+    )];
+    for (layer, types) in layer_types.iter().enumerate() {
+        let [q, k, v, o, gate, up, down] = *types;
+        let specs = [
+            ("attn_norm.weight", vec![HIDDEN], F32, 1.0, 0.05),
+            ("attn_q.weight", vec![HEADS * HEAD_DIM, HIDDEN], q, 0.0, 0.08),
+            ("attn_k.weight", vec![KV_HEADS * HEAD_DIM, HIDDEN], k, 0.0, 0.08),
+            ("attn_v.weight", vec![KV_HEADS * HEAD_DIM, HIDDEN], v, 0.0, 0.08),
+            ("attn_output.weight", vec![HIDDEN, HEADS * HEAD_DIM], o, 0.0, 0.08),
+            ("ffn_norm.weight", vec![HIDDEN], F32, 1.0, 0.05),
+            ("ffn_gate.weight", vec![FFN, HIDDEN], gate, 0.0, 0.08),
+            ("ffn_up.weight", vec![FFN, HIDDEN], up, 0.0, 0.08),
+            ("ffn_down.weight", vec![HIDDEN, FFN], down, 0.0, 0.05),
+        ];
+        for (suffix, shape, dtype, mean, std) in specs {
+            let name = format!("blk.{layer}.{suffix}");
+            let values = rng.sample(mean, std, shape.iter().product());
+            tensors.push((name.clone(), quantized(&name, values, &shape, dtype)?));
+        }
+    }
+    tensors.push((
+        "output.weight".to_owned(),
+        quantized("output.weight", rng.sample(0.0, 0.1, vocab * HIDDEN), &[vocab, HIDDEN], Q8_0)?,
+    ));
+    // Last, because its 256 bytes need no alignment padding: the file ends where the data ends,
+    // so cutting even one byte truncates a tensor (what truncation tests rely on).
+    tensors.push((
+        "output_norm.weight".to_owned(),
+        quantized("output_norm.weight", rng.sample(1.0, 0.05, HIDDEN), &[HIDDEN], F32)?,
+    ));
+
+    let u32_value = |n: usize| Value::U32(n as u32);
+    let token_types = (0..vocab).map(|id| Value::I32(if id < SPECIALS.len() { 3 } else { 1 })).collect();
+    let metadata: Vec<(&str, Value)> = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("general.name", Value::String("lcserve-tiny".into())),
+        ("llama.context_length", u32_value(CONTEXT)),
+        ("llama.embedding_length", u32_value(HIDDEN)),
+        ("llama.block_count", u32_value(LAYERS)),
+        ("llama.feed_forward_length", u32_value(FFN)),
+        ("llama.attention.head_count", u32_value(HEADS)),
+        ("llama.attention.head_count_kv", u32_value(KV_HEADS)),
+        ("llama.attention.key_length", u32_value(HEAD_DIM)),
+        ("llama.attention.value_length", u32_value(HEAD_DIM)),
+        ("llama.attention.layer_norm_rms_epsilon", Value::F32(RMS_EPS)),
+        ("llama.rope.dimension_count", u32_value(HEAD_DIM)),
+        ("llama.rope.freq_base", Value::F32(ROPE_THETA)),
+        ("llama.vocab_size", u32_value(vocab)),
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre", Value::String("gpt2".into())),
+        ("tokenizer.ggml.tokens", Value::Array(tokens.into_iter().map(Value::String).collect())),
+        ("tokenizer.ggml.token_type", Value::Array(token_types)),
+        (
+            "tokenizer.ggml.merges",
+            Value::Array(MERGES.iter().map(|(a, b)| Value::String(format!("{a} {b}"))).collect()),
+        ),
+        ("tokenizer.ggml.bos_token_id", Value::U32(BOS)),
+        ("tokenizer.ggml.eos_token_id", Value::U32(EOS)),
+        ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
+        ("tokenizer.chat_template", Value::String(CHAT_TEMPLATE.into())),
+    ];
+    let metadata_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let io = |source| ModelError::Io { path: path.to_owned(), source };
+    let mut out = BufWriter::new(File::create(path).map_err(io)?);
+    gguf_file::write(&mut out, &metadata_refs, &tensor_refs)
+        .map_err(|e| ModelError::InvalidGguf { path: path.to_owned(), reason: format!("writing failed: {e}") })?;
+    std::io::Write::flush(&mut out).map_err(io)
+}

@@ -1,0 +1,134 @@
+//! The forward pass on the tiny random model: against plain reference math, chunked against
+//! one-shot prefill, batched against single-sequence decode, and with bad input.
+
+mod support;
+
+use lcserve_common::BlockId;
+use lcserve_model::{DenseAttention, GgufSource, KvArena, LogitsWanted, Model, ModelError, SequenceInput};
+use support::{Session, max_rel_diff, reference::Reference};
+
+fn tiny_model() -> (tempfile::TempDir, Model) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = lcserve_model::write_tiny_model(dir.path(), 7).expect("tiny model");
+    let model = Model::load(&paths.gguf, &mut |_| {}).expect("load tiny");
+    (dir, model)
+}
+
+fn prompt(len: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+#[test]
+fn forward_matches_reference_math() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = lcserve_model::write_tiny_model(dir.path(), 11).expect("tiny model");
+    let model = Model::load(&paths.gguf, &mut |_| {}).expect("load");
+    let reference = Reference::new(&GgufSource::open(&paths.gguf).expect("open"));
+    for len in [1, 7, 63, 64, 65, 130] {
+        let tokens = prompt(len, model.config.vocab_size, len as u64);
+        let ours = Session::new(&model, 16, len).run(&tokens, true);
+        let expected = reference.logits(&tokens);
+        for (pos, (a, b)) in ours.iter().zip(&expected).enumerate() {
+            let b32: Vec<f32> = b.iter().map(|&v| v as f32).collect();
+            // Decode-sized batches quantize activations to 8 bits (as llama.cpp does), which
+            // bounds agreement with exact math at about 1e-2 of the logit range.
+            let err = max_rel_diff(a, &b32);
+            assert!(err < 2e-2, "len {len} pos {pos}: relative error {err}");
+        }
+    }
+}
+
+#[test]
+fn chunked_prefill_equals_one_shot() {
+    let (_dir, model) = tiny_model();
+    let tokens = prompt(1000, model.config.vocab_size, 3);
+    let one_shot = Session::new(&model, 64, tokens.len()).run(&tokens, true);
+    for chunk in [64, 100, 333] {
+        let mut session = Session::new(&model, 64, tokens.len());
+        let chunked: Vec<Vec<f32>> = tokens.chunks(chunk).flat_map(|c| session.run(c, true)).collect();
+        for (pos, (a, b)) in chunked.iter().zip(&one_shot).enumerate() {
+            let err = max_rel_diff(a, b);
+            assert!(err <= 1e-4, "chunk {chunk} pos {pos}: relative error {err}");
+        }
+    }
+}
+
+#[test]
+fn batched_decode_equals_single_sequence_decode() {
+    let (_dir, model) = tiny_model();
+    let block_size = 16;
+    let prompts: Vec<Vec<u32>> =
+        [5usize, 17, 33, 64].iter().map(|&n| prompt(n, model.config.vocab_size, n as u64)).collect();
+    let steps = 20;
+
+    // Alone: each sequence in its own session, greedy.
+    let mut alone = Vec::new();
+    for p in &prompts {
+        let mut session = Session::new(&model, block_size, p.len() + steps);
+        let mut logits = session.run(p, false);
+        let mut rows = Vec::new();
+        for _ in 0..steps {
+            let row = logits.pop().expect("row");
+            let next = support::argmax(&row);
+            rows.push(row);
+            logits = session.run(&[next], false);
+        }
+        alone.push(rows);
+    }
+
+    // Together: one arena, disjoint block tables, one forward per step for all four.
+    let per_seq = (64 + steps).div_ceil(block_size);
+    let mut arena = KvArena::new(model.kv_layout(block_size), per_seq * prompts.len());
+    let tables: Vec<Vec<BlockId>> =
+        (0..prompts.len()).map(|s| (0..per_seq).map(|b| BlockId((s * per_seq + b) as u32)).collect()).collect();
+    let mut lens = vec![0usize; prompts.len()];
+    let mut pending: Vec<Vec<u32>> = prompts.clone();
+    for step in 0..steps {
+        let inputs: Vec<SequenceInput<'_>> = (0..prompts.len())
+            .map(|s| SequenceInput {
+                tokens: &pending[s],
+                start_pos: lens[s],
+                block_table: &tables[s],
+                logits: LogitsWanted::Last,
+            })
+            .collect();
+        let logits = model.forward(&inputs, &mut arena, &DenseAttention).expect("forward");
+        for s in 0..prompts.len() {
+            lens[s] += pending[s].len();
+            let row = logits.last_of(s).expect("row");
+            let err = max_rel_diff(row, &alone[s][step]);
+            assert!(err <= 1e-4, "seq {s} step {step}: relative error {err}");
+            pending[s] = vec![support::argmax(row)];
+        }
+    }
+}
+
+#[test]
+fn bad_batches_are_refused_without_touching_the_cache() {
+    let (_dir, model) = tiny_model();
+    let mut arena = KvArena::new(model.kv_layout(16), 4);
+    let table: Vec<BlockId> = (0..4).map(BlockId).collect();
+    let run = |arena: &mut KvArena, tokens: &[u32], start_pos: usize, table: &[BlockId]| {
+        model.forward(
+            &[SequenceInput { tokens, start_pos, block_table: table, logits: LogitsWanted::Last }],
+            arena,
+            &DenseAttention,
+        )
+    };
+    let vocab = model.config.vocab_size as u32;
+    assert!(matches!(run(&mut arena, &[], 0, &table), Err(ModelError::InvalidBatch { .. })));
+    assert!(matches!(run(&mut arena, &[vocab], 0, &table), Err(ModelError::TokenOutOfRange { .. })));
+    assert!(matches!(run(&mut arena, &[1; 65], 0, &table), Err(ModelError::InvalidBatch { .. })), "table too short");
+    assert!(
+        matches!(run(&mut arena, &[1], 0, &[BlockId(9)]), Err(ModelError::InvalidBatch { .. })),
+        "block outside arena"
+    );
+    let context = model.config.context_length;
+    assert!(matches!(run(&mut arena, &[1], context, &table), Err(ModelError::ContextExceeded { .. })));
+}

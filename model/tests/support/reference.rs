@@ -1,0 +1,117 @@
+//! A llama forward pass in f64 over dequantized weights: exact math for accuracy checks.
+
+use lcserve_kernels::dequantize_row;
+use lcserve_model::{GgufSource, ModelConfig, TensorSource};
+
+/// A llama forward pass in f64 over dequantized weights, written for clarity, not speed.
+pub struct Reference {
+    config: ModelConfig,
+    tensors: std::collections::HashMap<String, Vec<f64>>,
+}
+
+impl Reference {
+    pub fn new(source: &GgufSource) -> Self {
+        let config = source.config().expect("config");
+        let tensors = source
+            .tensor_names()
+            .into_iter()
+            .map(|name| {
+                let tensor = source.tensor(&name).expect("tensor");
+                let mut values = vec![0f32; tensor.elem_count()];
+                dequantize_row(tensor.dtype, tensor.bytes.as_bytes(), &mut values).expect("dequantize");
+                (name, values.into_iter().map(f64::from).collect())
+            })
+            .collect();
+        Self { config, tensors }
+    }
+
+    fn w(&self, name: &str) -> &[f64] {
+        &self.tensors[name]
+    }
+
+    /// `W x` for a `[rows × cols]` row-major matrix.
+    fn matvec(&self, name: &str, x: &[f64]) -> Vec<f64> {
+        self.w(name).chunks_exact(x.len()).map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum()).collect()
+    }
+
+    fn rms_norm(&self, x: &[f64], name: &str) -> Vec<f64> {
+        let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+        let inv = 1.0 / (ms + self.config.rms_norm_eps as f64).sqrt();
+        x.iter().zip(self.w(name)).map(|(v, w)| v * inv * w).collect()
+    }
+
+    /// Interleaved (GGUF llama) RoPE at `pos` on every head of `x`.
+    fn rope(&self, x: &mut [f64], pos: usize) {
+        let d = self.config.head_dim;
+        for head in x.chunks_exact_mut(d) {
+            for i in 0..d / 2 {
+                let freq = (self.config.rope.theta as f64).powf(-2.0 * i as f64 / d as f64);
+                let (s, c) = (pos as f64 * freq).sin_cos();
+                let (a, b) = (head[2 * i], head[2 * i + 1]);
+                head[2 * i] = a * c - b * s;
+                head[2 * i + 1] = a * s + b * c;
+            }
+        }
+    }
+
+    /// Logits after every token of `tokens`.
+    pub fn logits(&self, tokens: &[u32]) -> Vec<Vec<f64>> {
+        self.logits_from(tokens, 0)
+    }
+
+    /// Logits after each token from position `first` on.
+    pub fn logits_from(&self, tokens: &[u32], first: usize) -> Vec<Vec<f64>> {
+        let c = &self.config;
+        let (d, hidden) = (c.head_dim, c.hidden_size);
+        let embed = self.w("token_embd.weight");
+        let mut xs: Vec<Vec<f64>> =
+            tokens.iter().map(|&t| embed[t as usize * hidden..(t as usize + 1) * hidden].to_vec()).collect();
+        for l in 0..c.num_layers {
+            let name = |s: &str| format!("blk.{l}.{s}");
+            let mut qs = Vec::new();
+            let mut ks = Vec::new();
+            let mut vs = Vec::new();
+            for (pos, x) in xs.iter().enumerate() {
+                let h = self.rms_norm(x, &name("attn_norm.weight"));
+                let mut q = self.matvec(&name("attn_q.weight"), &h);
+                let mut k = self.matvec(&name("attn_k.weight"), &h);
+                self.rope(&mut q, pos);
+                self.rope(&mut k, pos);
+                qs.push(q);
+                ks.push(k);
+                vs.push(self.matvec(&name("attn_v.weight"), &h));
+            }
+            for (pos, x) in xs.iter_mut().enumerate() {
+                let mut attn = vec![0.0; c.num_heads * d];
+                for head in 0..c.num_heads {
+                    let kv_head = head / c.group_size();
+                    let q = &qs[pos][head * d..(head + 1) * d];
+                    let scores: Vec<f64> = (0..=pos)
+                        .map(|j| {
+                            q.iter().zip(&ks[j][kv_head * d..(kv_head + 1) * d]).map(|(a, b)| a * b).sum::<f64>()
+                                / (d as f64).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let total: f64 = weights.iter().sum();
+                    for (j, w) in weights.iter().enumerate() {
+                        for i in 0..d {
+                            attn[head * d + i] += w / total * vs[j][kv_head * d + i];
+                        }
+                    }
+                }
+                let o = self.matvec(&name("attn_output.weight"), &attn);
+                x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+                let h = self.rms_norm(x, &name("ffn_norm.weight"));
+                let gate = self.matvec(&name("ffn_gate.weight"), &h);
+                let up = self.matvec(&name("ffn_up.weight"), &h);
+                let act: Vec<f64> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+                let down = self.matvec(&name("ffn_down.weight"), &act);
+                x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+            }
+        }
+        let head = if self.tensors.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" };
+        xs[first..].iter().map(|x| self.matvec(head, &self.rms_norm(x, "output_norm.weight"))).collect()
+    }
+}
