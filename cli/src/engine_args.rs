@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lcserve_engine::EngineConfig;
-use lcserve_model::Model;
+use lcserve_model::{Activations, Model};
 
 /// File name `scripts/fetch-model` gives the reference model.
 const REFERENCE_MODEL: &str = "smollm2-135m-instruct.Q4_1.gguf";
@@ -18,6 +18,17 @@ pub struct ModelArgs {
     /// scripts/fetch-model, under $LCSERVE_MODEL_DIR or ./models].
     #[arg(long, env = "LCSERVE_MODEL")]
     pub model: Option<PathBuf>,
+    /// Activations in matrix products: exact `f32`, or `int8` rounded per 32-value block as
+    /// llama.cpp does (matches ggml-family engines bit for bit, less accurate on models with
+    /// activation outliers).
+    #[arg(long, env = "LCSERVE_ACTIVATIONS", value_enum, default_value_t = ActivationsArg::F32)]
+    pub activations: ActivationsArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ActivationsArg {
+    F32,
+    Int8,
 }
 
 impl ModelArgs {
@@ -39,11 +50,15 @@ impl ModelArgs {
             ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} layers")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        let model = Model::load(&path, &mut |p| {
+        let mut model = Model::load(&path, &mut |p| {
             bar.set_length(p.layers_total as u64);
             bar.set_position(p.layers_done as u64);
         })
         .with_context(|| format!("loading model {}", path.display()))?;
+        model.activations = match self.activations {
+            ActivationsArg::F32 => Activations::F32,
+            ActivationsArg::Int8 => Activations::Int8,
+        };
         bar.finish_and_clear();
         Ok(Arc::new(model))
     }

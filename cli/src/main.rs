@@ -28,11 +28,18 @@ enum Command {
     Model(model_cmd::ModelCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Bench(command) => bench::run(command),
         Command::Model(command) => model_cmd::run(command),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -46,7 +46,7 @@ pub fn run(command: ModelCommand) -> anyhow::Result<()> {
                 println!("architecture:   {}", summary.architecture);
                 println!("parameters:     {} ({:.1} M)", summary.parameters, summary.parameters as f64 / 1e6);
                 let types: Vec<String> = summary.tensor_types.iter().map(|(t, n)| format!("{t} ×{n}")).collect();
-                println!("matrix types:   {}", types.join(", "));
+                println!("tensor types:   {}", types.join(", "));
                 println!("context length: {}", summary.context_length);
                 println!("vocabulary:     {}", summary.vocab_size);
                 println!(

@@ -97,7 +97,8 @@ impl EngineHandle {
             })?;
         Ok(Self {
             commands,
-            kv_config: format!("dense/f32/block{}", config.block_size).into(),
+            // Everything that changes KV bytes keeps caches apart.
+            kv_config: format!("dense/kv-f32/acts-{:?}/block{}", model.activations, config.block_size).into(),
             model,
             config: Arc::new(config),
             _thread: Arc::new(EngineThread(Some(thread))),

@@ -1,12 +1,16 @@
-//! Matmul micro-benchmark for the SmolLM2-135M shapes (Q4_1 layers, Q8_0 LM head).
+//! Matmul micro-benchmark for the SmolLM2-135M shapes (Q4_1 layers, Q8_0 LM head), in both
+//! activation modes (exact f32, the default, and llama.cpp-style 8-bit).
 //!
 //! `cargo run --release -p lcserve-kernels --example matmul_bench [threads]`
-//! Prints GFLOP/s and weight GB/s per shape for n = 1 and n = 256, a path comparison used
-//! to pick `GEMM_MIN_N`, and the decode time per token these numbers imply.
+//! Prints µs, GFLOP/s and weight GB/s per shape for n = 1 and n = 256, the decode time per
+//! token these imply (cache-warm, and with all weights streamed from DRAM), and a path
+//! comparison used to pick `Activations::gemm_min_n`.
 
 use std::time::Instant;
 
-use lcserve_kernels::{MatmulKernel, QMatrix, QuantType};
+use lcserve_kernels::{Activations, MatmulKernel, QMatrix, QuantType};
+
+const MODES: [Activations; 2] = [Activations::F32, Activations::Int8];
 
 /// Best-of-batches seconds per call of `f`.
 fn time(mut f: impl FnMut()) -> f64 {
@@ -39,10 +43,10 @@ fn matrix(ty: QuantType, rows: usize, cols: usize) -> QMatrix {
     QMatrix::quantize(ty, rows, cols, &vals).expect("valid shape")
 }
 
-fn bench(m: &QMatrix, n: usize, kernel: MatmulKernel) -> f64 {
+fn bench(m: &QMatrix, n: usize, acts: Activations, kernel: MatmulKernel) -> f64 {
     let x: Vec<f32> = (0..n * m.cols()).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
     let mut out = vec![0f32; n * m.rows()];
-    time(|| m.matmul_with(kernel, &x, n, &mut out).expect("shapes match"))
+    time(|| m.matmul_with(acts, kernel, &x, n, &mut out).expect("shapes match"))
 }
 
 fn main() {
@@ -61,30 +65,37 @@ fn run(threads: usize) {
         ("lm_head 576->49152", QuantType::Q8_0, 49152, 576, 1),
     ];
     println!("threads = {threads}, avx2 = {}", lcserve_kernels::simd::has_avx2_fma());
-    let mut decode = 0.0;
-    let mut prefill = 0.0;
+    let mut decode = [0.0; 2];
+    let mut prefill = [0.0; 2];
     for (name, ty, rows, cols, uses) in shapes {
         let m = matrix(ty, rows, cols);
         for n in [1usize, 256] {
-            let t = bench(&m, n, MatmulKernel::Auto);
-            let flops = 2.0 * (rows * cols * n) as f64;
-            let gbs = m.bytes().len() as f64 / t / 1e9;
-            println!(
-                "{name:<20} {:?} n={n:<4} {:>9.1} us  {:>7.1} GFLOP/s  {:>6.1} GB/s",
-                ty,
-                t * 1e6,
-                flops / t / 1e9,
-                gbs
-            );
-            if n == 1 {
-                decode += t * uses as f64;
-            } else if uses > 1 {
-                prefill += t * uses as f64;
+            for (i, acts) in MODES.into_iter().enumerate() {
+                let t = bench(&m, n, acts, MatmulKernel::Auto);
+                let flops = 2.0 * (rows * cols * n) as f64;
+                let gbs = m.bytes().len() as f64 / t / 1e9;
+                println!(
+                    "{name:<20} {ty:?} {:<4} n={n:<4} {:>9.1} us  {:>7.1} GFLOP/s  {:>6.1} GB/s",
+                    format!("{acts:?}"),
+                    t * 1e6,
+                    flops / t / 1e9,
+                    gbs
+                );
+                if n == 1 {
+                    decode[i] += t * uses as f64;
+                } else if uses > 1 {
+                    prefill[i] += t * uses as f64;
+                }
             }
         }
     }
-    println!("decode matmuls: {:.2} ms/token ({:.0} tok/s bound)", decode * 1e3, 1.0 / decode);
-    println!("prefill matmuls (no lm head): {:.1} ms / 256 tokens ({:.0} tok/s bound)", prefill * 1e3, 256.0 / prefill);
+    for (i, acts) in MODES.into_iter().enumerate() {
+        println!(
+            "{acts:?}: decode matmuls (cache-warm) {:.2} ms/token; prefill matmuls (no lm head) {:.1} ms / 256 tokens",
+            decode[i] * 1e3,
+            prefill[i] * 1e3
+        );
+    }
 
     // Whole-model decode: 30 layers of distinct matrices (96 MB, far beyond cache), so the
     // weights stream from DRAM as in real decoding.
@@ -97,33 +108,39 @@ fn run(threads: usize) {
         })
         .collect();
     let head = matrix(QuantType::Q8_0, 49152, 576);
+    let bytes: usize = layers.iter().flatten().map(|m| m.bytes().len()).sum::<usize>() + head.bytes().len();
     let x = vec![0.1f32; 1536];
     let mut out = vec![0f32; 49152];
-    let t = time(|| {
-        for layer in &layers {
-            for m in layer {
-                m.matmul(&x[..m.cols()], 1, &mut out[..m.rows()]).expect("shapes match");
+    for acts in MODES {
+        let t = time(|| {
+            for layer in &layers {
+                for m in layer {
+                    m.matmul_with_activations(acts, &x[..m.cols()], 1, &mut out[..m.rows()]).expect("shapes match");
+                }
             }
-        }
-        head.matmul(&x[..576], 1, &mut out).expect("shapes match");
-    });
-    let bytes: usize = layers.iter().flatten().map(|m| m.bytes().len()).sum::<usize>() + head.bytes().len();
-    println!(
-        "decode, all 30 layers + head from DRAM: {:.2} ms/token ({:.0} tok/s), {:.1} GB/s",
-        t * 1e3,
-        1.0 / t,
-        bytes as f64 / t / 1e9
-    );
+            head.matmul_with_activations(acts, &x[..576], 1, &mut out).expect("shapes match");
+        });
+        println!(
+            "{acts:?}: decode, all 30 layers + head from DRAM: {:.2} ms/token ({:.0} tok/s), {:.1} GB/s",
+            t * 1e3,
+            1.0 / t,
+            bytes as f64 / t / 1e9
+        );
+    }
 
     println!("\npath comparison, gate/up 576->1536 and down 1536->576 (us per call):");
     for (rows, cols) in [(1536, 576), (576, 1536)] {
         let m = matrix(QuantType::Q4_1, rows, cols);
-        for n in [1usize, 2, 4, 8, 12, 16, 24, 32, 64, 256] {
-            let int = bench(&m, n, MatmulKernel::IntegerSimd);
-            let gemm = bench(&m, n, MatmulKernel::DequantGemm);
-            println!("  {rows}x{cols} n={n:<4} int {:>9.1}  gemm {:>9.1}", int * 1e6, gemm * 1e6);
+        for n in [1usize, 2, 4, 8, 16, 24, 32, 48, 64, 256] {
+            let mut line = format!("  {rows}x{cols} n={n:<4}");
+            for acts in MODES {
+                let small = bench(&m, n, acts, MatmulKernel::Simd);
+                let gemm = bench(&m, n, acts, MatmulKernel::DequantGemm);
+                line += &format!("  {acts:?}: small {:>8.1} gemm {:>8.1}", small * 1e6, gemm * 1e6);
+            }
+            println!("{line}");
         }
-        let f = bench(&matrix(QuantType::F32, rows, cols), 256, MatmulKernel::Auto);
+        let f = bench(&matrix(QuantType::F32, rows, cols), 256, Activations::F32, MatmulKernel::Auto);
         println!("  {rows}x{cols} n=256  f32 weights (no decoding) {:>9.1}", f * 1e6);
     }
 }

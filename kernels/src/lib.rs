@@ -6,8 +6,10 @@
 //!   precomputed [`ops::RopeTable`], SiLU·up, softmax, residual add.
 //! * [`quant`] — weights. [`QMatrix`] holds a GGUF-layout matrix (`F32`, `F16`, `BF16`,
 //!   `Q4_0`, `Q4_1`, `Q8_0`, `Q4_K`, `Q6_K`), owned or memory-mapped ([`WeightData`]);
-//!   `QMatrix::matmul` computes `x · Wᵀ` with 8-bit-activation integer kernels for small
-//!   batches (decode) and dequantize + f32 GEMM for large ones (prefill).
+//!   `QMatrix::matmul` computes `x · Wᵀ` with exact f32 activations: weights unpacked to f32
+//!   in registers for small batches (decode, memory-bound) and dequantize + f32 GEMM for
+//!   large ones (prefill). [`Activations::Int8`] (via `QMatrix::matmul_with_activations`)
+//!   opts into llama.cpp-style 8-bit activations and integer kernels instead.
 //! * [`attention`] — causal attention of a chunk of queries over a paged KV cache
 //!   ([`PagedKv`]), flash-style (online softmax, no N×N scores), with optional
 //!   log-sum-exp output and [`merge_lse`] to combine partial results.
@@ -25,4 +27,4 @@ pub mod simd;
 
 pub use attention::{AttnShape, PagedKv, attention, attention_naive, merge_lse};
 pub use error::{KernelError, Result};
-pub use quant::{MatmulKernel, QMatrix, QuantType, WeightData, dequantize_row, quantize_row};
+pub use quant::{Activations, MatmulKernel, QMatrix, QuantType, WeightData, dequantize_row, quantize_row};

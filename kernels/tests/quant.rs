@@ -2,16 +2,20 @@
 //! path against the scalar dequantize + f64 reference.
 //!
 //! Tolerances (relative to `‖x_row‖·‖w_row‖`, the Cauchy–Schwarz scale of a dot product):
-//! * f32 paths (float weights, dequantize + GEMM): 1e-5 — f32 accumulation only.
-//! * integer paths: 1e-2 — activations are rounded to 8 bits per block, at most
+//! * f32 activations (the default; every path, every weight type): 1e-5 — f32 accumulation
+//!   only.
+//! * 8-bit activations: 1e-2 — activations are rounded to 8 bits per block, at most
 //!   `amax/254` per element; the observed error is well below this bound.
-//! * integer SIMD vs integer scalar: 1e-5 — identical integer sums, float order differs.
+//! * SIMD vs scalar, and small-batch kernel vs GEMM path in the same activation mode
+//!   (batch invariance): 1e-5 — the same product, float order differs.
 
 #![allow(clippy::unwrap_used)]
 
 use half::{bf16, f16};
 use lcserve_kernels::quant::{QK_K, quantize_row_q4_0, quantize_row_q4_1, quantize_row_q8_0};
-use lcserve_kernels::{KernelError, MatmulKernel, QMatrix, QuantType, WeightData, dequantize_row, quantize_row};
+use lcserve_kernels::{
+    Activations, KernelError, MatmulKernel, QMatrix, QuantType, WeightData, dequantize_row, quantize_row,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -251,48 +255,70 @@ fn check(name: &str, got: &[f32], want: &[f64], scale: &[f64], tol: f64) -> f64 
 const ROWS: [usize; 6] = [1, 3, 63, 64, 65, 200];
 const NS: [usize; 6] = [1, 2, 5, 64, 65, 300];
 
+fn to64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|v| *v as f64).collect()
+}
+
 fn matmul_all_paths(ty: QuantType, cols_list: &[usize]) {
     let mut rng = StdRng::seed_from_u64(ty.ggml_id() as u64);
     let quantized = !matches!(ty, QuantType::F32 | QuantType::F16 | QuantType::BF16);
-    let mut worst_int = 0f64;
+    let (mut worst_f32, mut worst_int) = (0f64, 0f64);
     for &cols in cols_list {
         for &rows in &ROWS {
             let m = random_matrix(&mut rng, ty, rows, cols);
             for &n in &NS {
                 let x = randv(&mut rng, n * cols);
                 let (want, scale) = reference(&m, &x, n);
-                let mut out = vec![f32::NAN; n * rows];
                 let tag = format!("{ty:?} {rows}x{cols} n={n}");
+                let run = |acts: Activations, kernel: MatmulKernel| {
+                    let mut out = vec![f32::NAN; n * rows];
+                    m.matmul_with(acts, kernel, &x, n, &mut out).unwrap();
+                    out
+                };
+                let mut out = vec![f32::NAN; n * rows];
+                m.matmul(&x, n, &mut out).unwrap();
+                worst_f32 = worst_f32.max(check(&format!("{tag} auto"), &out, &want, &scale, 1e-5));
                 if !quantized {
-                    m.matmul(&x, n, &mut out).unwrap();
-                    check(&format!("{tag} auto"), &out, &want, &scale, 1e-5);
                     continue;
                 }
-                let mut gemm = vec![f32::NAN; n * rows];
-                m.matmul_with(MatmulKernel::DequantGemm, &x, n, &mut gemm).unwrap();
-                check(&format!("{tag} gemm"), &gemm, &want, &scale, 1e-2);
-                m.matmul(&x, n, &mut out).unwrap();
-                check(&format!("{tag} auto"), &out, &want, &scale, 1e-2);
-                // Batch invariance: both paths multiply the same 8-bit activations.
-                let gemm64: Vec<f64> = gemm.iter().map(|v| *v as f64).collect();
-                let mut int = vec![f32::NAN; n * rows];
-                m.matmul_with(MatmulKernel::IntegerSimd, &x, n, &mut int).unwrap();
-                check(&format!("{tag} int==gemm"), &int, &gemm64, &scale, 1e-5);
-                if n > 65 && rows > 64 {
-                    continue; // the scalar integer path is slow; smaller shapes cover it
+                // Slow scalar kernels only on the smaller shapes; those cover every code path.
+                let scalar = n <= 65 || rows <= 64;
+
+                // Exact f32 activations: every path matches the reference to f32 rounding, so
+                // the small-batch kernel equals the GEMM path (batch invariance).
+                let gemm = run(Activations::F32, MatmulKernel::DequantGemm);
+                worst_f32 = worst_f32.max(check(&format!("{tag} f32 gemm"), &gemm, &want, &scale, 1e-5));
+                let simd = run(Activations::F32, MatmulKernel::Simd);
+                worst_f32 = worst_f32.max(check(&format!("{tag} f32 simd"), &simd, &want, &scale, 1e-5));
+                check(&format!("{tag} f32 simd==gemm"), &simd, &to64(&gemm), &scale, 1e-5);
+                if scalar {
+                    let sc = run(Activations::F32, MatmulKernel::Scalar);
+                    check(&format!("{tag} f32 scalar"), &sc, &want, &scale, 1e-5);
+                    check(&format!("{tag} f32 simd==scalar"), &sc, &to64(&simd), &scale, 1e-5);
                 }
-                let mut simd = vec![f32::NAN; n * rows];
-                m.matmul_with(MatmulKernel::IntegerSimd, &x, n, &mut simd).unwrap();
-                worst_int = worst_int.max(check(&format!("{tag} int-simd"), &simd, &want, &scale, 1e-2));
-                m.matmul_with(MatmulKernel::IntegerScalar, &x, n, &mut out).unwrap();
-                check(&format!("{tag} int-scalar"), &out, &want, &scale, 1e-2);
-                let simd64: Vec<f64> = simd.iter().map(|v| *v as f64).collect();
-                check(&format!("{tag} simd==scalar"), &out, &simd64, &scale, 1e-5);
+
+                // 8-bit activations: within the rounding bound, and both paths multiply the
+                // same 8-bit activations.
+                let gemm = run(Activations::Int8, MatmulKernel::DequantGemm);
+                check(&format!("{tag} int8 gemm"), &gemm, &want, &scale, 1e-2);
+                let mut auto = vec![f32::NAN; n * rows];
+                m.matmul_with_activations(Activations::Int8, &x, n, &mut auto).unwrap();
+                check(&format!("{tag} int8 auto"), &auto, &want, &scale, 1e-2);
+                let simd = run(Activations::Int8, MatmulKernel::Simd);
+                worst_int = worst_int.max(check(&format!("{tag} int8 simd"), &simd, &want, &scale, 1e-2));
+                check(&format!("{tag} int8 simd==gemm"), &simd, &to64(&gemm), &scale, 1e-5);
+                if scalar {
+                    let sc = run(Activations::Int8, MatmulKernel::Scalar);
+                    check(&format!("{tag} int8 scalar"), &sc, &want, &scale, 1e-2);
+                    check(&format!("{tag} int8 simd==scalar"), &sc, &to64(&simd), &scale, 1e-5);
+                }
             }
         }
     }
     if quantized {
-        eprintln!("{ty:?}: worst integer-path relative error {worst_int:e}");
+        eprintln!("{ty:?}: worst relative error, f32 activations {worst_f32:e}, 8-bit activations {worst_int:e}");
+    } else {
+        eprintln!("{ty:?}: worst relative error {worst_f32:e}");
     }
 }
 

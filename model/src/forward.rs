@@ -120,7 +120,7 @@ impl Model {
 
         for (layer_idx, layer) in self.weights.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, cfg.rms_norm_eps, &mut h)?;
-            layer.qkv.matmul(&h, total, &mut qkv)?;
+            layer.qkv.matmul(self.activations, &h, total, &mut qkv)?;
             if !layer.qkv_bias.is_empty() {
                 for row in qkv.chunks_exact_mut(qkv_width) {
                     row.iter_mut().zip(&layer.qkv_bias).for_each(|(v, b)| *v += b);
@@ -150,16 +150,16 @@ impl Model {
                 attn[first * q_dim..(first + nq) * q_dim].copy_from_slice(&out_seq);
             }
 
-            layer.attn_output.matmul(&attn, total, &mut proj)?;
+            layer.attn_output.matmul_with_activations(self.activations, &attn, total, &mut proj)?;
             add_inplace(&mut x, &proj)?;
             rms_norm(&x, &layer.ffn_norm, cfg.rms_norm_eps, &mut h)?;
-            layer.gate_up.matmul(&h, total, &mut gate_up)?;
+            layer.gate_up.matmul(self.activations, &h, total, &mut gate_up)?;
             let ffn = cfg.intermediate_size;
             for (gu, a) in gate_up.chunks_exact(2 * ffn).zip(act.chunks_exact_mut(ffn)) {
                 let (gate, up) = gu.split_at(ffn);
                 silu_mul(gate, up, a)?;
             }
-            layer.ffn_down.matmul(&act, total, &mut proj)?;
+            layer.ffn_down.matmul_with_activations(self.activations, &act, total, &mut proj)?;
             add_inplace(&mut x, &proj)?;
         }
 
@@ -240,7 +240,7 @@ impl Model {
         let vocab = self.config.vocab_size;
         let mut data = vec![0.0; selected.len() * vocab];
         if !selected.is_empty() {
-            self.weights.lm_head.matmul(&normed, selected.len(), &mut data)?;
+            self.weights.lm_head.matmul_with_activations(self.activations, &normed, selected.len(), &mut data)?;
         }
         Ok(Logits { vocab, data, rows: selected.iter().map(|&r| rows.origin[r]).collect() })
     }

@@ -25,6 +25,7 @@ mod tokenizer;
 mod weights;
 
 pub use attention::{AttentionBackend, DenseAttention};
+pub use lcserve_kernels::Activations;
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{Architecture, ModelConfig, RopeConfig, RopeLayout, RopeScaling};
 pub use detokenizer::IncrementalDecoder;

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lcserve_common::{KvLayout, ModelFingerprint};
-use lcserve_kernels::QuantType;
+use lcserve_kernels::Activations;
 use lcserve_kernels::ops::RopeTable;
 use serde::Serialize;
 
@@ -32,7 +32,7 @@ pub struct ModelSummary {
     pub format: ModelFormat,
     pub architecture: String,
     pub parameters: u64,
-    /// Matrix element types and how many matrices use each.
+    /// Tensor element types in the file and how many tensors use each.
     pub tensor_types: Vec<(String, usize)>,
     pub context_length: usize,
     pub vocab_size: usize,
@@ -57,6 +57,10 @@ pub struct Model {
     pub chat_template: Option<ChatTemplate>,
     pub fingerprint: ModelFingerprint,
     pub summary: ModelSummary,
+    /// How matrix products treat activations: exact f32 (default), or rounded to 8 bits per
+    /// block as llama.cpp does (bit-compatible with ggml-family engines, less accurate on models
+    /// with activation outliers). Changes the KV bytes, so it is part of the KV namespace.
+    pub activations: Activations,
     /// RoPE cos/sin for every position of the context (scaling applied).
     pub(crate) rope: RopeTable,
 }
@@ -105,19 +109,21 @@ impl Model {
             Weights::load(source, &config, |layers_done| progress(LoadProgress { layers_done, layers_total }))?;
         let fingerprint = fingerprint(&config, source)?;
         let mut parameters = 0u64;
+        let mut tensor_types: Vec<(String, usize)> = Vec::new();
         for name in source.tensor_names() {
-            parameters += source.tensor(&name)?.elem_count() as u64;
+            let tensor = source.tensor(&name)?;
+            parameters += tensor.elem_count() as u64;
+            match tensor_types.iter_mut().find(|(t, _)| t == tensor.dtype.name()) {
+                Some((_, count)) => *count += 1,
+                None => tensor_types.push((tensor.dtype.name().to_owned(), 1)),
+            }
         }
         let summary = ModelSummary {
             path: path.to_owned(),
             format,
             architecture: config.architecture.name().to_owned(),
             parameters,
-            tensor_types: weights
-                .quant_types()
-                .into_iter()
-                .map(|(t, n): (QuantType, usize)| (t.name().to_owned(), n))
-                .collect(),
+            tensor_types,
             context_length: config.context_length,
             vocab_size: config.vocab_size,
             has_chat_template: chat_template.is_some(),
@@ -125,7 +131,16 @@ impl Model {
             config: config.clone(),
         };
         let rope = RopeTable::new(&config.rope.inv_freq(config.head_dim, config.context_length), config.context_length);
-        Ok(Self { config, weights, tokenizer: Arc::new(tokenizer), chat_template, fingerprint, summary, rope })
+        Ok(Self {
+            config,
+            weights,
+            tokenizer: Arc::new(tokenizer),
+            chat_template,
+            fingerprint,
+            summary,
+            activations: Activations::F32,
+            rope,
+        })
     }
 
     /// The KV block shape of this model at `block_size` tokens per block.

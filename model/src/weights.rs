@@ -4,7 +4,7 @@
 //! types agree, so a layer runs four matrix products instead of seven: fewer thread fork/joins per
 //! decode step and one activation quantization per input.
 
-use lcserve_kernels::{QMatrix, QuantType, dequantize_row};
+use lcserve_kernels::{Activations, QMatrix, dequantize_row};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
@@ -44,16 +44,16 @@ impl Projection {
     }
 
     /// `out[n × Σrows] = x[n × cols] · Wᵀ`, parts side by side in each output row.
-    pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
+    pub fn matmul(&self, activations: Activations, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
         match self {
-            Self::Fused(matrix) => matrix.matmul(x, n, out)?,
+            Self::Fused(matrix) => matrix.matmul_with_activations(activations, x, n, out)?,
             Self::Separate(parts) => {
                 let total: usize = parts.iter().map(QMatrix::rows).sum();
                 let mut scratch = Vec::new();
                 let mut offset = 0;
                 for part in parts {
                     scratch.resize(n * part.rows(), 0.0);
-                    part.matmul(x, n, &mut scratch)?;
+                    part.matmul_with_activations(activations, x, n, &mut scratch)?;
                     for (row, src) in scratch.chunks_exact(part.rows()).enumerate() {
                         out[row * total + offset..row * total + offset + part.rows()].copy_from_slice(src);
                     }
@@ -174,23 +174,5 @@ impl Weights {
             .map(|m| m.bytes().len())
             .sum();
         layers + self.lm_head.bytes().len()
-    }
-
-    /// Element types of the matrices, with their counts (for `model inspect`).
-    pub fn quant_types(&self) -> Vec<(QuantType, usize)> {
-        let mut counts: Vec<(QuantType, usize)> = Vec::new();
-        let mut add = |ty: QuantType| match counts.iter_mut().find(|(t, _)| *t == ty) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((ty, 1)),
-        };
-        add(self.token_embedding.ty());
-        for layer in &self.layers {
-            for m in layer.qkv.parts().into_iter().chain(layer.gate_up.parts()) {
-                add(m.ty());
-            }
-            add(layer.attn_output.ty());
-            add(layer.ffn_down.ty());
-        }
-        counts
     }
 }

@@ -17,7 +17,7 @@ mod support;
 
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use lcserve_model::{ChatMessage, GgufSource, Model};
+use lcserve_model::{Activations, ChatMessage, GgufSource, Model};
 use support::reference::Reference;
 use support::{Session, argmax, log_softmax, reference_model_path};
 
@@ -69,7 +69,8 @@ fn margin(log_probs: &[f64]) -> f64 {
 #[test]
 fn greedy_decisions_and_probable_log_probs_match_candle() {
     let Some(path) = reference_model_path() else { return };
-    let model = Model::load(&path, &mut |_| {}).expect("load");
+    let mut model = Model::load(&path, &mut |_| {}).expect("load");
+    model.activations = Activations::Int8;
     let mut reference = candle_model(&path);
     let (mut steps, mut agreed, mut sum_probable, mut worst_probable, mut worst_all) = (0, 0, 0f64, 0f64, 0f64);
     for prompt in PROMPTS {
@@ -114,33 +115,40 @@ fn greedy_decisions_and_probable_log_probs_match_candle() {
 #[test]
 fn at_least_as_close_to_exact_math_as_candle() {
     let Some(path) = reference_model_path() else { return };
-    let model = Model::load(&path, &mut |_| {}).expect("load");
+    let exact_model = Model::load(&path, &mut |_| {}).expect("load");
+    let mut int8_model = Model::load(&path, &mut |_| {}).expect("load");
+    int8_model.activations = Activations::Int8;
     let mut candle = candle_model(&path);
     let exact = Reference::new(&GgufSource::open(&path).expect("open"));
-    let (mut ours_total, mut candle_total, mut count) = (0f64, 0f64, 0);
+    let (mut f32_total, mut int8_total, mut candle_total, mut count) = (0f64, 0f64, 0f64, 0);
     for prompt in &PROMPTS[..2] {
-        let tokens = chat_tokens(&model, prompt);
+        let tokens = chat_tokens(&exact_model, prompt);
         // Logits after each of the last 8 prompt tokens, from one pass of each engine.
         let first = tokens.len() - 8;
         let expected = exact.logits_from(&tokens, first);
-        let mut ours = Session::new(&model, 64, tokens.len());
-        ours.run(&tokens[..first], false);
+        let mut ours_f32 = Session::new(&exact_model, 64, tokens.len());
+        ours_f32.run(&tokens[..first], false);
+        let mut ours_int8 = Session::new(&int8_model, 64, tokens.len());
+        ours_int8.run(&tokens[..first], false);
         candle.clear_kv_cache();
         candle_logits(&mut candle, &tokens[..first], 0);
         for (i, e) in expected.iter().enumerate() {
             let position = first + i;
             let e32: Vec<f32> = e.iter().map(|&v| v as f32).collect();
             let e = log_softmax(&e32);
-            let a = log_softmax(&ours.run(&tokens[position..position + 1], false)[0]);
-            let b = log_softmax(&candle_logits(&mut candle, &tokens[position..position + 1], position));
-            ours_total += probable_diff(&a, &e);
-            candle_total += probable_diff(&b, &e);
+            let next = &tokens[position..position + 1];
+            f32_total += probable_diff(&log_softmax(&ours_f32.run(next, false)[0]), &e);
+            int8_total += probable_diff(&log_softmax(&ours_int8.run(next, false)[0]), &e);
+            candle_total += probable_diff(&log_softmax(&candle_logits(&mut candle, next, position)), &e);
             count += 1;
         }
     }
-    let (ours_mean, candle_mean) = (ours_total / count as f64, candle_total / count as f64);
+    let mean = |total: f64| total / count as f64;
+    let (f32_mean, int8_mean, candle_mean) = (mean(f32_total), mean(int8_total), mean(candle_total));
     eprintln!(
-        "mean |Δ log-softmax| vs exact f64 math over p ≥ {PROBABLE}: lcserve {ours_mean:.3}, candle {candle_mean:.3}"
+        "mean |Δ log-softmax| vs exact f64 math over p ≥ {PROBABLE}: lcserve f32 {f32_mean:.4}, \
+         lcserve int8 {int8_mean:.3}, candle {candle_mean:.3}"
     );
-    assert!(ours_mean <= candle_mean * 1.25 + 0.02, "lcserve {ours_mean:.3} vs candle {candle_mean:.3}");
+    assert!(int8_mean <= candle_mean * 1.25 + 0.02, "lcserve int8 {int8_mean:.3} vs candle {candle_mean:.3}");
+    assert!(f32_mean <= 1e-2, "lcserve f32 {f32_mean:.4} should match exact math");
 }

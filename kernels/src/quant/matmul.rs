@@ -1,20 +1,30 @@
 //! `QMatrix::matmul`: `out[n × rows] = x[n × cols] · Wᵀ`.
 //!
-//! Two algorithms, picked by batch size `n` ([`MatmulKernel::Auto`]):
-//! * **Integer** (`n < GEMM_MIN_N`, decode and short verification batches): activations are
-//!   quantized to 8 bits once, then each task takes a chunk of weight rows and dots every row
-//!   with up to 4 activation rows per pass (weight block loaded once per 4 rows). Memory
-//!   traffic is the packed weights only, which is what bounds decode speed.
-//! * **Dequantize + GEMM** (`n ≥ GEMM_MIN_N`, prefill): each task decodes a tile of weight
+//! **Activations** ([`Activations`]). By default (`F32`) quantized weights multiply the exact
+//! f32 activations. `Int8` quantizes the activations to 8 bits per block first, as
+//! llama.cpp does (ggml's `q8_0` / `q8_1` / `q8_K`), and runs integer dot products: the
+//! results match ggml-family engines on the same file, but on models with large activation
+//! outliers (SmolLM2's residual stream reaches several hundred) the rounding moves
+//! log-probabilities by tenths of a nat and can flip greedy choices, so it is opt-in.
+//!
+//! Two algorithms, picked by batch size `n` ([`MatmulKernel::Auto`]), in either mode:
+//! * **Small batch** (`n < Activations::gemm_min_n()`, decode and short verification batches): each task
+//!   takes a chunk of weight rows and dots every row with up to 4 activation rows per pass
+//!   (weight block loaded and unpacked once per 4 rows). `F32` unpacks the weight quants to
+//!   f32 in registers and FMAs them with the activations; `Int8` quantizes the activations
+//!   once and uses integer multiply-adds. Memory traffic is the packed weights only, which
+//!   is what bounds decode speed, so both run at about the same speed there.
+//! * **Dequantize + GEMM** (`n ≥ gemm_min_n()`, prefill): each task decodes a tile of weight
 //!   rows to f32 into a thread-local scratch buffer and runs the `gemm` crate's f32 kernel on
 //!   it; decoding cost is amortized over `n`. Float weight types always use this path (f32
-//!   weights without a copy).
+//!   weights without a copy), whatever the activation mode.
 //!
-//! **Batch invariance.** For quantized weights the GEMM path multiplies the same 8-bit
-//! approximation of the activations that the integer path uses, so the two agree to f32
-//! rounding (~1e-6) and a sequence's logits do not depend on how many rows shared its step:
-//! chunked prefill equals one-shot prefill, a cached prefix equals a recomputed one, and a
-//! sampled sequence with a seed is reproducible under any load.
+//! **Batch invariance.** In each mode both algorithms compute the same product — the exact one
+//! for `F32`; for `Int8` the GEMM path multiplies the same 8-bit approximation of the
+//! activations (and the same f16-rounded `Q4_1` minimum term) that the integer kernels use —
+//! so they agree to f32 rounding (~1e-6) and a sequence's logits do not depend on how many
+//! rows shared its step: chunked prefill equals one-shot prefill, a cached prefix equals a
+//! recomputed one, and a sampled sequence with a seed is reproducible under any load.
 //!
 //! Parallelism: tasks run on the current rayon pool (the caller installs one with the thread
 //! count it wants); `gemm` itself runs single-threaded inside a task.
@@ -28,24 +38,45 @@ use super::activation::{Q8Act, Q8KAct, SumRounding, quantize_q8, quantize_q8k};
 use super::dot_scalar;
 use super::matrix::QMatrix;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-use super::packed::PackedActs;
+use super::packed::{F32Acts, PackedActs};
 use super::types::{QK, QK_K, QuantType};
 use crate::error::{KernelError, Result, check_len};
 
-/// Batch size from which [`MatmulKernel::Auto`] switches quantized matrices from the integer
-/// kernels to dequantize + f32 GEMM (measured with `examples/matmul_bench.rs`).
-pub const GEMM_MIN_N: usize = 32;
+/// How quantized weights meet the activations; see the module docs of `matmul`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activations {
+    /// Exact f32 activations (weights dequantized in registers). The default.
+    #[default]
+    F32,
+    /// Activations rounded to 8 bits per block as llama.cpp does, for integer dot products;
+    /// matches ggml-family engines at the cost of up to `0.5/127` relative error per block.
+    Int8,
+}
+
+impl Activations {
+    /// Batch size from which [`MatmulKernel::Auto`] switches quantized matrices from the
+    /// small-batch kernels to dequantize + f32 GEMM, measured with `examples/matmul_bench.rs`
+    /// on the SmolLM2 shapes. The f32-activation kernel does more vector work per weight than
+    /// the integer one (one int→float conversion and one FMA per element and row), so GEMM
+    /// wins earlier; the `Int8` GEMM path also pays for rounding the activations.
+    pub const fn gemm_min_n(self) -> usize {
+        match self {
+            Self::F32 => 16,
+            Self::Int8 => 32,
+        }
+    }
+}
 
 /// Algorithm selection for [`QMatrix::matmul_with`]; `Auto` is what production uses, the
 /// others exist so tests and benchmarks can pin and compare paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatmulKernel {
-    /// Integer kernels for `n < GEMM_MIN_N`, dequantize + GEMM otherwise.
+    /// Small-batch kernels for `n < Activations::gemm_min_n()`, dequantize + GEMM otherwise.
     Auto,
-    /// 8-bit activations with the portable scalar dot products.
-    IntegerScalar,
-    /// 8-bit activations with AVX2 dot products (the scalar ones where AVX2 is missing).
-    IntegerSimd,
+    /// The small-batch kernel in portable scalar code.
+    Scalar,
+    /// The small-batch kernel with AVX2 (the scalar one where AVX2 is missing).
+    Simd,
     /// Weight tiles decoded to f32, multiplied with the `gemm` crate.
     DequantGemm,
 }
@@ -57,18 +88,30 @@ const MIN_TASK_MACS: usize = 48 * 1024;
 const GEMM_TILE_ELEMS: usize = 64 * 1024;
 
 impl QMatrix {
-    /// `out = x · Wᵀ` where `x` is `n × cols` and `out` is `n × rows`, both row-major.
-    ///
-    /// Accuracy: float types and the GEMM path are f32 GEMMs (relative error ~1e-6 of
-    /// `‖x‖·‖w‖`); the integer path quantizes activations to 8 bits per 32 (or 256) values,
-    /// which adds at most `0.5/127` relative error per block of `x` (≤ ~4e-3 of `‖x‖·‖w‖`).
+    /// `out = x · Wᵀ` where `x` is `n × cols` and `out` is `n × rows`, both row-major, with
+    /// exact f32 activations ([`Activations::F32`]): relative error ~1e-6 of `‖x‖·‖w‖`
+    /// (f32 accumulation only) on every path.
     pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
-        self.matmul_with(MatmulKernel::Auto, x, n, out)
+        self.matmul_with(Activations::F32, MatmulKernel::Auto, x, n, out)
     }
 
-    /// [`QMatrix::matmul`] with an explicit algorithm. Integer kernels do not apply to the
-    /// float types, which always use the GEMM path.
-    pub fn matmul_with(&self, kernel: MatmulKernel, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
+    /// [`QMatrix::matmul`] in the given activation mode. [`Activations::Int8`] adds at most
+    /// `0.5/127` relative error per block of `x` (≤ ~4e-3 of `‖x‖·‖w‖`) for quantized
+    /// weights; float weights ignore the mode.
+    pub fn matmul_with_activations(&self, acts: Activations, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
+        self.matmul_with(acts, MatmulKernel::Auto, x, n, out)
+    }
+
+    /// [`QMatrix::matmul_with_activations`] with an explicit algorithm. Float weight types
+    /// always use the GEMM path.
+    pub fn matmul_with(
+        &self,
+        acts: Activations,
+        kernel: MatmulKernel,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
         let overflow = || KernelError::InvalidShape {
             op: "QMatrix::matmul",
             detail: format!("n={n} overflows with {}x{}", self.rows(), self.cols()),
@@ -78,14 +121,20 @@ impl QMatrix {
         if n == 0 {
             return Ok(());
         }
-        let simd = crate::simd::has_avx2_fma();
-        match (self.ty(), kernel) {
-            (QuantType::F32 | QuantType::F16 | QuantType::BF16, _) | (_, MatmulKernel::DequantGemm) => {
-                matmul_gemm(self, x, n, out)
-            }
-            (_, MatmulKernel::Auto) if n >= GEMM_MIN_N => matmul_gemm(self, x, n, out),
-            (_, MatmulKernel::Auto | MatmulKernel::IntegerSimd) => matmul_int(self, x, n, out, simd),
-            (_, MatmulKernel::IntegerScalar) => matmul_int(self, x, n, out, false),
+        let simd = match kernel {
+            MatmulKernel::Scalar => false,
+            _ => crate::simd::has_avx2_fma(),
+        };
+        let small = match kernel {
+            MatmulKernel::Auto => n < acts.gemm_min_n(),
+            MatmulKernel::Scalar | MatmulKernel::Simd => true,
+            MatmulKernel::DequantGemm => false,
+        };
+        match (self.ty(), acts) {
+            (QuantType::F32 | QuantType::F16 | QuantType::BF16, _) => matmul_gemm(self, x, n, out, Activations::F32),
+            _ if !small => matmul_gemm(self, x, n, out, acts),
+            (_, Activations::F32) => matmul_f32(self, x, n, out, simd),
+            (_, Activations::Int8) => matmul_int(self, x, n, out, simd),
         }
         Ok(())
     }
@@ -127,12 +176,51 @@ fn rows_per_task(rows: usize, macs_per_row: usize, granule: usize) -> usize {
     balance.max(work).max(1).div_ceil(granule) * granule
 }
 
+/// Small-batch path with exact f32 activations. The 32-element block types use the AVX2
+/// kernels on their repacked rows; everything else (K-quants, or no AVX2) decodes each weight
+/// row once into a per-task buffer and dots it with every activation row.
+fn matmul_f32(m: &QMatrix, x: &[f32], n: usize, out: &mut [f32], simd: bool) {
+    let cols = m.cols();
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if simd && let Some(p) = m.packed() {
+        let acts = F32Acts::new(x, n, cols, p.ty != QuantType::Q8_0);
+        drive(m, n, out, 0, |_, r, res| {
+            for (i, group) in res.chunks_mut(4).enumerate() {
+                avx2::packed_f32(p, r, &acts, 4 * i, group);
+            }
+        });
+        return;
+    }
+    drive(m, n, out, cols, |w, r, res| {
+        super::dequantize_row_unchecked(m.ty(), m.row(r), w);
+        for (o, xr) in res.iter_mut().zip(x.chunks_exact(cols)) {
+            *o = dot_f32(w, xr, simd);
+        }
+    });
+}
+
+/// f32 dot product, AVX2 when `simd` (which the caller only sets after detection).
+fn dot_f32(a: &[f32], b: &[f32], simd: bool) -> f32 {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if simd {
+        // SAFETY: `simd` is only true when `has_avx2_fma()` succeeded.
+        return unsafe { crate::simd::avx2::dot(a, b) };
+    }
+    let _ = simd;
+    crate::simd::scalar::dot(a, b)
+}
+
+/// Small-batch path with 8-bit activations (integer dot products).
 fn matmul_int(m: &QMatrix, x: &[f32], n: usize, out: &mut [f32], simd: bool) {
     let cols = m.cols();
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     if simd && let Some(p) = m.packed() {
         let acts = PackedActs::quantize(x, n, cols, SumRounding::for_weights(m.ty()));
-        drive(m, n, out, |r, g0, res| avx2::packed(p, r, &acts, g0, res));
+        drive(m, n, out, 0, |_, r, res| {
+            for (i, group) in res.chunks_mut(4).enumerate() {
+                avx2::packed(p, r, &acts, 4 * i, group);
+            }
+        });
         return;
     }
     match m.ty() {
@@ -146,9 +234,9 @@ fn matmul_int(m: &QMatrix, x: &[f32], n: usize, out: &mut [f32], simd: bool) {
                 QuantType::Q4_1 => dot_scalar::dot_q4_1,
                 _ => dot_scalar::dot_q8_0,
             };
-            drive(m, n, out, |r, g0, res| {
-                for (j, o) in res.iter_mut().enumerate() {
-                    *o = dot(m.row(r), &acts[(g0 + j) * nb..(g0 + j + 1) * nb]);
+            drive(m, n, out, 0, |_, r, res| {
+                for (o, a) in res.iter_mut().zip(acts.chunks_exact(nb)) {
+                    *o = dot(m.row(r), a);
                 }
             });
         }
@@ -159,17 +247,21 @@ fn matmul_int(m: &QMatrix, x: &[f32], n: usize, out: &mut [f32], simd: bool) {
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             if simd {
                 let q4k = m.ty() == QuantType::Q4K;
-                drive(m, n, out, |r, g0, res| avx2::kquant(q4k, m.row(r), &acts, nb, g0, res));
+                drive(m, n, out, 0, |_, r, res| {
+                    for (i, group) in res.chunks_mut(4).enumerate() {
+                        avx2::kquant(q4k, m.row(r), &acts, nb, 4 * i, group);
+                    }
+                });
                 return;
             }
             let dot = if m.ty() == QuantType::Q4K { dot_scalar::dot_q4k } else { dot_scalar::dot_q6k };
-            drive(m, n, out, |r, g0, res| {
-                for (j, o) in res.iter_mut().enumerate() {
-                    *o = dot(m.row(r), &acts[(g0 + j) * nb..(g0 + j + 1) * nb]);
+            drive(m, n, out, 0, |_, r, res| {
+                for (o, a) in res.iter_mut().zip(acts.chunks_exact(nb)) {
+                    *o = dot(m.row(r), a);
                 }
             });
         }
-        QuantType::F32 | QuantType::F16 | QuantType::BF16 => matmul_gemm(m, x, n, out),
+        QuantType::F32 | QuantType::F16 | QuantType::BF16 => matmul_gemm(m, x, n, out, Activations::Int8),
     }
     let _ = simd;
 }
@@ -182,35 +274,41 @@ fn quantize_acts<A: Send>(x: &[f32], cols: usize, acts: &mut [A], nb: usize, f: 
     }
 }
 
-/// Runs `dot(r, g0, res)` — weight row `r` against activation rows `g0..g0 + res.len()`
-/// (at most 4) — for every row and activation group, tasks owning chunks of weight rows.
-fn drive(m: &QMatrix, n: usize, out: &mut [f32], dot: impl Fn(usize, usize, &mut [f32]) + Sync) {
+/// Runs `dot(scratch, r, res)` — weight row `r` against all `n` activation rows, results in
+/// `res` — for every weight row, tasks owning chunks of rows. `scratch` is a per-task buffer
+/// of `scratch_len` floats (for kernels that decode a row first).
+fn drive(
+    m: &QMatrix,
+    n: usize,
+    out: &mut [f32],
+    scratch_len: usize,
+    dot: impl Fn(&mut [f32], usize, &mut [f32]) + Sync,
+) {
     let rows = m.rows();
     let chunk = rows_per_task(rows, m.cols() * n, 4);
     let dst = SharedOut::new(out);
     (0..rows.div_ceil(chunk)).into_par_iter().for_each(|t| {
-        let mut buf = [0f32; 4];
+        let mut buf = vec![0f32; scratch_len + n];
+        let (scratch, res) = buf.split_at_mut(scratch_len);
         for r in t * chunk..rows.min((t + 1) * chunk) {
-            for g0 in (0..n).step_by(4) {
-                let res = &mut buf[..4.min(n - g0)];
-                dot(r, g0, res);
-                for (j, &v) in res.iter().enumerate() {
-                    // SAFETY: element (g0 + j, r) belongs to weight row `r`, owned by this task.
-                    unsafe { dst.write((g0 + j) * rows + r, v) };
-                }
+            dot(scratch, r, res);
+            for (i, &v) in res.iter().enumerate() {
+                // SAFETY: element (i, r) belongs to weight row `r`, owned by this task.
+                unsafe { dst.write(i * rows + r, v) };
             }
         }
     });
 }
 
 /// Safe entry points to the AVX2 kernels. Only reached when `has_avx2_fma()` succeeded
-/// (`matmul_int`'s `simd` flag, and `packed` only exists on such CPUs); activation buffers
-/// are built by `matmul_int` for exactly this matrix's block count.
+/// (the `simd` flag, and `packed` only exists on such CPUs); activation buffers are built by
+/// the caller for exactly this matrix's block count, and `res` holds 1..=4 results.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 mod avx2 {
     use super::super::activation::Q8KAct;
     use super::super::dot_avx2::{self, ActRow};
-    use super::super::packed::{Packed, PackedActs};
+    use super::super::dot_f32_avx2::{self, F32Row};
+    use super::super::packed::{F32Acts, Packed, PackedActs};
     use super::super::types::QuantType;
 
     /// Dispatches a group of 1..=4 activation rows to the const-generic kernel `$f`.
@@ -236,6 +334,22 @@ mod avx2 {
                 }
             }
         }};
+    }
+
+    pub(super) fn packed_f32(p: &Packed, r: usize, acts: &F32Acts, g0: usize, res: &mut [f32]) {
+        let w = p.row(r);
+        let rows = |j: usize| -> F32Row<'_> { acts.row(g0 + j) };
+        // SAFETY: see module doc — CPU support checked, `w` is a packed row of `p`, and the
+        // activation rows were laid out for the same column count, with block sums for the
+        // 4-bit types.
+        unsafe {
+            if p.ty == QuantType::Q8_0 {
+                by_k!(res, rows, |a| dot_f32_avx2::dot_packed_q8(w, p.nb, p.nb8, a))
+            } else {
+                let has_m = p.ty == QuantType::Q4_1;
+                by_k!(res, rows, |a| dot_f32_avx2::dot_packed_q4(w, p.nb, p.nb8, has_m, a))
+            }
+        }
     }
 
     pub(super) fn packed(p: &Packed, r: usize, acts: &PackedActs, g0: usize, res: &mut [f32]) {
@@ -283,35 +397,37 @@ fn f32_view(m: &QMatrix) -> Option<&[f32]> {
     (pre.is_empty() && post.is_empty()).then_some(mid)
 }
 
-fn matmul_gemm(m: &QMatrix, x: &[f32], n: usize, out: &mut [f32]) {
-    let (rows, cols) = (m.rows(), m.cols());
-    // Quantized weights multiply the integer path's 8-bit activations (module docs). A `Q4_1`
-    // minimum is applied separately, against the f16-rounded block sums the integer path uses.
-    let q4_1 = m.ty() == QuantType::Q4_1;
+fn matmul_gemm(m: &QMatrix, x: &[f32], n: usize, out: &mut [f32], acts: Activations) {
+    let cols = m.cols();
+    // In `Int8` mode quantized weights multiply the integer path's 8-bit activations (module
+    // docs), and a `Q4_1` minimum is applied separately against the f16-rounded block sums the
+    // integer path uses. `F32` mode (and float weights) multiplies `x` itself.
+    let int8 = acts == Activations::Int8 && !matches!(m.ty(), QuantType::F32 | QuantType::F16 | QuantType::BF16);
+    let q4_1 = int8 && m.ty() == QuantType::Q4_1;
     let rounded;
     let mut sums = Vec::new();
-    let x = match m.ty() {
-        QuantType::F32 | QuantType::F16 | QuantType::BF16 => x,
-        ty => {
-            let k_quants = matches!(ty, QuantType::Q4K | QuantType::Q6K);
-            let nb = cols / QK;
-            let mut buf = vec![0f32; x.len()];
-            let mut block_sums = vec![0f32; if q4_1 { n * nb } else { 0 }];
-            if q4_1 {
-                buf.par_chunks_mut(cols)
-                    .zip(x.par_chunks(cols))
-                    .zip(block_sums.par_chunks_mut(nb))
-                    .for_each(|((o, xr), s)| super::activation::dequantize_q8_into(xr, false, o, Some(s)));
-            } else {
-                buf.par_chunks_mut(cols)
-                    .zip(x.par_chunks(cols))
-                    .for_each(|(o, xr)| super::activation::dequantize_q8_into(xr, k_quants, o, None));
-            }
-            rounded = buf;
-            sums = block_sums;
-            &rounded[..]
+    let x = if int8 {
+        let k_quants = matches!(m.ty(), QuantType::Q4K | QuantType::Q6K);
+        let nb = cols / QK;
+        let mut buf = vec![0f32; x.len()];
+        let mut block_sums = vec![0f32; if q4_1 { n * nb } else { 0 }];
+        if q4_1 {
+            buf.par_chunks_mut(cols)
+                .zip(x.par_chunks(cols))
+                .zip(block_sums.par_chunks_mut(nb))
+                .for_each(|((o, xr), s)| super::activation::dequantize_q8_into(xr, false, o, Some(s)));
+        } else {
+            buf.par_chunks_mut(cols)
+                .zip(x.par_chunks(cols))
+                .for_each(|(o, xr)| super::activation::dequantize_q8_into(xr, k_quants, o, None));
         }
+        rounded = buf;
+        sums = block_sums;
+        &rounded[..]
+    } else {
+        x
     };
+    let rows = m.rows();
     let max_tile = (GEMM_TILE_ELEMS / cols).max(8);
     let tile = rows_per_task(rows, cols * n, 8).min(max_tile);
     let dst = SharedOut::new(out);

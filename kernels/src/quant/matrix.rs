@@ -76,8 +76,9 @@ pub struct QMatrix {
     cols: usize,
     row_bytes: usize,
     data: WeightData,
-    /// Decode-friendly copy for the AVX2 integer kernels (`Q4_0`, `Q4_1`, `Q8_0` on CPUs
-    /// with AVX2); the GGUF bytes in `data` remain the source for every other path.
+    /// Decode-friendly copy for the AVX2 small-batch kernels of both activation modes
+    /// (`Q4_0`, `Q4_1`, `Q8_0` on CPUs with AVX2); the GGUF bytes in `data` remain the
+    /// source for every other path.
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     packed: Option<Arc<Packed>>,
 }

@@ -2,16 +2,21 @@
 //!
 //! * [`types`]: [`QuantType`] and block geometry.
 //! * [`legacy`], [`kquants`]: scalar reference codecs, bit-exact with ggml.
-//! * [`activation`]: 8-bit quantization of activations for the integer kernels.
-//! * [`dot_scalar`], [`dot_avx2`]: integer row·activation dot products; [`packed`]: the
-//!   repacked layout the AVX2 kernels use for the 32-element block types.
+//! * [`dot_f32_avx2`]: weight row · exact f32 activations, quants unpacked to f32 in
+//!   registers (the default [`Activations::F32`] mode).
+//! * [`activation`]: 8-bit quantization of activations for the opt-in integer kernels
+//!   ([`Activations::Int8`]); [`dot_scalar`], [`dot_avx2`]: their row·activation dot products.
+//! * [`packed`]: the repacked layout the AVX2 kernels of both modes use for the 32-element
+//!   block types, and the matching activation layouts.
 //! * [`matrix`]: [`QMatrix`] and its storage [`WeightData`].
-//! * [`matmul`]: the drivers — integer kernels for small batches, dequantize + f32 GEMM for
-//!   large ones.
+//! * [`matmul`]: the drivers — small-batch kernels for decode, dequantize + f32 GEMM for
+//!   large batches, in either activation mode.
 
 mod activation;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 mod dot_avx2;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+mod dot_f32_avx2;
 mod dot_scalar;
 mod kquants;
 mod legacy;
@@ -21,7 +26,7 @@ mod matrix;
 mod packed;
 mod types;
 
-pub use matmul::{GEMM_MIN_N, MatmulKernel};
+pub use matmul::{Activations, MatmulKernel};
 pub use matrix::{QMatrix, WeightData};
 pub use types::{QK, QK_K, QuantType};
 

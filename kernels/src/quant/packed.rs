@@ -15,7 +15,9 @@
 //!     Q8_0: [[i8; 32]; nb]     the quants unchanged
 //! ```
 //!
-//! Padding blocks have zero scales and zero quants, so they contribute exactly 0. Built once
+//! Padding blocks have zero scales and zero quants, so they contribute exactly 0. The same
+//! layout serves the f32-activation kernels (`dot_f32_avx2`: one 8-byte widening load gives
+//! 8 elements of both blocks of a pair) and the integer ones (`dot_avx2`). Built once
 //! per matrix when the AVX2 kernels are available (a pass over the weights at load time, as
 //! llama.cpp's repacking buffers do); the GGUF bytes stay the source of truth for the scalar
 //! and GEMM paths.
@@ -122,6 +124,43 @@ impl PackedActs {
             &self.s[i * self.nb8..][..self.nb8],
             &self.q[i * self.qlen..][..self.qlen],
         )
+    }
+}
+
+/// f32 activations in the layout the f32-activation kernels read: per row the values
+/// zero-padded to an even block count (`x[xlen]`, so a 4-bit block pair never reads past the
+/// row) and, for the 4-bit types, the block sums `Σx` (`sx[nb8]`, zero-padded) that multiply
+/// the `Q4_1` minimums and the `Q4_0` offset.
+pub(crate) struct F32Acts {
+    pub nb8: usize,
+    pub xlen: usize,
+    pub x: Vec<f32>,
+    pub sx: Vec<f32>,
+}
+
+impl F32Acts {
+    /// Copies `n` rows of `x` (`cols` each); block sums only when `sums` is set.
+    pub(crate) fn new(x: &[f32], n: usize, cols: usize, sums: bool) -> Self {
+        let nb = cols / QK;
+        let nb8 = nb.div_ceil(8) * 8;
+        let xlen = nb.div_ceil(2) * 2 * QK;
+        let mut acts = Self { nb8, xlen, x: vec![0.0; n * xlen], sx: vec![0.0; if sums { n * nb8 } else { 0 }] };
+        for (i, xr) in x.chunks_exact(cols).enumerate().take(n) {
+            acts.x[i * xlen..i * xlen + cols].copy_from_slice(xr);
+            if sums {
+                for (s, xb) in acts.sx[i * nb8..].iter_mut().zip(xr.chunks_exact(QK)) {
+                    *s = xb.iter().sum();
+                }
+            }
+        }
+        acts
+    }
+
+    /// Row `i` as (block sums, values); the sums are empty when not computed.
+    #[inline]
+    pub(crate) fn row(&self, i: usize) -> (&[f32], &[f32]) {
+        let sx = if self.sx.is_empty() { &[][..] } else { &self.sx[i * self.nb8..][..self.nb8] };
+        (sx, &self.x[i * self.xlen..][..self.xlen])
     }
 }
 
