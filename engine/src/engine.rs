@@ -123,9 +123,7 @@ impl EngineHandle {
         let (events, receiver) = unbounded_channel();
         let seq = self.build_sequence(request, events)?;
         self.commands.try_send(Command::Submit(Box::new(seq))).map_err(|e| match e {
-            TrySendError::Full(_) => {
-                EngineError::InvalidRequest { field: "request", reason: "the engine queue is full; retry later".into() }
-            }
+            TrySendError::Full(_) => EngineError::Overloaded,
             TrySendError::Disconnected(_) => EngineError::ShutDown,
         })?;
         Ok(EventStream { events: receiver })

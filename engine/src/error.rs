@@ -25,6 +25,8 @@ pub enum EngineError {
     Sample(#[from] SampleError),
     #[error("model failed: {0}")]
     Model(String),
+    #[error("the engine's queue is full; retry later")]
+    Overloaded,
     #[error("the engine has shut down")]
     ShutDown,
 }

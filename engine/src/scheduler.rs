@@ -81,7 +81,10 @@ impl Scheduler {
     }
 
     pub fn enqueue(&mut self, seq: Sequence) {
-        let needed = seq.tokens.len().div_ceil(self.config.block_size);
+        // A sequence that could never fit, even alone at its longest, is refused up front rather
+        // than preempting everything and failing later.
+        let longest = seq.prompt_len + seq.stop.max_tokens;
+        let needed = longest.div_ceil(self.config.block_size);
         if needed > self.allocator.capacity() {
             fail(
                 seq,

@@ -12,7 +12,8 @@ use candle_transformers::models::quantized_llama::ModelWeights;
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args: Vec<String> = std::env::args().collect();
     let path = args.get(1).ok_or("usage: candle_bench MODEL.gguf LENGTHS GEN THREADS")?;
-    let lengths: Vec<usize> = args.get(2).map_or("512,2048", String::as_str).split(',').map(str::parse).collect::<Result<_, _>>()?;
+    let lengths: Vec<usize> =
+        args.get(2).map_or("512,2048", String::as_str).split(',').map(str::parse).collect::<Result<_, _>>()?;
     let gen_tokens: usize = args.get(3).map_or(Ok(64), |s| s.parse())?;
     let threads: usize = args.get(4).map_or(Ok(2), |s| s.parse())?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
@@ -40,7 +41,10 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 (gen_tokens - 1) as f64 / decode
             ));
         }
-        println!("{{\"engine\":\"candle-transformers quantized_llama\",\"threads\":{threads},\"rows\":[{}]}}", rows.join(","));
+        println!(
+            "{{\"engine\":\"candle-transformers quantized_llama\",\"threads\":{threads},\"rows\":[{}]}}",
+            rows.join(",")
+        );
         Ok(())
     })
 }

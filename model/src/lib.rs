@@ -25,7 +25,6 @@ mod tokenizer;
 mod weights;
 
 pub use attention::{AttentionBackend, DenseAttention};
-pub use lcserve_kernels::Activations;
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{Architecture, ModelConfig, RopeConfig, RopeLayout, RopeScaling};
 pub use detokenizer::IncrementalDecoder;
@@ -33,6 +32,7 @@ pub use error::{ModelError, Result};
 pub use export::export_hf_dir;
 pub use forward::{Logits, LogitsWanted, SequenceInput};
 pub use kv_arena::{KV_ELEM_BYTES, KvArena};
+pub use lcserve_kernels::Activations;
 pub use model::{LoadProgress, Model, ModelFormat, ModelSummary};
 pub use source::{GgufSource, HfSource, TensorSource, WeightTensor};
 pub use tiny::{TinyModelPaths, write_tiny_model};

@@ -18,6 +18,7 @@ use std::arch::x86_64::*;
 
 use super::activation::Q8KAct;
 use super::kquants::{q4k, q6k};
+use crate::simd::avx2::hsum;
 
 /// f16 bits at `p` → f32 via F16C.
 #[inline]
@@ -26,15 +27,6 @@ unsafe fn f16_load(p: *const u8) -> f32 {
     // SAFETY: the caller guarantees `p..p+2` is readable; unaligned read of a u16.
     let bits = unsafe { (p as *const u16).read_unaligned() };
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn hsum_ps(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
 }
 
 #[inline]
@@ -109,7 +101,7 @@ pub(crate) unsafe fn dot_packed_q4<const K: usize>(
     }
     let mut out = [0f32; K];
     for k in 0..K {
-        out[k] = hsum_ps(_mm256_add_ps(acc[0][k], acc[1][k])) + hsum_ps(accm[k]);
+        out[k] = hsum(_mm256_add_ps(acc[0][k], acc[1][k])) + hsum(accm[k]);
     }
     out
 }
@@ -150,7 +142,7 @@ pub(crate) unsafe fn dot_packed_q8<const K: usize>(w: &[u8], nb: usize, nb8: usi
     }
     let mut out = [0f32; K];
     for k in 0..K {
-        out[k] = hsum_ps(_mm256_add_ps(acc[0][k], acc[1][k]));
+        out[k] = hsum(_mm256_add_ps(acc[0][k], acc[1][k]));
     }
     out
 }
@@ -220,7 +212,7 @@ pub(crate) unsafe fn dot_q4k<const K: usize>(w: &[u8], a: [&[Q8KAct]; K]) -> [f3
         let m = accm[k];
         let m = _mm_add_ps(m, _mm_movehl_ps(m, m));
         let m = _mm_add_ss(m, _mm_movehdup_ps(m));
-        out[k] = hsum_ps(acc[k]) - _mm_cvtss_f32(m);
+        out[k] = hsum(acc[k]) - _mm_cvtss_f32(m);
     }
     out
 }
@@ -282,7 +274,7 @@ pub(crate) unsafe fn dot_q6k<const K: usize>(w: &[u8], a: [&[Q8KAct]; K]) -> [f3
     }
     let mut out = [0f32; K];
     for k in 0..K {
-        out[k] = hsum_ps(acc[k]);
+        out[k] = hsum(acc[k]);
     }
     out
 }

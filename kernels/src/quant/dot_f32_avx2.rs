@@ -19,7 +19,7 @@ use std::arch::x86::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::dot_avx2::hsum_ps;
+use crate::simd::avx2::hsum;
 
 /// One f32 activation row in the packed layout: block sums `Σx` (`nb8` slots, zero-padded)
 /// and the values (zero-padded to an even block count).
@@ -106,7 +106,7 @@ pub(crate) unsafe fn dot_packed_q4<const K: usize>(
     }
     let mut out = [0f32; K];
     for k in 0..K {
-        out[k] = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0][k], acc[1][k]), accm[k]));
+        out[k] = hsum(_mm256_add_ps(_mm256_add_ps(acc[0][k], acc[1][k]), accm[k]));
     }
     out
 }
@@ -148,7 +148,7 @@ pub(crate) unsafe fn dot_packed_q8<const K: usize>(w: &[u8], nb: usize, nb8: usi
     }
     let mut out = [0f32; K];
     for k in 0..K {
-        out[k] = hsum_ps(_mm256_add_ps(acc[0][k], acc[1][k]));
+        out[k] = hsum(_mm256_add_ps(acc[0][k], acc[1][k]));
     }
     out
 }
