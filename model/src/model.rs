@@ -91,7 +91,9 @@ impl Model {
                 }
                 None => None,
             };
-            Self::assemble(path, ModelFormat::Gguf, config, &source, tokenizer, chat_template, progress)
+            let model = Self::assemble(path, ModelFormat::Gguf, config, &source, tokenizer, chat_template, progress)?;
+            source.release_resident_pages();
+            Ok(model)
         }
     }
 

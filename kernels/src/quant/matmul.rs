@@ -441,11 +441,7 @@ fn matmul_gemm(m: &QMatrix, x: &[f32], n: usize, out: &mut [f32], acts: Activati
         let run = |buf: &mut Vec<f32>| {
             buf.resize((r1 - r0) * cols, 0.0);
             for (r, o) in (r0..r1).zip(buf.chunks_exact_mut(cols)) {
-                if q4_1 {
-                    super::legacy::dequant_q4_1_scaled(m.row(r), o);
-                } else {
-                    super::dequantize_row_unchecked(m.ty(), m.row(r), o);
-                }
+                decode_row(m, r, !q4_1, o);
             }
             gemm_tile(buf, x, n, cols, dst, r0, rows);
             if q4_1 {
@@ -457,6 +453,22 @@ fn matmul_gemm(m: &QMatrix, x: &[f32], n: usize, out: &mut [f32], acts: Activati
             Err(_) => run(&mut Vec::new()),
         });
     });
+}
+
+/// Weight row `r` as f32 for the GEMM path, from the repacked copy where there is one (so the
+/// GGUF bytes are not read on the hot path). `with_minimum == false` leaves out a `Q4_1` row's
+/// minimum, which the int8 path adds separately.
+fn decode_row(m: &QMatrix, r: usize, with_minimum: bool, out: &mut [f32]) {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if let Some(packed) = m.packed() {
+        packed.dequantize_row(r, with_minimum, out);
+        return;
+    }
+    if with_minimum || m.ty() != QuantType::Q4_1 {
+        super::dequantize_row_unchecked(m.ty(), m.row(r), out);
+    } else {
+        super::legacy::dequant_q4_1_scaled(m.row(r), out);
+    }
 }
 
 /// `out[i, r] += Σ_b m[r, b] · s[i, b]` for weight rows `r0..r1`: the `Q4_1` minimum term of

@@ -19,8 +19,9 @@
 //! layout serves the f32-activation kernels (`dot_f32_avx2`: one 8-byte widening load gives
 //! 8 elements of both blocks of a pair) and the integer ones (`dot_avx2`). Built once
 //! per matrix when the AVX2 kernels are available (a pass over the weights at load time, as
-//! llama.cpp's repacking buffers do); the GGUF bytes stay the source of truth for the scalar
-//! and GEMM paths.
+//! llama.cpp's repacking buffers do). The GEMM path decodes from it too, so once every matrix
+//! is built a memory-mapped model file is no longer read on the hot path and its pages can be
+//! released; the scalar paths still read the GGUF bytes.
 
 use super::types::{QK, QuantType};
 
@@ -78,6 +79,35 @@ impl Packed {
             }
         }
         Some(Self { ty, nb, nb8, row_stride, data })
+    }
+
+    /// Decodes row `r` to f32 (`nb * 32` values). With `with_minimum == false` a `Q4_1` row
+    /// decodes to `nibble * d` only (the int8 GEMM path adds the minimum term separately).
+    pub(crate) fn dequantize_row(&self, r: usize, with_minimum: bool, out: &mut [f32]) {
+        let row = self.row(r);
+        let f16 = |bytes: &[u8], i: usize| half::f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32();
+        let (d, rest) = row.split_at(self.nb8 * 2);
+        let (m, qs) = rest.split_at(if self.ty == QuantType::Q4_1 { self.nb8 * 2 } else { 0 });
+        for (b, o) in out.chunks_exact_mut(QK).take(self.nb).enumerate() {
+            let scale = f16(d, b);
+            match self.ty {
+                QuantType::Q8_0 => {
+                    for (v, &q) in o.iter_mut().zip(&qs[32 * b..32 * b + 32]) {
+                        *v = q as i8 as f32 * scale;
+                    }
+                }
+                _ => {
+                    let (offset, minimum) = match self.ty {
+                        QuantType::Q4_1 => (0.0, if with_minimum { f16(m, b) } else { 0.0 }),
+                        _ => (8.0, 0.0),
+                    };
+                    let (pair, shift) = (&qs[32 * (b / 2)..32 * (b / 2) + 32], 4 * (b % 2));
+                    for (v, &byte) in o.iter_mut().zip(pair) {
+                        *v = (((byte >> shift) & 0xF) as f32 - offset) * scale + minimum;
+                    }
+                }
+            }
+        }
     }
 
     /// Packed bytes of row `r`.

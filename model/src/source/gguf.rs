@@ -50,6 +50,15 @@ impl GgufSource {
         Ok(source)
     }
 
+    /// Drops the file's pages from this process's resident memory. Matrices keep a decode-ready
+    /// copy, so after loading the file is read only for the odd embedding row, which faults its
+    /// page back in; without this, every weight would count twice in resident memory.
+    pub fn release_resident_pages(&self) {
+        // SAFETY: MADV_DONTNEED on a read-only, file-backed, private mapping only discards clean
+        // page-cache references; later reads fault the same bytes back in from the file.
+        let _ = unsafe { self.mmap.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
