@@ -76,12 +76,21 @@ fn engine_bench(args: EngineBenchArgs) -> anyhow::Result<()> {
     let weight_bytes = model.weights.matrix_bytes() as f64;
 
     // Warm up caches, page in the weights and let the CPU clock settle.
-    run_one(&engine, synthetic_prompt(64, vocab, 0), 8)?;
+    run_one(&engine, 0, synthetic_prompt(64, vocab, 0), 8)?;
 
     let mut rows = Vec::new();
-    for (i, &prompt_tokens) in args.prompt_tokens.iter().enumerate() {
+    let context = model.config.context_length;
+    for (i, &requested) in args.prompt_tokens.iter().enumerate() {
+        // "8192 tokens" on an 8192-context model means a full context: leave room for the output.
+        let prompt_tokens = requested.min(context.saturating_sub(args.gen_tokens));
+        if prompt_tokens != requested {
+            eprintln!(
+                "note: prompt of {requested} tokens shortened to {prompt_tokens} so that {} generated tokens fit the context of {context}",
+                args.gen_tokens
+            );
+        }
         let prompt = synthetic_prompt(prompt_tokens, vocab, i as u32 + 1);
-        let (ttft_ms, prefill, decode) = run_one(&engine, prompt, args.gen_tokens)?;
+        let (ttft_ms, prefill, decode) = run_one(&engine, i + 1, prompt, args.gen_tokens)?;
         let row = EngineBenchRow {
             prompt_tokens,
             gen_tokens: args.gen_tokens,
@@ -142,14 +151,14 @@ fn synthetic_prompt(len: usize, vocab: u32, seed: u32) -> Vec<u32> {
 }
 
 /// Runs one greedy request that ignores end-of-sequence; returns (ttft ms, prefill tok/s, decode tok/s).
-fn run_one(engine: &EngineHandle, prompt: Vec<u32>, gen_tokens: usize) -> anyhow::Result<(f64, f64, f64)> {
+fn run_one(engine: &EngineHandle, run: usize, prompt: Vec<u32>, gen_tokens: usize) -> anyhow::Result<(f64, f64, f64)> {
     let prompt_len = prompt.len();
     let request = GenerateRequest {
         prompt,
         sampling: SamplingParams::default(),
         stop: StopConditions { max_tokens: gen_tokens, ignore_eos: true, ..StopConditions::default() },
         // A fresh namespace per run: measure computation, not the prefix cache.
-        cache_salt: format!("bench-{:?}", Instant::now()).into_bytes(),
+        cache_salt: format!("bench-run-{run}").into_bytes(),
     };
     let mut stream = engine.submit(request)?;
     while let Some(event) = stream.blocking_next() {
