@@ -173,8 +173,9 @@ impl ModelConfig {
         if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
-        if !(self.rms_norm_eps > 0.0) || !(self.rope.theta > 0.0) {
-            return Err("rms_norm_eps and rope theta must be positive".into());
+        let positive_finite = |v: f32| v.is_finite() && v > 0.0;
+        if !positive_finite(self.rms_norm_eps) || !positive_finite(self.rope.theta) {
+            return Err("rms_norm_eps and rope theta must be positive and finite".into());
         }
         Ok(())
     }

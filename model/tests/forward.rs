@@ -89,6 +89,7 @@ fn batched_decode_equals_single_sequence_decode() {
         (0..prompts.len()).map(|s| (0..per_seq).map(|b| BlockId((s * per_seq + b) as u32)).collect()).collect();
     let mut lens = vec![0usize; prompts.len()];
     let mut pending: Vec<Vec<u32>> = prompts.clone();
+    #[allow(clippy::needless_range_loop)] // `step` indexes every sequence's expected rows in lockstep
     for step in 0..steps {
         let inputs: Vec<SequenceInput<'_>> = (0..prompts.len())
             .map(|s| SequenceInput {
