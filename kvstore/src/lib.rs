@@ -12,15 +12,21 @@
 //! - [`block`]: the `KVB1` block format — header, codecs (`raw` f32/f16/bf16, `int8`, `int4`
 //!   KIVI-style) and a decoder that returns a typed [`Error`] for any byte string. Its main items
 //!   are re-exported here.
-//! - Tiers (`TieredStore`, the host LRU tier, the Redis-backed shared tier) and the kvstore gRPC
-//!   service come later; they store and move the bytes produced here without looking inside.
+//! - [`HostCache`]: the host tier core — encoded blocks in RAM under a byte budget, evicted least
+//!   recently used first (never an error to the writer), [`PinGuard`]s that keep a block out of
+//!   eviction until dropped, a [`BlockRemoved`] record for every block that leaves (to publish as
+//!   a KV event), and [`Stats`]. Synchronous; it stores bytes without looking inside.
+//! - The async tier trait, `TieredStore`, the Redis-backed shared tier and the kvstore gRPC
+//!   service come later and wrap the pieces above.
 #![forbid(unsafe_code)]
 
 pub mod block;
 mod error;
+mod host_cache;
 
 pub use block::{
     BlockMeta, Codec, DecodedBlock, Groups, Header, RawDtype, decode, decode_into, encode, encode_into, encoded_len,
     peek_header,
 };
 pub use error::Error;
+pub use host_cache::{BlockRemoved, HostCache, InsertOutcome, Inserted, PinGuard, Rejection, RemovalCause, Stats};

@@ -19,7 +19,7 @@
 //! codes on the empty range between 0 and the offset. Min-max costs one more f16 per group
 //! (0.5 bit per element at 32) and is never worse than absmax by more than that one code bit.
 //!
-//! Codes are rounded half-to-even with the `2²³` trick (see [`code`]), which needs no SSE4.1
+//! Codes are rounded half-to-even with the `2²³` trick (see `code`), which needs no SSE4.1
 //! rounding instruction, so every loop here vectorizes on baseline x86-64.
 
 /// Width of the codes.
