@@ -35,6 +35,6 @@ pub use kv_arena::{KV_ELEM_BYTES, KvArena};
 pub use lcserve_kernels::Activations;
 pub use model::{LoadProgress, Model, ModelFormat, ModelSummary};
 pub use source::{GgufSource, HfSource, TensorSource, WeightTensor};
-pub use tiny::{TinyModelPaths, write_tiny_model};
+pub use tiny::{TinyModelPaths, write_tiny_model, write_tiny_model_arch};
 pub use tokenizer::{Tokenizer, TokenizerError};
 pub use weights::{LayerWeights, Projection, Weights, dequantize_vector};

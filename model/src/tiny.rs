@@ -1,12 +1,20 @@
-//! A tiny deterministic llama model for tests and demos (`lcserve model tiny --out DIR`).
+//! A tiny deterministic model for tests and demos (`lcserve model tiny --out DIR`).
 //!
 //! Why: end-to-end tests need a real model — real GGUF metadata, a real byte-level BPE tokenizer,
 //! a chat template, quantized matrices of several types — but cannot download one or spend
 //! seconds per forward pass. This writes one in milliseconds from a seed: 2 layers, hidden 64,
-//! 4 query / 2 KV heads of 16, FFN 128, a 4096-token context (so long-context paths run) and a
+//! 4 query heads of 16, FFN 128, a 4096-token context (so long-context paths run) and a
 //! 303-token vocabulary (3 ChatML specials, 256 GPT-2 byte tokens, 44 merges). Matrices mix
 //! Q8_0 / Q4_1 / Q4_0 so both fused and unfused projections are exercised; norms are F32 near 1.
 //! The Hugging Face copy is [`export_hf_dir`] of the GGUF, so the two are the same model.
+//!
+//! Each supported [`Architecture`] has a variant, written as llama.cpp's converter would write
+//! that family, with what sets it apart:
+//! - llama ([`write_tiny_model`]): 2 KV heads, θ = 10⁴, untied head, q/k rows in the GGUF's
+//!   permuted (interleaved-pair) order;
+//! - mistral: 1 KV head (groups of 4), θ = 10⁶, permuted like llama;
+//! - qwen2: 2 KV heads, θ = 10⁶, F32 q/k/v biases, a head tied to the embedding, and q/k rows in
+//!   Hugging Face order (GGUF qwen2 uses NeoX, rotate-half RoPE).
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -18,6 +26,7 @@ use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::config::Architecture;
 use crate::error::{ModelError, Result};
 use crate::export::export_hf_dir;
 use crate::source::GgufSource;
@@ -26,12 +35,30 @@ use crate::tokenizer::Tokenizer;
 const HIDDEN: usize = 64;
 const LAYERS: usize = 2;
 const HEADS: usize = 4;
-const KV_HEADS: usize = 2;
 const HEAD_DIM: usize = HIDDEN / HEADS;
 const FFN: usize = 128;
 const CONTEXT: usize = 4096;
-const ROPE_THETA: f32 = 10_000.0;
 const RMS_EPS: f32 = 1e-5;
+
+/// What the architectures' tiny models differ in.
+struct ArchSpec {
+    kv_heads: usize,
+    rope_theta: f32,
+    /// F32 `blk.{i}.attn_{q,k,v}.bias`.
+    qkv_bias: bool,
+    /// No `output.weight`: the LM head is the token embedding.
+    tied: bool,
+}
+
+impl ArchSpec {
+    fn of(arch: Architecture) -> Self {
+        match arch {
+            Architecture::Llama => Self { kv_heads: 2, rope_theta: 10_000.0, qkv_bias: false, tied: false },
+            Architecture::Mistral => Self { kv_heads: 1, rope_theta: 1_000_000.0, qkv_bias: false, tied: false },
+            Architecture::Qwen2 => Self { kv_heads: 2, rope_theta: 1_000_000.0, qkv_bias: true, tied: true },
+        }
+    }
+}
 
 /// Special tokens, at ids 0, 1, 2 (BOS = `<|im_start|>`, EOS = `<|im_end|>`, as in SmolLM2).
 const SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
@@ -54,21 +81,34 @@ const MERGES: [(&str, &str); 44] = [
 /// ChatML, as SmolLM2 and Qwen use it.
 const CHAT_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
-/// Where [`write_tiny_model`] put the model.
+/// Where [`write_tiny_model`] / [`write_tiny_model_arch`] put the model.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TinyModelPaths {
-    /// `OUT/tiny.gguf`.
+    /// `OUT/tiny.gguf` (llama) or `OUT/tiny-{arch}.gguf`.
     pub gguf: PathBuf,
-    /// `OUT/tiny-hf/`, the dequantized Hugging Face copy.
+    /// `OUT/tiny-hf/` (llama) or `OUT/tiny-{arch}-hf/`, the dequantized Hugging Face copy.
     pub hf_dir: PathBuf,
 }
 
-/// Writes the tiny model to `out_dir` (created if needed) as `tiny.gguf` and `tiny-hf/`.
+/// Writes the tiny llama model to `out_dir` (created if needed) as `tiny.gguf` and `tiny-hf/`.
 /// The same `seed` always gives byte-identical files.
 pub fn write_tiny_model(out_dir: &Path, seed: u64) -> Result<TinyModelPaths> {
+    write_tiny_model_arch(out_dir, seed, Architecture::Llama)
+}
+
+/// Writes the tiny model of `arch` to `out_dir` (created if needed): llama as `tiny.gguf` and
+/// `tiny-hf/` (exactly [`write_tiny_model`]), the others as `tiny-{arch}.gguf` and
+/// `tiny-{arch}-hf/`, so every variant can share one directory. The same `seed` and `arch`
+/// always give byte-identical files.
+pub fn write_tiny_model_arch(out_dir: &Path, seed: u64, arch: Architecture) -> Result<TinyModelPaths> {
     std::fs::create_dir_all(out_dir).map_err(|source| ModelError::Io { path: out_dir.to_owned(), source })?;
-    let paths = TinyModelPaths { gguf: out_dir.join("tiny.gguf"), hf_dir: out_dir.join("tiny-hf") };
-    write_gguf(&paths.gguf, seed)?;
+    let stem = match arch {
+        Architecture::Llama => "tiny".to_owned(),
+        other => format!("tiny-{}", other.name()),
+    };
+    let paths =
+        TinyModelPaths { gguf: out_dir.join(format!("{stem}.gguf")), hf_dir: out_dir.join(format!("{stem}-hf")) };
+    write_gguf(&paths.gguf, seed, arch)?;
     let gguf = GgufSource::open(&paths.gguf)?;
     let tokenizer = Tokenizer::from_gguf_metadata(gguf.metadata())?;
     export_hf_dir(&gguf, &tokenizer, Some(CHAT_TEMPLATE), &paths.hf_dir)?;
@@ -120,8 +160,10 @@ fn quantized(name: &str, values: Vec<f32>, shape: &[usize], dtype: GgmlDType) ->
     QTensor::quantize(&tensor, dtype).map_err(error)
 }
 
-fn write_gguf(path: &Path, seed: u64) -> Result<()> {
+fn write_gguf(path: &Path, seed: u64, arch: Architecture) -> Result<()> {
     use GgmlDType::{F32, Q4_0, Q4_1, Q8_0};
+    let spec = ArchSpec::of(arch);
+    let kv_heads = spec.kv_heads;
     let tokens = vocabulary();
     let vocab = tokens.len();
     let mut rng = Gaussian(StdRng::seed_from_u64(seed));
@@ -138,8 +180,8 @@ fn write_gguf(path: &Path, seed: u64) -> Result<()> {
         let specs = [
             ("attn_norm.weight", vec![HIDDEN], F32, 1.0, 0.05),
             ("attn_q.weight", vec![HEADS * HEAD_DIM, HIDDEN], q, 0.0, 0.08),
-            ("attn_k.weight", vec![KV_HEADS * HEAD_DIM, HIDDEN], k, 0.0, 0.08),
-            ("attn_v.weight", vec![KV_HEADS * HEAD_DIM, HIDDEN], v, 0.0, 0.08),
+            ("attn_k.weight", vec![kv_heads * HEAD_DIM, HIDDEN], k, 0.0, 0.08),
+            ("attn_v.weight", vec![kv_heads * HEAD_DIM, HIDDEN], v, 0.0, 0.08),
             ("attn_output.weight", vec![HIDDEN, HEADS * HEAD_DIM], o, 0.0, 0.08),
             ("ffn_norm.weight", vec![HIDDEN], F32, 1.0, 0.05),
             ("ffn_gate.weight", vec![FFN, HIDDEN], gate, 0.0, 0.08),
@@ -151,11 +193,23 @@ fn write_gguf(path: &Path, seed: u64) -> Result<()> {
             let values = rng.sample(mean, std, shape.iter().product());
             tensors.push((name.clone(), quantized(&name, values, &shape, dtype)?));
         }
+        // Drawn after the layer's matrices so the llama model's bytes do not depend on them.
+        // Large enough (std 0.3, like the sizeable k biases of real qwen2 checkpoints) that
+        // dropping them visibly changes the logits.
+        if spec.qkv_bias {
+            for (suffix, rows) in [("attn_q.bias", HEADS), ("attn_k.bias", kv_heads), ("attn_v.bias", kv_heads)] {
+                let name = format!("blk.{layer}.{suffix}");
+                let values = rng.sample(0.0, 0.3, rows * HEAD_DIM);
+                tensors.push((name.clone(), quantized(&name, values, &[rows * HEAD_DIM], F32)?));
+            }
+        }
     }
-    tensors.push((
-        "output.weight".to_owned(),
-        quantized("output.weight", rng.sample(0.0, 0.1, vocab * HIDDEN), &[vocab, HIDDEN], Q8_0)?,
-    ));
+    if !spec.tied {
+        tensors.push((
+            "output.weight".to_owned(),
+            quantized("output.weight", rng.sample(0.0, 0.1, vocab * HIDDEN), &[vocab, HIDDEN], Q8_0)?,
+        ));
+    }
     // Last, because its 256 bytes need no alignment padding: the file ends where the data ends,
     // so cutting even one byte truncates a tensor (what truncation tests rely on).
     tensors.push((
@@ -165,35 +219,41 @@ fn write_gguf(path: &Path, seed: u64) -> Result<()> {
 
     let u32_value = |n: usize| Value::U32(n as u32);
     let token_types = (0..vocab).map(|id| Value::I32(if id < SPECIALS.len() { 3 } else { 1 })).collect();
-    let metadata: Vec<(&str, Value)> = vec![
-        ("general.architecture", Value::String("llama".into())),
-        ("general.name", Value::String("lcserve-tiny".into())),
-        ("llama.context_length", u32_value(CONTEXT)),
-        ("llama.embedding_length", u32_value(HIDDEN)),
-        ("llama.block_count", u32_value(LAYERS)),
-        ("llama.feed_forward_length", u32_value(FFN)),
-        ("llama.attention.head_count", u32_value(HEADS)),
-        ("llama.attention.head_count_kv", u32_value(KV_HEADS)),
-        ("llama.attention.key_length", u32_value(HEAD_DIM)),
-        ("llama.attention.value_length", u32_value(HEAD_DIM)),
-        ("llama.attention.layer_norm_rms_epsilon", Value::F32(RMS_EPS)),
-        ("llama.rope.dimension_count", u32_value(HEAD_DIM)),
-        ("llama.rope.freq_base", Value::F32(ROPE_THETA)),
-        ("llama.vocab_size", u32_value(vocab)),
-        ("tokenizer.ggml.model", Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre", Value::String("gpt2".into())),
-        ("tokenizer.ggml.tokens", Value::Array(tokens.into_iter().map(Value::String).collect())),
-        ("tokenizer.ggml.token_type", Value::Array(token_types)),
+    let arch_name = arch.name();
+    let key = |suffix: &str| format!("{arch_name}.{suffix}");
+    let name = match arch {
+        Architecture::Llama => "lcserve-tiny".to_owned(),
+        other => format!("lcserve-tiny-{}", other.name()),
+    };
+    let metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch_name.into())),
+        ("general.name".into(), Value::String(name)),
+        (key("context_length"), u32_value(CONTEXT)),
+        (key("embedding_length"), u32_value(HIDDEN)),
+        (key("block_count"), u32_value(LAYERS)),
+        (key("feed_forward_length"), u32_value(FFN)),
+        (key("attention.head_count"), u32_value(HEADS)),
+        (key("attention.head_count_kv"), u32_value(kv_heads)),
+        (key("attention.key_length"), u32_value(HEAD_DIM)),
+        (key("attention.value_length"), u32_value(HEAD_DIM)),
+        (key("attention.layer_norm_rms_epsilon"), Value::F32(RMS_EPS)),
+        (key("rope.dimension_count"), u32_value(HEAD_DIM)),
+        (key("rope.freq_base"), Value::F32(spec.rope_theta)),
+        (key("vocab_size"), u32_value(vocab)),
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.tokens".into(), Value::Array(tokens.into_iter().map(Value::String).collect())),
+        ("tokenizer.ggml.token_type".into(), Value::Array(token_types)),
         (
-            "tokenizer.ggml.merges",
+            "tokenizer.ggml.merges".into(),
             Value::Array(MERGES.iter().map(|(a, b)| Value::String(format!("{a} {b}"))).collect()),
         ),
-        ("tokenizer.ggml.bos_token_id", Value::U32(BOS)),
-        ("tokenizer.ggml.eos_token_id", Value::U32(EOS)),
-        ("tokenizer.ggml.add_bos_token", Value::Bool(false)),
-        ("tokenizer.chat_template", Value::String(CHAT_TEMPLATE.into())),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(BOS)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(EOS)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
+        ("tokenizer.chat_template".into(), Value::String(CHAT_TEMPLATE.into())),
     ];
-    let metadata_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let metadata_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
     let io = |source| ModelError::Io { path: path.to_owned(), source };
     let mut out = BufWriter::new(File::create(path).map_err(io)?);

@@ -143,10 +143,9 @@ fn gguf_and_hf_copies_give_the_same_logits() {
         for (pos, (x, y)) in all_logits(&quantized, tokens).iter().zip(&reference).enumerate() {
             let err = max_rel_diff(x, y);
             worst_quantized = worst_quantized.max(err);
-            // The quantized GGUF multiplies by activations rounded to 8 bits (as llama.cpp does)
-            // while the F32 copy does not; that bounds agreement at about 1e-2 of the logit
-            // range, as the forward tests find against exact math.
-            assert!(err < 2e-2, "GGUF vs HF, {} tokens, position {pos}: relative logit difference {err}", tokens.len());
+            // With exact f32 activations (the default) the quantized GGUF computes the same
+            // products as its exact dequantization, up to f32 rounding (measured worst 8.3e-7).
+            assert!(err < 1e-4, "GGUF vs HF, {} tokens, position {pos}: relative logit difference {err}", tokens.len());
         }
     }
     eprintln!("worst relative logit difference vs HF: F32 GGUF {worst_exact:e}, quantized GGUF {worst_quantized:e}");
@@ -473,7 +472,8 @@ fn reference_model_round_trips_through_hf() {
         );
     }
 
-    // Same weights, so the same next token, and logits within activation rounding.
+    // Same weights, so the same next token, and logits equal up to f32 rounding (exact f32
+    // activations are the default; measured 1.3e-6).
     let gguf_model = Model::load(&path, &mut |_| {}).expect("load gguf");
     let hf_model = Model::load(out.path(), &mut |_| {}).expect("load hf");
     let tokens = tokenizer.encode(sentence, false).expect("encode");
@@ -481,6 +481,6 @@ fn reference_model_round_trips_through_hf() {
     let b = Session::new(&hf_model, 16, tokens.len()).run(&tokens, false);
     let err = max_rel_diff(&a[0], &b[0]);
     eprintln!("reference model: relative logit difference GGUF vs HF {err:e}");
-    assert!(err < 5e-2, "relative logit difference {err}");
+    assert!(err < 1e-4, "relative logit difference {err}");
     assert_eq!(argmax(&a[0]), argmax(&b[0]));
 }

@@ -1,17 +1,27 @@
-//! A llama forward pass in f64 over dequantized weights: exact math for accuracy checks.
+//! A llama-family forward pass in f64 over dequantized weights: exact math for accuracy checks.
 
 use lcserve_kernels::dequantize_row;
-use lcserve_model::{GgufSource, ModelConfig, TensorSource};
+use lcserve_model::{GgufSource, ModelConfig, RopeLayout, RopeScaling, TensorSource};
 
-/// A llama forward pass in f64 over dequantized weights, written for clarity, not speed.
+/// A llama / mistral / qwen2 forward pass in f64 over dequantized weights, written for clarity,
+/// not speed. Everything that differs between the families comes from the config: GQA through
+/// `num_kv_heads`, q/k/v biases through `qkv_bias`, and which pairs RoPE rotates through
+/// `rope.layout` (`(2i, 2i+1)` for GGUF llama/mistral, `(i, i + d/2)` for qwen2 and HF files).
 pub struct Reference {
     config: ModelConfig,
     tensors: std::collections::HashMap<String, Vec<f64>>,
+    /// RoPE inverse frequencies per pair.
+    inv_freq: Vec<f64>,
 }
 
 impl Reference {
+    /// The model of a GGUF file, with the config its metadata gives.
     pub fn new(source: &GgufSource) -> Self {
-        let config = source.config().expect("config");
+        Self::with_config(source, source.config().expect("config"))
+    }
+
+    /// The model of any tensor source (GGUF names) under `config`.
+    pub fn with_config(source: &dyn TensorSource, config: ModelConfig) -> Self {
         let tensors = source
             .tensor_names()
             .into_iter()
@@ -22,16 +32,39 @@ impl Reference {
                 (name, values.into_iter().map(f64::from).collect())
             })
             .collect();
-        Self { config, tensors }
+        let d = config.head_dim;
+        let inv_freq = match config.rope.scaling {
+            // Computed here in f64, independently of the model's table.
+            RopeScaling::None => {
+                (0..d / 2).map(|i| (config.rope.theta as f64).powf(-2.0 * i as f64 / d as f64)).collect()
+            }
+            // Scaled variants: the config's own frequencies (the reference checks the rest).
+            _ => config.rope.inv_freq(d, config.context_length).into_iter().map(f64::from).collect(),
+        };
+        Self { config, tensors, inv_freq }
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
     }
 
     fn w(&self, name: &str) -> &[f64] {
-        &self.tensors[name]
+        self.tensors.get(name).unwrap_or_else(|| panic!("reference: no tensor {name}"))
     }
 
     /// `W x` for a `[rows × cols]` row-major matrix.
     fn matvec(&self, name: &str, x: &[f64]) -> Vec<f64> {
         self.w(name).chunks_exact(x.len()).map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum()).collect()
+    }
+
+    /// `W x + b` when the config has q/k/v biases (`blk.{l}.attn_q.bias` for `attn_q.weight`),
+    /// else `W x`.
+    fn projection(&self, layer: usize, which: &str, x: &[f64]) -> Vec<f64> {
+        let mut y = self.matvec(&format!("blk.{layer}.{which}.weight"), x);
+        if self.config.qkv_bias {
+            y.iter_mut().zip(self.w(&format!("blk.{layer}.{which}.bias"))).for_each(|(v, b)| *v += b);
+        }
+        y
     }
 
     fn rms_norm(&self, x: &[f64], name: &str) -> Vec<f64> {
@@ -40,16 +73,19 @@ impl Reference {
         x.iter().zip(self.w(name)).map(|(v, w)| v * inv * w).collect()
     }
 
-    /// Interleaved (GGUF llama) RoPE at `pos` on every head of `x`.
+    /// RoPE at `pos` on every head of `x`, rotating the pairs the config's layout names.
     fn rope(&self, x: &mut [f64], pos: usize) {
         let d = self.config.head_dim;
         for head in x.chunks_exact_mut(d) {
-            for i in 0..d / 2 {
-                let freq = (self.config.rope.theta as f64).powf(-2.0 * i as f64 / d as f64);
+            for (i, freq) in self.inv_freq.iter().enumerate() {
                 let (s, c) = (pos as f64 * freq).sin_cos();
-                let (a, b) = (head[2 * i], head[2 * i + 1]);
-                head[2 * i] = a * c - b * s;
-                head[2 * i + 1] = a * s + b * c;
+                let (ia, ib) = match self.config.rope.layout {
+                    RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                    RopeLayout::Halves => (i, i + d / 2),
+                };
+                let (a, b) = (head[ia], head[ib]);
+                head[ia] = a * c - b * s;
+                head[ib] = a * s + b * c;
             }
         }
     }
@@ -73,13 +109,13 @@ impl Reference {
             let mut vs = Vec::new();
             for (pos, x) in xs.iter().enumerate() {
                 let h = self.rms_norm(x, &name("attn_norm.weight"));
-                let mut q = self.matvec(&name("attn_q.weight"), &h);
-                let mut k = self.matvec(&name("attn_k.weight"), &h);
+                let mut q = self.projection(l, "attn_q", &h);
+                let mut k = self.projection(l, "attn_k", &h);
                 self.rope(&mut q, pos);
                 self.rope(&mut k, pos);
                 qs.push(q);
                 ks.push(k);
-                vs.push(self.matvec(&name("attn_v.weight"), &h));
+                vs.push(self.projection(l, "attn_v", &h));
             }
             for (pos, x) in xs.iter_mut().enumerate() {
                 let mut attn = vec![0.0; c.num_heads * d];
@@ -111,7 +147,7 @@ impl Reference {
                 x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
             }
         }
-        let head = if self.tensors.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" };
+        let head = if c.tie_embeddings { "token_embd.weight" } else { "output.weight" };
         xs[first..].iter().map(|x| self.matvec(head, &self.rms_norm(x, "output_norm.weight"))).collect()
     }
 }
