@@ -6,7 +6,7 @@
 //! step.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -186,7 +186,6 @@ impl EngineHandle {
         let namespace = self.namespace(&request.cache_salt);
         let text = StopText::new(self.model.tokenizer.clone(), stop.stop_strings.clone());
         Ok(Sequence {
-            id: 0,
             tokens: request.prompt,
             prompt_len,
             computed: 0,
@@ -209,13 +208,8 @@ impl EngineHandle {
 /// The engine loop: block for commands while idle, otherwise step and drain commands between
 /// steps.
 fn run(mut scheduler: Scheduler, commands: Receiver<Command>) {
-    let mut next_id = 0u64;
-    let mut handle = |scheduler: &mut Scheduler, command: Command| match command {
-        Command::Submit(mut seq) => {
-            next_id += 1;
-            seq.id = next_id;
-            scheduler.enqueue(*seq);
-        }
+    let handle = |scheduler: &mut Scheduler, command: Command| match command {
+        Command::Submit(seq) => scheduler.enqueue(*seq),
         Command::Stats(reply) => {
             let _ = reply.send(scheduler.stats());
         }
@@ -228,10 +222,10 @@ fn run(mut scheduler: Scheduler, commands: Receiver<Command>) {
             }
         }
         loop {
-            match commands.recv_timeout(Duration::ZERO) {
+            match commands.try_recv() {
                 Ok(command) => handle(&mut scheduler, command),
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => {
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
                     scheduler.abort_all(EngineError::ShutDown);
                     return;
                 }

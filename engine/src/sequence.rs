@@ -10,7 +10,6 @@ use crate::sampler::Sampler;
 use crate::stop_text::StopText;
 
 pub(crate) struct Sequence {
-    pub id: u64,
     /// Prompt followed by generated tokens.
     pub tokens: Vec<TokenId>,
     pub prompt_len: usize,
