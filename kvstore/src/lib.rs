@@ -16,13 +16,23 @@
 //!   recently used first (never an error to the writer), [`PinGuard`]s that keep a block out of
 //!   eviction until dropped, a [`BlockRemoved`] record for every block that leaves (to publish as
 //!   a KV event), and [`Stats`]. Synchronous; it stores bytes without looking inside.
-//! - The async tier trait, `TieredStore`, the Redis-backed shared tier and the kvstore gRPC
-//!   service come later and wrap the pieces above.
+//! - [`Tier`]: the async interface of a tier below the host tier. No error type: a tier that
+//!   fails, times out or holds corrupt bytes answers "miss", and the caller recomputes.
+//! - [`RedisTier`]: the shared tier on Redis — one round trip per prefix run, `PX` TTL, a key
+//!   prefix per deployment, a per-operation timeout, self-reconnecting, every value validated
+//!   ([`validate`]) and deleted if corrupt; [`RedisStats`].
+//! - [`TieredStore`]: the host tier in front of an optional shared tier. `put` lands in the host
+//!   tier at once and reaches the shared tier through a bounded write-behind queue that drops
+//!   (and counts) rather than blocks; `get` promotes shared hits into the host tier.
+//! - The kvstore gRPC service comes later and wraps the pieces above.
 #![forbid(unsafe_code)]
 
 pub mod block;
 mod error;
 mod host_cache;
+mod redis_tier;
+mod tier;
+mod tiered;
 
 pub use block::{
     BlockMeta, Codec, DecodedBlock, Groups, Header, RawDtype, decode, decode_into, encode, encode_into, encoded_len,
@@ -30,3 +40,6 @@ pub use block::{
 };
 pub use error::Error;
 pub use host_cache::{BlockRemoved, HostCache, InsertOutcome, Inserted, PinGuard, Rejection, RemovalCause, Stats};
+pub use redis_tier::{RedisStats, RedisTier, RedisTierConfig, RedisTierError, validate};
+pub use tier::{Blocks, Tier};
+pub use tiered::{Fetched, Stored, TierKind, TieredConfig, TieredStats, TieredStore};

@@ -1,0 +1,329 @@
+//! The shared tier backed by Redis: encoded `KVB1` blocks under a TTL, shared by every worker of
+//! a deployment.
+//!
+//! Why Redis behaves the way it does here:
+//! - **One round trip per prefix run.** `get_many` is one `MGET`, `put_many` one pipeline of
+//!   `SET key value PX ttl`, `lookup` one pipeline of `EXISTS`: a 32-block prefix costs one RTT,
+//!   not 32.
+//! - **Bounded latency.** Every operation runs under [`RedisTierConfig::op_timeout`] (50 ms by
+//!   default). Past it the operation counts as a miss and the caller recomputes: a prefill of a
+//!   block is cheaper than waiting on a sick Redis. The same holds for errors (Redis down,
+//!   refused, out of memory): no [`Tier`] method ever fails.
+//! - **Self-healing.** A [`ConnectionManager`] reconnects by itself after a drop, with jittered
+//!   exponential backoff capped at [`RedisTierConfig::max_reconnect_delay`]; it is created lazily,
+//!   so a worker starts even while Redis is down and begins to share blocks once it is back.
+//! - **Nothing read is trusted.** A value must parse as a `KVB1` header naming the requested
+//!   hash, have the exact length that header implies, and carry a valid xxh3 checksum. Anything
+//!   else (a bit flip, a truncated write, a foreign value under our key) is a miss, is counted as
+//!   `corrupt`, and is deleted so that no other worker pays for it again.
+//! - **Deployments never mix.** Keys are `key_prefix + hex(hash)`; two deployments (or test runs)
+//!   on one Redis use different prefixes. Tenants and models are kept apart by the hash itself
+//!   (its namespace), as in every tier.
+//! - **AUTH and database** come from the URL (`redis://user:pass@host:6379/2`). `rediss://`
+//!   (TLS) needs the `redis` crate's `tokio-rustls-comp` feature, which this build leaves out.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use lcserve_common::SequenceHash;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::Error;
+use crate::block::{CHECKSUM_LEN, Header, peek_header};
+use crate::tier::{Blocks, Tier};
+
+/// Where and how to reach Redis.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisTierConfig {
+    /// `redis://[user:password@]host[:port][/db]`; credentials are sent with `AUTH` on connect.
+    pub url: String,
+    /// Prepended to every key: one per deployment, so that deployments sharing a Redis never
+    /// see each other's blocks. E.g. `"lcserve:prod:kv:"`.
+    pub key_prefix: String,
+    /// Time to live of every block written (`PX`): Redis forgets blocks no one re-wrote.
+    pub ttl: Duration,
+    /// Budget of one operation, connection included; past it the operation is a miss.
+    pub op_timeout: Duration,
+    /// Upper bound of the backoff between reconnection attempts.
+    pub max_reconnect_delay: Duration,
+}
+
+impl RedisTierConfig {
+    /// Defaults for `url`: key prefix `lcserve:kv:`, 1 h TTL, 50 ms per operation, reconnection
+    /// attempts at most 1 s apart.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisTierConfig {
+            url: url.into(),
+            key_prefix: "lcserve:kv:".to_owned(),
+            ttl: Duration::from_secs(3600),
+            op_timeout: Duration::from_millis(50),
+            max_reconnect_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+impl fmt::Debug for RedisTierConfig {
+    /// Leaves the URL out: it may carry a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTierConfig")
+            .field("key_prefix", &self.key_prefix)
+            .field("ttl", &self.ttl)
+            .field("op_timeout", &self.op_timeout)
+            .field("max_reconnect_delay", &self.max_reconnect_delay)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a [`RedisTier`] could not be built. Only configuration can fail: reaching Redis never
+/// does (see the module docs).
+#[derive(Debug, thiserror::Error)]
+pub enum RedisTierError {
+    /// The URL does not parse (the message never includes the URL: it may carry a password).
+    #[error("invalid Redis URL: {0}")]
+    InvalidUrl(#[source] redis::RedisError),
+    #[error("{field} must be positive")]
+    Zero { field: &'static str },
+}
+
+/// Counters since creation. `hits + misses` is the number of blocks asked of `get_many`;
+/// `errors`, `timeouts` count operations (any method), `corrupt` values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RedisStats {
+    /// Blocks returned by `get_many`.
+    pub hits: u64,
+    /// Blocks asked and not returned (absent, corrupt, or lost to an error or a timeout).
+    pub misses: u64,
+    /// Operations that failed (connection refused, dropped, Redis error).
+    pub errors: u64,
+    /// Operations that ran past `op_timeout`.
+    pub timeouts: u64,
+    /// Values that failed validation (and were deleted).
+    pub corrupt: u64,
+    /// Bytes of valid values read.
+    pub bytes_read: u64,
+    /// Blocks sent in `put_many` calls that Redis acknowledged.
+    pub blocks_written: u64,
+    /// Bytes of those blocks.
+    pub bytes_written: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    errors: AtomicU64,
+    timeouts: AtomicU64,
+    corrupt: AtomicU64,
+    bytes_read: AtomicU64,
+    blocks_written: AtomicU64,
+    bytes_written: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, n: usize) {
+    counter.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+/// The Redis shared tier: a cheap `Clone` handle (clones share the connection and the stats).
+#[derive(Clone)]
+pub struct RedisTier {
+    conn: ConnectionManager,
+    key_prefix: Arc<str>,
+    ttl_ms: u64,
+    op_timeout: Duration,
+    stats: Arc<Counters>,
+}
+
+impl RedisTier {
+    /// Validates the config and prepares the connection without opening it (it opens on first
+    /// use, and reopens by itself), so this succeeds while Redis is down. Must be called within
+    /// a Tokio runtime: the connection manager spawns its housekeeping task on it.
+    pub fn new(config: &RedisTierConfig) -> Result<Self, RedisTierError> {
+        let ttl_ms = u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX);
+        if ttl_ms == 0 {
+            return Err(RedisTierError::Zero { field: "ttl" });
+        }
+        if config.op_timeout.is_zero() {
+            return Err(RedisTierError::Zero { field: "op_timeout" });
+        }
+        let client = redis::Client::open(config.url.as_str()).map_err(RedisTierError::InvalidUrl)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.op_timeout))
+            .set_response_timeout(Some(config.op_timeout))
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(config.max_reconnect_delay)
+            .set_number_of_retries(3);
+        let conn =
+            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(RedisTierError::InvalidUrl)?;
+        Ok(RedisTier {
+            conn,
+            key_prefix: config.key_prefix.as_str().into(),
+            ttl_ms,
+            op_timeout: config.op_timeout,
+            stats: Arc::default(),
+        })
+    }
+
+    /// The Redis key of a block: the deployment's prefix and the hash in hex.
+    pub fn key(&self, hash: &SequenceHash) -> String {
+        format!("{}{hash}", self.key_prefix)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> RedisStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let s = &self.stats;
+        RedisStats {
+            hits: load(&s.hits),
+            misses: load(&s.misses),
+            errors: load(&s.errors),
+            timeouts: load(&s.timeouts),
+            corrupt: load(&s.corrupt),
+            bytes_read: load(&s.bytes_read),
+            blocks_written: load(&s.blocks_written),
+            bytes_written: load(&s.bytes_written),
+        }
+    }
+
+    /// Runs one command or pipeline under the operation timeout; `None` (counted) on error or
+    /// timeout.
+    async fn run<T: redis::FromRedisValue>(&self, query: impl Query) -> Option<T> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.op_timeout, query.query(&mut conn)).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(_)) => {
+                add(&self.stats.errors, 1);
+                None
+            }
+            Err(_) => {
+                add(&self.stats.timeouts, 1);
+                None
+            }
+        }
+    }
+}
+
+/// A command or a pipeline: both are sent the same way.
+trait Query: Send {
+    fn query<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut ConnectionManager,
+    ) -> impl Future<Output = redis::RedisResult<T>> + Send;
+}
+
+impl Query for redis::Cmd {
+    fn query<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut ConnectionManager,
+    ) -> impl Future<Output = redis::RedisResult<T>> + Send {
+        self.query_async(conn)
+    }
+}
+
+impl Query for redis::Pipeline {
+    fn query<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut ConnectionManager,
+    ) -> impl Future<Output = redis::RedisResult<T>> + Send {
+        self.query_async(conn)
+    }
+}
+
+impl Tier for RedisTier {
+    async fn lookup(&self, hashes: &[SequenceHash]) -> usize {
+        if hashes.is_empty() {
+            return 0;
+        }
+        let mut pipe = redis::pipe();
+        for hash in hashes {
+            pipe.exists(self.key(hash));
+        }
+        let present: Vec<bool> = self.run(pipe).await.unwrap_or_default();
+        present.iter().take_while(|present| **present).count()
+    }
+
+    async fn get_many(&self, hashes: &[SequenceHash]) -> Vec<Option<Arc<[u8]>>> {
+        if hashes.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<String> = hashes.iter().map(|hash| self.key(hash)).collect();
+        let values: Option<Vec<Option<Vec<u8>>>> = self.run(redis::cmd("MGET").arg(&keys).to_owned()).await;
+        let values = values.filter(|values| values.len() == hashes.len()).unwrap_or_default();
+        let mut out = vec![None; hashes.len()];
+        let mut corrupt = Vec::new();
+        for ((slot, (hash, key)), value) in out.iter_mut().zip(hashes.iter().zip(keys)).zip(values) {
+            let Some(value) = value else { continue };
+            match validate(&value, hash) {
+                Ok(_) => {
+                    add(&self.stats.bytes_read, value.len());
+                    *slot = Some(Arc::from(value));
+                }
+                Err(_) => corrupt.push(key),
+            }
+        }
+        let hits = out.iter().filter(|value| value.is_some()).count();
+        add(&self.stats.hits, hits);
+        add(&self.stats.misses, hashes.len() - hits);
+        if !corrupt.is_empty() {
+            add(&self.stats.corrupt, corrupt.len());
+            // Awaited, not spawned: the caller already has its answer shape, and a failed delete
+            // only means the next reader finds (and deletes) the value again.
+            let _: Option<()> = self.run(redis::cmd("DEL").arg(&corrupt).to_owned()).await;
+        }
+        out
+    }
+
+    async fn put_many(&self, blocks: Blocks) {
+        if blocks.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        let mut bytes = 0;
+        for (hash, value) in &blocks {
+            bytes += value.len();
+            pipe.cmd("SET").arg(self.key(hash)).arg(&value[..]).arg("PX").arg(self.ttl_ms).ignore();
+        }
+        if self.run::<()>(pipe).await.is_some() {
+            add(&self.stats.blocks_written, blocks.len());
+            add(&self.stats.bytes_written, bytes);
+        }
+    }
+}
+
+impl fmt::Debug for RedisTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTier")
+            .field("key_prefix", &self.key_prefix)
+            .field("ttl_ms", &self.ttl_ms)
+            .field("op_timeout", &self.op_timeout)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks that `bytes` is a whole `KVB1` block of `hash` with a valid checksum, without decoding
+/// the payload: header parse, identity, exact length, xxh3-64 — O(len) at tens of GB/s.
+///
+/// The payload's group parameters are left to the decoder, which checks them anyway; what this
+/// rules out is every value that is not, byte for byte, the block that was written.
+pub fn validate(bytes: &[u8], hash: &SequenceHash) -> Result<Header, Error> {
+    let header = peek_header(bytes)?;
+    if header.hash != *hash {
+        return Err(Error::HashMismatch { expected: *hash, found: header.hash });
+    }
+    let len = header.block_len();
+    if bytes.len() < len {
+        return Err(Error::Truncated { needed: len, got: bytes.len() });
+    }
+    if bytes.len() > len {
+        return Err(Error::TrailingBytes { expected: len, got: bytes.len() });
+    }
+    let (body, stored) = bytes.split_at(len - CHECKSUM_LEN);
+    let stored = stored.first_chunk::<CHECKSUM_LEN>().map_or(0, |b| u64::from_le_bytes(*b));
+    let computed = xxhash_rust::xxh3::xxh3_64(body);
+    if stored != computed {
+        return Err(Error::Checksum { stored, computed });
+    }
+    Ok(header)
+}
