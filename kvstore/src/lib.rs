@@ -24,13 +24,17 @@
 //! - [`TieredStore`]: the host tier in front of an optional shared tier. `put` lands in the host
 //!   tier at once and reaches the shared tier through a bounded write-behind queue that drops
 //!   (and counts) rather than blocks; `get` promotes shared hits into the host tier.
-//! - The kvstore gRPC service comes later and wraps the pieces above.
+//! - [`run`] (`service/`): the kvstore gRPC service (`lcserve.v1.KvStore` + health + reflection)
+//!   over a [`TieredStore`] of a RAM tier and optional Redis, publishing every change of the
+//!   RAM tier's block set as a numbered KV event (bounded log, resume or snapshot); configured
+//!   by [`KvStoreConfig`].
 #![forbid(unsafe_code)]
 
 pub mod block;
 mod error;
 mod host_cache;
 mod redis_tier;
+mod service;
 mod tier;
 mod tiered;
 
@@ -41,5 +45,6 @@ pub use block::{
 pub use error::Error;
 pub use host_cache::{BlockRemoved, HostCache, InsertOutcome, Inserted, PinGuard, Rejection, RemovalCause, Stats};
 pub use redis_tier::{RedisStats, RedisTier, RedisTierConfig, RedisTierError, validate};
+pub use service::{KvStoreConfig, ServiceError, run};
 pub use tier::{Blocks, Tier};
 pub use tiered::{Fetched, Stored, TierKind, TieredConfig, TieredStats, TieredStore};

@@ -1,0 +1,124 @@
+//! The kvstore gRPC service: `lcserve.v1.KvStore`, `grpc.health.v1` and reflection on one
+//! listener.
+//!
+//! A library with one entry point, [`run`]`(config, listener, shutdown)`: the binary binds and
+//! calls it, and tests call the same function on `127.0.0.1:0`. The store is a [`HostCache`]
+//! RAM tier in front of an optional [`RedisTier`], through [`TieredStore`] (write-behind on
+//! `Put`, read-through and promotion on `Get`). Every change of the RAM tier's block set is
+//! published as a numbered `KvEvent` and kept in a bounded log, so a router mirroring the set
+//! can resume after a disconnect, or rebuild from a snapshot when the log has moved on.
+
+mod grpc;
+mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lcserve_proto::v1::kv_store_server::KvStoreServer;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::host_cache::HostCache;
+use crate::redis_tier::{RedisTier, RedisTierConfig, RedisTierError};
+use crate::tiered::{TieredConfig, TieredStore};
+
+/// Settings of the kvstore service.
+#[derive(Clone, Debug)]
+pub struct KvStoreConfig {
+    /// Byte budget of the RAM tier (encoded blocks); LRU eviction beyond it.
+    pub capacity_bytes: usize,
+    /// Largest block a `Put` accepts: bounds the RAM one message can claim (and catches a
+    /// client sending the wrong thing long before the checksum would).
+    pub max_block_bytes: usize,
+    /// Events kept for resuming subscribers. 100k events of ~40 bytes: a few MB, and minutes of
+    /// churn at high put rates; a subscriber away longer rebuilds from a snapshot.
+    pub event_log_len: usize,
+    /// Live events buffered per subscriber before it is cut off as lagging (it then resumes
+    /// from the log, so a slow subscriber never slows the writers).
+    pub subscriber_buffer: usize,
+    /// Longest pin lease a client may ask for: a pinned block cannot be evicted, so a lease
+    /// bounds what a vanished client can hold.
+    pub max_pin_lease: Duration,
+    /// The shared tier behind the RAM tier; `None` for RAM only.
+    pub redis: Option<RedisTierConfig>,
+    /// Write-behind queue of the shared tier.
+    pub tiered: TieredConfig,
+}
+
+impl Default for KvStoreConfig {
+    fn default() -> Self {
+        KvStoreConfig {
+            capacity_bytes: 1 << 30,
+            max_block_bytes: 64 << 20,
+            event_log_len: 100_000,
+            subscriber_buffer: 4096,
+            max_pin_lease: Duration::from_secs(60),
+            redis: None,
+            tiered: TieredConfig::default(),
+        }
+    }
+}
+
+impl KvStoreConfig {
+    /// Rejects settings that cannot work, naming the field.
+    pub fn validate(&self) -> Result<(), ServiceError> {
+        let positive = [
+            ("capacity_bytes", self.capacity_bytes),
+            ("max_block_bytes", self.max_block_bytes),
+            ("event_log_len", self.event_log_len),
+            ("subscriber_buffer", self.subscriber_buffer),
+            ("tiered.write_queue_batches", self.tiered.write_queue_batches),
+        ];
+        if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(ServiceError::Config { field, reason: "must be > 0".into() });
+        }
+        if self.max_pin_lease.is_zero() {
+            return Err(ServiceError::Config { field: "max_pin_lease", reason: "must be > 0".into() });
+        }
+        Ok(())
+    }
+}
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid kvstore config: {field} {reason}")]
+    Config { field: &'static str, reason: String },
+    #[error("kvstore service needs a tokio runtime")]
+    NoRuntime,
+    #[error("shared tier: {0}")]
+    Redis(#[from] RedisTierError),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the kvstore on `listener` until `shutdown` completes (then drains in-flight calls).
+pub async fn run(
+    config: KvStoreConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServiceError> {
+    config.validate()?;
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| ServiceError::NoRuntime)?;
+    let redis = config.redis.as_ref().map(RedisTier::new).transpose()?;
+    let tiered = TieredStore::new(HostCache::new(config.capacity_bytes), redis, config.tiered, &runtime);
+    let store = Arc::new(store::Store::new(tiered, config.event_log_len, config.subscriber_buffer));
+    let service =
+        grpc::KvStoreService { store, max_block_bytes: config.max_block_bytes, max_pin_lease: config.max_pin_lease };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<KvStoreServer<grpc::KvStoreService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(lcserve_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(KvStoreServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

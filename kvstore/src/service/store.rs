@@ -1,0 +1,197 @@
+//! The state behind the gRPC service: the tiered store, the mirror of its host-tier block set,
+//! the numbered event log, and the pins.
+//!
+//! **Events are set differences, not call records.** After every mutation of the host tier, the
+//! hashes it may have touched (inserted, evicted, promoted) are *reconciled*: a hash the host
+//! tier now holds and the mirror lacks yields `BlockStored`; the reverse yields `BlockRemoved`.
+//! Reconciliation runs under the state lock, after the mutation, so whatever the interleaving
+//! (a `Get` promotes without that lock, because it awaits the shared tier), the last
+//! reconciliation of a hash sees its last mutation, and a subscriber that applies the events in
+//! order ends with exactly the host tier's set. The mirror also answers snapshots, which the
+//! host tier cannot list.
+//!
+//! Lock order: state, then the host tier's own lock (inside `TieredStore`); never the reverse.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use lcserve_common::SequenceHash;
+use lcserve_proto::hash_to_bytes;
+use lcserve_proto::v1::{self, kv_event::Kind};
+use tokio::sync::broadcast;
+
+use crate::host_cache::PinGuard;
+use crate::redis_tier::RedisTier;
+use crate::tier::Blocks;
+use crate::tiered::{TierKind, TieredStore};
+
+/// Why a subscription cannot start where it asked to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NotReplayable {
+    pub from: u64,
+    pub oldest: u64,
+    pub last: u64,
+}
+
+/// What a subscriber receives first, and the live feed that follows it without a gap.
+pub(crate) struct Subscription {
+    pub backlog: Vec<v1::KvEvent>,
+    pub live: broadcast::Receiver<v1::KvEvent>,
+}
+
+struct State {
+    /// The host tier's block set as published so far.
+    mirror: HashSet<SequenceHash>,
+    /// The last `log_len` events, oldest first, for resuming subscribers.
+    log: VecDeque<v1::KvEvent>,
+    log_len: usize,
+    /// Sequence number of the latest event; 0 before the first. Monotonic for the server's life.
+    last: u64,
+    live: broadcast::Sender<v1::KvEvent>,
+}
+
+impl State {
+    fn push(&mut self, kind: Kind) {
+        self.last += 1;
+        let event = v1::KvEvent { sequence: self.last, kind: Some(kind) };
+        if self.log.len() >= self.log_len {
+            self.log.pop_front();
+        }
+        self.log.push_back(event.clone());
+        // No receiver is not an error: nobody is subscribed right now.
+        let _ = self.live.send(event);
+    }
+
+    fn oldest(&self) -> u64 {
+        self.log.front().map_or(self.last + 1, |event| event.sequence)
+    }
+}
+
+type Pins = Mutex<HashMap<u64, Vec<PinGuard>>>;
+
+/// Shared by every request handler (behind an `Arc`).
+pub(crate) struct Store {
+    pub tiered: TieredStore<RedisTier>,
+    state: Mutex<State>,
+    pins: Arc<Pins>,
+    next_pin: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections here do not panic between related updates; see HostCache's note.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Store {
+    pub fn new(tiered: TieredStore<RedisTier>, log_len: usize, subscriber_buffer: usize) -> Self {
+        let (live, _) = broadcast::channel(subscriber_buffer.max(1));
+        let state = State { mirror: HashSet::new(), log: VecDeque::new(), log_len: log_len.max(1), last: 0, live };
+        Store { tiered, state: Mutex::new(state), pins: Arc::default(), next_pin: AtomicU64::new(1) }
+    }
+
+    /// Publishes the difference between the host tier and the mirror for `hashes`.
+    fn reconcile(&self, state: &mut State, hashes: impl IntoIterator<Item = SequenceHash>) {
+        let host = self.tiered.host();
+        for hash in hashes {
+            let held = host.contains(&hash);
+            if held && state.mirror.insert(hash) {
+                state.push(Kind::Stored(v1::BlockStored { hash: hash_to_bytes(hash) }));
+            } else if !held && state.mirror.remove(&hash) {
+                state.push(Kind::Removed(v1::BlockRemoved { hash: hash_to_bytes(hash) }));
+            }
+        }
+    }
+
+    /// Stores validated blocks (host tier now, shared tier behind); returns how many of them
+    /// the host tier holds afterwards.
+    pub fn put(&self, blocks: Blocks) -> usize {
+        let hashes: Vec<SequenceHash> = blocks.iter().map(|(hash, _)| *hash).collect();
+        let mut state = lock(&self.state);
+        let stored = self.tiered.put(blocks);
+        self.reconcile(&mut state, stored.evicted.iter().map(|removed| removed.hash).chain(hashes.iter().copied()));
+        let host = self.tiered.host();
+        hashes.iter().filter(|hash| host.contains(hash)).count()
+    }
+
+    /// The longest servable prefix of `hashes`, promoting shared-tier hits into RAM.
+    pub async fn get(&self, hashes: &[SequenceHash]) -> Vec<Arc<[u8]>> {
+        let fetched = self.tiered.get(hashes).await;
+        let promoted = hashes.iter().zip(&fetched.sources).filter(|(_, source)| **source == TierKind::Shared);
+        let touched: Vec<SequenceHash> =
+            fetched.evicted.iter().map(|removed| removed.hash).chain(promoted.map(|(hash, _)| *hash)).collect();
+        if !touched.is_empty() {
+            let mut state = lock(&self.state);
+            self.reconcile(&mut state, touched);
+        }
+        fetched.blocks
+    }
+
+    /// Drops every host-tier block; one `Cleared` event stands for all of them.
+    pub fn clear(&self) -> usize {
+        let mut state = lock(&self.state);
+        let removed = self.tiered.host().clear().len();
+        state.mirror.clear();
+        state.push(Kind::Cleared(v1::Cleared {}));
+        removed
+    }
+
+    /// Pins the held prefix of `hashes` for `lease`; returns the pin id and the pinned count.
+    /// The lease is enforced by a timer task, so the caller must be inside a tokio runtime.
+    pub fn pin(&self, hashes: &[SequenceHash], lease: Duration) -> (u64, usize) {
+        let guards = self.tiered.host().pin_prefix(hashes);
+        let pinned = guards.len();
+        let id = self.next_pin.fetch_add(1, Ordering::Relaxed);
+        lock(&self.pins).insert(id, guards);
+        let pins = Arc::clone(&self.pins);
+        tokio::spawn(async move {
+            tokio::time::sleep(lease).await;
+            lock(&pins).remove(&id);
+        });
+        (id, pinned)
+    }
+
+    /// Releases a pin; false when it was already released.
+    pub fn unpin(&self, id: u64) -> bool {
+        lock(&self.pins).remove(&id).is_some()
+    }
+
+    pub fn active_pins(&self) -> usize {
+        lock(&self.pins).len()
+    }
+
+    /// `(oldest replayable, last)` sequence numbers.
+    pub fn sequences(&self) -> (u64, u64) {
+        let state = lock(&self.state);
+        (state.oldest(), state.last)
+    }
+
+    /// Starts a subscription: replay after `from` if the log still has it, else (or with no
+    /// `from`) a snapshot when asked, else live events only. The live receiver is taken under
+    /// the same lock as the backlog, so nothing falls between them.
+    pub fn subscribe(&self, from: Option<u64>, snapshot: bool) -> Result<Subscription, NotReplayable> {
+        let state = lock(&self.state);
+        let live = state.live.subscribe();
+        if let Some(from) = from {
+            let oldest = state.oldest();
+            if from <= state.last && from + 1 >= oldest {
+                let backlog = state.log.iter().filter(|event| event.sequence > from).cloned().collect();
+                return Ok(Subscription { backlog, live });
+            }
+            if !snapshot {
+                return Err(NotReplayable { from, oldest, last: state.last });
+            }
+        }
+        let mut backlog = Vec::new();
+        if snapshot {
+            let at = |kind| v1::KvEvent { sequence: state.last, kind: Some(kind) };
+            backlog.reserve(state.mirror.len() + 1);
+            backlog.push(at(Kind::Cleared(v1::Cleared {})));
+            backlog.extend(
+                state.mirror.iter().map(|hash| at(Kind::Stored(v1::BlockStored { hash: hash_to_bytes(*hash) }))),
+            );
+        }
+        Ok(Subscription { backlog, live })
+    }
+}
