@@ -31,7 +31,7 @@ use lcserve_common::SequenceHash;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::Error;
-use crate::block::{CHECKSUM_LEN, Header, peek_header};
+use crate::block::{Header, check_length_and_checksum, peek_header};
 use crate::tier::{Blocks, Tier};
 
 /// Where and how to reach Redis.
@@ -312,18 +312,6 @@ pub fn validate(bytes: &[u8], hash: &SequenceHash) -> Result<Header, Error> {
     if header.hash != *hash {
         return Err(Error::HashMismatch { expected: *hash, found: header.hash });
     }
-    let len = header.block_len();
-    if bytes.len() < len {
-        return Err(Error::Truncated { needed: len, got: bytes.len() });
-    }
-    if bytes.len() > len {
-        return Err(Error::TrailingBytes { expected: len, got: bytes.len() });
-    }
-    let (body, stored) = bytes.split_at(len - CHECKSUM_LEN);
-    let stored = stored.first_chunk::<CHECKSUM_LEN>().map_or(0, |b| u64::from_le_bytes(*b));
-    let computed = xxhash_rust::xxh3::xxh3_64(body);
-    if stored != computed {
-        return Err(Error::Checksum { stored, computed });
-    }
+    check_length_and_checksum(bytes, &header)?;
     Ok(header)
 }

@@ -247,6 +247,13 @@ fn check_block(bytes: &[u8], expected: &BlockMeta) -> Result<Header, Error> {
     if header.layout != expected.layout {
         return Err(Error::LayoutMismatch { expected: expected.layout, found: header.layout });
     }
+    check_length_and_checksum(bytes, &header)?;
+    Ok(header)
+}
+
+/// The block is exactly as long as `header` says and its trailing xxh3-64 matches: the whole
+/// integrity check, without decoding the payload.
+pub(crate) fn check_length_and_checksum(bytes: &[u8], header: &Header) -> Result<(), Error> {
     let len = header.block_len();
     if bytes.len() < len {
         return Err(Error::Truncated { needed: len, got: bytes.len() });
@@ -260,7 +267,7 @@ fn check_block(bytes: &[u8], expected: &BlockMeta) -> Result<Header, Error> {
     if stored != computed {
         return Err(Error::Checksum { stored, computed });
     }
-    Ok(header)
+    Ok(())
 }
 
 /// Decodes the payload of a block that passed [`check_block`] into `out` (of the layout's length).
