@@ -4,6 +4,7 @@
 mod bench;
 mod engine_args;
 mod generate;
+mod kvstore_cmd;
 mod model_cmd;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ enum Command {
     /// Inspect or create model files.
     #[command(subcommand)]
     Model(model_cmd::ModelCommand),
+    /// Serve the KV block store (RAM tier, optionally in front of Redis) over gRPC.
+    Kvstore(kvstore_cmd::KvStoreArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -34,6 +37,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Bench(command) => bench::run(command),
         Command::Model(command) => model_cmd::run(command),
+        Command::Kvstore(args) => kvstore_cmd::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
