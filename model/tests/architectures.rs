@@ -12,7 +12,7 @@ use lcserve_model::{
     dequantize_vector, write_tiny_model, write_tiny_model_arch,
 };
 use serde_json::Value;
-use support::{Session, max_rel_diff, reference::Reference};
+use support::{Session, max_rel_diff, permute_to_gguf, prompt, reference::Reference};
 
 const ARCHS: [Architecture; 3] = [Architecture::Llama, Architecture::Mistral, Architecture::Qwen2];
 
@@ -34,16 +34,6 @@ fn tiny(arch: Architecture, seed: u64) -> (tempfile::TempDir, TinyModelPaths) {
 
 fn load(path: &Path) -> Model {
     Model::load(path, &mut |_| {}).expect("load")
-}
-
-fn prompt(len: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 33) % vocab as u64) as u32
-        })
-        .collect()
 }
 
 fn all_logits(model: &Model, tokens: &[u32]) -> Vec<Vec<f32>> {
@@ -143,23 +133,6 @@ fn configs_agree_up_to_rope_layout_and_carry_each_family_trait() {
         // transformers' qwen2 always has q/k/v biases and has no such flag; the others do.
         assert_eq!(json.get("attention_bias"), (arch != Architecture::Qwen2).then_some(&Value::Bool(false)));
     }
-}
-
-/// llama.cpp's q/k permutation, applied to HF-ordered rows: GGUF row `h·d + 2i + half` is HF row
-/// `h·d + half·(d/2) + i` (as in `formats.rs`, independent of the exporter's inverse).
-fn permute_to_gguf(hf: &[f32], heads: usize, head_dim: usize) -> Vec<f32> {
-    let cols = hf.len() / (heads * head_dim);
-    let mut out = vec![0.0; hf.len()];
-    for h in 0..heads {
-        for half in 0..2 {
-            for i in 0..head_dim / 2 {
-                let src = h * head_dim + half * (head_dim / 2) + i;
-                let dst = h * head_dim + 2 * i + half;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&hf[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
 }
 
 #[test]

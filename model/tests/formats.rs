@@ -11,7 +11,7 @@ use lcserve_model::{
     write_tiny_model,
 };
 use serde_json::{Value, json};
-use support::{Session, argmax, max_rel_diff, reference_model_path};
+use support::{Session, argmax, max_rel_diff, permute_to_gguf, reference_model_path};
 
 fn tiny(seed: u64) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -23,23 +23,6 @@ fn tiny(seed: u64) -> (tempfile::TempDir, PathBuf, PathBuf) {
 fn as_halves(mut config: ModelConfig) -> ModelConfig {
     config.rope.layout = RopeLayout::Halves;
     config
-}
-
-/// llama.cpp's q/k permutation, applied to HF-ordered rows: GGUF row `h·d + 2i + half` is HF row
-/// `h·d + half·(d/2) + i`. Written independently of the exporter's inverse.
-fn permute_to_gguf(hf: &[f32], heads: usize, head_dim: usize) -> Vec<f32> {
-    let cols = hf.len() / (heads * head_dim);
-    let mut out = vec![0.0; hf.len()];
-    for h in 0..heads {
-        for half in 0..2 {
-            for i in 0..head_dim / 2 {
-                let src = h * head_dim + half * (head_dim / 2) + i;
-                let dst = h * head_dim + 2 * i + half;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&hf[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
 }
 
 #[test]

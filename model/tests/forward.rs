@@ -5,23 +5,13 @@ mod support;
 
 use lcserve_common::BlockId;
 use lcserve_model::{Activations, DenseAttention, GgufSource, KvArena, LogitsWanted, Model, ModelError, SequenceInput};
-use support::{Session, max_rel_diff, reference::Reference};
+use support::{Session, max_rel_diff, prompt, reference::Reference};
 
 fn tiny_model() -> (tempfile::TempDir, Model) {
     let dir = tempfile::tempdir().expect("tempdir");
     let paths = lcserve_model::write_tiny_model(dir.path(), 7).expect("tiny model");
     let model = Model::load(&paths.gguf, &mut |_| {}).expect("load tiny");
     (dir, model)
-}
-
-fn prompt(len: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 33) % vocab as u64) as u32
-        })
-        .collect()
 }
 
 #[test]

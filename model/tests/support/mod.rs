@@ -75,3 +75,31 @@ pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
+
+/// A deterministic pseudo-random prompt of `len` tokens below `vocab`.
+pub fn prompt(len: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// llama.cpp's q/k permutation, applied to HF-ordered rows: GGUF row `h·d + 2i + half` is HF row
+/// `h·d + half·(d/2) + i`. Written independently of the exporter's inverse.
+pub fn permute_to_gguf(hf: &[f32], heads: usize, head_dim: usize) -> Vec<f32> {
+    let cols = hf.len() / (heads * head_dim);
+    let mut out = vec![0.0; hf.len()];
+    for h in 0..heads {
+        for half in 0..2 {
+            for i in 0..head_dim / 2 {
+                let src = h * head_dim + half * (head_dim / 2) + i;
+                let dst = h * head_dim + 2 * i + half;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
