@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["lcserve/v1/kvstore.proto"];
+const PROTOS: &[&str] = &["lcserve/v1/kvstore.proto", "lcserve/v1/generation.proto", "lcserve/v1/worker.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=lcserve");
