@@ -75,7 +75,7 @@ fn blocks(codec: Codec, tag: u8, run: usize) -> Blocks {
 }
 
 /// Best GB/s over `rounds` rounds of at least `round_time` each, one `op` (one run) at a time.
-async fn best_gbps<F: Future<Output = ()>>(
+async fn best_gbps<T, F: Future<Output = T>>(
     rounds: usize,
     round_time: Duration,
     bytes_per_op: usize,

@@ -21,19 +21,24 @@
 //! - [`RedisTier`]: the shared tier on Redis — one round trip per prefix run, `PX` TTL, a key
 //!   prefix per deployment, a per-operation timeout, self-reconnecting, every value validated
 //!   ([`validate`]) and deleted if corrupt; [`RedisStats`].
+//! - [`RemoteTier`]: the shared tier as a worker reaches it, over the kvstore gRPC service —
+//!   lazy, self-reconnecting channel, every call bounded by a timeout, every block read
+//!   re-validated; failures are misses counted in [`RemoteStats`]. Both remote tiers count in
+//!   the same [`TierStats`].
 //! - [`TieredStore`]: the host tier in front of an optional shared tier. `put` lands in the host
 //!   tier at once and reaches the shared tier through a bounded write-behind queue that drops
 //!   (and counts) rather than blocks; `get` promotes shared hits into the host tier.
 //! - [`run`] (`service/`): the kvstore gRPC service (`lcserve.v1.KvStore` + health + reflection)
 //!   over a [`TieredStore`] of a RAM tier and optional Redis, publishing every change of the
 //!   RAM tier's block set as a numbered KV event (bounded log, resume or snapshot); configured
-//!   by [`KvStoreConfig`].
+//!   by [`KvStoreConfig`], whose gRPC message limit admits its largest block.
 #![forbid(unsafe_code)]
 
 pub mod block;
 mod error;
 mod host_cache;
 mod redis_tier;
+mod remote_tier;
 mod service;
 mod tier;
 mod tiered;
@@ -45,6 +50,7 @@ pub use block::{
 pub use error::Error;
 pub use host_cache::{BlockRemoved, HostCache, InsertOutcome, Inserted, PinGuard, Rejection, RemovalCause, Stats};
 pub use redis_tier::{RedisStats, RedisTier, RedisTierConfig, RedisTierError, validate};
-pub use service::{KvStoreConfig, ServiceError, run};
-pub use tier::{Blocks, Tier};
+pub use remote_tier::{RemoteStats, RemoteTier, RemoteTierConfig, RemoteTierError};
+pub use service::{KvStoreConfig, MESSAGE_OVERHEAD_BYTES, ServiceError, run};
+pub use tier::{Blocks, Tier, TierStats};
 pub use tiered::{Fetched, Stored, TierKind, TieredConfig, TieredStats, TieredStore};

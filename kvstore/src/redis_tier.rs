@@ -24,7 +24,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use lcserve_common::SequenceHash;
@@ -32,7 +31,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::Error;
 use crate::block::{Header, check_length_and_checksum, peek_header};
-use crate::tier::{Blocks, Tier};
+use crate::tier::{Blocks, Tier, TierCounters, TierStats, add};
 
 /// Where and how to reach Redis.
 #[derive(Clone, PartialEq, Eq)]
@@ -87,43 +86,8 @@ pub enum RedisTierError {
     Zero { field: &'static str },
 }
 
-/// Counters since creation. `hits + misses` is the number of blocks asked of `get_many`;
-/// `errors`, `timeouts` count operations (any method), `corrupt` values.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct RedisStats {
-    /// Blocks returned by `get_many`.
-    pub hits: u64,
-    /// Blocks asked and not returned (absent, corrupt, or lost to an error or a timeout).
-    pub misses: u64,
-    /// Operations that failed (connection refused, dropped, Redis error).
-    pub errors: u64,
-    /// Operations that ran past `op_timeout`.
-    pub timeouts: u64,
-    /// Values that failed validation (and were deleted).
-    pub corrupt: u64,
-    /// Bytes of valid values read.
-    pub bytes_read: u64,
-    /// Blocks sent in `put_many` calls that Redis acknowledged.
-    pub blocks_written: u64,
-    /// Bytes of those blocks.
-    pub bytes_written: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    errors: AtomicU64,
-    timeouts: AtomicU64,
-    corrupt: AtomicU64,
-    bytes_read: AtomicU64,
-    blocks_written: AtomicU64,
-    bytes_written: AtomicU64,
-}
-
-fn add(counter: &AtomicU64, n: usize) {
-    counter.fetch_add(n as u64, Ordering::Relaxed);
-}
+/// Counters of a [`RedisTier`]; `corrupt` values were also deleted.
+pub type RedisStats = TierStats;
 
 /// The Redis shared tier: a cheap `Clone` handle (clones share the connection and the stats).
 #[derive(Clone)]
@@ -132,7 +96,7 @@ pub struct RedisTier {
     key_prefix: Arc<str>,
     ttl_ms: u64,
     op_timeout: Duration,
-    stats: Arc<Counters>,
+    stats: Arc<TierCounters>,
 }
 
 impl RedisTier {
@@ -172,35 +136,14 @@ impl RedisTier {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> RedisStats {
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let s = &self.stats;
-        RedisStats {
-            hits: load(&s.hits),
-            misses: load(&s.misses),
-            errors: load(&s.errors),
-            timeouts: load(&s.timeouts),
-            corrupt: load(&s.corrupt),
-            bytes_read: load(&s.bytes_read),
-            blocks_written: load(&s.blocks_written),
-            bytes_written: load(&s.bytes_written),
-        }
+        self.stats.snapshot()
     }
 
     /// Runs one command or pipeline under the operation timeout; `None` (counted) on error or
     /// timeout.
     async fn run<T: redis::FromRedisValue>(&self, query: impl Query) -> Option<T> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.op_timeout, query.query(&mut conn)).await {
-            Ok(Ok(value)) => Some(value),
-            Ok(Err(_)) => {
-                add(&self.stats.errors, 1);
-                None
-            }
-            Err(_) => {
-                add(&self.stats.timeouts, 1);
-                None
-            }
-        }
+        self.stats.bounded(self.op_timeout, query.query(&mut conn)).await
     }
 }
 
@@ -255,16 +198,11 @@ impl Tier for RedisTier {
         for ((slot, (hash, key)), value) in out.iter_mut().zip(hashes.iter().zip(keys)).zip(values) {
             let Some(value) = value else { continue };
             match validate(&value, hash) {
-                Ok(_) => {
-                    add(&self.stats.bytes_read, value.len());
-                    *slot = Some(Arc::from(value));
-                }
+                Ok(_) => *slot = Some(Arc::from(value)),
                 Err(_) => corrupt.push(key),
             }
         }
-        let hits = out.iter().filter(|value| value.is_some()).count();
-        add(&self.stats.hits, hits);
-        add(&self.stats.misses, hashes.len() - hits);
+        self.stats.count_read(hashes.len(), &out);
         if !corrupt.is_empty() {
             add(&self.stats.corrupt, corrupt.len());
             // Awaited, not spawned: the caller already has its answer shape, and a failed delete
@@ -274,9 +212,9 @@ impl Tier for RedisTier {
         out
     }
 
-    async fn put_many(&self, blocks: Blocks) {
+    async fn put_many(&self, blocks: Blocks) -> usize {
         if blocks.is_empty() {
-            return;
+            return 0;
         }
         let mut pipe = redis::pipe();
         let mut bytes = 0;
@@ -284,10 +222,11 @@ impl Tier for RedisTier {
             bytes += value.len();
             pipe.cmd("SET").arg(self.key(hash)).arg(&value[..]).arg("PX").arg(self.ttl_ms).ignore();
         }
-        if self.run::<()>(pipe).await.is_some() {
-            add(&self.stats.blocks_written, blocks.len());
-            add(&self.stats.bytes_written, bytes);
+        if self.run::<()>(pipe).await.is_none() {
+            return 0;
         }
+        self.stats.count_written(blocks.len(), bytes);
+        blocks.len()
     }
 }
 

@@ -263,7 +263,7 @@ impl<S: Tier> TieredStore<S> {
 async fn write_behind<S: Tier>(tier: Arc<S>, mut queue: mpsc::Receiver<Blocks>, stats: Arc<Counters>) {
     while let Some(batch) = queue.recv().await {
         let n = batch.len();
-        tier.put_many(batch).await;
+        let _acknowledged = tier.put_many(batch).await;
         add(&stats.shared_put, n);
     }
 }

@@ -5,22 +5,13 @@ mod support;
 use std::time::{Duration, Instant};
 
 use lcserve_kvstore::{HostCache, RedisTier, RedisTierConfig, TierKind, TieredConfig, TieredStore};
-use support::{RedisServer, block, blocks, hashes};
+use support::{RedisServer, block, blocks, drained, hashes};
 
 fn store(url: String, queue: usize) -> TieredStore<RedisTier> {
     let config = RedisTierConfig { op_timeout: Duration::from_millis(100), ..RedisTierConfig::new(url) };
     let shared = RedisTier::new(&config).expect("valid config");
     let config = TieredConfig { write_queue_batches: queue };
     TieredStore::new(HostCache::new(1 << 20), Some(shared), config, &tokio::runtime::Handle::current())
-}
-
-/// Waits until the background writer has handed `blocks` blocks to the shared tier.
-async fn drained(store: &TieredStore<RedisTier>, blocks: u64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while store.stats().shared_put < blocks {
-        assert!(Instant::now() < deadline, "write-behind stalled: {:?}", store.stats());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]

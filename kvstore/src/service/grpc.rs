@@ -84,9 +84,11 @@ impl KvStore for KvStoreService {
     async fn get(&self, request: Request<v1::GetRequest>) -> Result<Response<Self::GetStream>, Status> {
         let hashes = Vec::<SequenceHash>::try_from(request.get_ref()).map_err(invalid)?;
         let blocks = self.store.get(&hashes).await;
+        // A block from Redis larger than this server's limit could not be sent: the run ends there.
         let messages: Vec<Result<v1::GetBlock, Status>> = hashes
             .iter()
             .zip(blocks)
+            .take_while(|(_, block)| block.len() <= self.max_block_bytes)
             .map(|(hash, block)| Ok(v1::GetBlock { hash: hash_to_bytes(*hash), block: block.to_vec() }))
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(messages))))

@@ -22,6 +22,10 @@ use crate::host_cache::HostCache;
 use crate::redis_tier::{RedisTier, RedisTierConfig, RedisTierError};
 use crate::tiered::{TieredConfig, TieredStore};
 
+/// Bytes a `PutBlock` or `GetBlock` message carries besides its block (hash, field tags and
+/// lengths), with room to spare: a gRPC message limit is a block limit plus this.
+pub const MESSAGE_OVERHEAD_BYTES: usize = 1024;
+
 /// Settings of the kvstore service.
 #[derive(Clone, Debug)]
 pub struct KvStoreConfig {
@@ -60,6 +64,14 @@ impl Default for KvStoreConfig {
 }
 
 impl KvStoreConfig {
+    /// The gRPC message limit (both directions) that admits every block of `max_block_bytes`:
+    /// without it, gRPC's default 4 MB would refuse the raw blocks of larger models before
+    /// `max_block_bytes` is even checked. Clients ([`RemoteTierConfig`](crate::RemoteTierConfig))
+    /// use the same value.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_block_bytes.saturating_add(MESSAGE_OVERHEAD_BYTES)
+    }
+
     /// Rejects settings that cannot work, naming the field.
     pub fn validate(&self) -> Result<(), ServiceError> {
         let positive = [
@@ -107,6 +119,9 @@ pub async fn run(
     let store = Arc::new(store::Store::new(tiered, config.event_log_len, config.subscriber_buffer));
     let service =
         grpc::KvStoreService { store, max_block_bytes: config.max_block_bytes, max_pin_lease: config.max_pin_lease };
+    let kv_store = KvStoreServer::new(service)
+        .max_decoding_message_size(config.max_message_bytes())
+        .max_encoding_message_size(config.max_message_bytes());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<KvStoreServer<grpc::KvStoreService>>().await;
@@ -115,9 +130,11 @@ pub async fn run(
         .build_v1()?;
 
     tonic::transport::Server::builder()
+        // Blocks are megabytes: let HTTP/2 windows grow past 64 KiB.
+        .http2_adaptive_window(Some(true))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(KvStoreServer::new(service))
+        .add_service(kv_store)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())

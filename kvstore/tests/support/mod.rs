@@ -91,3 +91,56 @@ pub async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(server.url()).expect("url");
     client.get_multiplexed_async_connection().await.expect("connect")
 }
+
+/// Waits until the store's background writer has handed `blocks` blocks to the shared tier.
+pub async fn drained<S: lcserve_kvstore::Tier>(store: &lcserve_kvstore::TieredStore<S>, blocks: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.stats().shared_put < blocks {
+        assert!(Instant::now() < deadline, "write-behind stalled: {:?}", store.stats());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A kvstore service (`lcserve_kvstore::run`) on a loopback port, stopped gracefully on
+/// [`Service::stop`] or when dropped.
+pub struct Service {
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), lcserve_kvstore::ServiceError>>,
+}
+
+impl Service {
+    /// Starts on `127.0.0.1:0`.
+    pub async fn start(config: lcserve_kvstore::KvStoreConfig) -> Service {
+        Service::start_on("127.0.0.1:0".parse().expect("addr"), config).await
+    }
+
+    /// Starts on `addr` (e.g. the address of a service stopped earlier).
+    pub async fn start_on(addr: std::net::SocketAddr, config: lcserve_kvstore::KvStoreConfig) -> Service {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("binds");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(lcserve_kvstore::run(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        Service { addr, stop: Some(stop), task }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the service, waits until it has let go of its port, and returns the address.
+    pub async fn stop(mut self) -> std::net::SocketAddr {
+        self.stop.take();
+        let stopped = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
+        stopped.expect("the service stops within 5 s").expect("joins").expect("ran without error");
+        self.addr
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop.take();
+    }
+}
