@@ -159,11 +159,12 @@ fn run_one(engine: &EngineHandle, run: usize, prompt: Vec<u32>, gen_tokens: usiz
         stop: StopConditions { max_tokens: gen_tokens, ignore_eos: true, ..StopConditions::default() },
         // A fresh namespace per run: measure computation, not the prefix cache.
         cache_salt: format!("bench-run-{run}").into_bytes(),
+        ..GenerateRequest::default()
     };
     let mut stream = engine.submit(request)?;
     while let Some(event) = stream.blocking_next() {
         match event {
-            EngineEvent::Token { .. } => {}
+            EngineEvent::Token { .. } | EngineEvent::Kv(_) => {}
             EngineEvent::Finished { usage, timings, .. } => {
                 return Ok((
                     timings.time_to_first_token.as_secs_f64() * 1e3,

@@ -92,6 +92,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         },
         stop: StopConditions { max_tokens: args.max_tokens, stop_strings: args.stop, ..StopConditions::default() },
         cache_salt: Vec::new(),
+        ..GenerateRequest::default()
     };
     let mut stream = engine.submit(request)?;
     let mut stdout = std::io::stdout().lock();
@@ -127,6 +128,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             EngineEvent::Error(error) => return Err(error.into()),
+            EngineEvent::Kv(_) => {}
         }
     }
     anyhow::bail!("the engine stopped before the request finished")

@@ -14,10 +14,11 @@ use lcserve_model::Model;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 
-use lcserve_common::Namespace;
+use lcserve_common::{Namespace, SequenceHash, TokenId, sequence_hashes};
 
 use crate::config::EngineConfig;
 use crate::error::EngineError;
+use crate::kv_transfer::{Exporter, ImportedKv, tail_layout};
 use crate::request::{EngineEvent, GenerateRequest};
 use crate::sampler::Sampler;
 use crate::scheduler::{EngineStats, Scheduler};
@@ -30,6 +31,8 @@ const COMMAND_QUEUE: usize = 1024;
 enum Command {
     Submit(Box<Sequence>),
     Stats(oneshot::Sender<EngineStats>),
+    /// How many leading blocks of a hash run the pool holds.
+    Probe(Vec<SequenceHash>, oneshot::Sender<usize>),
 }
 
 /// A clonable handle to a running engine. The engine stops when the last handle is dropped.
@@ -136,6 +139,24 @@ impl EngineHandle {
         rx.await.map_err(|_| EngineError::ShutDown)
     }
 
+    /// How many leading full blocks of `tokens` (in the tenant's namespace) the pool holds right
+    /// now: what a caller need not fetch from a slower tier before submitting. The answer may be
+    /// stale by the time the request is admitted; admission then simply computes more.
+    pub async fn cached_prefix_blocks(&self, cache_salt: &[u8], tokens: &[TokenId]) -> Result<usize, EngineError> {
+        if !self.config.prefix_caching {
+            return Ok(0);
+        }
+        let hashes = sequence_hashes(self.namespace(cache_salt), tokens, self.config.block_size);
+        let (tx, rx) = oneshot::channel();
+        self.commands.try_send(Command::Probe(hashes, tx)).map_err(|_| EngineError::Overloaded)?;
+        rx.await.map_err(|_| EngineError::ShutDown)
+    }
+
+    /// The KV config string that, with the model fingerprint and a salt, names block namespaces.
+    pub fn kv_config(&self) -> &str {
+        &self.kv_config
+    }
+
     /// [`stats`](Self::stats) for synchronous callers.
     pub fn blocking_stats(&self) -> Result<EngineStats, EngineError> {
         let (tx, rx) = oneshot::channel();
@@ -154,21 +175,32 @@ impl EngineHandle {
         if prompt_len == 0 {
             return Err(EngineError::InvalidRequest { field: "prompt", reason: "is empty".into() });
         }
-        if prompt_len >= context {
+        let resumed = request.generated.len();
+        if prompt_len + resumed >= context {
             return Err(EngineError::InvalidRequest {
                 field: "prompt",
-                reason: format!("{prompt_len} tokens leave no room in the context of {context} tokens"),
+                reason: format!(
+                    "{prompt_len} tokens (+ {resumed} generated) leave no room in the context of {context} tokens"
+                ),
             });
         }
-        if let Some(&token) = request.prompt.iter().find(|&&t| t as usize >= model_config.vocab_size) {
-            return Err(EngineError::InvalidRequest {
-                field: "prompt",
-                reason: format!("token id {token} is outside the vocabulary of {} tokens", model_config.vocab_size),
-            });
+        for (field, ids) in [("prompt", &request.prompt), ("generated", &request.generated)] {
+            if let Some(&token) = ids.iter().find(|&&t| t as usize >= model_config.vocab_size) {
+                return Err(EngineError::InvalidRequest {
+                    field,
+                    reason: format!("token id {token} is outside the vocabulary of {} tokens", model_config.vocab_size),
+                });
+            }
         }
         let mut stop = request.stop;
         if stop.max_tokens == 0 {
             return Err(EngineError::InvalidRequest { field: "max_tokens", reason: "must be at least 1".into() });
+        }
+        if resumed >= stop.max_tokens {
+            return Err(EngineError::InvalidRequest {
+                field: "generated",
+                reason: format!("{resumed} tokens already reach max_tokens {}", stop.max_tokens),
+            });
         }
         if prompt_len + stop.max_tokens > context {
             return Err(EngineError::InvalidRequest {
@@ -179,14 +211,28 @@ impl EngineHandle {
                 ),
             });
         }
+        if let Some(import) = &request.import {
+            self.check_import(import, prompt_len)?;
+        }
         if !stop.ignore_eos {
             stop.stop_token_ids.extend(self.model.tokenizer.eos_ids());
         }
         let sampler = Sampler::new(request.sampling, model_config.vocab_size)?;
         let namespace = self.namespace(&request.cache_salt);
-        let text = StopText::new(self.model.tokenizer.clone(), stop.stop_strings.clone());
+        let mut text = StopText::new(self.model.tokenizer.clone(), stop.stop_strings.clone());
+        for &token in &request.generated {
+            // The text of these tokens was shown already; only the state matters.
+            if stop.stop_token_ids.contains(&token) || text.push(token)?.stopped {
+                return Err(EngineError::InvalidRequest {
+                    field: "generated",
+                    reason: "already ends the request (a stop token or stop string)".into(),
+                });
+            }
+        }
+        let mut tokens = request.prompt;
+        tokens.extend_from_slice(&request.generated);
         Ok(Sequence {
-            tokens: request.prompt,
+            tokens,
             prompt_len,
             computed: 0,
             blocks: Vec::new(),
@@ -198,10 +244,46 @@ impl EngineHandle {
             text,
             events,
             cached_tokens: None,
+            import: request.import,
+            imported_tokens: 0,
+            exporter: request.export.map(|export| Exporter::new(export, namespace.root())),
             submitted: Instant::now(),
             first_token_at: None,
             prefill_time: Duration::ZERO,
         })
+    }
+
+    /// Imported blocks must have the pool's layout and lie within the prompt.
+    fn check_import(&self, import: &ImportedKv, prompt_len: usize) -> Result<(), EngineError> {
+        let layout = self.model.kv_layout(self.config.block_size);
+        let full_blocks = prompt_len / layout.block_size;
+        let end = import.first_block.saturating_add(import.blocks.len());
+        if end > full_blocks {
+            return Err(EngineError::InvalidRequest {
+                field: "import.blocks",
+                reason: format!("blocks up to {end} exceed the prompt's {full_blocks} full blocks"),
+            });
+        }
+        if let Some(i) = import.blocks.iter().position(|b| b.len() != layout.elems_per_block()) {
+            return Err(EngineError::InvalidRequest {
+                field: "import.blocks",
+                reason: format!(
+                    "block {i} has {} elements, the pool's blocks {}",
+                    import.blocks[i].len(),
+                    layout.elems_per_block()
+                ),
+            });
+        }
+        if let Some(tail) = &import.tail {
+            let expected = tail_layout(&layout, prompt_len % layout.block_size).elems_per_block();
+            if expected == 0 || tail.len() != expected {
+                return Err(EngineError::InvalidRequest {
+                    field: "import.tail",
+                    reason: format!("{} elements, expected {expected} for the prompt's partial block", tail.len()),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -212,6 +294,9 @@ fn run(mut scheduler: Scheduler, commands: Receiver<Command>) {
         Command::Submit(seq) => scheduler.enqueue(*seq),
         Command::Stats(reply) => {
             let _ = reply.send(scheduler.stats());
+        }
+        Command::Probe(hashes, reply) => {
+            let _ = reply.send(scheduler.cached_prefix_len(&hashes));
         }
     };
     loop {

@@ -8,6 +8,9 @@
 //! - [`BlockAllocator`] is the paged pool's bookkeeping: reference-counted blocks, prefix
 //!   retention by chained [`lcserve_common::SequenceHash`], LRU eviction. The K/V bytes live in
 //!   the model crate's `KvArena`.
+//! - [`ImportedKv`] / [`ExportKv`] (`kv_transfer`): KV in and out of the pool, so workers share
+//!   it through the KV store: a request may bring its prompt's leading blocks (and tail) and ask
+//!   for copies of its blocks as they fill.
 //! - [`Sampler`] turns logits into tokens (greedy, temperature, top-k/p, min-p, penalties,
 //!   seeds, logprobs).
 //!
@@ -17,6 +20,7 @@ mod block_allocator;
 mod config;
 mod engine;
 mod error;
+mod kv_transfer;
 mod request;
 mod sampler;
 mod scheduler;
@@ -27,6 +31,7 @@ pub use block_allocator::{BlockAllocator, BlockAllocatorError, PoolExhausted};
 pub use config::EngineConfig;
 pub use engine::{EngineHandle, EventStream};
 pub use error::EngineError;
+pub use kv_transfer::{ExportKv, ImportedKv, KvBlock, tail_layout};
 pub use request::{EngineEvent, FinishReason, GenerateRequest, StopConditions, Timings, TokenLogprobs, Usage};
 pub use sampler::{InvalidSamplingParam, SampleError, SampledToken, Sampler, SamplingParams};
 pub use scheduler::EngineStats;

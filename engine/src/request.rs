@@ -6,6 +6,7 @@ use lcserve_common::TokenId;
 use serde::Serialize;
 
 use crate::error::EngineError;
+use crate::kv_transfer::{ExportKv, ImportedKv, KvBlock};
 use crate::sampler::SamplingParams;
 
 /// When to stop generating.
@@ -23,13 +24,21 @@ pub struct StopConditions {
 }
 
 /// One generation request over an already tokenized prompt.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct GenerateRequest {
     pub prompt: Vec<TokenId>,
     pub sampling: SamplingParams,
     pub stop: StopConditions,
     /// Tenant salt folded into the block namespace: tenants never share cached blocks.
     pub cache_salt: Vec<u8>,
+    /// Tokens already generated for this request and shown to the client (by a prefill worker,
+    /// or by a worker that failed mid-stream): generation continues after them, and they count
+    /// against `max_tokens` and in the penalties.
+    pub generated: Vec<TokenId>,
+    /// KV of the prompt's leading blocks, computed elsewhere.
+    pub import: Option<ImportedKv>,
+    /// Send copies of the sequence's blocks as they fill.
+    pub export: Option<ExportKv>,
 }
 
 /// Log-probabilities reported with a token.
@@ -57,8 +66,10 @@ pub enum FinishReason {
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
-    /// Prompt tokens whose KV came from the prefix cache instead of being computed.
+    /// Prompt tokens whose KV was found in this engine's pool instead of being computed.
     pub cached_tokens: usize,
+    /// Prompt tokens whose KV came with the request ([`GenerateRequest::import`]).
+    pub imported_tokens: usize,
 }
 
 /// Where the time of a request went.
@@ -87,9 +98,12 @@ fn per_second(count: usize, time: Duration) -> f64 {
     if time.is_zero() { 0.0 } else { count as f64 / time.as_secs_f64() }
 }
 
-/// What a request's stream yields, in order: tokens, then exactly one `Finished` or `Error`.
+/// What a request's stream yields, in order: tokens (and, when exporting, KV blocks, each batch
+/// before the token of the step that filled them), then exactly one `Finished` or `Error`.
 #[derive(Clone, Debug)]
 pub enum EngineEvent {
+    /// Copies of blocks that filled up ([`GenerateRequest::export`]).
+    Kv(Vec<KvBlock>),
     Token {
         id: TokenId,
         /// Newly completed text (may be empty while a UTF-8 character or a possible stop string

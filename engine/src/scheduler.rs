@@ -12,12 +12,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lcserve_common::{BlockId, chain_hash, sequence_hashes};
+use lcserve_common::{BlockId, SequenceHash, chain_hash, sequence_hashes};
 use lcserve_model::{DenseAttention, KvArena, LogitsWanted, Model, SequenceInput};
 
 use crate::block_allocator::BlockAllocator;
 use crate::config::EngineConfig;
 use crate::error::EngineError;
+use crate::kv_transfer::{ImportedKv, copy_in};
 use crate::request::{EngineEvent, FinishReason, Timings, TokenLogprobs};
 use crate::sequence::Sequence;
 
@@ -33,6 +34,9 @@ pub struct EngineStats {
     pub waiting: usize,
     /// Prompt tokens computed by the model since start (cached ones excluded).
     pub prefill_tokens: u64,
+    /// Tokens admitted or waiting that still have to run through the model before their
+    /// sequences decode: the queued prefill work a router weighs.
+    pub queued_prefill_tokens: u64,
 }
 
 pub(crate) struct Scheduler {
@@ -105,7 +109,13 @@ impl Scheduler {
             running: self.running.len(),
             waiting: self.waiting.len(),
             prefill_tokens: self.prefill_tokens,
+            queued_prefill_tokens: self.running.iter().chain(&self.waiting).map(|s| s.pending() as u64).sum(),
         }
+    }
+
+    /// Leading blocks of `hashes` held in the pool.
+    pub fn cached_prefix_len(&self, hashes: &[SequenceHash]) -> usize {
+        self.allocator.peek_prefix_len(hashes)
     }
 
     /// Ends every sequence with `error` (shutdown).
@@ -169,6 +179,12 @@ impl Scheduler {
             if self.config.prefix_caching {
                 register_full_blocks(seq, &mut self.allocator, self.config.block_size);
             }
+            if let Some(exporter) = &mut seq.exporter {
+                let blocks = exporter.collect(&self.arena, &seq.tokens, seq.computed, seq.prompt_len, &seq.blocks);
+                if !blocks.is_empty() {
+                    let _ = seq.events.send(EngineEvent::Kv(blocks));
+                }
+            }
             let Some(row) = logits.last_of(batch_index) else { continue };
             match sample_and_emit(seq, row, self.model.config.context_length) {
                 Ok(None) => {}
@@ -205,12 +221,14 @@ impl Scheduler {
         let block_size = self.config.block_size;
         while self.running.len() < self.config.max_running {
             let Some(mut seq) = self.waiting.pop_front() else { break };
-            let hashes = if self.config.prefix_caching {
+            let importing = seq.import.is_some();
+            let hashes = if self.config.prefix_caching || importing {
                 sequence_hashes(seq.namespace, &seq.tokens, block_size)
             } else {
                 Vec::new()
             };
-            let mut cached = self.allocator.lookup_prefix(&hashes);
+            let mut cached =
+                if self.config.prefix_caching { self.allocator.lookup_prefix(&hashes) } else { Vec::new() };
             // The last token must run to produce logits, so its block is never reused.
             let reusable = (seq.tokens.len() - 1) / block_size;
             for extra in cached.drain(reusable.min(cached.len())..) {
@@ -219,12 +237,21 @@ impl Scheduler {
             let needed = seq.tokens.len().div_ceil(block_size) - cached.len();
             match self.allocator.allocate_many(needed) {
                 Ok(fresh) => {
-                    seq.registered = cached.len();
-                    seq.last_hash = cached.len().checked_sub(1).map_or(seq.namespace.root(), |i| hashes[i]);
-                    seq.computed = cached.len() * block_size;
-                    seq.cached_tokens.get_or_insert(seq.computed);
+                    let device_blocks = cached.len();
+                    seq.registered = device_blocks;
+                    seq.last_hash = device_blocks.checked_sub(1).map_or(seq.namespace.root(), |i| hashes[i]);
+                    seq.computed = device_blocks * block_size;
                     seq.blocks = cached;
                     seq.blocks.extend(fresh);
+                    seq.cached_tokens.get_or_insert(seq.computed);
+                    if let Some(import) = seq.import.take() {
+                        let computed = write_imported(&mut self.arena, &seq, import, reusable);
+                        seq.imported_tokens = computed - seq.computed;
+                        seq.computed = computed;
+                        if self.config.prefix_caching {
+                            register_full_blocks(&mut seq, &mut self.allocator, block_size);
+                        }
+                    }
                     self.running.push(seq);
                 }
                 Err(exhausted) => {
@@ -339,6 +366,34 @@ fn register_full_blocks(seq: &mut Sequence, allocator: &mut BlockAllocator, bloc
         }
         seq.registered += 1;
         seq.last_hash = hash;
+    }
+}
+
+/// Writes the imported KV that continues the sequence's pooled prefix into its fresh blocks
+/// (never past block `reusable`), and returns how many tokens now have KV. Imported blocks that
+/// start after a gap are of no use and are dropped.
+fn write_imported(arena: &mut KvArena, seq: &Sequence, import: ImportedKv, reusable: usize) -> usize {
+    let block_size = arena.layout().block_size;
+    let mut ready = seq.computed / block_size;
+    if import.first_block > ready {
+        return seq.computed;
+    }
+    for data in import.blocks.iter().skip(ready - import.first_block) {
+        if ready >= reusable {
+            return ready * block_size;
+        }
+        copy_in(arena, seq.blocks[ready], block_size, data);
+        ready += 1;
+    }
+    let tail = seq.prompt_len % block_size;
+    // A tail is usable when every full block before it is there and a token after it (one
+    // already generated) is left to run for logits.
+    match import.tail {
+        Some(data) if ready == seq.prompt_len / block_size && tail > 0 && seq.tokens.len() > seq.prompt_len => {
+            copy_in(arena, seq.blocks[ready], tail, &data);
+            seq.prompt_len
+        }
+        _ => ready * block_size,
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use lcserve_common::{BlockId, Namespace, SequenceHash, TokenId};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::kv_transfer::{Exporter, ImportedKv};
 use crate::request::{EngineEvent, StopConditions, Usage};
 use crate::sampler::Sampler;
 use crate::stop_text::StopText;
@@ -27,6 +28,11 @@ pub(crate) struct Sequence {
     pub events: UnboundedSender<EngineEvent>,
     /// Prompt tokens served from the prefix cache at (first) admission.
     pub cached_tokens: Option<usize>,
+    /// KV that came with the request; consumed at first admission.
+    pub import: Option<ImportedKv>,
+    /// Prompt tokens whose KV was imported at first admission.
+    pub imported_tokens: usize,
+    pub exporter: Option<Exporter>,
     pub submitted: Instant,
     pub first_token_at: Option<Instant>,
     /// Wall time of steps that computed this sequence's prompt.
@@ -57,6 +63,7 @@ impl Sequence {
             prompt_tokens: self.prompt_len,
             completion_tokens: self.generated().len(),
             cached_tokens: self.cached_tokens.unwrap_or(0),
+            imported_tokens: self.imported_tokens,
         }
     }
 

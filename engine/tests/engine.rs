@@ -3,83 +3,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use lcserve_engine::{
     EngineConfig, EngineError, EngineEvent, EngineHandle, FinishReason, GenerateRequest, SamplingParams,
-    StopConditions, Usage,
 };
 use lcserve_model::{ChatMessage, Model};
 
-struct Outcome {
-    tokens: Vec<u32>,
-    text: String,
-    reason: FinishReason,
-    usage: Usage,
-}
-
-fn collect(engine: &EngineHandle, request: GenerateRequest) -> Result<Outcome, EngineError> {
-    let mut stream = engine.submit(request)?;
-    let (mut tokens, mut text) = (Vec::new(), String::new());
-    while let Some(event) = stream.blocking_next() {
-        match event {
-            EngineEvent::Token { id, text: piece, .. } => {
-                tokens.push(id);
-                text.push_str(&piece);
-            }
-            EngineEvent::Finished { reason, text: rest, usage, .. } => {
-                text.push_str(&rest);
-                return Ok(Outcome { tokens, text, reason, usage });
-            }
-            EngineEvent::Error(error) => return Err(error),
-        }
-    }
-    panic!("stream ended without a terminal event")
-}
-
-fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
-    GenerateRequest {
-        prompt,
-        sampling: SamplingParams::default(),
-        stop: StopConditions { max_tokens, ignore_eos: true, ..StopConditions::default() },
-        cache_salt: Vec::new(),
-    }
-}
-
-fn tiny_model() -> (tempfile::TempDir, Arc<Model>) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let paths = lcserve_model::write_tiny_model(dir.path(), 5).expect("tiny model");
-    let model = Model::load(&paths.gguf, &mut |_| {}).expect("load tiny");
-    (dir, Arc::new(model))
-}
-
-fn config(block_size: usize, blocks: usize, model: &Model) -> EngineConfig {
-    let block_bytes = model.kv_layout(block_size).bytes_per_block(lcserve_model::KV_ELEM_BYTES);
-    EngineConfig {
-        block_size,
-        kv_cache_bytes: blocks * block_bytes,
-        prefill_chunk: 48,
-        max_running: 8,
-        threads: 2,
-        prefix_caching: true,
-    }
-}
-
-fn tokens(len: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    (0..len as u64).map(|i| ((i * 7919 + seed * 104_729) % vocab as u64) as u32).collect()
-}
-
-fn wait_until(engine: &EngineHandle, what: &str, done: impl Fn(&lcserve_engine::EngineStats) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let stats = engine.blocking_stats().expect("stats");
-        if done(&stats) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: stats stayed {stats:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+mod support;
+use support::{collect, config, greedy, tiny_model, tokens, wait_until};
 
 #[test]
 fn reference_model_answers_the_capital_of_france() {
@@ -174,6 +105,7 @@ fn preemption_under_a_small_pool_keeps_outputs_exact() {
                 EngineEvent::Token { id, .. } => got.push(id),
                 EngineEvent::Finished { .. } => break,
                 EngineEvent::Error(e) => panic!("sequence {i}: {e}"),
+                EngineEvent::Kv(_) => {}
             }
         }
         assert_eq!(got, expected[i], "sequence {i}");

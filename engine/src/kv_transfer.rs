@@ -1,0 +1,148 @@
+//! Moving KV in and out of the paged pool, so that workers can share it through the KV store.
+//!
+//! - **Import** ([`ImportedKv`]): the prompt's leading blocks computed elsewhere (another worker,
+//!   the host or shared tier) are written into fresh pool blocks at admission and registered
+//!   under their hashes, so the sequence — and later ones — skip computing them. A partial last
+//!   block (the "tail", fewer than `block_size` tokens) may come too, so a decode worker that
+//!   continues a prefilled prompt computes nothing of it.
+//! - **Export** ([`ExportKv`]): as a sequence's blocks fill, copies of them leave the engine as
+//!   [`EngineEvent::Kv`](crate::EngineEvent::Kv) events, before the token their step produced,
+//!   so a prefill worker has every block in hand when it sees the first token.
+//!
+//! Block data is the pool's own layout ([`KvLayout`]: `[layer][k|v][kv_heads][block_size][head_dim]`
+//! f32), which is also what the store's codec reads and writes. A tail is the same with
+//! `block_size` replaced by its token count (see [`tail_layout`]).
+
+use lcserve_common::{BlockId, KvLayout, SequenceHash};
+use lcserve_model::KvArena;
+
+/// KV of a prompt's leading blocks, computed elsewhere, for the engine to start from.
+#[derive(Clone, Debug, Default)]
+pub struct ImportedKv {
+    /// Index of the first block in `blocks` (blocks before it are expected in the pool already).
+    pub first_block: usize,
+    /// Full blocks `first_block, first_block + 1, …`, each `layout.elems_per_block()` long.
+    pub blocks: Vec<Vec<f32>>,
+    /// The prompt's partial last block in [`tail_layout`]; used only when every full block of
+    /// the prompt is available (in the pool or in `blocks`).
+    pub tail: Option<Vec<f32>>,
+}
+
+/// Which blocks a request wants copied out of the pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExportKv {
+    /// Blocks before this index are not sent (the store holds them already).
+    pub from_block: usize,
+    /// Also send the prompt's partial last block once the prompt is computed.
+    pub tail: bool,
+}
+
+/// A copy of one block (or of the prompt's tail) leaving the engine.
+#[derive(Clone, Debug)]
+pub struct KvBlock {
+    /// Position of the block in the sequence (block `i` holds tokens `i*B .. i*B + tokens`).
+    pub index: usize,
+    /// Chained hash of the sequence up to the end of this block; for a tail, the chain over its
+    /// partial tokens (a name no full block can have, since full blocks hash `block_size` tokens).
+    pub hash: SequenceHash,
+    /// Tokens in the block: `block_size`, or fewer for a tail.
+    pub tokens: usize,
+    /// Elements in the layout of `tokens` tokens (see [`tail_layout`]).
+    pub data: Vec<f32>,
+}
+
+/// The layout of a block holding only `tokens` tokens (a tail): the pool's layout with
+/// `block_size = tokens`.
+pub fn tail_layout(layout: &KvLayout, tokens: usize) -> KvLayout {
+    KvLayout { block_size: tokens, ..*layout }
+}
+
+/// Copies the first `tokens` positions of pool block `block` into the compact layout of
+/// [`tail_layout`] (all of it when `tokens` is the block size).
+pub(crate) fn copy_out(arena: &KvArena, block: BlockId, tokens: usize) -> Vec<f32> {
+    let layout = *arena.layout();
+    if tokens == layout.block_size {
+        return arena.block(block).to_vec();
+    }
+    let run = tokens * layout.head_dim;
+    let stride = layout.block_size * layout.head_dim;
+    let mut out = Vec::with_capacity(tail_layout(&layout, tokens).elems_per_block());
+    for layer in 0..layout.layers {
+        let (keys, values) = arena.layer(block, layer);
+        for side in [keys, values] {
+            for head in side.chunks_exact(stride) {
+                out.extend_from_slice(&head[..run]);
+            }
+        }
+    }
+    out
+}
+
+/// Writes `data` (compact, `tokens` positions) into the first positions of pool block `block`.
+/// The caller has checked `data.len()` against [`tail_layout`].
+pub(crate) fn copy_in(arena: &mut KvArena, block: BlockId, tokens: usize, data: &[f32]) {
+    let layout = *arena.layout();
+    if tokens == layout.block_size {
+        arena.block_mut(block).copy_from_slice(data);
+        return;
+    }
+    let run = tokens * layout.head_dim;
+    let stride = layout.block_size * layout.head_dim;
+    let mut source = data.chunks_exact(run);
+    for layer in 0..layout.layers {
+        let (keys, values) = arena.layer_mut(block, layer);
+        for side in [keys, values] {
+            for (head, src) in side.chunks_exact_mut(stride).zip(source.by_ref()) {
+                head[..run].copy_from_slice(src);
+            }
+        }
+    }
+}
+
+/// Where a sequence's export stands.
+#[derive(Debug)]
+pub(crate) struct Exporter {
+    request: ExportKv,
+    /// Next block to consider, and the chained hash of the blocks before it.
+    next: usize,
+    hash: SequenceHash,
+    tail_sent: bool,
+}
+
+impl Exporter {
+    pub fn new(request: ExportKv, root: SequenceHash) -> Self {
+        Self { request, next: 0, hash: root, tail_sent: false }
+    }
+
+    /// Copies of the blocks that filled since the last call. `tokens[..computed]` have their KV
+    /// in `blocks` (the block table); the prompt is `tokens[..prompt_len]`.
+    pub fn collect(
+        &mut self,
+        arena: &KvArena,
+        tokens: &[lcserve_common::TokenId],
+        computed: usize,
+        prompt_len: usize,
+        blocks: &[BlockId],
+    ) -> Vec<KvBlock> {
+        let block_size = arena.layout().block_size;
+        let mut out = Vec::new();
+        while (self.next + 1) * block_size <= computed {
+            let index = self.next;
+            self.hash = lcserve_common::chain_hash(self.hash, &tokens[index * block_size..(index + 1) * block_size]);
+            if index >= self.request.from_block {
+                let data = copy_out(arena, blocks[index], block_size);
+                out.push(KvBlock { index, hash: self.hash, tokens: block_size, data });
+            }
+            self.next += 1;
+        }
+        let tail = prompt_len % block_size;
+        let tail_index = prompt_len / block_size;
+        if self.request.tail && !self.tail_sent && tail > 0 && computed >= prompt_len && self.next == tail_index {
+            self.tail_sent = true;
+            let hash = lcserve_common::chain_hash(self.hash, &tokens[tail_index * block_size..prompt_len]);
+            let data = copy_out(arena, blocks[tail_index], tail);
+            out.push(KvBlock { index: tail_index, hash, tokens: tail, data });
+        }
+        out
+    }
+}

@@ -1,0 +1,84 @@
+//! Helpers shared by the engine's integration tests: a tiny random model, pool configs, prompts,
+//! and running a request to its end.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lcserve_engine::{
+    EngineConfig, EngineError, EngineEvent, EngineHandle, FinishReason, GenerateRequest, SamplingParams,
+    StopConditions, Usage,
+};
+use lcserve_model::Model;
+
+pub struct Outcome {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub reason: FinishReason,
+    pub usage: Usage,
+}
+
+pub fn collect(engine: &EngineHandle, request: GenerateRequest) -> Result<Outcome, EngineError> {
+    let mut stream = engine.submit(request)?;
+    let (mut tokens, mut text) = (Vec::new(), String::new());
+    while let Some(event) = stream.blocking_next() {
+        match event {
+            EngineEvent::Token { id, text: piece, .. } => {
+                tokens.push(id);
+                text.push_str(&piece);
+            }
+            EngineEvent::Finished { reason, text: rest, usage, .. } => {
+                text.push_str(&rest);
+                return Ok(Outcome { tokens, text, reason, usage });
+            }
+            EngineEvent::Error(error) => return Err(error),
+            EngineEvent::Kv(_) => {}
+        }
+    }
+    panic!("stream ended without a terminal event")
+}
+
+pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        prompt,
+        sampling: SamplingParams::default(),
+        stop: StopConditions { max_tokens, ignore_eos: true, ..StopConditions::default() },
+        cache_salt: Vec::new(),
+        ..GenerateRequest::default()
+    }
+}
+
+pub fn tiny_model() -> (tempfile::TempDir, Arc<Model>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = lcserve_model::write_tiny_model(dir.path(), 5).expect("tiny model");
+    let model = Model::load(&paths.gguf, &mut |_| {}).expect("load tiny");
+    (dir, Arc::new(model))
+}
+
+pub fn config(block_size: usize, blocks: usize, model: &Model) -> EngineConfig {
+    let block_bytes = model.kv_layout(block_size).bytes_per_block(lcserve_model::KV_ELEM_BYTES);
+    EngineConfig {
+        block_size,
+        kv_cache_bytes: blocks * block_bytes,
+        prefill_chunk: 48,
+        max_running: 8,
+        threads: 2,
+        prefix_caching: true,
+    }
+}
+
+pub fn tokens(len: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    (0..len as u64).map(|i| ((i * 7919 + seed * 104_729) % vocab as u64) as u32).collect()
+}
+
+pub fn wait_until(engine: &EngineHandle, what: &str, done: impl Fn(&lcserve_engine::EngineStats) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = engine.blocking_stats().expect("stats");
+        if done(&stats) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: stats stayed {stats:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
