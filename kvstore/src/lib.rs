@@ -27,7 +27,9 @@
 //!   the same [`TierStats`].
 //! - [`TieredStore`]: the host tier in front of an optional shared tier. `put` lands in the host
 //!   tier at once and reaches the shared tier through a bounded write-behind queue that drops
-//!   (and counts) rather than blocks; `get` promotes shared hits into the host tier.
+//!   (and counts) rather than blocks; `put_through` instead awaits the shared tier's
+//!   acknowledgement ([`WrittenThrough`]), for a hand-off to another machine; `get` promotes
+//!   shared hits into the host tier.
 //! - [`run`] (`service/`): the kvstore gRPC service (`lcserve.v1.KvStore` + health + reflection)
 //!   over a [`TieredStore`] of a RAM tier and optional Redis, publishing every change of the
 //!   RAM tier's block set as a numbered KV event (bounded log, resume or snapshot); configured
@@ -53,4 +55,4 @@ pub use redis_tier::{RedisStats, RedisTier, RedisTierConfig, RedisTierError, val
 pub use remote_tier::{RemoteStats, RemoteTier, RemoteTierConfig, RemoteTierError};
 pub use service::{KvStoreConfig, MESSAGE_OVERHEAD_BYTES, ServiceError, run};
 pub use tier::{Blocks, Tier, TierStats};
-pub use tiered::{Fetched, Stored, TierKind, TieredConfig, TieredStats, TieredStore};
+pub use tiered::{Fetched, SharedWrite, Stored, TierKind, TieredConfig, TieredStats, TieredStore, WrittenThrough};

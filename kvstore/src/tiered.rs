@@ -6,10 +6,14 @@
 //! ```
 //!
 //! Why it is shaped this way:
-//! - **Writers never wait on the network.** A `put` lands in the host tier synchronously and is
+//! - **Writers never wait on the network** — unless they ask to. A `put` lands in the host tier synchronously and is
 //!   handed to a bounded queue drained by one tokio task. When the queue is full (the shared tier
 //!   is slow or down) the batch is dropped and counted: the block is still in the host tier, and
 //!   a later miss elsewhere only costs a recompute. Neither `put` nor the queue ever blocks.
+//! - **Write-through when a hand-off depends on it.** `put_through` lands the blocks in the host
+//!   tier and awaits the shared tier's acknowledgement (bounded by the tier's own timeout): a
+//!   prefill worker must know its blocks are shared before it hands the session to a decode
+//!   worker on another machine. It reports what it knows and never fails.
 //! - **Prefix runs, one round trip.** `lookup` and `get` take the whole run of hashes; the part
 //!   the host tier lacks goes to the shared tier in one call.
 //! - **Promotion.** A block read from the shared tier is inserted into the host tier, so the next
@@ -73,6 +77,32 @@ pub struct Stored {
     pub queued: bool,
 }
 
+/// What a [`TieredStore::put_through`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WrittenThrough {
+    /// Host-tier blocks evicted to make room: publish as KV events.
+    pub evicted: Vec<BlockRemoved>,
+    /// The shared tier's answer; `None` when there is no shared tier (one machine: the host
+    /// tier is all there is, and the blocks are in it).
+    pub shared: Option<SharedWrite>,
+}
+
+/// How a shared tier answered a write it was awaited for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SharedWrite {
+    /// Blocks sent.
+    pub sent: usize,
+    /// Blocks the shared tier acknowledged holding; 0 when it failed or timed out.
+    pub acknowledged: usize,
+}
+
+impl SharedWrite {
+    /// Whether every block sent is known to be in the shared tier.
+    pub fn complete(&self) -> bool {
+        self.acknowledged == self.sent
+    }
+}
+
 /// Per-tier counters of a [`TieredStore`] (totals since creation, in blocks unless named bytes).
 /// A tier's `misses` are blocks asked of it by `get` that it did not serve.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -89,9 +119,11 @@ pub struct TieredStats {
     pub shared_queued: u64,
     /// Blocks dropped because the queue was full.
     pub shared_dropped: u64,
-    /// Blocks the background task passed to the shared tier's `put_many` (its own stats say
-    /// whether they arrived).
+    /// Blocks passed to the shared tier's `put_many`, by the background task or by
+    /// `put_through` (the tier's own stats say whether they arrived).
     pub shared_put: u64,
+    /// Blocks a `put_through` sent that the shared tier acknowledged.
+    pub shared_acknowledged: u64,
 }
 
 #[derive(Default)]
@@ -106,6 +138,7 @@ struct Counters {
     shared_queued: AtomicU64,
     shared_dropped: AtomicU64,
     shared_put: AtomicU64,
+    shared_acknowledged: AtomicU64,
 }
 
 fn add(counter: &AtomicU64, n: usize) {
@@ -220,10 +253,7 @@ impl<S: Tier> TieredStore<S> {
     /// Stores blocks in the host tier now and queues them for the shared tier. Never blocks and
     /// never fails: a full queue drops the batch for the shared tier (counted).
     pub fn put(&self, blocks: Blocks) -> Stored {
-        let mut stored = Stored::default();
-        for (hash, block) in &blocks {
-            stored.evicted.extend(self.host.insert(*hash, Arc::clone(block)).evicted);
-        }
+        let mut stored = Stored { evicted: self.insert_host(&blocks), queued: false };
         if let Some(shared) = &self.shared
             && !blocks.is_empty()
         {
@@ -237,6 +267,29 @@ impl<S: Tier> TieredStore<S> {
             }
         }
         stored
+    }
+
+    /// Stores blocks in the host tier now, then writes them to the shared tier and waits for
+    /// its answer (bounded by the tier's own operation timeout). Never fails: a shared tier
+    /// that is down answers 0 acknowledged, and the caller decides (e.g. hands off anyway and
+    /// lets the receiver recompute, or retries). The blocks bypass the write-behind queue; a
+    /// `put` of the same blocks still queued writes the same bytes again, which is harmless.
+    ///
+    /// Cancel-safe in the weak sense: dropping the future abandons the shared write (the
+    /// blocks stay in the host tier).
+    pub async fn put_through(&self, blocks: Blocks) -> WrittenThrough {
+        let evicted = self.insert_host(&blocks);
+        let Some(shared) = &self.shared else { return WrittenThrough { evicted, shared: None } };
+        let sent = blocks.len();
+        let acknowledged = if sent == 0 { 0 } else { shared.tier.put_many(blocks).await.min(sent) };
+        add(&self.stats.shared_put, sent);
+        add(&self.stats.shared_acknowledged, acknowledged);
+        WrittenThrough { evicted, shared: Some(SharedWrite { sent, acknowledged }) }
+    }
+
+    /// Inserts every block into the host tier; returns the blocks evicted for them.
+    fn insert_host(&self, blocks: &Blocks) -> Vec<BlockRemoved> {
+        blocks.iter().flat_map(|(hash, block)| self.host.insert(*hash, Arc::clone(block)).evicted).collect()
     }
 
     /// A snapshot of the counters.
@@ -254,6 +307,7 @@ impl<S: Tier> TieredStore<S> {
             shared_queued: load(&s.shared_queued),
             shared_dropped: load(&s.shared_dropped),
             shared_put: load(&s.shared_put),
+            shared_acknowledged: load(&s.shared_acknowledged),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use lcserve_common::{KvLayout, ModelFingerprint, SequenceHash};
 use lcserve_kvstore::{
     BlockMeta, Codec, HostCache, KvStoreConfig, MESSAGE_OVERHEAD_BYTES, RawDtype, RemoteTier, RemoteTierConfig,
-    RemoteTierError, Tier, TierKind, TieredConfig, TieredStore, encode,
+    RemoteTierError, SharedWrite, Tier, TierKind, TieredConfig, TieredStore, encode,
 };
 use support::{Service, block, blocks, drained, hashes};
 
@@ -88,6 +88,24 @@ async fn a_run_written_through_one_tiered_store_is_found_by_another() {
 }
 
 #[tokio::test]
+async fn put_through_returns_once_another_machine_can_read_the_blocks() {
+    let service = Service::start(KvStoreConfig::default()).await;
+    let prefill = tiered(remote(&service, Duration::from_secs(1)));
+    let decode = tiered(remote(&service, Duration::from_secs(1)));
+    let run = hashes("tenant", 4, 6);
+    let written = prefill.put_through(blocks(&run)).await;
+    assert_eq!(written.shared, Some(SharedWrite { sent: 4, acknowledged: 4 }));
+    assert!(written.shared.is_some_and(|shared| shared.complete()) && written.evicted.is_empty());
+    // No waiting on a queue: the hand-off can happen now.
+    assert_eq!(decode.get(&run).await.sources, vec![TierKind::Shared; 4]);
+    assert_eq!(prefill.lookup(&run).await, vec![TierKind::Host; 4]);
+    let stats = prefill.stats();
+    assert_eq!((stats.shared_put, stats.shared_acknowledged, stats.shared_queued), (4, 4, 0));
+    let empty = prefill.put_through(Vec::new()).await;
+    assert_eq!(empty.shared, Some(SharedWrite { sent: 0, acknowledged: 0 }));
+}
+
+#[tokio::test]
 async fn a_store_that_is_down_is_a_quick_miss_and_a_restarted_one_is_used_again() {
     let service = Service::start(KvStoreConfig::default()).await;
     let op_timeout = Duration::from_millis(200);
@@ -103,10 +121,13 @@ async fn a_store_that_is_down_is_a_quick_miss_and_a_restarted_one_is_used_again(
         assert_eq!(tier.get_many(&run).await, vec![None; 3]);
         assert_eq!(tier.put_many(blocks(&run)).await, 0);
         assert!(store.get(&run).await.blocks.is_empty());
-        assert!(started.elapsed() < 4 * op_timeout, "bounded by the op timeout: {:?}", started.elapsed());
+        let written = store.put_through(blocks(&run)).await;
+        assert_eq!(written.shared, Some(SharedWrite { sent: 3, acknowledged: 0 }), "known not shared");
+        store.host().clear();
+        assert!(started.elapsed() < 5 * op_timeout, "bounded by the op timeout: {:?}", started.elapsed());
     }
     let down = tier.stats();
-    assert!(down.errors + down.timeouts >= 12, "every failed call is counted: {down:?}");
+    assert!(down.errors + down.timeouts >= 15, "every failed call is counted: {down:?}");
     assert_eq!(down.blocks_written, 3, "nothing is counted written while the store is down");
 
     // Same port, empty store: the channel reconnects by itself.

@@ -88,6 +88,10 @@ async fn without_a_shared_tier_the_store_is_the_host_tier() {
     let run = hashes("tenant", 3, 3);
     let stored = store.put(blocks(&run[..2]));
     assert!(!stored.queued);
+    let written = store.put_through(blocks(&run[2..])).await;
+    assert_eq!(written.shared, None, "no shared tier: nothing to wait for");
+    assert!(store.host().contains(&run[2]));
+    store.host().remove(&run[2]);
     assert_eq!(store.lookup(&run).await, vec![TierKind::Host; 2]);
     assert_eq!(store.get(&run).await.blocks.len(), 2);
 }
@@ -111,4 +115,17 @@ async fn promotions_report_host_evictions() {
     let fetched = small.get(&run).await;
     assert_eq!(fetched.blocks.len(), 4, "served even when the host tier cannot keep them all");
     assert_eq!(fetched.evicted.len(), 2);
+}
+
+#[tokio::test]
+async fn put_through_awaits_redis() {
+    let server = RedisServer::start();
+    let (writer, reader) = (store(server.url(), 16), store(server.url(), 16));
+    let run = hashes("tenant", 3, 5);
+    let written = writer.put_through(blocks(&run)).await;
+    assert!(written.shared.is_some_and(|shared| shared.complete() && shared.sent == 3), "{written:?}");
+    assert_eq!(reader.lookup(&run).await, vec![TierKind::Shared; 3], "readable without waiting");
+    server.kill();
+    let written = writer.put_through(blocks(&hashes("tenant", 2, 6))).await;
+    assert_eq!(written.shared.map(|shared| (shared.sent, shared.acknowledged)), Some((2, 0)));
 }
