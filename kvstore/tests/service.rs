@@ -1,15 +1,18 @@
 //! The kvstore gRPC service end to end: the real server on `127.0.0.1:0`, a real tonic client.
 
+mod support;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
 use lcserve_common::{KvLayout, ModelFingerprint, SequenceHash};
-use lcserve_kvstore::{BlockMeta, Codec, KvStoreConfig, encode, run};
+use lcserve_kvstore::{BlockMeta, Codec, KvStoreConfig, encode};
 use lcserve_proto::v1::kv_event::Kind;
 use lcserve_proto::v1::kv_store_client::KvStoreClient;
 use lcserve_proto::v1::{self, GetRequest, LookupRequest, PutBlock, StatsRequest, SubscribeRequest};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use support::Service;
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
@@ -28,18 +31,29 @@ fn block(i: u8) -> Vec<u8> {
 struct Server {
     client: KvStoreClient<Channel>,
     channel: Channel,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    service: Service,
+}
+
+async fn connect(service: &Service) -> (KvStoreClient<Channel>, Channel) {
+    let channel = Channel::from_shared(service.endpoint()).expect("uri").connect().await.expect("connects");
+    (KvStoreClient::new(channel.clone()), channel)
 }
 
 async fn start(config: KvStoreConfig) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(run(config, listener, async move {
-        let _ = stopped.await;
-    }));
-    let channel = Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connects");
-    Server { client: KvStoreClient::new(channel.clone()), channel, _stop: stop }
+    let service = Service::start(config).await;
+    let (client, channel) = connect(&service).await;
+    Server { client, channel, service }
+}
+
+impl Server {
+    /// Stops the server and starts a fresh one (empty, new epoch) on the same port.
+    async fn restart(self, config: KvStoreConfig) -> Server {
+        let Server { client, channel, service } = self;
+        drop((client, channel));
+        let service = Service::start_on(service.stop().await, config).await;
+        let (client, channel) = connect(&service).await;
+        Server { client, channel, service }
+    }
 }
 
 async fn put(client: &mut KvStoreClient<Channel>, ids: &[u8]) -> v1::PutResponse {
@@ -58,15 +72,28 @@ fn apply(set: &mut HashSet<Vec<u8>>, event: &v1::KvEvent) {
     };
 }
 
-/// Applies events until the stream stays quiet; returns the last sequence seen.
-async fn drain(stream: &mut Streaming<v1::KvEvent>, set: &mut HashSet<Vec<u8>>, mut last: u64) -> u64 {
+/// Where a subscriber is: the last event it applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Cursor {
+    sequence: u64,
+    epoch: Option<u64>,
+}
+
+impl Cursor {
+    fn resume(self, snapshot: bool) -> SubscribeRequest {
+        SubscribeRequest { from_sequence: Some(self.sequence), epoch: self.epoch, snapshot }
+    }
+}
+
+/// Applies events until the stream stays quiet; returns where it stopped.
+async fn drain(stream: &mut Streaming<v1::KvEvent>, set: &mut HashSet<Vec<u8>>, mut at: Cursor) -> Cursor {
     while let Ok(Some(event)) =
         tokio::time::timeout(Duration::from_millis(300), stream.message()).await.map(|m| m.expect("event"))
     {
         apply(set, &event);
-        last = event.sequence;
+        at = Cursor { sequence: event.sequence, epoch: Some(event.epoch) };
     }
-    last
+    at
 }
 
 async fn held(client: &mut KvStoreClient<Channel>, pool: u8) -> HashSet<Vec<u8>> {
@@ -106,7 +133,7 @@ async fn eviction_publishes_block_removed() {
     let mut server = start(KvStoreConfig { capacity_bytes: 3 * len, ..KvStoreConfig::default() }).await;
     let mut events = server
         .client
-        .subscribe_events(SubscribeRequest { from_sequence: None, snapshot: false })
+        .subscribe_events(SubscribeRequest { from_sequence: None, epoch: None, snapshot: false })
         .await
         .expect("sub")
         .into_inner();
@@ -129,21 +156,28 @@ async fn eviction_publishes_block_removed() {
 }
 
 #[tokio::test]
-async fn resumed_and_snapshot_subscribers_end_with_the_server_set() {
+async fn resumed_and_snapshot_subscribers_end_with_the_server_set_across_restarts() {
     let len = block(0).len();
-    let mut server = start(KvStoreConfig { capacity_bytes: 5 * len, ..KvStoreConfig::default() }).await;
+    let config = KvStoreConfig { capacity_bytes: 5 * len, ..KvStoreConfig::default() };
+    let mut server = start(config.clone()).await;
     let mut rng = StdRng::seed_from_u64(7);
     let mut mirror = HashSet::new();
-    let mut stream = server
-        .client
-        .subscribe_events(SubscribeRequest { from_sequence: None, snapshot: true })
-        .await
-        .expect("sub")
-        .into_inner();
-    let mut last = drain(&mut stream, &mut mirror, 0).await;
-    for round in 0..6 {
+    let first = SubscribeRequest { from_sequence: None, epoch: None, snapshot: true };
+    let mut stream = server.client.subscribe_events(first).await.expect("sub").into_inner();
+    let mut at = drain(&mut stream, &mut mirror, Cursor::default()).await;
+    let mut restarts = 0;
+    for round in 0..12 {
         drop(stream);
-        for _ in 0..rng.random_range(1..8) {
+        if rng.random_bool(0.3) {
+            server = server.restart(config.clone()).await;
+            restarts += 1;
+            let err = server.client.subscribe_events(at.resume(false)).await.expect_err("numbering restarted");
+            assert_eq!(err.code(), Code::FailedPrecondition);
+            assert!(err.message().contains("epoch"), "{}", err.message());
+        }
+        // Sometimes past the old sequence number: a resume by number alone would then replay
+        // the wrong events.
+        for _ in 0..rng.random_range(1..(at.sequence as usize + 4)) {
             if rng.random_bool(0.1) {
                 server.client.clear(v1::ClearRequest {}).await.expect("clear");
             } else {
@@ -151,31 +185,60 @@ async fn resumed_and_snapshot_subscribers_end_with_the_server_set() {
                 put(&mut server.client, &ids).await;
             }
         }
-        stream = server
-            .client
-            .subscribe_events(SubscribeRequest { from_sequence: Some(last), snapshot: false })
-            .await
-            .expect("resume")
-            .into_inner();
-        last = drain(&mut stream, &mut mirror, last).await;
+        stream = server.client.subscribe_events(at.resume(true)).await.expect("resume").into_inner();
+        at = drain(&mut stream, &mut mirror, at).await;
         assert_eq!(mirror, held(&mut server.client, 20).await, "round {round}");
+        let stats = server.client.stats(StatsRequest {}).await.expect("stats").into_inner();
+        assert_eq!(at, Cursor { sequence: stats.last_sequence, epoch: Some(stats.epoch) }, "round {round}");
     }
+    assert!(restarts >= 2, "the seed must exercise restarts: {restarts}");
     let mut fresh = HashSet::new();
-    let mut snap = server
-        .client
-        .subscribe_events(SubscribeRequest { from_sequence: None, snapshot: true })
-        .await
-        .expect("snapshot")
-        .into_inner();
-    drain(&mut snap, &mut fresh, 0).await;
+    let mut snap = server.client.subscribe_events(first).await.expect("snapshot").into_inner();
+    drain(&mut snap, &mut fresh, Cursor::default()).await;
     assert_eq!(fresh, mirror);
+}
+
+#[tokio::test]
+async fn a_resume_into_a_restarted_servers_numbering_is_a_snapshot_not_a_replay() {
+    let config = KvStoreConfig::default();
+    let mut server = start(config.clone()).await;
+    put(&mut server.client, &[1]).await;
+    let old = server.client.stats(StatsRequest {}).await.expect("stats").into_inner();
+    server = server.restart(config).await;
+    put(&mut server.client, &[2]).await;
+    put(&mut server.client, &[3]).await;
+    let new = server.client.stats(StatsRequest {}).await.expect("stats").into_inner();
+    assert_ne!(old.epoch, new.epoch);
+    assert!(new.last_sequence > old.last_sequence, "the old number is valid in the new numbering");
+    let at = Cursor { sequence: old.last_sequence, epoch: Some(old.epoch) };
+    let mut stream = server.client.subscribe_events(at.resume(true)).await.expect("sub").into_inner();
+    let mut set = HashSet::from([hash(1).0.to_vec()]);
+    drain(&mut stream, &mut set, at).await;
+    assert_eq!(set, HashSet::from([hash(2).0.to_vec(), hash(3).0.to_vec()]), "block 1 died with the old server");
+}
+
+#[tokio::test]
+async fn shutdown_ends_event_streams_instead_of_waiting_on_them() {
+    let mut server = start(KvStoreConfig::default()).await;
+    let live = SubscribeRequest { from_sequence: None, epoch: None, snapshot: false };
+    let mut stream = server.client.subscribe_events(live).await.expect("sub").into_inner();
+    put(&mut server.client, &[1]).await;
+    assert!(stream.message().await.expect("event").is_some());
+    let Server { service, .. } = server;
+    service.stop().await;
+    let end = tokio::time::timeout(Duration::from_secs(1), stream.message()).await.expect("the stream ends");
+    assert!(!matches!(end, Ok(Some(_))), "{end:?}");
 }
 
 #[tokio::test]
 async fn a_resume_past_the_log_asks_for_a_snapshot() {
     let mut server = start(KvStoreConfig { event_log_len: 2, ..KvStoreConfig::default() }).await;
     put(&mut server.client, &[1, 2, 3, 4]).await;
-    let err = server.client.subscribe_events(SubscribeRequest { from_sequence: Some(0), snapshot: false }).await.err();
+    let err = server
+        .client
+        .subscribe_events(SubscribeRequest { from_sequence: Some(0), epoch: None, snapshot: false })
+        .await
+        .err();
     let err = err.expect("not replayable");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("snapshot"), "{}", err.message());

@@ -8,12 +8,12 @@ use std::time::Duration;
 use lcserve_common::SequenceHash;
 use lcserve_proto::v1::{self, kv_store_server::KvStore};
 use lcserve_proto::{ProtoError, hash_to_bytes};
-use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::store::Store;
+use super::store::{NotReplayable, Store};
 use crate::tier::Blocks;
 
 /// Blocks handed to the store per batch while a `Put` stream arrives: bounds the RAM a stream
@@ -28,6 +28,8 @@ pub(crate) struct KvStoreService {
     pub store: Arc<Store>,
     pub max_block_bytes: usize,
     pub max_pin_lease: Duration,
+    /// Changes once, when the server begins to shut down.
+    pub stopping: tokio::sync::watch::Receiver<()>,
 }
 
 fn invalid(err: ProtoError) -> Status {
@@ -120,7 +122,7 @@ impl KvStore for KvStoreService {
     async fn stats(&self, _request: Request<v1::StatsRequest>) -> Result<Response<v1::StatsResponse>, Status> {
         let host = self.store.tiered.host().stats();
         let tiered = self.store.tiered.stats();
-        let (oldest_sequence, last_sequence) = self.store.sequences();
+        let (oldest_sequence, last_sequence, epoch) = self.store.sequences();
         let n = |v: usize| v as u64;
         Ok(Response::new(v1::StatsResponse {
             capacity_bytes: n(host.capacity),
@@ -141,6 +143,7 @@ impl KvStore for KvStoreService {
             last_sequence,
             oldest_sequence,
             shared_tier: self.store.tiered.shared().is_some(),
+            epoch,
         }))
     }
 
@@ -150,12 +153,16 @@ impl KvStore for KvStoreService {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeEventsStream>, Status> {
-        let v1::SubscribeRequest { from_sequence, snapshot } = *request.get_ref();
-        let subscription = self.store.subscribe(from_sequence, snapshot).map_err(|gone| {
-            Status::failed_precondition(format!(
-                "from_sequence: events after {} are not in the log (it holds {}..={}); resubscribe with snapshot",
-                gone.from, gone.oldest, gone.last
-            ))
+        let v1::SubscribeRequest { from_sequence, snapshot, epoch } = *request.get_ref();
+        let subscription = self.store.subscribe(from_sequence, epoch, snapshot).map_err(|gone| {
+            Status::failed_precondition(match gone {
+                NotReplayable::Gap { from, oldest, last } => format!(
+                    "from_sequence: events after {from} are not in the log (it holds {oldest}..={last}); resubscribe with snapshot"
+                ),
+                NotReplayable::OtherEpoch { asked, current } => format!(
+                    "epoch: {asked} is not this server's epoch {current} (it restarted, its sequence numbers with it); resubscribe with snapshot"
+                ),
+            })
         })?;
         let backlog = tokio_stream::iter(subscription.backlog.into_iter().map(Ok));
         // A subscriber too slow for the live buffer has missed events: end its stream with an
@@ -167,6 +174,9 @@ impl KvStore for KvStoreService {
                 ))
             })
         });
-        Ok(Response::new(Box::pin(backlog.chain(live))))
+        // Ends at shutdown: an open stream would hold the server's graceful shutdown forever.
+        let stopping = WatchStream::from_changes(self.stopping.clone()).map(|_| None);
+        let events = backlog.chain(live).map(Some).merge(stopping).map_while(|event| event);
+        Ok(Response::new(Box::pin(events)))
     }
 }

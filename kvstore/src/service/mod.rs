@@ -6,7 +6,9 @@
 //! RAM tier in front of an optional [`RedisTier`], through [`TieredStore`] (write-behind on
 //! `Put`, read-through and promotion on `Get`). Every change of the RAM tier's block set is
 //! published as a numbered `KvEvent` and kept in a bounded log, so a router mirroring the set
-//! can resume after a disconnect, or rebuild from a snapshot when the log has moved on.
+//! can resume after a disconnect, or rebuild from a snapshot when the log has moved on. The
+//! numbering belongs to a random per-start epoch, so a subscriber notices a restart instead of
+//! resuming into a numbering that started over.
 
 mod grpc;
 mod store;
@@ -116,9 +118,15 @@ pub async fn run(
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| ServiceError::NoRuntime)?;
     let redis = config.redis.as_ref().map(RedisTier::new).transpose()?;
     let tiered = TieredStore::new(HostCache::new(config.capacity_bytes), redis, config.tiered, &runtime);
-    let store = Arc::new(store::Store::new(tiered, config.event_log_len, config.subscriber_buffer));
-    let service =
-        grpc::KvStoreService { store, max_block_bytes: config.max_block_bytes, max_pin_lease: config.max_pin_lease };
+    let epoch = store::random_epoch();
+    let store = Arc::new(store::Store::new(tiered, config.event_log_len, config.subscriber_buffer, epoch));
+    let (stop, stopping) = tokio::sync::watch::channel(());
+    let service = grpc::KvStoreService {
+        store,
+        max_block_bytes: config.max_block_bytes,
+        max_pin_lease: config.max_pin_lease,
+        stopping,
+    };
     let kv_store = KvStoreServer::new(service)
         .max_decoding_message_size(config.max_message_bytes())
         .max_encoding_message_size(config.max_message_bytes());
@@ -135,7 +143,11 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(kv_store)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            // Ends the event streams, which would otherwise keep the graceful shutdown waiting.
+            stop.send_replace(());
+        })
         .await?;
     Ok(())
 }

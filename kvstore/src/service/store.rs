@@ -27,12 +27,13 @@ use crate::redis_tier::RedisTier;
 use crate::tier::Blocks;
 use crate::tiered::{TierKind, TieredStore};
 
-/// Why a subscription cannot start where it asked to.
+/// Why a subscription cannot start where it asked to (and did not ask for a snapshot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct NotReplayable {
-    pub from: u64,
-    pub oldest: u64,
-    pub last: u64,
+pub(crate) enum NotReplayable {
+    /// The events after `from` have left the log.
+    Gap { from: u64, oldest: u64, last: u64 },
+    /// `from` is a sequence number of another epoch: the server restarted since.
+    OtherEpoch { asked: u64, current: u64 },
 }
 
 /// What a subscriber receives first, and the live feed that follows it without a gap.
@@ -49,13 +50,15 @@ struct State {
     log_len: usize,
     /// Sequence number of the latest event; 0 before the first. Monotonic for the server's life.
     last: u64,
+    /// Random per server start: names the sequence numbering.
+    epoch: u64,
     live: broadcast::Sender<v1::KvEvent>,
 }
 
 impl State {
     fn push(&mut self, kind: Kind) {
         self.last += 1;
-        let event = v1::KvEvent { sequence: self.last, kind: Some(kind) };
+        let event = v1::KvEvent { sequence: self.last, kind: Some(kind), epoch: self.epoch };
         if self.log.len() >= self.log_len {
             self.log.pop_front();
         }
@@ -85,9 +88,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Store {
-    pub fn new(tiered: TieredStore<RedisTier>, log_len: usize, subscriber_buffer: usize) -> Self {
+    /// A store whose events are numbered in `epoch` (random per start, see `random_epoch`).
+    pub fn new(tiered: TieredStore<RedisTier>, log_len: usize, subscriber_buffer: usize, epoch: u64) -> Self {
         let (live, _) = broadcast::channel(subscriber_buffer.max(1));
-        let state = State { mirror: HashSet::new(), log: VecDeque::new(), log_len: log_len.max(1), last: 0, live };
+        let log = VecDeque::new();
+        let state = State { mirror: HashSet::new(), log, log_len: log_len.max(1), last: 0, epoch, live };
         Store { tiered, state: Mutex::new(state), pins: Arc::default(), next_pin: AtomicU64::new(1) }
     }
 
@@ -161,31 +166,41 @@ impl Store {
         lock(&self.pins).len()
     }
 
-    /// `(oldest replayable, last)` sequence numbers.
-    pub fn sequences(&self) -> (u64, u64) {
+    /// `(oldest replayable, last)` sequence numbers, and the epoch they belong to.
+    pub fn sequences(&self) -> (u64, u64, u64) {
         let state = lock(&self.state);
-        (state.oldest(), state.last)
+        (state.oldest(), state.last, state.epoch)
     }
 
-    /// Starts a subscription: replay after `from` if the log still has it, else (or with no
-    /// `from`) a snapshot when asked, else live events only. The live receiver is taken under
-    /// the same lock as the backlog, so nothing falls between them.
-    pub fn subscribe(&self, from: Option<u64>, snapshot: bool) -> Result<Subscription, NotReplayable> {
+    /// Starts a subscription: replay after `from` if it is of this epoch (when `epoch` is
+    /// given) and the log still has it, else (or with no `from`) a snapshot when asked, else
+    /// live events only. The live receiver is taken under the same lock as the backlog, so
+    /// nothing falls between them.
+    pub fn subscribe(
+        &self,
+        from: Option<u64>,
+        epoch: Option<u64>,
+        snapshot: bool,
+    ) -> Result<Subscription, NotReplayable> {
         let state = lock(&self.state);
         let live = state.live.subscribe();
         if let Some(from) = from {
             let oldest = state.oldest();
-            if from <= state.last && from + 1 >= oldest {
-                let backlog = state.log.iter().filter(|event| event.sequence > from).cloned().collect();
-                return Ok(Subscription { backlog, live });
-            }
+            let gap = match epoch {
+                Some(asked) if asked != state.epoch => NotReplayable::OtherEpoch { asked, current: state.epoch },
+                _ if from <= state.last && from + 1 >= oldest => {
+                    let backlog = state.log.iter().filter(|event| event.sequence > from).cloned().collect();
+                    return Ok(Subscription { backlog, live });
+                }
+                _ => NotReplayable::Gap { from, oldest, last: state.last },
+            };
             if !snapshot {
-                return Err(NotReplayable { from, oldest, last: state.last });
+                return Err(gap);
             }
         }
         let mut backlog = Vec::new();
         if snapshot {
-            let at = |kind| v1::KvEvent { sequence: state.last, kind: Some(kind) };
+            let at = |kind| v1::KvEvent { sequence: state.last, kind: Some(kind), epoch: state.epoch };
             backlog.reserve(state.mirror.len() + 1);
             backlog.push(at(Kind::Cleared(v1::Cleared {})));
             backlog.extend(
@@ -194,4 +209,10 @@ impl Store {
         }
         Ok(Subscription { backlog, live })
     }
+}
+
+/// A random, nonzero epoch for a server start: a restarted server numbers its events from 1
+/// again, and the epoch tells a resuming subscriber that its sequence number means nothing here.
+pub(crate) fn random_epoch() -> u64 {
+    rand::random::<u64>().max(1)
 }
