@@ -31,19 +31,26 @@ pub struct KvStoreArgs {
     max_block_bytes: usize,
 }
 
+impl KvStoreArgs {
+    /// The service config these flags describe (not yet validated).
+    fn config(&self) -> KvStoreConfig {
+        let redis = self.redis_url.as_ref().map(|url| RedisTierConfig {
+            key_prefix: self.redis_key_prefix.clone(),
+            ttl: Duration::from_secs(self.redis_ttl_secs),
+            op_timeout: Duration::from_millis(self.redis_timeout_ms),
+            ..RedisTierConfig::new(url.as_str())
+        });
+        KvStoreConfig {
+            capacity_bytes: self.capacity_bytes,
+            max_block_bytes: self.max_block_bytes,
+            redis,
+            ..KvStoreConfig::default()
+        }
+    }
+}
+
 pub fn run(args: KvStoreArgs) -> anyhow::Result<()> {
-    let redis = args.redis_url.map(|url| RedisTierConfig {
-        key_prefix: args.redis_key_prefix,
-        ttl: Duration::from_secs(args.redis_ttl_secs),
-        op_timeout: Duration::from_millis(args.redis_timeout_ms),
-        ..RedisTierConfig::new(url)
-    });
-    let config = KvStoreConfig {
-        capacity_bytes: args.capacity_bytes,
-        max_block_bytes: args.max_block_bytes,
-        redis,
-        ..KvStoreConfig::default()
-    };
+    let config = args.config();
     config.validate()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
@@ -57,4 +64,48 @@ pub fn run(args: KvStoreArgs) -> anyhow::Result<()> {
         lcserve_kvstore::run(config, listener, shutdown).await?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: KvStoreArgs,
+    }
+
+    fn config(flags: &[&str]) -> KvStoreConfig {
+        let cli = Cli::try_parse_from(std::iter::once("kvstore").chain(flags.iter().copied())).expect("parses");
+        cli.args.config()
+    }
+
+    #[test]
+    fn redis_flags_configure_the_shared_tier() {
+        let config = config(&[
+            "--redis-url",
+            "redis://127.0.0.1:6380/2",
+            "--redis-key-prefix",
+            "prod:kv:",
+            "--redis-ttl-secs",
+            "60",
+            "--redis-timeout-ms",
+            "20",
+        ]);
+        let redis = config.redis.as_ref().expect("a shared tier");
+        assert_eq!(redis.url, "redis://127.0.0.1:6380/2");
+        assert_eq!(redis.key_prefix, "prod:kv:");
+        assert_eq!((redis.ttl, redis.op_timeout), (Duration::from_secs(60), Duration::from_millis(20)));
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn without_a_redis_url_the_store_is_ram_only() {
+        let config = config(&["--capacity-bytes", "1048576"]);
+        assert!(config.redis.is_none());
+        assert_eq!(config.capacity_bytes, 1 << 20);
+    }
 }

@@ -35,7 +35,7 @@ pub enum ModelError {
     #[error("batch entry {index}: {reason}")]
     InvalidBatch { index: usize, reason: String },
     #[error(transparent)]
-    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    Tokenizer(#[from] lcserve_text::TokenizerError),
     #[error("kernel failed: {0}")]
     Kernel(#[from] lcserve_kernels::KernelError),
 }

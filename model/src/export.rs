@@ -16,6 +16,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use lcserve_kernels::dequantize_row;
+use lcserve_text::Tokenizer;
 use safetensors::Dtype;
 use safetensors::tensor::{Metadata, TensorInfo};
 use serde_json::{Value, json};
@@ -23,7 +24,6 @@ use serde_json::{Value, json};
 use crate::config::{Architecture, ModelConfig, RopeLayout, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::source::{GgufSource, HfSource, TensorSource, WeightTensor};
-use crate::tokenizer::Tokenizer;
 
 /// Writes `gguf` (with its `tokenizer` and `chat_template`) to `out_dir` as a Hugging Face
 /// directory, creating the directory if needed and overwriting the four files it writes.

@@ -1,4 +1,4 @@
-//! Models for lcserve: formats, tokenizer, chat template, and the forward pass.
+//! Models for lcserve: formats, the GGUF tokenizer, and the forward pass.
 //!
 //! Data flow: a [`GgufSource`] (GGUF file) or [`HfSource`] (Hugging Face directory) yields
 //! memory-mapped tensors by GGUF name → [`Weights`] turns them into typed matrices (fusing
@@ -7,34 +7,33 @@
 //! writing K/V into a paged [`KvArena`] and attending through an [`AttentionBackend`].
 //!
 //! The heavy math lives in `lcserve-kernels`; this crate owns shapes, names and the order of
-//! operations.
+//! operations. Text handling ([`Tokenizer`], [`ChatTemplate`], [`IncrementalDecoder`]) lives in
+//! `lcserve-text`, which links no candle so the router can use it, and is re-exported here; only
+//! [`tokenizer_from_gguf_metadata`], which reads candle's GGUF metadata, stays in this crate.
 
 mod attention;
-mod chat_template;
 mod config;
-mod detokenizer;
 mod error;
 mod export;
 mod fingerprint;
 mod forward;
+mod gguf_tokenizer;
 mod kv_arena;
 mod model;
 mod source;
 mod tiny;
-mod tokenizer;
 mod weights;
 
 pub use attention::{AttentionBackend, DenseAttention};
-pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::{Architecture, ModelConfig, RopeConfig, RopeLayout, RopeScaling};
-pub use detokenizer::IncrementalDecoder;
 pub use error::{ModelError, Result};
 pub use export::export_hf_dir;
 pub use forward::{Logits, LogitsWanted, SequenceInput};
+pub use gguf_tokenizer::tokenizer_from_gguf_metadata;
 pub use kv_arena::{KV_ELEM_BYTES, KvArena};
 pub use lcserve_kernels::Activations;
+pub use lcserve_text::{ChatMessage, ChatTemplate, IncrementalDecoder, SpecialTokens, Tokenizer, TokenizerError};
 pub use model::{LoadProgress, Model, ModelFormat, ModelSummary};
 pub use source::{GgufSource, HfSource, TensorSource, WeightTensor};
 pub use tiny::{TinyModelPaths, write_tiny_model, write_tiny_model_arch};
-pub use tokenizer::{Tokenizer, TokenizerError};
 pub use weights::{LayerWeights, Projection, Weights, dequantize_vector};

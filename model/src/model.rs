@@ -6,14 +6,14 @@ use std::sync::Arc;
 use lcserve_common::{KvLayout, ModelFingerprint};
 use lcserve_kernels::Activations;
 use lcserve_kernels::ops::RopeTable;
+use lcserve_text::{ChatTemplate, Tokenizer};
 use serde::Serialize;
 
-use crate::chat_template::ChatTemplate;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::fingerprint::fingerprint;
+use crate::gguf_tokenizer::tokenizer_from_gguf_metadata;
 use crate::source::{GgufSource, TensorSource};
-use crate::tokenizer::Tokenizer;
 use crate::weights::Weights;
 
 /// On-disk format a model was loaded from.
@@ -80,7 +80,7 @@ impl Model {
         } else {
             let source = GgufSource::open(path)?;
             let config = source.config()?;
-            let tokenizer = Tokenizer::from_gguf_metadata(source.metadata())?;
+            let tokenizer = tokenizer_from_gguf_metadata(source.metadata())?;
             let chat_template = match source.metadata().get("tokenizer.chat_template") {
                 Some(value) => {
                     let text = value.to_string().map_err(|e| ModelError::InvalidMetadata {

@@ -29,8 +29,8 @@ use rand::{Rng, SeedableRng};
 use crate::config::Architecture;
 use crate::error::{ModelError, Result};
 use crate::export::export_hf_dir;
+use crate::gguf_tokenizer::tokenizer_from_gguf_metadata;
 use crate::source::GgufSource;
-use crate::tokenizer::Tokenizer;
 
 const HIDDEN: usize = 64;
 const LAYERS: usize = 2;
@@ -110,7 +110,7 @@ pub fn write_tiny_model_arch(out_dir: &Path, seed: u64, arch: Architecture) -> R
         TinyModelPaths { gguf: out_dir.join(format!("{stem}.gguf")), hf_dir: out_dir.join(format!("{stem}-hf")) };
     write_gguf(&paths.gguf, seed, arch)?;
     let gguf = GgufSource::open(&paths.gguf)?;
-    let tokenizer = Tokenizer::from_gguf_metadata(gguf.metadata())?;
+    let tokenizer = tokenizer_from_gguf_metadata(gguf.metadata())?;
     export_hf_dir(&gguf, &tokenizer, Some(CHAT_TEMPLATE), &paths.hf_dir)?;
     Ok(paths)
 }

@@ -428,7 +428,7 @@ fn tokenizer_and_chat_template_come_back() {
 fn reference_model_round_trips_through_hf() {
     let Some(path) = reference_model_path() else { return };
     let gguf = GgufSource::open(&path).expect("open reference");
-    let tokenizer = lcserve_model::Tokenizer::from_gguf_metadata(gguf.metadata()).expect("tokenizer");
+    let tokenizer = lcserve_model::tokenizer_from_gguf_metadata(gguf.metadata()).expect("tokenizer");
     let template = gguf.metadata().get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
     let out = tempfile::tempdir().expect("tempdir");
     export_hf_dir(&gguf, &tokenizer, template.as_deref(), out.path()).expect("export");

@@ -1,9 +1,10 @@
-//! Tokenizer, chat template and streaming detokenizer tests.
+//! Tokenizers rebuilt from GGUF metadata: the SmolLM2 reference vocabulary, every pre-tokenizer,
+//! SentencePiece, metadata errors, and streaming on the real vocabulary. Tests that need no GGUF
+//! (tokenizer.json, chat templates, the detokenizer on a tiny vocabulary) live in `lcserve-text`.
 //!
 //! Reference ids were computed with Hugging Face `tokenizers` (Python) from this GGUF's vocabulary
 //! and merges, with SmolLM2's published pre-tokenizer (individual digits, then GPT-2 byte-level
-//! splitting) — i.e. what `tokenizer.json` of SmolLM2-135M-Instruct encodes. Expected template
-//! output was produced with Python jinja2 configured as transformers' `apply_chat_template`.
+//! splitting) — i.e. what `tokenizer.json` of SmolLM2-135M-Instruct encodes.
 //! Tests that need the reference model print a note and pass when the file is absent.
 
 use std::collections::HashMap;
@@ -11,9 +12,17 @@ use std::error::Error;
 use std::path::PathBuf;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use lcserve_model::{ChatMessage, ChatTemplate, IncrementalDecoder, Tokenizer, TokenizerError};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use lcserve_model::{
+    ChatMessage, ChatTemplate, IncrementalDecoder, Tokenizer, TokenizerError, tokenizer_from_gguf_metadata,
+};
+use streaming::{
+    assert_holds_back_split_character, assert_random_streams_match_decode, assert_streams_after_prompt,
+    assert_streams_whole_characters, stream,
+};
+
+/// The streaming checks `lcserve-text` runs on its tiny vocabulary, here run on the real one.
+#[path = "../../text/tests/support/streaming.rs"]
+mod streaming;
 
 type TestResult = Result<(), Box<dyn Error>>;
 
@@ -34,7 +43,7 @@ fn smollm_metadata() -> Result<Option<HashMap<String, Value>>, Box<dyn Error>> {
 
 fn smollm() -> Result<Option<Tokenizer>, Box<dyn Error>> {
     Ok(match smollm_metadata()? {
-        Some(md) => Some(Tokenizer::from_gguf_metadata(&md)?),
+        Some(md) => Some(tokenizer_from_gguf_metadata(&md)?),
         None => None,
     })
 }
@@ -175,14 +184,6 @@ fn json_round_trip_keeps_behaviour() -> TestResult {
     Ok(())
 }
 
-#[test]
-fn from_file_reports_missing_file() {
-    let err = Tokenizer::from_file("/nonexistent/tokenizer.json");
-    assert!(matches!(err, Err(TokenizerError::Io { .. })), "{err:?}");
-    let err = Tokenizer::from_json_bytes(b"{not json");
-    assert!(matches!(err, Err(TokenizerError::Tokenizers { .. })), "{err:?}");
-}
-
 // ---------------------------------------------------------------------------------------------
 // Synthetic GGUF metadata: error paths, every pre-tokenizer, SentencePiece.
 
@@ -255,7 +256,7 @@ fn every_pre_tokenizer_builds_and_round_trips() -> TestResult {
         "dbrx",
         "some-future-name",
     ] {
-        let tok = Tokenizer::from_gguf_metadata(&tiny_byte_level(pre)).map_err(|e| format!("pre {pre}: {e}"))?;
+        let tok = tokenizer_from_gguf_metadata(&tiny_byte_level(pre)).map_err(|e| format!("pre {pre}: {e}"))?;
         let ids = tok.encode(text, false)?;
         assert_eq!(tok.decode(&ids, false)?, text, "pre {pre}");
         assert_eq!(tok.eos_ids(), &[0], "pre {pre}");
@@ -263,7 +264,7 @@ fn every_pre_tokenizer_builds_and_round_trips() -> TestResult {
         assert_eq!(tok.encode("he", false)?, vec![he], "pre {pre}");
     }
     for pre in ["kimi-k2", "chameleon"] {
-        let err = Tokenizer::from_gguf_metadata(&tiny_byte_level(pre));
+        let err = tokenizer_from_gguf_metadata(&tiny_byte_level(pre));
         assert!(matches!(err, Err(TokenizerError::UnsupportedPreTokenizer { .. })), "{pre}: {err:?}");
     }
     Ok(())
@@ -274,7 +275,7 @@ fn add_bos_token_prepends_bos_and_survives_json() -> TestResult {
     let mut md = tiny_byte_level("llama-bpe");
     md.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(true));
     md.insert("tokenizer.ggml.bos_token_id".into(), Value::U32(0));
-    let tok = Tokenizer::from_gguf_metadata(&md)?;
+    let tok = tokenizer_from_gguf_metadata(&md)?;
     assert!(tok.add_bos());
     let plain = tok.encode("hello", false)?;
     let mut with_bos = vec![0];
@@ -292,12 +293,12 @@ fn add_bos_token_prepends_bos_and_survives_json() -> TestResult {
 fn metadata_errors_name_the_problem() {
     let mut md = tiny_byte_level("gpt2");
     md.remove("tokenizer.ggml.merges");
-    let err = Tokenizer::from_gguf_metadata(&md);
+    let err = tokenizer_from_gguf_metadata(&md);
     assert!(matches!(&err, Err(TokenizerError::MissingMetadata { key }) if key == "tokenizer.ggml.merges"), "{err:?}");
 
     let mut md = tiny_byte_level("gpt2");
     md.insert("tokenizer.ggml.tokens".into(), Value::U32(7));
-    let err = Tokenizer::from_gguf_metadata(&md);
+    let err = tokenizer_from_gguf_metadata(&md);
     assert!(
         matches!(&err, Err(TokenizerError::WrongMetadataType { key, .. }) if key == "tokenizer.ggml.tokens"),
         "{err:?}"
@@ -305,7 +306,7 @@ fn metadata_errors_name_the_problem() {
 
     let mut md = tiny_byte_level("gpt2");
     md.insert("tokenizer.ggml.model".into(), Value::String("bert".into()));
-    let err = Tokenizer::from_gguf_metadata(&md);
+    let err = tokenizer_from_gguf_metadata(&md);
     match err {
         Err(e @ TokenizerError::UnsupportedModel { .. }) => {
             assert!(e.to_string().contains("tokenizer.ggml.model = \"bert\""), "{e}");
@@ -315,12 +316,12 @@ fn metadata_errors_name_the_problem() {
 
     let mut md = tiny_byte_level("gpt2");
     md.insert("tokenizer.ggml.merges".into(), strings(&["nospace"]));
-    let err = Tokenizer::from_gguf_metadata(&md);
+    let err = tokenizer_from_gguf_metadata(&md);
     assert!(matches!(err, Err(TokenizerError::InvalidVocab { .. })), "{err:?}");
 
     let mut md = tiny_byte_level("gpt2");
     md.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(100_000));
-    let err = Tokenizer::from_gguf_metadata(&md);
+    let err = tokenizer_from_gguf_metadata(&md);
     assert!(matches!(err, Err(TokenizerError::InvalidVocab { .. })), "{err:?}");
 }
 
@@ -373,7 +374,7 @@ fn tiny_sentencepiece() -> HashMap<String, Value> {
 
 #[test]
 fn sentencepiece_merges_by_score_with_byte_fallback() -> TestResult {
-    let tok = Tokenizer::from_gguf_metadata(&tiny_sentencepiece())?;
+    let tok = tokenizer_from_gguf_metadata(&tiny_sentencepiece())?;
     let id = |t: &str| tok.token_to_id(t).ok_or(format!("no token {t}"));
     let (hello, world) = (id("▁hello")?, id("▁world")?);
     // SentencePiece models add BOS by default.
@@ -390,12 +391,7 @@ fn sentencepiece_merges_by_score_with_byte_fallback() -> TestResult {
     assert_eq!(tok.eos_ids(), &[2]);
 
     let all = [hello, world, id("▁")?, 3 + 0xC3, 3 + 0xA9, hello];
-    let mut dec = IncrementalDecoder::new(tok.clone(), false);
-    let mut chunks = Vec::new();
-    for &t in &all {
-        chunks.extend(dec.push(t)?);
-    }
-    chunks.extend(dec.flush()?);
+    let chunks = stream(&tok, &all, false)?;
     assert_eq!(chunks, ["hello", " world", " ", "é", " hello"]);
     assert_eq!(chunks.concat(), tok.decode(&all, false)?);
 
@@ -408,16 +404,6 @@ fn sentencepiece_merges_by_score_with_byte_fallback() -> TestResult {
 // ---------------------------------------------------------------------------------------------
 // Streaming detokenizer on the real vocabulary.
 
-fn stream(tok: &Tokenizer, ids: &[u32], skip_special: bool) -> Result<Vec<String>, TokenizerError> {
-    let mut dec = IncrementalDecoder::new(tok.clone(), skip_special);
-    let mut chunks = Vec::new();
-    for &id in ids {
-        chunks.extend(dec.push(id)?);
-    }
-    chunks.extend(dec.flush()?);
-    Ok(chunks)
-}
-
 #[test]
 fn streaming_matches_full_decode_for_unicode_text() -> TestResult {
     let Some(tok) = smollm()? else { return Ok(()) };
@@ -429,196 +415,49 @@ fn streaming_matches_full_decode_for_unicode_text() -> TestResult {
         "🤗",
     ];
     for text in texts {
-        let ids = tok.encode(text, false)?;
-        for skip_special in [false, true] {
-            let chunks = stream(&tok, &ids, skip_special)?;
-            assert_eq!(chunks.concat(), tok.decode(&ids, skip_special)?, "{text:?}");
-            for chunk in &chunks {
-                assert!(!chunk.contains('\u{FFFD}'), "broken UTF-8 in {chunk:?} of {text:?}");
-            }
-        }
-        // One token at a time really streams: the emoji split across tokens is held back.
-        assert_eq!(stream(&tok, &ids, false)?.concat(), text);
+        assert_streams_whole_characters(&tok, text)?;
     }
-    let ids = tok.encode("🤗", false)?;
-    assert!(ids.len() > 1, "expected the emoji to span several byte tokens: {ids:?}");
-    let mut dec = IncrementalDecoder::new(tok.clone(), false);
-    for &id in &ids[..ids.len() - 1] {
-        assert_eq!(dec.push(id)?, None);
-    }
-    assert_eq!(dec.push(ids[ids.len() - 1])?.as_deref(), Some("🤗"));
+    assert_holds_back_split_character(&tok, "🤗")?;
     Ok(())
 }
 
 #[test]
 fn streaming_matches_full_decode_for_random_tokens() -> TestResult {
     let Some(tok) = smollm()? else { return Ok(()) };
-    let vocab = u32::try_from(tok.vocab_size())?;
-    let mut rng = StdRng::seed_from_u64(0x5eed);
-    for round in 0..200 {
-        let len = rng.random_range(1..80);
-        let ids: Vec<u32> = (0..len).map(|_| rng.random_range(0..vocab)).collect();
-        let skip_special = round % 2 == 1;
-        let chunks = stream(&tok, &ids, skip_special)?;
-        assert_eq!(chunks.concat(), tok.decode(&ids, skip_special)?, "ids {ids:?}");
-    }
-    Ok(())
+    assert_random_streams_match_decode(&tok, 200)
 }
 
 #[test]
 fn streaming_with_prompt_emits_only_generated_text() -> TestResult {
     let Some(tok) = smollm()? else { return Ok(()) };
-    let prompt = tok.encode("<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n", false)?;
-    let generated = tok.encode("Hi there 👋!", false)?;
-    let mut dec = IncrementalDecoder::with_prompt(tok.clone(), true, &prompt);
-    let mut out = String::new();
-    for &id in &generated {
-        out.extend(dec.push(id)?);
-    }
-    out.extend(dec.flush()?);
-    assert_eq!(out, "Hi there 👋!");
+    let prompt = "<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n";
+    assert_streams_after_prompt(&tok, prompt, "Hi there 👋!")?;
     Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
-// Chat templates.
+// The GGUF's chat template (rendering itself is tested in `lcserve-text`).
 
-const SMOLLM_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-
-const LLAMA3_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
-
-/// Block tags on their own lines (trim_blocks / lstrip_blocks), Python methods, `tojson`.
-const BLOCKY_TEMPLATE: &str = "{% for message in messages %}
-    {% if message.role == 'system' %}
-[SYS] {{ message.content.strip() }}
-    {% else %}
-[{{ message['role'].upper() }}] {{ message.content | tojson }}
-    {% endif %}
-{% endfor %}
-{% if add_generation_prompt %}
-[ASSISTANT]
-{% endif %}";
-
-fn conv1() -> Vec<ChatMessage> {
-    vec![ChatMessage::new("user", "Hi there!")]
-}
-
-fn conv2() -> Vec<ChatMessage> {
-    vec![
-        ChatMessage::new("system", "  Be brief.  "),
-        ChatMessage::new("user", "What is 2+2?"),
-        ChatMessage::new("assistant", "4"),
-        ChatMessage::new("user", "Thanks \"friend\" é"),
-    ]
-}
+/// The template `lcserve-text`'s reference renderings were produced for.
+const SMOLLM_TEMPLATE: &str = include_str!("../../text/tests/fixtures/smollm2_chat_template.jinja");
 
 #[test]
 fn smollm_template_from_gguf_matches_reference() -> TestResult {
-    let source = match smollm_metadata()? {
-        Some(md) => match md.get("tokenizer.chat_template") {
-            Some(Value::String(s)) => s.clone(),
-            other => return Err(format!("chat template missing: {other:?}").into()),
-        },
-        None => SMOLLM_TEMPLATE.to_owned(),
+    let Some(md) = smollm_metadata()? else { return Ok(()) };
+    let source = match md.get("tokenizer.chat_template") {
+        Some(Value::String(s)) => s.clone(),
+        other => return Err(format!("chat template missing: {other:?}").into()),
     };
     assert_eq!(source, SMOLLM_TEMPLATE);
     let t = ChatTemplate::new(source)?;
-    const SYS: &str =
-        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n";
-    assert_eq!(
-        t.render_with_tokens(&conv1(), false, "<|im_start|>", "<|im_end|>")?,
-        format!("{SYS}<|im_start|>user\nHi there!<|im_end|>\n")
-    );
-    assert_eq!(
-        t.render_with_tokens(&conv1(), true, "<|im_start|>", "<|im_end|>")?,
-        format!("{SYS}<|im_start|>user\nHi there!<|im_end|>\n<|im_start|>assistant\n")
-    );
-    assert_eq!(
-        t.render_with_tokens(&conv2(), true, "<|im_start|>", "<|im_end|>")?,
-        "<|im_start|>system\n  Be brief.  <|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n<|im_start|>user\nThanks \"friend\" é<|im_end|>\n<|im_start|>assistant\n"
-    );
-    // The rendered prompt tokenizes with the ChatML markers as single special tokens.
-    if let Some(tok) = smollm()? {
-        assert_eq!(
-            t.render(&conv1(), true, &tok)?,
-            t.render_with_tokens(&conv1(), true, "<|im_start|>", "<|im_end|>")?
-        );
-        let ids = tok.encode(&t.render_with_tokens(&conv1(), true, "", "")?, false)?;
-        assert_eq!(ids.iter().filter(|&&i| i == 1).count(), 3);
-        assert_eq!(ids.iter().filter(|&&i| i == 2).count(), 2);
-        assert!(ids.ends_with(&[1, 520, 9531, 198]), "{ids:?}");
-    }
-    Ok(())
-}
-
-#[test]
-fn llama3_template_matches_reference() -> TestResult {
-    let t = ChatTemplate::new(LLAMA3_TEMPLATE)?;
-    let bos = "<|begin_of_text|>";
-    let eos = "<|eot_id|>";
-    assert_eq!(
-        t.render_with_tokens(&conv1(), false, bos, eos)?,
-        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi there!<|eot_id|>"
-    );
-    assert_eq!(
-        t.render_with_tokens(&conv2(), true, bos, eos)?,
-        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n4<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nThanks \"friend\" é<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
-    );
-    Ok(())
-}
-
-#[test]
-fn block_template_trims_like_transformers() -> TestResult {
-    let t = ChatTemplate::new(BLOCKY_TEMPLATE)?;
-    assert_eq!(t.render_with_tokens(&conv1(), false, "", "")?, "[USER] \"Hi there!\"\n");
-    assert_eq!(
-        t.render_with_tokens(&conv2(), true, "", "")?,
-        "[SYS] Be brief.\n[USER] \"What is 2+2?\"\n[ASSISTANT] \"4\"\n[USER] \"Thanks \\\"friend\\\" é\"\n[ASSISTANT]\n"
-    );
-    Ok(())
-}
-
-#[test]
-fn tojson_uses_python_separators() -> TestResult {
-    let t =
-        ChatTemplate::new("{{ {'a': [1, 2], 'b': '<tag> & é'} | tojson }}|{{ [1, {'k': 'v'}] | tojson(indent=2) }}")?;
-    assert_eq!(
-        t.render_with_tokens(&[], false, "", "")?,
-        "{\"a\": [1, 2], \"b\": \"<tag> & é\"}|[\n  1,\n  {\n    \"k\": \"v\"\n  }\n]"
-    );
-    Ok(())
-}
-
-#[test]
-fn template_errors_are_classified() -> TestResult {
-    let raising = ChatTemplate::new(
-        "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{{ m['content'] }}{% endfor %}",
-    )?;
-    assert_eq!(raising.render_with_tokens(&conv1(), false, "", "")?, "Hi there!");
-    let bad = [ChatMessage::new("assistant", "first")];
-    match raising.render_with_tokens(&bad, false, "", "") {
-        Err(TokenizerError::TemplateRaised { message }) => {
-            assert_eq!(message, "Conversation roles must alternate user/assistant/user/assistant/...");
-        }
-        other => return Err(format!("expected TemplateRaised, got {other:?}").into()),
-    }
-
-    let syntax = ChatTemplate::new("{% for m in messages %}{{ m.content }");
-    assert!(matches!(syntax, Err(TokenizerError::TemplateSyntax { .. })), "{syntax:?}");
-
-    let broken = ChatTemplate::new("{{ messages[0].content + 1 }}")?;
-    let err = broken.render_with_tokens(&conv1(), false, "", "");
-    assert!(matches!(err, Err(TokenizerError::TemplateRender { .. })), "{err:?}");
-
-    let dated = ChatTemplate::new("{{ strftime_now('%Y') | length }}")?;
-    assert_eq!(dated.render_with_tokens(&[], false, "", "")?, "4");
-    Ok(())
-}
-
-#[test]
-fn chat_message_is_serde() -> TestResult {
-    let m: ChatMessage = serde_json::from_str(r#"{"role":"user","content":"hi"}"#)?;
-    assert_eq!(m, ChatMessage::new("user", "hi"));
-    assert_eq!(serde_json::to_string(&m)?, r#"{"role":"user","content":"hi"}"#);
+    let tok = tokenizer_from_gguf_metadata(&md)?;
+    let conv = [ChatMessage::new("user", "Hi there!")];
+    // `render` spells the tokenizer's BOS/EOS ids; the rendered prompt tokenizes with the ChatML
+    // markers as single special tokens.
+    assert_eq!(t.render(&conv, true, &tok)?, t.render_with_tokens(&conv, true, "<|im_start|>", "<|im_end|>")?);
+    let ids = tok.encode(&t.render_with_tokens(&conv, true, "", "")?, false)?;
+    assert_eq!(ids.iter().filter(|&&i| i == 1).count(), 3);
+    assert_eq!(ids.iter().filter(|&&i| i == 2).count(), 2);
+    assert!(ids.ends_with(&[1, 520, 9531, 198]), "{ids:?}");
     Ok(())
 }

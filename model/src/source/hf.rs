@@ -15,15 +15,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lcserve_kernels::{QuantType, WeightData};
+use lcserve_text::{ChatTemplate, Tokenizer};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{Map, Value};
 
 use super::{TensorSource, WeightTensor};
-use crate::chat_template::ChatTemplate;
 use crate::config::{Architecture, ModelConfig, RopeConfig, RopeLayout, RopeScaling};
 use crate::error::{ModelError, Result};
-use crate::tokenizer::Tokenizer;
 
 const CONFIG_FILE: &str = "config.json";
 const WEIGHTS_FILE: &str = "model.safetensors";

@@ -1,11 +1,8 @@
-//! Text ⇄ token ids for a served model.
+//! Rebuilding a tokenizer from a GGUF file's `tokenizer.ggml.*` metadata.
 //!
-//! A model either ships a Hugging Face `tokenizer.json` or, as a GGUF file, carries its vocabulary
-//! in `tokenizer.ggml.*` metadata. Both end up as one [`tokenizers::Tokenizer`], so encoding,
-//! decoding and the JSON handed to a router behave identically whichever way the model was
-//! loaded; [`Tokenizer`] adds the ids generation needs (BOS, the set of stop ids).
-//!
-//! Rebuilding from GGUF follows llama.cpp, the runtime GGUF files are made for:
+//! This lives in the model crate, not in `lcserve-text`, because the metadata arrives as candle's
+//! `gguf_file::Value`; the result is an ordinary [`Tokenizer`] whose `to_json` a router can load
+//! without candle. Rebuilding follows llama.cpp, the runtime GGUF files are made for:
 //!
 //! * `tokenizer.ggml.model = "gpt2"`: byte-level BPE. Tokens are stored already spelled in GPT-2's
 //!   byte alphabet, merges as `"left right"`. Text is split by the regexes llama.cpp picks from
@@ -18,14 +15,12 @@
 //! * anything else is [`TokenizerError::UnsupportedModel`].
 //!
 //! Token types: 3 (control) become special added tokens, 4 (user-defined) plain added tokens, so
-//! both are matched whole in input text, as llama.cpp does. Special tokens written in the input
-//! text *are* parsed as special tokens; that is what chat templates rely on.
+//! both are matched whole in input text, as llama.cpp does.
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::HashMap;
 
 use candle_core::quantized::gguf_file::Value;
+use lcserve_text::{SpecialTokens, Tokenizer, TokenizerError};
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel;
 use tokenizers::decoders::fuse::Fuse;
@@ -38,315 +33,115 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
-/// Everything that can go wrong turning metadata, JSON or a chat template into text or tokens.
-#[derive(Debug, thiserror::Error)]
-pub enum TokenizerError {
-    /// A metadata key the tokenizer cannot be built without is absent.
-    #[error("GGUF metadata key `{key}` is missing")]
-    MissingMetadata { key: String },
-    /// A metadata key holds a value of the wrong type.
-    #[error("GGUF metadata key `{key}` should be {expected}, found {found}")]
-    WrongMetadataType { key: String, expected: &'static str, found: String },
-    /// `tokenizer.ggml.model` names a tokenizer family this crate does not rebuild.
-    #[error("tokenizer.ggml.model = {model:?} is not supported (supported: \"gpt2\", \"llama\")")]
-    UnsupportedModel { model: String },
-    /// `tokenizer.ggml.pre` names a pre-tokenizer llama.cpp implements with custom code, not regexes.
-    #[error("tokenizer.ggml.pre = {pre:?} needs a custom pre-tokenizer and is not supported")]
-    UnsupportedPreTokenizer { pre: String },
-    /// The vocabulary is inconsistent (lengths differ, a merge names an unknown token, ...).
-    #[error("invalid tokenizer vocabulary: {reason}")]
-    InvalidVocab { reason: String },
-    /// The `tokenizers` crate rejected an operation.
-    #[error("tokenizer {op} failed: {message}")]
-    Tokenizers { op: &'static str, message: String },
-    /// Reading a tokenizer file failed.
-    #[error("reading tokenizer file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    /// A token id at or beyond the vocabulary size was given to decode.
-    #[error("token id {id} is out of range for a vocabulary of {vocab_size}")]
-    UnknownTokenId { id: u32, vocab_size: usize },
-    /// The chat template does not compile.
-    #[error("chat template syntax error: {message}")]
-    TemplateSyntax { message: String },
-    /// The chat template failed while rendering.
-    #[error("chat template render error: {message}")]
-    TemplateRender { message: String },
-    /// The chat template called `raise_exception(message)`: the conversation is not one the model
-    /// accepts (e.g. roles not alternating). A client error, not a server fault.
-    #[error("chat template rejected the conversation: {message}")]
-    TemplateRaised { message: String },
-}
-
 type Result<T> = std::result::Result<T, TokenizerError>;
-
-/// Tokens that end a turn in common chat formats; those present as special tokens also stop
-/// generation, since models trained on chat formats emit them instead of the declared EOS.
-const KNOWN_STOP_TOKENS: &[&str] =
-    &["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>", "</s>"];
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp `llama_token_type`).
 const TOKEN_TYPE_UNKNOWN: i64 = 2;
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
-/// A loaded tokenizer plus the special ids generation needs. Cheap to clone (the vocabulary is
-/// shared), so each request or detokenizer can hold its own handle.
-#[derive(Clone)]
-pub struct Tokenizer {
-    inner: Arc<tokenizers::Tokenizer>,
-    /// Prepended by `encode(.., add_special = true)` when `add_bos` (done by the post-processor,
-    /// so the JSON form carries it too).
-    bos_id: Option<u32>,
-    /// The model's declared end-of-sequence token.
-    eos_id: Option<u32>,
-    /// `eos_id` first, then other turn-ending special tokens; generation stops on any.
-    eos_ids: Vec<u32>,
-    add_bos: bool,
-    /// One past the largest id: the number of rows the embedding must have.
-    vocab_size: usize,
-}
-
-/// Summary only: the derived form would print the whole vocabulary.
-impl std::fmt::Debug for Tokenizer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer")
-            .field("vocab_size", &self.vocab_size)
-            .field("bos_id", &self.bos_id)
-            .field("eos_id", &self.eos_id)
-            .field("eos_ids", &self.eos_ids)
-            .field("add_bos", &self.add_bos)
-            .finish_non_exhaustive()
+/// Rebuilds the tokenizer described by a GGUF file's metadata (see the module docs).
+pub fn tokenizer_from_gguf_metadata(metadata: &HashMap<String, Value>) -> Result<Tokenizer> {
+    let model = get_str(metadata, "tokenizer.ggml.model")?;
+    let tokens = get_str_array(metadata, "tokenizer.ggml.tokens")?;
+    let token_types = match metadata.get("tokenizer.ggml.token_type") {
+        Some(v) => Some(int_array(v, "tokenizer.ggml.token_type")?),
+        None => None,
+    };
+    if let Some(types) = &token_types
+        && types.len() != tokens.len()
+    {
+        return Err(TokenizerError::InvalidVocab {
+            reason: format!("{} token types for {} tokens", types.len(), tokens.len()),
+        });
     }
-}
-
-impl Tokenizer {
-    /// Rebuilds the tokenizer described by a GGUF file's metadata (see the module docs).
-    pub fn from_gguf_metadata(metadata: &HashMap<String, Value>) -> Result<Self> {
-        let model = get_str(metadata, "tokenizer.ggml.model")?;
-        let tokens = get_str_array(metadata, "tokenizer.ggml.tokens")?;
-        let token_types = match metadata.get("tokenizer.ggml.token_type") {
-            Some(v) => Some(int_array(v, "tokenizer.ggml.token_type")?),
-            None => None,
-        };
-        if let Some(types) = &token_types
-            && types.len() != tokens.len()
+    let token_type = |i: usize| token_types.as_ref().and_then(|t| t.get(i).copied());
+    let bos_id = get_opt_u32(metadata, "tokenizer.ggml.bos_token_id")?;
+    let eos_id = get_opt_u32(metadata, "tokenizer.ggml.eos_token_id")?;
+    let unk_id = get_opt_u32(metadata, "tokenizer.ggml.unknown_token_id")?;
+    for (name, id) in [("bos", bos_id), ("eos", eos_id), ("unknown", unk_id)] {
+        if let Some(id) = id
+            && id as usize >= tokens.len()
         {
             return Err(TokenizerError::InvalidVocab {
-                reason: format!("{} token types for {} tokens", types.len(), tokens.len()),
+                reason: format!("{name} token id {id} >= vocabulary size {}", tokens.len()),
             });
         }
-        let token_type = |i: usize| token_types.as_ref().and_then(|t| t.get(i).copied());
-        let bos_id = get_opt_u32(metadata, "tokenizer.ggml.bos_token_id")?;
-        let eos_id = get_opt_u32(metadata, "tokenizer.ggml.eos_token_id")?;
-        let unk_id = get_opt_u32(metadata, "tokenizer.ggml.unknown_token_id")?;
-        for (name, id) in [("bos", bos_id), ("eos", eos_id), ("unknown", unk_id)] {
-            if let Some(id) = id
-                && id as usize >= tokens.len()
-            {
+    }
+
+    // Duplicate spellings keep their first id, as a HashMap-based vocabulary must.
+    let mut vocab: HashMap<String, u32> = HashMap::with_capacity(tokens.len());
+    for (id, token) in tokens.iter().enumerate() {
+        let id = u32::try_from(id)
+            .map_err(|_| TokenizerError::InvalidVocab { reason: "more than u32::MAX tokens".into() })?;
+        vocab.entry((*token).to_owned()).or_insert(id);
+    }
+
+    let (mut inner, default_add_bos) = match model {
+        "gpt2" => {
+            let pre = match metadata.get("tokenizer.ggml.pre") {
+                Some(v) => str_value(v, "tokenizer.ggml.pre")?,
+                None => "default",
+            };
+            let merges = get_str_array(metadata, "tokenizer.ggml.merges")?;
+            (build_byte_level_bpe(vocab, &merges, pre)?, false)
+        }
+        "llama" => {
+            let scores = match metadata.get("tokenizer.ggml.scores") {
+                Some(v) => float_array(v, "tokenizer.ggml.scores")?,
+                None => {
+                    return Err(TokenizerError::MissingMetadata { key: "tokenizer.ggml.scores".into() });
+                }
+            };
+            if scores.len() != tokens.len() {
                 return Err(TokenizerError::InvalidVocab {
-                    reason: format!("{name} token id {id} >= vocabulary size {}", tokens.len()),
+                    reason: format!("{} scores for {} tokens", scores.len(), tokens.len()),
                 });
             }
+            let add_space_prefix = get_opt_bool(metadata, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
+            let unk = unk_id.and_then(|id| tokens.get(id as usize).copied());
+            (build_sentencepiece_bpe(vocab, &tokens, &scores, unk, add_space_prefix)?, true)
         }
-
-        // Duplicate spellings keep their first id, as a HashMap-based vocabulary must.
-        let mut vocab: HashMap<String, u32> = HashMap::with_capacity(tokens.len());
-        for (id, token) in tokens.iter().enumerate() {
-            let id = u32::try_from(id)
-                .map_err(|_| TokenizerError::InvalidVocab { reason: "more than u32::MAX tokens".into() })?;
-            vocab.entry((*token).to_owned()).or_insert(id);
+        other => {
+            return Err(TokenizerError::UnsupportedModel { model: other.to_owned() });
         }
+    };
 
-        let (mut inner, default_add_bos) = match model {
-            "gpt2" => {
-                let pre = match metadata.get("tokenizer.ggml.pre") {
-                    Some(v) => str_value(v, "tokenizer.ggml.pre")?,
-                    None => "default",
-                };
-                let merges = get_str_array(metadata, "tokenizer.ggml.merges")?;
-                (build_byte_level_bpe(vocab, &merges, pre)?, false)
+    let mut special = Vec::new();
+    let mut added = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        match token_type(i) {
+            Some(TOKEN_TYPE_CONTROL | TOKEN_TYPE_UNKNOWN) => {
+                special.push(AddedToken::from(*token, true).normalized(false));
             }
-            "llama" => {
-                let scores = match metadata.get("tokenizer.ggml.scores") {
-                    Some(v) => float_array(v, "tokenizer.ggml.scores")?,
-                    None => {
-                        return Err(TokenizerError::MissingMetadata { key: "tokenizer.ggml.scores".into() });
-                    }
-                };
-                if scores.len() != tokens.len() {
-                    return Err(TokenizerError::InvalidVocab {
-                        reason: format!("{} scores for {} tokens", scores.len(), tokens.len()),
-                    });
-                }
-                let add_space_prefix = get_opt_bool(metadata, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
-                let unk = unk_id.and_then(|id| tokens.get(id as usize).copied());
-                (build_sentencepiece_bpe(vocab, &tokens, &scores, unk, add_space_prefix)?, true)
+            Some(TOKEN_TYPE_USER_DEFINED) => {
+                added.push(AddedToken::from(*token, false).normalized(false));
             }
-            other => {
-                return Err(TokenizerError::UnsupportedModel { model: other.to_owned() });
-            }
-        };
-
-        let mut special = Vec::new();
-        let mut added = Vec::new();
-        for (i, token) in tokens.iter().enumerate() {
-            match token_type(i) {
-                Some(TOKEN_TYPE_CONTROL | TOKEN_TYPE_UNKNOWN) => {
-                    special.push(AddedToken::from(*token, true).normalized(false));
-                }
-                Some(TOKEN_TYPE_USER_DEFINED) => {
-                    added.push(AddedToken::from(*token, false).normalized(false));
-                }
-                _ => {}
-            }
-        }
-        let added_err = |e: tokenizers::Error| TokenizerError::Tokenizers {
-            op: "add special/user-defined tokens",
-            message: e.to_string(),
-        };
-        inner.add_special_tokens(special).map_err(added_err)?;
-        inner.add_tokens(added).map_err(added_err)?;
-
-        let add_bos = get_opt_bool(metadata, "tokenizer.ggml.add_bos_token")?.unwrap_or(default_add_bos);
-        let bos_token = bos_id.and_then(|id| tokens.get(id as usize).copied());
-        if add_bos && let (Some(id), Some(token)) = (bos_id, bos_token) {
-            inner.with_post_processor(Some(bos_post_processor(token, id)?));
-        }
-
-        let mut eos_ids = Vec::new();
-        eos_ids.extend(eos_id);
-        for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
-            if let Some(id) = get_opt_u32(metadata, key)?
-                && (id as usize) < tokens.len()
-            {
-                eos_ids.push(id);
-            }
-        }
-        let mut this = Self { inner: Arc::new(inner), bos_id, eos_id, eos_ids, add_bos, vocab_size: tokens.len() };
-        this.add_known_stop_tokens();
-        Ok(this)
-    }
-
-    /// Loads a Hugging Face `tokenizer.json`.
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io { path: path.to_owned(), source })?;
-        Self::from_json_bytes(&bytes)
-    }
-
-    /// Parses a `tokenizer.json` (as produced by [`Tokenizer::to_json`]).
-    ///
-    /// The JSON names no BOS or EOS: BOS insertion is whatever its post-processor does, and the
-    /// stop ids are the known turn-ending special tokens it contains. Callers that know better
-    /// (from `tokenizer_config.json` / `config.json`) use [`Tokenizer::with_special_tokens`].
-    pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes)
-            .map_err(|e| TokenizerError::Tokenizers { op: "parse tokenizer.json", message: e.to_string() })?;
-        let model_max = inner.get_vocab(false).values().copied().max();
-        let added_max = inner.get_added_tokens_decoder().keys().copied().max();
-        let vocab_size = model_max.max(added_max).map_or(0, |m| m as usize + 1);
-        let mut this = Self {
-            inner: Arc::new(inner),
-            bos_id: None,
-            eos_id: None,
-            eos_ids: Vec::new(),
-            add_bos: false,
-            vocab_size,
-        };
-        this.add_known_stop_tokens();
-        Ok(this)
-    }
-
-    /// Sets the BOS and EOS ids (from `tokenizer_config.json` / `config.json`); the known
-    /// turn-ending special tokens stay stop ids. Whether BOS is added is read off the JSON's
-    /// post-processor (encoding `""` with specials yields BOS).
-    pub fn with_special_tokens(mut self, bos_id: Option<u32>, eos_id: Option<u32>) -> Self {
-        self.bos_id = bos_id;
-        self.eos_id = eos_id;
-        self.eos_ids = eos_id.into_iter().collect();
-        self.add_known_stop_tokens();
-        self.add_bos =
-            bos_id.is_some_and(|bos| self.inner.encode("", true).is_ok_and(|e| e.get_ids().first() == Some(&bos)));
-        self
-    }
-
-    /// The `tokenizer.json` form, e.g. for a router that tokenizes prompts itself.
-    pub fn to_json(&self) -> Result<String> {
-        self.inner
-            .to_string(false)
-            .map_err(|e| TokenizerError::Tokenizers { op: "serialize tokenizer.json", message: e.to_string() })
-    }
-
-    /// Encodes `text`. With `add_special`, the post-processor adds BOS (if the model wants one).
-    /// Special tokens spelled out in `text` are always recognized.
-    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        self.inner
-            .encode(text, add_special)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| TokenizerError::Tokenizers { op: "encode", message: e.to_string() })
-    }
-
-    /// Decodes `ids` to text; invalid UTF-8 (a multi-byte character cut short) becomes U+FFFD.
-    /// Ids outside the vocabulary are an error rather than silently dropped.
-    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
-            return Err(TokenizerError::UnknownTokenId { id, vocab_size: self.vocab_size });
-        }
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| TokenizerError::Tokenizers { op: "decode", message: e.to_string() })
-    }
-
-    /// One past the largest token id (the embedding's row count for GGUF models).
-    pub fn vocab_size(&self) -> usize {
-        self.vocab_size
-    }
-
-    pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
-    }
-
-    /// The token's spelling in the vocabulary (byte-alphabet form for byte-level BPE).
-    pub fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
-    }
-
-    /// The declared end-of-sequence id (`None` for a bare `tokenizer.json`).
-    pub fn eos_id(&self) -> Option<u32> {
-        self.eos_id
-    }
-
-    /// Ids that end generation: the declared EOS first, then turn-ending special tokens.
-    pub fn eos_ids(&self) -> &[u32] {
-        &self.eos_ids
-    }
-
-    pub fn bos_id(&self) -> Option<u32> {
-        self.bos_id
-    }
-
-    /// Whether `encode(.., true)` prepends BOS.
-    pub fn add_bos(&self) -> bool {
-        self.add_bos
-    }
-
-    /// The wrapped `tokenizers` object, for callers that need offsets or batch encoding.
-    pub fn inner(&self) -> &tokenizers::Tokenizer {
-        &self.inner
-    }
-
-    fn add_known_stop_tokens(&mut self) {
-        let added = self.inner.get_added_tokens_decoder();
-        let mut seen: HashSet<u32> = self.eos_ids.iter().copied().collect();
-        for token in KNOWN_STOP_TOKENS {
-            if let Some(id) = self.inner.token_to_id(token)
-                && added.get(&id).is_some_and(|t| t.special)
-                && seen.insert(id)
-            {
-                self.eos_ids.push(id);
-            }
+            _ => {}
         }
     }
+    let added_err = |e: tokenizers::Error| TokenizerError::Tokenizers {
+        op: "add special/user-defined tokens",
+        message: e.to_string(),
+    };
+    inner.add_special_tokens(special).map_err(added_err)?;
+    inner.add_tokens(added).map_err(added_err)?;
+
+    let add_bos = get_opt_bool(metadata, "tokenizer.ggml.add_bos_token")?.unwrap_or(default_add_bos);
+    let bos_token = bos_id.and_then(|id| tokens.get(id as usize).copied());
+    if add_bos && let (Some(id), Some(token)) = (bos_id, bos_token) {
+        inner.with_post_processor(Some(bos_post_processor(token, id)?));
+    }
+
+    let mut extra_stop_ids = Vec::new();
+    for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
+        if let Some(id) = get_opt_u32(metadata, key)?
+            && (id as usize) < tokens.len()
+        {
+            extra_stop_ids.push(id);
+        }
+    }
+    Tokenizer::from_parts(inner, tokens.len(), SpecialTokens { bos_id, eos_id, extra_stop_ids, add_bos })
 }
 
 /// The regexes llama.cpp applies, in order, for a `tokenizer.ggml.pre` value, and whether whole

@@ -1,0 +1,25 @@
+//! The text side of lcserve: tokenizer, chat template and streaming detokenizer — everything that
+//! turns a conversation into token ids and generated ids back into text, with no model weights and
+//! no candle, so the router can link it.
+//!
+//! Data flow: [`ChatMessage`]s → [`ChatTemplate::render`] (the model's Jinja template, rendered as
+//! transformers does) → prompt text → [`Tokenizer::encode`] → ids → *the engine* → generated ids →
+//! [`IncrementalDecoder::push`] → text chunks that never split a character.
+//!
+//! Where a [`Tokenizer`] comes from: a worker builds it from the model (`lcserve-model` rebuilds
+//! GGUF vocabularies and wraps them with [`Tokenizer::from_parts`], or loads a Hugging Face
+//! `tokenizer.json` with [`Tokenizer::from_file`]); the router receives [`Tokenizer::to_json`] and
+//! the template source over RPC and rebuilds both with [`Tokenizer::from_json_bytes`] and
+//! [`ChatTemplate::new`], so both sides tokenize identically.
+//!
+//! Every failure is one [`TokenizerError`].
+
+#![forbid(unsafe_code)]
+
+mod chat_template;
+mod detokenizer;
+mod tokenizer;
+
+pub use chat_template::{ChatMessage, ChatTemplate};
+pub use detokenizer::IncrementalDecoder;
+pub use tokenizer::{SpecialTokens, Tokenizer, TokenizerError};

@@ -1,0 +1,135 @@
+//! Chat template tests. Expected output was produced with Python jinja2 configured as
+//! transformers' `apply_chat_template`.
+
+mod support;
+
+use lcserve_text::{ChatMessage, ChatTemplate, TokenizerError};
+use support::{TestResult, tiny};
+
+/// SmolLM2-135M-Instruct's template, as its GGUF file carries it (`lcserve-model`'s tests check
+/// that the file's template is exactly this one).
+const SMOLLM_TEMPLATE: &str = include_str!("fixtures/smollm2_chat_template.jinja");
+
+const LLAMA3_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+/// Block tags on their own lines (trim_blocks / lstrip_blocks), Python methods, `tojson`.
+const BLOCKY_TEMPLATE: &str = "{% for message in messages %}
+    {% if message.role == 'system' %}
+[SYS] {{ message.content.strip() }}
+    {% else %}
+[{{ message['role'].upper() }}] {{ message.content | tojson }}
+    {% endif %}
+{% endfor %}
+{% if add_generation_prompt %}
+[ASSISTANT]
+{% endif %}";
+
+fn conv1() -> Vec<ChatMessage> {
+    vec![ChatMessage::new("user", "Hi there!")]
+}
+
+fn conv2() -> Vec<ChatMessage> {
+    vec![
+        ChatMessage::new("system", "  Be brief.  "),
+        ChatMessage::new("user", "What is 2+2?"),
+        ChatMessage::new("assistant", "4"),
+        ChatMessage::new("user", "Thanks \"friend\" é"),
+    ]
+}
+
+#[test]
+fn smollm_template_matches_reference() -> TestResult {
+    let t = ChatTemplate::new(SMOLLM_TEMPLATE)?;
+    const SYS: &str =
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n";
+    assert_eq!(
+        t.render_with_tokens(&conv1(), false, "<|im_start|>", "<|im_end|>")?,
+        format!("{SYS}<|im_start|>user\nHi there!<|im_end|>\n")
+    );
+    assert_eq!(
+        t.render_with_tokens(&conv1(), true, "<|im_start|>", "<|im_end|>")?,
+        format!("{SYS}<|im_start|>user\nHi there!<|im_end|>\n<|im_start|>assistant\n")
+    );
+    assert_eq!(
+        t.render_with_tokens(&conv2(), true, "<|im_start|>", "<|im_end|>")?,
+        "<|im_start|>system\n  Be brief.  <|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n<|im_start|>user\nThanks \"friend\" é<|im_end|>\n<|im_start|>assistant\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn llama3_template_matches_reference() -> TestResult {
+    let t = ChatTemplate::new(LLAMA3_TEMPLATE)?;
+    // `render` spells the tokenizer's BOS and EOS ids into `bos_token` / `eos_token`.
+    assert_eq!(
+        t.render(&conv1(), false, &tiny(false))?,
+        t.render_with_tokens(&conv1(), false, "<s>", "<|endoftext|>")?
+    );
+    let bos = "<|begin_of_text|>";
+    let eos = "<|eot_id|>";
+    assert_eq!(
+        t.render_with_tokens(&conv1(), false, bos, eos)?,
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi there!<|eot_id|>"
+    );
+    assert_eq!(
+        t.render_with_tokens(&conv2(), true, bos, eos)?,
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n4<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nThanks \"friend\" é<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn block_template_trims_like_transformers() -> TestResult {
+    let t = ChatTemplate::new(BLOCKY_TEMPLATE)?;
+    assert_eq!(t.render_with_tokens(&conv1(), false, "", "")?, "[USER] \"Hi there!\"\n");
+    assert_eq!(
+        t.render_with_tokens(&conv2(), true, "", "")?,
+        "[SYS] Be brief.\n[USER] \"What is 2+2?\"\n[ASSISTANT] \"4\"\n[USER] \"Thanks \\\"friend\\\" é\"\n[ASSISTANT]\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn tojson_uses_python_separators() -> TestResult {
+    let t =
+        ChatTemplate::new("{{ {'a': [1, 2], 'b': '<tag> & é'} | tojson }}|{{ [1, {'k': 'v'}] | tojson(indent=2) }}")?;
+    assert_eq!(
+        t.render_with_tokens(&[], false, "", "")?,
+        "{\"a\": [1, 2], \"b\": \"<tag> & é\"}|[\n  1,\n  {\n    \"k\": \"v\"\n  }\n]"
+    );
+    Ok(())
+}
+
+#[test]
+fn template_errors_are_classified() -> TestResult {
+    let raising = ChatTemplate::new(
+        "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{{ m['content'] }}{% endfor %}",
+    )?;
+    assert_eq!(raising.render_with_tokens(&conv1(), false, "", "")?, "Hi there!");
+    let bad = [ChatMessage::new("assistant", "first")];
+    match raising.render_with_tokens(&bad, false, "", "") {
+        Err(TokenizerError::TemplateRaised { message }) => {
+            assert_eq!(message, "Conversation roles must alternate user/assistant/user/assistant/...");
+        }
+        other => return Err(format!("expected TemplateRaised, got {other:?}").into()),
+    }
+
+    let syntax = ChatTemplate::new("{% for m in messages %}{{ m.content }");
+    assert!(matches!(syntax, Err(TokenizerError::TemplateSyntax { .. })), "{syntax:?}");
+
+    let broken = ChatTemplate::new("{{ messages[0].content + 1 }}")?;
+    let err = broken.render_with_tokens(&conv1(), false, "", "");
+    assert!(matches!(err, Err(TokenizerError::TemplateRender { .. })), "{err:?}");
+
+    let dated = ChatTemplate::new("{{ strftime_now('%Y') | length }}")?;
+    assert_eq!(dated.render_with_tokens(&[], false, "", "")?, "4");
+    Ok(())
+}
+
+#[test]
+fn chat_message_is_serde() -> TestResult {
+    let m: ChatMessage = serde_json::from_str(r#"{"role":"user","content":"hi"}"#)?;
+    assert_eq!(m, ChatMessage::new("user", "hi"));
+    assert_eq!(serde_json::to_string(&m)?, r#"{"role":"user","content":"hi"}"#);
+    Ok(())
+}
