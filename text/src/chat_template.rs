@@ -36,6 +36,7 @@ impl ChatMessage {
 #[derive(Debug)]
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
 }
 
 /// The error `raise_exception` attaches as the source of the render error, so that a template's
@@ -61,9 +62,15 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.into())
+        let source = source.into();
+        env.add_template_owned(TEMPLATE_NAME, source.clone())
             .map_err(|e| TokenizerError::TemplateSyntax { message: describe(&e) })?;
-        Ok(Self { env })
+        Ok(Self { env, source })
+    }
+
+    /// The template's Jinja source, e.g. to hand to a router that renders prompts itself.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// Renders `messages`; with `add_generation_prompt` the text ends with the header of an

@@ -1,0 +1,100 @@
+//! Wire requests into engine requests, engine events into wire events.
+
+use lcserve_common::TokenId;
+use lcserve_engine::{FinishReason, SamplingParams, StopConditions, TokenLogprobs, Usage};
+use lcserve_proto::v1;
+use tonic::Status;
+
+/// Tokens a request may generate when it does not say.
+pub(crate) const DEFAULT_MAX_TOKENS: usize = 256;
+
+/// The parts of a `WorkerRequest` the engine needs.
+pub(crate) struct Parts {
+    pub request_id: String,
+    pub prompt: Vec<TokenId>,
+    pub sampling: SamplingParams,
+    pub stop: StopConditions,
+    pub cache_salt: Vec<u8>,
+}
+
+/// Unpacks a request; range checks are the engine's (it names the field).
+pub(crate) fn parts(request: Option<v1::WorkerRequest>) -> Result<Parts, Status> {
+    let request = request.ok_or_else(|| Status::invalid_argument("request: missing"))?;
+    let sampling = request.sampling.unwrap_or_default();
+    let stop = request.stop.unwrap_or_default();
+    Ok(Parts {
+        request_id: request.request_id,
+        prompt: request.prompt,
+        sampling: SamplingParams {
+            temperature: sampling.temperature.unwrap_or(0.0),
+            top_k: sampling.top_k.filter(|&k| k > 0).map(|k| k as usize),
+            top_p: sampling.top_p.unwrap_or(1.0),
+            min_p: sampling.min_p.unwrap_or(0.0),
+            repetition_penalty: sampling.repetition_penalty.unwrap_or(1.0),
+            presence_penalty: sampling.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: sampling.frequency_penalty.unwrap_or(0.0),
+            seed: sampling.seed,
+            logprobs: sampling.logprobs.map(|n| n as usize),
+        },
+        stop: StopConditions {
+            max_tokens: stop.max_tokens.map_or(DEFAULT_MAX_TOKENS, |n| n as usize),
+            stop_token_ids: stop.stop_token_ids,
+            stop_strings: stop.stop,
+            ignore_eos: stop.ignore_eos,
+        },
+        cache_salt: request.cache_salt,
+    })
+}
+
+pub(crate) fn token(id: TokenId, text: String, logprobs: Option<TokenLogprobs>) -> v1::Token {
+    let (logprob, top) = match logprobs {
+        Some(lp) => (Some(lp.logprob), lp.top),
+        None => (None, Vec::new()),
+    };
+    v1::Token {
+        id,
+        text,
+        logprob,
+        top_logprobs: top.into_iter().map(|(id, logprob)| v1::TopLogprob { id, logprob }).collect(),
+    }
+}
+
+pub(crate) fn finish_reason(reason: FinishReason) -> v1::FinishReason {
+    match reason {
+        FinishReason::Stop => v1::FinishReason::Stop,
+        FinishReason::Length => v1::FinishReason::Length,
+        FinishReason::ContextFull => v1::FinishReason::ContextFull,
+    }
+}
+
+/// Where a request's reused prompt KV came from, in blocks fetched from the store.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Sources {
+    pub host_blocks: usize,
+    pub block_size: usize,
+}
+
+/// The wire usage of a finished request: pool hits are "device"; imported tokens are split
+/// between the host and shared tiers in the order the store served them (host first); an
+/// inline tail counts as shared (it crossed the network).
+pub(crate) fn usage(usage: &Usage, sources: Sources, time_to_first_token_ms: u32) -> v1::Usage {
+    let host = (sources.host_blocks * sources.block_size).min(usage.imported_tokens);
+    let cached = usage.cached_tokens + usage.imported_tokens;
+    v1::Usage {
+        prompt_tokens: usage.prompt_tokens as u32,
+        completion_tokens: usage.completion_tokens as u32,
+        cached_tokens: cached as u32,
+        cached: Some(v1::CachedTokens {
+            device: usage.cached_tokens as u32,
+            host: host as u32,
+            shared: (usage.imported_tokens - host) as u32,
+        }),
+        prefill_tokens: usage.prompt_tokens.saturating_sub(cached) as u32,
+        time_to_first_token_ms,
+        ..v1::Usage::default()
+    }
+}
+
+pub(crate) fn event(event: v1::generate_response::Event) -> v1::GenerateResponse {
+    v1::GenerateResponse { event: Some(event) }
+}

@@ -1,0 +1,136 @@
+//! The `Decode` service: continue a prefilled session (or prefill a short prompt here), stream
+//! the tokens, and leave the finished blocks of prompt and answer in the store for the next turn.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use lcserve_engine::{EngineEvent, EventStream, ExportKv, GenerateRequest};
+use lcserve_proto::v1;
+use lcserve_proto::v1::generate_response::Event;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::convert::{self, Parts, Sources};
+use crate::error;
+use crate::worker::{AbortGuard, Worker};
+
+/// Events buffered between the engine and a slow client; the engine never waits on it (its own
+/// channel is unbounded), this only paces the forwarding task.
+const STREAM_BUFFER: usize = 64;
+
+#[derive(Debug, Clone)]
+pub(crate) struct DecodeService(pub Arc<Worker>);
+
+type EventResult = Result<v1::GenerateResponse, Status>;
+
+#[tonic::async_trait]
+impl v1::decode_server::Decode for DecodeService {
+    type GenerateStream = ReceiverStream<EventResult>;
+
+    async fn generate(&self, request: Request<v1::DecodeRequest>) -> Result<Response<Self::GenerateStream>, Status> {
+        let worker = &self.0;
+        let started = Instant::now();
+        let v1::DecodeRequest { request, session, generated } = request.into_inner();
+        let Parts { request_id, prompt, sampling, stop, cache_salt } = convert::parts(request)?;
+        let tail = session.as_ref().and_then(|s| s.tail_block.as_deref());
+        let prepared = worker.prepare(&cache_salt, &prompt, tail).await;
+        let stored = worker.bridge.stored_prefix(&prepared.hashes).await;
+        let resumed = !generated.is_empty();
+        let events = worker
+            .engine
+            .submit(GenerateRequest {
+                prompt,
+                sampling,
+                stop,
+                cache_salt,
+                generated,
+                import: prepared.import,
+                export: Some(ExportKv { from_block: stored, tail: false }),
+            })
+            .map_err(|e| error::status(&e))?;
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (registered, aborted) = worker.track(&request_id);
+        let forward = Forward { worker: Arc::clone(worker), sources: prepared.sources, started, resumed };
+        tokio::spawn(forward.run(events, tx, aborted, registered));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn abort(&self, request: Request<v1::AbortRequest>) -> Result<Response<v1::AbortResponse>, Status> {
+        Ok(Response::new(v1::AbortResponse { aborted: self.0.abort(&request.into_inner().request_id) }))
+    }
+
+    async fn get_load(&self, _: Request<v1::GetLoadRequest>) -> Result<Response<v1::Load>, Status> {
+        self.0.load().await.map(Response::new).map_err(|e| Status::unavailable(e.to_string()))
+    }
+
+    async fn get_model_info(&self, _: Request<v1::GetModelInfoRequest>) -> Result<Response<v1::ModelInfo>, Status> {
+        self.0.model_info().map(Response::new).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+/// Moves one request's engine events to its gRPC stream.
+struct Forward {
+    worker: Arc<Worker>,
+    sources: Sources,
+    started: Instant,
+    /// The request continues tokens streamed elsewhere: its first token here is not the
+    /// client's first token.
+    resumed: bool,
+}
+
+impl Forward {
+    /// Runs until the terminal event, a client that went away, or an abort. Returning drops the
+    /// engine stream, which cancels the sequence and frees its blocks at the next step.
+    async fn run(
+        self,
+        mut events: EventStream,
+        tx: mpsc::Sender<EventResult>,
+        mut aborted: oneshot::Receiver<()>,
+        _registered: AbortGuard,
+    ) {
+        let mut first_token_ms = None;
+        loop {
+            let event = tokio::select! {
+                event = events.next() => event,
+                Ok(()) = &mut aborted => return,
+                _ = tx.closed() => return,
+            };
+            let Some(event) = event else { return };
+            let out = match event {
+                EngineEvent::Kv(blocks) => {
+                    let bridge = Arc::clone(&self.worker.bridge);
+                    tokio::spawn(async move {
+                        let encoded = bridge.encode(blocks).await;
+                        bridge.put(encoded);
+                    });
+                    continue;
+                }
+                EngineEvent::Token { id, text, logprobs } => {
+                    first_token_ms.get_or_insert_with(|| self.millis_since_start());
+                    Event::Token(convert::token(id, text, logprobs))
+                }
+                EngineEvent::Finished { reason, text, usage, .. } => {
+                    let ttft =
+                        if self.resumed { 0 } else { first_token_ms.unwrap_or_else(|| self.millis_since_start()) };
+                    let usage = convert::usage(&usage, self.sources, ttft);
+                    let finished =
+                        v1::Finished { reason: convert::finish_reason(reason) as i32, text, usage: Some(usage) };
+                    let _ = tx.send(Ok(convert::event(Event::Finished(finished)))).await;
+                    return;
+                }
+                EngineEvent::Error(e) => {
+                    let _ = tx.send(Ok(convert::event(Event::Error(error::error_event(&e))))).await;
+                    return;
+                }
+            };
+            if tx.send(Ok(convert::event(out))).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn millis_since_start(&self) -> u32 {
+        self.started.elapsed().as_millis().min(u32::MAX as u128) as u32
+    }
+}

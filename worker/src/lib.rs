@@ -1,0 +1,80 @@
+//! The worker services of lcserve: an engine behind gRPC, sharing KV through the tiered store.
+//!
+//! ```text
+//!            Prefill.Run                                   Decode.Generate (stream)
+//! router ──────────────▶ prefill worker                ┌──▶ decode worker ──tokens──▶ router
+//!                         │ import cached prefix ◀─┐    │     │ import prompt KV ◀─┐
+//!                         │ compute the rest       │    │     │ decode, stream      │
+//!                         └─ blocks ─put_through─▶ store ─get┘     └─ blocks ─put──▶ store
+//!                            first token + session (hashes, inline tail) ──▶ router ──┘
+//! ```
+//!
+//! - [`Worker`] (`worker`): one [`EngineHandle`](lcserve_engine::EngineHandle) plus the KV bridge;
+//!   `prepare` finds the prompt's KV beyond the engine's own pool (host tier, then the shared
+//!   tier) and turns it into an engine import; request ids for `Abort`; load and model info.
+//! - `kv_bridge`: engine f32 blocks ⇄ `KVB1` bytes in a [`TieredStore`](lcserve_kvstore::TieredStore)
+//!   whose shared tier is the kvstore service; codec work on the blocking pool.
+//! - `prefill`: the `Prefill` service — one-token engine run with export, write-through to the
+//!   shared tier, session + first token back.
+//! - `decode`: the `Decode` service — import, continue after tokens generated elsewhere (a
+//!   prefill's first token, or a failed worker's stream), stream events, put finished blocks.
+//! - `convert`, `error`: wire ⇄ engine types; errors classified once into gRPC codes and
+//!   terminal events.
+//! - [`run`]: serves a worker's role with health and reflection until shutdown.
+#![forbid(unsafe_code)]
+
+mod config;
+mod convert;
+mod decode;
+mod error;
+mod kv_bridge;
+mod prefill;
+mod worker;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use lcserve_proto::v1::decode_server::DecodeServer;
+use lcserve_proto::v1::prefill_server::PrefillServer;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::{Role, WorkerConfig};
+pub use error::WorkerError;
+pub use worker::Worker;
+
+/// Largest gRPC message a worker sends or takes: a prefill response carries the prompt's tail
+/// block inline as raw f32 (up to one block: 16 MB for a Llama-3-8B-sized model).
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Serves `worker`'s role on `listener` until `shutdown` completes.
+pub async fn run(
+    worker: Arc<Worker>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(lcserve_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let router = tonic::transport::Server::builder().add_service(health_service).add_service(reflection);
+    let router = match worker.config.role {
+        Role::Prefill => {
+            health.set_serving::<PrefillServer<prefill::PrefillService>>().await;
+            router.add_service(
+                PrefillServer::new(prefill::PrefillService(worker))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+        }
+        Role::Decode => {
+            health.set_serving::<DecodeServer<decode::DecodeService>>().await;
+            router.add_service(
+                DecodeServer::new(decode::DecodeService(worker))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+        }
+    };
+    router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await?;
+    Ok(())
+}

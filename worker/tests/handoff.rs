@@ -1,0 +1,216 @@
+//! Prefill and decode workers over real gRPC, sharing KV through a real kvstore service.
+
+use std::sync::Arc;
+
+use lcserve_engine::{EngineConfig, EngineEvent, EngineHandle, GenerateRequest, StopConditions};
+use lcserve_kvstore::{Codec, KvStoreConfig, RawDtype, RemoteTierConfig};
+use lcserve_model::Model;
+use lcserve_proto::v1::{self, decode_client::DecodeClient, generate_response::Event, prefill_client::PrefillClient};
+use lcserve_worker::{Role, Worker, WorkerConfig};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+const BLOCK: usize = 16;
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    model: Arc<Model>,
+    kvstore: String,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = lcserve_model::write_tiny_model(dir.path(), 11).expect("tiny model");
+        let model = Arc::new(Model::load(&paths.gguf, &mut |_| {}).expect("load"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let kvstore = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(lcserve_kvstore::run(KvStoreConfig::default(), listener, std::future::pending()));
+        Self { _dir: dir, model, kvstore }
+    }
+
+    fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            block_size: BLOCK,
+            kv_cache_bytes: 64 << 20,
+            prefill_chunk: 64,
+            threads: 1,
+            ..EngineConfig::default()
+        }
+    }
+
+    /// Starts a worker of `role` on a free port; returns its URL and the worker.
+    async fn worker(&self, role: Role) -> (String, Arc<Worker>) {
+        let mut config = WorkerConfig::new(role, "tiny", self.engine_config());
+        config.kvstore = Some(RemoteTierConfig::new(&self.kvstore));
+        config.codec = Codec::Raw(RawDtype::F32);
+        let worker = Worker::start(Arc::clone(&self.model), config).expect("worker");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(lcserve_worker::run(Arc::clone(&worker), listener, std::future::pending()));
+        (url, worker)
+    }
+
+    /// Greedy tokens of `prompt` from a plain engine: the reference.
+    async fn reference(&self, prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+        let engine = EngineHandle::start(Arc::clone(&self.model), self.engine_config()).expect("engine");
+        let stop = StopConditions { max_tokens, ignore_eos: true, ..StopConditions::default() };
+        let mut stream =
+            engine.submit(GenerateRequest { prompt: prompt.to_vec(), stop, ..Default::default() }).expect("submit");
+        let mut tokens = Vec::new();
+        while let Some(event) = stream.next().await {
+            match event {
+                EngineEvent::Token { id, .. } => tokens.push(id),
+                EngineEvent::Finished { .. } => break,
+                EngineEvent::Error(e) => panic!("{e}"),
+                EngineEvent::Kv(_) => {}
+            }
+        }
+        tokens
+    }
+}
+
+fn prompt(len: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    (0..len as u64).map(|i| ((i * 7919 + seed * 104_729) % vocab as u64) as u32).collect()
+}
+
+fn request(prompt: &[u32], max_tokens: u32, salt: &str) -> v1::WorkerRequest {
+    v1::WorkerRequest {
+        request_id: String::new(),
+        prompt: prompt.to_vec(),
+        sampling: None,
+        stop: Some(v1::StopConditions { max_tokens: Some(max_tokens), ignore_eos: true, ..Default::default() }),
+        cache_salt: salt.as_bytes().to_vec(),
+    }
+}
+
+async fn connect(url: &str) -> Channel {
+    Channel::from_shared(url.to_owned()).expect("url").connect().await.expect("connect")
+}
+
+/// Runs a decode stream to its end: tokens and the terminal usage.
+async fn decode(client: &mut DecodeClient<Channel>, request: v1::DecodeRequest) -> (Vec<u32>, v1::Usage) {
+    let mut stream = client.generate(request).await.expect("generate").into_inner();
+    let mut tokens = Vec::new();
+    while let Some(response) = stream.message().await.expect("stream") {
+        match response.event.expect("event") {
+            Event::Token(token) => tokens.push(token.id),
+            Event::Finished(finished) => return (tokens, finished.usage.expect("usage")),
+            Event::Error(error) => panic!("decode failed: {error:?}"),
+        }
+    }
+    panic!("the stream ended without a terminal event")
+}
+
+/// Decode workers write blocks behind the stream; waits until the kvstore holds `n` blocks.
+async fn wait_for_stored_blocks(kvstore: &str, n: u64) {
+    let mut client = v1::kv_store_client::KvStoreClient::new(connect(kvstore).await);
+    for _ in 0..500 {
+        let stats = client.stats(v1::StatsRequest {}).await.expect("stats").into_inner();
+        if stats.blocks >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the kvstore never held {n} blocks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefilled_session_decodes_elsewhere_token_for_token() {
+    let cluster = Cluster::start().await;
+    let (prefill_url, _) = cluster.worker(Role::Prefill).await;
+    let (decode_url, decode_worker) = cluster.worker(Role::Decode).await;
+    let mut prefill = PrefillClient::new(connect(&prefill_url).await);
+    let mut decoder = DecodeClient::new(connect(&decode_url).await);
+    let vocab = cluster.model.config.vocab_size;
+
+    for len in [5, 16, 47, 64, 100] {
+        let prompt = prompt(len, vocab, len as u64);
+        let reference = cluster.reference(&prompt, 10).await;
+        let ready = prefill.run(v1::PrefillRequest { request: Some(request(&prompt, 10, "t")) }).await.expect("run");
+        let ready = ready.into_inner();
+        let first = ready.first_token.expect("first token");
+        assert_eq!(first.id, reference[0], "prompt {len}: first token");
+        assert!(ready.finished.is_none());
+        let session = ready.session.expect("session");
+        assert_eq!(session.block_hashes.len(), len / BLOCK);
+        assert_eq!(session.tail_block.is_some(), len % BLOCK != 0);
+
+        let before = decode_worker.engine().stats().await.expect("stats").prefill_tokens;
+        let (tokens, usage) = decode(
+            &mut decoder,
+            v1::DecodeRequest {
+                request: Some(request(&prompt, 10, "t")),
+                session: Some(session),
+                generated: vec![first.id],
+            },
+        )
+        .await;
+        assert_eq!(tokens, reference[1..], "prompt {len}: continuation");
+        assert_eq!(usage.completion_tokens, 10);
+        let after = decode_worker.engine().stats().await.expect("stats").prefill_tokens;
+        assert_eq!(after, before, "prompt {len}: the decode worker computed none of the prompt");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_are_reused_by_tier_and_never_across_salts() {
+    let cluster = Cluster::start().await;
+    let (prefill_url, _) = cluster.worker(Role::Prefill).await;
+    let mut prefill = PrefillClient::new(connect(&prefill_url).await);
+    let document = prompt(8 * BLOCK, cluster.model.config.vocab_size, 7);
+    let mut question = document.clone();
+    question.extend([3, 1, 4, 1, 5]);
+
+    let run = |prefill: &mut PrefillClient<Channel>, prompt: Vec<u32>, salt: &'static str| {
+        let mut prefill = prefill.clone();
+        async move {
+            let response = prefill.run(v1::PrefillRequest { request: Some(request(&prompt, 4, salt)) }).await;
+            response.expect("run").into_inner().usage.expect("usage")
+        }
+    };
+    let cold = run(&mut prefill, document.clone(), "a").await;
+    assert_eq!(cold.cached_tokens, 0);
+    let warm = run(&mut prefill, question.clone(), "a").await;
+    assert_eq!(warm.cached_tokens as usize, 8 * BLOCK, "all eight document blocks reused");
+    assert_eq!(warm.cached.expect("tiers").device as usize, 8 * BLOCK, "from the worker's own pool");
+    assert_eq!(warm.prefill_tokens, 5);
+    let other_tenant = run(&mut prefill, question.clone(), "b").await;
+    assert_eq!(other_tenant.cached_tokens, 0, "another salt finds nothing");
+
+    // A second prefill worker has an empty pool: it finds the blocks in the shared tier.
+    let (second_url, _) = cluster.worker(Role::Prefill).await;
+    let mut second = PrefillClient::new(connect(&second_url).await);
+    let shared = run(&mut second, question, "a").await;
+    assert_eq!(shared.cached.expect("tiers").shared as usize, 8 * BLOCK, "from the kvstore service");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decode_alone_prefills_and_stores_the_answer_for_the_next_turn() {
+    let cluster = Cluster::start().await;
+    let (decode_url, _) = cluster.worker(Role::Decode).await;
+    let mut decoder = DecodeClient::new(connect(&decode_url).await);
+    let turn1 = prompt(3 * BLOCK + 5, cluster.model.config.vocab_size, 2);
+    let direct = |prompt: &[u32], generated: Vec<u32>| v1::DecodeRequest {
+        request: Some(request(prompt, 2 * BLOCK as u32, "t")),
+        session: None,
+        generated,
+    };
+    let (answer, usage) = decode(&mut decoder, direct(&turn1, vec![])).await;
+    assert_eq!(answer, cluster.reference(&turn1, 2 * BLOCK).await);
+    assert_eq!(usage.cached_tokens, 0);
+
+    // Turn 2 = turn 1 + answer + more: prompt and answer blocks come back from the pool, and a
+    // fresh worker finds the same blocks in the store (full blocks of prompt + answer).
+    let mut turn2 = turn1.clone();
+    turn2.extend(&answer);
+    turn2.extend([9, 9, 9]);
+    let full_blocks_done = (turn1.len() + answer.len() - 1) / BLOCK;
+    let (_, usage) = decode(&mut decoder, direct(&turn2, vec![])).await;
+    assert_eq!(usage.cached_tokens as usize, full_blocks_done * BLOCK, "turn 2 reuses turn 1's prompt and answer");
+    wait_for_stored_blocks(&cluster.kvstore, full_blocks_done as u64).await;
+    let (fresh_url, _) = cluster.worker(Role::Decode).await;
+    let mut fresh = DecodeClient::new(connect(&fresh_url).await);
+    let (_, usage) = decode(&mut fresh, direct(&turn2, vec![])).await;
+    assert_eq!(usage.cached.expect("tiers").shared as usize, full_blocks_done * BLOCK, "from the shared tier");
+}
