@@ -29,6 +29,10 @@ pub struct KvStoreArgs {
     /// Largest block a Put accepts, in bytes.
     #[arg(long, env = "LCSERVE_KVSTORE_MAX_BLOCK_BYTES", default_value_t = 64 << 20)]
     max_block_bytes: usize,
+    /// Byte quota of each tenant in the RAM tier: a tenant over it loses its own least recently
+    /// used blocks first. Unset: no per-tenant quota.
+    #[arg(long, env = "LCSERVE_KVSTORE_TENANT_QUOTA_BYTES")]
+    tenant_quota_bytes: Option<usize>,
 }
 
 impl KvStoreArgs {
@@ -43,6 +47,7 @@ impl KvStoreArgs {
         KvStoreConfig {
             capacity_bytes: self.capacity_bytes,
             max_block_bytes: self.max_block_bytes,
+            tenant_quota_bytes: self.tenant_quota_bytes,
             redis,
             ..KvStoreConfig::default()
         }
@@ -106,6 +111,13 @@ mod tests {
     fn without_a_redis_url_the_store_is_ram_only() {
         let config = config(&["--capacity-bytes", "1048576"]);
         assert!(config.redis.is_none());
-        assert_eq!(config.capacity_bytes, 1 << 20);
+        assert_eq!((config.capacity_bytes, config.tenant_quota_bytes), (1 << 20, None));
+    }
+
+    #[test]
+    fn a_tenant_quota_is_passed_on_and_zero_is_refused() {
+        assert_eq!(config(&["--tenant-quota-bytes", "4096"]).tenant_quota_bytes, Some(4096));
+        let error = config(&["--tenant-quota-bytes", "0"]).validate().expect_err("zero");
+        assert!(error.to_string().contains("tenant_quota_bytes"), "{error}");
     }
 }

@@ -45,7 +45,8 @@ use lcserve_common::SequenceHash;
 /// Why a block left the host tier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RemovalCause {
-    /// Least recently used, pushed out to make room for an insert.
+    /// Least recently used, pushed out to make room for an insert (or, by
+    /// [`HostCache::evict`], by a policy such as a tenant quota).
     Evicted,
     /// Removed by [`HostCache::remove`].
     Removed,
@@ -222,6 +223,18 @@ impl HostCache {
         }
         drop(inner);
         pinned.into_iter().map(|(hash, id, bytes)| self.guard(hash, id, bytes)).collect()
+    }
+
+    /// Evicts the block if it is stored and unpinned (a policy's choice, e.g. a tenant over
+    /// its quota): counted and reported as an eviction. `None` when it is absent or pinned.
+    pub fn evict(&self, hash: &SequenceHash) -> Option<BlockRemoved> {
+        let mut inner = self.lock();
+        if inner.entries.get(hash).is_none_or(|entry| entry.pins > 0) {
+            return None;
+        }
+        let removed = inner.unlink(hash, RemovalCause::Evicted)?;
+        inner.stats.evictions += 1;
+        Some(removed)
     }
 
     /// Removes the block, pinned or not (an invalidation); `None` when it was not stored.

@@ -29,7 +29,11 @@
 //!   tier at once and reaches the shared tier through a bounded write-behind queue that drops
 //!   (and counts) rather than blocks; `put_through` instead awaits the shared tier's
 //!   acknowledgement ([`WrittenThrough`]), for a hand-off to another machine; `get` promotes
-//!   shared hits into the host tier.
+//!   shared hits into the host tier. The `*_for(tenant, …)` variants name the tenant whose
+//!   quota the shared tier charges.
+//! - [`TenantQuotas`]: per-tenant byte quotas over one host cache shared by tenants — a tenant
+//!   over quota loses its own least recently used blocks, never anyone else's, and the writer
+//!   never sees an error. Used by the service's RAM tier.
 //! - [`run`] (`service/`): the kvstore gRPC service (`lcserve.v1.KvStore` + health + reflection)
 //!   over a [`TieredStore`] of a RAM tier and optional Redis, publishing every change of the
 //!   RAM tier's block set as a numbered KV event (bounded log, resume or snapshot); configured
@@ -42,6 +46,7 @@ mod host_cache;
 mod redis_tier;
 mod remote_tier;
 mod service;
+mod tenant_quota;
 mod tier;
 mod tiered;
 
@@ -54,5 +59,6 @@ pub use host_cache::{BlockRemoved, HostCache, InsertOutcome, Inserted, PinGuard,
 pub use redis_tier::{RedisStats, RedisTier, RedisTierConfig, RedisTierError, validate};
 pub use remote_tier::{RemoteStats, RemoteTier, RemoteTierConfig, RemoteTierError};
 pub use service::{KvStoreConfig, MESSAGE_OVERHEAD_BYTES, ServiceError, run};
+pub use tenant_quota::TenantQuotas;
 pub use tier::{Blocks, Tier, TierStats};
 pub use tiered::{Fetched, SharedWrite, Stored, TierKind, TieredConfig, TieredStats, TieredStore, WrittenThrough};

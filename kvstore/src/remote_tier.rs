@@ -16,6 +16,8 @@
 //!   [`RemoteTierConfig::max_message_bytes`]; the service sets the same limit from its own
 //!   `max_block_bytes` ([`KvStoreConfig::max_message_bytes`]). A block too large to send is
 //!   left out of the put and counted as an error, so the blocks around it still arrive.
+//! - **Tenants.** [`Tier::put_many_for`] names the tenant whose byte quota in the service's RAM
+//!   tier the blocks count against; [`Tier::put_many`] uses the default tenant.
 
 use std::fmt;
 use std::sync::Arc;
@@ -194,6 +196,13 @@ impl Tier for RemoteTier {
     }
 
     async fn put_many(&self, blocks: Blocks) -> usize {
+        self.put_many_for("", blocks).await
+    }
+
+    /// Charges the blocks to `tenant`'s byte quota in the service's RAM tier (the worker
+    /// passes its tenant's salt, e.g. in hex; at most 256 bytes, or the service refuses the
+    /// put).
+    async fn put_many_for(&self, tenant: &str, blocks: Blocks) -> usize {
         let (fits, too_large): (Vec<_>, Vec<_>) =
             blocks.into_iter().partition(|(_, block)| block.len() <= self.max_block_bytes);
         add(&self.stats.errors, too_large.len());
@@ -201,10 +210,13 @@ impl Tier for RemoteTier {
             return 0;
         }
         let (sent, bytes) = (fits.len(), fits.iter().map(|(_, block)| block.len()).sum());
+        let tenant = tenant.to_owned();
         // Each message is built as the stream is sent: one extra copy of one block at a time.
-        let messages = tokio_stream::iter(
-            fits.into_iter().map(|(hash, block)| v1::PutBlock { hash: hash_to_bytes(hash), block: block.to_vec() }),
-        );
+        let messages = tokio_stream::iter(fits.into_iter().map(move |(hash, block)| v1::PutBlock {
+            hash: hash_to_bytes(hash),
+            block: block.to_vec(),
+            tenant: tenant.clone(),
+        }));
         let mut client = self.client.clone();
         let Some(response) = self.stats.bounded(self.op_timeout, client.put(messages)).await else { return 0 };
         let stored = (response.into_inner().stored as usize).min(sent);

@@ -40,6 +40,13 @@ pub trait Tier: Send + Sync + 'static {
     /// count lets a caller that must know (a prefill handing a session to another machine)
     /// tell whether the blocks arrived.
     fn put_many(&self, blocks: Blocks) -> impl Future<Output = usize> + Send;
+
+    /// [`put_many`](Tier::put_many), charging the blocks to `tenant` (an opaque name; empty
+    /// is the default tenant) in a tier that keeps per-tenant quotas. Others ignore the name.
+    fn put_many_for(&self, tenant: &str, blocks: Blocks) -> impl Future<Output = usize> + Send {
+        let _ = tenant;
+        self.put_many(blocks)
+    }
 }
 
 /// Counters of a remote tier since creation. `hits + misses` is the number of blocks asked of

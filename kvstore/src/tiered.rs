@@ -149,10 +149,16 @@ fn bytes_of<'a>(blocks: impl IntoIterator<Item = &'a Arc<[u8]>>) -> usize {
     blocks.into_iter().map(|block| block.len()).sum()
 }
 
+/// One `put` waiting for the shared tier, with the tenant it is charged to.
+struct Batch {
+    tenant: Arc<str>,
+    blocks: Blocks,
+}
+
 /// The shared tier and the sending half of its write queue.
 struct Shared<S> {
     tier: Arc<S>,
-    queue: mpsc::Sender<Blocks>,
+    queue: mpsc::Sender<Batch>,
 }
 
 /// The tiered KV block store: host tier first, then the optional shared tier `S`.
@@ -253,12 +259,18 @@ impl<S: Tier> TieredStore<S> {
     /// Stores blocks in the host tier now and queues them for the shared tier. Never blocks and
     /// never fails: a full queue drops the batch for the shared tier (counted).
     pub fn put(&self, blocks: Blocks) -> Stored {
+        self.put_for("", blocks)
+    }
+
+    /// [`put`](Self::put), charging the blocks to `tenant` in a shared tier with per-tenant
+    /// quotas ([`Tier::put_many_for`]). The host tier does not account per tenant.
+    pub fn put_for(&self, tenant: &str, blocks: Blocks) -> Stored {
         let mut stored = Stored { evicted: self.insert_host(&blocks), queued: false };
         if let Some(shared) = &self.shared
             && !blocks.is_empty()
         {
             let n = blocks.len();
-            match shared.queue.try_send(blocks) {
+            match shared.queue.try_send(Batch { tenant: tenant.into(), blocks }) {
                 Ok(()) => {
                     add(&self.stats.shared_queued, n);
                     stored.queued = true;
@@ -278,10 +290,16 @@ impl<S: Tier> TieredStore<S> {
     /// Cancel-safe in the weak sense: dropping the future abandons the shared write (the
     /// blocks stay in the host tier).
     pub async fn put_through(&self, blocks: Blocks) -> WrittenThrough {
+        self.put_through_for("", blocks).await
+    }
+
+    /// [`put_through`](Self::put_through), charging the blocks to `tenant` in a shared tier
+    /// with per-tenant quotas: a tenant over quota may see fewer blocks acknowledged.
+    pub async fn put_through_for(&self, tenant: &str, blocks: Blocks) -> WrittenThrough {
         let evicted = self.insert_host(&blocks);
         let Some(shared) = &self.shared else { return WrittenThrough { evicted, shared: None } };
         let sent = blocks.len();
-        let acknowledged = if sent == 0 { 0 } else { shared.tier.put_many(blocks).await.min(sent) };
+        let acknowledged = if sent == 0 { 0 } else { shared.tier.put_many_for(tenant, blocks).await.min(sent) };
         add(&self.stats.shared_put, sent);
         add(&self.stats.shared_acknowledged, acknowledged);
         WrittenThrough { evicted, shared: Some(SharedWrite { sent, acknowledged }) }
@@ -314,10 +332,10 @@ impl<S: Tier> TieredStore<S> {
 
 /// Drains the write queue into the shared tier, one batch at a time (each bounded by the tier's
 /// own timeout), until every sender is gone.
-async fn write_behind<S: Tier>(tier: Arc<S>, mut queue: mpsc::Receiver<Blocks>, stats: Arc<Counters>) {
-    while let Some(batch) = queue.recv().await {
-        let n = batch.len();
-        let _acknowledged = tier.put_many(batch).await;
+async fn write_behind<S: Tier>(tier: Arc<S>, mut queue: mpsc::Receiver<Batch>, stats: Arc<Counters>) {
+    while let Some(Batch { tenant, blocks }) = queue.recv().await {
+        let n = blocks.len();
+        let _acknowledged = tier.put_many_for(&tenant, blocks).await;
         add(&stats.shared_put, n);
     }
 }

@@ -57,7 +57,8 @@ impl Server {
 }
 
 async fn put(client: &mut KvStoreClient<Channel>, ids: &[u8]) -> v1::PutResponse {
-    let blocks: Vec<PutBlock> = ids.iter().map(|&i| PutBlock { hash: hash(i).0.to_vec(), block: block(i) }).collect();
+    let blocks: Vec<PutBlock> =
+        ids.iter().map(|&i| PutBlock { hash: hash(i).0.to_vec(), block: block(i), tenant: String::new() }).collect();
     client.put(tokio_stream::iter(blocks)).await.expect("put").into_inner()
 }
 
@@ -250,7 +251,7 @@ async fn bad_input_names_the_field() {
     let err = server.client.lookup(LookupRequest { hashes: vec![vec![0; 16], vec![0; 3]] }).await.expect_err("bad");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("hashes[1]"), "{}", err.message());
-    let blocks = vec![PutBlock { hash: hash(1).0.to_vec(), block: block(1) }];
+    let blocks = vec![PutBlock { hash: hash(1).0.to_vec(), block: block(1), tenant: String::new() }];
     let err = server.client.put(tokio_stream::iter(blocks)).await.expect_err("too large");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("max_block_bytes"), "{}", err.message());

@@ -73,7 +73,7 @@ mod tests {
         let bad = v1::LookupRequest { hashes: vec![vec![1; 16], vec![2; 15]] };
         let err = Vec::<SequenceHash>::try_from(&bad).err();
         assert_eq!(err.as_ref().map(ProtoError::field), Some("hashes[1]"));
-        let block = v1::PutBlock { hash: vec![], block: vec![] };
+        let block = v1::PutBlock { hash: vec![], block: vec![], tenant: String::new() };
         assert_eq!(SequenceHash::try_from(&block), Err(ProtoError::HashLength { field: "hash".into(), len: 0 }));
         assert_eq!(hash_to_bytes(SequenceHash([7; 16])), vec![7; 16]);
     }

@@ -16,10 +16,15 @@ use tonic::{Request, Response, Status, Streaming};
 use super::store::{NotReplayable, Store};
 use crate::tier::Blocks;
 
+/// Longest `PutBlock.tenant` accepted: room for a salt in hex, and a bound on what a client
+/// can make the server keep per tenant.
+const MAX_TENANT_BYTES: usize = 256;
+
 /// Blocks handed to the store per batch while a `Put` stream arrives: bounds the RAM a stream
 /// holds, and keeps one batch one shared-tier round trip.
 const PUT_BATCH: usize = 64;
 
+type Block = (SequenceHash, Arc<[u8]>);
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::KvEvent, Status>> + Send>>;
 type BlockStream = Pin<Box<dyn Stream<Item = Result<v1::GetBlock, Status>> + Send>>;
 
@@ -41,9 +46,16 @@ fn count(n: usize) -> u32 {
 }
 
 impl KvStoreService {
-    fn check_block(&self, index: usize, block: v1::PutBlock) -> Result<(SequenceHash, Arc<[u8]>), Status> {
+    /// The block's identity and bytes, and its tenant.
+    fn check_block(&self, index: usize, block: v1::PutBlock) -> Result<(Block, String), Status> {
         let hash = SequenceHash::try_from(&block)
             .map_err(|err| Status::invalid_argument(format!("PutBlock #{index}: {err}")))?;
+        if block.tenant.len() > MAX_TENANT_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "PutBlock #{index}: tenant: {} bytes exceeds {MAX_TENANT_BYTES}",
+                block.tenant.len()
+            )));
+        }
         if block.block.len() > self.max_block_bytes {
             return Err(Status::invalid_argument(format!(
                 "PutBlock #{index}: block: {} bytes exceeds max_block_bytes {}",
@@ -54,7 +66,7 @@ impl KvStoreService {
         crate::redis_tier::validate(&block.block, &hash).map_err(|err| {
             Status::invalid_argument(format!("PutBlock #{index}: block: not a valid KVB1 block of hash {hash}: {err}"))
         })?;
-        Ok((hash, Arc::from(block.block)))
+        Ok(((hash, Arc::from(block.block)), block.tenant))
     }
 }
 
@@ -68,16 +80,23 @@ impl KvStore for KvStoreService {
 
     async fn put(&self, request: Request<Streaming<v1::PutBlock>>) -> Result<Response<v1::PutResponse>, Status> {
         let mut stream = request.into_inner();
-        let (mut stored, mut seen, mut batch): (usize, usize, Blocks) = (0, 0, Vec::new());
+        let (mut stored, mut seen, mut batch, mut tenant): (usize, usize, Blocks, String) =
+            (0, 0, Vec::new(), String::new());
         // Blocks before an invalid one are kept: each stands alone, and a prefix is still useful.
+        // A batch has one tenant (a stream normally has one too).
         while let Some(block) = stream.message().await? {
-            batch.push(self.check_block(seen, block)?);
+            let (block, block_tenant) = self.check_block(seen, block)?;
             seen += 1;
+            if block_tenant != tenant {
+                stored += self.store.put(&tenant, std::mem::take(&mut batch));
+                tenant = block_tenant;
+            }
+            batch.push(block);
             if batch.len() >= PUT_BATCH {
-                stored += self.store.put(std::mem::take(&mut batch));
+                stored += self.store.put(&tenant, std::mem::take(&mut batch));
             }
         }
-        stored += self.store.put(batch);
+        stored += self.store.put(&tenant, batch);
         Ok(Response::new(v1::PutResponse { stored: count(stored), rejected: count(seen - stored) }))
     }
 
@@ -123,6 +142,7 @@ impl KvStore for KvStoreService {
         let host = self.store.tiered.host().stats();
         let tiered = self.store.tiered.stats();
         let (oldest_sequence, last_sequence, epoch) = self.store.sequences();
+        let quotas = self.store.quota_stats();
         let n = |v: usize| v as u64;
         Ok(Response::new(v1::StatsResponse {
             capacity_bytes: n(host.capacity),
@@ -144,6 +164,9 @@ impl KvStore for KvStoreService {
             oldest_sequence,
             shared_tier: self.store.tiered.shared().is_some(),
             epoch,
+            tenant_quota_bytes: quotas.quota_bytes,
+            quota_evictions: quotas.evictions,
+            tenants: quotas.tenants,
         }))
     }
 

@@ -7,6 +7,7 @@
 //! `Put`, read-through and promotion on `Get`). Every change of the RAM tier's block set is
 //! published as a numbered `KvEvent` and kept in a bounded log, so a router mirroring the set
 //! can resume after a disconnect, or rebuild from a snapshot when the log has moved on. The
+//! RAM tier optionally keeps per-tenant byte quotas ([`TenantQuotas`]). The
 //! numbering belongs to a random per-start epoch, so a subscriber notices a restart instead of
 //! resuming into a numbering that started over.
 
@@ -22,6 +23,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::host_cache::HostCache;
 use crate::redis_tier::{RedisTier, RedisTierConfig, RedisTierError};
+use crate::tenant_quota::TenantQuotas;
 use crate::tiered::{TieredConfig, TieredStore};
 
 /// Bytes a `PutBlock` or `GetBlock` message carries besides its block (hash, field tags and
@@ -45,6 +47,10 @@ pub struct KvStoreConfig {
     /// Longest pin lease a client may ask for: a pinned block cannot be evicted, so a lease
     /// bounds what a vanished client can hold.
     pub max_pin_lease: Duration,
+    /// Byte quota of each tenant (named by `PutBlock.tenant`) in the RAM tier; `None` for no
+    /// quotas. A tenant over it loses its own least recently used blocks, so one tenant's
+    /// burst cannot evict everyone else's prefixes. See [`TenantQuotas`](crate::TenantQuotas).
+    pub tenant_quota_bytes: Option<usize>,
     /// The shared tier behind the RAM tier; `None` for RAM only.
     pub redis: Option<RedisTierConfig>,
     /// Write-behind queue of the shared tier.
@@ -59,6 +65,7 @@ impl Default for KvStoreConfig {
             event_log_len: 100_000,
             subscriber_buffer: 4096,
             max_pin_lease: Duration::from_secs(60),
+            tenant_quota_bytes: None,
             redis: None,
             tiered: TieredConfig::default(),
         }
@@ -85,6 +92,9 @@ impl KvStoreConfig {
         ];
         if let Some((field, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(ServiceError::Config { field, reason: "must be > 0".into() });
+        }
+        if self.tenant_quota_bytes == Some(0) {
+            return Err(ServiceError::Config { field: "tenant_quota_bytes", reason: "must be > 0 when set".into() });
         }
         if self.max_pin_lease.is_zero() {
             return Err(ServiceError::Config { field: "max_pin_lease", reason: "must be > 0".into() });
@@ -119,7 +129,8 @@ pub async fn run(
     let redis = config.redis.as_ref().map(RedisTier::new).transpose()?;
     let tiered = TieredStore::new(HostCache::new(config.capacity_bytes), redis, config.tiered, &runtime);
     let epoch = store::random_epoch();
-    let store = Arc::new(store::Store::new(tiered, config.event_log_len, config.subscriber_buffer, epoch));
+    let quotas = config.tenant_quota_bytes.map(TenantQuotas::new);
+    let store = Arc::new(store::Store::new(tiered, config.event_log_len, config.subscriber_buffer, epoch, quotas));
     let (stop, stopping) = tokio::sync::watch::channel(());
     let service = grpc::KvStoreService {
         store,

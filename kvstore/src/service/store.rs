@@ -24,6 +24,7 @@ use tokio::sync::broadcast;
 
 use crate::host_cache::PinGuard;
 use crate::redis_tier::RedisTier;
+use crate::tenant_quota::TenantQuotas;
 use crate::tier::Blocks;
 use crate::tiered::{TierKind, TieredStore};
 
@@ -53,6 +54,8 @@ struct State {
     /// Random per server start: names the sequence numbering.
     epoch: u64,
     live: broadcast::Sender<v1::KvEvent>,
+    /// Per-tenant byte quotas of the host tier, when configured.
+    quotas: Option<TenantQuotas>,
 }
 
 impl State {
@@ -72,6 +75,14 @@ impl State {
     }
 }
 
+/// Quota settings and counters, for `Stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct QuotaStats {
+    pub quota_bytes: u64,
+    pub evictions: u64,
+    pub tenants: u64,
+}
+
 type Pins = Mutex<HashMap<u64, Vec<PinGuard>>>;
 
 /// Shared by every request handler (behind an `Arc`).
@@ -89,10 +100,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Store {
     /// A store whose events are numbered in `epoch` (random per start, see `random_epoch`).
-    pub fn new(tiered: TieredStore<RedisTier>, log_len: usize, subscriber_buffer: usize, epoch: u64) -> Self {
+    pub fn new(
+        tiered: TieredStore<RedisTier>,
+        log_len: usize,
+        subscriber_buffer: usize,
+        epoch: u64,
+        quotas: Option<TenantQuotas>,
+    ) -> Self {
         let (live, _) = broadcast::channel(subscriber_buffer.max(1));
         let log = VecDeque::new();
-        let state = State { mirror: HashSet::new(), log, log_len: log_len.max(1), last: 0, epoch, live };
+        let state = State { mirror: HashSet::new(), log, log_len: log_len.max(1), last: 0, epoch, live, quotas };
         Store { tiered, state: Mutex::new(state), pins: Arc::default(), next_pin: AtomicU64::new(1) }
     }
 
@@ -109,15 +126,34 @@ impl Store {
         }
     }
 
-    /// Stores validated blocks (host tier now, shared tier behind); returns how many of them
-    /// the host tier holds afterwards.
-    pub fn put(&self, blocks: Blocks) -> usize {
-        let hashes: Vec<SequenceHash> = blocks.iter().map(|(hash, _)| *hash).collect();
+    /// Stores validated blocks of `tenant` (host tier now, shared tier behind), evicting the
+    /// tenant's own oldest blocks if it is over its quota; returns how many of them the host
+    /// tier holds afterwards.
+    pub fn put(&self, tenant: &str, blocks: Blocks) -> usize {
+        if blocks.is_empty() {
+            return 0;
+        }
+        let charged: Vec<(SequenceHash, usize)> = blocks.iter().map(|(hash, block)| (*hash, block.len())).collect();
         let mut state = lock(&self.state);
-        let stored = self.tiered.put(blocks);
-        self.reconcile(&mut state, stored.evicted.iter().map(|removed| removed.hash).chain(hashes.iter().copied()));
+        let stored = self.tiered.put_for(tenant, blocks);
+        let mut touched: Vec<SequenceHash> = stored.evicted.iter().map(|removed| removed.hash).collect();
+        if let Some(quotas) = &mut state.quotas {
+            quotas.forget(touched.iter().copied());
+            touched.extend(quotas.charge(self.tiered.host(), tenant, &charged).iter().map(|removed| removed.hash));
+        }
+        self.reconcile(&mut state, touched.into_iter().chain(charged.iter().map(|(hash, _)| *hash)));
         let host = self.tiered.host();
-        hashes.iter().filter(|hash| host.contains(hash)).count()
+        charged.iter().filter(|(hash, _)| host.contains(hash)).count()
+    }
+
+    /// The quota settings and counters (zeros without quotas).
+    pub fn quota_stats(&self) -> QuotaStats {
+        let state = lock(&self.state);
+        state.quotas.as_ref().map_or_else(QuotaStats::default, |quotas| QuotaStats {
+            quota_bytes: quotas.quota() as u64,
+            evictions: quotas.evictions(),
+            tenants: quotas.tenants() as u64,
+        })
     }
 
     /// The longest servable prefix of `hashes`, promoting shared-tier hits into RAM.
@@ -126,8 +162,14 @@ impl Store {
         let promoted = hashes.iter().zip(&fetched.sources).filter(|(_, source)| **source == TierKind::Shared);
         let touched: Vec<SequenceHash> =
             fetched.evicted.iter().map(|removed| removed.hash).chain(promoted.map(|(hash, _)| *hash)).collect();
+        let mut state = lock(&self.state);
+        if let Some(quotas) = &mut state.quotas {
+            // Promoted blocks are charged to no one: a Get names no tenant.
+            quotas.forget(fetched.evicted.iter().map(|removed| removed.hash));
+            let read = hashes.iter().zip(&fetched.sources).filter(|(_, source)| **source == TierKind::Host);
+            quotas.touch(&read.map(|(hash, _)| *hash).collect::<Vec<_>>());
+        }
         if !touched.is_empty() {
-            let mut state = lock(&self.state);
             self.reconcile(&mut state, touched);
         }
         fetched.blocks
@@ -138,6 +180,9 @@ impl Store {
         let mut state = lock(&self.state);
         let removed = self.tiered.host().clear().len();
         state.mirror.clear();
+        if let Some(quotas) = &mut state.quotas {
+            quotas.clear();
+        }
         state.push(Kind::Cleared(v1::Cleared {}));
         removed
     }
