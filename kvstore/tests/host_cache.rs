@@ -189,6 +189,21 @@ fn remove_and_clear_report_every_block() {
 }
 
 #[test]
+fn evict_takes_one_unpinned_block_and_counts_it_as_an_eviction() {
+    let cache = HostCache::new(100);
+    stored(&cache, 1, 10);
+    stored(&cache, 2, 10);
+    let pin = cache.pin(&h(2)).expect("stored");
+    assert_eq!(cache.evict(&h(1)), Some(evicted(1, 10)));
+    assert_eq!(cache.evict(&h(1)), None, "absent");
+    assert_eq!(cache.evict(&h(2)), None, "pinned");
+    drop(pin);
+    assert_eq!(cache.evict(&h(2)), Some(evicted(2, 10)));
+    let stats = cache.stats();
+    assert_eq!((stats.blocks, stats.bytes, stats.evictions, stats.removals), (0, 0, 2, 0));
+}
+
+#[test]
 fn a_stale_guard_keeps_its_bytes_and_never_unpins_a_new_copy() {
     let cache = HostCache::new(20);
     stored(&cache, 1, 10);
