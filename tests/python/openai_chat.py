@@ -1,0 +1,44 @@
+"""Chats with an OpenAI-compatible server through the official `openai` package.
+
+Usage: openai_chat.py BASE_URL
+
+Asks the first model that GET /models lists one question, streamed and then not, greedily, and
+prints what came back as one JSON object.
+"""
+
+import json
+import sys
+
+import openai
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def main(base_url):
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
+    model = client.models.list().data[0].id
+    ask = dict(model=model, messages=QUESTION, max_tokens=24, temperature=0)
+
+    text, chunks, finish_reason, usage = "", 0, None, None
+    for chunk in client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}):
+        chunks += 1
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            finish_reason = choice.finish_reason or finish_reason
+        if chunk.usage is not None:
+            usage = chunk.usage.model_dump()
+
+    whole = client.chat.completions.create(**ask)
+    print(json.dumps({
+        "model": model,
+        "stream": {"text": text, "chunks": chunks, "finish_reason": finish_reason, "usage": usage},
+        "whole": {
+            "text": whole.choices[0].message.content,
+            "finish_reason": whole.choices[0].finish_reason,
+            "usage": whole.usage.model_dump(),
+        },
+    }))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
