@@ -1,0 +1,152 @@
+//! `POST /v1/completions` and `POST /v1/chat/completions`: authenticate, read and parse the body,
+//! start the shared flow, then answer with one JSON body or an SSE stream ending `data: [DONE]`.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use lcserve_proto::v1::generate_response::Event;
+use tokio::sync::mpsc;
+
+use super::openai::{self, Kind};
+use super::response::Shaper;
+use super::{authorization, error_response, event_error_json, json_response, read_body};
+use crate::Shared;
+use crate::error::RouterError;
+use crate::metrics::Endpoint;
+
+/// SSE comment lines keep idle connections (a long prefill) open through proxies.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+pub(super) async fn completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+    respond(shared, headers, body, Kind::Completion).await
+}
+
+pub(super) async fn chat_completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+    respond(shared, headers, body, Kind::Chat).await
+}
+
+async fn respond(shared: Arc<Shared>, headers: HeaderMap, body: Body, kind: Kind) -> Response {
+    let endpoint = match kind {
+        Kind::Completion => Endpoint::Completions,
+        Kind::Chat => Endpoint::ChatCompletions,
+    };
+    match start(&shared, &headers, body, kind, endpoint).await {
+        Ok((events, shaper, true)) => stream(events, shaper).into_response(),
+        Ok((events, shaper, false)) => collect(events, shaper).await,
+        Err(err) => {
+            shared.metrics.request(endpoint, err.class().label());
+            error_response(&err)
+        }
+    }
+}
+
+/// Everything before the first event; errors here are plain HTTP errors.
+async fn start(
+    shared: &Arc<Shared>,
+    headers: &HeaderMap,
+    body: Body,
+    kind: Kind,
+    endpoint: Endpoint,
+) -> Result<(mpsc::Receiver<Event>, Shaper, bool), RouterError> {
+    let tenant = shared.auth.authenticate(authorization(headers))?;
+    let bytes = read_body(headers, body, shared.config.max_body_bytes).await?;
+    let parsed = openai::parse(&bytes).map_err(|(param, message)| RouterError::BadBody { param, message })?;
+    let (request, options) = parsed.into_generate(kind)?;
+    let model = shared.served()?;
+    let shaper = Shaper::new(kind, &model.id, options, model.tokenizer.clone());
+    let events = Arc::clone(shared).start(model, &tenant, request, None, endpoint).await?;
+    Ok((events, shaper, options.stream))
+}
+
+async fn collect(mut events: mpsc::Receiver<Event>, mut shaper: Shaper) -> Response {
+    let mut tokens = Vec::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Token(token) => tokens.push(token),
+            Event::Finished(finished) => return json_response(200, shaper.complete(&tokens, &finished)),
+            Event::Error(error) => {
+                let (status, body) = event_error_json(&error);
+                return json_response(status, body);
+            }
+        }
+    }
+    error_response(&RouterError::Internal("the request ended without a result".into()))
+}
+
+/// State of one SSE response: chunks ready to send, then more from the flow.
+struct SseState {
+    events: mpsc::Receiver<Event>,
+    shaper: Shaper,
+    ready: VecDeque<SseEvent>,
+    done: bool,
+}
+
+fn data(value: &serde_json::Value) -> SseEvent {
+    SseEvent::default().data(value.to_string())
+}
+
+impl SseState {
+    /// Turns the next flow event into chunks; false once the stream is over.
+    async fn advance(&mut self) -> bool {
+        if self.done {
+            return false;
+        }
+        match self.events.recv().await {
+            Some(Event::Token(token)) => {
+                let chunk = self.shaper.token_chunk(&token);
+                if !token.text.is_empty() || !chunk["choices"][0]["logprobs"].is_null() {
+                    self.ready.push_back(data(&chunk));
+                }
+            }
+            Some(Event::Finished(finished)) => {
+                self.ready.push_back(data(&self.shaper.finish_chunk(&finished)));
+                if let Some(usage) = self.shaper.usage_chunk(&finished) {
+                    self.ready.push_back(data(&usage));
+                }
+                self.finish();
+            }
+            Some(Event::Error(error)) => {
+                self.ready.push_back(data(&event_error_json(&error).1));
+                self.finish();
+            }
+            None => {
+                let error = RouterError::Internal("the request ended without a result".into()).to_event();
+                self.ready.push_back(data(&event_error_json(&error).1));
+                self.finish();
+            }
+        }
+        true
+    }
+
+    fn finish(&mut self) {
+        self.ready.push_back(SseEvent::default().data("[DONE]"));
+        self.done = true;
+    }
+}
+
+/// The SSE response. Dropping it (client gone) drops the receiver, which cancels the flow.
+fn stream(
+    events: mpsc::Receiver<Event>,
+    shaper: Shaper,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
+    let ready: VecDeque<SseEvent> = shaper.opening_chunk().iter().map(data).collect();
+    let state = SseState { events, shaper, ready, done: false };
+    let chunks = futures_util::stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(chunk) = state.ready.pop_front() {
+                return Some((Ok(chunk), state));
+            }
+            if !state.advance().await {
+                return None;
+            }
+        }
+    });
+    Sse::new(chunks).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+}

@@ -1,0 +1,333 @@
+//! OpenAI request bodies (`/v1/completions`, `/v1/chat/completions`) and their conversion into
+//! a `lcserve.v1.GenerateRequest`, so both fronts share one validation path.
+//!
+//! One struct serves both endpoints (they share almost every field); what differs — `prompt`
+//! vs `messages`, `logprobs` as a count vs a flag — is checked per endpoint in
+//! [`OpenAiRequest::into_generate`]. Unknown fields are ignored, as OpenAI clients send many.
+
+use lcserve_proto::v1::{self, generate_request::Input};
+use serde::Deserialize;
+
+use crate::error::{Field, RouterError};
+use crate::validate::MAX_LOGPROBS;
+
+/// Which endpoint a body was sent to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Completion,
+    Chat,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum PromptField {
+    Text(String),
+    Tokens(Vec<u32>),
+    Texts(Vec<String>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `logprobs`: a count of alternatives for completions, a flag for chat.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum LogprobsField {
+    Flag(bool),
+    Count(u32),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum ContentField {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct MessageField {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<ContentField>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// The body of either endpoint.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct OpenAiRequest {
+    pub model: Option<String>,
+    pub prompt: Option<PromptField>,
+    pub messages: Option<Vec<MessageField>>,
+    pub max_tokens: Option<u32>,
+    pub max_completion_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// `-1` (vLLM) or `0` disable it.
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Option<StopField>,
+    pub stop_token_ids: Option<Vec<u32>>,
+    pub ignore_eos: Option<bool>,
+    pub logprobs: Option<LogprobsField>,
+    pub top_logprobs: Option<u32>,
+    pub n: Option<u32>,
+    pub best_of: Option<u32>,
+    pub echo: Option<bool>,
+    pub suffix: Option<String>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub cache_salt: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// How the response is to be shaped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ResponseOptions {
+    pub stream: bool,
+    pub include_usage: bool,
+    /// Whether to report logprobs at all (and with how many alternatives, in the request).
+    pub logprobs: bool,
+}
+
+fn invalid<T>(field: Field, reason: impl Into<String>) -> Result<T, RouterError> {
+    Err(RouterError::invalid(field, reason))
+}
+
+impl OpenAiRequest {
+    /// Checks the endpoint-specific fields and builds the shared request.
+    pub fn into_generate(self, kind: Kind) -> Result<(v1::GenerateRequest, ResponseOptions), RouterError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return invalid(Field::N, "only n = 1 is supported");
+        }
+        if self.best_of.is_some_and(|n| n != 1) {
+            return invalid(Field::Unsupported("best_of"), "only best_of = 1 is supported");
+        }
+        if self.echo == Some(true) {
+            return invalid(Field::Unsupported("echo"), "echo is not supported");
+        }
+        if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+            return invalid(Field::Unsupported("suffix"), "suffix is not supported");
+        }
+        let (input, logprobs) = match kind {
+            Kind::Completion => {
+                if self.messages.is_some() {
+                    return invalid(Field::Messages, "use /v1/chat/completions for messages");
+                }
+                let logprobs = match self.logprobs {
+                    None => None,
+                    Some(LogprobsField::Count(n)) => Some(n),
+                    Some(LogprobsField::Flag(_)) => {
+                        return invalid(Field::Logprobs, format!("an integer in 0..={MAX_LOGPROBS}"));
+                    }
+                };
+                (completion_input(self.prompt)?, logprobs)
+            }
+            Kind::Chat => {
+                if self.prompt.is_some() {
+                    return invalid(Field::Text, "use /v1/completions for a prompt");
+                }
+                let logprobs = match (self.logprobs, self.top_logprobs) {
+                    (Some(LogprobsField::Flag(true)), top) => Some(top.unwrap_or(0)),
+                    (Some(LogprobsField::Count(_)), _) => return invalid(Field::Logprobs, "must be true or false"),
+                    (_, Some(_)) => return invalid(Field::TopLogprobs, "requires logprobs: true"),
+                    (_, None) => None,
+                };
+                if logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
+                    return invalid(Field::TopLogprobs, format!("at most {MAX_LOGPROBS}"));
+                }
+                (chat_input(self.messages)?, logprobs)
+            }
+        };
+        let top_k = match self.top_k {
+            None | Some(-1) | Some(0) => None,
+            Some(k) => Some(
+                u32::try_from(k).map_err(|_| RouterError::invalid(Field::TopK, "must be >= 1, or -1 / 0 for off"))?,
+            ),
+        };
+        let stop = match self.stop {
+            None => Vec::new(),
+            Some(StopField::One(s)) => vec![s],
+            Some(StopField::Many(list)) => list,
+        };
+        let request = v1::GenerateRequest {
+            model: self.model.unwrap_or_default(),
+            input: Some(input),
+            sampling: Some(v1::SamplingParams {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                top_k,
+                min_p: self.min_p,
+                repetition_penalty: self.repetition_penalty,
+                presence_penalty: self.presence_penalty,
+                frequency_penalty: self.frequency_penalty,
+                seed: self.seed,
+                logprobs,
+            }),
+            stop: Some(v1::StopConditions {
+                max_tokens: self.max_completion_tokens.or(self.max_tokens),
+                stop_token_ids: self.stop_token_ids.unwrap_or_default(),
+                stop,
+                ignore_eos: self.ignore_eos.unwrap_or(false),
+            }),
+            cache_salt: self.cache_salt,
+            request_id: self.request_id.unwrap_or_default(),
+        };
+        let stream = self.stream.unwrap_or(false);
+        let include_usage = self.stream_options.is_some_and(|o| o.include_usage);
+        if include_usage && !stream {
+            return invalid(Field::Unsupported("stream_options"), "only allowed with stream: true");
+        }
+        Ok((request, ResponseOptions { stream, include_usage, logprobs: logprobs.is_some() }))
+    }
+}
+
+fn completion_input(prompt: Option<PromptField>) -> Result<Input, RouterError> {
+    let one = "one prompt per request (batches are not supported)";
+    Ok(match prompt {
+        None => return invalid(Field::Text, "is required"),
+        Some(PromptField::Text(text)) => Input::Text(text),
+        Some(PromptField::Tokens(ids)) => Input::TokenIds(v1::TokenIds { ids }),
+        Some(PromptField::Texts(mut texts)) => match texts.len() {
+            1 => Input::Text(texts.remove(0)),
+            _ => return invalid(Field::Text, one),
+        },
+        Some(PromptField::TokenLists(mut lists)) => match lists.len() {
+            1 => Input::TokenIds(v1::TokenIds { ids: lists.remove(0) }),
+            _ => return invalid(Field::TokenIds, one),
+        },
+    })
+}
+
+fn chat_input(messages: Option<Vec<MessageField>>) -> Result<Input, RouterError> {
+    let Some(messages) = messages else { return invalid(Field::Messages, "is required") };
+    let messages = messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, message)| {
+            let content = match message.content {
+                None => String::new(),
+                Some(ContentField::Text(text)) => text,
+                Some(ContentField::Parts(parts)) => {
+                    let mut text = String::new();
+                    for part in parts {
+                        match (part.kind.as_str(), part.text) {
+                            ("text", Some(part)) => text.push_str(&part),
+                            (kind, _) => {
+                                return invalid(
+                                    Field::Messages,
+                                    format!("messages[{i}]: content part {kind:?} is not supported (text only)"),
+                                );
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            Ok(v1::ChatMessage { role: message.role, content })
+        })
+        .collect::<Result<_, RouterError>>()?;
+    Ok(Input::Chat(v1::ChatMessages { messages }))
+}
+
+/// Parses a body, naming the JSON path of a field that fails (`top_p`, `messages[1].role`).
+pub(crate) fn parse(body: &[u8]) -> Result<OpenAiRequest, (Option<String>, String)> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let parsed: Result<OpenAiRequest, _> = serde_path_to_error::deserialize(&mut deserializer);
+    let request = parsed.map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let param = (path != "." && !inner.is_syntax() && !inner.is_eof()).then_some(path);
+        (param, inner.to_string())
+    })?;
+    deserializer.end().map_err(|err| (None, err.to_string()))?;
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn convert(json: &str, kind: Kind) -> Result<(v1::GenerateRequest, ResponseOptions), RouterError> {
+        parse(json.as_bytes()).map_err(|(_, m)| RouterError::Internal(m))?.into_generate(kind)
+    }
+
+    #[test]
+    fn fields_map_onto_the_shared_request() {
+        let (request, options) = convert(
+            r#"{"model":"m","prompt":"hi","max_tokens":5,"temperature":0.5,"top_k":-1,"stop":"x","seed":3,
+                "stream":true,"stream_options":{"include_usage":true},"logprobs":2,"user":"u","cache_salt":"s"}"#,
+            Kind::Completion,
+        )
+        .expect("valid");
+        assert_eq!(request.input, Some(Input::Text("hi".into())));
+        let sampling = request.sampling.expect("sampling");
+        assert_eq!(
+            (sampling.temperature, sampling.top_k, sampling.seed, sampling.logprobs),
+            (Some(0.5), None, Some(3), Some(2))
+        );
+        let stop = request.stop.expect("stop");
+        assert_eq!((stop.max_tokens, stop.stop), (Some(5), vec!["x".to_owned()]));
+        assert_eq!(request.cache_salt.as_deref(), Some("s"));
+        assert_eq!(options, ResponseOptions { stream: true, include_usage: true, logprobs: true });
+
+        let (chat, options) = convert(
+            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],
+                "logprobs":true,"top_logprobs":3,"max_completion_tokens":7,"stop":["p","q"]}"#,
+            Kind::Chat,
+        )
+        .expect("valid");
+        let Some(Input::Chat(messages)) = chat.input else { panic!("chat input") };
+        assert_eq!(messages.messages[0].content, "ab");
+        assert_eq!(chat.stop.map(|s| (s.max_tokens, s.stop.len())), Some((Some(7), 2)));
+        assert!(options.logprobs);
+    }
+
+    #[test]
+    fn endpoint_mismatches_name_the_field() {
+        let field = |json: &str, kind| convert(json, kind).err().and_then(|e| e.field()).map(Field::openai_name);
+        assert_eq!(field(r#"{"prompt":"a","n":2}"#, Kind::Completion), Some("n"));
+        assert_eq!(field(r#"{"messages":[]}"#, Kind::Completion), Some("messages"));
+        assert_eq!(field(r#"{}"#, Kind::Completion), Some("prompt"));
+        assert_eq!(field(r#"{"prompt":["a","b"]}"#, Kind::Completion), Some("prompt"));
+        assert_eq!(field(r#"{"prompt":"a","logprobs":true}"#, Kind::Completion), Some("logprobs"));
+        assert_eq!(field(r#"{"messages":[],"top_logprobs":2}"#, Kind::Chat), Some("top_logprobs"));
+        assert_eq!(field(r#"{"messages":[],"logprobs":true,"top_logprobs":21}"#, Kind::Chat), Some("top_logprobs"));
+        assert_eq!(field(r#"{"prompt":"a","top_k":-5}"#, Kind::Completion), Some("top_k"));
+        assert_eq!(field(r#"{"prompt":"a","echo":true}"#, Kind::Completion), Some("echo"));
+        let parts = r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#;
+        assert_eq!(field(parts, Kind::Chat), Some("messages"));
+    }
+
+    #[test]
+    fn parse_errors_carry_the_path() {
+        assert_eq!(parse(br#"{"top_p":"high"}"#).err().and_then(|e| e.0).as_deref(), Some("top_p"));
+        assert_eq!(parse(br#"{"max_tokens":-1}"#).err().and_then(|e| e.0).as_deref(), Some("max_tokens"));
+        let nested = parse(br#"{"messages":[{"role":"user"},{"content":"x"}]}"#).err();
+        assert_eq!(nested.and_then(|e| e.0).as_deref(), Some("messages[1]"));
+        assert_eq!(parse(b"{\"prompt\":").err().map(|e| e.0), Some(None));
+        assert_eq!(parse(b"{} x").err().map(|e| e.0), Some(None));
+        assert!(parse(b"{\"prompt\":\"\xff\"}").is_err(), "invalid UTF-8");
+    }
+}

@@ -1,0 +1,216 @@
+//! Flow events → OpenAI response bodies: whole responses, SSE chunks, usage and logprobs.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lcserve_proto::v1;
+use lcserve_text::Tokenizer;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::openai::{Kind, ResponseOptions};
+
+#[derive(Debug, Serialize)]
+struct Tiers {
+    device: u32,
+    host: u32,
+    shared: u32,
+}
+
+/// lcserve's additions to OpenAI usage, kept in their own object.
+#[derive(Debug, Serialize)]
+struct UsageExtra {
+    cached_tokens_by_tier: Tiers,
+    prefill_tokens: u32,
+    speculative_proposed: u32,
+    speculative_accepted: u32,
+    prefill_density: f32,
+    time_to_first_token_ms: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct PromptDetails {
+    cached_tokens: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct UsageBody {
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    total_tokens: u32,
+    prompt_tokens_details: PromptDetails,
+    lcserve: UsageExtra,
+}
+
+fn usage_json(usage: &v1::Usage) -> Value {
+    let cached = usage.cached.unwrap_or_default();
+    let body = UsageBody {
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        total_tokens: usage.prompt_tokens.saturating_add(usage.completion_tokens),
+        prompt_tokens_details: PromptDetails { cached_tokens: usage.cached_tokens },
+        lcserve: UsageExtra {
+            cached_tokens_by_tier: Tiers { device: cached.device, host: cached.host, shared: cached.shared },
+            prefill_tokens: usage.prefill_tokens,
+            speculative_proposed: usage.speculative_proposed,
+            speculative_accepted: usage.speculative_accepted,
+            prefill_density: usage.prefill_density,
+            time_to_first_token_ms: usage.time_to_first_token_ms,
+        },
+    };
+    serde_json::to_value(body).unwrap_or(Value::Null)
+}
+
+pub(crate) fn finish_reason(reason: i32) -> &'static str {
+    match v1::FinishReason::try_from(reason) {
+        Ok(v1::FinishReason::Length | v1::FinishReason::ContextFull) => "length",
+        _ => "stop",
+    }
+}
+
+/// Shapes one request's events into OpenAI JSON for its endpoint.
+#[derive(Debug)]
+pub(crate) struct Shaper {
+    kind: Kind,
+    id: String,
+    created: u64,
+    model: String,
+    options: ResponseOptions,
+    tokenizer: Tokenizer,
+    /// Characters of text emitted so far (completions logprobs' `text_offset`).
+    offset: usize,
+}
+
+impl Shaper {
+    pub fn new(kind: Kind, model: &str, options: ResponseOptions, tokenizer: Tokenizer) -> Self {
+        let prefix = match kind {
+            Kind::Completion => "cmpl",
+            Kind::Chat => "chatcmpl",
+        };
+        Shaper {
+            kind,
+            id: format!("{prefix}-{:032x}", rand::random::<u128>()),
+            created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            model: model.to_owned(),
+            options,
+            tokenizer,
+            offset: 0,
+        }
+    }
+
+    fn envelope(&self, object: &str, choices: Value) -> Value {
+        json!({ "id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices })
+    }
+
+    fn chunk_object(&self) -> &'static str {
+        match self.kind {
+            Kind::Completion => "text_completion",
+            Kind::Chat => "chat.completion.chunk",
+        }
+    }
+
+    fn spell(&self, id: u32) -> String {
+        self.tokenizer.decode(&[id], false).unwrap_or_default()
+    }
+
+    /// Logprobs of `tokens` in the endpoint's format; `null` when not requested.
+    fn logprobs(&mut self, tokens: &[v1::Token]) -> Value {
+        if !self.options.logprobs {
+            return Value::Null;
+        }
+        match self.kind {
+            Kind::Chat => {
+                let entry = |token: String, logprob: f32| json!({ "token": token, "logprob": logprob, "bytes": token.as_bytes() });
+                let content: Vec<Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        let top: Vec<Value> =
+                            t.top_logprobs.iter().map(|a| entry(self.spell(a.id), a.logprob)).collect();
+                        let mut value = entry(self.spell(t.id), t.logprob.unwrap_or(0.0));
+                        value["top_logprobs"] = Value::Array(top);
+                        value
+                    })
+                    .collect();
+                json!({ "content": content })
+            }
+            Kind::Completion => {
+                let (mut spelled, mut logprobs, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+                for t in tokens {
+                    spelled.push(self.spell(t.id));
+                    logprobs.push(t.logprob);
+                    let top: serde_json::Map<String, Value> =
+                        t.top_logprobs.iter().map(|a| (self.spell(a.id), json!(a.logprob))).collect();
+                    tops.push(Value::Object(top));
+                    offsets.push(self.offset);
+                    self.offset += t.text.chars().count();
+                }
+                json!({ "tokens": spelled, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets })
+            }
+        }
+    }
+
+    /// The SSE chunk that opens a chat stream (the assistant role); none for completions.
+    pub fn opening_chunk(&self) -> Option<Value> {
+        (self.kind == Kind::Chat).then(|| {
+            let choice = json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null });
+            self.envelope(self.chunk_object(), json!([choice]))
+        })
+    }
+
+    /// The SSE chunk of one token event.
+    pub fn token_chunk(&mut self, token: &v1::Token) -> Value {
+        let logprobs = self.logprobs(std::slice::from_ref(token));
+        self.text_chunk(&token.text, logprobs, Value::Null)
+    }
+
+    fn text_chunk(&self, text: &str, logprobs: Value, finish_reason: Value) -> Value {
+        let choice = match self.kind {
+            Kind::Completion => {
+                json!({ "index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason })
+            }
+            Kind::Chat => {
+                let delta = if text.is_empty() { json!({}) } else { json!({ "content": text }) };
+                json!({ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason })
+            }
+        };
+        self.envelope(self.chunk_object(), json!([choice]))
+    }
+
+    /// The SSE chunk carrying the finish reason (and any held-back text).
+    pub fn finish_chunk(&self, finished: &v1::Finished) -> Value {
+        self.text_chunk(&finished.text, Value::Null, json!(finish_reason(finished.reason)))
+    }
+
+    /// The trailing usage chunk of `stream_options.include_usage`.
+    pub fn usage_chunk(&self, finished: &v1::Finished) -> Option<Value> {
+        self.options.include_usage.then(|| {
+            let mut chunk = self.envelope(self.chunk_object(), json!([]));
+            chunk["usage"] = usage_json(&finished.usage.unwrap_or_default());
+            chunk
+        })
+    }
+
+    /// A whole (non-streaming) response from every token event and the finish.
+    pub fn complete(&mut self, tokens: &[v1::Token], finished: &v1::Finished) -> Value {
+        let mut text: String = tokens.iter().map(|t| t.text.as_str()).collect();
+        text.push_str(&finished.text);
+        let logprobs = self.logprobs(tokens);
+        let reason = finish_reason(finished.reason);
+        let (object, choice) = match self.kind {
+            Kind::Completion => {
+                ("text_completion", json!({ "index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason }))
+            }
+            Kind::Chat => (
+                "chat.completion",
+                json!({
+                    "index": 0,
+                    "message": { "role": "assistant", "content": text },
+                    "logprobs": logprobs,
+                    "finish_reason": reason,
+                }),
+            ),
+        };
+        let mut body = self.envelope(object, json!([choice]));
+        body["usage"] = usage_json(&finished.usage.unwrap_or_default());
+        body
+    }
+}

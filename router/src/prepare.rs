@@ -1,0 +1,155 @@
+//! A client request → a validated, tokenized [`Prepared`] request: what the workers receive, and
+//! the block hashes the prefix index is asked about. Shared by the gRPC and HTTP fronts.
+
+use std::sync::Arc;
+
+use lcserve_common::{SequenceHash, sequence_hashes};
+use lcserve_proto::v1::{self, generate_request, tokenize_request};
+use lcserve_text::{ChatMessage, TokenizerError};
+
+use crate::auth::{Tenant, namespace_salt};
+use crate::error::{Field, RouterError};
+use crate::model::ServedModel;
+use crate::validate::{Limits, check_ids, check_prompt, check_sampling, check_stop};
+
+/// A prompt in any of its client forms.
+#[derive(Clone, Debug)]
+pub(crate) enum Prompt {
+    Text(String),
+    Chat(Vec<ChatMessage>),
+    Tokens(Vec<u32>),
+}
+
+impl Prompt {
+    fn field(&self) -> Field {
+        match self {
+            Prompt::Text(_) => Field::Text,
+            Prompt::Chat(_) => Field::Messages,
+            Prompt::Tokens(_) => Field::TokenIds,
+        }
+    }
+}
+
+fn chat(messages: v1::ChatMessages) -> Prompt {
+    Prompt::Chat(messages.messages.into_iter().map(|m| ChatMessage::new(m.role, m.content)).collect())
+}
+
+impl From<generate_request::Input> for Prompt {
+    fn from(input: generate_request::Input) -> Self {
+        match input {
+            generate_request::Input::Text(text) => Prompt::Text(text),
+            generate_request::Input::Chat(messages) => chat(messages),
+            generate_request::Input::TokenIds(ids) => Prompt::Tokens(ids.ids),
+        }
+    }
+}
+
+impl From<tokenize_request::Input> for Prompt {
+    fn from(input: tokenize_request::Input) -> Self {
+        match input {
+            tokenize_request::Input::Text(text) => Prompt::Text(text),
+            tokenize_request::Input::Chat(messages) => chat(messages),
+        }
+    }
+}
+
+/// A request ready for the workers.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub model: Arc<ServedModel>,
+    /// What the workers receive; its `request_id` is unique to this request (see [`prepare`]).
+    pub request: v1::WorkerRequest,
+    /// Hashes of the prompt's full blocks, in the request's namespace.
+    pub hashes: Vec<SequenceHash>,
+}
+
+impl Prepared {
+    pub fn prompt_len(&self) -> usize {
+        self.request.prompt.len()
+    }
+
+    pub fn request_id(&self) -> &str {
+        &self.request.request_id
+    }
+}
+
+/// Rejects a model name other than the served one (empty = the served one).
+pub(crate) fn check_model(model: &ServedModel, requested: &str) -> Result<(), RouterError> {
+    if requested.is_empty() || requested == model.id {
+        Ok(())
+    } else {
+        Err(RouterError::UnknownModel { requested: requested.to_owned(), served: model.id.clone() })
+    }
+}
+
+/// Token ids of a prompt: text with the tokenizer's special tokens (BOS), chat rendered with the
+/// model's template and a generation prompt (the template writes its own specials). CPU-heavy
+/// for long prompts: run it on a blocking thread.
+pub(crate) fn tokenize(model: &ServedModel, prompt: &Prompt) -> Result<Vec<u32>, RouterError> {
+    let tokenizer_error = |err: TokenizerError| RouterError::Tokenizer(err.to_string());
+    match prompt {
+        Prompt::Text(text) => model.tokenizer.encode(text, true).map_err(tokenizer_error),
+        Prompt::Tokens(ids) => Ok(ids.clone()),
+        Prompt::Chat(messages) => {
+            if messages.is_empty() {
+                return Err(RouterError::invalid(Field::Messages, "at least one message is required"));
+            }
+            let template = model.template.as_ref().ok_or_else(|| {
+                RouterError::invalid(Field::Messages, "this model has no chat template; send a prompt")
+            })?;
+            let text = template.render(messages, true, &model.tokenizer).map_err(|err| match err {
+                TokenizerError::TemplateRaised { message } => RouterError::invalid(Field::Messages, message),
+                other => RouterError::Internal(format!("chat template: {other}")),
+            })?;
+            model.tokenizer.encode(&text, false).map_err(tokenizer_error)
+        }
+    }
+}
+
+/// [`tokenize`] on a blocking thread.
+pub(crate) async fn tokenize_blocking(model: Arc<ServedModel>, prompt: Prompt) -> Result<Vec<u32>, RouterError> {
+    tokio::task::spawn_blocking(move || tokenize(&model, &prompt))
+        .await
+        .map_err(|err| RouterError::Internal(format!("tokenizer task: {err}")))?
+}
+
+/// Validates, tokenizes and hashes `request` for `tenant`.
+///
+/// The workers' request id is the client's id (or a made-up one) plus a random suffix: ids are
+/// the handle of `Abort`, and two clients choosing the same id must not cancel each other.
+pub(crate) async fn prepare(
+    model: Arc<ServedModel>,
+    limits: Limits,
+    tenant: &Tenant,
+    request: v1::GenerateRequest,
+) -> Result<Prepared, RouterError> {
+    check_model(&model, &request.model)?;
+    check_ids(request.cache_salt.as_deref(), &request.request_id)?;
+    let sampling = request.sampling.unwrap_or_default();
+    check_sampling(&sampling, &limits)?;
+    let prompt: Prompt = request
+        .input
+        .ok_or_else(|| RouterError::invalid(Field::Text, "one of text, chat or token_ids is required"))?
+        .into();
+    let field = prompt.field();
+    if matches!(&prompt, Prompt::Text(text) if text.is_empty()) {
+        return Err(RouterError::invalid(field, "the prompt is empty"));
+    }
+    let salt = namespace_salt(tenant, request.cache_salt.as_deref());
+    let hashed = Arc::clone(&model);
+    let (prompt, hashes, salt) = tokio::task::spawn_blocking(move || {
+        let ids = tokenize(&hashed, &prompt)?;
+        let hashes = sequence_hashes(hashed.namespace(&salt), &ids, hashed.block_size);
+        Ok::<_, RouterError>((ids, hashes, salt))
+    })
+    .await
+    .map_err(|err| RouterError::Internal(format!("tokenizer task: {err}")))??;
+    check_prompt(&prompt, field, &limits)?;
+    let mut stop = request.stop.unwrap_or_default();
+    check_stop(&mut stop, prompt.len(), &limits)?;
+    let suffix = format!("{:016x}", rand::random::<u64>());
+    let request_id = if request.request_id.is_empty() { suffix } else { format!("{}:{suffix}", request.request_id) };
+    let request =
+        v1::WorkerRequest { request_id, prompt, sampling: Some(sampling), stop: Some(stop), cache_salt: salt };
+    Ok(Prepared { model, request, hashes })
+}
