@@ -39,6 +39,12 @@ impl ModelArgs {
         })
     }
 
+    /// The model's public name: its file (or directory) name without extension.
+    pub fn id(&self) -> String {
+        let path = self.path();
+        path.file_stem().map_or_else(|| path.display().to_string(), |stem| stem.to_string_lossy().into_owned())
+    }
+
     /// Loads the model, with a progress bar on a terminal.
     pub fn load(&self) -> anyhow::Result<Arc<Model>> {
         let path = self.path();

@@ -6,6 +6,9 @@ mod engine_args;
 mod generate;
 mod kvstore_cmd;
 mod model_cmd;
+mod router_cmd;
+mod serve;
+mod worker_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +22,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve a model: router (OpenAI HTTP + gRPC), prefill and decode workers and the KV store,
+    /// all in this process.
+    Serve(Box<serve::ServeArgs>),
+    /// A prefill worker: builds prompts' KV and leaves it in the kvstore.
+    Prefill(worker_cmd::WorkerArgs),
+    /// A decode worker: generates from prefilled (or short) prompts.
+    Decode(worker_cmd::WorkerArgs),
+    /// The router alone, in front of prefill and decode workers.
+    Router(router_cmd::RouterCmdArgs),
     /// Generate a completion for one prompt and stream it to stdout.
     Generate(generate::GenerateArgs),
     /// Benchmarks.
@@ -34,6 +46,10 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve::run(*args),
+        Command::Prefill(args) => worker_cmd::run(lcserve_worker::Role::Prefill, args),
+        Command::Decode(args) => worker_cmd::run(lcserve_worker::Role::Decode, args),
+        Command::Router(args) => router_cmd::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Bench(command) => bench::run(command),
         Command::Model(command) => model_cmd::run(command),

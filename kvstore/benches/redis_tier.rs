@@ -8,9 +8,7 @@
 //! `-c 1` (the matching shape: 16 values in flight on one connection) and `-c 4` (context only).
 //! GB/s = value bytes moved per second (keys and protocol overhead not counted, on either side).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,43 +17,11 @@ use lcserve_kvstore::{BlockMeta, Blocks, Codec, RedisTier, RedisTierConfig, Tier
 
 const LAYOUT: KvLayout = KvLayout { layers: 30, kv_heads: 3, head_dim: 64, block_size: 64 };
 
-/// A `redis-server` on a free loopback port, persistence off; killed on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        let server = RedisServer { child, port };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !server.pings() {
-            assert!(Instant::now() < deadline, "redis-server on port {port} did not answer PING");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        server
-    }
-
-    fn pings(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
-        let mut reply = [0u8; 7];
-        stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The workspace's one `redis-server` launcher (shared with the tests).
+#[allow(dead_code)]
+#[path = "../../tests/src/redis.rs"]
+mod redis_server;
+use redis_server::RedisServer;
 
 /// `run` distinct valid blocks of `codec` (the hash is in the header, so each block is encoded
 /// for its own hash); deterministic KV-like data.

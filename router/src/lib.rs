@@ -183,9 +183,13 @@ pub async fn run(
         }
     });
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(lcserve_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions: v1alpha is what grpcurl <= 1.8.7, grpcui and Postman still speak.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(lcserve_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     let generation = GenerationServer::new(grpc::GenerationService { shared: Arc::clone(&shared) })
         .max_decoding_message_size(shared.config.max_body_bytes);
 
@@ -198,7 +202,8 @@ pub async fn run(
     };
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(generation)
         .serve_with_incoming_shutdown(incoming(grpc_listener), signal());
     let http = http::serve(Arc::clone(&shared), http_listener, signal());

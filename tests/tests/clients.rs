@@ -218,9 +218,8 @@ fn a_grpcio_client_generated_from_the_protos_streams_tokens() {
 }
 
 /// grpcurl 1.8.6, the newest on PyPI, asks only `grpc.reflection.v1alpha.ServerReflection` (v1
-/// came in 1.8.8), as do Postman, Kreya and grpcui; the router serves only v1.
+/// came in 1.8.8), as do Postman, Kreya and grpcui; the router serves both versions.
 #[test]
-#[ignore = "needs the router to serve v1alpha reflection too (tonic_reflection Builder::build_v1alpha)"]
 fn grpcurl_lists_the_services_through_reflection() {
     let python = python();
     let cluster = Cluster::start(ClusterConfig::default());

@@ -1,0 +1,214 @@
+//! [`Cluster`]: kvstore (+ Redis), workers and router, each on its own runtime.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lcserve_engine::EngineConfig;
+use lcserve_kvstore::{Codec, KvStoreConfig, RawDtype, RedisTierConfig, RemoteTierConfig};
+use lcserve_model::Model;
+use lcserve_proto::v1::generation_client::GenerationClient;
+use lcserve_router::{Policy, RouterConfig};
+use lcserve_worker::{Role, Worker, WorkerConfig};
+use tokio::runtime::Runtime;
+use tonic::transport::Channel;
+
+use crate::redis::RedisServer;
+
+/// The reference model fetched by `scripts/fetch-model`.
+pub fn reference_model_path() -> PathBuf {
+    let default = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/smollm2-135m-instruct.Q4_1.gguf");
+    std::env::var_os("LCSERVE_MODEL_DIR").map_or(default, |d| PathBuf::from(d).join("smollm2-135m-instruct.Q4_1.gguf"))
+}
+
+/// The shape of a test deployment.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub prefill_workers: usize,
+    pub decode_workers: usize,
+    pub block_size: usize,
+    pub codec: Codec,
+    pub redis: bool,
+    pub policy: Policy,
+    pub disagg_min_tokens: usize,
+    pub api_keys: Option<PathBuf>,
+}
+
+impl Default for ClusterConfig {
+    /// One prefill and one decode worker, 16-token blocks (so 8 blocks are a short prompt),
+    /// lossless blocks, Redis behind the kvstore, every prompt of 32+ tokens disaggregated.
+    fn default() -> Self {
+        Self {
+            prefill_workers: 1,
+            decode_workers: 1,
+            block_size: 16,
+            codec: Codec::Raw(RawDtype::F32),
+            redis: true,
+            policy: Policy::KvAware,
+            disagg_min_tokens: 32,
+            api_keys: None,
+        }
+    }
+}
+
+/// A running worker.
+#[allow(missing_debug_implementations)]
+pub struct Node {
+    pub url: String,
+    pub worker: Arc<Worker>,
+    runtime: Option<Runtime>,
+}
+
+impl Node {
+    /// Stops the worker like a crash: its runtime is torn down with every connection on it.
+    pub fn kill(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A whole deployment; dropping it stops everything.
+#[allow(missing_debug_implementations)]
+pub struct Cluster {
+    pub model: Arc<Model>,
+    pub config: ClusterConfig,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub kvstore: String,
+    pub prefill: Vec<Node>,
+    pub decode: Vec<Node>,
+    runtimes: Vec<Runtime>,
+    _redis: Option<RedisServer>,
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime")
+}
+
+impl Cluster {
+    /// Starts a deployment of the reference model and waits until the router answers.
+    pub fn start(config: ClusterConfig) -> Cluster {
+        let model = Arc::new(
+            Model::load(&reference_model_path(), &mut |_| {}).expect("reference model: run scripts/fetch-model"),
+        );
+        let redis = config.redis.then(RedisServer::start);
+
+        let kv_runtime = runtime();
+        let kv_listener = kv_runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let kvstore = format!("http://{}", kv_listener.local_addr().expect("addr"));
+        let kv_config = KvStoreConfig {
+            redis: redis.as_ref().map(|r| RedisTierConfig::new(r.url().as_str())),
+            ..KvStoreConfig::default()
+        };
+        kv_runtime.spawn(lcserve_kvstore::run(kv_config, kv_listener, std::future::pending()));
+
+        let start_node = |role| {
+            let engine = EngineConfig {
+                block_size: config.block_size,
+                kv_cache_bytes: 512 << 20,
+                threads: 2,
+                ..EngineConfig::default()
+            };
+            let worker_config = WorkerConfig {
+                kvstore: Some(RemoteTierConfig::new(&kvstore)),
+                codec: config.codec,
+                host_cache_bytes: 256 << 20,
+                ..WorkerConfig::new(role, "smollm2", engine)
+            };
+            let rt = runtime();
+            let (worker, listener) = rt.block_on(async {
+                let worker = Worker::start(Arc::clone(&model), worker_config).expect("worker");
+                (worker, tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"))
+            });
+            let url = format!("http://{}", listener.local_addr().expect("addr"));
+            rt.spawn(lcserve_worker::run(Arc::clone(&worker), listener, std::future::pending()));
+            Node { url, worker, runtime: Some(rt) }
+        };
+        let prefill: Vec<Node> = (0..config.prefill_workers).map(|_| start_node(Role::Prefill)).collect();
+        let decode: Vec<Node> = (0..config.decode_workers).map(|_| start_node(Role::Decode)).collect();
+
+        let router_runtime = runtime();
+        let (http, grpc) = router_runtime.block_on(async {
+            let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            (http, grpc)
+        });
+        let (http_addr, grpc_addr) = (http.local_addr().expect("addr"), grpc.local_addr().expect("addr"));
+        let router_config = RouterConfig {
+            prefill: prefill.iter().map(|n| n.url.clone()).collect(),
+            decode: decode.iter().map(|n| n.url.clone()).collect(),
+            kvstore: Some(kvstore.clone()),
+            policy: config.policy,
+            disagg_min_tokens: config.disagg_min_tokens,
+            api_keys: config.api_keys.clone(),
+            poll_interval: Duration::from_millis(100),
+            ..RouterConfig::default()
+        };
+        router_runtime.spawn(async move {
+            if let Err(error) = lcserve_router::run(router_config, http, grpc, std::future::pending()).await {
+                panic!("router: {error}");
+            }
+        });
+        let cluster = Cluster {
+            model,
+            config,
+            http: http_addr,
+            grpc: grpc_addr,
+            kvstore,
+            prefill,
+            decode,
+            runtimes: vec![router_runtime, kv_runtime],
+            _redis: redis,
+        };
+        cluster.wait_ready();
+        cluster
+    }
+
+    /// A runtime for the test's own client code.
+    pub fn client_runtime(&self) -> Runtime {
+        runtime()
+    }
+
+    /// A gRPC `Generation` client of the router.
+    pub async fn generation(&self) -> GenerationClient<Channel> {
+        let channel =
+            Channel::from_shared(format!("http://{}", self.grpc)).expect("url").connect().await.expect("connect");
+        GenerationClient::new(channel)
+    }
+
+    /// Waits until the router's `/ready` says yes.
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if http_status(self.http, "/ready") == Some(200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the router never became ready");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.prefill.iter_mut().chain(&mut self.decode) {
+            node.kill();
+        }
+        for runtime in self.runtimes.drain(..) {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Status code of a plain `GET path` (HTTP/1.1, no client library needed for one probe).
+fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}

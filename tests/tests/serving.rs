@@ -1,0 +1,302 @@
+//! The whole deployment on the reference model: router → prefill → kvstore (over Redis) →
+//! decode, real gRPC on loopback.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lcserve_engine::{EngineConfig, EngineEvent, EngineHandle, GenerateRequest, StopConditions};
+use lcserve_proto::v1::{self, generate_request::Input, generate_response::Event};
+use lcserve_tests::{Cluster, ClusterConfig};
+use tonic::Code;
+
+/// What a Generate stream delivered.
+#[derive(Debug)]
+struct Generated {
+    tokens: Vec<u32>,
+    usage: v1::Usage,
+}
+
+fn request(prompt: &[u32], max_tokens: u32) -> v1::GenerateRequest {
+    v1::GenerateRequest {
+        input: Some(Input::TokenIds(v1::TokenIds { ids: prompt.to_vec() })),
+        stop: Some(v1::StopConditions { max_tokens: Some(max_tokens), ignore_eos: true, ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+async fn generate(cluster: &Cluster, request: v1::GenerateRequest) -> Result<Generated, tonic::Status> {
+    let mut client = cluster.generation().await;
+    let mut stream = client.generate(request).await?.into_inner();
+    let mut tokens = Vec::new();
+    while let Some(response) = stream.message().await? {
+        match response.event {
+            Some(Event::Token(token)) => tokens.push(token.id),
+            Some(Event::Finished(finished)) => {
+                return Ok(Generated { tokens, usage: finished.usage.unwrap_or_default() });
+            }
+            Some(Event::Error(error)) => return Err(tonic::Status::unavailable(format!("{error:?}"))),
+            None => {}
+        }
+    }
+    Err(tonic::Status::internal("the stream ended without a terminal event"))
+}
+
+/// Greedy tokens from a plain engine: what `lcserve generate` prints for these token ids.
+fn reference(cluster: &Cluster, prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+    let engine =
+        EngineHandle::start(Arc::clone(&cluster.model), EngineConfig { threads: 2, ..EngineConfig::default() })
+            .expect("engine");
+    let stop = StopConditions { max_tokens, ignore_eos: true, ..StopConditions::default() };
+    let mut stream =
+        engine.submit(GenerateRequest { prompt: prompt.to_vec(), stop, ..GenerateRequest::default() }).expect("submit");
+    let mut tokens = Vec::new();
+    while let Some(event) = stream.blocking_next() {
+        match event {
+            EngineEvent::Token { id, .. } => tokens.push(id),
+            EngineEvent::Finished { .. } => break,
+            EngineEvent::Error(e) => panic!("{e}"),
+            EngineEvent::Kv(_) => {}
+        }
+    }
+    tokens
+}
+
+/// A natural-language prompt of about `words` tokens (distinct per `seed`).
+fn prompt(cluster: &Cluster, words: usize, seed: usize) -> Vec<u32> {
+    const WORDS: &[&str] = &[
+        "the", "river", "city", "light", "stone", "music", "garden", "winter", "bridge", "story", "market", "window",
+        "forest", "letter", "morning", "harbor", "engine", "silver", "valley", "paper",
+    ];
+    let text: Vec<&str> = (0..words).map(|i| WORDS[(i * 7 + seed * 13 + i / 5) % WORDS.len()]).collect();
+    cluster.model.tokenizer.encode(&text.join(" "), false).expect("encode")
+}
+
+#[test]
+fn disaggregated_greedy_output_matches_a_single_engine() {
+    let cluster = Cluster::start(ClusterConfig::default());
+    let rt = cluster.client_runtime();
+    // Long enough to go through the prefill worker (and leave a partial tail), and short enough
+    // to go straight to the decode worker.
+    for words in [150, 12] {
+        let prompt = prompt(&cluster, words, 1);
+        let expected = reference(&cluster, &prompt, 24);
+        let got = rt.block_on(generate(&cluster, request(&prompt, 24))).expect("generate");
+        assert_eq!(got.tokens, expected, "{} prompt tokens", prompt.len());
+        assert_eq!(got.usage.completion_tokens, 24);
+        assert_eq!(got.usage.prompt_tokens as usize, prompt.len());
+    }
+}
+
+#[test]
+fn a_shared_document_is_computed_once() {
+    let cluster = Cluster::start(ClusterConfig::default());
+    let rt = cluster.client_runtime();
+    let block = cluster.config.block_size;
+    let document = prompt(&cluster, 200, 2);
+    let full_blocks = document.len() / block;
+    assert!(full_blocks >= 8);
+    let question = |seed| {
+        let mut p = document[..full_blocks * block].to_vec();
+        p.extend(prompt(&cluster, 10, seed));
+        p
+    };
+    let prefill_total = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(cluster.prefill[0].worker.engine().stats()).expect("stats").prefill_tokens
+    };
+    let first = rt.block_on(generate(&cluster, request(&question(3), 4))).expect("first");
+    assert_eq!(first.usage.cached_tokens, 0);
+    let before = prefill_total(&rt);
+    let second_prompt = question(4);
+    let second = rt.block_on(generate(&cluster, request(&second_prompt, 4))).expect("second");
+    let computed = prefill_total(&rt) - before;
+    assert_eq!(second.usage.cached_tokens as usize, full_blocks * block, "every document block reused");
+    let tiers = second.usage.cached.expect("tiers");
+    assert_eq!(tiers.device as usize, full_blocks * block, "from the prefill worker's pool");
+    assert_eq!(computed as usize, second_prompt.len() - full_blocks * block, "only the new tokens computed");
+    assert_eq!(second.usage.prefill_tokens as u64, computed);
+}
+
+#[test]
+fn turn_two_of_a_chat_reuses_turn_one_and_its_answer() {
+    let cluster = Cluster::start(ClusterConfig::default());
+    let rt = cluster.client_runtime();
+    let chat = |messages: &[(&str, &str)]| v1::GenerateRequest {
+        input: Some(Input::Chat(v1::ChatMessages {
+            messages: messages
+                .iter()
+                .map(|(role, content)| v1::ChatMessage { role: (*role).into(), content: (*content).into() })
+                .collect(),
+        })),
+        stop: Some(v1::StopConditions { max_tokens: Some(48), ..Default::default() }),
+        ..Default::default()
+    };
+    let question = "Tell me a short story about a lighthouse keeper and a storm at sea, in three sentences.";
+    let mut answer = String::new();
+    let turn1 = rt.block_on(async {
+        let mut client = cluster.generation().await;
+        let mut stream = client.generate(chat(&[("user", question)])).await.expect("turn 1").into_inner();
+        let mut usage = None;
+        while let Some(response) = stream.message().await.expect("stream") {
+            match response.event {
+                Some(Event::Token(token)) => answer.push_str(&token.text),
+                Some(Event::Finished(finished)) => {
+                    answer.push_str(&finished.text);
+                    usage = finished.usage;
+                }
+                _ => {}
+            }
+        }
+        usage.expect("usage")
+    });
+    let turn2 = rt
+        .block_on(generate(&cluster, chat(&[("user", question), ("assistant", &answer), ("user", "And then?")])))
+        .expect("turn 2");
+    let block = cluster.config.block_size as u32;
+    // Turn 1's prompt and answer, up to the last full block the decode worker computed (the
+    // template may re-render the answer's end differently, so at least the prompt's blocks).
+    assert!(
+        turn2.usage.cached_tokens >= turn1.prompt_tokens / block * block,
+        "turn 2 cached {} of turn 1's {} prompt tokens",
+        turn2.usage.cached_tokens,
+        turn1.prompt_tokens
+    );
+    assert!(turn2.usage.cached_tokens > turn1.prompt_tokens, "and part of the answer: {turn2:?}");
+}
+
+#[test]
+fn tenants_never_share_cached_blocks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "sk-alice alice\nsk-bob bob\n").expect("keys file");
+    let cluster = Cluster::start(ClusterConfig { api_keys: Some(keys), ..ClusterConfig::default() });
+    let rt = cluster.client_runtime();
+    let prompt = prompt(&cluster, 120, 5);
+    let as_tenant = |key: &str| {
+        let mut request = tonic::Request::new(request(&prompt, 2));
+        request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("metadata"));
+        request
+    };
+    let usage = |key: &str| {
+        rt.block_on(async {
+            let mut client = cluster.generation().await;
+            let mut stream = client.generate(as_tenant(key)).await?.into_inner();
+            while let Some(response) = stream.message().await? {
+                if let Some(Event::Finished(finished)) = response.event {
+                    return Ok(finished.usage.unwrap_or_default());
+                }
+            }
+            Err(tonic::Status::internal("no terminal event"))
+        })
+    };
+    usage("sk-alice").expect("alice");
+    assert!(usage("sk-alice").expect("alice again").cached_tokens > 0, "alice reuses her own blocks");
+    assert_eq!(usage("sk-bob").expect("bob").cached_tokens, 0, "bob finds none of alice's");
+    let refused = usage("sk-mallory").expect_err("unknown key");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+}
+
+#[test]
+fn a_dropped_stream_frees_the_decode_sequence_within_a_second() {
+    let cluster = Cluster::start(ClusterConfig::default());
+    let rt = cluster.client_runtime();
+    let engine = cluster.decode[0].worker.engine().clone();
+    let baseline = rt.block_on(engine.stats()).expect("stats");
+    rt.block_on(async {
+        let mut client = cluster.generation().await;
+        let mut stream = client.generate(request(&prompt(&cluster, 60, 6), 2000)).await.expect("generate").into_inner();
+        for _ in 0..3 {
+            stream.message().await.expect("token");
+        }
+        drop(stream);
+    });
+    let dropped = Instant::now();
+    loop {
+        let stats = rt.block_on(engine.stats()).expect("stats");
+        if stats.running == 0 && stats.used_blocks == baseline.used_blocks {
+            break;
+        }
+        assert!(dropped.elapsed() < Duration::from_secs(1), "still running a second after the drop: {stats:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_worker_killed_before_or_during_a_stream_never_fails_the_request() {
+    let mut cluster =
+        Cluster::start(ClusterConfig { prefill_workers: 2, decode_workers: 2, ..ClusterConfig::default() });
+    let rt = cluster.client_runtime();
+    // Before the first token: a dead prefill worker is retried on the other one.
+    cluster.prefill[0].kill();
+    for seed in 0..3 {
+        let prompt = prompt(&cluster, 80, 10 + seed);
+        rt.block_on(generate(&cluster, request(&prompt, 4))).expect("served by the surviving prefill worker");
+    }
+    // Mid-stream: the decode worker streaming it dies; the router migrates the stream (the new
+    // worker continues after the tokens already sent), so greedy output is still exact.
+    let prompt = prompt(&cluster, 40, 20);
+    let expected = reference(&cluster, &prompt, 120);
+    let tokens = rt.block_on(async {
+        let mut client = cluster.generation().await;
+        let mut stream = client.generate(request(&prompt, 120)).await.expect("generate").into_inner();
+        let mut tokens = Vec::new();
+        let mut killed = false;
+        loop {
+            let response = tokio::time::timeout(Duration::from_secs(60), stream.message())
+                .await
+                .expect("the stream never hangs")
+                .expect("stream");
+            match response.and_then(|r| r.event) {
+                Some(Event::Token(token)) => tokens.push(token.id),
+                Some(Event::Finished(_)) | None => break,
+                Some(Event::Error(error)) => {
+                    assert!(error.retryable, "a worker failure is retryable: {error:?}");
+                    return None;
+                }
+            }
+            if tokens.len() == 5 && !killed {
+                for node in &mut cluster.decode {
+                    if node.worker.engine().stats().await.is_ok_and(|s| s.running > 0) {
+                        node.kill();
+                        killed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        assert!(killed, "the serving decode worker was found and killed");
+        Some(tokens)
+    });
+    if let Some(tokens) = tokens {
+        assert_eq!(tokens, expected, "the migrated stream continues exactly");
+    }
+}
+
+#[test]
+fn bad_requests_are_refused_naming_the_field_and_serving_goes_on() {
+    let cluster = Cluster::start(ClusterConfig::default());
+    let rt = cluster.client_runtime();
+    let good = prompt(&cluster, 20, 7);
+    let context = cluster.model.config.context_length;
+    let with_sampling =
+        |sampling: v1::SamplingParams| v1::GenerateRequest { sampling: Some(sampling), ..request(&good, 4) };
+    let cases: Vec<(&str, v1::GenerateRequest, Code)> = vec![
+        ("prompt", request(&[], 4), Code::InvalidArgument),
+        ("prompt", request(&vec![1; context + 1], 4), Code::InvalidArgument),
+        ("max_tokens", request(&good, 0), Code::InvalidArgument),
+        ("max_tokens", request(&good, u32::MAX), Code::InvalidArgument),
+        (
+            "temperature",
+            with_sampling(v1::SamplingParams { temperature: Some(-1.0), ..Default::default() }),
+            Code::InvalidArgument,
+        ),
+        ("top_p", with_sampling(v1::SamplingParams { top_p: Some(0.0), ..Default::default() }), Code::InvalidArgument),
+        ("top_p", with_sampling(v1::SamplingParams { top_p: Some(1.5), ..Default::default() }), Code::InvalidArgument),
+        ("model", v1::GenerateRequest { model: "no-such-model".into(), ..request(&good, 4) }, Code::NotFound),
+    ];
+    for (field, bad, code) in cases {
+        let status = rt.block_on(generate(&cluster, bad)).expect_err(field);
+        assert_eq!(status.code(), code, "{field}: {status:?}");
+        assert!(status.message().contains(field), "{field} named in {:?}", status.message());
+        rt.block_on(generate(&cluster, request(&good, 2))).expect("the next good request is served");
+    }
+}
