@@ -9,10 +9,16 @@ use serde::Serialize;
 
 use crate::engine_args::{EngineArgs, ModelArgs};
 
+// A sibling file rather than `bench/serve.rs`, declared here so that `main.rs` stays untouched.
+#[path = "bench_serve.rs"]
+mod bench_serve;
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Prefill and decode tokens/s and peak memory per prompt length, on one sequence.
     Engine(EngineBenchArgs),
+    /// Load against a running router's OpenAI HTTP API: TTFT, TPOT, throughput, cache hits.
+    Serve(bench_serve::ServeBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -62,6 +68,7 @@ struct EngineBenchReport {
 pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Engine(args) => engine_bench(args),
+        BenchCommand::Serve(args) => bench_serve::run(args),
     }
 }
 
