@@ -10,6 +10,8 @@ use serde::Serialize;
 use crate::engine_args::{EngineArgs, ModelArgs};
 
 // A sibling file rather than `bench/serve.rs`, declared here so that `main.rs` stays untouched.
+#[path = "bench_codec.rs"]
+mod bench_codec;
 #[path = "bench_serve.rs"]
 mod bench_serve;
 
@@ -19,6 +21,8 @@ pub enum BenchCommand {
     Engine(EngineBenchArgs),
     /// Load against a running router's OpenAI HTTP API: TTFT, TPOT, throughput, cache hits.
     Serve(bench_serve::ServeBenchArgs),
+    /// KV block codecs on a real model's K/V: attention-output error, bytes per block, GB/s.
+    KvCodec(bench_codec::KvCodecBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +73,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Engine(args) => engine_bench(args),
         BenchCommand::Serve(args) => bench_serve::run(args),
+        BenchCommand::KvCodec(args) => bench_codec::run(args),
     }
 }
 
