@@ -25,7 +25,7 @@ pub(crate) enum Endpoint {
 }
 
 impl Endpoint {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::GrpcGenerate => "grpc_generate",
             Endpoint::GrpcTokenize => "grpc_tokenize",

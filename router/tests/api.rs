@@ -111,6 +111,17 @@ async fn operational_endpoints() {
 }
 
 #[tokio::test]
+async fn the_model_id_can_be_overridden() {
+    let decode = InstantWorker::start("decode").await;
+    let router = start_router(RouterConfig { model_id: Some("house-model".into()), ..config(&[], &[&decode]) }).await;
+    assert_eq!(get(router.http, "/v1/models").await.json()["data"][0]["id"], "house-model");
+    let ok = post(router.http, "/v1/completions", r#"{"model":"house-model","prompt":"w9","max_tokens":1}"#).await;
+    assert_eq!((ok.status, ok.json()["model"].clone()), (200, json!("house-model")));
+    let old = post(router.http, "/v1/completions", &format!(r#"{{"model":"{MODEL_ID}","prompt":"w9"}}"#)).await;
+    assert_eq!(old.status, 404);
+}
+
+#[tokio::test]
 async fn not_ready_until_a_worker_answers() {
     let config = RouterConfig {
         decode: vec!["http://127.0.0.1:9".into()],

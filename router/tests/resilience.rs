@@ -195,8 +195,16 @@ async fn client_disconnect_aborts_the_worker_request() {
     use http_body_util::BodyExt;
     response.body_mut().frame().await.expect("a chunk").expect("ok");
     drop(response);
-    eventually("HTTP cancel to reach the worker", || decode.aborts().len() >= 2).await;
-    assert!(metric(router.http, "lcserve_router_requests_total", "status=\"cancelled\"").await >= 2.0);
+    eventually("SSE cancel to reach the worker", || decode.aborts().len() >= 2).await;
+
+    // A non-streaming client that hangs up while the answer is being generated.
+    let body = json!({ "prompt": "w10 w11", "max_tokens": 1000 }).to_string();
+    let addr = router.http;
+    let waiting = tokio::spawn(async move { post(addr, "/v1/completions", &body).await });
+    eventually("the request to reach the worker", || decode.generates().len() >= 3).await;
+    waiting.abort();
+    eventually("JSON cancel to reach the worker", || decode.aborts().len() >= 3).await;
+    assert!(metric(router.http, "lcserve_router_requests_total", "status=\"cancelled\"").await >= 3.0);
 }
 
 #[tokio::test]

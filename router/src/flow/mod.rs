@@ -23,6 +23,7 @@ use std::time::Duration;
 use lcserve_proto::v1::{self, generate_response::Event};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::Shared;
 use crate::config::Policy;
@@ -50,7 +51,13 @@ pub(crate) fn start(
 ) -> mpsc::Receiver<Event> {
     let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
     let started = Instant::now();
-    tokio::spawn(async move {
+    let span = tracing::info_span!(
+        "generate",
+        request_id = prepared.request_id(),
+        prompt_tokens = prepared.prompt_len(),
+        endpoint = endpoint.as_str()
+    );
+    let flow = async move {
         let ctx = Ctx {
             shared: &shared,
             prepared: &prepared,
@@ -61,7 +68,8 @@ pub(crate) fn start(
             involved: Mutex::default(),
         };
         ctx.drive(endpoint).await;
-    });
+    };
+    tokio::spawn(flow.instrument(span));
     rx
 }
 
