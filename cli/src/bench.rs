@@ -12,6 +12,8 @@ use crate::engine_args::{EngineArgs, ModelArgs};
 // A sibling file rather than `bench/serve.rs`, declared here so that `main.rs` stays untouched.
 #[path = "bench_codec.rs"]
 mod bench_codec;
+#[path = "bench_decode.rs"]
+mod bench_decode;
 #[path = "bench_serve.rs"]
 mod bench_serve;
 
@@ -23,6 +25,8 @@ pub enum BenchCommand {
     Serve(bench_serve::ServeBenchArgs),
     /// KV block codecs on a real model's K/V: attention-output error, bytes per block, GB/s.
     KvCodec(bench_codec::KvCodecBenchArgs),
+    /// Aggregate decode tokens/s of N concurrent streams vs one (continuous batching).
+    DecodeScaling(bench_decode::DecodeScalingArgs),
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +78,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Engine(args) => engine_bench(args),
         BenchCommand::Serve(args) => bench_serve::run(args),
         BenchCommand::KvCodec(args) => bench_codec::run(args),
+        BenchCommand::DecodeScaling(args) => bench_decode::run(args),
     }
 }
 

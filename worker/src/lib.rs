@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use lcserve_proto::v1::decode_server::DecodeServer;
 use lcserve_proto::v1::prefill_server::PrefillServer;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use config::{Role, WorkerConfig};
 pub use error::WorkerError;
@@ -75,6 +75,7 @@ pub async fn run(
             )
         }
     };
-    router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await?;
+    // Nagle off: a stream sends one small message per token.
+    router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown).await?;
     Ok(())
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lcserve_proto::v1::kv_store_server::KvStoreServer;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::host_cache::HostCache;
 use crate::redis_tier::{RedisTier, RedisTierConfig, RedisTierError};
@@ -154,7 +154,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(kv_store)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             shutdown.await;
             // Ends the event streams, which would otherwise keep the graceful shutdown waiting.
             stop.send_replace(());

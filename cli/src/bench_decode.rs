@@ -1,0 +1,105 @@
+//! `lcserve bench decode-scaling`: aggregate decode throughput of N concurrent streams on one
+//! engine, against one stream in the same run — what continuous batching buys on this machine.
+
+use clap::Args;
+use lcserve_engine::{EngineEvent, EngineHandle, GenerateRequest, StopConditions};
+use serde::Serialize;
+
+use super::synthetic_prompt;
+use crate::engine_args::{EngineArgs, ModelArgs};
+
+#[derive(Debug, Args)]
+pub struct DecodeScalingArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    /// Concurrent streams per measurement; the first is the baseline of the ratios.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    streams: Vec<usize>,
+    /// Prompt length of every stream (short: the point is decode).
+    #[arg(long, default_value_t = 32)]
+    prompt_tokens: usize,
+    /// Tokens generated per stream.
+    #[arg(long, default_value_t = 64)]
+    gen_tokens: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ScalingRow {
+    streams: usize,
+    /// Decode tokens of all streams per second, over the window where all of them decode.
+    decode_tokens_per_s: f64,
+    /// Mean time between one stream's tokens.
+    tpot_ms: f64,
+    /// `decode_tokens_per_s` over the first row's.
+    ratio: f64,
+}
+
+pub fn run(args: DecodeScalingArgs) -> anyhow::Result<()> {
+    let model = args.model.load()?;
+    let engine = EngineHandle::start(model.clone(), args.engine.config())?;
+    let vocab = model.config.vocab_size as u32;
+    measure(&engine, 1, 8, 8, vocab, 0)?; // warm-up: pages, pools, caches
+    let mut rows: Vec<ScalingRow> = Vec::new();
+    for (run, &streams) in args.streams.iter().enumerate() {
+        let (tokens_per_s, tpot_ms) = measure(&engine, streams, args.prompt_tokens, args.gen_tokens, vocab, run + 1)?;
+        let ratio = rows.first().map_or(1.0, |base| tokens_per_s / base.decode_tokens_per_s);
+        let row = ScalingRow { streams, decode_tokens_per_s: tokens_per_s, tpot_ms, ratio };
+        if !args.json {
+            eprintln!(
+                "streams {:>3}  decode {:>8.1} tok/s  tpot {:>7.2} ms  ×{:.2} vs {} stream(s)",
+                row.streams, row.decode_tokens_per_s, row.tpot_ms, row.ratio, args.streams[0]
+            );
+        }
+        rows.push(row);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    }
+    Ok(())
+}
+
+/// Runs `streams` greedy requests at once; returns (aggregate decode tok/s, mean TPOT ms), both
+/// over each stream's window from its first to its last token.
+fn measure(
+    engine: &EngineHandle,
+    streams: usize,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    vocab: u32,
+    run: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let mut pending = Vec::with_capacity(streams);
+    for i in 0..streams {
+        let request = GenerateRequest {
+            prompt: synthetic_prompt(prompt_tokens, vocab, (run * 1000 + i) as u32),
+            stop: StopConditions { max_tokens: gen_tokens, ignore_eos: true, ..StopConditions::default() },
+            cache_salt: format!("decode-scaling-{run}-{i}").into_bytes(),
+            ..GenerateRequest::default()
+        };
+        pending.push(engine.submit(request)?);
+    }
+    // Streams are read one after another; timestamps come from the engine's own timings.
+    let (mut first, mut last, mut decoded, mut tpot_sum) = (f64::INFINITY, 0f64, 0usize, 0f64);
+    for mut stream in pending {
+        while let Some(event) = stream.blocking_next() {
+            match event {
+                EngineEvent::Token { .. } | EngineEvent::Kv(_) => {}
+                EngineEvent::Finished { usage, timings, .. } => {
+                    let tokens = usage.completion_tokens.saturating_sub(1);
+                    first = first.min(timings.time_to_first_token.as_secs_f64());
+                    last = last.max((timings.time_to_first_token + timings.decode).as_secs_f64());
+                    decoded += tokens;
+                    tpot_sum += timings.decode.as_secs_f64() / tokens.max(1) as f64;
+                    break;
+                }
+                EngineEvent::Error(error) => return Err(error.into()),
+            }
+        }
+    }
+    let window = (last - first).max(f64::EPSILON);
+    Ok((decoded as f64 / window, tpot_sum / streams as f64 * 1e3))
+}
