@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
-use lcserve_engine::{EngineEvent, EngineHandle, GenerateRequest, SamplingParams, StopConditions};
+use lcserve_engine::{EngineHandle, GenerateRequest, SamplingParams, StopConditions};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -178,21 +178,12 @@ fn run_one(engine: &EngineHandle, run: usize, prompt: Vec<u32>, gen_tokens: usiz
         cache_salt: format!("bench-run-{run}").into_bytes(),
         ..GenerateRequest::default()
     };
-    let mut stream = engine.submit(request)?;
-    while let Some(event) = stream.blocking_next() {
-        match event {
-            EngineEvent::Token { .. } | EngineEvent::Kv(_) => {}
-            EngineEvent::Finished { usage, timings, .. } => {
-                return Ok((
-                    timings.time_to_first_token.as_secs_f64() * 1e3,
-                    timings.prefill_tokens_per_s(prompt_len - usage.cached_tokens),
-                    timings.decode_tokens_per_s(usage.completion_tokens),
-                ));
-            }
-            EngineEvent::Error(error) => return Err(error.into()),
-        }
-    }
-    anyhow::bail!("the engine stopped before the benchmark request finished")
+    let done = engine.submit(request)?.blocking_collect()?;
+    Ok((
+        done.timings.time_to_first_token.as_secs_f64() * 1e3,
+        done.timings.prefill_tokens_per_s(prompt_len - done.usage.cached_tokens),
+        done.timings.decode_tokens_per_s(done.usage.completion_tokens),
+    ))
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`), 0 where unavailable.

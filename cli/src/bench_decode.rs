@@ -2,7 +2,7 @@
 //! engine, against one stream in the same run — what continuous batching buys on this machine.
 
 use clap::Args;
-use lcserve_engine::{EngineEvent, EngineHandle, GenerateRequest, StopConditions};
+use lcserve_engine::{EngineHandle, GenerateRequest, StopConditions};
 use serde::Serialize;
 
 use super::synthetic_prompt;
@@ -84,21 +84,13 @@ fn measure(
     }
     // Streams are read one after another; timestamps come from the engine's own timings.
     let (mut first, mut last, mut decoded, mut tpot_sum) = (f64::INFINITY, 0f64, 0usize, 0f64);
-    for mut stream in pending {
-        while let Some(event) = stream.blocking_next() {
-            match event {
-                EngineEvent::Token { .. } | EngineEvent::Kv(_) => {}
-                EngineEvent::Finished { usage, timings, .. } => {
-                    let tokens = usage.completion_tokens.saturating_sub(1);
-                    first = first.min(timings.time_to_first_token.as_secs_f64());
-                    last = last.max((timings.time_to_first_token + timings.decode).as_secs_f64());
-                    decoded += tokens;
-                    tpot_sum += timings.decode.as_secs_f64() / tokens.max(1) as f64;
-                    break;
-                }
-                EngineEvent::Error(error) => return Err(error.into()),
-            }
-        }
+    for stream in pending {
+        let done = stream.blocking_collect()?;
+        let tokens = done.usage.completion_tokens.saturating_sub(1);
+        first = first.min(done.timings.time_to_first_token.as_secs_f64());
+        last = last.max((done.timings.time_to_first_token + done.timings.decode).as_secs_f64());
+        decoded += tokens;
+        tpot_sum += done.timings.decode.as_secs_f64() / tokens.max(1) as f64;
     }
     let window = (last - first).max(f64::EPSILON);
     Ok((decoded as f64 / window, tpot_sum / streams as f64 * 1e3))

@@ -19,7 +19,7 @@ use lcserve_common::{Namespace, SequenceHash, TokenId, sequence_hashes};
 use crate::config::EngineConfig;
 use crate::error::EngineError;
 use crate::kv_transfer::{Exporter, ImportedKv, tail_layout};
-use crate::request::{EngineEvent, GenerateRequest};
+use crate::request::{EngineEvent, FinishReason, GenerateRequest, Timings, Usage};
 use crate::sampler::Sampler;
 use crate::scheduler::{EngineStats, Scheduler};
 use crate::sequence::Sequence;
@@ -77,6 +77,67 @@ impl EventStream {
     /// The next event, blocking the current thread (for synchronous callers, never in async code).
     pub fn blocking_next(&mut self) -> Option<EngineEvent> {
         self.events.blocking_recv()
+    }
+
+    /// Reads the stream to its end (exported KV is dropped): for callers that want the whole
+    /// answer, not the stream.
+    pub async fn collect(mut self) -> Result<Completion, EngineError> {
+        let mut completion = Collector::default();
+        while let Some(event) = self.next().await {
+            if let Some(done) = completion.push(event) {
+                return done;
+            }
+        }
+        Err(EngineError::ShutDown)
+    }
+
+    /// [`collect`](Self::collect) for synchronous callers.
+    pub fn blocking_collect(mut self) -> Result<Completion, EngineError> {
+        let mut completion = Collector::default();
+        while let Some(event) = self.blocking_next() {
+            if let Some(done) = completion.push(event) {
+                return done;
+            }
+        }
+        Err(EngineError::ShutDown)
+    }
+}
+
+/// A request's stream, read to its end.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    pub tokens: Vec<TokenId>,
+    /// The text shown to a client, held-back text included.
+    pub text: String,
+    pub reason: FinishReason,
+    pub usage: Usage,
+    pub timings: Timings,
+}
+
+/// Folds events into a [`Completion`].
+#[derive(Default)]
+struct Collector {
+    tokens: Vec<TokenId>,
+    text: String,
+}
+
+impl Collector {
+    /// Takes one event; the outcome once the terminal one arrives.
+    fn push(&mut self, event: EngineEvent) -> Option<Result<Completion, EngineError>> {
+        match event {
+            EngineEvent::Token { id, text, .. } => {
+                self.tokens.push(id);
+                self.text.push_str(&text);
+                None
+            }
+            EngineEvent::Kv(_) => None,
+            EngineEvent::Finished { reason, text, usage, timings } => {
+                self.text.push_str(&text);
+                let (tokens, text) = (std::mem::take(&mut self.tokens), std::mem::take(&mut self.text));
+                Some(Ok(Completion { tokens, text, reason, usage, timings }))
+            }
+            EngineEvent::Error(error) => Some(Err(error)),
+        }
     }
 }
 

@@ -29,7 +29,7 @@ mod stop_text;
 
 pub use block_allocator::{BlockAllocator, BlockAllocatorError, PoolExhausted};
 pub use config::EngineConfig;
-pub use engine::{EngineHandle, EventStream};
+pub use engine::{Completion, EngineHandle, EventStream};
 pub use error::EngineError;
 pub use kv_transfer::{ExportKv, ImportedKv, KvBlock, tail_layout};
 pub use request::{EngineEvent, FinishReason, GenerateRequest, StopConditions, Timings, TokenLogprobs, Usage};

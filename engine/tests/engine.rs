@@ -171,10 +171,10 @@ fn bad_requests_name_the_field() {
 fn a_prompt_larger_than_the_pool_is_refused_clearly() {
     let (_dir, model) = tiny_model();
     let engine = EngineHandle::start(model.clone(), config(16, 4, &model)).expect("engine");
-    let err = collect(&engine, greedy(tokens(100, model.config.vocab_size, 7), 4)).err().expect("refused");
+    let err = collect(&engine, greedy(tokens(100, model.config.vocab_size, 7), 4)).expect_err("refused");
     assert!(matches!(err, EngineError::TooLargeForPool { .. }), "{err}");
     // The prompt fits, but not with all the tokens it may generate.
-    let err = collect(&engine, greedy(tokens(40, model.config.vocab_size, 7), 40)).err().expect("refused");
+    let err = collect(&engine, greedy(tokens(40, model.config.vocab_size, 7), 40)).expect_err("refused");
     assert!(matches!(err, EngineError::TooLargeForPool { needed_blocks: 5, capacity_blocks: 4 }), "{err}");
     assert!(collect(&engine, greedy(tokens(20, model.config.vocab_size, 7), 4)).is_ok(), "still serving");
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lcserve_engine::{EngineConfig, EngineEvent, EngineHandle, GenerateRequest, StopConditions};
+use lcserve_engine::{EngineConfig, EngineHandle, GenerateRequest, StopConditions};
 use lcserve_proto::v1::{self, generate_request::Input, generate_response::Event};
 use lcserve_tests::{Cluster, ClusterConfig};
 use tonic::Code;
@@ -47,18 +47,8 @@ fn reference(cluster: &Cluster, prompt: &[u32], max_tokens: usize) -> Vec<u32> {
         EngineHandle::start(Arc::clone(&cluster.model), EngineConfig { threads: 2, ..EngineConfig::default() })
             .expect("engine");
     let stop = StopConditions { max_tokens, ignore_eos: true, ..StopConditions::default() };
-    let mut stream =
-        engine.submit(GenerateRequest { prompt: prompt.to_vec(), stop, ..GenerateRequest::default() }).expect("submit");
-    let mut tokens = Vec::new();
-    while let Some(event) = stream.blocking_next() {
-        match event {
-            EngineEvent::Token { id, .. } => tokens.push(id),
-            EngineEvent::Finished { .. } => break,
-            EngineEvent::Error(e) => panic!("{e}"),
-            EngineEvent::Kv(_) => {}
-        }
-    }
-    tokens
+    let request = GenerateRequest { prompt: prompt.to_vec(), stop, ..GenerateRequest::default() };
+    engine.submit(request).expect("submit").blocking_collect().expect("reference").tokens
 }
 
 /// A natural-language prompt of about `words` tokens (distinct per `seed`).

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use lcserve_engine::{EngineConfig, EngineEvent, EngineHandle, GenerateRequest, StopConditions};
+use lcserve_engine::{EngineConfig, EngineHandle, GenerateRequest, StopConditions};
 use lcserve_kvstore::{Codec, KvStoreConfig, RawDtype, RemoteTierConfig};
 use lcserve_model::Model;
 use lcserve_proto::v1::{self, decode_client::DecodeClient, generate_response::Event, prefill_client::PrefillClient};
@@ -55,18 +55,8 @@ impl Cluster {
     async fn reference(&self, prompt: &[u32], max_tokens: usize) -> Vec<u32> {
         let engine = EngineHandle::start(Arc::clone(&self.model), self.engine_config()).expect("engine");
         let stop = StopConditions { max_tokens, ignore_eos: true, ..StopConditions::default() };
-        let mut stream =
-            engine.submit(GenerateRequest { prompt: prompt.to_vec(), stop, ..Default::default() }).expect("submit");
-        let mut tokens = Vec::new();
-        while let Some(event) = stream.next().await {
-            match event {
-                EngineEvent::Token { id, .. } => tokens.push(id),
-                EngineEvent::Finished { .. } => break,
-                EngineEvent::Error(e) => panic!("{e}"),
-                EngineEvent::Kv(_) => {}
-            }
-        }
-        tokens
+        let request = GenerateRequest { prompt: prompt.to_vec(), stop, ..Default::default() };
+        engine.submit(request).expect("submit").collect().await.expect("reference").tokens
     }
 }
 

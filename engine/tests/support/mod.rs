@@ -6,36 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lcserve_engine::{
-    EngineConfig, EngineError, EngineEvent, EngineHandle, FinishReason, GenerateRequest, SamplingParams,
-    StopConditions, Usage,
+    Completion, EngineConfig, EngineError, EngineHandle, GenerateRequest, SamplingParams, StopConditions,
 };
 use lcserve_model::Model;
 
-pub struct Outcome {
-    pub tokens: Vec<u32>,
-    pub text: String,
-    pub reason: FinishReason,
-    pub usage: Usage,
-}
-
-pub fn collect(engine: &EngineHandle, request: GenerateRequest) -> Result<Outcome, EngineError> {
-    let mut stream = engine.submit(request)?;
-    let (mut tokens, mut text) = (Vec::new(), String::new());
-    while let Some(event) = stream.blocking_next() {
-        match event {
-            EngineEvent::Token { id, text: piece, .. } => {
-                tokens.push(id);
-                text.push_str(&piece);
-            }
-            EngineEvent::Finished { reason, text: rest, usage, .. } => {
-                text.push_str(&rest);
-                return Ok(Outcome { tokens, text, reason, usage });
-            }
-            EngineEvent::Error(error) => return Err(error),
-            EngineEvent::Kv(_) => {}
-        }
-    }
-    panic!("stream ended without a terminal event")
+pub fn collect(engine: &EngineHandle, request: GenerateRequest) -> Result<Completion, EngineError> {
+    engine.submit(request)?.blocking_collect()
 }
 
 pub fn greedy(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
