@@ -61,7 +61,7 @@ impl Activations {
     /// wins earlier; the `Int8` GEMM path also pays for rounding the activations.
     pub const fn gemm_min_n(self) -> usize {
         match self {
-            Self::F32 => 16,
+            Self::F32 => 24,
             Self::Int8 => 32,
         }
     }
