@@ -183,13 +183,7 @@ pub async fn run(
         }
     });
 
-    // Both reflection versions: v1alpha is what grpcurl <= 1.8.7, grpcui and Postman still speak.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(lcserve_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let (reflection_v1, reflection_v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
+    let (reflection_v1, reflection_v1alpha) = lcserve_proto::reflection_services()?;
     let generation = GenerationServer::new(grpc::GenerationService { shared: Arc::clone(&shared) })
         .max_decoding_message_size(shared.config.max_body_bytes);
 

@@ -239,4 +239,15 @@ fn grpcurl_lists_the_services_through_reflection() {
         let health: Value = serde_json::from_str(&health).unwrap_or_else(|e| panic!("{e}: {health}"));
         assert_eq!(health["status"], "SERVING", "service {service:?}");
     }
+
+    // The kvstore and the workers answer reflection the same way.
+    let kvstore = cluster.kvstore.trim_start_matches("http://").to_owned();
+    let prefill = cluster.prefill[0].url.trim_start_matches("http://").to_owned();
+    let decode = cluster.decode[0].url.trim_start_matches("http://").to_owned();
+    for (address, service) in
+        [(kvstore, "lcserve.v1.KvStore"), (prefill, "lcserve.v1.Prefill"), (decode, "lcserve.v1.Decode")]
+    {
+        let listed = python.grpcurl(&[], &address, &["list"]);
+        assert!(listed.lines().any(|line| line.trim() == service), "{service} at {address}: {listed}");
+    }
 }

@@ -53,10 +53,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(lcserve_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let router = tonic::transport::Server::builder().add_service(health_service).add_service(reflection);
+    let (reflection_v1, reflection_v1alpha) = lcserve_proto::reflection_services()?;
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
     let router = match worker.config.role {
         Role::Prefill => {
             health.set_serving::<PrefillServer<prefill::PrefillService>>().await;

@@ -144,15 +144,14 @@ pub async fn run(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<KvStoreServer<grpc::KvStoreService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(lcserve_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let (reflection_v1, reflection_v1alpha) = lcserve_proto::reflection_services()?;
 
     tonic::transport::Server::builder()
         // Blocks are megabytes: let HTTP/2 windows grow past 64 KiB.
         .http2_adaptive_window(Some(true))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(kv_store)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             shutdown.await;
