@@ -18,7 +18,7 @@
 //!   a KV event), and [`Stats`]. Synchronous; it stores bytes without looking inside.
 //! - [`Tier`]: the async interface of a tier below the host tier. No error type: a tier that
 //!   fails, times out or holds corrupt bytes answers "miss", and the caller recomputes.
-//! - [`RedisTier`]: the shared tier on Redis — one round trip per prefix run, `PX` TTL, a key
+//! - [`RedisTier`]: the shared tier on Redis — one round trip per prefix run, a TTL per block, a key
 //!   prefix per deployment, a per-operation timeout, self-reconnecting, every value validated
 //!   ([`validate`]) and deleted if corrupt; [`RedisStats`].
 //! - [`RemoteTier`]: the shared tier as a worker reaches it, over the kvstore gRPC service —
