@@ -8,8 +8,8 @@
 //! `-c 1` (the matching shape: 16 values in flight on one connection) and `-c 4` (context only).
 //! GB/s = value bytes moved per second (keys and protocol overhead not counted, on either side).
 
+use bytes::Bytes;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lcserve_common::{KvLayout, ModelFingerprint, SequenceHash};
@@ -35,7 +35,7 @@ fn blocks(codec: Codec, tag: u8, run: usize) -> Blocks {
                 .map(|j| ((j as f32 * 0.618 + i as f32).sin() * 3.0) + (j % LAYOUT.head_dim % 7) as f32 * 0.5)
                 .collect();
             let meta = BlockMeta { layout: LAYOUT, fingerprint: ModelFingerprint([7; 16]), hash };
-            (hash, Arc::from(encode(&data, &meta, codec).expect("encodable block")))
+            (hash, Bytes::from(encode(&data, &meta, codec).expect("encodable block")))
         })
         .collect()
 }

@@ -3,7 +3,7 @@
 //!
 //! A block that falls out of the engine's paged pool is worth keeping close: re-reading it from
 //! RAM costs a decode, re-computing it costs a prefill. [`HostCache`] keeps the encoded bytes
-//! (`Arc<[u8]>`, so a reader's copy is a reference count, and stays valid after the block leaves
+//! (`Bytes`, so a reader's copy is a reference count, and stays valid after the block leaves
 //! the cache) keyed by [`SequenceHash`]. It is synchronous and pure: the async tier trait and the
 //! `TieredStore` wrap it, and publish its [`BlockRemoved`] records as KV events.
 //!
@@ -24,7 +24,7 @@
 //!   bytes alive, and a guard of a removed block releases nothing — not even a block later
 //!   re-inserted under the same hash (each stored copy has its own id).
 //! - **Accounting.** `bytes ≤ capacity` after every call; `bytes` is the sum of the stored
-//!   blocks' lengths (bytes kept alive only by readers' `Arc`s are not counted).
+//!   blocks' lengths (bytes kept alive only by readers' `Bytes` handles are not counted).
 //!
 //! Cost: `HashMap` by hash plus a `BTreeMap` from a monotonically increasing use stamp to the
 //! hash of every *unpinned* block, so lookups are O(1), recency updates and each eviction
@@ -36,6 +36,7 @@
 //! calls code that can panic between two related updates (no indexing, no unwrapping, no user
 //! callbacks), so the state is consistent at every point where an unwinding could start.
 
+use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -158,17 +159,17 @@ impl HostCache {
     /// Stores `bytes` under `hash`, evicting least recently used unpinned blocks as needed.
     /// Never fails: see [`InsertOutcome`] for what happened and [`Inserted::evicted`] for the
     /// events to publish. O(log n) per eviction.
-    pub fn insert(&self, hash: SequenceHash, bytes: Arc<[u8]>) -> Inserted {
+    pub fn insert(&self, hash: SequenceHash, bytes: Bytes) -> Inserted {
         self.lock().insert(hash, bytes)
     }
 
     /// The block's bytes, refreshing its recency; counts a hit or a miss.
-    pub fn get(&self, hash: &SequenceHash) -> Option<Arc<[u8]>> {
+    pub fn get(&self, hash: &SequenceHash) -> Option<Bytes> {
         let mut inner = self.lock();
         let stamp = inner.tick();
         match inner.touch(hash, stamp) {
             Some(entry) => {
-                let bytes = Arc::clone(&entry.bytes);
+                let bytes = entry.bytes.clone();
                 inner.stats.hits += 1;
                 Some(bytes)
             }
@@ -271,7 +272,7 @@ impl HostCache {
         self.lock().capacity
     }
 
-    fn guard(&self, hash: SequenceHash, id: u64, bytes: Arc<[u8]>) -> PinGuard {
+    fn guard(&self, hash: SequenceHash, id: u64, bytes: Bytes) -> PinGuard {
         PinGuard { cache: Arc::downgrade(&self.inner), hash, id, bytes }
     }
 
@@ -300,7 +301,7 @@ pub struct PinGuard {
     hash: SequenceHash,
     /// The pinned copy's id: a guard outliving a `remove` must not unpin a later re-insert.
     id: u64,
-    bytes: Arc<[u8]>,
+    bytes: Bytes,
 }
 
 impl PinGuard {
@@ -310,7 +311,7 @@ impl PinGuard {
     }
 
     /// The pinned block's bytes (valid even if the block was since removed).
-    pub fn bytes(&self) -> &Arc<[u8]> {
+    pub fn bytes(&self) -> &Bytes {
         &self.bytes
     }
 }
@@ -335,7 +336,7 @@ fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
 }
 
 struct Entry {
-    bytes: Arc<[u8]>,
+    bytes: Bytes,
     /// Last use; the key in `Inner::lru` while unpinned.
     stamp: u64,
     /// The stamp at insertion: unique per stored copy, matched by `PinGuard`s.
@@ -377,7 +378,7 @@ impl Inner {
         Some(entry)
     }
 
-    fn insert(&mut self, hash: SequenceHash, bytes: Arc<[u8]>) -> Inserted {
+    fn insert(&mut self, hash: SequenceHash, bytes: Bytes) -> Inserted {
         let stamp = self.tick();
         if self.touch(&hash, stamp).is_some() {
             self.stats.duplicates += 1;
@@ -432,11 +433,11 @@ impl Inner {
     }
 
     /// Adds a pin (refreshing recency) and returns the copy's id and bytes.
-    fn pin(&mut self, hash: &SequenceHash) -> Option<(u64, Arc<[u8]>)> {
+    fn pin(&mut self, hash: &SequenceHash) -> Option<(u64, Bytes)> {
         let stamp = self.tick();
         let entry = self.touch(hash, stamp)?;
         entry.pins += 1;
-        let (first_pin, id, bytes) = (entry.pins == 1, entry.id, Arc::clone(&entry.bytes));
+        let (first_pin, id, bytes) = (entry.pins == 1, entry.id, entry.bytes.clone());
         if first_pin {
             self.lru.remove(&stamp);
             self.unpinned_bytes -= bytes.len();

@@ -24,6 +24,7 @@
 //! - **AUTH and database** come from the URL (`redis://user:pass@host:6379/2`). `rediss://`
 //!   (TLS) needs the `redis` crate's `tokio-rustls-comp` feature, which this build leaves out.
 
+use bytes::Bytes;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -188,7 +189,7 @@ impl Tier for RedisTier {
         present.iter().take_while(|present| **present).count()
     }
 
-    async fn get_many(&self, hashes: &[SequenceHash]) -> Vec<Option<Arc<[u8]>>> {
+    async fn get_many(&self, hashes: &[SequenceHash]) -> Vec<Option<Bytes>> {
         if hashes.is_empty() {
             return Vec::new();
         }
@@ -200,7 +201,7 @@ impl Tier for RedisTier {
         for ((slot, (hash, key)), value) in out.iter_mut().zip(hashes.iter().zip(keys)).zip(values) {
             let Some(value) = value else { continue };
             match validate(&value, hash) {
-                Ok(_) => *slot = Some(Arc::from(value)),
+                Ok(_) => *slot = Some(Bytes::from(value)),
                 Err(_) => corrupt.push(key),
             }
         }

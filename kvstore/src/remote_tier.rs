@@ -19,6 +19,7 @@
 //! - **Tenants.** [`Tier::put_many_for`] names the tenant whose byte quota in the service's RAM
 //!   tier the blocks count against; [`Tier::put_many`] uses the default tenant.
 
+use bytes::Bytes;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -167,8 +168,8 @@ impl Tier for RemoteTier {
         found.map_or(0, |response| (response.into_inner().cached_blocks as usize).min(hashes.len()))
     }
 
-    async fn get_many(&self, hashes: &[SequenceHash]) -> Vec<Option<Arc<[u8]>>> {
-        let mut out: Vec<Option<Arc<[u8]>>> = vec![None; hashes.len()];
+    async fn get_many(&self, hashes: &[SequenceHash]) -> Vec<Option<Bytes>> {
+        let mut out: Vec<Option<Bytes>> = vec![None; hashes.len()];
         if hashes.is_empty() {
             return out;
         }
@@ -184,7 +185,7 @@ impl Tier for RemoteTier {
                     corrupt += 1;
                     break;
                 }
-                *slot = Some(Arc::from(message.block));
+                *slot = Some(Bytes::from(message.block));
             }
             Ok::<(), tonic::Status>(())
         };

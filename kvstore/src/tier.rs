@@ -13,15 +13,15 @@
 //! driven from a spawned tokio task; the price is that `Tier` is not object safe, and code that
 //! holds a tier is generic over it (as [`TieredStore`](crate::TieredStore) is).
 
+use bytes::Bytes;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use lcserve_common::SequenceHash;
 
 /// Encoded `KVB1` blocks with their identities, as written to a tier in one call.
-pub type Blocks = Vec<(SequenceHash, Arc<[u8]>)>;
+pub type Blocks = Vec<(SequenceHash, Bytes)>;
 
 /// A tier of the KV store that can be reached asynchronously (a remote cache).
 pub trait Tier: Send + Sync + 'static {
@@ -33,7 +33,7 @@ pub trait Tier: Send + Sync + 'static {
     /// The bytes of each block, in order; `None` for a block that is absent, corrupt or could
     /// not be read in time. Every `Some` has passed the `KVB1` header, identity and checksum
     /// checks, so it can be handed to the decoder as is.
-    fn get_many(&self, hashes: &[SequenceHash]) -> impl Future<Output = Vec<Option<Arc<[u8]>>>> + Send;
+    fn get_many(&self, hashes: &[SequenceHash]) -> impl Future<Output = Vec<Option<Bytes>>> + Send;
 
     /// Stores the blocks and returns how many of them the tier acknowledged (0 when the write
     /// failed or timed out). Best effort: a lost block is a later miss, never an error; the
@@ -120,7 +120,7 @@ impl TierCounters {
     }
 
     /// Counts the outcome of a `get_many` of `asked` blocks.
-    pub fn count_read(&self, asked: usize, found: &[Option<Arc<[u8]>>]) {
+    pub fn count_read(&self, asked: usize, found: &[Option<Bytes>]) {
         let hits = found.iter().flatten().count();
         add(&self.hits, hits);
         add(&self.misses, asked - hits);

@@ -23,6 +23,7 @@
 //! - **Without a shared tier** (one machine, `lcserve serve`) the store is the host tier alone,
 //!   with no task and no queue.
 
+use bytes::Bytes;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,7 +61,7 @@ impl Default for TieredConfig {
 #[derive(Clone, Debug, Default)]
 pub struct Fetched {
     /// Encoded bytes of `hashes[..blocks.len()]`.
-    pub blocks: Vec<Arc<[u8]>>,
+    pub blocks: Vec<Bytes>,
     /// Where each block came from.
     pub sources: Vec<TierKind>,
     /// Host-tier blocks evicted to make room for promoted ones: publish as KV events.
@@ -145,7 +146,7 @@ fn add(counter: &AtomicU64, n: usize) {
     counter.fetch_add(n as u64, Ordering::Relaxed);
 }
 
-fn bytes_of<'a>(blocks: impl IntoIterator<Item = &'a Arc<[u8]>>) -> usize {
+fn bytes_of<'a>(blocks: impl IntoIterator<Item = &'a Bytes>) -> usize {
     blocks.into_iter().map(|block| block.len()).sum()
 }
 
@@ -241,13 +242,12 @@ impl<S: Tier> TieredStore<S> {
         add(&self.stats.host_bytes_read, bytes_of(&fetched.blocks));
         let rest = &hashes[in_host..];
         let Some(shared) = self.shared.as_ref().filter(|_| !rest.is_empty()) else { return fetched };
-        let from_shared: Vec<Arc<[u8]>> =
-            shared.tier.get_many(rest).await.into_iter().map_while(|block| block).collect();
+        let from_shared: Vec<Bytes> = shared.tier.get_many(rest).await.into_iter().map_while(|block| block).collect();
         add(&self.stats.shared_hits, from_shared.len());
         add(&self.stats.shared_misses, rest.len() - from_shared.len());
         add(&self.stats.shared_bytes_read, bytes_of(&from_shared));
         for (hash, block) in rest.iter().zip(from_shared) {
-            let inserted = self.host.insert(*hash, Arc::clone(&block));
+            let inserted = self.host.insert(*hash, block.clone());
             fetched.evicted.extend(inserted.evicted);
             add(&self.stats.promoted, 1);
             fetched.blocks.push(block);
@@ -307,7 +307,7 @@ impl<S: Tier> TieredStore<S> {
 
     /// Inserts every block into the host tier; returns the blocks evicted for them.
     fn insert_host(&self, blocks: &Blocks) -> Vec<BlockRemoved> {
-        blocks.iter().flat_map(|(hash, block)| self.host.insert(*hash, Arc::clone(block)).evicted).collect()
+        blocks.iter().flat_map(|(hash, block)| self.host.insert(*hash, block.clone()).evicted).collect()
     }
 
     /// A snapshot of the counters.

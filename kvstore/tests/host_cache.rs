@@ -1,8 +1,8 @@
 //! The host tier's rules, one test each, then a model-based property test (every call compared
 //! with a naive list-ordered model) and a concurrency test.
 
+use bytes::Bytes;
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use lcserve_common::SequenceHash;
 use lcserve_kvstore::{BlockRemoved, HostCache, InsertOutcome, Inserted, PinGuard, Rejection, RemovalCause, Stats};
@@ -14,7 +14,7 @@ fn h(key: u8) -> SequenceHash {
     SequenceHash([key; 16])
 }
 
-fn block(key: u8, len: usize) -> Arc<[u8]> {
+fn block(key: u8, len: usize) -> Bytes {
     vec![key; len].into()
 }
 
@@ -56,11 +56,11 @@ fn eviction_takes_least_recently_used_first_and_reports_each() {
 fn reinsert_keeps_one_copy_and_refreshes_recency() {
     let cache = HostCache::new(20);
     let first = block(1, 10);
-    assert_eq!(cache.insert(h(1), Arc::clone(&first)).outcome, InsertOutcome::Stored);
+    assert_eq!(cache.insert(h(1), first.clone()).outcome, InsertOutcome::Stored);
     stored(&cache, 2, 10);
     let again = cache.insert(h(1), block(1, 10));
     assert_eq!(again, Inserted { outcome: InsertOutcome::AlreadyPresent, evicted: vec![] });
-    assert!(Arc::ptr_eq(&cache.get(&h(1)).expect("present"), &first), "the stored copy is kept");
+    assert_eq!(cache.get(&h(1)).expect("present").as_ptr(), first.as_ptr(), "the stored copy is kept");
     // 1 was refreshed, so 2 goes first.
     assert_eq!(cache.insert(h(3), block(3, 10)).evicted, vec![evicted(2, 10)]);
     let stats = cache.stats();

@@ -2,6 +2,7 @@
 
 mod support;
 
+use bytes::Bytes;
 use std::time::{Duration, Instant};
 
 use lcserve_common::{KvLayout, ModelFingerprint, SequenceHash};
@@ -41,7 +42,7 @@ async fn a_run_round_trips_through_the_service() {
 
 /// A raw f32 block of 6.3 MB: above gRPC's default 4 MB message limit, as real raw blocks of
 /// larger models are.
-fn large_block(hash: SequenceHash) -> std::sync::Arc<[u8]> {
+fn large_block(hash: SequenceHash) -> Bytes {
     let layout = KvLayout { layers: 4, kv_heads: 8, head_dim: 128, block_size: 192 };
     let data: Vec<f32> = (0..layout.elems_per_block()).map(|i| (i % 1013) as f32 * 0.5).collect();
     let meta = BlockMeta { layout, fingerprint: ModelFingerprint([7; 16]), hash };

@@ -4,7 +4,7 @@
 //! service (the shared tier, when configured). Encoding and decoding run on tokio's blocking
 //! pool: a block of the reference model is ~3 MB of f32, milliseconds of work.
 
-use std::sync::Arc;
+use bytes::Bytes;
 
 use lcserve_common::{KvLayout, ModelFingerprint, SequenceHash};
 use lcserve_engine::{KvBlock, tail_layout};
@@ -104,7 +104,7 @@ impl KvBridge {
                 .filter_map(|block| {
                     let meta = BlockMeta { layout, fingerprint, hash: block.hash };
                     // A block the codec refuses (non-finite KV) is simply not shared.
-                    encode(&block.data, &meta, codec).ok().map(|bytes| (block.hash, Arc::<[u8]>::from(bytes)))
+                    encode(&block.data, &meta, codec).ok().map(|bytes| (block.hash, Bytes::from(bytes)))
                 })
                 .collect()
         })

@@ -1,6 +1,7 @@
 //! The `lcserve.v1.KvStore` gRPC handlers: validate at the edge (hashes, block size, `KVB1`
 //! integrity), then call the [`Store`]. Every error names the field at fault.
 
+use bytes::Bytes;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ const MAX_TENANT_BYTES: usize = 256;
 /// holds, and keeps one batch one shared-tier round trip.
 const PUT_BATCH: usize = 64;
 
-type Block = (SequenceHash, Arc<[u8]>);
+type Block = (SequenceHash, Bytes);
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::KvEvent, Status>> + Send>>;
 type BlockStream = Pin<Box<dyn Stream<Item = Result<v1::GetBlock, Status>> + Send>>;
 
@@ -66,7 +67,7 @@ impl KvStoreService {
         crate::redis_tier::validate(&block.block, &hash).map_err(|err| {
             Status::invalid_argument(format!("PutBlock #{index}: block: not a valid KVB1 block of hash {hash}: {err}"))
         })?;
-        Ok(((hash, Arc::from(block.block)), block.tenant))
+        Ok(((hash, Bytes::from(block.block)), block.tenant))
     }
 }
 

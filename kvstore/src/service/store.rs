@@ -12,6 +12,7 @@
 //!
 //! Lock order: state, then the host tier's own lock (inside `TieredStore`); never the reverse.
 
+use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -157,7 +158,7 @@ impl Store {
     }
 
     /// The longest servable prefix of `hashes`, promoting shared-tier hits into RAM.
-    pub async fn get(&self, hashes: &[SequenceHash]) -> Vec<Arc<[u8]>> {
+    pub async fn get(&self, hashes: &[SequenceHash]) -> Vec<Bytes> {
         let fetched = self.tiered.get(hashes).await;
         let promoted = hashes.iter().zip(&fetched.sources).filter(|(_, source)| **source == TierKind::Shared);
         let touched: Vec<SequenceHash> =

@@ -1,7 +1,7 @@
 //! Helpers for the tier tests: a real `redis-server` per test, and real `KVB1` blocks.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::sync::Arc;
+use bytes::Bytes;
 use std::time::{Duration, Instant};
 
 use lcserve_common::{KvLayout, ModelFingerprint, Namespace, SequenceHash, sequence_hashes};
@@ -22,13 +22,13 @@ pub fn hashes(tenant: &str, n: usize, seed: u32) -> Vec<SequenceHash> {
 }
 
 /// A valid int8 `KVB1` block of `hash`.
-pub fn block(hash: SequenceHash) -> Arc<[u8]> {
+pub fn block(hash: SequenceHash) -> Bytes {
     let data: Vec<f32> = (0..LAYOUT.elems_per_block()).map(|i| (i % 97) as f32 * 0.01 + f32::from(hash.0[0])).collect();
     let meta = BlockMeta { layout: LAYOUT, fingerprint: ModelFingerprint([7; 16]), hash };
     encode(&data, &meta, Codec::INT8).expect("encodable block").into()
 }
 
-pub fn blocks(hashes: &[SequenceHash]) -> Vec<(SequenceHash, Arc<[u8]>)> {
+pub fn blocks(hashes: &[SequenceHash]) -> Vec<(SequenceHash, Bytes)> {
     hashes.iter().map(|h| (*h, block(*h))).collect()
 }
 
