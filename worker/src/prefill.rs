@@ -41,7 +41,7 @@ impl v1::prefill_server::Prefill for PrefillService {
         let submitted = worker
             .engine
             .submit(GenerateRequest {
-                prompt: prompt.clone(),
+                prompt,
                 sampling,
                 stop: StopConditions { max_tokens: 1, ..stop },
                 cache_salt,
