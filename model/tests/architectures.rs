@@ -12,7 +12,7 @@ use lcserve_model::{
     dequantize_vector, write_tiny_model, write_tiny_model_arch,
 };
 use serde_json::Value;
-use support::{Session, max_rel_diff, permute_to_gguf, prompt, reference::Reference};
+use support::{Session, max_rel_diff, permute_to_gguf, permuted_heads, prompt, reference::Reference};
 
 const ARCHS: [Architecture; 3] = [Architecture::Llama, Architecture::Mistral, Architecture::Qwen2];
 
@@ -152,13 +152,7 @@ fn hf_tensors_are_the_gguf_tensors_permuted_only_where_the_gguf_permuted_them() 
             assert_eq!(g.shape, h.shape, "{arch:?} {name}");
             let (expected, hf_values) =
                 (dequantize_vector(&g).expect("dequantize"), dequantize_vector(&h).expect("f32"));
-            let heads = if name.contains(".attn_q.") {
-                Some(config.num_heads)
-            } else if name.contains(".attn_k.") {
-                Some(config.num_kv_heads)
-            } else {
-                None
-            };
+            let heads = permuted_heads(name, &config);
             let hf_in_gguf_order = match (heads, config.rope.layout) {
                 (Some(heads), RopeLayout::Interleaved) => {
                     assert_ne!(hf_values, expected, "{arch:?} {name} was not un-permuted");

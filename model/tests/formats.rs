@@ -11,7 +11,7 @@ use lcserve_model::{
     write_tiny_model,
 };
 use serde_json::{Value, json};
-use support::{Session, argmax, max_rel_diff, permute_to_gguf, reference_model_path};
+use support::{Session, argmax, max_rel_diff, permute_to_gguf, permuted_heads, reference_model_path};
 
 fn tiny(seed: u64) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -49,13 +49,7 @@ fn every_hf_tensor_is_the_dequantized_gguf_tensor() {
         assert_eq!(h.dtype, lcserve_kernels::QuantType::F32, "{name}");
         let (expected, hf_values) =
             (dequantize_vector(&g).expect("dequantize"), dequantize_vector(&h).expect("read f32"));
-        let heads = if name.contains(".attn_q.") {
-            Some(config.num_heads)
-        } else if name.contains(".attn_k.") {
-            Some(config.num_kv_heads)
-        } else {
-            None
-        };
+        let heads = permuted_heads(&name, &config);
         let hf_in_gguf_order = match heads {
             Some(heads) => {
                 // The permutation must really move rows, or this test would prove nothing.

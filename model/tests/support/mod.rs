@@ -87,6 +87,17 @@ pub fn prompt(len: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
+/// Heads whose rows llama.cpp permutes in tensor `name` (query or key projections), if any.
+pub fn permuted_heads(name: &str, config: &lcserve_model::ModelConfig) -> Option<usize> {
+    if name.contains(".attn_q.") {
+        Some(config.num_heads)
+    } else if name.contains(".attn_k.") {
+        Some(config.num_kv_heads)
+    } else {
+        None
+    }
+}
+
 /// llama.cpp's q/k permutation, applied to HF-ordered rows: GGUF row `h·d + 2i + half` is HF row
 /// `h·d + half·(d/2) + i`. Written independently of the exporter's inverse.
 pub fn permute_to_gguf(hf: &[f32], heads: usize, head_dim: usize) -> Vec<f32> {
