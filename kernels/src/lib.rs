@@ -13,6 +13,9 @@
 //! * [`attention`] — causal attention of a chunk of queries over a paged KV cache
 //!   ([`PagedKv`]), flash-style (online softmax, no N×N scores), with optional
 //!   log-sum-exp output and [`merge_lse`] to combine partial results.
+//! * [`sparse`] — sparse prefill attention (MInference): per-head patterns (A-shape,
+//!   vertical-slash, block-sparse), their online index builders, and the block-sparse kernel
+//!   over key ranges + columns, with the mask emulator and masked-attention oracles.
 //!
 //! SIMD paths (AVX2 + FMA + F16C) are chosen at run time with
 //! [`simd::has_avx2_fma`]; every kernel has a portable scalar path. Work is spread over the
@@ -24,6 +27,7 @@ mod error;
 pub mod ops;
 pub mod quant;
 pub mod simd;
+pub mod sparse;
 
 pub use attention::{AttnShape, PagedKv, attention, attention_naive, merge_lse};
 pub use error::{KernelError, Result};

@@ -12,6 +12,7 @@
 
 mod merge;
 mod naive;
+pub(crate) mod online;
 mod tiled;
 
 pub use merge::merge_lse;

@@ -14,6 +14,9 @@
 use rayon::prelude::*;
 
 use super::merge::merge_row;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+use super::online::Avx2;
+use super::online::{OnlineSoftmax, Partial, Scalar, VecOps};
 use super::{AttnShape, PagedKv, validate};
 use crate::error::Result;
 use crate::simd;
@@ -87,13 +90,6 @@ struct Item {
     k1: usize,
 }
 
-/// Normalized partial output (`rows × head_dim`) and its log-sum-exp per row (`-inf` for a
-/// row that saw no key in the item's range).
-struct Partial {
-    o: Vec<f32>,
-    lse: Vec<f32>,
-}
-
 fn plan(nq: usize, kv: &PagedKv<'_>, shape: &AttnShape) -> Vec<Item> {
     let g = shape.group();
     let tq = (TILE_ROWS / g).max(1);
@@ -127,66 +123,6 @@ fn plan(nq: usize, kv: &PagedKv<'_>, shape: &AttnShape) -> Vec<Item> {
         }
     }
     items
-}
-
-/// Vector primitives the kernel is generic over, so the whole inner loop is compiled once
-/// with AVX2 enabled (inlined) and once portable.
-trait VecOps {
-    fn scores(q: &[f32], k: &[f32], hd: usize, out: &mut [f32]);
-    fn accumulate(acc: &mut [f32], p: &[f32], v: &[f32], hd: usize);
-    fn scale(y: &mut [f32], alpha: f32);
-    fn exp_sub_sum(x: &mut [f32], m: f32) -> f32;
-}
-
-struct Scalar;
-
-impl VecOps for Scalar {
-    #[inline(always)]
-    fn scores(q: &[f32], k: &[f32], hd: usize, out: &mut [f32]) {
-        simd::scalar::scores(q, k, hd, out)
-    }
-    #[inline(always)]
-    fn accumulate(acc: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
-        simd::scalar::accumulate(acc, p, v, hd)
-    }
-    #[inline(always)]
-    fn scale(y: &mut [f32], alpha: f32) {
-        simd::scalar::scale(y, alpha)
-    }
-    #[inline(always)]
-    fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
-        simd::scalar::exp_sub_sum(x, m)
-    }
-}
-
-/// Only instantiated inside `item_avx2`, which is entered after `has_avx2_fma()`.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-struct Avx2;
-
-// SAFETY (all four methods): `Avx2` is only used from `item_avx2`, reached only when
-// `has_avx2_fma()` returned true, so the AVX2/FMA instructions exist on this CPU.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-impl VecOps for Avx2 {
-    #[inline(always)]
-    fn scores(q: &[f32], k: &[f32], hd: usize, out: &mut [f32]) {
-        // SAFETY: see impl comment.
-        unsafe { simd::avx2::scores(q, k, hd, out) }
-    }
-    #[inline(always)]
-    fn accumulate(acc: &mut [f32], p: &[f32], v: &[f32], hd: usize) {
-        // SAFETY: see impl comment.
-        unsafe { simd::avx2::accumulate(acc, p, v, hd) }
-    }
-    #[inline(always)]
-    fn scale(y: &mut [f32], alpha: f32) {
-        // SAFETY: see impl comment.
-        unsafe { simd::avx2::scale(y, alpha) }
-    }
-    #[inline(always)]
-    fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
-        // SAFETY: see impl comment.
-        unsafe { simd::avx2::exp_sub_sum(x, m) }
-    }
 }
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
@@ -232,10 +168,7 @@ fn item_generic<O: VecOps>(
             *d = s * scale;
         }
     }
-    let mut m = vec![f32::NEG_INFINITY; rows];
-    let mut l = vec![0f32; rows];
-    let mut acc = vec![0f32; rows * hd];
-    let mut s = vec![0f32; bs];
+    let mut state = OnlineSoftmax::new(rows, hd);
 
     let kend = it.k1.min(first_pos + it.q1); // last query sees keys < first_pos + q1
     let mut ks = it.k0;
@@ -250,34 +183,12 @@ fn item_generic<O: VecOps>(
             if visible_end <= ks {
                 continue;
             }
-            let cnt = visible_end - ks;
-            let qr = &qs[r * hd..][..hd];
-            let sc = &mut s[..cnt];
-            O::scores(qr, &kblk[off * hd..(off + cnt) * hd], hd, sc);
-            let mx = sc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let accr = &mut acc[r * hd..][..hd];
-            if mx > m[r] {
-                if l[r] > 0.0 {
-                    let alpha = (m[r] - mx).exp();
-                    O::scale(accr, alpha);
-                    l[r] *= alpha;
-                }
-                m[r] = mx;
-            }
-            l[r] += O::exp_sub_sum(sc, m[r]);
-            O::accumulate(accr, sc, &vblk[off * hd..(off + cnt) * hd], hd);
+            let keys = (off * hd)..((off + visible_end - ks) * hd);
+            state.absorb::<O>(r, &qs[r * hd..][..hd], &kblk[keys.clone()], &vblk[keys]);
         }
         ks = ke;
     }
-
-    let mut lse = vec![f32::NEG_INFINITY; rows];
-    for r in 0..rows {
-        if l[r] > 0.0 {
-            O::scale(&mut acc[r * hd..][..hd], 1.0 / l[r]);
-            lse[r] = m[r] + l[r].ln();
-        }
-    }
-    Partial { o: acc, lse }
+    state.finish::<O>()
 }
 
 #[cfg(test)]

@@ -1,0 +1,83 @@
+//! Sparse prefill attention (MInference, algorithms.md §1): per-head sparse patterns whose
+//! indices are estimated online from the prompt itself, executed by one block-sparse kernel.
+//!
+//! Map of the module, in the order a prefill chunk uses it:
+//!
+//! * [`HeadPattern`] — what one query head computes: dense, A-shape / Tri-shape (static),
+//!   vertical-slash or block-sparse (dynamic), with their budgets.
+//! * Index builders, one per pattern, each producing a [`HeadIndex`]:
+//!   [`a_shape_index`], [`estimate_vertical_slash`] + [`vertical_slash_index`] (the §1.3
+//!   conversion to key ranges + columns), [`block_sparse_index`].
+//! * [`sparse_attention`] — the kernel: for every (query head, 64-query block) an exact
+//!   online softmax over the block's key ranges and individual key columns, causal mask
+//!   applied, no N×N matrix. [`sparse_prefill_attention`] chains index building and the
+//!   kernel for all heads and reports [`SparseStats`].
+//! * [`reference`] — the oracles tests compare against: the mask emulator
+//!   ([`reference::coverage`]) that replays an index into a coverage matrix, and
+//!   [`reference::attention_masked`].
+//!
+//! Geometry: a chunk of `nq` queries sits at positions `len - nq .. len` (bottom-right
+//! aligned, as in [`crate::attention`]); queries are grouped into [`QueryBlocks`] of
+//! [`BLOCK`] positions aligned to absolute positions, so chunked prefill and prefill on top of
+//! a cached prefix see the same blocks a one-shot prefill would.
+
+mod a_shape;
+mod block_sparse;
+mod index;
+mod kernel;
+mod pattern;
+pub mod reference;
+mod vertical_slash;
+
+pub use a_shape::a_shape_index;
+pub use block_sparse::block_sparse_index;
+pub use index::{HeadIndex, QueryBlocks};
+pub use kernel::sparse_attention;
+pub use pattern::{HeadPattern, SparseStats, sparse_prefill_attention};
+pub use vertical_slash::{estimate_vertical_slash, vertical_slash_index};
+
+/// Query rows per block, and the key tile size of slash lines and pooled blocks (§1.3).
+pub const BLOCK: usize = 64;
+
+use crate::attention::PagedKv;
+use crate::simd;
+
+/// `out[t] = q · key(first + t)` for the keys `first .. first + out.len()` of KV head `kvh`,
+/// walking the cache page by page.
+pub(crate) fn key_scores(use_simd: bool, q: &[f32], kv: &PagedKv<'_>, kvh: usize, first: usize, out: &mut [f32]) {
+    let hd = q.len();
+    let bs = kv.block_size;
+    let mut j = first;
+    let end = first + out.len();
+    while j < end {
+        let (b, s) = (j / bs, j % bs);
+        let n = (bs - s).min(end - j);
+        let at = (kvh * bs + s) * hd;
+        let keys = &kv.k_blocks[b][at..at + n * hd];
+        let dst = &mut out[j - first..j - first + n];
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        if use_simd {
+            // SAFETY: `use_simd` comes from `has_avx2_fma()`.
+            unsafe { simd::avx2::scores(q, keys, hd, dst) };
+            j += n;
+            continue;
+        }
+        let _ = use_simd;
+        simd::scalar::scores(q, keys, hd, dst);
+        j += n;
+    }
+}
+
+/// Indices of the `k` largest values (ties broken by lower index), in no particular order.
+pub(crate) fn top_k(values: &[f32], k: usize) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..values.len() as u32).collect();
+    let k = k.min(idx.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, |&a, &b| values[b as usize].total_cmp(&values[a as usize]).then(a.cmp(&b)));
+        idx.truncate(k);
+    }
+    idx
+}
