@@ -14,6 +14,8 @@ use crate::engine_args::{EngineArgs, ModelArgs};
 mod bench_codec;
 #[path = "bench_decode.rs"]
 mod bench_decode;
+#[path = "bench_needle.rs"]
+mod bench_needle;
 #[path = "bench_serve.rs"]
 mod bench_serve;
 
@@ -27,6 +29,8 @@ pub enum BenchCommand {
     KvCodec(bench_codec::KvCodecBenchArgs),
     /// Aggregate decode tokens/s of N concurrent streams vs one (continuous batching).
     DecodeScaling(bench_decode::DecodeScalingArgs),
+    /// Passkey and KV-retrieval accuracy per prompt length and depth, dense vs sparse prefill.
+    Needle(bench_needle::NeedleBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +83,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Serve(args) => bench_serve::run(args),
         BenchCommand::KvCodec(args) => bench_codec::run(args),
         BenchCommand::DecodeScaling(args) => bench_decode::run(args),
+        BenchCommand::Needle(args) => bench_needle::run(args),
     }
 }
 

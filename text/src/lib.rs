@@ -12,12 +12,17 @@
 //! the template source over RPC and rebuilds both with [`Tokenizer::from_json_bytes`] and
 //! [`ChatTemplate::new`], so both sides tokenize identically.
 //!
-//! Every failure is one [`TokenizerError`].
+//! [`haystack`] builds synthetic long-context retrieval prompts (passkey, KV retrieval) sized
+//! with a [`Tokenizer`], and scores answers to them: the quality check of sparse prefill.
+//!
+//! Every tokenizer or template failure is one [`TokenizerError`]; the generator's own are
+//! [`haystack::HaystackError`], which wraps it.
 
 #![forbid(unsafe_code)]
 
 mod chat_template;
 mod detokenizer;
+pub mod haystack;
 mod tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
