@@ -256,8 +256,9 @@ impl KvRun {
                 start_pos: done,
                 block_table: &table,
                 logits: LogitsWanted::Last,
+                attention: &capture,
             };
-            let logits = model.forward(&[input], &mut arena, &capture)?;
+            let logits = model.forward(&[input], &mut arena)?;
             done = tokens.len();
             if done >= target {
                 break;

@@ -23,6 +23,10 @@ pub struct ModelArgs {
     /// activation outliers).
     #[arg(long, env = "LCSERVE_ACTIVATIONS", value_enum, default_value_t = ActivationsArg::F32)]
     pub activations: ActivationsArg,
+    /// Context window in tokens [default: the model's]. Longer than the model was trained for
+    /// extrapolates positions: for long-context benchmarks, not for quality.
+    #[arg(long, env = "LCSERVE_CONTEXT_LENGTH")]
+    pub context_length: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -65,6 +69,10 @@ impl ModelArgs {
             ActivationsArg::F32 => Activations::F32,
             ActivationsArg::Int8 => Activations::Int8,
         };
+        if let Some(positions) = self.context_length {
+            anyhow::ensure!(positions > 0, "--context-length must be positive");
+            model.set_context_length(positions);
+        }
         bar.finish_and_clear();
         Ok(Arc::new(model))
     }
@@ -87,6 +95,13 @@ pub struct EngineArgs {
     /// Compute threads [default: all cores].
     #[arg(long, env = "LCSERVE_THREADS")]
     pub threads: Option<usize>,
+    /// Sparse prefill head patterns, as written by `lcserve calibrate` [default: vertical-slash
+    /// with 1000 verticals and 2048 slashes for every head].
+    #[arg(long, env = "LCSERVE_SPARSE_PATTERNS")]
+    pub patterns: Option<PathBuf>,
+    /// Prompts of at least this many tokens prefill sparsely when their prefill mode is auto.
+    #[arg(long, env = "LCSERVE_SPARSE_MIN_TOKENS", default_value_t = lcserve_engine::DEFAULT_SPARSE_MIN_TOKENS)]
+    pub sparse_min_tokens: usize,
 }
 
 impl EngineArgs {
@@ -99,6 +114,8 @@ impl EngineArgs {
             max_running: self.max_running,
             threads: self.threads.unwrap_or(defaults.threads),
             prefix_caching: defaults.prefix_caching,
+            sparse_patterns: self.patterns.clone(),
+            sparse_min_tokens: self.sparse_min_tokens,
         }
     }
 }

@@ -1,10 +1,11 @@
 //! `lcserve generate`: one prompt through the engine, streamed to stdout.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use lcserve_engine::{EngineEvent, EngineHandle, GenerateRequest, SamplingParams, StopConditions};
+use lcserve_engine::{EngineEvent, EngineHandle, GenerateRequest, PrefillMode, SamplingParams, StopConditions};
 use lcserve_model::{ChatMessage, Model};
 use serde::Serialize;
 
@@ -17,8 +18,15 @@ pub struct GenerateArgs {
     #[command(flatten)]
     engine: EngineArgs,
     /// The prompt text.
+    #[arg(long, required_unless_present = "prompt_file", conflicts_with = "prompt_file")]
+    prompt: Option<String>,
+    /// Read the prompt text from this file (long prompts).
     #[arg(long)]
-    prompt: String,
+    prompt_file: Option<PathBuf>,
+    /// Prefill attention: `dense`, `sparse` (MInference patterns, see --patterns) or `auto`
+    /// (sparse from --sparse-min-tokens prompt tokens).
+    #[arg(long, default_value = "auto")]
+    prefill_mode: PrefillMode,
     /// Wrap the prompt as a user message in the model's chat template.
     #[arg(long)]
     chat: bool,
@@ -55,6 +63,8 @@ struct Summary {
     prompt_tokens: usize,
     generated_tokens: usize,
     cached_tokens: usize,
+    /// Fraction of the prompt's causal attention computed (1 = dense).
+    prefill_density: f64,
     ttft_ms: f64,
     prefill_tokens_per_s: f64,
     decode_tokens_per_s: f64,
@@ -77,7 +87,14 @@ pub fn encode_prompt(model: &Model, prompt: &str, chat: bool, system: Option<&st
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let model = args.model.load()?;
-    let prompt = encode_prompt(&model, &args.prompt, args.chat, args.system.as_deref())?;
+    let text = match (&args.prompt, &args.prompt_file) {
+        (Some(text), _) => text.clone(),
+        (None, Some(path)) => {
+            std::fs::read_to_string(path).with_context(|| format!("--prompt-file {}", path.display()))?
+        }
+        (None, None) => anyhow::bail!("one of --prompt or --prompt-file is required"),
+    };
+    let prompt = encode_prompt(&model, &text, args.chat, args.system.as_deref())?;
     let engine = EngineHandle::start(model, args.engine.config())?;
     let request = GenerateRequest {
         prompt,
@@ -92,6 +109,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         },
         stop: StopConditions { max_tokens: args.max_tokens, stop_strings: args.stop, ..StopConditions::default() },
         cache_salt: Vec::new(),
+        prefill_mode: args.prefill_mode,
         ..GenerateRequest::default()
     };
     let mut stream = engine.submit(request)?;
@@ -116,6 +134,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                         prompt_tokens: usage.prompt_tokens,
                         generated_tokens: usage.completion_tokens,
                         cached_tokens: usage.cached_tokens,
+                        prefill_density: usage.prefill_density,
                         ttft_ms: timings.time_to_first_token.as_secs_f64() * 1e3,
                         prefill_tokens_per_s: timings.prefill_tokens_per_s(computed),
                         decode_tokens_per_s: timings.decode_tokens_per_s(usage.completion_tokens),

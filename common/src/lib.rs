@@ -7,6 +7,8 @@
 //!   the KV store, the router's prefix index and the engine's paged pool key by it.
 //! - [`ModelFingerprint`]: a stable digest of a loaded model, part of every namespace.
 //! - [`KvLayout`]: the shape of one KV block.
+//! - [`PrefillMode`]: dense or sparse prefill — it decides a request's namespace, so the router
+//!   and the engine resolve it with the same rule.
 //!
 //! This crate has no async runtime, no RPC and no tensor library in it, on purpose: everything
 //! here is cheap to depend on.
@@ -14,9 +16,11 @@
 
 mod hash;
 mod layout;
+mod prefill;
 
 pub use hash::{ModelFingerprint, Namespace, SequenceHash, chain_hash, sequence_hashes};
 pub use layout::KvLayout;
+pub use prefill::PrefillMode;
 
 /// Index of a token in the model's vocabulary.
 pub type TokenId = u32;

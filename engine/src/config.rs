@@ -1,8 +1,14 @@
 //! Engine settings, validated once at start.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
+
+/// Default `sparse_min_tokens`: where sparse prefill starts paying for its index building on
+/// CPU (see `lcserve bench engine --prefill-mode`).
+pub const DEFAULT_SPARSE_MIN_TOKENS: usize = 8192;
 
 /// How an engine uses its model and memory.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -20,6 +26,11 @@ pub struct EngineConfig {
     pub threads: usize,
     /// Keep finished sequences' full blocks findable by hash until evicted.
     pub prefix_caching: bool,
+    /// Sparse prefill head patterns (a JSON file, `lcserve calibrate` writes one); `None` uses
+    /// `lcserve_model::DEFAULT_PATTERN` for every head.
+    pub sparse_patterns: Option<PathBuf>,
+    /// Prompts of at least this many tokens prefill sparsely under `PrefillMode::Auto`.
+    pub sparse_min_tokens: usize,
 }
 
 impl Default for EngineConfig {
@@ -31,6 +42,8 @@ impl Default for EngineConfig {
             max_running: 32,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             prefix_caching: true,
+            sparse_patterns: None,
+            sparse_min_tokens: DEFAULT_SPARSE_MIN_TOKENS,
         }
     }
 }

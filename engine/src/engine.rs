@@ -10,11 +10,11 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_cha
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lcserve_model::Model;
+use lcserve_model::{HeadPatterns, Model};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 
-use lcserve_common::{Namespace, SequenceHash, TokenId, sequence_hashes};
+use lcserve_common::{Namespace, PrefillMode, SequenceHash, TokenId, sequence_hashes};
 
 use crate::config::EngineConfig;
 use crate::error::EngineError;
@@ -42,6 +42,8 @@ pub struct EngineHandle {
     model: Arc<Model>,
     config: Arc<EngineConfig>,
     kv_config: Arc<str>,
+    /// The KV config of sparse-prefilled sequences: names the head patterns.
+    sparse_kv_config: Arc<str>,
     _thread: Arc<EngineThread>,
 }
 
@@ -145,12 +147,19 @@ impl EngineHandle {
     /// Starts the engine thread for `model`.
     pub fn start(model: Arc<Model>, config: EngineConfig) -> Result<Self, EngineError> {
         config.validate()?;
+        let patterns = match &config.sparse_patterns {
+            Some(path) => HeadPatterns::load(path, &model.config)
+                .map_err(|e| EngineError::InvalidConfig { field: "sparse_patterns", reason: e.to_string() })?,
+            None => HeadPatterns::default_for(&model.config),
+        };
+        let kv_tail = format!("kv-f32/acts-{:?}/block{}", model.activations, config.block_size);
+        let sparse_kv_config = format!("sparse-{}/{kv_tail}", patterns.hash()).into();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(config.threads)
             .thread_name(|i| format!("lcserve-compute-{i}"))
             .build()
             .map_err(|e| EngineError::InvalidConfig { field: "threads", reason: e.to_string() })?;
-        let scheduler = Scheduler::new(model.clone(), config.clone())?;
+        let scheduler = Scheduler::new(model.clone(), config.clone(), patterns)?;
         let (commands, receiver) = sync_channel(COMMAND_QUEUE);
         let thread = std::thread::Builder::new()
             .name("lcserve-engine".into())
@@ -162,7 +171,8 @@ impl EngineHandle {
         Ok(Self {
             commands,
             // Everything that changes KV bytes keeps caches apart.
-            kv_config: format!("dense/kv-f32/acts-{:?}/block{}", model.activations, config.block_size).into(),
+            kv_config: format!("dense/{kv_tail}").into(),
+            sparse_kv_config,
             model,
             config: Arc::new(config),
             _thread: Arc::new(EngineThread(Some(thread))),
@@ -177,9 +187,24 @@ impl EngineHandle {
         &self.config
     }
 
-    /// The block namespace of a tenant on this engine.
+    /// The block namespace of a tenant's densely prefilled sequences on this engine.
     pub fn namespace(&self, cache_salt: &[u8]) -> Namespace {
         Namespace::new(cache_salt, self.model.fingerprint, &self.kv_config)
+    }
+
+    /// Whether a prompt of `prompt_len` tokens prefills sparsely under `mode`.
+    pub fn prefills_sparsely(&self, mode: PrefillMode, prompt_len: usize) -> bool {
+        mode.is_sparse(prompt_len, self.config.sparse_min_tokens)
+    }
+
+    /// The block namespace of a request: sparse-prefilled KV is not bit-identical to dense KV,
+    /// so it lives apart, named by the head patterns.
+    pub fn request_namespace(&self, cache_salt: &[u8], mode: PrefillMode, prompt_len: usize) -> Namespace {
+        if self.prefills_sparsely(mode, prompt_len) {
+            Namespace::new(cache_salt, self.model.fingerprint, &self.sparse_kv_config)
+        } else {
+            self.namespace(cache_salt)
+        }
     }
 
     /// Validates and queues a request.
@@ -200,22 +225,28 @@ impl EngineHandle {
         rx.await.map_err(|_| EngineError::ShutDown)
     }
 
-    /// How many leading full blocks of `tokens` (in the tenant's namespace) the pool holds right
+    /// How many leading full blocks of `tokens` (in `namespace`, see [`Self::request_namespace`]) the pool holds right
     /// now: what a caller need not fetch from a slower tier before submitting. The answer may be
     /// stale by the time the request is admitted; admission then simply computes more.
-    pub async fn cached_prefix_blocks(&self, cache_salt: &[u8], tokens: &[TokenId]) -> Result<usize, EngineError> {
+    pub async fn cached_prefix_blocks(&self, namespace: Namespace, tokens: &[TokenId]) -> Result<usize, EngineError> {
         if !self.config.prefix_caching {
             return Ok(0);
         }
-        let hashes = sequence_hashes(self.namespace(cache_salt), tokens, self.config.block_size);
+        let hashes = sequence_hashes(namespace, tokens, self.config.block_size);
         let (tx, rx) = oneshot::channel();
         self.commands.try_send(Command::Probe(hashes, tx)).map_err(|_| EngineError::Overloaded)?;
         rx.await.map_err(|_| EngineError::ShutDown)
     }
 
-    /// The KV config string that, with the model fingerprint and a salt, names block namespaces.
+    /// The KV config string that, with the model fingerprint and a salt, names the block
+    /// namespaces of densely prefilled sequences.
     pub fn kv_config(&self) -> &str {
         &self.kv_config
+    }
+
+    /// The KV config of sparse-prefilled sequences (it names the head patterns).
+    pub fn sparse_kv_config(&self) -> &str {
+        &self.sparse_kv_config
     }
 
     /// [`stats`](Self::stats) for synchronous callers.
@@ -279,7 +310,8 @@ impl EngineHandle {
             stop.stop_token_ids.extend(self.model.tokenizer.eos_ids());
         }
         let sampler = Sampler::new(request.sampling, model_config.vocab_size)?;
-        let namespace = self.namespace(&request.cache_salt);
+        let sparse_prefill = self.prefills_sparsely(request.prefill_mode, prompt_len);
+        let namespace = self.request_namespace(&request.cache_salt, request.prefill_mode, prompt_len);
         let mut text = StopText::new(self.model.tokenizer.clone(), stop.stop_strings.clone());
         for &token in &request.generated {
             // The text of these tokens was shown already; only the state matters.
@@ -311,6 +343,8 @@ impl EngineHandle {
             submitted: Instant::now(),
             first_token_at: None,
             prefill_time: Duration::ZERO,
+            sparse_prefill,
+            sparse_stats: Default::default(),
         })
     }
 

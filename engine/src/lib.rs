@@ -28,10 +28,11 @@ mod sequence;
 mod stop_text;
 
 pub use block_allocator::{BlockAllocator, BlockAllocatorError, PoolExhausted};
-pub use config::EngineConfig;
+pub use config::{DEFAULT_SPARSE_MIN_TOKENS, EngineConfig};
 pub use engine::{Completion, EngineHandle, EventStream};
 pub use error::EngineError;
 pub use kv_transfer::{ExportKv, ImportedKv, KvBlock, tail_layout};
+pub use lcserve_common::PrefillMode;
 pub use request::{EngineEvent, FinishReason, GenerateRequest, StopConditions, Timings, TokenLogprobs, Usage};
 pub use sampler::{InvalidSamplingParam, SampleError, SampledToken, Sampler, SamplingParams};
 pub use scheduler::EngineStats;

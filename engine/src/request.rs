@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use lcserve_common::TokenId;
+use lcserve_common::{PrefillMode, TokenId};
 use serde::Serialize;
 
 use crate::error::EngineError;
@@ -39,6 +39,8 @@ pub struct GenerateRequest {
     pub import: Option<ImportedKv>,
     /// Send copies of the sequence's blocks as they fill.
     pub export: Option<ExportKv>,
+    /// Dense or sparse (MInference) attention for this prompt's prefill.
+    pub prefill_mode: PrefillMode,
 }
 
 /// Log-probabilities reported with a token.
@@ -70,6 +72,10 @@ pub struct Usage {
     pub cached_tokens: usize,
     /// Prompt tokens whose KV came with the request ([`GenerateRequest::import`]).
     pub imported_tokens: usize,
+    /// Fraction of the prompt's causal (query, key) pairs whose attention was computed during
+    /// this engine's prefill: 1 for dense, below 1 when sparse prefill skipped some; 0 when
+    /// nothing was prefilled here.
+    pub prefill_density: f64,
 }
 
 /// Where the time of a request went.

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lcserve_common::{BlockId, SequenceHash, chain_hash, sequence_hashes};
-use lcserve_model::{DenseAttention, KvArena, LogitsWanted, Model, SequenceInput};
+use lcserve_model::{
+    AttentionBackend, DenseAttention, HeadPatterns, KvArena, LogitsWanted, Model, SequenceInput, SparseAttention,
+};
 
 use crate::block_allocator::BlockAllocator;
 use crate::config::EngineConfig;
@@ -47,6 +49,8 @@ pub(crate) struct Scheduler {
     waiting: VecDeque<Sequence>,
     running: Vec<Sequence>,
     prefill_tokens: u64,
+    /// Head patterns of sparse prefill.
+    patterns: HeadPatterns,
 }
 
 /// What one sequence contributes to a step.
@@ -58,7 +62,7 @@ struct Slot {
 }
 
 impl Scheduler {
-    pub fn new(model: Arc<Model>, config: EngineConfig) -> Result<Self, EngineError> {
+    pub fn new(model: Arc<Model>, config: EngineConfig, patterns: HeadPatterns) -> Result<Self, EngineError> {
         let layout = model.kv_layout(config.block_size);
         let block_bytes = layout.bytes_per_block(lcserve_model::KV_ELEM_BYTES);
         let num_blocks = config.kv_cache_bytes / block_bytes;
@@ -77,6 +81,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             prefill_tokens: 0,
+            patterns,
         })
     }
 
@@ -136,21 +141,34 @@ impl Scheduler {
             return;
         }
         let started = Instant::now();
+        // Sequences that prefill sparsely this step get a backend of their own, which counts
+        // what it computed.
+        let sparse: Vec<Option<SparseAttention<'_>>> = slots
+            .iter()
+            .map(|slot| {
+                let seq = &self.running[slot.seq];
+                (seq.sparse_prefill && seq.is_prefilling()).then(|| SparseAttention::new(&self.patterns))
+            })
+            .collect();
         let result = {
             let inputs: Vec<SequenceInput<'_>> = slots
                 .iter()
-                .map(|slot| {
+                .zip(&sparse)
+                .map(|(slot, sparse)| {
                     let seq = &self.running[slot.seq];
                     SequenceInput {
                         tokens: &seq.tokens[slot.start..slot.start + slot.len],
                         start_pos: slot.start,
                         block_table: &seq.blocks,
                         logits: slot.logits,
+                        attention: sparse.as_ref().map_or(&DenseAttention as &dyn AttentionBackend, |s| s),
                     }
                 })
                 .collect();
-            self.model.forward(&inputs, &mut self.arena, &DenseAttention)
+            self.model.forward(&inputs, &mut self.arena)
         };
+        let sparse_stats: Vec<_> = sparse.iter().map(|s| s.as_ref().map(SparseAttention::stats)).collect();
+        drop(sparse);
         let logits = match result {
             Ok(logits) => logits,
             Err(error) => {
@@ -171,6 +189,9 @@ impl Scheduler {
         let mut finished = Vec::new();
         for (batch_index, slot) in slots.iter().enumerate() {
             let seq = &mut self.running[slot.seq];
+            if let Some(stats) = &sparse_stats[batch_index] {
+                seq.sparse_stats.add(stats);
+            }
             if seq.is_prefilling() {
                 seq.prefill_time += elapsed;
                 self.prefill_tokens += slot.len.min(seq.prompt_len - slot.start) as u64;

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use lcserve_common::{BlockId, Namespace, SequenceHash, TokenId};
+use lcserve_kernels::sparse::SparseStats;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::kv_transfer::{Exporter, ImportedKv};
@@ -37,6 +38,10 @@ pub(crate) struct Sequence {
     pub first_token_at: Option<Instant>,
     /// Wall time of steps that computed this sequence's prompt.
     pub prefill_time: Duration,
+    /// The prompt prefills with sparse attention (and its blocks live in the sparse namespace).
+    pub sparse_prefill: bool,
+    /// What sparse prefill computed so far.
+    pub sparse_stats: SparseStats,
 }
 
 impl Sequence {
@@ -64,6 +69,11 @@ impl Sequence {
             completion_tokens: self.generated().len(),
             cached_tokens: self.cached_tokens.unwrap_or(0),
             imported_tokens: self.imported_tokens,
+            prefill_density: match (self.prefill_time.is_zero(), self.sparse_prefill) {
+                (true, _) => 0.0,
+                (false, true) => self.sparse_stats.density(),
+                (false, false) => 1.0,
+            },
         }
     }
 

@@ -1,12 +1,17 @@
 //! The seam between the forward pass and attention kernels.
 //!
 //! The forward pass computes q/k/v, writes k/v into the paged arena, and hands each sequence's
-//! queries and its view of the cache to an [`AttentionBackend`]. Dense tiled attention is the
-//! default; sparse prefill and token selection plug in here without touching the model.
+//! queries and its view of the cache to that sequence's [`AttentionBackend`]. Dense tiled
+//! attention is the default; [`SparseAttention`] runs a prefill chunk with the MInference
+//! patterns of [`HeadPatterns`]; token selection plugs in here too, without touching the model.
 
+use std::sync::{Mutex, PoisonError};
+
+use lcserve_kernels::sparse::{SparseStats, sparse_prefill_attention};
 use lcserve_kernels::{AttnShape, PagedKv};
 
 use crate::error::Result;
+use crate::patterns::HeadPatterns;
 
 /// Computes causal attention of `nq` new queries (bottom-right aligned) against a paged cache.
 pub trait AttentionBackend: Send + Sync + std::fmt::Debug {
@@ -36,8 +41,59 @@ impl AttentionBackend for DenseAttention {
         shape: &AttnShape,
         out: &mut [f32],
     ) -> Result<()> {
-        let scale = 1.0 / (shape.head_dim as f32).sqrt();
-        lcserve_kernels::attention(q, nq, kv, shape, scale, out, None)?;
+        lcserve_kernels::attention(q, nq, kv, shape, logit_scale(shape), out, None)?;
         Ok(())
     }
+}
+
+/// Sparse prefill (MInference): each query head of a prefill chunk attends with its pattern
+/// from [`HeadPatterns`]; chunks of fewer than [`SparseAttention::MIN_QUERIES`] queries
+/// (decode, short tails) are dense. Accumulates what it computed in [`SparseStats`].
+#[derive(Debug)]
+pub struct SparseAttention<'a> {
+    patterns: &'a HeadPatterns,
+    stats: Mutex<SparseStats>,
+}
+
+impl<'a> SparseAttention<'a> {
+    /// Below this many queries a chunk is attended densely: one query block is all the
+    /// estimate would see, and decoding stays dense (§1.5).
+    pub const MIN_QUERIES: usize = 64;
+
+    pub fn new(patterns: &'a HeadPatterns) -> Self {
+        Self { patterns, stats: Mutex::new(SparseStats::default()) }
+    }
+
+    /// What the calls so far computed, summed over layers and heads.
+    pub fn stats(&self) -> SparseStats {
+        *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl AttentionBackend for SparseAttention<'_> {
+    fn attend(
+        &self,
+        layer: usize,
+        q: &[f32],
+        nq: usize,
+        kv: &PagedKv<'_>,
+        shape: &AttnShape,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let stats = if nq < Self::MIN_QUERIES || layer >= self.patterns.num_layers() {
+            DenseAttention.attend(layer, q, nq, kv, shape, out)?;
+            let pairs = lcserve_kernels::sparse::QueryBlocks::new(nq, kv.len).causal_pairs() * shape.n_heads as u64;
+            SparseStats { computed_pairs: pairs, causal_pairs: pairs, ..SparseStats::default() }
+        } else {
+            let patterns = self.patterns.layer(layer);
+            sparse_prefill_attention(q, nq, kv, shape, logit_scale(shape), patterns, out, None)?
+        };
+        self.stats.lock().unwrap_or_else(PoisonError::into_inner).add(&stats);
+        Ok(())
+    }
+}
+
+/// `1/√head_dim`.
+fn logit_scale(shape: &AttnShape) -> f32 {
+    1.0 / (shape.head_dim as f32).sqrt()
 }

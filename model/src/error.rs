@@ -36,6 +36,8 @@ pub enum ModelError {
     InvalidBatch { index: usize, reason: String },
     #[error(transparent)]
     Tokenizer(#[from] lcserve_text::TokenizerError),
+    #[error("invalid head patterns: {0}")]
+    InvalidPatterns(String),
     #[error("kernel failed: {0}")]
     Kernel(#[from] lcserve_kernels::KernelError),
 }

@@ -36,6 +36,9 @@ pub struct SequenceInput<'a> {
     /// The sequence's blocks; must cover `start_pos + tokens.len()` positions.
     pub block_table: &'a [BlockId],
     pub logits: LogitsWanted,
+    /// How this sequence's queries attend ([`crate::DenseAttention`] unless it prefills
+    /// sparsely).
+    pub attention: &'a dyn AttentionBackend,
 }
 
 /// Logit rows of a forward step, in batch order.
@@ -87,12 +90,7 @@ struct RowMap {
 
 impl Model {
     /// Runs `batch` through the model, appending each sequence's new K/V to `arena`.
-    pub fn forward(
-        &self,
-        batch: &[SequenceInput<'_>],
-        arena: &mut KvArena,
-        attention: &dyn AttentionBackend,
-    ) -> Result<Logits> {
+    pub fn forward(&self, batch: &[SequenceInput<'_>], arena: &mut KvArena) -> Result<Logits> {
         let rows = self.validate_batch(batch, arena)?;
         let cfg = &self.config;
         let total = rows.origin.len();
@@ -146,7 +144,7 @@ impl Model {
                     seq.block_table[..used_blocks].iter().map(|&b| arena.layer(b, layer_idx)).unzip();
                 let kv =
                     PagedKv { k_blocks: &k_blocks, v_blocks: &v_blocks, block_size: arena.layout().block_size, len };
-                attention.attend(layer_idx, &q_seq, nq, &kv, &shape, &mut out_seq)?;
+                seq.attention.attend(layer_idx, &q_seq, nq, &kv, &shape, &mut out_seq)?;
                 attn[first * q_dim..(first + nq) * q_dim].copy_from_slice(&out_seq);
             }
 

@@ -4,7 +4,9 @@
 //! memory-mapped tensors by GGUF name → [`Weights`] turns them into typed matrices (fusing
 //! q‖k‖v and gate‖up) → [`Model`] bundles them with the [`Tokenizer`], the [`ChatTemplate`] and
 //! the [`lcserve_common::ModelFingerprint`] → [`Model::forward`] runs a batch of sequences,
-//! writing K/V into a paged [`KvArena`] and attending through an [`AttentionBackend`].
+//! writing K/V into a paged [`KvArena`] and attending through each sequence's
+//! [`AttentionBackend`] — [`DenseAttention`], or [`SparseAttention`] with the model's
+//! [`HeadPatterns`] for sparse prefill.
 //!
 //! The heavy math lives in `lcserve-kernels`; this crate owns shapes, names and the order of
 //! operations. Text handling ([`Tokenizer`], [`ChatTemplate`], [`IncrementalDecoder`]) lives in
@@ -20,11 +22,12 @@ mod forward;
 mod gguf_tokenizer;
 mod kv_arena;
 mod model;
+mod patterns;
 mod source;
 mod tiny;
 mod weights;
 
-pub use attention::{AttentionBackend, DenseAttention};
+pub use attention::{AttentionBackend, DenseAttention, SparseAttention};
 pub use config::{Architecture, ModelConfig, RopeConfig, RopeLayout, RopeScaling};
 pub use error::{ModelError, Result};
 pub use export::export_hf_dir;
@@ -34,6 +37,7 @@ pub use kv_arena::{KV_ELEM_BYTES, KvArena};
 pub use lcserve_kernels::Activations;
 pub use lcserve_text::{ChatMessage, ChatTemplate, IncrementalDecoder, SpecialTokens, Tokenizer, TokenizerError};
 pub use model::{LoadProgress, Model, ModelFormat, ModelSummary};
+pub use patterns::{DEFAULT_PATTERN, HeadPatterns};
 pub use source::{GgufSource, HfSource, TensorSource, WeightTensor};
 pub use tiny::{TinyModelPaths, write_tiny_model, write_tiny_model_arch};
 pub use weights::{LayerWeights, Projection, Weights, dequantize_vector};

@@ -145,6 +145,21 @@ impl Model {
         })
     }
 
+    /// Changes the context window to `positions`, rebuilding the RoPE table. Past the length
+    /// the model was trained for, positions are extrapolated and quality is not guaranteed —
+    /// for long-context benchmarks of a short-context model.
+    pub fn set_context_length(&mut self, positions: usize) {
+        self.config.context_length = positions;
+        self.rope = RopeTable::new(&self.config.rope.inv_freq(self.config.head_dim, positions), positions);
+    }
+
+    /// Keeps only the first `layers` layers (analysis and benchmarks of one layer on real
+    /// activations: the model's output is no longer meaningful).
+    pub fn truncate_layers(&mut self, layers: usize) {
+        self.weights.layers.truncate(layers);
+        self.config.num_layers = self.weights.layers.len();
+    }
+
     /// The KV block shape of this model at `block_size` tokens per block.
     pub fn kv_layout(&self, block_size: usize) -> KvLayout {
         KvLayout {

@@ -98,9 +98,10 @@ fn batched_decode_equals_single_sequence_decode() {
                 start_pos: lens[s],
                 block_table: &tables[s],
                 logits: LogitsWanted::Last,
+                attention: &DenseAttention,
             })
             .collect();
-        let logits = model.forward(&inputs, &mut arena, &DenseAttention).expect("forward");
+        let logits = model.forward(&inputs, &mut arena).expect("forward");
         for s in 0..prompts.len() {
             lens[s] += pending[s].len();
             let row = logits.last_of(s).expect("row");
@@ -118,9 +119,14 @@ fn bad_batches_are_refused_without_touching_the_cache() {
     let table: Vec<BlockId> = (0..4).map(BlockId).collect();
     let run = |arena: &mut KvArena, tokens: &[u32], start_pos: usize, table: &[BlockId]| {
         model.forward(
-            &[SequenceInput { tokens, start_pos, block_table: table, logits: LogitsWanted::Last }],
+            &[SequenceInput {
+                tokens,
+                start_pos,
+                block_table: table,
+                logits: LogitsWanted::Last,
+                attention: &DenseAttention,
+            }],
             arena,
-            &DenseAttention,
         )
     };
     let vocab = model.config.vocab_size as u32;

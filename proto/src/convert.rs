@@ -1,6 +1,6 @@
 //! Wire ↔ `common` conversions, validated once at the edge.
 
-use lcserve_common::SequenceHash;
+use lcserve_common::{PrefillMode, SequenceHash};
 
 use crate::v1;
 
@@ -61,6 +61,27 @@ macro_rules! one_hash {
     )*};
 }
 one_hash!(v1::PutBlock, v1::GetBlock, v1::BlockStored, v1::BlockRemoved);
+
+/// Unspecified means auto.
+impl From<v1::PrefillMode> for PrefillMode {
+    fn from(mode: v1::PrefillMode) -> Self {
+        match mode {
+            v1::PrefillMode::Dense => PrefillMode::Dense,
+            v1::PrefillMode::Sparse => PrefillMode::Sparse,
+            v1::PrefillMode::Unspecified | v1::PrefillMode::Auto => PrefillMode::Auto,
+        }
+    }
+}
+
+impl From<PrefillMode> for v1::PrefillMode {
+    fn from(mode: PrefillMode) -> Self {
+        match mode {
+            PrefillMode::Dense => v1::PrefillMode::Dense,
+            PrefillMode::Sparse => v1::PrefillMode::Sparse,
+            PrefillMode::Auto => v1::PrefillMode::Auto,
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -31,6 +31,7 @@ pub enum Field {
     N,
     CacheSalt,
     RequestId,
+    PrefillMode,
     /// An OpenAI field this server does not implement with a non-default value.
     Unsupported(&'static str),
 }
@@ -57,6 +58,7 @@ impl Field {
             Field::N => "n",
             Field::CacheSalt => "cache_salt",
             Field::RequestId => "request_id",
+            Field::PrefillMode => "prefill_mode",
             Field::Unsupported(name) => name,
         }
     }
@@ -82,6 +84,7 @@ impl Field {
             Field::N => "n",
             Field::CacheSalt => "cache_salt",
             Field::RequestId => "request_id",
+            Field::PrefillMode => "prefill_mode",
             Field::Unsupported(name) => name,
         }
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lcserve_common::{ModelFingerprint, Namespace};
+use lcserve_common::{ModelFingerprint, Namespace, PrefillMode};
 use lcserve_proto::v1;
 use lcserve_text::{ChatTemplate, Tokenizer};
 use tokio::sync::{OnceCell, watch};
@@ -21,6 +21,10 @@ pub(crate) struct ServedModel {
     pub template: Option<ChatTemplate>,
     pub fingerprint: ModelFingerprint,
     pub kv_config: String,
+    /// The kv_config of sparse-prefilled requests.
+    pub sparse_kv_config: String,
+    /// Auto-mode prompts of at least this many tokens prefill sparsely.
+    pub sparse_min_tokens: usize,
     pub block_size: usize,
     pub context_length: usize,
     /// Token ids at or above this are invalid input.
@@ -54,6 +58,8 @@ impl ServedModel {
             template,
             fingerprint,
             kv_config: info.kv_config.clone(),
+            sparse_kv_config: info.sparse_kv_config.clone(),
+            sparse_min_tokens: info.sparse_min_tokens as usize,
             block_size: info.block_size as usize,
             context_length: info.context_length as usize,
             vocab_size,
@@ -69,15 +75,24 @@ impl ServedModel {
         if info.kv_config != self.kv_config {
             return Err(format!("kv_config {:?} differs from {:?}", info.kv_config, self.kv_config));
         }
+        if info.sparse_kv_config != self.sparse_kv_config || info.sparse_min_tokens as usize != self.sparse_min_tokens {
+            return Err(format!(
+                "sparse prefill {:?} from {} tokens differs from {:?} from {}",
+                info.sparse_kv_config, info.sparse_min_tokens, self.sparse_kv_config, self.sparse_min_tokens
+            ));
+        }
         if info.block_size as usize != self.block_size {
             return Err(format!("block_size {} differs from {}", info.block_size, self.block_size));
         }
         Ok(())
     }
 
-    /// The block namespace of requests with this salt, as the workers compute it.
-    pub fn namespace(&self, salt: &[u8]) -> Namespace {
-        Namespace::new(salt, self.fingerprint, &self.kv_config)
+    /// The block namespace of a request, as the workers compute it: sparse-prefilled prompts
+    /// live apart from dense ones.
+    pub fn namespace(&self, salt: &[u8], mode: PrefillMode, prompt_len: usize) -> Namespace {
+        let kv_config =
+            if mode.is_sparse(prompt_len, self.sparse_min_tokens) { &self.sparse_kv_config } else { &self.kv_config };
+        Namespace::new(salt, self.fingerprint, kv_config)
     }
 
     pub fn card(&self) -> v1::ModelCard {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use lcserve_common::{SequenceHash, sequence_hashes};
+use lcserve_common::{PrefillMode, SequenceHash, sequence_hashes};
 use lcserve_proto::v1::{self, generate_request, tokenize_request};
 use lcserve_text::{ChatMessage, TokenizerError};
 
@@ -125,6 +125,8 @@ pub(crate) async fn prepare(
 ) -> Result<Prepared, RouterError> {
     check_model(&model, &request.model)?;
     check_ids(request.cache_salt.as_deref(), &request.request_id)?;
+    let prefill_mode = request.prefill_mode();
+    let mode = PrefillMode::from(prefill_mode);
     let sampling = request.sampling.unwrap_or_default();
     check_sampling(&sampling, &limits)?;
     let prompt: Prompt = request
@@ -139,7 +141,7 @@ pub(crate) async fn prepare(
     let hashed = Arc::clone(&model);
     let (prompt, hashes, salt) = tokio::task::spawn_blocking(move || {
         let ids = tokenize(&hashed, &prompt)?;
-        let hashes = sequence_hashes(hashed.namespace(&salt), &ids, hashed.block_size);
+        let hashes = sequence_hashes(hashed.namespace(&salt, mode, ids.len()), &ids, hashed.block_size);
         Ok::<_, RouterError>((ids, hashes, salt))
     })
     .await
@@ -149,7 +151,13 @@ pub(crate) async fn prepare(
     check_stop(&mut stop, prompt.len(), &limits)?;
     let suffix = format!("{:016x}", rand::random::<u64>());
     let request_id = if request.request_id.is_empty() { suffix } else { format!("{}:{suffix}", request.request_id) };
-    let request =
-        v1::WorkerRequest { request_id, prompt, sampling: Some(sampling), stop: Some(stop), cache_salt: salt };
+    let request = v1::WorkerRequest {
+        request_id,
+        prompt,
+        sampling: Some(sampling),
+        stop: Some(stop),
+        cache_salt: salt,
+        prefill_mode: prefill_mode.into(),
+    };
     Ok(Prepared { model, request, hashes })
 }

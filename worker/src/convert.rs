@@ -1,6 +1,6 @@
 //! Wire requests into engine requests, engine events into wire events.
 
-use lcserve_common::TokenId;
+use lcserve_common::{PrefillMode, TokenId};
 use lcserve_engine::{FinishReason, SamplingParams, StopConditions, TokenLogprobs, Usage};
 use lcserve_proto::v1;
 use tonic::Status;
@@ -15,11 +15,13 @@ pub(crate) struct Parts {
     pub sampling: SamplingParams,
     pub stop: StopConditions,
     pub cache_salt: Vec<u8>,
+    pub prefill_mode: PrefillMode,
 }
 
 /// Unpacks a request; range checks are the engine's (it names the field).
 pub(crate) fn parts(request: Option<v1::WorkerRequest>) -> Result<Parts, Status> {
     let request = request.ok_or_else(|| Status::invalid_argument("request: missing"))?;
+    let prefill_mode = request.prefill_mode().into();
     let sampling = request.sampling.unwrap_or_default();
     let stop = request.stop.unwrap_or_default();
     Ok(Parts {
@@ -42,6 +44,7 @@ pub(crate) fn parts(request: Option<v1::WorkerRequest>) -> Result<Parts, Status>
             stop_strings: stop.stop,
             ignore_eos: stop.ignore_eos,
         },
+        prefill_mode,
         cache_salt: request.cache_salt,
     })
 }
@@ -90,6 +93,7 @@ pub(crate) fn usage(usage: &Usage, sources: Sources, time_to_first_token_ms: u32
             shared: (usage.imported_tokens - host) as u32,
         }),
         prefill_tokens: usage.prompt_tokens.saturating_sub(cached) as u32,
+        prefill_density: usage.prefill_density as f32,
         time_to_first_token_ms,
         ..v1::Usage::default()
     }

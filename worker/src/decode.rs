@@ -32,9 +32,9 @@ impl v1::decode_server::Decode for DecodeService {
         let worker = &self.0;
         let started = Instant::now();
         let v1::DecodeRequest { request, session, generated } = request.into_inner();
-        let Parts { request_id, prompt, sampling, stop, cache_salt } = convert::parts(request)?;
+        let Parts { request_id, prompt, sampling, stop, cache_salt, prefill_mode } = convert::parts(request)?;
         let tail = session.as_ref().and_then(|s| s.tail_block.as_deref());
-        let prepared = worker.prepare(&cache_salt, &prompt, tail).await;
+        let prepared = worker.prepare(&cache_salt, prefill_mode, &prompt, tail).await;
         let stored = worker.bridge.stored_prefix(&prepared.hashes).await;
         let resumed = !generated.is_empty();
         let events = worker
@@ -46,6 +46,7 @@ impl v1::decode_server::Decode for DecodeService {
                 cache_salt,
                 generated,
                 import: prepared.import,
+                prefill_mode,
                 export: Some(ExportKv { from_block: stored, tail: false }),
             })
             .map_err(|e| error::status(&e))?;

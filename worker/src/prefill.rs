@@ -33,9 +33,10 @@ impl v1::prefill_server::Prefill for PrefillService {
     async fn run(&self, request: Request<v1::PrefillRequest>) -> Result<Response<v1::PrefillResponse>, Status> {
         let worker = &self.0;
         let started = Instant::now();
-        let Parts { request_id, prompt, sampling, stop, cache_salt } = convert::parts(request.into_inner().request)?;
+        let Parts { request_id, prompt, sampling, stop, cache_salt, prefill_mode } =
+            convert::parts(request.into_inner().request)?;
         let (_registered, aborted) = worker.track(&request_id);
-        let prepared = worker.prepare(&cache_salt, &prompt, None).await;
+        let prepared = worker.prepare(&cache_salt, prefill_mode, &prompt, None).await;
         let shared_has = worker.bridge.shared_prefix(&prepared.hashes).await;
         let max_tokens = stop.max_tokens;
         let submitted = worker
@@ -47,6 +48,7 @@ impl v1::prefill_server::Prefill for PrefillService {
                 cache_salt,
                 generated: Vec::new(),
                 import: prepared.import,
+                prefill_mode,
                 export: worker.bridge.has_shared_tier().then_some(ExportKv { from_block: shared_has, tail: true }),
             })
             .map_err(|e| error::status(&e))?;

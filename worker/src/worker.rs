@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use lcserve_common::{SequenceHash, TokenId, chain_hash, sequence_hashes};
+use lcserve_common::{PrefillMode, SequenceHash, TokenId, chain_hash, sequence_hashes};
 use lcserve_engine::{EngineHandle, ImportedKv};
 use lcserve_model::Model;
 use lcserve_proto::v1;
@@ -53,11 +53,17 @@ impl Worker {
 
     /// Finds the prompt's KV beyond what the pool holds: the store's longest run after it, and
     /// the session's inline tail when every full block is then available.
-    pub(crate) async fn prepare(&self, salt: &[u8], prompt: &[TokenId], tail: Option<&[u8]>) -> Prepared {
+    pub(crate) async fn prepare(
+        &self,
+        salt: &[u8],
+        mode: PrefillMode,
+        prompt: &[TokenId],
+        tail: Option<&[u8]>,
+    ) -> Prepared {
         let block_size = self.config.engine.block_size;
-        let namespace = self.engine.namespace(salt);
+        let namespace = self.engine.request_namespace(salt, mode, prompt.len());
         let hashes = sequence_hashes(namespace, prompt, block_size);
-        let pooled = self.engine.cached_prefix_blocks(salt, prompt).await.unwrap_or(0).min(hashes.len());
+        let pooled = self.engine.cached_prefix_blocks(namespace, prompt).await.unwrap_or(0).min(hashes.len());
         let found = self.bridge.fetch(&hashes[pooled..]).await;
         let sources = Sources { host_blocks: found.host, block_size };
         let complete = pooled + found.blocks.len() == hashes.len();
@@ -123,6 +129,8 @@ impl Worker {
             bos_token_id: tokenizer.bos_id(),
             add_bos: tokenizer.add_bos(),
             role: self.config.role.name().to_owned(),
+            sparse_kv_config: self.engine.sparse_kv_config().to_owned(),
+            sparse_min_tokens: u32::try_from(self.config.engine.sparse_min_tokens).unwrap_or(u32::MAX),
         })
     }
 }

@@ -71,6 +71,7 @@ fn request(prompt: &[u32], max_tokens: u32, salt: &str) -> v1::WorkerRequest {
         sampling: None,
         stop: Some(v1::StopConditions { max_tokens: Some(max_tokens), ignore_eos: true, ..Default::default() }),
         cache_salt: salt.as_bytes().to_vec(),
+        prefill_mode: v1::PrefillMode::Unspecified.into(),
     }
 }
 

@@ -39,7 +39,7 @@ pub fn config(block_size: usize, blocks: usize, model: &Model) -> EngineConfig {
         prefill_chunk: 48,
         max_running: 8,
         threads: 2,
-        prefix_caching: true,
+        ..EngineConfig::default()
     }
 }
 

@@ -47,8 +47,9 @@ impl<'m> Session<'m> {
             start_pos: self.len,
             block_table: &self.table,
             logits: if all { LogitsWanted::All } else { LogitsWanted::Last },
+            attention: &DenseAttention,
         };
-        let logits = self.model.forward(&[input], &mut self.arena, &DenseAttention).expect("forward");
+        let logits = self.model.forward(&[input], &mut self.arena).expect("forward");
         self.len += tokens.len();
         (0..logits.len()).map(|i| logits.row(i).to_vec()).collect()
     }

@@ -100,6 +100,8 @@ pub(crate) struct OpenAiRequest {
     pub stream_options: Option<StreamOptions>,
     pub cache_salt: Option<String>,
     pub request_id: Option<String>,
+    /// lcserve extension: `dense`, `sparse` or `auto` prefill.
+    pub prefill_mode: Option<String>,
 }
 
 /// How the response is to be shaped.
@@ -171,6 +173,12 @@ impl OpenAiRequest {
             Some(StopField::One(s)) => vec![s],
             Some(StopField::Many(list)) => list,
         };
+        let prefill_mode = match self.prefill_mode.as_deref() {
+            None | Some("auto") => v1::PrefillMode::Auto,
+            Some("dense") => v1::PrefillMode::Dense,
+            Some("sparse") => v1::PrefillMode::Sparse,
+            Some(other) => return invalid(Field::PrefillMode, format!("{other:?} is not dense, sparse or auto")),
+        };
         let request = v1::GenerateRequest {
             model: self.model.unwrap_or_default(),
             input: Some(input),
@@ -193,6 +201,7 @@ impl OpenAiRequest {
             }),
             cache_salt: self.cache_salt,
             request_id: self.request_id.unwrap_or_default(),
+            prefill_mode: prefill_mode.into(),
         };
         let stream = self.stream.unwrap_or(false);
         let include_usage = self.stream_options.is_some_and(|o| o.include_usage);

@@ -51,6 +51,9 @@ pub fn words(ids: impl IntoIterator<Item = u32>) -> String {
     ids.into_iter().map(|id| format!("w{id}")).collect::<Vec<_>>().join(" ")
 }
 
+/// Auto-mode prompts of at least this many tokens prefill sparsely on the instant workers.
+pub const SPARSE_MIN_TOKENS: u32 = 1000;
+
 pub fn model_info(role: &str) -> v1::ModelInfo {
     v1::ModelInfo {
         model_id: MODEL_ID.into(),
@@ -65,5 +68,7 @@ pub fn model_info(role: &str) -> v1::ModelInfo {
         bos_token_id: Some(BOS),
         add_bos: true,
         role: role.into(),
+        sparse_kv_config: "sparse-test/f32".into(),
+        sparse_min_tokens: SPARSE_MIN_TOKENS,
     }
 }
