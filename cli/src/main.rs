@@ -2,6 +2,7 @@
 //! code; nothing here computes.
 
 mod bench;
+mod calibrate;
 mod engine_args;
 mod generate;
 mod kvstore_cmd;
@@ -33,6 +34,9 @@ enum Command {
     Router(router_cmd::RouterCmdArgs),
     /// Generate a completion for one prompt and stream it to stdout.
     Generate(generate::GenerateArgs),
+    /// Search each attention head's sparse prefill pattern on a calibration prompt and write
+    /// them as JSON for `--patterns`.
+    Calibrate(calibrate::CalibrateArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -51,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Command::Decode(args) => worker_cmd::run(lcserve_worker::Role::Decode, args),
         Command::Router(args) => router_cmd::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Calibrate(args) => calibrate::run(args),
         Command::Bench(command) => bench::run(command),
         Command::Model(command) => model_cmd::run(command),
         Command::Kvstore(args) => kvstore_cmd::run(args),

@@ -15,6 +15,8 @@
 //! * [`reference`] — the oracles tests compare against: the mask emulator
 //!   ([`reference::coverage`]) that replays an index into a coverage matrix, and
 //!   [`reference::attention_masked`].
+//! * [`search_heads`] — the offline pattern search (§1.4): every [`SearchSpace`] candidate,
+//!   budgets at equal executed density, run through the kernel and scored against dense.
 //!
 //! Geometry: a chunk of `nq` queries sits at positions `len - nq .. len` (bottom-right
 //! aligned, as in [`crate::attention`]); queries are grouped into [`QueryBlocks`] of
@@ -27,6 +29,7 @@ mod index;
 mod kernel;
 mod pattern;
 pub mod reference;
+mod search;
 mod vertical_slash;
 
 pub use a_shape::a_shape_index;
@@ -34,6 +37,10 @@ pub use block_sparse::block_sparse_index;
 pub use index::{HeadIndex, QueryBlocks};
 pub use kernel::sparse_attention;
 pub use pattern::{HeadPattern, SparseStats, sparse_prefill_attention};
+pub use search::{
+    BUDGET_SLACK, CandidateScore, DEFAULT_DENSITY, HeadChoice, Objective, RECALL_ROWS, SearchSpace, planned_density,
+    search_heads,
+};
 pub use vertical_slash::{estimate_vertical_slash, vertical_slash_index};
 
 /// Query rows per block, and the key tile size of slash lines and pooled blocks (§1.3).
