@@ -75,6 +75,17 @@ pub(crate) fn key_scores(use_simd: bool, q: &[f32], kv: &PagedKv<'_>, kvh: usize
     }
 }
 
+/// `x[i] = exp(x[i] - m)`; returns the sum.
+pub(crate) fn exp_sub_sum(use_simd: bool, x: &mut [f32], m: f32) -> f32 {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if use_simd {
+        // SAFETY: `use_simd` comes from `has_avx2_fma()`.
+        return unsafe { simd::avx2::exp_sub_sum(x, m) };
+    }
+    let _ = use_simd;
+    simd::scalar::exp_sub_sum(x, m)
+}
+
 /// Indices of the `k` largest values (ties broken by lower index), in no particular order.
 pub(crate) fn top_k(values: &[f32], k: usize) -> Vec<u32> {
     let mut idx: Vec<u32> = (0..values.len() as u32).collect();

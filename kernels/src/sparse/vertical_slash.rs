@@ -2,7 +2,7 @@
 //! offset) lines from the chunk's last queries, and their conversion to key ranges + columns.
 
 use super::index::{HeadIndex, QueryBlocks, columns_outside, merge_sorted_ranges};
-use super::{BLOCK, key_scores, top_k};
+use super::{BLOCK, exp_sub_sum, key_scores, top_k};
 use crate::attention::{AttnShape, PagedKv};
 use crate::simd;
 
@@ -48,17 +48,13 @@ pub fn estimate_vertical_slash(
         let row = &mut scores[..=pos];
         key_scores(use_simd, &qs, kv, kvh, 0, row);
         let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let sum: f32 = row
-            .iter_mut()
-            .map(|s| {
-                *s = (*s - m).exp();
-                *s
-            })
-            .sum();
-        let inv = 1.0 / sum;
-        for (j, &p) in row.iter().enumerate() {
-            vert[j] += p * inv;
-            diag[pos - j] += p * inv;
+        let inv = 1.0 / exp_sub_sum(use_simd, row, m);
+        for (v, &p) in vert.iter_mut().zip(row.iter()) {
+            *v += p * inv;
+        }
+        // Key j lies on diagonal offset pos - j: walk the row backwards.
+        for (d, &p) in diag.iter_mut().zip(row.iter().rev()) {
+            *d += p * inv;
         }
     }
     vert[..FORCED_VERTICALS.min(len)].fill(f32::INFINITY);
