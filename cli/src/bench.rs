@@ -16,6 +16,8 @@ mod bench_codec;
 mod bench_decode;
 #[path = "bench_needle.rs"]
 mod bench_needle;
+#[path = "bench_prefill.rs"]
+mod bench_prefill;
 #[path = "bench_sparse.rs"]
 mod bench_sparse;
 #[path = "bench_serve.rs"]
@@ -31,6 +33,8 @@ pub enum BenchCommand {
     KvCodec(bench_codec::KvCodecBenchArgs),
     /// Aggregate decode tokens/s of N concurrent streams vs one (continuous batching).
     DecodeScaling(bench_decode::DecodeScalingArgs),
+    /// End-to-end prefill time of long prompts per prefill mode (dense, sparse, auto).
+    Prefill(bench_prefill::PrefillBenchArgs),
     /// One layer's attention over a real long prompt: sparse (MInference) vs tiled dense.
     SparseAttention(bench_sparse::SparseAttentionBenchArgs),
     /// Passkey and KV-retrieval accuracy per prompt length and depth, dense vs sparse prefill.
@@ -89,6 +93,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::DecodeScaling(args) => bench_decode::run(args),
         BenchCommand::Needle(args) => bench_needle::run(args),
         BenchCommand::SparseAttention(args) => bench_sparse::run(args),
+        BenchCommand::Prefill(args) => bench_prefill::run(args),
     }
 }
 

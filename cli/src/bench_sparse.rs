@@ -32,9 +32,9 @@ pub struct SparseAttentionBenchArgs {
     /// Head patterns file [default: the built-in default pattern for every head].
     #[arg(long)]
     patterns: Option<std::path::PathBuf>,
-    /// Queries per attention call, as the engine's chunked prefill issues them; 0 = the whole
-    /// prompt in one call.
-    #[arg(long, default_value_t = 512)]
+    /// Queries per attention call, as the engine's chunked sparse prefill issues them
+    /// (--sparse-prefill-chunk); 0 = the whole prompt in one call.
+    #[arg(long, default_value_t = 2048)]
     chunk: usize,
     /// Compute threads.
     #[arg(long, default_value_t = 2)]

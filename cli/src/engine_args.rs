@@ -99,6 +99,10 @@ pub struct EngineArgs {
     /// with 1000 verticals and 2048 slashes for every head].
     #[arg(long, env = "LCSERVE_SPARSE_PATTERNS")]
     pub patterns: Option<PathBuf>,
+    /// Most prompt tokens of a sparse prefill computed per step (a step holds --prefill-chunk
+    /// dense tokens or this many sparse ones).
+    #[arg(long, env = "LCSERVE_SPARSE_PREFILL_CHUNK", default_value_t = 2048)]
+    pub sparse_prefill_chunk: usize,
     /// Prompts of at least this many tokens prefill sparsely when their prefill mode is auto.
     #[arg(long, env = "LCSERVE_SPARSE_MIN_TOKENS", default_value_t = lcserve_engine::DEFAULT_SPARSE_MIN_TOKENS)]
     pub sparse_min_tokens: usize,
@@ -116,6 +120,7 @@ impl EngineArgs {
             prefix_caching: defaults.prefix_caching,
             sparse_patterns: self.patterns.clone(),
             sparse_min_tokens: self.sparse_min_tokens,
+            sparse_prefill_chunk: self.sparse_prefill_chunk,
         }
     }
 }

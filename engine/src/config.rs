@@ -31,6 +31,11 @@ pub struct EngineConfig {
     pub sparse_patterns: Option<PathBuf>,
     /// Prompts of at least this many tokens prefill sparsely under `PrefillMode::Auto`.
     pub sparse_min_tokens: usize,
+    /// Most prompt tokens of a sparse prefill computed in one step. Sparse attention makes a
+    /// token cheaper, so a step fits more of them; and each chunk re-estimates its indices from
+    /// its last 64 queries, a cost that shrinks with larger chunks. A step's budget is
+    /// `prefill_chunk` dense tokens or this many sparse ones.
+    pub sparse_prefill_chunk: usize,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +49,7 @@ impl Default for EngineConfig {
             prefix_caching: true,
             sparse_patterns: None,
             sparse_min_tokens: DEFAULT_SPARSE_MIN_TOKENS,
+            sparse_prefill_chunk: 2048,
         }
     }
 }
@@ -54,11 +60,18 @@ impl EngineConfig {
             ("block_size", self.block_size),
             ("kv_cache_bytes", self.kv_cache_bytes),
             ("prefill_chunk", self.prefill_chunk),
+            ("sparse_prefill_chunk", self.sparse_prefill_chunk),
             ("max_running", self.max_running),
             ("threads", self.threads),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(EngineError::InvalidConfig { field, reason: "must be positive".into() });
+        }
+        if self.prefill_chunk.checked_mul(self.sparse_prefill_chunk).is_none() {
+            return Err(EngineError::InvalidConfig {
+                field: "sparse_prefill_chunk",
+                reason: format!("{} x prefill_chunk {} overflows", self.sparse_prefill_chunk, self.prefill_chunk),
+            });
         }
         if self.block_size > 4096 {
             return Err(EngineError::InvalidConfig {

@@ -292,7 +292,11 @@ impl Scheduler {
 
     /// Picks each running sequence's tokens for this step and makes sure their blocks exist.
     fn plan(&mut self) -> Vec<Slot> {
-        let mut budget = self.config.prefill_chunk;
+        // The step's prompt budget: `prefill_chunk` dense tokens or `sparse_prefill_chunk`
+        // sparse ones (sparse attention makes a prompt token cheaper), in units where a dense
+        // token costs `sparse_prefill_chunk` and a sparse one `prefill_chunk`.
+        let (dense_chunk, sparse_chunk) = (self.config.prefill_chunk, self.config.sparse_prefill_chunk);
+        let mut budget = dense_chunk * sparse_chunk;
         let mut slots = Vec::new();
         let mut index = 0;
         while index < self.running.len() {
@@ -301,7 +305,8 @@ impl Scheduler {
             // Prompts (and sequences recomputing after preemption) catch up in chunks from the
             // step's budget; decoding sequences run their one pending token.
             let catching_up = pending > 1;
-            let len = if catching_up { pending.min(budget) } else { pending };
+            let cost = if seq.sparse_prefill && seq.is_prefilling() { dense_chunk } else { sparse_chunk };
+            let len = if catching_up { pending.min(budget / cost) } else { pending };
             if len == 0 {
                 index += 1;
                 continue;
@@ -312,7 +317,7 @@ impl Scheduler {
                 continue;
             }
             if catching_up {
-                budget -= len;
+                budget -= len * cost;
             }
             let logits =
                 if start + len == self.running[index].tokens.len() { LogitsWanted::Last } else { LogitsWanted::None };
