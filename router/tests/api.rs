@@ -178,6 +178,7 @@ async fn bad_input_is_rejected_with_the_field() {
         ),
         ("/v1/completions", json!({"prompt": "w9", "logprobs": 21}).to_string(), 400, json!("logprobs")),
         ("/v1/completions", json!({"prompt": "w9", "n": 2}).to_string(), 400, json!("n")),
+        ("/v1/completions", json!({"prompt": "w9", "prefill_mode": "fast"}).to_string(), 400, json!("prefill_mode")),
         ("/v1/completions", json!({"prompt": "w9", "stop": vec!["x"; 17]}).to_string(), 400, json!("stop")),
         ("/v1/completions", json!({"prompt": "w9", "stop": ""}).to_string(), 400, json!("stop")),
         ("/v1/completions", json!({"prompt": "w9", "stop": "x".repeat(2000)}).to_string(), 400, json!("stop")),
@@ -405,4 +406,17 @@ where
         assert!(tokio::time::Instant::now() < deadline, "condition never held");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn prefill_mode_reaches_the_worker() {
+    let decode = InstantWorker::start("decode").await;
+    let router = start_router(config(&[], &[&decode])).await;
+    for mode in ["dense", "sparse", "auto"] {
+        let body = json!({"prompt": "w9", "max_tokens": 1, "prefill_mode": mode}).to_string();
+        assert_eq!(post(router.http, "/v1/completions", &body).await.status, 200, "{mode}");
+    }
+    let modes: Vec<v1::PrefillMode> =
+        decode.generates().iter().map(|g| g.request.clone().expect("request").prefill_mode()).collect();
+    assert_eq!(modes, [v1::PrefillMode::Dense, v1::PrefillMode::Sparse, v1::PrefillMode::Auto]);
 }

@@ -205,3 +205,37 @@ async fn decode_alone_prefills_and_stores_the_answer_for_the_next_turn() {
     let (_, usage) = decode(&mut fresh, direct(&turn2, vec![])).await;
     assert_eq!(usage.cached.expect("tiers").shared as usize, full_blocks_done * BLOCK, "from the shared tier");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparse_prefill_hands_its_blocks_to_decode_under_its_own_namespace() {
+    let cluster = Cluster::start().await;
+    let (prefill_url, _) = cluster.worker(Role::Prefill).await;
+    let (decode_url, decode_worker) = cluster.worker(Role::Decode).await;
+    let mut prefill = PrefillClient::new(connect(&prefill_url).await);
+    let mut decoder = DecodeClient::new(connect(&decode_url).await);
+    let prompt = prompt(300, cluster.model.config.vocab_size, 9);
+    let sparse = |max_tokens| v1::WorkerRequest {
+        prefill_mode: v1::PrefillMode::Sparse.into(),
+        ..request(&prompt, max_tokens, "t")
+    };
+
+    let ready = prefill.run(v1::PrefillRequest { request: Some(sparse(6)) }).await.expect("run").into_inner();
+    let usage = ready.usage.expect("usage");
+    assert!(usage.prefill_density > 0.0 && usage.prefill_density <= 1.0, "density {}", usage.prefill_density);
+    let session = ready.session.expect("session");
+    let dense_namespace = decode_worker.engine().namespace(b"t");
+    let dense_hashes = lcserve_common::sequence_hashes(dense_namespace, &prompt, BLOCK);
+    let sparse_hashes: Vec<_> =
+        session.block_hashes.iter().map(|h| lcserve_proto::hash_from_bytes("h", h).expect("hash")).collect();
+    assert_eq!(sparse_hashes.len(), dense_hashes.len());
+    assert!(sparse_hashes.iter().zip(&dense_hashes).all(|(a, b)| a != b), "sparse KV is hashed apart from dense KV");
+
+    let before = decode_worker.engine().stats().await.expect("stats").prefill_tokens;
+    let first = ready.first_token.expect("first token").id;
+    let request = v1::DecodeRequest { request: Some(sparse(6)), session: Some(session), generated: vec![first] };
+    let (tokens, usage) = decode(&mut decoder, request).await;
+    assert_eq!(tokens.len(), 5);
+    assert_eq!(usage.cached.expect("tiers").shared as usize, 300, "every block and the tail came from the prefill");
+    let after = decode_worker.engine().stats().await.expect("stats").prefill_tokens;
+    assert_eq!(after, before, "the decode worker recomputed none of the sparse prefill");
+}
