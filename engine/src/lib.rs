@@ -4,7 +4,10 @@
 //!   requests; each request's [`EventStream`] yields tokens and one terminal event.
 //! - The scheduler (private) runs steps: admit waiting sequences after reusing their longest
 //!   cached prefix, stack decode tokens and prefill chunks into one forward pass, sample, stream,
-//!   retire. When the pool is full it preempts by recompute.
+//!   retire. When the pool is full it preempts by recompute. A prompt whose [`PrefillMode`]
+//!   resolves to sparse prefills with the model's `SparseAttention` (MInference head patterns
+//!   from [`EngineConfig::sparse_patterns`]), in larger chunks, under its own block namespace
+//!   ([`EngineHandle::request_namespace`]).
 //! - [`BlockAllocator`] is the paged pool's bookkeeping: reference-counted blocks, prefix
 //!   retention by chained [`lcserve_common::SequenceHash`], LRU eviction. The K/V bytes live in
 //!   the model crate's `KvArena`.
