@@ -14,6 +14,9 @@
 //! - [`ImportedKv`] / [`ExportKv`] (`kv_transfer`): KV in and out of the pool, so workers share
 //!   it through the KV store: a request may bring its prompt's leading blocks (and tail) and ask
 //!   for copies of its blocks as they fill.
+//! - [`speculative`]: the lossless acceptance rules of speculative decoding — a
+//!   [`speculative::DraftTree`] walked against the target's processed distributions (greedy,
+//!   speculative sampling, i.i.d. and without-replacement multi-draft trees, deterministic drafts).
 //! - [`Sampler`] turns logits into tokens (greedy, temperature, top-k/p, min-p, penalties,
 //!   seeds, logprobs).
 //!
@@ -28,6 +31,7 @@ mod request;
 mod sampler;
 mod scheduler;
 mod sequence;
+pub mod speculative;
 mod stop_text;
 
 pub use block_allocator::{BlockAllocator, BlockAllocatorError, PoolExhausted};

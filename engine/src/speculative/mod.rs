@@ -1,0 +1,20 @@
+//! Lossless speculative decoding: a drafter proposes a tree of tokens, the target scores every
+//! node in one forward pass, and an acceptance rule keeps a prefix of the draft such that the
+//! emitted tokens are distributed exactly as plain decoding would emit them (algorithms §2.0).
+//!
+//! - [`DraftTree`] (`tree`): the draft, rooted at the last committed token, in topological
+//!   order, with how its siblings were drawn ([`Drafting`]) and, for sampled drafts, the
+//!   proposal each row's children came from.
+//! - [`Distribution`] (`distribution`): the sparse, f64-normalized form in which the rules read
+//!   the target's and the drafter's processed distributions.
+//! - [`verify_greedy`], [`verify`] (`acceptance`): walk the tree against the target's rows and
+//!   return a [`Verdict`] — the accepted path plus one extra token. [`outcomes`] lists every
+//!   verdict with its exact probability, for exact-distribution tests.
+
+mod acceptance;
+mod distribution;
+mod tree;
+
+pub use acceptance::{Verdict, VerifyError, outcomes, verify, verify_greedy};
+pub use distribution::{Distribution, InvalidDistribution};
+pub use tree::{DraftNode, DraftTree, Drafting, TreeError};
