@@ -13,6 +13,7 @@
 //! * [`attention`] — causal attention of a chunk of queries over a paged KV cache
 //!   ([`PagedKv`]), flash-style (online softmax, no N×N scores), with optional
 //!   log-sum-exp output and [`merge_lse`] to combine partial results.
+//!   [`tree_attention`] verifies a speculative draft tree (prefix + ancestor mask).
 //! * [`sparse`] — sparse prefill attention (MInference): per-head patterns (A-shape,
 //!   vertical-slash, block-sparse), their online index builders, and the block-sparse kernel
 //!   over key ranges + columns, with the mask emulator and masked-attention oracles.
@@ -29,6 +30,6 @@ pub mod quant;
 pub mod simd;
 pub mod sparse;
 
-pub use attention::{AttnShape, PagedKv, attention, attention_naive, merge_lse};
+pub use attention::{AttnShape, PagedKv, attention, attention_naive, merge_lse, tree_attention, tree_depths};
 pub use error::{KernelError, Result};
 pub use quant::{Activations, MatmulKernel, QMatrix, QuantType, WeightData, dequantize_row, quantize_row};

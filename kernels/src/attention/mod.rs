@@ -6,6 +6,8 @@
 //! * [`merge`]: log-sum-exp merging of partial results (algorithms.md §0.2), used by the
 //!   tiled kernel to split long key ranges across threads, and by callers that combine
 //!   attention over disjoint key sets.
+//! * [`tree`]: hybrid tree attention for speculative verification — dense over the committed
+//!   prefix, ancestor-masked over the draft tree, merged by log-sum-exp.
 //!
 //! Positions are bottom-right aligned: query `i` of `nq` sits at position `len - nq + i`
 //! and sees keys `0..=len - nq + i`.
@@ -14,10 +16,12 @@ mod merge;
 mod naive;
 pub(crate) mod online;
 mod tiled;
+mod tree;
 
 pub use merge::merge_lse;
 pub use naive::attention_naive;
 pub use tiled::attention;
+pub use tree::{tree_attention, tree_depths};
 
 use crate::error::{KernelError, Result, check_len};
 
