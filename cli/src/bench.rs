@@ -20,6 +20,8 @@ mod bench_needle;
 mod bench_prefill;
 #[path = "bench_sparse.rs"]
 mod bench_sparse;
+#[path = "bench_spec.rs"]
+mod bench_spec;
 #[path = "bench_serve.rs"]
 mod bench_serve;
 
@@ -33,6 +35,8 @@ pub enum BenchCommand {
     KvCodec(bench_codec::KvCodecBenchArgs),
     /// Aggregate decode tokens/s of N concurrent streams vs one (continuous batching).
     DecodeScaling(bench_decode::DecodeScalingArgs),
+    /// Decode tokens/s with and without speculative decoding on summary, rewrite and chat tasks.
+    Speculation(bench_spec::SpeculationBenchArgs),
     /// End-to-end prefill time of long prompts per prefill mode (dense, sparse, auto).
     Prefill(bench_prefill::PrefillBenchArgs),
     /// One layer's attention over a real long prompt: sparse (MInference) vs tiled dense.
@@ -94,6 +98,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Needle(args) => bench_needle::run(args),
         BenchCommand::SparseAttention(args) => bench_sparse::run(args),
         BenchCommand::Prefill(args) => bench_prefill::run(args),
+        BenchCommand::Speculation(args) => bench_spec::run(args),
     }
 }
 

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use lcserve_engine::{EngineEvent, EngineHandle, GenerateRequest, PrefillMode, SamplingParams, StopConditions};
+use lcserve_engine::{
+    EngineEvent, EngineHandle, GenerateRequest, PrefillMode, SamplingParams, Speculation, StopConditions,
+};
 use lcserve_model::{ChatMessage, Model};
 use serde::Serialize;
 
@@ -27,6 +29,10 @@ pub struct GenerateArgs {
     /// (sparse from --sparse-min-tokens prompt tokens).
     #[arg(long, default_value = "auto")]
     prefill_mode: PrefillMode,
+    /// Speculative decoding: `off`, or `ngram` (prompt lookup; lossless — the output is
+    /// distributed exactly as without it).
+    #[arg(long, value_enum, default_value_t = SpeculationArg::Off)]
+    speculation: SpeculationArg,
     /// Wrap the prompt as a user message in the model's chat template.
     #[arg(long)]
     chat: bool,
@@ -56,6 +62,21 @@ pub struct GenerateArgs {
     json: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SpeculationArg {
+    Off,
+    Ngram,
+}
+
+impl From<SpeculationArg> for Speculation {
+    fn from(arg: SpeculationArg) -> Self {
+        match arg {
+            SpeculationArg::Off => Speculation::Off,
+            SpeculationArg::Ngram => Speculation::Ngram,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct Summary {
     text: String,
@@ -65,6 +86,9 @@ struct Summary {
     cached_tokens: usize,
     /// Fraction of the prompt's causal attention computed (1 = dense).
     prefill_density: f64,
+    /// Draft tokens proposed by speculative decoding, and accepted.
+    spec_proposed: usize,
+    spec_accepted: usize,
     ttft_ms: f64,
     prefill_tokens_per_s: f64,
     decode_tokens_per_s: f64,
@@ -110,6 +134,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         stop: StopConditions { max_tokens: args.max_tokens, stop_strings: args.stop, ..StopConditions::default() },
         cache_salt: Vec::new(),
         prefill_mode: args.prefill_mode,
+        speculation: args.speculation.into(),
         ..GenerateRequest::default()
     };
     let mut stream = engine.submit(request)?;
@@ -135,6 +160,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                         generated_tokens: usage.completion_tokens,
                         cached_tokens: usage.cached_tokens,
                         prefill_density: usage.prefill_density,
+                        spec_proposed: usage.speculative_proposed,
+                        spec_accepted: usage.speculative_accepted,
                         ttft_ms: timings.time_to_first_token.as_secs_f64() * 1e3,
                         prefill_tokens_per_s: timings.prefill_tokens_per_s(computed),
                         decode_tokens_per_s: timings.decode_tokens_per_s(usage.completion_tokens),

@@ -345,6 +345,9 @@ impl EngineHandle {
             prefill_time: Duration::ZERO,
             sparse_prefill,
             sparse_stats: Default::default(),
+            drafter: request.speculation.drafter(),
+            speculative_proposed: 0,
+            speculative_accepted: 0,
         })
     }
 

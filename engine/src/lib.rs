@@ -14,7 +14,9 @@
 //! - [`ImportedKv`] / [`ExportKv`] (`kv_transfer`): KV in and out of the pool, so workers share
 //!   it through the KV store: a request may bring its prompt's leading blocks (and tail) and ask
 //!   for copies of its blocks as they fill.
-//! - [`speculative`]: the lossless acceptance rules of speculative decoding — a
+//! - [`speculative`]: lossless speculative decoding. A request's [`Speculation`] picks a
+//!   [`Drafter`] (prompt lookup, [`NgramDrafter`], or the caller's) whose chain one forward pass
+//!   verifies; and the acceptance rules for sampled drafts and trees — a
 //!   [`speculative::DraftTree`] walked against the target's processed distributions (greedy,
 //!   speculative sampling, i.i.d. and without-replacement multi-draft trees, deterministic drafts).
 //! - [`Sampler`] turns logits into tokens (greedy, temperature, top-k/p, min-p, penalties,
@@ -43,3 +45,4 @@ pub use lcserve_common::PrefillMode;
 pub use request::{EngineEvent, FinishReason, GenerateRequest, StopConditions, Timings, TokenLogprobs, Usage};
 pub use sampler::{InvalidSamplingParam, SampleError, SampledToken, Sampler, SamplingParams};
 pub use scheduler::EngineStats;
+pub use speculative::{DEFAULT_DRAFT_TOKENS, Drafter, NgramDrafter, Speculation};

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::error::EngineError;
 use crate::kv_transfer::{ExportKv, ImportedKv, KvBlock};
 use crate::sampler::SamplingParams;
+use crate::speculative::Speculation;
 
 /// When to stop generating.
 #[derive(Clone, Debug, Default)]
@@ -41,6 +42,8 @@ pub struct GenerateRequest {
     pub export: Option<ExportKv>,
     /// Dense or sparse (MInference) attention for this prompt's prefill.
     pub prefill_mode: PrefillMode,
+    /// Speculative decoding: which drafter proposes tokens for verification, if any.
+    pub speculation: Speculation,
 }
 
 /// Log-probabilities reported with a token.
@@ -76,6 +79,10 @@ pub struct Usage {
     /// this engine's prefill: 1 for dense, below 1 when sparse prefill skipped some; 0 when
     /// nothing was prefilled here.
     pub prefill_density: f64,
+    /// Draft tokens proposed to the target model by speculative decoding.
+    pub speculative_proposed: usize,
+    /// Of those, the ones the target model accepted.
+    pub speculative_accepted: usize,
 }
 
 /// Where the time of a request went.

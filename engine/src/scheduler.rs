@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lcserve_common::{BlockId, SequenceHash, chain_hash, sequence_hashes};
+use lcserve_common::{BlockId, SequenceHash, TokenId, chain_hash, sequence_hashes};
 use lcserve_model::{
     AttentionBackend, DenseAttention, HeadPatterns, KvArena, LogitsWanted, Model, SequenceInput, SparseAttention,
 };
@@ -23,6 +23,7 @@ use crate::error::EngineError;
 use crate::kv_transfer::{ImportedKv, copy_in};
 use crate::request::{EngineEvent, FinishReason, Timings, TokenLogprobs};
 use crate::sequence::Sequence;
+use crate::speculative::DEFAULT_DRAFT_TOKENS;
 
 /// Pool and queue occupancy, for metrics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -59,6 +60,9 @@ struct Slot {
     start: usize,
     len: usize,
     logits: LogitsWanted,
+    /// Draft tokens appended after the pending token for verification (speculative decoding);
+    /// their logits rows follow the pending token's.
+    draft: usize,
 }
 
 impl Scheduler {
@@ -196,7 +200,17 @@ impl Scheduler {
                 seq.prefill_time += elapsed;
                 self.prefill_tokens += slot.len.min(seq.prompt_len - slot.start) as u64;
             }
-            seq.computed = slot.start + slot.len;
+            if slot.draft > 0 {
+                // Verify first: only accepted drafts become KV that may be cached or exported.
+                let rows = logits.rows_of(batch_index);
+                match verify_draft(seq, slot, rows, self.model.config.context_length) {
+                    Ok(None) => {}
+                    Ok(Some(reason)) => finished.push((slot.seq, Ok(reason))),
+                    Err(error) => finished.push((slot.seq, Err(error))),
+                }
+            } else {
+                seq.computed = slot.start + slot.len;
+            }
             if self.config.prefix_caching {
                 register_full_blocks(seq, &mut self.allocator, self.config.block_size);
             }
@@ -205,6 +219,9 @@ impl Scheduler {
                 if !blocks.is_empty() {
                     let _ = seq.events.send(EngineEvent::Kv(blocks));
                 }
+            }
+            if slot.draft > 0 {
+                continue;
             }
             let Some(row) = logits.last_of(batch_index) else { continue };
             match sample_and_emit(seq, row, self.model.config.context_length) {
@@ -311,20 +328,46 @@ impl Scheduler {
                 index += 1;
                 continue;
             }
+            let draft = if catching_up { Vec::new() } else { self.propose(index) };
             let start = seq.computed;
-            if !self.ensure_blocks(index, start + len) {
+            if !self.ensure_blocks(index, start + len + draft.len()) {
                 // `index` was preempted (or failed); the sequence now at `index` is another one.
                 continue;
             }
             if catching_up {
                 budget -= len * cost;
             }
-            let logits =
-                if start + len == self.running[index].tokens.len() { LogitsWanted::Last } else { LogitsWanted::None };
-            slots.push(Slot { seq: index, start, len, logits });
+            let logits = if !draft.is_empty() {
+                LogitsWanted::All
+            } else if start + len == self.running[index].tokens.len() {
+                LogitsWanted::Last
+            } else {
+                LogitsWanted::None
+            };
+            let seq = &mut self.running[index];
+            seq.tokens.extend_from_slice(&draft);
+            seq.speculative_proposed += draft.len();
+            slots.push(Slot { seq: index, start, len: len + draft.len(), logits, draft: draft.len() });
             index += 1;
         }
         slots
+    }
+
+    /// Draft tokens for decoding sequence `index`: as many as its drafter proposes, within
+    /// [`DEFAULT_DRAFT_TOKENS`], the tokens it may still generate (the step emits one more than
+    /// it accepts) and the context.
+    fn propose(&self, index: usize) -> Vec<TokenId> {
+        let seq = &self.running[index];
+        let Some(drafter) = &seq.drafter else { return Vec::new() };
+        let room_tokens = seq.stop.max_tokens.saturating_sub(seq.generated().len() + 1);
+        let room_context = self.model.config.context_length.saturating_sub(seq.tokens.len() + 1);
+        let max = DEFAULT_DRAFT_TOKENS.min(room_tokens).min(room_context);
+        if max == 0 {
+            return Vec::new();
+        }
+        let mut draft = drafter.propose(&seq.tokens, max);
+        draft.truncate(max);
+        draft
     }
 
     /// Grows sequence `index`'s block table to cover `positions`, preempting later-admitted
@@ -451,6 +494,34 @@ fn sample_and_emit(
     } else {
         None
     })
+}
+
+/// Verifies the `slot.draft` tokens appended after the pending token: samples from each row in
+/// turn (the pending token's row first) and keeps going while the sample equals the next draft
+/// token; the first disagreeing sample (or the sample after the last draft) is the step's own
+/// token. Leaves `tokens` = committed + emitted and `computed` = the positions whose KV this
+/// pass wrote for tokens that stayed (see [`crate::Speculation`] for why this is lossless).
+fn verify_draft<'a>(
+    seq: &mut Sequence,
+    slot: &Slot,
+    mut rows: impl Iterator<Item = &'a [f32]>,
+    context_length: usize,
+) -> Result<Option<FinishReason>, EngineError> {
+    let committed = slot.start + slot.len - slot.draft;
+    let draft = seq.tokens.split_off(committed);
+    seq.computed = committed;
+    for (i, row) in (0..=draft.len()).zip(&mut rows) {
+        let finished = sample_and_emit(seq, row, context_length)?;
+        let accepted = i < draft.len() && seq.tokens.last() == Some(&draft[i]);
+        if accepted {
+            seq.computed += 1;
+            seq.speculative_accepted += 1;
+        }
+        if finished.is_some() || !accepted {
+            return Ok(finished);
+        }
+    }
+    Ok(None)
 }
 
 fn finish(mut seq: Sequence, reason: FinishReason) {

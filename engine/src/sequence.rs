@@ -1,5 +1,6 @@
 //! A request inside the engine: its tokens, its blocks, and where it is in its life.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lcserve_common::{BlockId, Namespace, SequenceHash, TokenId};
@@ -9,6 +10,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::kv_transfer::{Exporter, ImportedKv};
 use crate::request::{EngineEvent, StopConditions, Usage};
 use crate::sampler::Sampler;
+use crate::speculative::Drafter;
 use crate::stop_text::StopText;
 
 pub(crate) struct Sequence {
@@ -42,6 +44,11 @@ pub(crate) struct Sequence {
     pub sparse_prefill: bool,
     /// What sparse prefill computed so far.
     pub sparse_stats: SparseStats,
+    /// Proposes draft tokens while decoding (speculative decoding); `None` = plain decoding.
+    pub drafter: Option<Arc<dyn Drafter>>,
+    /// Draft tokens proposed and accepted so far.
+    pub speculative_proposed: usize,
+    pub speculative_accepted: usize,
 }
 
 impl Sequence {
@@ -74,6 +81,8 @@ impl Sequence {
                 (false, true) => self.sparse_stats.density(),
                 (false, false) => 1.0,
             },
+            speculative_proposed: self.speculative_proposed,
+            speculative_accepted: self.speculative_accepted,
         }
     }
 

@@ -32,6 +32,7 @@ pub enum Field {
     CacheSalt,
     RequestId,
     PrefillMode,
+    Speculation,
     /// An OpenAI field this server does not implement with a non-default value.
     Unsupported(&'static str),
 }
@@ -59,6 +60,7 @@ impl Field {
             Field::CacheSalt => "cache_salt",
             Field::RequestId => "request_id",
             Field::PrefillMode => "prefill_mode",
+            Field::Speculation => "speculation",
             Field::Unsupported(name) => name,
         }
     }
@@ -85,6 +87,7 @@ impl Field {
             Field::CacheSalt => "cache_salt",
             Field::RequestId => "request_id",
             Field::PrefillMode => "prefill_mode",
+            Field::Speculation => "speculation",
             Field::Unsupported(name) => name,
         }
     }

@@ -126,6 +126,7 @@ pub(crate) async fn prepare(
     check_model(&model, &request.model)?;
     check_ids(request.cache_salt.as_deref(), &request.request_id)?;
     let prefill_mode = request.prefill_mode();
+    let speculation = request.speculation();
     let mode = PrefillMode::from(prefill_mode);
     let sampling = request.sampling.unwrap_or_default();
     check_sampling(&sampling, &limits)?;
@@ -158,6 +159,7 @@ pub(crate) async fn prepare(
         stop: Some(stop),
         cache_salt: salt,
         prefill_mode: prefill_mode.into(),
+        speculation: speculation.into(),
     };
     Ok(Prepared { model, request, hashes })
 }

@@ -179,6 +179,7 @@ async fn bad_input_is_rejected_with_the_field() {
         ("/v1/completions", json!({"prompt": "w9", "logprobs": 21}).to_string(), 400, json!("logprobs")),
         ("/v1/completions", json!({"prompt": "w9", "n": 2}).to_string(), 400, json!("n")),
         ("/v1/completions", json!({"prompt": "w9", "prefill_mode": "fast"}).to_string(), 400, json!("prefill_mode")),
+        ("/v1/completions", json!({"prompt": "w9", "speculation": "psychic"}).to_string(), 400, json!("speculation")),
         ("/v1/completions", json!({"prompt": "w9", "stop": vec!["x"; 17]}).to_string(), 400, json!("stop")),
         ("/v1/completions", json!({"prompt": "w9", "stop": ""}).to_string(), 400, json!("stop")),
         ("/v1/completions", json!({"prompt": "w9", "stop": "x".repeat(2000)}).to_string(), 400, json!("stop")),
@@ -409,14 +410,17 @@ where
 }
 
 #[tokio::test]
-async fn prefill_mode_reaches_the_worker() {
+async fn prefill_mode_and_speculation_reach_the_worker() {
     let decode = InstantWorker::start("decode").await;
     let router = start_router(config(&[], &[&decode])).await;
-    for mode in ["dense", "sparse", "auto"] {
-        let body = json!({"prompt": "w9", "max_tokens": 1, "prefill_mode": mode}).to_string();
-        assert_eq!(post(router.http, "/v1/completions", &body).await.status, 200, "{mode}");
+    for (mode, speculation) in [("dense", "ngram"), ("sparse", "off"), ("auto", "ngram")] {
+        let body = json!({"prompt": "w9", "max_tokens": 1, "prefill_mode": mode, "speculation": speculation});
+        assert_eq!(post(router.http, "/v1/completions", &body.to_string()).await.status, 200, "{mode}");
     }
-    let modes: Vec<v1::PrefillMode> =
-        decode.generates().iter().map(|g| g.request.clone().expect("request").prefill_mode()).collect();
+    let requests: Vec<v1::WorkerRequest> =
+        decode.generates().iter().map(|g| g.request.clone().expect("request")).collect();
+    let modes: Vec<v1::PrefillMode> = requests.iter().map(|r| r.prefill_mode()).collect();
     assert_eq!(modes, [v1::PrefillMode::Dense, v1::PrefillMode::Sparse, v1::PrefillMode::Auto]);
+    let speculation: Vec<v1::Speculation> = requests.iter().map(|r| r.speculation()).collect();
+    assert_eq!(speculation, [v1::Speculation::Ngram, v1::Speculation::Off, v1::Speculation::Ngram]);
 }

@@ -1,7 +1,7 @@
 //! Wire requests into engine requests, engine events into wire events.
 
 use lcserve_common::{PrefillMode, TokenId};
-use lcserve_engine::{FinishReason, SamplingParams, StopConditions, TokenLogprobs, Usage};
+use lcserve_engine::{FinishReason, SamplingParams, Speculation, StopConditions, TokenLogprobs, Usage};
 use lcserve_proto::v1;
 use tonic::Status;
 
@@ -16,12 +16,17 @@ pub(crate) struct Parts {
     pub stop: StopConditions,
     pub cache_salt: Vec<u8>,
     pub prefill_mode: PrefillMode,
+    pub speculation: Speculation,
 }
 
 /// Unpacks a request; range checks are the engine's (it names the field).
 pub(crate) fn parts(request: Option<v1::WorkerRequest>) -> Result<Parts, Status> {
     let request = request.ok_or_else(|| Status::invalid_argument("request: missing"))?;
     let prefill_mode = request.prefill_mode().into();
+    let speculation = match request.speculation() {
+        v1::Speculation::Ngram => Speculation::Ngram,
+        v1::Speculation::Unspecified | v1::Speculation::Off => Speculation::Off,
+    };
     let sampling = request.sampling.unwrap_or_default();
     let stop = request.stop.unwrap_or_default();
     Ok(Parts {
@@ -45,6 +50,7 @@ pub(crate) fn parts(request: Option<v1::WorkerRequest>) -> Result<Parts, Status>
             ignore_eos: stop.ignore_eos,
         },
         prefill_mode,
+        speculation,
         cache_salt: request.cache_salt,
     })
 }
@@ -94,8 +100,9 @@ pub(crate) fn usage(usage: &Usage, sources: Sources, time_to_first_token_ms: u32
         }),
         prefill_tokens: usage.prompt_tokens.saturating_sub(cached) as u32,
         prefill_density: usage.prefill_density as f32,
+        speculative_proposed: usage.speculative_proposed as u32,
+        speculative_accepted: usage.speculative_accepted as u32,
         time_to_first_token_ms,
-        ..v1::Usage::default()
     }
 }
 

@@ -32,7 +32,8 @@ impl v1::decode_server::Decode for DecodeService {
         let worker = &self.0;
         let started = Instant::now();
         let v1::DecodeRequest { request, session, generated } = request.into_inner();
-        let Parts { request_id, prompt, sampling, stop, cache_salt, prefill_mode } = convert::parts(request)?;
+        let Parts { request_id, prompt, sampling, stop, cache_salt, prefill_mode, speculation } =
+            convert::parts(request)?;
         let tail = session.as_ref().and_then(|s| s.tail_block.as_deref());
         let prepared = worker.prepare(&cache_salt, prefill_mode, &prompt, tail).await;
         let stored = worker.bridge.stored_prefix(&prepared.hashes).await;
@@ -47,6 +48,7 @@ impl v1::decode_server::Decode for DecodeService {
                 generated,
                 import: prepared.import,
                 prefill_mode,
+                speculation,
                 export: Some(ExportKv { from_block: stored, tail: false }),
             })
             .map_err(|e| error::status(&e))?;

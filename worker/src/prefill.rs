@@ -33,7 +33,7 @@ impl v1::prefill_server::Prefill for PrefillService {
     async fn run(&self, request: Request<v1::PrefillRequest>) -> Result<Response<v1::PrefillResponse>, Status> {
         let worker = &self.0;
         let started = Instant::now();
-        let Parts { request_id, prompt, sampling, stop, cache_salt, prefill_mode } =
+        let Parts { request_id, prompt, sampling, stop, cache_salt, prefill_mode, speculation } =
             convert::parts(request.into_inner().request)?;
         let (_registered, aborted) = worker.track(&request_id);
         let prepared = worker.prepare(&cache_salt, prefill_mode, &prompt, None).await;
@@ -49,6 +49,7 @@ impl v1::prefill_server::Prefill for PrefillService {
                 generated: Vec::new(),
                 import: prepared.import,
                 prefill_mode,
+                speculation,
                 export: worker.bridge.has_shared_tier().then_some(ExportKv { from_block: shared_has, tail: true }),
             })
             .map_err(|e| error::status(&e))?;

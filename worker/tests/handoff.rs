@@ -72,6 +72,7 @@ fn request(prompt: &[u32], max_tokens: u32, salt: &str) -> v1::WorkerRequest {
         stop: Some(v1::StopConditions { max_tokens: Some(max_tokens), ignore_eos: true, ..Default::default() }),
         cache_salt: salt.as_bytes().to_vec(),
         prefill_mode: v1::PrefillMode::Unspecified.into(),
+        speculation: v1::Speculation::Unspecified.into(),
     }
 }
 
@@ -238,4 +239,21 @@ async fn a_sparse_prefill_hands_its_blocks_to_decode_under_its_own_namespace() {
     assert_eq!(usage.cached.expect("tiers").shared as usize, 300, "every block and the tail came from the prefill");
     let after = decode_worker.engine().stats().await.expect("stats").prefill_tokens;
     assert_eq!(after, before, "the decode worker recomputed none of the sparse prefill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decode_speculates_when_asked_and_streams_the_same_tokens() {
+    let cluster = Cluster::start().await;
+    let (decode_url, _) = cluster.worker(Role::Decode).await;
+    let mut decoder = DecodeClient::new(connect(&decode_url).await);
+    // Every token of the vocabulary occurs in the prompt, so prompt lookup always has a match.
+    let vocab = cluster.model.config.vocab_size;
+    let prompt: Vec<u32> = prompt(vocab, vocab, 5).into_iter().chain(0..vocab as u32).collect();
+    let reference = cluster.reference(&prompt, 20).await;
+    let ngram = v1::WorkerRequest { speculation: v1::Speculation::Ngram.into(), ..request(&prompt, 20, "spec") };
+    let (tokens, usage) =
+        decode(&mut decoder, v1::DecodeRequest { request: Some(ngram), session: None, generated: Vec::new() }).await;
+    assert_eq!(tokens, reference);
+    assert!(usage.speculative_proposed > 0, "{usage:?}");
+    assert!(usage.speculative_accepted <= usage.speculative_proposed);
 }

@@ -2,6 +2,9 @@
 //! node in one forward pass, and an acceptance rule keeps a prefix of the draft such that the
 //! emitted tokens are distributed exactly as plain decoding would emit them (algorithms §2.0).
 //!
+//! - [`Speculation`], [`Drafter`], [`NgramDrafter`] (`drafter`): what a request speculates
+//!   with; the engine verifies a drafter's chain against its ordinary sampler (the
+//!   deterministic-draft rule, exact for any sampling settings).
 //! - [`DraftTree`] (`tree`): the draft, rooted at the last committed token, in topological
 //!   order, with how its siblings were drawn ([`Drafting`]) and, for sampled drafts, the
 //!   proposal each row's children came from.
@@ -13,8 +16,10 @@
 
 mod acceptance;
 mod distribution;
+mod drafter;
 mod tree;
 
 pub use acceptance::{Verdict, VerifyError, outcomes, verify, verify_greedy};
 pub use distribution::{Distribution, InvalidDistribution};
+pub use drafter::{DEFAULT_DRAFT_TOKENS, Drafter, NgramDrafter, Speculation};
 pub use tree::{DraftNode, DraftTree, Drafting, TreeError};

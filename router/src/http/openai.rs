@@ -102,6 +102,8 @@ pub(crate) struct OpenAiRequest {
     pub request_id: Option<String>,
     /// lcserve extension: `dense`, `sparse` or `auto` prefill.
     pub prefill_mode: Option<String>,
+    /// lcserve extension: `off` or `ngram` speculative decoding.
+    pub speculation: Option<String>,
 }
 
 /// How the response is to be shaped.
@@ -179,6 +181,11 @@ impl OpenAiRequest {
             Some("sparse") => v1::PrefillMode::Sparse,
             Some(other) => return invalid(Field::PrefillMode, format!("{other:?} is not dense, sparse or auto")),
         };
+        let speculation = match self.speculation.as_deref() {
+            None | Some("off") => v1::Speculation::Off,
+            Some("ngram") => v1::Speculation::Ngram,
+            Some(other) => return invalid(Field::Speculation, format!("{other:?} is not off or ngram")),
+        };
         let request = v1::GenerateRequest {
             model: self.model.unwrap_or_default(),
             input: Some(input),
@@ -202,6 +209,7 @@ impl OpenAiRequest {
             cache_salt: self.cache_salt,
             request_id: self.request_id.unwrap_or_default(),
             prefill_mode: prefill_mode.into(),
+            speculation: speculation.into(),
         };
         let stream = self.stream.unwrap_or(false);
         let include_usage = self.stream_options.is_some_and(|o| o.include_usage);

@@ -1,0 +1,161 @@
+//! Speculative decoding through the engine: whatever the drafter proposes, greedy output is
+//! token-identical to plain greedy decoding, and the KV it leaves behind is the same.
+
+mod support;
+
+use std::sync::Arc;
+
+use lcserve_engine::{DEFAULT_DRAFT_TOKENS, Drafter, EngineHandle, GenerateRequest, NgramDrafter, Speculation};
+use support::{collect, config, greedy, tiny_model, tokens};
+
+/// Proposes the known greedy continuation: every draft is accepted.
+#[derive(Debug)]
+struct Oracle {
+    prompt_len: usize,
+    answer: Vec<u32>,
+}
+
+impl Drafter for Oracle {
+    fn propose(&self, tokens: &[u32], max: usize) -> Vec<u32> {
+        let done = tokens.len() - self.prompt_len;
+        self.answer[done.min(self.answer.len())..].iter().take(max).copied().collect()
+    }
+}
+
+/// Proposes pseudo-random tokens: nearly every draft is rejected.
+#[derive(Debug)]
+struct Noise {
+    vocab: u32,
+}
+
+impl Drafter for Noise {
+    fn propose(&self, tokens: &[u32], max: usize) -> Vec<u32> {
+        let seed = (tokens.len() as u32).wrapping_mul(2_654_435_761);
+        (0..max as u32).map(|i| (seed ^ i.wrapping_mul(40_503)) % self.vocab).collect()
+    }
+}
+
+fn engine() -> (tempfile::TempDir, EngineHandle) {
+    let (dir, model) = tiny_model();
+    let engine = EngineHandle::start(Arc::clone(&model), config(16, 1024, &model)).expect("start");
+    (dir, engine)
+}
+
+/// A prompt that repeats itself, so prompt lookup has something to copy.
+fn repetitive_prompt(len: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let motif = tokens(5 + (seed as usize % 11), vocab, seed);
+    motif.iter().cycle().take(len).copied().collect()
+}
+
+#[test]
+fn greedy_output_is_identical_whatever_the_drafter() {
+    let (_dir, engine) = engine();
+    let vocab = engine.model().config.vocab_size;
+    let prompts: Vec<Vec<u32>> = (0..100u64)
+        .map(|seed| {
+            if seed % 2 == 0 {
+                repetitive_prompt(20 + seed as usize, vocab, seed)
+            } else {
+                tokens(10 + seed as usize, vocab, seed)
+            }
+        })
+        .collect();
+    let max_tokens = 24;
+    let plain: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| engine.submit(greedy(p.clone(), max_tokens)).expect("submit"))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|stream| stream.blocking_collect().expect("plain").tokens)
+        .collect();
+
+    let (mut ngram_proposed, mut ngram_accepted) = (0, 0);
+    for name in ["oracle", "noise", "ngram"] {
+        // All at once: speculating and plain sequences share batches.
+        let streams: Vec<_> = prompts
+            .iter()
+            .zip(&plain)
+            .enumerate()
+            .map(|(i, (p, answer))| {
+                let speculation = match name {
+                    _ if i % 5 == 4 => Speculation::Off,
+                    "oracle" => Speculation::Drafter(Arc::new(Oracle { prompt_len: p.len(), answer: answer.clone() })),
+                    "noise" => Speculation::Drafter(Arc::new(Noise { vocab: vocab as u32 })),
+                    _ => Speculation::Ngram,
+                };
+                engine.submit(GenerateRequest { speculation, ..greedy(p.clone(), max_tokens) }).expect("submit")
+            })
+            .collect();
+        for (i, (stream, expected)) in streams.into_iter().zip(&plain).enumerate() {
+            let done = stream.blocking_collect().expect(name);
+            assert_eq!(&done.tokens, expected, "{name}: prompt {i}");
+            assert_eq!(done.usage.completion_tokens, max_tokens);
+            let (proposed, accepted) = (done.usage.speculative_proposed, done.usage.speculative_accepted);
+            assert!(accepted <= proposed);
+            match name {
+                "oracle" if i % 5 != 4 => {
+                    assert_eq!(accepted, proposed, "prompt {i}: the oracle is always right");
+                    // Each step emits its accepted drafts plus one; the first token comes from
+                    // the prefill, unless the prompt was cached but its last token (whose step
+                    // then speculates too).
+                    let rest = max_tokens - 1;
+                    let least = rest - rest.div_ceil(DEFAULT_DRAFT_TOKENS + 1);
+                    assert!(
+                        accepted >= least,
+                        "prompt {i}: {accepted} accepted, {DEFAULT_DRAFT_TOKENS} drafts per step"
+                    );
+                }
+                "ngram" => {
+                    ngram_proposed += proposed;
+                    ngram_accepted += accepted;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(ngram_proposed > 0 && ngram_accepted > 0, "ngram {ngram_accepted}/{ngram_proposed}");
+}
+
+#[test]
+fn speculation_stops_exactly_at_max_tokens_and_leaves_correct_kv() {
+    let (_dir, engine) = engine();
+    let vocab = engine.model().config.vocab_size;
+    let prompt = repetitive_prompt(60, vocab, 3);
+    for max_tokens in [1, 2, 3, 7] {
+        let plain = collect(&engine, greedy(prompt.clone(), max_tokens)).expect("plain");
+        let spec =
+            collect(&engine, GenerateRequest { speculation: Speculation::Ngram, ..greedy(prompt.clone(), max_tokens) });
+        let spec = spec.expect("spec");
+        assert_eq!(spec.tokens, plain.tokens, "max_tokens {max_tokens}");
+        assert_eq!(spec.tokens.len(), max_tokens);
+    }
+    // The next turn reuses the speculating turn's cached blocks: they must hold the KV of the
+    // accepted tokens, not of rejected drafts.
+    let first = collect(
+        &engine,
+        GenerateRequest {
+            speculation: Speculation::Ngram,
+            cache_salt: b"turns".to_vec(),
+            ..greedy(prompt.clone(), 40)
+        },
+    )
+    .expect("turn 1");
+    let mut next = prompt.clone();
+    next.extend(&first.tokens);
+    next.extend(tokens(9, vocab, 77));
+    let reused = collect(&engine, GenerateRequest { cache_salt: b"turns".to_vec(), ..greedy(next.clone(), 16) })
+        .expect("turn 2");
+    assert!(reused.usage.cached_tokens >= 96, "cached {}", reused.usage.cached_tokens);
+    let fresh = collect(&engine, GenerateRequest { cache_salt: b"fresh".to_vec(), ..greedy(next, 16) }).expect("fresh");
+    assert_eq!(reused.tokens, fresh.tokens);
+}
+
+#[test]
+fn ngram_drafter_copies_what_followed_the_last_match() {
+    let drafter = NgramDrafter::default();
+    assert_eq!(drafter.propose(&[1, 2, 3, 4, 5, 1, 2, 3], 2), vec![4, 5], "trigram match");
+    assert_eq!(drafter.propose(&[9, 1, 2, 7, 8, 3, 1, 2], 3), vec![7, 8, 3], "bigram match, latest occurrence");
+    assert_eq!(drafter.propose(&[5, 6, 5, 7, 5], 4), vec![7, 5], "unigram: the latest 5 before the end");
+    assert_eq!(drafter.propose(&[1, 2, 3], 4), Vec::<u32>::new(), "no repeat, no guess");
+    assert_eq!(drafter.propose(&[4], 4), Vec::<u32>::new());
+}
