@@ -17,6 +17,9 @@
 //! * [`sparse`] — sparse prefill attention (MInference): per-head patterns (A-shape,
 //!   vertical-slash, block-sparse), their online index builders, and the block-sparse kernel
 //!   over key ranges + columns, with the mask emulator and masked-attention oracles.
+//! * [`token_select`] — sparse decode attention (TokenSelect): a per-layer soft vote of all
+//!   query heads picks the keys to attend (plus sinks and a recent window), attention runs
+//!   over just those keys, and a selection cache reuses the pick across similar queries.
 //!
 //! SIMD paths (AVX2 + FMA + F16C) are chosen at run time with
 //! [`simd::has_avx2_fma`]; every kernel has a portable scalar path. Work is spread over the
@@ -29,6 +32,7 @@ pub mod ops;
 pub mod quant;
 pub mod simd;
 pub mod sparse;
+pub mod token_select;
 
 pub use attention::{AttnShape, PagedKv, attention, attention_naive, merge_lse, tree_attention, tree_depths};
 pub use error::{KernelError, Result};

@@ -1,0 +1,128 @@
+//! The Selection Cache of §3.4: consecutive decode queries are often nearly parallel, and
+//! then their selections agree, so a layer reuses its last selection while the new query's
+//! cosine similarity to the query that produced it stays at or above a threshold θ.
+//!
+//! The cache keeps the *retrieved* part of a selection (sinks and voted keys, everything
+//! before that step's window) and rebuilds the window from the current length on every
+//! hit, so the newest keys are always attended. It is plain data: the caller passes the
+//! function that selects on a miss (normally [`super::select_tokens`]).
+
+use crate::error::{KernelError, Result};
+
+/// The paper's threshold (InfiniteBench / LongBench runs).
+pub const DEFAULT_THRESHOLD: f32 = 0.9;
+
+/// Per-layer cached selection with hit/miss counters. One per sequence; [`Self::clear`]
+/// it (or make a new one) when the sequence is replaced.
+#[derive(Debug, Clone)]
+pub struct SelectionCache {
+    /// Reuse while `cos(query, cached query) ≥ threshold`; in `[-1, 1]`. 1 reuses only for
+    /// a query parallel to the cached one, −1 always reuses after the first selection.
+    threshold: f32,
+    /// Indexed by layer; `None` until the layer's first selection.
+    layers: Vec<Option<Entry>>,
+    hits: u64,
+    misses: u64,
+}
+
+/// One layer's cached selection.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// The query that produced the selection — not updated on hits, so a slowly drifting
+    /// query eventually misses (as in the paper).
+    query: Vec<f32>,
+    /// The selection's keys before its window, sorted.
+    retrieved: Vec<u32>,
+    /// Cache length when selected; a shorter cache later means the sequence was rolled
+    /// back or replaced, and the entry may name keys that no longer exist.
+    len: usize,
+}
+
+impl SelectionCache {
+    /// An empty cache for `layers` layers. Errors unless `threshold` is in `[-1, 1]`.
+    pub fn new(layers: usize, threshold: f32) -> Result<Self> {
+        if !(-1.0..=1.0).contains(&threshold) {
+            return Err(KernelError::InvalidShape {
+                op: "selection cache",
+                detail: format!("cosine threshold {threshold} is outside [-1, 1]"),
+            });
+        }
+        Ok(Self { threshold, layers: vec![None; layers], hits: 0, misses: 0 })
+    }
+
+    /// The selection of `layer` for a cache of `len` keys whose last `window` keys are
+    /// always kept: the cached one, with the window moved to `len`, when `query` is within
+    /// the threshold of the cached query and the cache has not shrunk; otherwise `select()`,
+    /// whose result (sorted key indices) is cached with `query`.
+    ///
+    /// `query` is the layer's step query flattened to `n_heads · head_dim` (a chunk's mean
+    /// query); a zero vector has cosine 0 with everything. Errors on a layer out of range, a
+    /// query of a different length than the cached one, or when `select` errs.
+    pub fn get_or_select(
+        &mut self,
+        layer: usize,
+        query: &[f32],
+        len: usize,
+        window: usize,
+        select: impl FnOnce() -> Result<Vec<u32>>,
+    ) -> Result<Vec<u32>> {
+        const OP: &str = "selection cache";
+        let layers = self.layers.len();
+        let slot = self
+            .layers
+            .get_mut(layer)
+            .ok_or_else(|| KernelError::InvalidShape { op: OP, detail: format!("layer {layer} of {layers}") })?;
+        let keep_before = len.saturating_sub(window);
+        if let Some(entry) = slot {
+            if entry.query.len() != query.len() {
+                return Err(KernelError::LengthMismatch {
+                    op: OP,
+                    what: "query",
+                    got: query.len(),
+                    expected: entry.query.len(),
+                });
+            }
+            if len >= entry.len && cosine(query, &entry.query) >= f64::from(self.threshold) {
+                self.hits += 1;
+                let kept = entry.retrieved.partition_point(|&j| (j as usize) < keep_before);
+                let mut selected = Vec::with_capacity(kept + len - keep_before);
+                selected.extend_from_slice(&entry.retrieved[..kept]);
+                selected.extend(keep_before as u32..len as u32);
+                return Ok(selected);
+            }
+        }
+        self.misses += 1;
+        let selected = select()?;
+        let retrieved = selected[..selected.partition_point(|&j| (j as usize) < keep_before)].to_vec();
+        *slot = Some(Entry { query: query.to_vec(), retrieved, len });
+        Ok(selected)
+    }
+
+    /// Steps that reused a cached selection.
+    pub fn hits(&self) -> u64 {
+        self.hits
+    }
+
+    /// Steps that selected afresh (including each layer's first).
+    pub fn misses(&self) -> u64 {
+        self.misses
+    }
+
+    /// Forgets every layer's selection (a new sequence); the counters keep running.
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|entry| *entry = None);
+    }
+}
+
+/// Cosine similarity in f64; 0 when either vector is zero. Exactly 1 for identical vectors
+/// (a correctly rounded `√(s·s)` is `s`), so a threshold of 1 reuses a repeated query.
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    if aa == 0.0 || bb == 0.0 { 0.0 } else { ab / (aa * bb).sqrt() }
+}
