@@ -5,7 +5,11 @@
 //! contiguous keys. Kernels are generic over [`VecOps`] so the whole inner loop is compiled
 //! once with AVX2 enabled (inlined into a `#[target_feature]` entry) and once portable.
 
+use super::PagedKv;
 use crate::simd;
+
+/// Scattered keys gathered per batch by [`OnlineSoftmax::absorb_gathered`].
+pub(crate) const GATHER: usize = 64;
 
 /// Vector primitives of the inner loop.
 pub(crate) trait VecOps {
@@ -115,6 +119,35 @@ impl OnlineSoftmax {
         }
         self.l[r] += O::exp_sub_sum(sc, self.m[r]);
         O::accumulate(acc, sc, values, hd);
+    }
+
+    /// Folds scattered keys into every row: `keys` (sorted indices into KV head `kvh` of
+    /// `kv`) are gathered [`GATHER`] at a time into contiguous buffers — the
+    /// "permutation-invariant" trick of algorithms.md §1.3 — and row `r` (query `qs[r]`,
+    /// already scaled) takes those below `horizon(r)`.
+    #[inline(always)]
+    pub(crate) fn absorb_gathered<O: VecOps>(
+        &mut self,
+        qs: &[f32],
+        kv: &PagedKv<'_>,
+        kvh: usize,
+        keys: &[u32],
+        horizon: impl Fn(usize) -> usize,
+    ) {
+        let hd = self.hd;
+        let (mut k_buf, mut v_buf) = (vec![0f32; GATHER * hd], vec![0f32; GATHER * hd]);
+        for chunk in keys.chunks(GATHER) {
+            for (slot, &j) in chunk.iter().enumerate() {
+                k_buf[slot * hd..][..hd].copy_from_slice(kv.key(kvh, j as usize, hd));
+                v_buf[slot * hd..][..hd].copy_from_slice(kv.value(kvh, j as usize, hd));
+            }
+            for r in 0..self.m.len() {
+                let visible = chunk.partition_point(|&j| (j as usize) < horizon(r));
+                if visible > 0 {
+                    self.absorb::<O>(r, &qs[r * hd..][..hd], &k_buf[..visible * hd], &v_buf[..visible * hd]);
+                }
+            }
+        }
     }
 
     /// Normalizes every row.

@@ -7,7 +7,6 @@
 
 use rayon::prelude::*;
 
-use super::BLOCK;
 use super::index::{HeadIndex, QueryBlocks};
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 use crate::attention::online::Avx2;
@@ -148,20 +147,6 @@ fn item_generic<O: VecOps>(
         }
     }
 
-    let mut k_buf = vec![0f32; BLOCK * hd];
-    let mut v_buf = vec![0f32; BLOCK * hd];
-    for group in columns.chunks(BLOCK) {
-        for (slot, &c) in group.iter().enumerate() {
-            k_buf[slot * hd..][..hd].copy_from_slice(kv.key(kvh, c as usize, hd));
-            v_buf[slot * hd..][..hd].copy_from_slice(kv.value(kvh, c as usize, hd));
-        }
-        for r in 0..rows {
-            let horizon = (positions.start + r + 1) as u32;
-            let visible = group.partition_point(|&c| c < horizon);
-            if visible > 0 {
-                state.absorb::<O>(r, &qs[r * hd..][..hd], &k_buf[..visible * hd], &v_buf[..visible * hd]);
-            }
-        }
-    }
+    state.absorb_gathered::<O>(&qs, kv, kvh, columns, |r| positions.start + r + 1);
     state.finish::<O>()
 }

@@ -16,13 +16,11 @@ use rayon::prelude::*;
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 use crate::attention::online::Avx2;
-use crate::attention::online::{OnlineSoftmax, Partial, Scalar, VecOps};
+use crate::attention::online::{GATHER, OnlineSoftmax, Partial, Scalar, VecOps};
 use crate::attention::{AttnShape, PagedKv, merge_lse, validate};
 use crate::error::{KernelError, Result};
 use crate::simd;
 
-/// Keys gathered per step.
-const GATHER: usize = 64;
 /// Smallest run of selected keys worth a separate task.
 const MIN_SPLIT_KEYS: usize = 256;
 /// Below this many multiply-adds the whole call runs on the calling thread.
@@ -148,20 +146,7 @@ impl Gather<'_> {
             dst.iter_mut().zip(src).for_each(|(d, s)| *d = s * self.scale);
         }
         let mut state = OnlineSoftmax::new(rows, hd);
-        let (mut k_buf, mut v_buf) = (vec![0f32; GATHER * hd], vec![0f32; GATHER * hd]);
-        for chunk in keys.chunks(GATHER) {
-            for (slot, &j) in chunk.iter().enumerate() {
-                k_buf[slot * hd..][..hd].copy_from_slice(self.kv.key(kvh, j as usize, hd));
-                v_buf[slot * hd..][..hd].copy_from_slice(self.kv.value(kvh, j as usize, hd));
-            }
-            for r in 0..rows {
-                let horizon = first_pos + r / g + 1;
-                let visible = chunk.partition_point(|&j| (j as usize) < horizon);
-                if visible > 0 {
-                    state.absorb::<O>(r, &qs[r * hd..][..hd], &k_buf[..visible * hd], &v_buf[..visible * hd]);
-                }
-            }
-        }
+        state.absorb_gathered::<O>(&qs, self.kv, kvh, keys, |r| first_pos + r / g + 1);
         state.finish::<O>()
     }
 }
