@@ -67,34 +67,3 @@ pub fn attention_masked(
     }
     out
 }
-
-/// Mean over rows of the dense attention mass that `mask` keeps (§0.4 "attention recall"),
-/// for query head `h`; rows `from_row..nq` only.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_recall(
-    q: &[f32],
-    nq: usize,
-    kv: &PagedKv<'_>,
-    shape: &AttnShape,
-    h: usize,
-    scale: f32,
-    mask: &[u8],
-    from_row: usize,
-) -> f64 {
-    let (h_n, hd, len) = (shape.n_heads, shape.head_dim, kv.len);
-    let kvh = h / shape.group();
-    let first_pos = len - nq;
-    let mut total = 0f64;
-    for i in from_row..nq {
-        let qv = &q[(i * h_n + h) * hd..][..hd];
-        let logits: Vec<f64> = (0..=first_pos + i)
-            .map(|j| scale as f64 * qv.iter().zip(kv.key(kvh, j, hd)).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>())
-            .collect();
-        let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let weights: Vec<f64> = logits.iter().map(|z| (z - m).exp()).collect();
-        let sum: f64 = weights.iter().sum();
-        let kept: f64 = weights.iter().enumerate().filter(|(j, _)| mask[i * len + j] != 0).map(|(_, w)| w).sum();
-        total += kept / sum;
-    }
-    total / (nq - from_row).max(1) as f64
-}
