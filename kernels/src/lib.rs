@@ -20,6 +20,8 @@
 //! * [`token_select`] — sparse decode attention (TokenSelect): a per-layer soft vote of all
 //!   query heads picks the keys to attend (plus sinks and a recent window), attention runs
 //!   over just those keys, and a selection cache reuses the pick across similar queries.
+//! * [`cuda`] (features `nvrtc`, `cuda`) — the GPU twins of these kernels in CUDA C, compiled
+//!   at run time by NVRTC.
 //!
 //! SIMD paths (AVX2 + FMA + F16C) are chosen at run time with
 //! [`simd::has_avx2_fma`]; every kernel has a portable scalar path. Work is spread over the
@@ -27,6 +29,8 @@
 //! Every entry point validates shapes and returns [`KernelError`] instead of panicking.
 
 pub mod attention;
+#[cfg(feature = "nvrtc")]
+pub mod cuda;
 mod error;
 pub mod ops;
 pub mod quant;

@@ -1,0 +1,22 @@
+// Block gather/scatter between the paged KV pool and a contiguous staging buffer (the device
+// side of KV store transfers). Blocks are moved as 32-bit words, so any element type whose
+// block is a whole number of words (f32; f16/bf16 with an even element count) works. The CPU
+// twin is a per-block `copy_from_slice`.
+
+// staging[i] <- pool[block_ids[i]] for i < n. One thread per word.
+extern "C" __global__ void gather_blocks(const unsigned int* pool, const unsigned int* block_ids, int n,
+                                         int block_words, unsigned int* staging) {
+    const size_t w = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (w >= (size_t)n * block_words) return;
+    const size_t i = w / block_words, at = w % block_words;
+    staging[w] = pool[(size_t)block_ids[i] * block_words + at];
+}
+
+// pool[block_ids[i]] <- staging[i] for i < n (block ids distinct). One thread per word.
+extern "C" __global__ void scatter_blocks(const unsigned int* staging, const unsigned int* block_ids, int n,
+                                          int block_words, unsigned int* pool) {
+    const size_t w = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (w >= (size_t)n * block_words) return;
+    const size_t i = w / block_words, at = w % block_words;
+    pool[(size_t)block_ids[i] * block_words + at] = staging[w];
+}

@@ -1,0 +1,365 @@
+//! Every GPU kernel against its CPU twin, on random inputs of awkward sizes (1, 63, 64, 65,
+//! 1000 …). Device outputs are poisoned with NaN before each run, so an element a kernel fails
+//! to write is caught. Prints one line per check and a summary; exits 1 if any check fails.
+//!
+//! Tolerance: f32 outputs must agree to 1e-5 of the reference's largest magnitude; the KV codec
+//! and block copies must agree bit for bit (the codec's reference is the KV store's own
+//! per-group arithmetic). Needs a GPU: `scripts/gpu-check` runs the prebuilt binary.
+//!
+//! `cargo build --release -p lcserve-kernels --features cuda --example gpu_check`
+
+use std::process::ExitCode;
+
+use cudarc::driver::CudaSlice;
+use lcserve_kernels::cuda::{self, Device, DevicePagedKv, KvBits, KvLayout, KvSide, RopeStyle};
+use lcserve_kernels::sparse::{HeadIndex, QueryBlocks};
+use lcserve_kernels::token_select::{TokenSelection, select_tokens, selected_attention};
+use lcserve_kernels::{AttnShape, PagedKv, attention, merge_lse, ops, sparse, tree_attention};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+type Check = Result<(), Box<dyn std::error::Error>>;
+/// One group of checks.
+type Section = fn(&Device, &mut StdRng, &mut Report) -> Check;
+
+const SIZES: [usize; 5] = [1, 63, 64, 65, 1000];
+const TOLERANCE: f32 = 1e-5;
+
+struct Report {
+    failures: usize,
+    checks: usize,
+}
+
+impl Report {
+    /// Records `name`: its result, or the largest normalized error of `gpu` against `cpu`.
+    fn compare(&mut self, name: &str, gpu: &[f32], cpu: &[f32]) {
+        let scale = cpu.iter().filter(|v| v.is_finite()).fold(1e-30f32, |m, v| m.max(v.abs()));
+        let mut worst = 0f32;
+        let mut bad = gpu.len() != cpu.len();
+        for (&g, &c) in gpu.iter().zip(cpu) {
+            if g == c {
+                continue; // also equal infinities (empty rows' lse)
+            }
+            let err = (g - c).abs() / scale;
+            bad |= !err.is_finite() || err > TOLERANCE;
+            worst = if err.is_nan() { f32::INFINITY } else { worst.max(err) };
+        }
+        self.record(name, !bad, &format!("max err {worst:.2e}"));
+    }
+
+    fn record(&mut self, name: &str, ok: bool, detail: &str) {
+        self.checks += 1;
+        self.failures += usize::from(!ok);
+        println!("{} {name:<58} {detail}", if ok { "ok  " } else { "FAIL" });
+    }
+}
+
+fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn poisoned(device: &Device, n: usize) -> Result<CudaSlice<f32>, cuda::CudaError> {
+    device.upload(&vec![f32::NAN; n])
+}
+
+/// A KV pool of `blocks` blocks and a shuffled block table over it.
+struct Pool {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    table: Vec<u32>,
+    block_len: usize,
+}
+
+impl Pool {
+    fn new(rng: &mut StdRng, len: usize, block_size: usize, shape: &AttnShape) -> Self {
+        let blocks = len.div_ceil(block_size) + 2;
+        let block_len = shape.n_kv_heads * block_size * shape.head_dim;
+        let mut table: Vec<u32> = (0..blocks as u32).collect();
+        for i in (1..table.len()).rev() {
+            table.swap(i, rng.random_range(0..=i));
+        }
+        Self { k: random(rng, blocks * block_len), v: random(rng, blocks * block_len), table, block_len }
+    }
+
+    fn blocks<'a>(&self, pool: &'a [f32]) -> Vec<&'a [f32]> {
+        self.table.iter().map(|&b| &pool[b as usize * self.block_len..][..self.block_len]).collect()
+    }
+}
+
+fn check_ops(device: &Device, rng: &mut StdRng, report: &mut Report) -> Check {
+    for d in SIZES {
+        let (x, w) = (random(rng, 3 * d), random(rng, d));
+        let mut cpu = vec![0.0; x.len()];
+        ops::rms_norm(&x, &w, 1e-5, &mut cpu)?;
+        let mut out = poisoned(device, x.len())?;
+        cuda::rms_norm(device, &device.upload(&x)?, &device.upload(&w)?, 1e-5, &mut out)?;
+        report.compare(&format!("rms_norm 3x{d}"), &device.download(&out)?, &cpu);
+
+        let (gate, up) = (random(rng, d), random(rng, d));
+        let mut cpu = vec![0.0; d];
+        ops::silu_mul(&gate, &up, &mut cpu)?;
+        let mut out = poisoned(device, d)?;
+        cuda::silu_mul(device, &device.upload(&gate)?, &device.upload(&up)?, &mut out)?;
+        report.compare(&format!("silu_mul {d}"), &device.download(&out)?, &cpu);
+    }
+    for (head_dim, pairs) in [(64, 32), (130, 65), (128, 16)] {
+        let inv_freq: Vec<f32> = (0..pairs).map(|i| 10000f32.powf(-(2 * i) as f32 / (2 * pairs) as f32)).collect();
+        let table = ops::RopeTable::new(&inv_freq, 1000);
+        let device_table = cuda::DeviceRope::new(device, &table)?;
+        let positions: Vec<u32> = [0, 1, 63, 64, 65, 999].into();
+        let positions_usize: Vec<usize> = positions.iter().map(|&p| p as usize).collect();
+        for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
+            let x = random(rng, positions.len() * 3 * head_dim);
+            let mut cpu = x.clone();
+            match style {
+                RopeStyle::Interleaved => ops::rope_interleaved(&mut cpu, 3, head_dim, &positions_usize, &table)?,
+                RopeStyle::Neox => ops::rope_neox(&mut cpu, 3, head_dim, &positions_usize, &table)?,
+            }
+            let mut gpu = device.upload(&x)?;
+            cuda::rope(device, style, &mut gpu, 3, head_dim, &positions, &device_table)?;
+            report.compare(&format!("rope {style:?} hd {head_dim} pairs {pairs}"), &device.download(&gpu)?, &cpu);
+        }
+    }
+    Ok(())
+}
+
+/// One attention problem: a pool, its CPU view and device copies.
+struct Problem {
+    shape: AttnShape,
+    pool: Pool,
+    block_size: usize,
+    len: usize,
+    k: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+}
+
+impl Problem {
+    fn new(device: &Device, rng: &mut StdRng, shape: AttnShape, len: usize) -> Result<Self, cuda::CudaError> {
+        let block_size = 16;
+        let pool = Pool::new(rng, len, block_size, &shape);
+        let (k, v) = (device.upload(&pool.k)?, device.upload(&pool.v)?);
+        Ok(Self { shape, pool, block_size, len, k, v })
+    }
+
+    fn device_kv(&self, device: &Device) -> Result<DevicePagedKv<'_>, cuda::CudaError> {
+        DevicePagedKv::new(device, (&self.k, &self.v), &self.pool.table, self.block_size, self.len, self.shape)
+    }
+
+    /// Runs `cpu` on the host view of the pool.
+    fn on_cpu<T>(&self, cpu: impl FnOnce(&PagedKv<'_>) -> T) -> T {
+        let (kb, vb) = (self.pool.blocks(&self.pool.k), self.pool.blocks(&self.pool.v));
+        cpu(&PagedKv { k_blocks: &kb, v_blocks: &vb, block_size: self.block_size, len: self.len })
+    }
+
+    fn rows(&self, nq: usize) -> usize {
+        nq * self.shape.n_heads
+    }
+}
+
+fn check_attention(device: &Device, rng: &mut StdRng, report: &mut Report) -> Check {
+    for head_dim in [1, 63, 64, 65, 128, 256] {
+        for len in SIZES {
+            let shape = AttnShape { n_heads: 6, n_kv_heads: 2, head_dim };
+            let p = Problem::new(device, rng, shape, len)?;
+            let kv = p.device_kv(device)?;
+            let scale = 1.0 / (head_dim as f32).sqrt();
+            for nq in [1, len.min(65), len] {
+                let q = random(rng, p.rows(nq) * head_dim);
+                let (mut cpu, mut cpu_lse) = (vec![0.0; q.len()], vec![0.0; p.rows(nq)]);
+                p.on_cpu(|kv| attention(&q, nq, kv, &shape, scale, &mut cpu, Some(&mut cpu_lse)))?;
+                for splits in [1, 4] {
+                    let (mut out, mut lse) = (poisoned(device, q.len())?, poisoned(device, p.rows(nq))?);
+                    cuda::attention(device, &device.upload(&q)?, nq, &kv, scale, splits, &mut out, Some(&mut lse))?;
+                    let name = format!("attention hd {head_dim} len {len} nq {nq} splits {splits}");
+                    report.compare(&name, &device.download(&out)?, &cpu);
+                    report.compare(&format!("{name} lse"), &device.download(&lse)?, &cpu_lse);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_tree_and_merge(device: &Device, rng: &mut StdRng, report: &mut Report) -> Check {
+    let shape = AttnShape { n_heads: 8, n_kv_heads: 2, head_dim: 64 };
+    for (prefix, nodes) in [(0, 1), (63, 7), (1000, 65)] {
+        let parents: Vec<Option<usize>> = (0..nodes)
+            .map(|i| if i == 0 { None } else { Some(rng.random_range(0..i)).filter(|_| i % 5 != 0) })
+            .collect();
+        let p = Problem::new(device, rng, shape, prefix + nodes)?;
+        let kv = p.device_kv(device)?;
+        let q = random(rng, p.rows(nodes) * 64);
+        let (mut cpu, mut cpu_lse) = (vec![0.0; q.len()], vec![0.0; p.rows(nodes)]);
+        p.on_cpu(|kv| tree_attention(&q, &parents, kv, &shape, 0.125, &mut cpu, Some(&mut cpu_lse)))?;
+        let (mut out, mut lse) = (poisoned(device, q.len())?, poisoned(device, p.rows(nodes))?);
+        cuda::tree_attention(device, &device.upload(&q)?, &parents, &kv, 0.125, 3, &mut out, Some(&mut lse))?;
+        report.compare(&format!("tree_attention prefix {prefix} nodes {nodes}"), &device.download(&out)?, &cpu);
+        report.compare(&format!("tree_attention prefix {prefix} nodes {nodes} lse"), &device.download(&lse)?, &cpu_lse);
+    }
+    for (rows, d) in [(1, 1), (63, 64), (65, 128), (1000, 65)] {
+        let (mut acc_o, part_o) = (random(rng, rows * d), random(rng, rows * d));
+        let mut acc_lse: Vec<f32> =
+            (0..rows).map(|r| if r % 7 == 3 { f32::NEG_INFINITY } else { rng.random_range(-3.0..3.0) }).collect();
+        let part_lse: Vec<f32> =
+            (0..rows).map(|r| if r % 11 == 5 { f32::NEG_INFINITY } else { rng.random_range(-3.0..3.0) }).collect();
+        let (mut gpu_o, mut gpu_lse) = (device.upload(&acc_o)?, device.upload(&acc_lse)?);
+        merge_lse(&mut acc_o, &mut acc_lse, &part_o, &part_lse)?;
+        cuda::merge_lse(device, &mut gpu_o, &mut gpu_lse, &device.upload(&part_o)?, &device.upload(&part_lse)?)?;
+        report.compare(&format!("merge_lse {rows}x{d}"), &device.download(&gpu_o)?, &acc_o);
+        report.compare(&format!("merge_lse {rows}x{d} lse"), &device.download(&gpu_lse)?, &acc_lse);
+    }
+    Ok(())
+}
+
+/// A random valid index: a sink range plus sorted random columns before each block's end.
+fn random_index(rng: &mut StdRng, blocks: &QueryBlocks) -> HeadIndex {
+    let mut index = HeadIndex::with_capacity(blocks.count());
+    for t in 0..blocks.count() {
+        let end = blocks.positions(t).end as u32;
+        let sink = end.min(4);
+        let mut columns: Vec<u32> = (sink..end).filter(|_| rng.random_bool(0.2)).collect();
+        columns.dedup();
+        index.push_block(&[(0, sink)], &columns);
+    }
+    index
+}
+
+fn check_sparse_and_selection(device: &Device, rng: &mut StdRng, report: &mut Report) -> Check {
+    let shape = AttnShape { n_heads: 4, n_kv_heads: 2, head_dim: 64 };
+    for len in SIZES {
+        let p = Problem::new(device, rng, shape, len)?;
+        let kv = p.device_kv(device)?;
+        for nq in [1, len.min(65), len] {
+            let blocks = QueryBlocks::new(nq, len);
+            let heads: Vec<HeadIndex> =
+                (0..4).map(|h| if h == 0 { HeadIndex::dense(&blocks) } else { random_index(rng, &blocks) }).collect();
+            let q = random(rng, p.rows(nq) * 64);
+            let (mut cpu, mut cpu_lse) = (vec![0.0; q.len()], vec![0.0; p.rows(nq)]);
+            p.on_cpu(|kv| sparse::sparse_attention(&q, nq, kv, &shape, 0.125, &heads, &mut cpu, Some(&mut cpu_lse)))?;
+            let (mut out, mut lse) = (poisoned(device, q.len())?, poisoned(device, p.rows(nq))?);
+            cuda::sparse_attention(device, &device.upload(&q)?, nq, &kv, 0.125, &heads, &mut out, Some(&mut lse))?;
+            report.compare(&format!("sparse_attention len {len} nq {nq}"), &device.download(&out)?, &cpu);
+            report.compare(&format!("sparse_attention len {len} nq {nq} lse"), &device.download(&lse)?, &cpu_lse);
+        }
+        let cfg = TokenSelection { budget: 37, sink: 3, window: 9 };
+        for nq in [1, 2] {
+            if nq > len {
+                continue;
+            }
+            let q = random(rng, p.rows(nq) * 64);
+            let cpu_selected = p.on_cpu(|kv| select_tokens(&q, nq, kv, &shape, &cfg))?;
+            let q_dev = device.upload(&q)?;
+            let selected = cuda::select_tokens(device, &q_dev, nq, &kv, &cfg)?;
+            let gpu_selected = device.download(&selected)?;
+            let same = gpu_selected == cpu_selected;
+            report.record(&format!("select_tokens len {len} nq {nq}"), same, &format!("{} keys", gpu_selected.len()));
+            let (mut cpu, mut cpu_lse) = (vec![0.0; q.len()], vec![0.0; p.rows(nq)]);
+            p.on_cpu(|kv| selected_attention(&q, nq, kv, &shape, 0.125, &cpu_selected, &mut cpu, Some(&mut cpu_lse)))?;
+            let cpu_list = device.upload(&cpu_selected)?;
+            let (mut out, mut lse) = (poisoned(device, q.len())?, poisoned(device, p.rows(nq))?);
+            cuda::selected_attention(device, &q_dev, nq, &kv, &cpu_list, 0.125, 2, &mut out, Some(&mut lse))?;
+            report.compare(&format!("selected_attention len {len} nq {nq}"), &device.download(&out)?, &cpu);
+            report.compare(&format!("selected_attention len {len} nq {nq} lse"), &device.download(&lse)?, &cpu_lse);
+        }
+    }
+    Ok(())
+}
+
+/// The quantization group of element `e` of a side (the grouping of kv_codec.cu).
+fn group_of(layout: &KvLayout, e: usize) -> usize {
+    let KvLayout { block_size, dim, group, side, .. } = *layout;
+    let (row, channel) = (e / dim, e % dim);
+    match side {
+        KvSide::Values => row * dim.div_ceil(group) + channel / group,
+        KvSide::Keys => ((row / block_size) * block_size.div_ceil(group) + (row % block_size) / group) * dim + channel,
+    }
+}
+
+/// The value of f16 bits (finite).
+fn f16(bits: u16) -> f32 {
+    half::f16::from_bits(bits).to_f32()
+}
+
+/// The codec's contract (algorithms.md §5.4): every element within half a stored step of its
+/// reconstruction, re-encoding a reconstruction gives the same codes, an odd int4 count pads with
+/// a zero nibble.
+fn check_codec(device: &Device, layout: &KvLayout, x: &[f32]) -> Result<(bool, String), cuda::CudaError> {
+    let encoded = cuda::kv_encode(device, layout, &device.upload(x)?)?;
+    let (codes, mins, steps) =
+        (device.download(&encoded.codes)?, device.download(&encoded.mins)?, device.download(&encoded.steps)?);
+    let mut decoded = poisoned(device, layout.elements())?;
+    cuda::kv_decode(device, layout, &encoded, &mut decoded)?;
+    let decoded = device.download(&decoded)?;
+    let mut worst = 0f32;
+    for (e, (&v, &d)) in x.iter().zip(&decoded).enumerate() {
+        let g = group_of(layout, e);
+        let allowed = f16(steps[g]) / 2.0 + f16(mins[g]).abs().max(v.abs()) * 1e-6;
+        worst = worst.max((v - d).abs() / allowed);
+    }
+    let again = cuda::kv_encode(device, layout, &device.upload(&decoded)?)?;
+    let idempotent = device.download(&again.codes)? == codes;
+    let odd_four = layout.bits == KvBits::Four && layout.elements() % 2 == 1;
+    let padding = !odd_four || codes.last().is_some_and(|&b| b >> 4 == 0);
+    let ok = worst <= 1.0 && idempotent && padding;
+    Ok((ok, format!("error/(step/2) {worst:.3}, idempotent {idempotent}, padding {padding}")))
+}
+
+fn check_kv(device: &Device, rng: &mut StdRng, report: &mut Report) -> Check {
+    for (block_size, dim, group) in [(1, 1, 32), (63, 65, 32), (64, 64, 32), (65, 63, 16)] {
+        for side in [KvSide::Keys, KvSide::Values] {
+            for bits in [KvBits::Eight, KvBits::Four] {
+                let layout = KvLayout { kv_heads: 3, block_size, dim, group, side, bits };
+                let x: Vec<f32> = random(rng, layout.elements()).iter().map(|v| v * 7.0 + 2.0).collect();
+                let (ok, detail) = check_codec(device, &layout, &x)?;
+                report.record(&format!("kv codec {side:?} {bits:?} 3x{block_size}x{dim} g{group}"), ok, &detail);
+            }
+        }
+    }
+    for blocks in [1, 63, 65] {
+        let block_len = 2 * 16 * 64;
+        let pool = random(rng, (blocks + 3) * block_len);
+        let ids: Vec<u32> = (0..blocks as u32).rev().map(|b| b + 3).collect();
+        let expected: Vec<f32> =
+            ids.iter().flat_map(|&b| pool[b as usize * block_len..][..block_len].to_vec()).collect();
+        let pool_dev = device.upload(&pool)?;
+        let mut staging = poisoned(device, ids.len() * block_len)?;
+        cuda::gather_blocks(device, &pool_dev, block_len, &ids, &mut staging)?;
+        let gathered = device.download(&staging)?;
+        report.record(&format!("gather_blocks {blocks}"), gathered == expected, "bit-exact");
+        let mut target = poisoned(device, pool.len())?;
+        cuda::scatter_blocks(device, &staging, block_len, &ids, &mut target)?;
+        let scattered = device.download(&target)?;
+        let placed = ids
+            .iter()
+            .all(|&b| scattered[b as usize * block_len..][..block_len] == pool[b as usize * block_len..][..block_len]);
+        report.record(&format!("scatter_blocks {blocks}"), placed, "bit-exact");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let device = match Device::new(0) {
+        Ok(device) => device,
+        Err(e) => {
+            eprintln!("gpu_check: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("device: {} ({})", device.name().unwrap_or_else(|e| e.to_string()), device.arch());
+    let mut rng = StdRng::seed_from_u64(8);
+    let mut report = Report { failures: 0, checks: 0 };
+    let sections: [(&str, Section); 5] = [
+        ("ops", check_ops),
+        ("attention", check_attention),
+        ("tree + merge", check_tree_and_merge),
+        ("sparse + selection", check_sparse_and_selection),
+        ("kv", check_kv),
+    ];
+    for (name, section) in sections {
+        if let Err(e) = section(&device, &mut rng, &mut report) {
+            report.record(name, false, &format!("error: {e}"));
+        }
+    }
+    println!("{} checks, {} failed", report.checks, report.failures);
+    if report.failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}

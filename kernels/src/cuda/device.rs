@@ -1,0 +1,102 @@
+//! One GPU: its CUDA context and stream, and its kernels, loaded on first use from PTX compiled
+//! for the device's architecture (a process-wide [`PtxCache`], so devices of one architecture
+//! share each compilation).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError};
+
+use super::catalogue::kernel;
+use super::compile::{Arch, Compiler, PtxCache};
+use super::error::{CudaError, Result};
+
+/// Whether the CUDA driver library can be loaded (an NVIDIA driver is installed).
+pub fn driver_available() -> bool {
+    // SAFETY: probing opens and closes the library by name; libcuda's initializers have no
+    // preconditions.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+pub(crate) fn driver(e: DriverError) -> CudaError {
+    CudaError::Driver(e.to_string())
+}
+
+/// A GPU with its stream and loaded kernel modules.
+#[derive(Debug)]
+pub struct Device {
+    context: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    arch: Arch,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+}
+
+impl Device {
+    /// Opens GPU `ordinal`. Errors, without panicking, when there is no driver or no such GPU.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if !driver_available() {
+            return Err(CudaError::DriverMissing);
+        }
+        let context = CudaContext::new(ordinal).map_err(driver)?;
+        let (major, minor) = context.compute_capability().map_err(driver)?;
+        let arch = Arch { major: major as u32, minor: minor as u32 };
+        let stream = context.default_stream();
+        Ok(Self { context, stream, arch, modules: Mutex::new(HashMap::new()) })
+    }
+
+    /// The device's architecture, which its kernels are compiled for.
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// The device's name, e.g. "NVIDIA H200".
+    pub fn name(&self) -> Result<String> {
+        self.context.name().map_err(driver)
+    }
+
+    /// The stream every launch of this device goes to.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Entry point `entry` of the catalogue kernel `name`, compiled and loaded on first use.
+    pub fn function(&self, name: &str, entry: &str) -> Result<CudaFunction> {
+        let unknown = || CudaError::InvalidArgument { op: "Device::function", detail: format!("no kernel {name}") };
+        let kernel = kernel(name).ok_or_else(unknown)?;
+        if !kernel.entry_points.contains(&entry) {
+            return Err(CudaError::InvalidArgument {
+                op: "Device::function",
+                detail: format!("{} has no entry point {entry}", kernel.file),
+            });
+        }
+        let module = {
+            let mut modules = self.modules.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match modules.get(kernel.name) {
+                Some(module) => Arc::clone(module),
+                None => {
+                    static PTX: OnceLock<PtxCache> = OnceLock::new();
+                    let ptx = PTX.get_or_init(|| PtxCache::new(Compiler::from_env())).get(kernel, self.arch)?;
+                    let module = self.context.load_module((*ptx).clone()).map_err(driver)?;
+                    modules.insert(kernel.name, Arc::clone(&module));
+                    module
+                }
+            }
+        };
+        module.load_function(entry).map_err(driver)
+    }
+
+    /// Copies `host` into a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        self.stream.clone_htod(host).map_err(driver)
+    }
+
+    /// Copies `buffer` back to the host (waits for the stream).
+    pub fn download<T: DeviceRepr>(&self, buffer: &CudaSlice<T>) -> Result<Vec<T>> {
+        self.stream.clone_dtoh(buffer).map_err(driver)
+    }
+
+    /// Waits for every launch and copy queued on the stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(driver)
+    }
+}

@@ -1,0 +1,56 @@
+//! The GPU path: CUDA C kernels compiled at run time by NVRTC, each the twin of a CPU kernel of
+//! this crate.
+//!
+//! * [`catalogue`] — every kernel of `kernels/cuda/*.cu`: name, source, entry points.
+//! * [`compile`] — [`compile_ptx`] through cudarc's dynamically loaded NVRTC ([`Compiler`] for
+//!   include directories, [`load_nvrtc`] for a library outside the loader's paths) and the
+//!   [`PtxCache`] keyed by kernel and architecture.
+//!
+//!
+//! With feature `cuda`, the device runtime (f32 launchers, each validating its arguments and
+//! returning [`CudaError`] rather than panicking):
+//!
+//! * [`device`] — a [`Device`]: context, stream, kernels loaded per device from the PTX cache.
+//! * [`ops`] — [`rms_norm`], [`rope`], [`silu_mul`].
+//! * [`attention`] — [`DevicePagedKv`] (a pool of blocks + a block table) and [`attention()`]
+//!   (prefill and split-key decode), [`tree_attention`], [`selected_attention`],
+//!   [`sparse_attention`], [`merge_lse`].
+//! * [`select`] — [`select_tokens`], TokenSelect's scoring, soft vote and top-k.
+//! * [`kv`] — the KV store's int8/int4 codecs ([`kv_encode`], [`kv_decode`]) and block
+//!   [`gather_blocks`] / [`scatter_blocks`].
+//!
+//! Feature `nvrtc` builds the first two (no CUDA needed to build or to compile kernels); feature
+//! `cuda` adds the device runtime on top. cudarc loads every CUDA library at run time, so both
+//! build and link on machines without CUDA, and a missing library is a [`CudaError`].
+
+#[cfg(feature = "cuda")]
+pub mod attention;
+pub mod catalogue;
+pub mod compile;
+#[cfg(feature = "cuda")]
+pub mod device;
+mod error;
+#[cfg(feature = "cuda")]
+pub mod kv;
+#[cfg(feature = "cuda")]
+mod launch;
+#[cfg(feature = "cuda")]
+pub mod ops;
+#[cfg(feature = "cuda")]
+pub mod select;
+
+#[cfg(feature = "cuda")]
+pub use attention::{
+    DevicePagedKv, MAX_HEAD_DIM, attention, merge_lse, selected_attention, sparse_attention, tree_attention,
+};
+pub use catalogue::{KERNELS, Kernel, kernel};
+pub use compile::{Arch, Compiler, PtxCache, compile_ptx, load_nvrtc, nvrtc_available};
+#[cfg(feature = "cuda")]
+pub use device::{Device, driver_available};
+pub use error::{CudaError, Result};
+#[cfg(feature = "cuda")]
+pub use kv::{EncodedSide, KvBits, KvLayout, KvSide, gather_blocks, kv_decode, kv_encode, scatter_blocks};
+#[cfg(feature = "cuda")]
+pub use ops::{DeviceRope, RopeStyle, rms_norm, rope, silu_mul};
+#[cfg(feature = "cuda")]
+pub use select::select_tokens;
