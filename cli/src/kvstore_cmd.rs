@@ -6,6 +6,8 @@ use anyhow::Context;
 use clap::Args;
 use lcserve_kvstore::{KvStoreConfig, RedisTierConfig};
 
+use crate::worker_cmd::{MetricsArgs, ctrl_c};
+
 #[derive(Debug, Args)]
 pub struct KvStoreArgs {
     /// Address to serve gRPC on.
@@ -33,6 +35,8 @@ pub struct KvStoreArgs {
     /// used blocks first. Unset: no per-tenant quota.
     #[arg(long, env = "LCSERVE_KVSTORE_TENANT_QUOTA_BYTES")]
     tenant_quota_bytes: Option<usize>,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 impl KvStoreArgs {
@@ -63,10 +67,8 @@ pub fn run(args: KvStoreArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding --listen {}", args.listen))?;
         eprintln!("kvstore listening on {}", listener.local_addr()?);
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
-        lcserve_kvstore::run(config, listener, shutdown).await?;
+        let metrics = args.metrics.bind().await?;
+        lcserve_kvstore::run_with_metrics(config, listener, metrics, ctrl_c()).await?;
         Ok(())
     })
 }
@@ -112,6 +114,15 @@ mod tests {
         let config = config(&["--capacity-bytes", "1048576"]);
         assert!(config.redis.is_none());
         assert_eq!((config.capacity_bytes, config.tenant_quota_bytes), (1 << 20, None));
+    }
+
+    #[test]
+    fn metrics_listen_is_optional() {
+        let parse = |flags: &[&str]| {
+            Cli::try_parse_from(std::iter::once("kvstore").chain(flags.iter().copied())).expect("parses").args.metrics
+        };
+        assert_eq!(parse(&[]).metrics_listen, None);
+        assert_eq!(parse(&["--metrics-listen", "0.0.0.0:9091"]).metrics_listen.as_deref(), Some("0.0.0.0:9091"));
     }
 
     #[test]

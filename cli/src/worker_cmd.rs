@@ -50,6 +50,28 @@ impl StoreArgs {
     }
 }
 
+/// Where a service serves Prometheus `GET /metrics` (workers and the kvstore; the router serves
+/// it on its HTTP address).
+#[derive(Debug, Clone, Args)]
+pub struct MetricsArgs {
+    /// Address to serve Prometheus `GET /metrics` on (e.g. `0.0.0.0:9090`); unset: no metrics
+    /// listener.
+    #[arg(long, env = "LCSERVE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+}
+
+impl MetricsArgs {
+    /// The bound metrics listener, if one was asked for.
+    pub async fn bind(&self) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+        let Some(address) = &self.metrics_listen else { return Ok(None) };
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding --metrics-listen {address}"))?;
+        eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
+        Ok(Some(listener))
+    }
+}
+
 /// Everything a worker needs to run its model: model, engine and store flags.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerFlags {
@@ -74,6 +96,8 @@ pub struct WorkerArgs {
     /// The model's public name [default: the model file's name].
     #[arg(long, env = "LCSERVE_MODEL_ID")]
     model_id: Option<String>,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 pub fn run(role: Role, args: WorkerArgs) -> anyhow::Result<()> {
@@ -88,7 +112,20 @@ pub fn run(role: Role, args: WorkerArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding --listen {}", args.listen))?;
         eprintln!("{} worker listening on {}", role.name(), listener.local_addr()?);
-        lcserve_worker::run(Arc::clone(&worker), listener, ctrl_c()).await?;
+        let metrics = args.metrics.bind().await?;
+        let serving = {
+            let worker = Arc::clone(&worker);
+            async move { lcserve_worker::run(worker, listener, ctrl_c()).await.map_err(anyhow::Error::from) }
+        };
+        match metrics {
+            Some(metrics) => {
+                let metrics = async {
+                    lcserve_kvstore::serve_metrics(metrics, worker, ctrl_c()).await.context("serving /metrics")
+                };
+                tokio::try_join!(serving, metrics)?;
+            }
+            None => serving.await?,
+        }
         Ok(())
     })
 }

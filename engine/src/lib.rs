@@ -21,6 +21,8 @@
 //!   speculative sampling, i.i.d. and without-replacement multi-draft trees, deterministic drafts).
 //! - [`Sampler`] turns logits into tokens (greedy, temperature, top-k/p, min-p, penalties,
 //!   seeds, logprobs).
+//! - [`StepTimesSnapshot`] (`step_times`): a histogram of step durations the engine thread
+//!   keeps in atomics, read by [`EngineHandle::step_times`] without a round trip.
 //!
 //! Nothing here touches the network: services wrap an [`EngineHandle`].
 
@@ -34,6 +36,7 @@ mod sampler;
 mod scheduler;
 mod sequence;
 pub mod speculative;
+mod step_times;
 mod stop_text;
 
 pub use block_allocator::{BlockAllocator, BlockAllocatorError, PoolExhausted};
@@ -46,3 +49,4 @@ pub use request::{EngineEvent, FinishReason, GenerateRequest, StopConditions, Ti
 pub use sampler::{InvalidSamplingParam, SampleError, SampledToken, Sampler, SamplingParams};
 pub use scheduler::EngineStats;
 pub use speculative::{DEFAULT_DRAFT_TOKENS, Drafter, NgramDrafter, Speculation};
+pub use step_times::StepTimesSnapshot;

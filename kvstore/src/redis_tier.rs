@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lcserve_common::SequenceHash;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::Error;
@@ -100,6 +101,14 @@ pub struct RedisTier {
     ttl_ms: u64,
     op_timeout: Duration,
     stats: Arc<TierCounters>,
+    /// Seconds per command or pipeline, failed and timed-out ones included.
+    latency: Histogram,
+}
+
+/// Buckets of [`RedisTier::latency`]: 0.1 ms doubling to ~0.4 s, past any sane operation
+/// timeout (50 ms by default).
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 13))
 }
 
 impl RedisTier {
@@ -129,6 +138,7 @@ impl RedisTier {
             ttl_ms,
             op_timeout: config.op_timeout,
             stats: Arc::default(),
+            latency: latency_histogram(),
         })
     }
 
@@ -142,11 +152,20 @@ impl RedisTier {
         self.stats.snapshot()
     }
 
+    /// The latency histogram of Redis operations (a handle: clones observe the same
+    /// buckets), for a metrics registry.
+    pub fn latency(&self) -> Histogram {
+        self.latency.clone()
+    }
+
     /// Runs one command or pipeline under the operation timeout; `None` (counted) on error or
-    /// timeout.
+    /// timeout. Its latency is observed either way.
     async fn run<T: redis::FromRedisValue>(&self, query: impl Query) -> Option<T> {
         let mut conn = self.conn.clone();
-        self.stats.bounded(self.op_timeout, query.query(&mut conn)).await
+        let started = std::time::Instant::now();
+        let result = self.stats.bounded(self.op_timeout, query.query(&mut conn)).await;
+        self.latency.observe(started.elapsed().as_secs_f64());
+        result
     }
 }
 

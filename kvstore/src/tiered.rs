@@ -111,6 +111,8 @@ pub struct TieredStats {
     pub host_hits: u64,
     pub host_misses: u64,
     pub host_bytes_read: u64,
+    /// Bytes of blocks written into the host tier: puts and promoted shared hits.
+    pub host_bytes_written: u64,
     pub shared_hits: u64,
     pub shared_misses: u64,
     pub shared_bytes_read: u64,
@@ -132,6 +134,7 @@ struct Counters {
     host_hits: AtomicU64,
     host_misses: AtomicU64,
     host_bytes_read: AtomicU64,
+    host_bytes_written: AtomicU64,
     shared_hits: AtomicU64,
     shared_misses: AtomicU64,
     shared_bytes_read: AtomicU64,
@@ -250,6 +253,7 @@ impl<S: Tier> TieredStore<S> {
             let inserted = self.host.insert(*hash, block.clone());
             fetched.evicted.extend(inserted.evicted);
             add(&self.stats.promoted, 1);
+            add(&self.stats.host_bytes_written, block.len());
             fetched.blocks.push(block);
             fetched.sources.push(TierKind::Shared);
         }
@@ -307,6 +311,7 @@ impl<S: Tier> TieredStore<S> {
 
     /// Inserts every block into the host tier; returns the blocks evicted for them.
     fn insert_host(&self, blocks: &Blocks) -> Vec<BlockRemoved> {
+        add(&self.stats.host_bytes_written, bytes_of(blocks.iter().map(|(_, block)| block)));
         blocks.iter().flat_map(|(hash, block)| self.host.insert(*hash, block.clone()).evicted).collect()
     }
 
@@ -318,6 +323,7 @@ impl<S: Tier> TieredStore<S> {
             host_hits: load(&s.host_hits),
             host_misses: load(&s.host_misses),
             host_bytes_read: load(&s.host_bytes_read),
+            host_bytes_written: load(&s.host_bytes_written),
             shared_hits: load(&s.shared_hits),
             shared_misses: load(&s.shared_misses),
             shared_bytes_read: load(&s.shared_bytes_read),

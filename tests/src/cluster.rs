@@ -1,4 +1,6 @@
-//! [`Cluster`]: kvstore (+ Redis), workers and router, each on its own runtime.
+//! [`Cluster`]: kvstore (+ Redis), workers and router, each on its own runtime. The kvstore and
+//! every worker also serve Prometheus `GET /metrics` on a port of their own, as `lcserve
+//! kvstore|prefill|decode --metrics-listen` does; the router serves it on its HTTP address.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +58,8 @@ impl Default for ClusterConfig {
 #[allow(missing_debug_implementations)]
 pub struct Node {
     pub url: String,
+    /// Where the worker serves `GET /metrics`.
+    pub metrics: SocketAddr,
     pub worker: Arc<Worker>,
     runtime: Option<Runtime>,
 }
@@ -77,10 +81,16 @@ pub struct Cluster {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
     pub kvstore: String,
+    /// Where the kvstore serves `GET /metrics`.
+    pub kvstore_metrics: SocketAddr,
     pub prefill: Vec<Node>,
     pub decode: Vec<Node>,
     runtimes: Vec<Runtime>,
     _redis: Option<RedisServer>,
+}
+
+async fn bind() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0")
 }
 
 fn runtime() -> Runtime {
@@ -96,13 +106,19 @@ impl Cluster {
         let redis = config.redis.then(RedisServer::start);
 
         let kv_runtime = runtime();
-        let kv_listener = kv_runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let (kv_listener, kv_metrics_listener) = kv_runtime.block_on(async { (bind().await, bind().await) });
         let kvstore = format!("http://{}", kv_listener.local_addr().expect("addr"));
+        let kvstore_metrics = kv_metrics_listener.local_addr().expect("addr");
         let kv_config = KvStoreConfig {
             redis: redis.as_ref().map(|r| RedisTierConfig::new(r.url().as_str())),
             ..KvStoreConfig::default()
         };
-        kv_runtime.spawn(lcserve_kvstore::run(kv_config, kv_listener, std::future::pending()));
+        kv_runtime.spawn(lcserve_kvstore::run_with_metrics(
+            kv_config,
+            kv_listener,
+            Some(kv_metrics_listener),
+            std::future::pending(),
+        ));
 
         let start_node = |role| {
             let engine = EngineConfig {
@@ -118,23 +134,21 @@ impl Cluster {
                 ..WorkerConfig::new(role, "smollm2", engine)
             };
             let rt = runtime();
-            let (worker, listener) = rt.block_on(async {
+            let (worker, listener, metrics_listener) = rt.block_on(async {
                 let worker = Worker::start(Arc::clone(&model), worker_config).expect("worker");
-                (worker, tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind"))
+                (worker, bind().await, bind().await)
             });
             let url = format!("http://{}", listener.local_addr().expect("addr"));
+            let metrics = metrics_listener.local_addr().expect("addr");
             rt.spawn(lcserve_worker::run(Arc::clone(&worker), listener, std::future::pending()));
-            Node { url, worker, runtime: Some(rt) }
+            rt.spawn(lcserve_kvstore::serve_metrics(metrics_listener, Arc::clone(&worker), std::future::pending()));
+            Node { url, metrics, worker, runtime: Some(rt) }
         };
         let prefill: Vec<Node> = (0..config.prefill_workers).map(|_| start_node(Role::Prefill)).collect();
         let decode: Vec<Node> = (0..config.decode_workers).map(|_| start_node(Role::Decode)).collect();
 
         let router_runtime = runtime();
-        let (http, grpc) = router_runtime.block_on(async {
-            let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            (http, grpc)
-        });
+        let (http, grpc) = router_runtime.block_on(async { (bind().await, bind().await) });
         let (http_addr, grpc_addr) = (http.local_addr().expect("addr"), grpc.local_addr().expect("addr"));
         let router_config = RouterConfig {
             prefill: prefill.iter().map(|n| n.url.clone()).collect(),
@@ -157,6 +171,7 @@ impl Cluster {
             http: http_addr,
             grpc: grpc_addr,
             kvstore,
+            kvstore_metrics,
             prefill,
             decode,
             runtimes: vec![router_runtime, kv_runtime],
@@ -164,6 +179,20 @@ impl Cluster {
         };
         cluster.wait_ready();
         cluster
+    }
+
+    /// Status code and body of a plain `GET path` (HTTP/1.1 with `Connection: close`, so the body
+    /// is everything after the head; no client library needed for a probe or a scrape).
+    pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.get(9..12)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_owned();
+        Some((status, body))
     }
 
     /// A runtime for the test's own client code.
@@ -202,13 +231,7 @@ impl Drop for Cluster {
     }
 }
 
-/// Status code of a plain `GET path` (HTTP/1.1, no client library needed for one probe).
+/// Status code of a plain `GET path`.
 fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    Cluster::http_get(addr, path).map(|(status, _)| status)
 }

@@ -24,11 +24,11 @@ pub(crate) struct DecodeService(pub Arc<Worker>);
 
 type EventResult = Result<v1::GenerateResponse, Status>;
 
-#[tonic::async_trait]
-impl v1::decode_server::Decode for DecodeService {
-    type GenerateStream = ReceiverStream<EventResult>;
-
-    async fn generate(&self, request: Request<v1::DecodeRequest>) -> Result<Response<Self::GenerateStream>, Status> {
+impl DecodeService {
+    async fn start(
+        &self,
+        request: Request<v1::DecodeRequest>,
+    ) -> Result<Response<ReceiverStream<EventResult>>, Status> {
         let worker = &self.0;
         let started = Instant::now();
         let v1::DecodeRequest { request, session, generated } = request.into_inner();
@@ -57,6 +57,20 @@ impl v1::decode_server::Decode for DecodeService {
         let forward = Forward { worker: Arc::clone(worker), sources: prepared.sources, started, resumed };
         tokio::spawn(forward.run(events, tx, aborted, registered));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::decode_server::Decode for DecodeService {
+    type GenerateStream = ReceiverStream<EventResult>;
+
+    async fn generate(&self, request: Request<v1::DecodeRequest>) -> Result<Response<Self::GenerateStream>, Status> {
+        let result = self.start(request).await;
+        // A stream that started is counted when it ends (`Forward::run`).
+        if let Err(status) = &result {
+            self.0.metrics.request(lcserve_kvstore::status_label(status.code()));
+        }
+        result
     }
 
     async fn abort(&self, request: Request<v1::AbortRequest>) -> Result<Response<v1::AbortResponse>, Status> {
@@ -87,19 +101,32 @@ impl Forward {
     /// engine stream, which cancels the sequence and frees its blocks at the next step.
     async fn run(
         self,
+        events: EventStream,
+        tx: mpsc::Sender<EventResult>,
+        aborted: oneshot::Receiver<()>,
+        registered: AbortGuard,
+    ) {
+        let worker = Arc::clone(&self.worker);
+        let status = self.forward(events, tx, aborted, registered).await;
+        worker.metrics.request(status);
+    }
+
+    /// [`run`](Self::run)'s loop; returns the request's `status` label.
+    async fn forward(
+        self,
         mut events: EventStream,
         tx: mpsc::Sender<EventResult>,
         mut aborted: oneshot::Receiver<()>,
         _registered: AbortGuard,
-    ) {
+    ) -> &'static str {
         let mut first_token_ms = None;
         loop {
             let event = tokio::select! {
                 event = events.next() => event,
-                Ok(()) = &mut aborted => return,
-                _ = tx.closed() => return,
+                Ok(()) = &mut aborted => return "cancelled",
+                _ = tx.closed() => return "cancelled",
             };
-            let Some(event) = event else { return };
+            let Some(event) = event else { return "unavailable" };
             let out = match event {
                 EngineEvent::Kv(blocks) => {
                     let bridge = Arc::clone(&self.worker.bridge);
@@ -116,19 +143,20 @@ impl Forward {
                 EngineEvent::Finished { reason, text, usage, .. } => {
                     let ttft =
                         if self.resumed { 0 } else { first_token_ms.unwrap_or_else(|| self.millis_since_start()) };
+                    self.worker.metrics.finished(&usage);
                     let usage = convert::usage(&usage, self.sources, ttft);
                     let finished =
                         v1::Finished { reason: convert::finish_reason(reason) as i32, text, usage: Some(usage) };
                     let _ = tx.send(Ok(convert::event(Event::Finished(finished)))).await;
-                    return;
+                    return "ok";
                 }
                 EngineEvent::Error(e) => {
                     let _ = tx.send(Ok(convert::event(Event::Error(error::error_event(&e))))).await;
-                    return;
+                    return lcserve_kvstore::status_label(error::classify(&e).code);
                 }
             };
             if tx.send(Ok(convert::event(out))).await.is_err() {
-                return;
+                return "cancelled";
             }
         }
     }

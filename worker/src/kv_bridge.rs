@@ -47,6 +47,11 @@ impl KvBridge {
         Ok(Self { store, layout, fingerprint, codec: config.codec })
     }
 
+    /// The store itself, for its counters.
+    pub fn store(&self) -> &TieredStore<RemoteTier> {
+        &self.store
+    }
+
     pub fn has_shared_tier(&self) -> bool {
         self.store.shared().is_some()
     }

@@ -28,9 +28,8 @@ struct Outcome {
     finished: Option<(FinishReason, String, lcserve_engine::Usage)>,
 }
 
-#[tonic::async_trait]
-impl v1::prefill_server::Prefill for PrefillService {
-    async fn run(&self, request: Request<v1::PrefillRequest>) -> Result<Response<v1::PrefillResponse>, Status> {
+impl PrefillService {
+    async fn prefill(&self, request: Request<v1::PrefillRequest>) -> Result<Response<v1::PrefillResponse>, Status> {
         let worker = &self.0;
         let started = Instant::now();
         let Parts { request_id, prompt, sampling, stop, cache_salt, prefill_mode, speculation } =
@@ -60,6 +59,7 @@ impl v1::prefill_server::Prefill for PrefillService {
         let Some((reason, held_back, usage)) = outcome.finished else {
             return Err(Status::internal("the engine ended the prefill without a terminal event"));
         };
+        worker.metrics.finished(&usage);
         let (full, tails): (Vec<_>, Vec<_>) =
             outcome.blocks.into_iter().partition(|b| b.tokens == worker.config.engine.block_size);
         let encoded = worker.bridge.encode(full).await;
@@ -85,6 +85,15 @@ impl v1::prefill_server::Prefill for PrefillService {
             }),
             usage: Some(usage),
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl v1::prefill_server::Prefill for PrefillService {
+    async fn run(&self, request: Request<v1::PrefillRequest>) -> Result<Response<v1::PrefillResponse>, Status> {
+        let result = self.prefill(request).await;
+        self.0.metrics.request(lcserve_kvstore::result_label(&result));
+        result
     }
 
     async fn abort(&self, request: Request<v1::AbortRequest>) -> Result<Response<v1::AbortResponse>, Status> {

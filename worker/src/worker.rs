@@ -13,6 +13,7 @@ use crate::config::WorkerConfig;
 use crate::convert::Sources;
 use crate::error::WorkerError;
 use crate::kv_bridge::KvBridge;
+use crate::metrics::WorkerMetrics;
 
 /// An engine serving one role, with its side of the KV store.
 #[derive(Debug)]
@@ -20,6 +21,7 @@ pub struct Worker {
     pub(crate) config: WorkerConfig,
     pub(crate) engine: EngineHandle,
     pub(crate) bridge: Arc<KvBridge>,
+    pub(crate) metrics: WorkerMetrics,
     aborts: Arc<Aborts>,
 }
 
@@ -40,7 +42,8 @@ impl Worker {
         let fingerprint = model.fingerprint;
         let engine = EngineHandle::start(model, config.engine.clone())?;
         let bridge = Arc::new(KvBridge::new(&config, layout, fingerprint)?);
-        Ok(Arc::new(Self { config, engine, bridge, aborts: Arc::default() }))
+        let metrics = WorkerMetrics::new(config.role, &engine, bridge.store());
+        Ok(Arc::new(Self { config, engine, bridge, metrics, aborts: Arc::default() }))
     }
 
     pub fn engine(&self) -> &EngineHandle {
@@ -64,6 +67,7 @@ impl Worker {
         let namespace = self.engine.request_namespace(salt, mode, prompt.len());
         let hashes = sequence_hashes(namespace, prompt, block_size);
         let pooled = self.engine.cached_prefix_blocks(namespace, prompt).await.unwrap_or(0).min(hashes.len());
+        self.metrics.device_lookup(pooled, hashes.len());
         let found = self.bridge.fetch(&hashes[pooled..]).await;
         let sources = Sources { host_blocks: found.host, block_size };
         let complete = pooled + found.blocks.len() == hashes.len();

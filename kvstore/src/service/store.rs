@@ -57,10 +57,25 @@ struct State {
     live: broadcast::Sender<v1::KvEvent>,
     /// Per-tenant byte quotas of the host tier, when configured.
     quotas: Option<TenantQuotas>,
+    /// Events published since start, by kind: the metrics' `events_total`.
+    published: EventCounts,
+}
+
+/// Events published since start, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct EventCounts {
+    pub stored: u64,
+    pub removed: u64,
+    pub cleared: u64,
 }
 
 impl State {
     fn push(&mut self, kind: Kind) {
+        match &kind {
+            Kind::Stored(_) => self.published.stored += 1,
+            Kind::Removed(_) => self.published.removed += 1,
+            Kind::Cleared(_) => self.published.cleared += 1,
+        }
         self.last += 1;
         let event = v1::KvEvent { sequence: self.last, kind: Some(kind), epoch: self.epoch };
         if self.log.len() >= self.log_len {
@@ -110,7 +125,16 @@ impl Store {
     ) -> Self {
         let (live, _) = broadcast::channel(subscriber_buffer.max(1));
         let log = VecDeque::new();
-        let state = State { mirror: HashSet::new(), log, log_len: log_len.max(1), last: 0, epoch, live, quotas };
+        let state = State {
+            mirror: HashSet::new(),
+            log,
+            log_len: log_len.max(1),
+            last: 0,
+            epoch,
+            live,
+            quotas,
+            published: EventCounts::default(),
+        };
         Store { tiered, state: Mutex::new(state), pins: Arc::default(), next_pin: AtomicU64::new(1) }
     }
 
@@ -210,6 +234,12 @@ impl Store {
 
     pub fn active_pins(&self) -> usize {
         lock(&self.pins).len()
+    }
+
+    /// Events published so far by kind, and the subscribers listening live now.
+    pub fn event_stats(&self) -> (EventCounts, usize) {
+        let state = lock(&self.state);
+        (state.published, state.live.receiver_count())
     }
 
     /// `(oldest replayable, last)` sequence numbers, and the epoch they belong to.

@@ -29,7 +29,7 @@ use crate::Shared;
 use crate::config::Policy;
 use crate::error::{ErrorClass, RouterError};
 use crate::lock;
-use crate::metrics::Endpoint;
+use crate::metrics::{Endpoint, Path};
 use crate::policy::{Candidate, Shape, choose};
 use crate::prepare::Prepared;
 use crate::registry::{Role, Worker};
@@ -42,10 +42,12 @@ const MAX_MIGRATIONS: usize = 3;
 /// How long a terminal error waits for room in a full channel before it is dropped.
 const TERMINAL_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Starts the flow; the receiver yields its events, the last one terminal.
+/// Starts the flow of a request `received` at that instant; the receiver yields its events,
+/// the last one terminal.
 pub(crate) fn start(
     shared: Arc<Shared>,
     prepared: Prepared,
+    received: Instant,
     deadline: Instant,
     endpoint: Endpoint,
 ) -> mpsc::Receiver<Event> {
@@ -58,10 +60,12 @@ pub(crate) fn start(
         endpoint = endpoint.as_str()
     );
     let flow = async move {
+        let _in_flight = shared.metrics.in_flight();
         let ctx = Ctx {
             shared: &shared,
             prepared: &prepared,
             tx: &tx,
+            received,
             deadline,
             started,
             progress: Mutex::default(),
@@ -85,6 +89,9 @@ pub(crate) struct Ctx<'a> {
     shared: &'a Shared,
     prepared: &'a Prepared,
     tx: &'a mpsc::Sender<Event>,
+    /// When the front received the request (before tokenizing): the router's added latency
+    /// and the end-to-end duration count from here.
+    received: Instant,
     deadline: Instant,
     started: Instant,
     progress: Mutex<Progress>,
@@ -124,14 +131,20 @@ impl Ctx<'_> {
             }
         };
         self.shared.metrics.request(endpoint, status);
+        self.shared.metrics.duration(self.received.elapsed());
     }
 
     async fn generate(&self) -> Result<(), Failure> {
         let mut session = None;
         let mut prefill_usage = None;
-        if self.prepared.prompt_len() >= self.shared.config.disagg_min_tokens
-            && let Some(response) = self.prefill_phase().await?
-        {
+        let prefilled = if self.prepared.prompt_len() >= self.shared.config.disagg_min_tokens {
+            self.prefill_phase().await?
+        } else {
+            None
+        };
+        let path = if prefilled.is_some() { Path::Disaggregated } else { Path::DecodeOnly };
+        self.shared.metrics.decision(self.shared.config.policy, path);
+        if let Some(response) = prefilled {
             if let Some(token) = response.first_token {
                 self.emit_token(token).await?;
             }
@@ -232,7 +245,11 @@ impl Ctx<'_> {
         let chosen = choose(config.policy, config.queue_weight, &shape, &candidates, rotation)?;
         let worker = Arc::clone(&workers[chosen]);
         self.shared.index.record(worker.index, hashes);
-        lock(&self.involved).push(Arc::clone(&worker));
+        let mut involved = lock(&self.involved);
+        if involved.is_empty() {
+            self.shared.metrics.added_latency(self.received.elapsed());
+        }
+        involved.push(Arc::clone(&worker));
         Some(worker)
     }
 
