@@ -6,18 +6,17 @@
 //!   include directories, [`load_nvrtc`] for a library outside the loader's paths) and the
 //!   [`PtxCache`] keyed by kernel and architecture.
 //!
+//! With feature `cuda`, the device runtime: f32 launchers that validate their arguments and
+//! return [`CudaError`] rather than panicking (built only with that feature, hence unlinked):
 //!
-//! With feature `cuda`, the device runtime (f32 launchers, each validating its arguments and
-//! returning [`CudaError`] rather than panicking):
-//!
-//! * [`device`] — a [`Device`]: context, stream, kernels loaded per device from the PTX cache.
-//! * [`ops`] — [`rms_norm`], [`rope`], [`silu_mul`].
-//! * [`attention`] — [`DevicePagedKv`] (a pool of blocks + a block table) and [`attention()`]
-//!   (prefill and split-key decode), [`tree_attention`], [`selected_attention`],
-//!   [`sparse_attention`], [`merge_lse`].
-//! * [`select`] — [`select_tokens`], TokenSelect's scoring, soft vote and top-k.
-//! * [`kv`] — the KV store's int8/int4 codecs ([`kv_encode`], [`kv_decode`]) and block
-//!   [`gather_blocks`] / [`scatter_blocks`].
+//! * `device` — a `Device`: context, stream, kernels loaded per device from the PTX cache.
+//! * `ops` — `rms_norm`, `rope`, `silu_mul`.
+//! * `attention` — `DevicePagedKv` (a pool of blocks + a block table) and `attention()`
+//!   (prefill and split-key decode), `tree_attention`, `selected_attention`,
+//!   `sparse_attention`, `merge_lse`.
+//! * `select` — `select_tokens`, TokenSelect's scoring, soft vote and top-k.
+//! * `kv` — the KV store's int8/int4 codecs (`kv_encode`, `kv_decode`) and block
+//!   `gather_blocks` / `scatter_blocks`.
 //!
 //! Feature `nvrtc` builds the first two (no CUDA needed to build or to compile kernels); feature
 //! `cuda` adds the device runtime on top. cudarc loads every CUDA library at run time, so both
