@@ -18,12 +18,12 @@ mod bench_decode;
 mod bench_needle;
 #[path = "bench_prefill.rs"]
 mod bench_prefill;
+#[path = "bench_serve.rs"]
+mod bench_serve;
 #[path = "bench_sparse.rs"]
 mod bench_sparse;
 #[path = "bench_spec.rs"]
 mod bench_spec;
-#[path = "bench_serve.rs"]
-mod bench_serve;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {

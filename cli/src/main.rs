@@ -19,6 +19,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    telemetry: lcserve_svc_kit::TelemetryArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,8 +49,32 @@ enum Command {
     Kvstore(kvstore_cmd::KvStoreArgs),
 }
 
+impl Command {
+    /// The OpenTelemetry `service.name` of the process.
+    fn service_name(&self) -> &'static str {
+        match self {
+            Command::Serve(_) => "lcserve",
+            Command::Prefill(_) => "lcserve-prefill",
+            Command::Decode(_) => "lcserve-decode",
+            Command::Router(_) => "lcserve-router",
+            Command::Kvstore(_) => "lcserve-kvstore",
+            Command::Generate(_) => "lcserve-generate",
+            Command::Calibrate(_) => "lcserve-calibrate",
+            Command::Bench(_) => "lcserve-bench",
+            Command::Model(_) => "lcserve-model",
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let telemetry = match lcserve_svc_kit::telemetry::init(cli.command.service_name(), &cli.telemetry) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Prefill(args) => worker_cmd::run(lcserve_worker::Role::Prefill, args),
@@ -60,6 +86,8 @@ fn main() -> std::process::ExitCode {
         Command::Model(command) => model_cmd::run(command),
         Command::Kvstore(args) => kvstore_cmd::run(args),
     };
+    // Flushes the spans still queued for export before the process ends.
+    drop(telemetry);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

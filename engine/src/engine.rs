@@ -22,7 +22,8 @@ use crate::kv_transfer::{Exporter, ImportedKv, tail_layout};
 use crate::request::{EngineEvent, FinishReason, GenerateRequest, Timings, Usage};
 use crate::sampler::Sampler;
 use crate::scheduler::{EngineStats, Scheduler};
-use crate::sequence::Sequence;
+use crate::sequence::{Sequence, SequenceSpans};
+use crate::step_times::{StepTimes, StepTimesSnapshot};
 use crate::stop_text::StopText;
 
 /// Requests that may wait in the command queue before `submit` reports the engine busy.
@@ -44,6 +45,8 @@ pub struct EngineHandle {
     kv_config: Arc<str>,
     /// The KV config of sparse-prefilled sequences: names the head patterns.
     sparse_kv_config: Arc<str>,
+    /// Written by the engine thread after every step; read by metrics without a command.
+    step_times: Arc<StepTimes>,
     _thread: Arc<EngineThread>,
 }
 
@@ -161,9 +164,11 @@ impl EngineHandle {
             .map_err(|e| EngineError::InvalidConfig { field: "threads", reason: e.to_string() })?;
         let scheduler = Scheduler::new(model.clone(), config.clone(), patterns)?;
         let (commands, receiver) = sync_channel(COMMAND_QUEUE);
+        let step_times = Arc::new(StepTimes::default());
+        let engine_step_times = Arc::clone(&step_times);
         let thread = std::thread::Builder::new()
             .name("lcserve-engine".into())
-            .spawn(move || pool.install(|| run(scheduler, receiver)))
+            .spawn(move || pool.install(|| run(scheduler, receiver, &engine_step_times)))
             .map_err(|e| EngineError::InvalidConfig {
                 field: "threads",
                 reason: format!("cannot spawn the engine thread: {e}"),
@@ -175,6 +180,7 @@ impl EngineHandle {
             sparse_kv_config,
             model,
             config: Arc::new(config),
+            step_times,
             _thread: Arc::new(EngineThread(Some(thread))),
         })
     }
@@ -223,6 +229,11 @@ impl EngineHandle {
         let (tx, rx) = oneshot::channel();
         self.commands.try_send(Command::Stats(tx)).map_err(|_| EngineError::ShutDown)?;
         rx.await.map_err(|_| EngineError::ShutDown)
+    }
+
+    /// Durations of the engine's steps so far; reads atomics, never waits on the engine.
+    pub fn step_times(&self) -> StepTimesSnapshot {
+        self.step_times.snapshot()
     }
 
     /// How many leading full blocks of `tokens` (in `namespace`, see [`Self::request_namespace`]) the pool holds right
@@ -348,6 +359,7 @@ impl EngineHandle {
             drafter: request.speculation.drafter(),
             speculative_proposed: 0,
             speculative_accepted: 0,
+            spans: SequenceSpans::new(tracing::Span::current()),
         })
     }
 
@@ -387,7 +399,7 @@ impl EngineHandle {
 
 /// The engine loop: block for commands while idle, otherwise step and drain commands between
 /// steps.
-fn run(mut scheduler: Scheduler, commands: Receiver<Command>) {
+fn run(mut scheduler: Scheduler, commands: Receiver<Command>, step_times: &StepTimes) {
     let handle = |scheduler: &mut Scheduler, command: Command| match command {
         Command::Submit(seq) => scheduler.enqueue(*seq),
         Command::Stats(reply) => {
@@ -414,6 +426,8 @@ fn run(mut scheduler: Scheduler, commands: Receiver<Command>) {
                 }
             }
         }
+        let started = Instant::now();
         scheduler.step();
+        step_times.record(started.elapsed());
     }
 }

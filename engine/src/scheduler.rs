@@ -145,6 +145,17 @@ impl Scheduler {
             return;
         }
         let started = Instant::now();
+        let chunk_spans: Vec<tracing::Span> = slots
+            .iter()
+            .filter_map(|slot| {
+                let seq = &mut self.running[slot.seq];
+                if seq.is_prefilling() {
+                    return Some(seq.spans.prefill_chunk(slot.start, slot.len, seq.sparse_prefill));
+                }
+                seq.spans.decode_step();
+                None
+            })
+            .collect();
         // Sequences that prefill sparsely this step get a backend of their own, which counts
         // what it computed.
         let sparse: Vec<Option<SparseAttention<'_>>> = slots
@@ -173,6 +184,7 @@ impl Scheduler {
         };
         let sparse_stats: Vec<_> = sparse.iter().map(|s| s.as_ref().map(SparseAttention::stats)).collect();
         drop(sparse);
+        drop(chunk_spans);
         let logits = match result {
             Ok(logits) => logits,
             Err(error) => {
@@ -525,14 +537,17 @@ fn verify_draft<'a>(
 }
 
 fn finish(mut seq: Sequence, reason: FinishReason) {
+    let usage = seq.usage();
+    seq.spans.close(&usage);
     let text = seq.text.finish().unwrap_or_default();
     let now = Instant::now();
     let first = seq.first_token_at.unwrap_or(now);
     let timings =
         Timings { time_to_first_token: first - seq.submitted, prefill: seq.prefill_time, decode: now - first };
-    let _ = seq.events.send(EngineEvent::Finished { reason, text, usage: seq.usage(), timings });
+    let _ = seq.events.send(EngineEvent::Finished { reason, text, usage, timings });
 }
 
-fn fail(seq: Sequence, error: EngineError) {
+fn fail(mut seq: Sequence, error: EngineError) {
+    seq.spans.close(&seq.usage());
     let _ = seq.events.send(EngineEvent::Error(error));
 }

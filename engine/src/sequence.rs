@@ -49,6 +49,51 @@ pub(crate) struct Sequence {
     /// Draft tokens proposed and accepted so far.
     pub speculative_proposed: usize,
     pub speculative_accepted: usize,
+    pub spans: SequenceSpans,
+}
+
+/// The sequence's part of its request's trace: each prefill chunk is a span; decoding is one
+/// span summarizing its steps (a span per token would swamp the trace store).
+pub(crate) struct SequenceSpans {
+    /// The submitter's span (the worker's request span): the parent of the others.
+    request: tracing::Span,
+    decode: Option<tracing::Span>,
+    decode_steps: usize,
+}
+
+impl SequenceSpans {
+    pub fn new(request: tracing::Span) -> Self {
+        SequenceSpans { request, decode: None, decode_steps: 0 }
+    }
+
+    /// The span of one prefill chunk: open it before the step, drop it after.
+    pub fn prefill_chunk(&self, start: usize, tokens: usize, sparse: bool) -> tracing::Span {
+        tracing::info_span!(parent: &self.request, "engine.prefill_chunk", start, tokens, sparse)
+    }
+
+    /// Counts a decode step, opening the decode span at the first.
+    pub fn decode_step(&mut self) {
+        self.decode_steps += 1;
+        if self.decode.is_none() {
+            let span = tracing::info_span!(
+                parent: &self.request,
+                "engine.decode",
+                steps = tracing::field::Empty,
+                tokens = tracing::field::Empty,
+                speculative_accepted = tracing::field::Empty,
+            );
+            self.decode = Some(span);
+        }
+    }
+
+    /// Closes the decode span with the sequence's totals.
+    pub fn close(&mut self, usage: &Usage) {
+        if let Some(span) = self.decode.take() {
+            span.record("steps", self.decode_steps);
+            span.record("tokens", usage.completion_tokens);
+            span.record("speculative_accepted", usage.speculative_accepted);
+        }
+    }
 }
 
 impl Sequence {

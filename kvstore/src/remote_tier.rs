@@ -27,7 +27,8 @@ use std::time::Duration;
 use lcserve_common::SequenceHash;
 use lcserve_proto::hash_to_bytes;
 use lcserve_proto::v1::{self, kv_store_client::KvStoreClient};
-use tonic::transport::{Channel, Endpoint};
+use lcserve_svc_kit::{TracedChannel, traced};
+use tonic::transport::Endpoint;
 
 use crate::redis_tier::validate;
 use crate::service::{KvStoreConfig, MESSAGE_OVERHEAD_BYTES};
@@ -118,7 +119,7 @@ pub type RemoteStats = TierStats;
 /// the stats).
 #[derive(Clone)]
 pub struct RemoteTier {
-    client: KvStoreClient<Channel>,
+    client: KvStoreClient<TracedChannel>,
     endpoint: Arc<str>,
     op_timeout: Duration,
     max_block_bytes: usize,
@@ -139,7 +140,7 @@ impl RemoteTier {
             // instead of stalling every 64 KiB.
             .http2_adaptive_window(true)
             .connect_lazy();
-        let client = KvStoreClient::new(channel)
+        let client = KvStoreClient::new(traced(channel))
             .max_decoding_message_size(config.max_message_bytes)
             .max_encoding_message_size(config.max_message_bytes);
         Ok(RemoteTier {

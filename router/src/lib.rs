@@ -118,7 +118,8 @@ impl Shared {
         endpoint: Endpoint,
     ) -> Result<mpsc::Receiver<Event>, RouterError> {
         let budget = client_timeout.map_or(self.config.request_timeout, |t| t.min(self.config.request_timeout));
-        let deadline = Instant::now() + budget;
+        let received = Instant::now();
+        let deadline = received + budget;
         let limits = self.limits(&model);
         let prepared = tokio::time::timeout_at(deadline, prepare::prepare(model, limits, tenant, request))
             .await
@@ -126,7 +127,7 @@ impl Shared {
         if self.registry.healthy(Role::Decode, &[]).is_empty() {
             return Err(RouterError::NoWorker { role: "decode" });
         }
-        Ok(flow::start(self, prepared, deadline, endpoint))
+        Ok(flow::start(self, prepared, received, deadline, endpoint))
     }
 }
 
@@ -195,6 +196,7 @@ pub async fn run(
         }
     };
     let grpc = tonic::transport::Server::builder()
+        .trace_fn(lcserve_svc_kit::server_span)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -140,9 +140,13 @@ pub(crate) async fn prepare(
     }
     let salt = namespace_salt(tenant, request.cache_salt.as_deref());
     let hashed = Arc::clone(&model);
+    let span = tracing::info_span!("tokenize", prompt_tokens = tracing::field::Empty, blocks = tracing::field::Empty);
     let (prompt, hashes, salt) = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
         let ids = tokenize(&hashed, &prompt)?;
+        span.record("prompt_tokens", ids.len());
         let hashes = sequence_hashes(hashed.namespace(&salt, mode, ids.len()), &ids, hashed.block_size);
+        span.record("blocks", hashes.len());
         Ok::<_, RouterError>((ids, hashes, salt))
     })
     .await

@@ -8,6 +8,7 @@ use std::time::Duration;
 use lcserve_proto::v1::decode_client::DecodeClient;
 use lcserve_proto::v1::prefill_client::PrefillClient;
 use lcserve_proto::v1::{self, AbortRequest, GetLoadRequest, GetModelInfoRequest};
+use lcserve_svc_kit::{TracedChannel, traced};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::RouterConfig;
@@ -64,14 +65,14 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub fn prefill_client(&self) -> PrefillClient<Channel> {
-        PrefillClient::new(self.channel.clone())
+    pub fn prefill_client(&self) -> PrefillClient<TracedChannel> {
+        PrefillClient::new(traced(self.channel.clone()))
             .max_decoding_message_size(MAX_WORKER_MESSAGE_BYTES)
             .max_encoding_message_size(usize::MAX)
     }
 
-    pub fn decode_client(&self) -> DecodeClient<Channel> {
-        DecodeClient::new(self.channel.clone())
+    pub fn decode_client(&self) -> DecodeClient<TracedChannel> {
+        DecodeClient::new(traced(self.channel.clone()))
             .max_decoding_message_size(MAX_WORKER_MESSAGE_BYTES)
             .max_encoding_message_size(usize::MAX)
     }

@@ -43,11 +43,7 @@ pub fn server_span(request: &http::Request<()>) -> tracing::Span {
         otel.kind = "server",
         rpc.system = "grpc",
     );
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(request.headers()))
-    });
-    // Fails only when no OpenTelemetry layer is installed, where there is nothing to link.
-    let _ = span.set_parent(parent);
+    continue_trace(&span, request.headers());
     span
 }
 
@@ -66,13 +62,7 @@ impl Injector for MetadataInjector<'_> {
 }
 
 /// Reads trace context from HTTP headers (gRPC metadata are HTTP/2 headers).
-pub struct HeaderExtractor<'a>(pub &'a http::HeaderMap);
-
-impl std::fmt::Debug for HeaderExtractor<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeaderExtractor").finish_non_exhaustive()
-    }
-}
+struct HeaderExtractor<'a>(pub &'a http::HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
@@ -84,8 +74,11 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// The caller's trace context from an HTTP request's headers (the router's OpenAI API), for
-/// [`set_parent`](tracing_opentelemetry::OpenTelemetrySpanExt::set_parent) on its request span.
-pub fn extract_context(headers: &http::HeaderMap) -> opentelemetry::Context {
-    opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)))
+/// Makes `span` a child of the caller's span when `headers` (an HTTP request's, as on the
+/// router's OpenAI API) carry a trace context.
+pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)));
+    // Fails only when no OpenTelemetry layer is installed, where there is nothing to link.
+    let _ = span.set_parent(parent);
 }

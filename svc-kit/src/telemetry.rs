@@ -10,6 +10,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -83,9 +84,12 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<Telemetry, Te
     let _ = LOG_PROMPTS.set(args.log_prompts);
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // `RUST_LOG` filters the log lines only: traces keep every info span whatever the log level.
     let fmt = match args.log_format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter).boxed(),
+        LogFormat::Json => {
+            tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_filter(filter).boxed()
+        }
     };
     let (provider, runtime) = match args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
         Some(endpoint) => {
@@ -94,13 +98,10 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<Telemetry, Te
         }
         None => (None, None),
     };
-    let otel = provider.as_ref().map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("lcserve")));
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel)
-        .try_init()
-        .map_err(|_| TelemetryError::AlreadyInstalled)?;
+    let otel = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("lcserve")).with_filter(LevelFilter::INFO)
+    });
+    tracing_subscriber::registry().with(fmt).with(otel).try_init().map_err(|_| TelemetryError::AlreadyInstalled)?;
     Ok(Telemetry { provider, runtime })
 }
 

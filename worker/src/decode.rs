@@ -10,6 +10,7 @@ use lcserve_proto::v1::generate_response::Event;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::convert::{self, Parts, Sources};
 use crate::error;
@@ -55,7 +56,7 @@ impl DecodeService {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let (registered, aborted) = worker.track(&request_id);
         let forward = Forward { worker: Arc::clone(worker), sources: prepared.sources, started, resumed };
-        tokio::spawn(forward.run(events, tx, aborted, registered));
+        tokio::spawn(forward.run(events, tx, aborted, registered).instrument(tracing::info_span!("stream")));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -20,6 +20,8 @@
 //!   prefill's first token, or a failed worker's stream), stream events, put finished blocks.
 //! - `convert`, `error`: wire ⇄ engine types; errors classified once into gRPC codes and
 //!   terminal events.
+//! - `metrics`: the `lcserve_worker_*` Prometheus series; a [`Worker`] is a
+//!   [`MetricsSource`](lcserve_kvstore::MetricsSource) for `lcserve_kvstore::serve_metrics`.
 //! - [`run`]: serves a worker's role with health and reflection until shutdown.
 #![forbid(unsafe_code)]
 
@@ -28,6 +30,7 @@ mod convert;
 mod decode;
 mod error;
 mod kv_bridge;
+mod metrics;
 mod prefill;
 mod worker;
 
@@ -55,6 +58,7 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     let (reflection_v1, reflection_v1alpha) = lcserve_proto::reflection_services()?;
     let router = tonic::transport::Server::builder()
+        .trace_fn(lcserve_svc_kit::server_span)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

@@ -10,9 +10,18 @@
 //! RAM tier optionally keeps per-tenant byte quotas ([`TenantQuotas`]). The
 //! numbering belongs to a random per-start epoch, so a subscriber notices a restart instead of
 //! resuming into a numbering that started over.
+//!
+//! [`run_with_metrics`] also serves Prometheus `GET /metrics` (`metrics`: the kvstore's series)
+//! on a second listener, through `exposition` ([`serve_metrics`]), which the workers use too.
 
+mod exposition;
 mod grpc;
+mod metrics;
 mod store;
+
+pub use exposition::{
+    METRICS_CONTENT_TYPE, MetricsSource, Sample, encode_family, encode_text, result_label, serve_metrics, status_label,
+};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -116,12 +125,25 @@ pub enum ServiceError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("metrics listener: {0}")]
+    Metrics(std::io::Error),
 }
 
 /// Serves the kvstore on `listener` until `shutdown` completes (then drains in-flight calls).
 pub async fn run(
     config: KvStoreConfig,
     listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServiceError> {
+    run_with_metrics(config, listener, None, shutdown).await
+}
+
+/// [`run`], and Prometheus `GET /metrics` on `metrics_listener` when given, until the same
+/// `shutdown`.
+pub async fn run_with_metrics(
+    config: KvStoreConfig,
+    listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServiceError> {
     config.validate()?;
@@ -132,11 +154,20 @@ pub async fn run(
     let quotas = config.tenant_quota_bytes.map(TenantQuotas::new);
     let store = Arc::new(store::Store::new(tiered, config.event_log_len, config.subscriber_buffer, epoch, quotas));
     let (stop, stopping) = tokio::sync::watch::channel(());
+    let metrics = Arc::new(metrics::KvStoreMetrics::new(&store));
+    let metrics_server = metrics_listener.map(|listener| {
+        let mut stopped = stopping.clone();
+        let stopped = async move {
+            let _ = stopped.changed().await;
+        };
+        tokio::spawn(serve_metrics(listener, Arc::clone(&metrics), stopped))
+    });
     let service = grpc::KvStoreService {
         store,
         max_block_bytes: config.max_block_bytes,
         max_pin_lease: config.max_pin_lease,
         stopping,
+        metrics,
     };
     let kv_store = KvStoreServer::new(service)
         .max_decoding_message_size(config.max_message_bytes())
@@ -147,6 +178,7 @@ pub async fn run(
     let (reflection_v1, reflection_v1alpha) = lcserve_proto::reflection_services()?;
 
     tonic::transport::Server::builder()
+        .trace_fn(lcserve_svc_kit::server_span)
         // Blocks are megabytes: let HTTP/2 windows grow past 64 KiB.
         .http2_adaptive_window(Some(true))
         .add_service(health_service)
@@ -159,5 +191,8 @@ pub async fn run(
             stop.send_replace(());
         })
         .await?;
+    if let Some(server) = metrics_server {
+        server.await.map_err(|e| ServiceError::Metrics(std::io::Error::other(e)))?.map_err(ServiceError::Metrics)?;
+    }
     Ok(())
 }

@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use lcserve_proto::v1::{self, generate_response::Event};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::Ctx;
 use crate::error::ErrorClass;
+use crate::lock;
 use crate::registry::Worker;
 
 /// How a worker call went wrong.
@@ -74,12 +76,24 @@ impl Ctx<'_> {
     pub async fn run_prefill(&self, worker: &Arc<Worker>) -> Result<v1::PrefillResponse, Failure> {
         let mut request = tonic::Request::new(v1::PrefillRequest { request: Some(self.prepared.request.clone()) });
         request.set_timeout(self.deadline.saturating_duration_since(Instant::now()));
-        worker.prefill_client().run(request).await.map(tonic::Response::into_inner).map_err(|s| classify(worker, &s))
+        let span = tracing::info_span!("prefill", worker = %worker.url);
+        let call = worker.prefill_client().run(request).instrument(span).await;
+        call.map(tonic::Response::into_inner).map_err(|s| classify(worker, &s))
     }
 
     /// Streams `Decode.Generate` on `worker` to the client until its terminal event. Tokens
     /// forwarded are appended to the progress (they are what a migration replays).
     pub async fn stream_decode(
+        &self,
+        worker: &Arc<Worker>,
+        request: v1::DecodeRequest,
+        on_first: &mut (dyn FnMut() + Send),
+    ) -> Result<v1::Finished, Failure> {
+        let span = tracing::info_span!("decode", worker = %worker.url, tokens = tracing::field::Empty);
+        self.stream_decode_in(worker, request, on_first).instrument(span).await
+    }
+
+    async fn stream_decode_in(
         &self,
         worker: &Arc<Worker>,
         request: v1::DecodeRequest,
@@ -102,7 +116,10 @@ impl Ctx<'_> {
                     }
                     self.emit_token(token).await?;
                 }
-                Some(Event::Finished(finished)) => return Ok(finished),
+                Some(Event::Finished(finished)) => {
+                    tracing::Span::current().record("tokens", lock(&self.progress).tokens.len());
+                    return Ok(finished);
+                }
                 Some(Event::Error(error)) => return Err(classify_event(worker, error)),
                 None => {}
             }

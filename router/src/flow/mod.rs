@@ -227,6 +227,15 @@ impl Ctx<'_> {
             return None;
         }
         let config = &self.shared.config;
+        let route = tracing::info_span!(
+            "route",
+            role = role.as_str(),
+            policy = ?config.policy,
+            candidates = workers.len(),
+            shared_blocks = tracing::field::Empty,
+            chosen = tracing::field::Empty,
+        )
+        .entered();
         let hashes = &self.prepared.hashes;
         let (shared_blocks, device) = if config.policy == Policy::KvAware {
             let indexes: Vec<usize> = workers.iter().map(|w| w.index).collect();
@@ -244,6 +253,8 @@ impl Ctx<'_> {
         let rotation = self.shared.registry.rotate(role);
         let chosen = choose(config.policy, config.queue_weight, &shape, &candidates, rotation)?;
         let worker = Arc::clone(&workers[chosen]);
+        route.record("shared_blocks", shared_blocks);
+        route.record("chosen", worker.url.as_str());
         self.shared.index.record(worker.index, hashes);
         let mut involved = lock(&self.involved);
         if involved.is_empty() {

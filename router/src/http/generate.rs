@@ -13,6 +13,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use lcserve_proto::v1::generate_response::Event;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::openai::{self, Kind};
 use super::response::Shaper;
@@ -37,7 +38,10 @@ async fn respond(shared: Arc<Shared>, headers: HeaderMap, body: Body, kind: Kind
         Kind::Completion => Endpoint::Completions,
         Kind::Chat => Endpoint::ChatCompletions,
     };
-    match start(&shared, &headers, body, kind, endpoint).await {
+    // The request's root span, or a child of the caller's when it sent a `traceparent`.
+    let span = tracing::info_span!("http.request", otel.name = endpoint.as_str(), otel.kind = "server");
+    lcserve_svc_kit::propagation::continue_trace(&span, &headers);
+    match start(&shared, &headers, body, kind, endpoint).instrument(span).await {
         Ok((events, shaper, true)) => stream(events, shaper).into_response(),
         Ok((events, shaper, false)) => collect(events, shaper).await,
         Err(err) => {

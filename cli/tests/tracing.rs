@@ -1,0 +1,240 @@
+//! One request through the disaggregated stack, run as separate `lcserve` processes exporting
+//! OTLP to a trace collector started by the test, is one trace: spans from the router, the
+//! prefill worker, the kvstore and the decode worker, linked by parent ids.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lcserve_proto::v1::generation_client::GenerationClient;
+use lcserve_proto::v1::{self, generate_request::Input, generate_response::Event};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+
+/// One received span: its service, name and ids.
+#[derive(Clone, Debug)]
+struct ReceivedSpan {
+    service: String,
+    name: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent_span_id: Vec<u8>,
+}
+
+/// A gRPC OTLP trace collector that keeps every span it is sent.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().expect("collector lock");
+        for resource_spans in request.into_inner().resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|resource| &resource.attributes)
+                .find(|attribute| attribute.key == "service.name")
+                .and_then(|attribute| match attribute.value.as_ref()?.value.as_ref()? {
+                    Value::StringValue(name) => Some(name.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for span in resource_spans.scope_spans.into_iter().flat_map(|scope| scope.spans) {
+                spans.push(ReceivedSpan {
+                    service: service.clone(),
+                    name: span.name,
+                    trace_id: span.trace_id,
+                    span_id: span.span_id,
+                    parent_span_id: span.parent_span_id,
+                });
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+/// One line per span: service, name, trace id, span id, parent id (ids shortened).
+fn summary(spans: &[ReceivedSpan]) -> String {
+    let short = |id: &[u8]| id.iter().take(3).map(|b| format!("{b:02x}")).collect::<String>();
+    spans
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} trace={} span={} parent={}",
+                s.service,
+                s.name,
+                short(&s.trace_id),
+                short(&s.span_id),
+                short(&s.parent_span_id)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A child process killed when dropped.
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `lcserve <args>` exporting spans to `collector` quickly (100 ms batches).
+fn lcserve(args: &[String], collector: SocketAddr) -> Service {
+    let child = Command::new(env!("CARGO_BIN_EXE_lcserve"))
+        .args(args)
+        .arg("--otlp-endpoint")
+        .arg(format!("http://{collector}"))
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn lcserve");
+    Service(child)
+}
+
+async fn generation_client(grpc: SocketAddr) -> GenerationClient<tonic::transport::Channel> {
+    let started = Instant::now();
+    loop {
+        if let Ok(mut client) = GenerationClient::connect(format!("http://{grpc}")).await
+            && client.list_models(v1::ListModelsRequest {}).await.is_ok_and(|r| !r.into_inner().models.is_empty())
+        {
+            return client;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the router did not become ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_is_one_trace_across_router_prefill_kvstore_and_decode() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind collector");
+    let collector_addr = listener.local_addr().expect("addr");
+    let server = TraceServiceServer::new(collector.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(server)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    let model = lcserve_tests::reference_model_path();
+    let model = model.to_str().expect("utf-8 model path");
+    let [kvstore, prefill, decode, http, grpc] = [(); 5].map(|()| format!("127.0.0.1:{}", free_port()));
+    let kvstore_url = format!("http://{kvstore}");
+    let worker = |role: &str, listen: &str| {
+        [role, "--model", model, "--block-size", "16", "--kvstore", &kvstore_url, "--listen", listen].map(str::to_owned)
+    };
+    let (prefill_url, decode_url) = (format!("http://{prefill}"), format!("http://{decode}"));
+    let router = [
+        "router",
+        "--http",
+        &http,
+        "--grpc",
+        &grpc,
+        "--prefill",
+        &prefill_url,
+        "--decode",
+        &decode_url,
+        "--kvstore",
+        &kvstore_url,
+        "--disagg-min-tokens",
+        "16",
+    ]
+    .map(str::to_owned);
+    let _services = [
+        lcserve(&["kvstore", "--listen", &kvstore].map(str::to_owned), collector_addr),
+        lcserve(&worker("prefill", &prefill), collector_addr),
+        lcserve(&worker("decode", &decode), collector_addr),
+        lcserve(&router, collector_addr),
+    ];
+
+    let mut client = generation_client(grpc.parse().expect("grpc addr")).await;
+    let prompt = "Tell me a short story about a lighthouse keeper who finds a message in a bottle on the shore.";
+    let request = v1::GenerateRequest {
+        input: Some(Input::Text(prompt.to_owned())),
+        stop: Some(v1::StopConditions { max_tokens: Some(4), ignore_eos: true, ..Default::default() }),
+        ..Default::default()
+    };
+    let mut stream = client.generate(request).await.expect("generate").into_inner();
+    let mut finished = None;
+    while let Some(response) = stream.message().await.expect("stream") {
+        if let Some(Event::Finished(done)) = response.event {
+            finished = Some(done);
+        }
+    }
+    let finished = finished.expect("a Finished event");
+    assert_eq!(finished.usage.expect("usage").completion_tokens, 4);
+
+    // The request's trace is the one holding the router's `generate` span. Its stages, each a
+    // span: tokenize and route in the router, the prefill chunks and the summarized decode in
+    // the workers' engines, block reads and writes in the kvstore. Wait for all of them (each
+    // service exports in 100 ms batches).
+    let wanted = [
+        ("lcserve-router", "tokenize"),
+        ("lcserve-router", "route"),
+        ("lcserve-router", "prefill"),
+        ("lcserve-router", "decode"),
+        ("lcserve-prefill", "lcserve.v1.Prefill/Run"),
+        ("lcserve-prefill", "engine.prefill_chunk"),
+        ("lcserve-decode", "lcserve.v1.Decode/Generate"),
+        ("lcserve-decode", "engine.decode"),
+        ("lcserve-kvstore", "lcserve.v1.KvStore/Put"),
+        ("lcserve-kvstore", "lcserve.v1.KvStore/Get"),
+    ];
+    let started = Instant::now();
+    let trace = loop {
+        let spans = collector.spans.lock().expect("collector lock").clone();
+        let trace_id =
+            spans.iter().find(|s| s.service == "lcserve-router" && s.name == "generate").map(|s| s.trace_id.clone());
+        let trace: Vec<ReceivedSpan> = spans.into_iter().filter(|s| Some(&s.trace_id) == trace_id.as_ref()).collect();
+        let names: HashSet<(&str, &str)> = trace.iter().map(|s| (s.service.as_str(), s.name.as_str())).collect();
+        let missing: Vec<_> = wanted.iter().filter(|w| !names.contains(w)).collect();
+        if missing.is_empty() {
+            break trace;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the request's trace lacks {missing:?}; all spans received:\n{}",
+            summary(&collector.spans.lock().expect("collector lock"))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // Linked: one root, every other span's parent is a span of the same trace.
+    let ids: HashMap<&[u8], &ReceivedSpan> = trace.iter().map(|s| (s.span_id.as_slice(), s)).collect();
+    let roots: Vec<&ReceivedSpan> = trace.iter().filter(|s| s.parent_span_id.is_empty()).collect();
+    assert_eq!(roots.len(), 1, "one root span, got {roots:?}");
+    assert_eq!(roots[0].service, "lcserve-router");
+    for span in &trace {
+        if !span.parent_span_id.is_empty() {
+            assert!(ids.contains_key(span.parent_span_id.as_slice()), "{span:?}: its parent is not in the trace");
+        }
+    }
+    // Each worker's and the kvstore's spans hang below a span of another service: the trace
+    // crossed the process boundary through the gRPC metadata.
+    for service in ["lcserve-prefill", "lcserve-kvstore", "lcserve-decode"] {
+        let crossed = trace
+            .iter()
+            .filter(|s| s.service == *service)
+            .any(|span| ids.get(span.parent_span_id.as_slice()).is_some_and(|parent| parent.service != span.service));
+        assert!(crossed, "no {service} span has a parent in another service: {trace:?}");
+    }
+}
