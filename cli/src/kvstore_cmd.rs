@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use lcserve_kvstore::{KvStoreConfig, RedisTierConfig};
+use lcserve_svc_kit::{Tls, TlsArgs};
 
 use crate::worker_cmd::{MetricsArgs, ctrl_c};
 
@@ -37,29 +38,34 @@ pub struct KvStoreArgs {
     tenant_quota_bytes: Option<usize>,
     #[command(flatten)]
     metrics: MetricsArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 impl KvStoreArgs {
     /// The service config these flags describe (not yet validated).
-    fn config(&self) -> KvStoreConfig {
+    fn config(&self) -> anyhow::Result<KvStoreConfig> {
+        let tls = Tls::load(&self.tls)?;
         let redis = self.redis_url.as_ref().map(|url| RedisTierConfig {
+            tls: tls.clone(),
             key_prefix: self.redis_key_prefix.clone(),
             ttl: Duration::from_secs(self.redis_ttl_secs),
             op_timeout: Duration::from_millis(self.redis_timeout_ms),
             ..RedisTierConfig::new(url.as_str())
         });
-        KvStoreConfig {
+        Ok(KvStoreConfig {
             capacity_bytes: self.capacity_bytes,
             max_block_bytes: self.max_block_bytes,
             tenant_quota_bytes: self.tenant_quota_bytes,
             redis,
+            tls,
             ..KvStoreConfig::default()
-        }
+        })
     }
 }
 
 pub fn run(args: KvStoreArgs) -> anyhow::Result<()> {
-    let config = args.config();
+    let config = args.config()?;
     config.validate()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
@@ -87,7 +93,7 @@ mod tests {
 
     fn config(flags: &[&str]) -> KvStoreConfig {
         let cli = Cli::try_parse_from(std::iter::once("kvstore").chain(flags.iter().copied())).expect("parses");
-        cli.args.config()
+        cli.args.config().expect("no TLS files to read")
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use lcserve_kvstore::{Codec, RawDtype, RemoteTierConfig};
+use lcserve_svc_kit::{Tls, TlsArgs};
 use lcserve_worker::{Role, Worker, WorkerConfig};
 
 use crate::engine_args::{EngineArgs, ModelArgs};
@@ -98,6 +99,10 @@ pub struct WorkerArgs {
     model_id: Option<String>,
     #[command(flatten)]
     metrics: MetricsArgs,
+    /// With a CA, the worker requires client certificates it signed, and reaches an
+    /// `https://` kvstore with them.
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 pub fn run(role: Role, args: WorkerArgs) -> anyhow::Result<()> {
@@ -106,7 +111,12 @@ pub fn run(role: Role, args: WorkerArgs) -> anyhow::Result<()> {
     let model = model.load()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
-        let config = store.worker_config(role, model_id, engine, args.kvstore.as_deref());
+        let tls = Tls::load(&args.tls)?;
+        let mut config = store.worker_config(role, model_id, engine, args.kvstore.as_deref());
+        if let Some(kvstore) = &mut config.kvstore {
+            kvstore.tls.clone_from(&tls);
+        }
+        config.tls = tls;
         let worker = Worker::start(model, config)?;
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await

@@ -2,17 +2,16 @@
 //! OTLP to a trace collector started by the test, is one trace: spans from the router, the
 //! prefill worker, the kvstore and the decode worker, linked by parent ids.
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lcserve_proto::v1::generation_client::GenerationClient;
-use lcserve_proto::v1::{self, generate_request::Input, generate_response::Event};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use support::{Stack, generate};
 
 /// One received span: its service, name and ids.
 #[derive(Clone, Debug)]
@@ -81,48 +80,6 @@ fn summary(spans: &[ReceivedSpan]) -> String {
         .join("\n")
 }
 
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-/// A child process killed when dropped.
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `lcserve <args>` exporting spans to `collector` quickly (100 ms batches).
-fn lcserve(args: &[String], collector: SocketAddr) -> Service {
-    let child = Command::new(env!("CARGO_BIN_EXE_lcserve"))
-        .args(args)
-        .arg("--otlp-endpoint")
-        .arg(format!("http://{collector}"))
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn lcserve");
-    Service(child)
-}
-
-async fn generation_client(grpc: SocketAddr) -> GenerationClient<tonic::transport::Channel> {
-    let started = Instant::now();
-    loop {
-        if let Ok(mut client) = GenerationClient::connect(format!("http://{grpc}")).await
-            && client.list_models(v1::ListModelsRequest {}).await.is_ok_and(|r| !r.into_inner().models.is_empty())
-        {
-            return client;
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "the router did not become ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_is_one_trace_across_router_prefill_kvstore_and_decode() {
     let collector = Collector::default();
@@ -135,53 +92,10 @@ async fn one_request_is_one_trace_across_router_prefill_kvstore_and_decode() {
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
 
-    let model = lcserve_tests::reference_model_path();
-    let model = model.to_str().expect("utf-8 model path");
-    let [kvstore, prefill, decode, http, grpc] = [(); 5].map(|()| format!("127.0.0.1:{}", free_port()));
-    let kvstore_url = format!("http://{kvstore}");
-    let worker = |role: &str, listen: &str| {
-        [role, "--model", model, "--block-size", "16", "--kvstore", &kvstore_url, "--listen", listen].map(str::to_owned)
-    };
-    let (prefill_url, decode_url) = (format!("http://{prefill}"), format!("http://{decode}"));
-    let router = [
-        "router",
-        "--http",
-        &http,
-        "--grpc",
-        &grpc,
-        "--prefill",
-        &prefill_url,
-        "--decode",
-        &decode_url,
-        "--kvstore",
-        &kvstore_url,
-        "--disagg-min-tokens",
-        "16",
-    ]
-    .map(str::to_owned);
-    let _services = [
-        lcserve(&["kvstore", "--listen", &kvstore].map(str::to_owned), collector_addr),
-        lcserve(&worker("prefill", &prefill), collector_addr),
-        lcserve(&worker("decode", &decode), collector_addr),
-        lcserve(&router, collector_addr),
-    ];
-
-    let mut client = generation_client(grpc.parse().expect("grpc addr")).await;
-    let prompt = "Tell me a short story about a lighthouse keeper who finds a message in a bottle on the shore.";
-    let request = v1::GenerateRequest {
-        input: Some(Input::Text(prompt.to_owned())),
-        stop: Some(v1::StopConditions { max_tokens: Some(4), ignore_eos: true, ..Default::default() }),
-        ..Default::default()
-    };
-    let mut stream = client.generate(request).await.expect("generate").into_inner();
-    let mut finished = None;
-    while let Some(response) = stream.message().await.expect("stream") {
-        if let Some(Event::Finished(done)) = response.event {
-            finished = Some(done);
-        }
-    }
-    let finished = finished.expect("a Finished event");
-    assert_eq!(finished.usage.expect("usage").completion_tokens, 4);
+    let telemetry = ["--otlp-endpoint".to_owned(), format!("http://{collector_addr}")];
+    let stack = Stack::start("http", &telemetry, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]);
+    let mut client = stack.client(None).await;
+    assert_eq!(generate(&mut client, 4).await.expect("generate"), 4);
 
     // The request's trace is the one holding the router's `generate` span. Its stages, each a
     // span: tokenize and route in the router, the prefill chunks and the summarized decode in

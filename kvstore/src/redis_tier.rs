@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lcserve_common::SequenceHash;
+use lcserve_svc_kit::Tls;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -38,10 +39,14 @@ use crate::block::{Header, check_length_and_checksum, peek_header};
 use crate::tier::{Blocks, Tier, TierCounters, TierStats, add};
 
 /// Where and how to reach Redis.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct RedisTierConfig {
-    /// `redis://[user:password@]host[:port][/db]`; credentials are sent with `AUTH` on connect.
+    /// `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS; credentials are sent
+    /// with `AUTH` on connect.
     pub url: String,
+    /// For `rediss://`: the CA that signed Redis's certificate (else the system's roots), and a
+    /// client certificate when Redis asks for one.
+    pub tls: Option<Arc<Tls>>,
     /// Prepended to every key: one per deployment, so that deployments sharing a Redis never
     /// see each other's blocks. E.g. `"lcserve:prod:kv:"`.
     pub key_prefix: String,
@@ -59,6 +64,7 @@ impl RedisTierConfig {
     pub fn new(url: impl Into<String>) -> Self {
         RedisTierConfig {
             url: url.into(),
+            tls: None,
             key_prefix: "lcserve:kv:".to_owned(),
             ttl: Duration::from_secs(3600),
             op_timeout: Duration::from_millis(50),
@@ -71,6 +77,7 @@ impl fmt::Debug for RedisTierConfig {
     /// Leaves the URL out: it may carry a password.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisTierConfig")
+            .field("tls", &self.tls)
             .field("key_prefix", &self.key_prefix)
             .field("ttl", &self.ttl)
             .field("op_timeout", &self.op_timeout)
@@ -88,6 +95,23 @@ pub enum RedisTierError {
     InvalidUrl(#[source] redis::RedisError),
     #[error("{field} must be positive")]
     Zero { field: &'static str },
+}
+
+/// The client of `config.url`; `rediss://` verifies Redis with the configured CA (else the
+/// system's roots) and presents the configured certificate.
+fn client(config: &RedisTierConfig) -> Result<redis::Client, RedisTierError> {
+    let tls = config.tls.as_deref().filter(|_| config.url.starts_with("rediss://"));
+    let Some(tls) = tls else {
+        lcserve_svc_kit::tls::install_crypto_provider();
+        return redis::Client::open(config.url.as_str()).map_err(RedisTierError::InvalidUrl);
+    };
+    let certificates = redis::TlsCertificates {
+        client_tls: tls
+            .identity_pem()
+            .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.to_vec(), client_key: key.to_vec() }),
+        root_cert: tls.ca_pem().map(<[u8]>::to_vec),
+    };
+    redis::Client::build_with_tls(config.url.as_str(), certificates).map_err(RedisTierError::InvalidUrl)
 }
 
 /// Counters of a [`RedisTier`]; `corrupt` values were also deleted.
@@ -123,7 +147,7 @@ impl RedisTier {
         if config.op_timeout.is_zero() {
             return Err(RedisTierError::Zero { field: "op_timeout" });
         }
-        let client = redis::Client::open(config.url.as_str()).map_err(RedisTierError::InvalidUrl)?;
+        let client = client(config)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.op_timeout))
             .set_response_timeout(Some(config.op_timeout))

@@ -27,7 +27,7 @@ use std::time::Duration;
 use lcserve_common::SequenceHash;
 use lcserve_proto::hash_to_bytes;
 use lcserve_proto::v1::{self, kv_store_client::KvStoreClient};
-use lcserve_svc_kit::{TracedChannel, traced};
+use lcserve_svc_kit::{Tls, TracedChannel, traced};
 use tonic::transport::Endpoint;
 
 use crate::redis_tier::validate;
@@ -35,10 +35,13 @@ use crate::service::{KvStoreConfig, MESSAGE_OVERHEAD_BYTES};
 use crate::tier::{Blocks, Tier, TierCounters, TierStats, add};
 
 /// Where and how to reach the kvstore service.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct RemoteTierConfig {
-    /// `http://host:port` of the kvstore service (this build speaks plain HTTP/2, no TLS).
+    /// `http://host:port` of the kvstore service, or `https://` (needs `tls`).
     pub endpoint: String,
+    /// For `https://`: the CA that signed the service's certificate, and this client's
+    /// certificate (the service requires one under mTLS).
+    pub tls: Option<Arc<Tls>>,
     /// Budget of opening a connection; past it the call fails (a miss) and the next call
     /// tries again.
     pub connect_timeout: Duration,
@@ -57,6 +60,7 @@ impl RemoteTierConfig {
     pub fn new(endpoint: impl Into<String>) -> Self {
         RemoteTierConfig {
             endpoint: endpoint.into(),
+            tls: None,
             connect_timeout: Duration::from_millis(250),
             op_timeout: Duration::from_secs(1),
             max_message_bytes: KvStoreConfig::default().max_message_bytes(),
@@ -69,11 +73,10 @@ impl RemoteTierConfig {
             endpoint: self.endpoint.clone(),
             reason: reason.to_owned(),
         };
-        let endpoint = Endpoint::from_shared(self.endpoint.clone()).map_err(|_| invalid("not a URI"))?;
+        let endpoint = lcserve_svc_kit::tls::endpoint(&self.endpoint, self.tls.as_deref()).map_err(|err| {
+            RemoteTierError::InvalidEndpoint { endpoint: self.endpoint.clone(), reason: err.to_string() }
+        })?;
         let uri = endpoint.uri();
-        if uri.scheme_str() != Some("http") {
-            return Err(invalid("the scheme must be http:// (this build has no TLS)"));
-        }
         if uri.host().is_none_or(str::is_empty) {
             return Err(invalid("no host"));
         }

@@ -3,7 +3,11 @@
 //! `LCSERVE_ROUTER_…` environment twin).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use lcserve_svc_kit::{Tls, TlsArgs};
+use tonic::transport::Endpoint;
 
 use crate::error::RouterError;
 
@@ -54,6 +58,10 @@ pub struct RouterConfig {
     /// Block hashes remembered per worker for the device-tier index (LRU beyond it). 16 bytes
     /// plus map overhead each: 64k blocks ≈ 6 MB per worker.
     pub worker_index_blocks: usize,
+    /// Serve the OpenAI HTTP and gRPC fronts over TLS with this certificate (clients are not
+    /// asked for one); reach `https://` workers and kvstore verifying them with its CA and
+    /// presenting its certificate (mTLS).
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl Default for RouterConfig {
@@ -74,6 +82,7 @@ impl Default for RouterConfig {
             startup_timeout: Duration::from_secs(300),
             poll_interval: Duration::from_millis(500),
             worker_index_blocks: 65_536,
+            tls: None,
         }
     }
 }
@@ -87,11 +96,11 @@ impl RouterConfig {
         }
         for (field, urls) in [("prefill", &self.prefill), ("decode", &self.decode)] {
             for url in urls {
-                check_url(field, url)?;
+                self.endpoint(field, url)?;
             }
         }
         if let Some(url) = &self.kvstore {
-            check_url("kvstore", url)?;
+            self.endpoint("kvstore", url)?;
         }
         if !(self.queue_weight.is_finite() && self.queue_weight >= 0.0) {
             return bad("queue_weight", "must be a finite number >= 0");
@@ -123,11 +132,16 @@ impl RouterConfig {
     }
 }
 
-fn check_url(field: &'static str, url: &str) -> Result<(), RouterError> {
-    let parsed: Result<tonic::transport::Uri, _> = url.parse();
-    match parsed {
-        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => Ok(()),
-        _ => Err(RouterError::Config { field, reason: format!("{url:?} is not an http(s)://host:port URL") }),
+impl RouterConfig {
+    /// The endpoint of the service at `url` (the flag `field`): `http://` in the clear,
+    /// `https://` with this router's TLS.
+    pub(crate) fn endpoint(&self, field: &'static str, url: &str) -> Result<Endpoint, RouterError> {
+        let bad = |reason: String| RouterError::Config { field, reason: format!("{url:?}: {reason}") };
+        let endpoint = lcserve_svc_kit::tls::endpoint(url, self.tls.as_deref()).map_err(|err| bad(err.to_string()))?;
+        if endpoint.uri().host().is_none_or(str::is_empty) {
+            return Err(bad("no host".to_owned()));
+        }
+        Ok(endpoint)
     }
 }
 
@@ -179,6 +193,8 @@ pub struct RouterArgs {
     /// Block hashes remembered per worker for the device-tier prefix index.
     #[arg(long, env = "LCSERVE_ROUTER_WORKER_INDEX_BLOCKS", default_value_t = 65_536)]
     pub worker_index_blocks: usize,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 impl TryFrom<RouterArgs> for RouterConfig {
@@ -201,6 +217,7 @@ impl TryFrom<RouterArgs> for RouterConfig {
             startup_timeout: args.startup_timeout,
             poll_interval: args.poll_interval,
             worker_index_blocks: args.worker_index_blocks,
+            tls: Tls::load(&args.tls).map_err(|err| RouterError::Config { field: "tls", reason: err.to_string() })?,
         };
         config.validate()?;
         Ok(config)

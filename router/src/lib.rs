@@ -162,7 +162,13 @@ pub async fn run(
         ));
     }
     if let Some(url) = shared.config.kvstore.clone() {
-        background.spawn(index::follow(url, Arc::clone(&shared.index.shared), Arc::clone(&shared.index.subscriber)));
+        let endpoint = shared.config.endpoint("kvstore", &url)?;
+        background.spawn(index::follow(
+            url,
+            endpoint,
+            Arc::clone(&shared.index.shared),
+            Arc::clone(&shared.index.subscriber),
+        ));
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -195,7 +201,14 @@ pub async fn run(
             let _ = stopped.wait_for(|stop| *stop).await;
         }
     };
-    let grpc = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &shared.config.tls {
+        // The public front: TLS without asking clients for certificates (API keys authenticate).
+        let config =
+            tls.grpc_server(false).map_err(|err| RouterError::Config { field: "tls", reason: err.to_string() })?;
+        server = server.tls_config(config)?;
+    }
+    let grpc = server
         .trace_fn(lcserve_svc_kit::server_span)
         .add_service(health_service)
         .add_service(reflection_v1)

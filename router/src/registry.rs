@@ -9,7 +9,7 @@ use lcserve_proto::v1::decode_client::DecodeClient;
 use lcserve_proto::v1::prefill_client::PrefillClient;
 use lcserve_proto::v1::{self, AbortRequest, GetLoadRequest, GetModelInfoRequest};
 use lcserve_svc_kit::{TracedChannel, traced};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::config::RouterConfig;
 use crate::error::RouterError;
@@ -205,8 +205,8 @@ impl Registry {
         let workers = roles
             .enumerate()
             .map(|(index, (role, url))| {
-                let endpoint = Endpoint::from_shared(url.clone())
-                    .map_err(|err| RouterError::Config { field: role.as_str(), reason: format!("{url}: {err}") })?
+                let endpoint = config
+                    .endpoint(role.as_str(), url)?
                     .connect_timeout(Duration::from_secs(2))
                     .tcp_nodelay(true)
                     // Detects a worker that vanished mid-stream without closing the connection.

@@ -46,7 +46,7 @@ pub enum TlsError {
 }
 
 /// Loaded certificates, shared by a service's servers and clients.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Tls {
     /// Certificate chain and key, PEM.
     identity: Option<(Vec<u8>, Vec<u8>)>,
@@ -63,7 +63,25 @@ pub fn install_crypto_provider() {
     });
 }
 
+impl std::fmt::Debug for Tls {
+    /// Never the key: only what is configured.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("identity", &self.identity.is_some()).field("ca", &self.ca.is_some()).finish()
+    }
+}
+
 impl Tls {
+    /// The certificate chain and private key (PEM), when configured: the client certificate of
+    /// non-gRPC clients (Redis).
+    pub fn identity_pem(&self) -> Option<(&[u8], &[u8])> {
+        self.identity.as_ref().map(|(cert, key)| (cert.as_slice(), key.as_slice()))
+    }
+
+    /// The CA certificate (PEM), when configured.
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.ca.as_deref()
+    }
+
     /// The certificates named by `args`; `None` when no TLS flag is given.
     pub fn load(args: &TlsArgs) -> Result<Option<Arc<Tls>>, TlsError> {
         if args.tls_cert.is_none() && args.tls_key.is_none() && args.tls_ca.is_none() {

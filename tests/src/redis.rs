@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,25 +11,43 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Child,
     pub port: u16,
+    /// The TLS port, for a server started with [`RedisServer::start_tls`].
+    pub tls_port: Option<u16>,
 }
 
 impl RedisServer {
-    /// Starts on a free port. Redis refuses `--port 0`, so the port is found by binding
-    /// `127.0.0.1:0` and releasing it just before the start.
+    /// Starts on a free port.
     pub fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        RedisServer::start_on(port)
+        RedisServer::start_on(free_port())
     }
 
     /// Starts on `port` (e.g. the port of a server killed earlier) and waits for `PING`.
     pub fn start_on(port: u16) -> RedisServer {
+        RedisServer::launch(port, None, &[])
+    }
+
+    /// Starts with TLS on a second port ([`Self::tls_url`]) with the PEM `cert`/`key`, asking
+    /// clients for a certificate signed by `ca` but not requiring one (the plain port stays
+    /// for the readiness `PING`).
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> RedisServer {
+        let tls_port = free_port();
+        let mut args =
+            vec!["--tls-port".to_owned(), tls_port.to_string(), "--tls-auth-clients".into(), "optional".into()];
+        for (flag, path) in [("--tls-cert-file", cert), ("--tls-key-file", key), ("--tls-ca-cert-file", ca)] {
+            args.extend([flag.to_owned(), path.display().to_string()]);
+        }
+        RedisServer::launch(free_port(), Some(tls_port), &args)
+    }
+
+    fn launch(port: u16, tls_port: Option<u16>, extra: &[String]) -> RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (see .ci/run)");
-        let server = RedisServer { child, port };
+        let server = RedisServer { child, port, tls_port };
         let deadline = Instant::now() + Duration::from_secs(5);
         while !server.pings() {
             assert!(Instant::now() < deadline, "redis-server on port {port} did not answer PING");
@@ -39,6 +58,11 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// `rediss://localhost:<tls port>/` of a server started with [`Self::start_tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|port| format!("rediss://localhost:{port}/"))
     }
 
     fn pings(&self) -> bool {
@@ -53,6 +77,12 @@ impl RedisServer {
         let _ = self.child.wait();
         self.port
     }
+}
+
+/// A free loopback port. Redis refuses `--port 0`, so the port is found by binding
+/// `127.0.0.1:0` and releasing it just before the start.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
 impl Drop for RedisServer {

@@ -1,9 +1,11 @@
 //! A worker's settings, validated once at start.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lcserve_engine::EngineConfig;
 use lcserve_kvstore::{Codec, RemoteTierConfig};
+use lcserve_svc_kit::Tls;
 
 use crate::error::WorkerError;
 
@@ -41,6 +43,9 @@ pub struct WorkerConfig {
     /// Longest a prefill waits for the shared tier to acknowledge its blocks before answering
     /// (the decode worker recomputes whatever did not arrive).
     pub handoff_timeout: Duration,
+    /// Serve TLS with this certificate; with a CA, require client certificates it signed (mTLS:
+    /// only the router and fellow services may call).
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl WorkerConfig {
@@ -53,6 +58,7 @@ impl WorkerConfig {
             host_cache_bytes: 2 << 30,
             codec: Codec::INT8,
             handoff_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 

@@ -18,6 +18,8 @@ pub enum WorkerError {
     Transport(#[from] tonic::transport::Error),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] lcserve_svc_kit::TlsError),
 }
 
 /// How an error is reported: its gRPC code, whether retrying may help, and the field at fault.

@@ -57,7 +57,11 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let (reflection_v1, reflection_v1alpha) = lcserve_proto::reflection_services()?;
-    let router = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &worker.config.tls {
+        server = server.tls_config(tls.grpc_server(true)?)?;
+    }
+    let router = server
         .trace_fn(lcserve_svc_kit::server_span)
         .add_service(health_service)
         .add_service(reflection_v1)

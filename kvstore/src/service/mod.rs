@@ -23,6 +23,7 @@ pub use exposition::{
     METRICS_CONTENT_TYPE, MetricsSource, Sample, encode_family, encode_text, result_label, serve_metrics, status_label,
 };
 
+use lcserve_svc_kit::{Tls, TlsError};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +65,8 @@ pub struct KvStoreConfig {
     pub redis: Option<RedisTierConfig>,
     /// Write-behind queue of the shared tier.
     pub tiered: TieredConfig,
+    /// Serve TLS with this certificate; with a CA, require client certificates it signed (mTLS).
+    pub tls: Option<Arc<Tls>>,
 }
 
 impl Default for KvStoreConfig {
@@ -77,6 +80,7 @@ impl Default for KvStoreConfig {
             tenant_quota_bytes: None,
             redis: None,
             tiered: TieredConfig::default(),
+            tls: None,
         }
     }
 }
@@ -127,6 +131,8 @@ pub enum ServiceError {
     Transport(#[from] tonic::transport::Error),
     #[error("metrics listener: {0}")]
     Metrics(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Serves the kvstore on `listener` until `shutdown` completes (then drains in-flight calls).
@@ -177,7 +183,11 @@ pub async fn run_with_metrics(
     health.set_serving::<KvStoreServer<grpc::KvStoreService>>().await;
     let (reflection_v1, reflection_v1alpha) = lcserve_proto::reflection_services()?;
 
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        server = server.tls_config(tls.grpc_server(true)?)?;
+    }
+    server
         .trace_fn(lcserve_svc_kit::server_span)
         // Blocks are megabytes: let HTTP/2 windows grow past 64 KiB.
         .http2_adaptive_window(Some(true))

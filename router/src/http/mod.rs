@@ -40,7 +40,12 @@ pub(crate) async fn serve(
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .with_state(shared);
+        .with_state(Arc::clone(&shared));
+    if let Some(tls) = &shared.config.tls {
+        let config =
+            tls.http_server().await.map_err(|err| RouterError::Config { field: "tls", reason: err.to_string() })?;
+        return lcserve_svc_kit::tls::serve_https(listener, app, config, shutdown).await.map_err(RouterError::Http);
+    }
     // TCP_NODELAY: SSE chunks are small writes that Nagle's algorithm would delay.
     let listener = listener.tap_io(|tcp| {
         if let Err(err) = tcp.set_nodelay(true) {

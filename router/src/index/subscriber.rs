@@ -40,18 +40,17 @@ pub(crate) struct SubscriberStats {
 
 /// Keeps `index` in step with the kvstore at `url`, forever (the caller drops the future to
 /// stop). Never returns an error: a kvstore outage only makes the index stale.
-pub(crate) async fn follow(url: String, index: Arc<Mutex<SharedIndex>>, stats: Arc<SubscriberStats>) {
-    let endpoint = match Endpoint::from_shared(url.clone()) {
-        Ok(endpoint) => endpoint
-            .connect_timeout(Duration::from_secs(2))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true),
-        Err(err) => {
-            tracing::error!(%url, %err, "kvstore URL is invalid; the shared-tier prefix index stays empty");
-            return;
-        }
-    };
+pub(crate) async fn follow(
+    url: String,
+    endpoint: Endpoint,
+    index: Arc<Mutex<SharedIndex>>,
+    stats: Arc<SubscriberStats>,
+) {
+    let endpoint = endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
     let mut backoff = BACKOFF_MIN;
     loop {
         let applied_before = stats.events.get();
