@@ -110,6 +110,8 @@ async fn one_request_is_one_trace_across_router_prefill_kvstore_and_decode() {
         ("lcserve-prefill", "engine.prefill_chunk"),
         ("lcserve-decode", "lcserve.v1.Decode/Generate"),
         ("lcserve-decode", "engine.decode"),
+        ("lcserve-prefill", "kv.put.shared"),
+        ("lcserve-decode", "kv.get.shared"),
         ("lcserve-kvstore", "lcserve.v1.KvStore/Put"),
         ("lcserve-kvstore", "lcserve.v1.KvStore/Get"),
     ];

@@ -30,6 +30,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use lcserve_common::SequenceHash;
 use tokio::sync::mpsc;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::host_cache::{BlockRemoved, HostCache};
 use crate::tier::{Blocks, Tier};
@@ -157,6 +159,9 @@ fn bytes_of<'a>(blocks: impl IntoIterator<Item = &'a Bytes>) -> usize {
 struct Batch {
     tenant: Arc<str>,
     blocks: Blocks,
+    /// The span of the `put` that queued the batch: the write's span is its child, so a
+    /// request's trace shows its blocks reaching the shared tier.
+    queued_by: tracing::Span,
 }
 
 /// The shared tier and the sending half of its write queue.
@@ -245,7 +250,10 @@ impl<S: Tier> TieredStore<S> {
         add(&self.stats.host_bytes_read, bytes_of(&fetched.blocks));
         let rest = &hashes[in_host..];
         let Some(shared) = self.shared.as_ref().filter(|_| !rest.is_empty()) else { return fetched };
-        let from_shared: Vec<Bytes> = shared.tier.get_many(rest).await.into_iter().map_while(|block| block).collect();
+        let span = tracing::info_span!("kv.get.shared", blocks = rest.len(), hits = Empty);
+        let from_shared: Vec<Bytes> =
+            shared.tier.get_many(rest).instrument(span.clone()).await.into_iter().map_while(|block| block).collect();
+        span.record("hits", from_shared.len());
         add(&self.stats.shared_hits, from_shared.len());
         add(&self.stats.shared_misses, rest.len() - from_shared.len());
         add(&self.stats.shared_bytes_read, bytes_of(&from_shared));
@@ -274,7 +282,7 @@ impl<S: Tier> TieredStore<S> {
             && !blocks.is_empty()
         {
             let n = blocks.len();
-            match shared.queue.try_send(Batch { tenant: tenant.into(), blocks }) {
+            match shared.queue.try_send(Batch { tenant: tenant.into(), blocks, queued_by: tracing::Span::current() }) {
                 Ok(()) => {
                     add(&self.stats.shared_queued, n);
                     stored.queued = true;
@@ -303,7 +311,12 @@ impl<S: Tier> TieredStore<S> {
         let evicted = self.insert_host(&blocks);
         let Some(shared) = &self.shared else { return WrittenThrough { evicted, shared: None } };
         let sent = blocks.len();
-        let acknowledged = if sent == 0 { 0 } else { shared.tier.put_many_for(tenant, blocks).await.min(sent) };
+        let span = tracing::info_span!("kv.put.shared", blocks = sent, acknowledged = Empty);
+        let acknowledged = match sent {
+            0 => 0,
+            _ => shared.tier.put_many_for(tenant, blocks).instrument(span.clone()).await.min(sent),
+        };
+        span.record("acknowledged", acknowledged);
         add(&self.stats.shared_put, sent);
         add(&self.stats.shared_acknowledged, acknowledged);
         WrittenThrough { evicted, shared: Some(SharedWrite { sent, acknowledged }) }
@@ -339,9 +352,11 @@ impl<S: Tier> TieredStore<S> {
 /// Drains the write queue into the shared tier, one batch at a time (each bounded by the tier's
 /// own timeout), until every sender is gone.
 async fn write_behind<S: Tier>(tier: Arc<S>, mut queue: mpsc::Receiver<Batch>, stats: Arc<Counters>) {
-    while let Some(Batch { tenant, blocks }) = queue.recv().await {
+    while let Some(Batch { tenant, blocks, queued_by }) = queue.recv().await {
         let n = blocks.len();
-        let _acknowledged = tier.put_many_for(&tenant, blocks).await;
+        let span = tracing::info_span!(parent: &queued_by, "kv.put.shared", blocks = n, acknowledged = Empty);
+        let acknowledged = tier.put_many_for(&tenant, blocks).instrument(span.clone()).await;
+        span.record("acknowledged", acknowledged);
         add(&stats.shared_put, n);
     }
 }

@@ -143,6 +143,9 @@ pub(crate) async fn prepare(
     let span = tracing::info_span!("tokenize", prompt_tokens = tracing::field::Empty, blocks = tracing::field::Empty);
     let (prompt, hashes, salt) = tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
+        if lcserve_svc_kit::log_prompts() {
+            tracing::info!(?prompt, "prompt");
+        }
         let ids = tokenize(&hashed, &prompt)?;
         span.record("prompt_tokens", ids.len());
         let hashes = sequence_hashes(hashed.namespace(&salt, mode, ids.len()), &ids, hashed.block_size);
