@@ -130,7 +130,7 @@ pub fn run(role: Role, args: WorkerArgs) -> anyhow::Result<()> {
         match metrics {
             Some(metrics) => {
                 let metrics = async {
-                    lcserve_kvstore::serve_metrics(metrics, worker, ctrl_c()).await.context("serving /metrics")
+                    lcserve_svc_kit::metrics::serve_metrics(metrics, worker, ctrl_c()).await.context("serving /metrics")
                 };
                 tokio::try_join!(serving, metrics)?;
             }

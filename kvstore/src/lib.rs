@@ -38,8 +38,7 @@
 //!   over a [`TieredStore`] of a RAM tier and optional Redis, publishing every change of the
 //!   RAM tier's block set as a numbered KV event (bounded log, resume or snapshot); configured
 //!   by [`KvStoreConfig`], whose gRPC message limit admits its largest block.
-//!   [`run_with_metrics`] adds Prometheus `GET /metrics`; [`serve_metrics`] and its helpers
-//!   serve the same for the workers.
+//!   [`run_with_metrics`] adds Prometheus `GET /metrics` (served by `lcserve_svc_kit::metrics`).
 #![forbid(unsafe_code)]
 
 pub mod block;
@@ -60,10 +59,7 @@ pub use error::Error;
 pub use host_cache::{BlockRemoved, HostCache, InsertOutcome, Inserted, PinGuard, Rejection, RemovalCause, Stats};
 pub use redis_tier::{RedisStats, RedisTier, RedisTierConfig, RedisTierError, validate};
 pub use remote_tier::{RemoteStats, RemoteTier, RemoteTierConfig, RemoteTierError};
-pub use service::{
-    KvStoreConfig, MESSAGE_OVERHEAD_BYTES, METRICS_CONTENT_TYPE, MetricsSource, Sample, ServiceError, encode_family,
-    encode_text, result_label, run, run_with_metrics, serve_metrics, status_label,
-};
+pub use service::{KvStoreConfig, MESSAGE_OVERHEAD_BYTES, ServiceError, run, run_with_metrics};
 pub use tenant_quota::TenantQuotas;
 pub use tier::{Blocks, Tier, TierStats};
 pub use tiered::{Fetched, SharedWrite, Stored, TierKind, TieredConfig, TieredStats, TieredStore, WrittenThrough};

@@ -8,10 +8,13 @@
 //!   continues the caller's trace; clients wrap their channel with [`traced`](propagation::traced),
 //!   which writes the current span's context into every outgoing call's metadata. One request is
 //!   then one trace across router → prefill → kvstore → decode.
+//! - [`metrics`]: `GET /metrics` (Prometheus text) for workers and kvstore, and the helpers
+//!   their metric families share (status labels, families read at scrape time).
 //! - [`tls`]: rustls certificates from `--tls-cert/--tls-key/--tls-ca` for gRPC servers (mTLS
 //!   between services), the router's HTTPS, and clients of `https://` URLs.
 #![forbid(unsafe_code)]
 
+pub mod metrics;
 pub mod propagation;
 pub mod telemetry;
 pub mod tls;

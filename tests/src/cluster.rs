@@ -141,7 +141,11 @@ impl Cluster {
             let url = format!("http://{}", listener.local_addr().expect("addr"));
             let metrics = metrics_listener.local_addr().expect("addr");
             rt.spawn(lcserve_worker::run(Arc::clone(&worker), listener, std::future::pending()));
-            rt.spawn(lcserve_kvstore::serve_metrics(metrics_listener, Arc::clone(&worker), std::future::pending()));
+            rt.spawn(lcserve_svc_kit::metrics::serve_metrics(
+                metrics_listener,
+                Arc::clone(&worker),
+                std::future::pending(),
+            ));
             Node { url, metrics, worker, runtime: Some(rt) }
         };
         let prefill: Vec<Node> = (0..config.prefill_workers).map(|_| start_node(Role::Prefill)).collect();

@@ -69,7 +69,7 @@ impl v1::decode_server::Decode for DecodeService {
         let result = self.start(request).await;
         // A stream that started is counted when it ends (`Forward::run`).
         if let Err(status) = &result {
-            self.0.metrics.request(lcserve_kvstore::status_label(status.code()));
+            self.0.metrics.request(lcserve_svc_kit::metrics::status_label(status.code()));
         }
         result
     }
@@ -153,7 +153,7 @@ impl Forward {
                 }
                 EngineEvent::Error(e) => {
                     let _ = tx.send(Ok(convert::event(Event::Error(error::error_event(&e))))).await;
-                    return lcserve_kvstore::status_label(error::classify(&e).code);
+                    return lcserve_svc_kit::metrics::status_label(error::classify(&e).code);
                 }
             };
             if tx.send(Ok(convert::event(out))).await.is_err() {

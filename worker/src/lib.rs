@@ -21,7 +21,7 @@
 //! - `convert`, `error`: wire ⇄ engine types; errors classified once into gRPC codes and
 //!   terminal events.
 //! - `metrics`: the `lcserve_worker_*` Prometheus series; a [`Worker`] is a
-//!   [`MetricsSource`](lcserve_kvstore::MetricsSource) for `lcserve_kvstore::serve_metrics`.
+//!   [`MetricsSource`](lcserve_svc_kit::metrics::MetricsSource) for `lcserve_svc_kit::metrics::serve_metrics`.
 //! - [`run`]: serves a worker's role with health and reflection until shutdown.
 #![forbid(unsafe_code)]
 

@@ -1,5 +1,5 @@
 //! The worker's Prometheus metrics (`lcserve_worker_*`, every series labelled with the `role`),
-//! served by `lcserve_kvstore::serve_metrics` (the worker is its [`MetricsSource`]) on
+//! served by `lcserve_svc_kit::metrics::serve_metrics` (the worker is its [`MetricsSource`]) on
 //! `--metrics-listen`.
 //!
 //! - Counted as they happen: requests by final status, generated tokens, speculative proposed
@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use lcserve_engine::{EngineHandle, Usage};
-use lcserve_kvstore::{MetricsSource, RemoteTier, Sample, TieredStore, encode_family, encode_text};
+use lcserve_kvstore::{RemoteTier, TieredStore};
+use lcserve_svc_kit::metrics::{MetricsSource, Sample, encode_family, encode_text};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::MetricType;

@@ -92,7 +92,7 @@ impl PrefillService {
 impl v1::prefill_server::Prefill for PrefillService {
     async fn run(&self, request: Request<v1::PrefillRequest>) -> Result<Response<v1::PrefillResponse>, Status> {
         let result = self.prefill(request).await;
-        self.0.metrics.request(lcserve_kvstore::result_label(&result));
+        self.0.metrics.request(lcserve_svc_kit::metrics::result_label(&result));
         result
     }
 

@@ -14,10 +14,10 @@ use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::exposition::result_label;
 use super::metrics::KvStoreMetrics;
 use super::store::{NotReplayable, Store};
 use crate::tier::Blocks;
+use lcserve_svc_kit::metrics::result_label;
 
 /// Longest `PutBlock.tenant` accepted: room for a salt in hex, and a bound on what a client
 /// can make the server keep per tenant.

@@ -14,8 +14,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::exposition::{MetricsSource, Sample, encode_family, encode_text};
 use super::store::Store;
+use lcserve_svc_kit::metrics::{MetricsSource, Sample, encode_family, encode_text};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {

@@ -12,16 +12,11 @@
 //! resuming into a numbering that started over.
 //!
 //! [`run_with_metrics`] also serves Prometheus `GET /metrics` (`metrics`: the kvstore's series)
-//! on a second listener, through `exposition` ([`serve_metrics`]), which the workers use too.
+//! on a second listener, through [`lcserve_svc_kit::metrics::serve_metrics`].
 
-mod exposition;
 mod grpc;
 mod metrics;
 mod store;
-
-pub use exposition::{
-    METRICS_CONTENT_TYPE, MetricsSource, Sample, encode_family, encode_text, result_label, serve_metrics, status_label,
-};
 
 use lcserve_svc_kit::{Tls, TlsError};
 use std::future::Future;
@@ -166,7 +161,7 @@ pub async fn run_with_metrics(
         let stopped = async move {
             let _ = stopped.changed().await;
         };
-        tokio::spawn(serve_metrics(listener, Arc::clone(&metrics), stopped))
+        tokio::spawn(lcserve_svc_kit::metrics::serve_metrics(listener, Arc::clone(&metrics), stopped))
     });
     let service = grpc::KvStoreService {
         store,

@@ -1,7 +1,6 @@
-//! Prometheus text exposition for every lcserve service that is not the router: a small axum
-//! listener answering `GET /metrics` next to the service's gRPC port, and the helpers the
-//! services share to fill it. It lives here because the kvstore is the one library both the
-//! kvstore service and the workers (which depend on it for their KV tiers) link.
+//! Prometheus text exposition for the services that are not the router (workers, kvstore): a
+//! small axum listener answering `GET /metrics` next to the service's gRPC port, and the
+//! helpers they share to fill it.
 
 use std::future::Future;
 use std::sync::Arc;
