@@ -78,6 +78,17 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
 }
 
+/// The router's metrics for OTLP export (the HTTP front serves the same on `/metrics`).
+impl lcserve_svc_kit::metrics::MetricsSource for Shared {
+    async fn refresh(&self) {
+        self.metrics.refresh(&self.registry.workers, lock(&self.index.shared).len());
+    }
+
+    fn registry(&self) -> &prometheus_client::registry::Registry {
+        self.metrics.registry()
+    }
+}
+
 impl Shared {
     fn new(config: RouterConfig) -> Result<Self, RouterError> {
         let auth = Auth::load(config.api_keys.as_deref())?;
@@ -152,6 +163,7 @@ pub async fn run(
     config.validate()?;
     tokio::runtime::Handle::try_current().map_err(|_| RouterError::NoRuntime)?;
     let shared = Arc::new(Shared::new(config)?);
+    lcserve_svc_kit::otlp_metrics::push_metrics(Arc::clone(&shared));
 
     let mut background = JoinSet::new();
     for worker in &shared.registry.workers {

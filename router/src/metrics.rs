@@ -270,13 +270,22 @@ impl Metrics {
         }
     }
 
-    /// The exposition text, with point-in-time gauges refreshed first.
-    pub fn render(&self, workers: &[std::sync::Arc<Worker>], index_blocks: usize) -> String {
+    /// Sets the point-in-time gauges: worker health and the prefix index's size.
+    pub fn refresh(&self, workers: &[std::sync::Arc<Worker>], index_blocks: usize) {
         for worker in workers {
             let labels = WorkerLabels { role: worker.role.as_str(), worker: worker.url.clone() };
             self.worker_healthy.get_or_create(&labels).set(i64::from(worker.health() == Health::Healthy));
         }
         self.index_blocks.set(i64::try_from(index_blocks).unwrap_or(i64::MAX));
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The exposition text, with point-in-time gauges refreshed first.
+    pub fn render(&self, workers: &[std::sync::Arc<Worker>], index_blocks: usize) -> String {
+        self.refresh(workers, index_blocks);
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

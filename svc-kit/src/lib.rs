@@ -9,12 +9,14 @@
 //!   which writes the current span's context into every outgoing call's metadata. One request is
 //!   then one trace across router → prefill → kvstore → decode.
 //! - [`metrics`]: `GET /metrics` (Prometheus text) for workers and kvstore, and the helpers
-//!   their metric families share (status labels, families read at scrape time).
+//!   their metric families share (status labels, families read at scrape time);
+//!   [`otlp_metrics`] pushes the same registries to the OTLP collector.
 //! - [`tls`]: rustls certificates from `--tls-cert/--tls-key/--tls-ca` for gRPC servers (mTLS
 //!   between services), the router's HTTPS, and clients of `https://` URLs.
 #![forbid(unsafe_code)]
 
 pub mod metrics;
+pub mod otlp_metrics;
 pub mod propagation;
 pub mod telemetry;
 pub mod tls;

@@ -19,10 +19,11 @@ use prometheus_client::registry::Registry;
 /// The `Content-Type` of `/metrics`: Prometheus text format 0.0.4.
 pub const METRICS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
-/// Something that renders its metrics as Prometheus text on each scrape (it may first refresh
-/// point-in-time gauges, which can take an await).
+/// A service's metrics: a registry, and the point-in-time gauges to refresh (which may take an
+/// await) before each scrape or OTLP push.
 pub trait MetricsSource: Send + Sync + 'static {
-    fn render(&self) -> impl Future<Output = String> + Send;
+    fn refresh(&self) -> impl Future<Output = ()> + Send;
+    fn registry(&self) -> &Registry;
 }
 
 /// Serves `GET /metrics` from `source` on `listener` until `shutdown` completes.
@@ -36,11 +37,12 @@ pub async fn serve_metrics<S: MetricsSource>(
 }
 
 async fn metrics<S: MetricsSource>(State(source): State<Arc<S>>) -> Response {
-    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], source.render().await).into_response()
+    source.refresh().await;
+    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], encode_text(source.registry())).into_response()
 }
 
 /// `registry` in the Prometheus text format.
-pub fn encode_text(registry: &Registry) -> String {
+fn encode_text(registry: &Registry) -> String {
     let mut text = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_text::encode(&mut text, registry);

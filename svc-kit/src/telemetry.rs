@@ -1,4 +1,5 @@
-//! One telemetry init per binary: the `tracing` subscriber, and the OTLP span exporter.
+//! One telemetry init per binary: the `tracing` subscriber, the OTLP span exporter, and where
+//! [`push_metrics`](crate::otlp_metrics::push_metrics) sends metrics.
 
 use std::sync::OnceLock;
 
@@ -17,7 +18,8 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 /// Telemetry flags, the same on every subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct TelemetryArgs {
-    /// Export traces over OTLP/gRPC to this collector (e.g. `http://otel-collector:4317`).
+    /// Export traces and metrics over OTLP/gRPC to this collector (e.g.
+    /// `http://otel-collector:4317`); metrics every `OTEL_METRIC_EXPORT_INTERVAL` ms (60000).
     #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
     /// Log line format on stderr.
@@ -94,6 +96,8 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<Telemetry, Te
     let (provider, runtime) = match args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
         Some(endpoint) => {
             let (provider, runtime) = otlp_provider(service, endpoint)?;
+            let _ =
+                crate::otlp_metrics::TARGET.set(crate::otlp_metrics::Target { endpoint: endpoint.to_owned(), service });
             (Some(provider), Some(runtime))
         }
         None => (None, None),

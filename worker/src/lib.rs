@@ -55,6 +55,7 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
+    lcserve_svc_kit::otlp_metrics::push_metrics(Arc::clone(&worker));
     let (health, health_service) = tonic_health::server::health_reporter();
     let (reflection_v1, reflection_v1alpha) = lcserve_proto::reflection_services()?;
     let mut server = tonic::transport::Server::builder();

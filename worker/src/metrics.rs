@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use lcserve_engine::{EngineHandle, Usage};
 use lcserve_kvstore::{RemoteTier, TieredStore};
-use lcserve_svc_kit::metrics::{MetricsSource, Sample, encode_family, encode_text};
+use lcserve_svc_kit::metrics::{MetricsSource, Sample, encode_family};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -133,8 +133,8 @@ impl WorkerMetrics {
 }
 
 impl MetricsSource for Worker {
-    /// Refreshes the engine's gauges (when it answers), then encodes everything.
-    async fn render(&self) -> String {
+    /// Refreshes the engine's gauges (when it answers).
+    async fn refresh(&self) {
         let metrics = &self.metrics;
         if let Ok(stats) = self.engine.stats().await {
             let set = |gauge: &Gauge, value: usize| gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
@@ -143,7 +143,10 @@ impl MetricsSource for Worker {
             set(&metrics.blocks_used, stats.used_blocks);
             set(&metrics.blocks_free, stats.free_blocks);
         }
-        encode_text(&metrics.registry)
+    }
+
+    fn registry(&self) -> &Registry {
+        &self.metrics.registry
     }
 }
 

@@ -15,7 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::store::Store;
-use lcserve_svc_kit::metrics::{MetricsSource, Sample, encode_family, encode_text};
+use lcserve_svc_kit::metrics::{MetricsSource, Sample, encode_family};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -54,8 +54,11 @@ impl KvStoreMetrics {
 }
 
 impl MetricsSource for KvStoreMetrics {
-    async fn render(&self) -> String {
-        encode_text(&self.registry)
+    /// Every series is a counter or read by the collector at encode time.
+    async fn refresh(&self) {}
+
+    fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 

@@ -156,6 +156,7 @@ pub async fn run_with_metrics(
     let store = Arc::new(store::Store::new(tiered, config.event_log_len, config.subscriber_buffer, epoch, quotas));
     let (stop, stopping) = tokio::sync::watch::channel(());
     let metrics = Arc::new(metrics::KvStoreMetrics::new(&store));
+    lcserve_svc_kit::otlp_metrics::push_metrics(Arc::clone(&metrics));
     let metrics_server = metrics_listener.map(|listener| {
         let mut stopped = stopping.clone();
         let stopped = async move {

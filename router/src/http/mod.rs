@@ -144,8 +144,7 @@ async fn ready(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let index_blocks = crate::lock(&shared.index.shared).len();
-    let text = shared.metrics.render(&shared.registry.workers, index_blocks);
+    let text = shared.metrics.render(&shared.registry.workers, crate::lock(&shared.index.shared).len());
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 

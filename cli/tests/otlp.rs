@@ -1,6 +1,6 @@
-//! One request through the disaggregated stack, run as separate `lcserve` processes exporting
-//! OTLP to a trace collector started by the test, is one trace: spans from the router, the
-//! prefill worker, the kvstore and the decode worker, linked by parent ids.
+//! The disaggregated stack as separate `lcserve` processes exporting OTLP to a collector started
+//! by the test: one request is one trace (spans from the router, the prefill worker, the kvstore
+//! and the decode worker, linked by parent ids), and every service pushes its metrics.
 
 mod support;
 
@@ -8,9 +8,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use support::{Stack, generate};
 
 /// One received span: its service, name and ids.
@@ -23,10 +28,42 @@ struct ReceivedSpan {
     parent_span_id: Vec<u8>,
 }
 
-/// A gRPC OTLP trace collector that keeps every span it is sent.
+/// A gRPC OTLP collector that keeps every span it is sent, and the names of the metrics each
+/// service pushed.
 #[derive(Clone, Default)]
 struct Collector {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    metrics: Arc<Mutex<HashSet<(String, String)>>>,
+}
+
+#[tonic::async_trait]
+impl MetricsService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut metrics = self.metrics.lock().expect("collector lock");
+        for resource_metrics in request.into_inner().resource_metrics {
+            let service = service_name(resource_metrics.resource.as_ref());
+            for metric in resource_metrics.scope_metrics.into_iter().flat_map(|scope| scope.metrics) {
+                metrics.insert((service.clone(), metric.name));
+            }
+        }
+        Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
+    }
+}
+
+/// The `service.name` of a resource.
+fn service_name(resource: Option<&Resource>) -> String {
+    resource
+        .into_iter()
+        .flat_map(|resource| &resource.attributes)
+        .find(|attribute| attribute.key == "service.name")
+        .and_then(|attribute| match attribute.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(name) => Some(name.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 #[tonic::async_trait]
@@ -37,16 +74,7 @@ impl TraceService for Collector {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let mut spans = self.spans.lock().expect("collector lock");
         for resource_spans in request.into_inner().resource_spans {
-            let service = resource_spans
-                .resource
-                .iter()
-                .flat_map(|resource| &resource.attributes)
-                .find(|attribute| attribute.key == "service.name")
-                .and_then(|attribute| match attribute.value.as_ref()?.value.as_ref()? {
-                    Value::StringValue(name) => Some(name.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
+            let service = service_name(resource_spans.resource.as_ref());
             for span in resource_spans.scope_spans.into_iter().flat_map(|scope| scope.spans) {
                 spans.push(ReceivedSpan {
                     service: service.clone(),
@@ -81,19 +109,20 @@ fn summary(spans: &[ReceivedSpan]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_request_is_one_trace_across_router_prefill_kvstore_and_decode() {
+async fn one_request_is_one_trace_and_every_service_pushes_its_metrics() {
     let collector = Collector::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind collector");
     let collector_addr = listener.local_addr().expect("addr");
-    let server = TraceServiceServer::new(collector.clone());
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(server)
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .add_service(MetricsServiceServer::new(collector.clone()))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
 
     let telemetry = ["--otlp-endpoint".to_owned(), format!("http://{collector_addr}")];
-    let stack = Stack::start("http", &telemetry, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]);
+    let export_often = [("OTEL_BSP_SCHEDULE_DELAY", "100"), ("OTEL_METRIC_EXPORT_INTERVAL", "200")];
+    let stack = Stack::start("http", &telemetry, &export_often);
     let mut client = stack.client(None).await;
     assert_eq!(generate(&mut client, 4).await.expect("generate"), 4);
 
@@ -152,5 +181,25 @@ async fn one_request_is_one_trace_across_router_prefill_kvstore_and_decode() {
             .filter(|s| s.service == *service)
             .any(|span| ids.get(span.parent_span_id.as_slice()).is_some_and(|parent| parent.service != span.service));
         assert!(crossed, "no {service} span has a parent in another service: {trace:?}");
+    }
+
+    // Every service pushes its metrics over OTLP too, the request's counters among them.
+    let wanted = [
+        ("lcserve-router", "lcserve_router_requests_total"),
+        ("lcserve-router", "lcserve_router_time_to_first_token_seconds"),
+        ("lcserve-prefill", "lcserve_worker_requests_total"),
+        ("lcserve-decode", "lcserve_worker_step_duration_seconds"),
+        ("lcserve-kvstore", "lcserve_kvstore_requests_total"),
+    ];
+    let started = Instant::now();
+    loop {
+        let received = collector.metrics.lock().expect("collector lock").clone();
+        let missing: Vec<_> =
+            wanted.iter().filter(|(s, m)| !received.contains(&((*s).to_owned(), (*m).to_owned()))).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no OTLP metrics {missing:?}; received {received:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
