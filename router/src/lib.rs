@@ -214,7 +214,7 @@ pub async fn run(
         }
     };
     let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = &shared.config.tls {
+    if let Some(tls) = shared.config.tls.as_deref().filter(|tls| tls.serves()) {
         // The public front: TLS without asking clients for certificates (API keys authenticate).
         let config =
             tls.grpc_server(false).map_err(|err| RouterError::Config { field: "tls", reason: err.to_string() })?;

@@ -77,6 +77,12 @@ impl Tls {
         self.identity.as_ref().map(|(cert, key)| (cert.as_slice(), key.as_slice()))
     }
 
+    /// Whether there is a certificate to serve TLS with: a CA alone only verifies peers (an
+    /// `https://` kvstore, a `rediss://` Redis) while the service itself serves in the clear.
+    pub fn serves(&self) -> bool {
+        self.identity.is_some()
+    }
+
     /// The CA certificate (PEM), when configured.
     pub fn ca_pem(&self) -> Option<&[u8]> {
         self.ca.as_deref()

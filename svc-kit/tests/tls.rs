@@ -52,8 +52,10 @@ async fn grpc_mtls_admits_only_clients_with_a_certificate_from_the_ca() {
     // A worker with its certificate from the CA is served.
     check(&url, Some(&load(&ca.issue("worker")))).await.expect("a client with the CA's certificate is served");
 
-    // A worker without a client certificate is refused by mTLS.
+    // A worker without a client certificate is refused by mTLS (and, having none, would serve in
+    // the clear itself).
     let no_identity = TlsArgs { tls_ca: Some(ca.ca_path()), ..TlsArgs::default() };
+    assert!(!load(&no_identity).serves());
     let refused = check(&url, Some(&load(&no_identity))).await;
     assert!(refused.is_err(), "mTLS must refuse a client without a certificate");
 

@@ -59,7 +59,7 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     let (reflection_v1, reflection_v1alpha) = lcserve_proto::reflection_services()?;
     let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = &worker.config.tls {
+    if let Some(tls) = worker.config.tls.as_deref().filter(|tls| tls.serves()) {
         server = server.tls_config(tls.grpc_server(true)?)?;
     }
     let router = server

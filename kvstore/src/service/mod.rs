@@ -180,7 +180,7 @@ pub async fn run_with_metrics(
     let (reflection_v1, reflection_v1alpha) = lcserve_proto::reflection_services()?;
 
     let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
+    if let Some(tls) = config.tls.as_deref().filter(|tls| tls.serves()) {
         server = server.tls_config(tls.grpc_server(true)?)?;
     }
     server

@@ -41,7 +41,7 @@ pub(crate) async fn serve(
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(Arc::clone(&shared));
-    if let Some(tls) = &shared.config.tls {
+    if let Some(tls) = shared.config.tls.as_deref().filter(|tls| tls.serves()) {
         let config =
             tls.http_server().await.map_err(|err| RouterError::Config { field: "tls", reason: err.to_string() })?;
         return lcserve_svc_kit::tls::serve_https(listener, app, config, shutdown).await.map_err(RouterError::Http);
