@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use lcserve_proto::v1::generation_client::GenerationClient;
 use lcserve_proto::v1::{self, generate_request::Input, generate_response::Event};
 use lcserve_svc_kit::Tls;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// A loopback address nobody listens on right now.
 fn free_addr() -> String {
@@ -89,15 +92,17 @@ impl Stack {
         Stack { grpc_url, decode_url, _services: services }
     }
 
-    /// A client of the router's gRPC front once it serves the model (`tls`: the client side of
-    /// an `https://` front).
+    /// A client of the router's gRPC front once the router reports itself serving — the model
+    /// described and a decode worker healthy (`tls`: the client side of an `https://` front).
     pub async fn client(&self, tls: Option<&Tls>) -> GenerationClient<tonic::transport::Channel> {
         let started = Instant::now();
+        let service = "lcserve.v1.Generation".to_owned();
         loop {
             if let Ok(channel) = connect(&self.grpc_url, tls).await {
-                let mut client = GenerationClient::new(channel);
-                if client.list_models(v1::ListModelsRequest {}).await.is_ok_and(|r| !r.into_inner().models.is_empty()) {
-                    return client;
+                let mut health = HealthClient::new(channel.clone());
+                let check = health.check(HealthCheckRequest { service: service.clone() }).await;
+                if check.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving) {
+                    return GenerationClient::new(channel);
                 }
             }
             assert!(started.elapsed() < Duration::from_secs(120), "the router did not become ready");
