@@ -16,7 +16,7 @@ use lcserve_engine::{Completion, EngineHandle, GenerateRequest, PrefillMode, Sto
 use lcserve_text::haystack::{Sample, SampleSpec, Task, generate};
 use serde::Serialize;
 
-use crate::engine_args::{EngineArgs, ModelArgs};
+use crate::engine_args::{EngineArgs, KvSelectionArgs, ModelArgs};
 use crate::generate::encode_prompt;
 
 #[derive(Debug, Args)]
@@ -43,6 +43,9 @@ pub struct NeedleBenchArgs {
     /// Prefill attention: `dense`, `sparse`, or `auto` (sparse from the engine's threshold on).
     #[arg(long, default_value = "auto")]
     mode: PrefillMode,
+    /// Decode the answers with TokenSelect (compare with and without it).
+    #[command(flatten)]
+    kv_selection: KvSelectionArgs,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -118,6 +121,7 @@ pub fn run(args: NeedleBenchArgs) -> anyhow::Result<()> {
                 stop: StopConditions { max_tokens: max_new_tokens(spec.task), ..StopConditions::default() },
                 cache_salt: format!("bench-needle-{}", outcomes.len() + pending.len()).into_bytes(),
                 prefill_mode: args.mode,
+                kv_selection: args.kv_selection.selection(),
                 ..GenerateRequest::default()
             };
             let stream = engine
@@ -135,6 +139,7 @@ pub fn run(args: NeedleBenchArgs) -> anyhow::Result<()> {
     let report = Report {
         model: args.model.id(),
         mode: args.mode,
+        kv_selection_budget: args.kv_selection.kv_selection_budget,
         samples: args.samples,
         seed: args.seed,
         tasks: summarize(&outcomes, tasks, &args.lengths, &args.depths),
@@ -207,6 +212,8 @@ impl Outcome {
 struct Report {
     model: String,
     mode: PrefillMode,
+    /// TokenSelect decode budget; absent for dense decoding.
+    kv_selection_budget: Option<u64>,
     /// Prompts per task, length and depth.
     samples: u32,
     seed: u64,
@@ -301,9 +308,13 @@ fn summarize(outcomes: &[Outcome], tasks: &[Task], lengths: &[usize], depths: &[
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mode = format!("{:?}", self.mode).to_lowercase();
+        let decode = match self.kv_selection_budget {
+            Some(budget) => format!("TokenSelect decode (budget {budget})"),
+            None => "dense decode".to_owned(),
+        };
         writeln!(
             f,
-            "bench needle: {}, {mode} prefill, {} sample(s) per cell, seed {}",
+            "bench needle: {}, {mode} prefill, {decode}, {} sample(s) per cell, seed {}",
             self.model, self.samples, self.seed
         )?;
         write!(f, "{:<13} {:>7} {:>7}", "task", "length", "tokens")?;
@@ -379,6 +390,7 @@ mod tests {
         let report = Report {
             model: "m".into(),
             mode: PrefillMode::Dense,
+            kv_selection_budget: None,
             samples: 1,
             seed: 0,
             tasks: summarize(&outcomes, &[Task::Passkey], &[1024], &[0.2, 0.8]),
@@ -386,7 +398,7 @@ mod tests {
         };
         let table = report.to_string();
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines[0], "bench needle: m, dense prefill, 1 sample(s) per cell, seed 0");
+        assert_eq!(lines[0], "bench needle: m, dense prefill, dense decode, 1 sample(s) per cell, seed 0");
         assert!(lines[1].contains("@0.2") && lines[1].contains("@0.8"), "{table}");
         let row: Vec<&str> = lines[2].split_whitespace().collect();
         assert_eq!(row, ["passkey", "1024", "1014", "100%", "0%", "50%", "1.000", "15.0"]);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use lcserve_engine::EngineConfig;
+use lcserve_engine::{EngineConfig, KvSelection};
 use lcserve_model::{Activations, Model};
 
 /// File name `scripts/fetch-model` gives the reference model.
@@ -122,5 +122,35 @@ impl EngineArgs {
             sparse_min_tokens: self.sparse_min_tokens,
             sparse_prefill_chunk: self.sparse_prefill_chunk,
         }
+    }
+}
+
+/// TokenSelect decode flags (opt-in, lossy): `--kv-selection-budget` turns it on.
+#[derive(Debug, Clone, Args)]
+pub struct KvSelectionArgs {
+    /// Decode with TokenSelect: each step of a layer attends to this many best-voted cached
+    /// keys plus the sink and the local window [default: dense decoding].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub kv_selection_budget: Option<u64>,
+    /// Leading keys TokenSelect always keeps (attention sinks).
+    #[arg(long, requires = "kv_selection_budget", default_value_t = KvSelection::default().sink)]
+    pub kv_selection_sink: usize,
+    /// Trailing keys TokenSelect always keeps (the local window).
+    #[arg(long, requires = "kv_selection_budget", default_value_t = KvSelection::default().window)]
+    pub kv_selection_window: usize,
+    /// A layer reuses its last selection while its query's cosine similarity to the query
+    /// that made it stays at or above this.
+    #[arg(long, requires = "kv_selection_budget", default_value_t = KvSelection::default().reuse_threshold)]
+    pub kv_selection_reuse: f32,
+}
+
+impl KvSelectionArgs {
+    pub fn selection(&self) -> Option<KvSelection> {
+        self.kv_selection_budget.map(|budget| KvSelection {
+            budget: budget as usize,
+            sink: self.kv_selection_sink,
+            window: self.kv_selection_window,
+            reuse_threshold: self.kv_selection_reuse,
+        })
     }
 }

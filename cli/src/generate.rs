@@ -11,7 +11,7 @@ use lcserve_engine::{
 use lcserve_model::{ChatMessage, Model};
 use serde::Serialize;
 
-use crate::engine_args::{EngineArgs, ModelArgs};
+use crate::engine_args::{EngineArgs, KvSelectionArgs, ModelArgs};
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
@@ -29,10 +29,14 @@ pub struct GenerateArgs {
     /// (sparse from --sparse-min-tokens prompt tokens).
     #[arg(long, default_value = "auto")]
     prefill_mode: PrefillMode,
-    /// Speculative decoding: `off`, or `ngram` (prompt lookup; lossless — the output is
-    /// distributed exactly as without it).
+    /// Speculative decoding: `off`; `ngram` (prompt lookup; lossless — the output is
+    /// distributed exactly as without it); or `auto` (prompt lookup with each step's draft
+    /// length chosen from the observed acceptance and the measured cost of verification, off
+    /// where it would lose).
     #[arg(long, value_enum, default_value_t = SpeculationArg::Off)]
     speculation: SpeculationArg,
+    #[command(flatten)]
+    kv_selection: KvSelectionArgs,
     /// Wrap the prompt as a user message in the model's chat template.
     #[arg(long)]
     chat: bool,
@@ -66,6 +70,7 @@ pub struct GenerateArgs {
 pub enum SpeculationArg {
     Off,
     Ngram,
+    Auto,
 }
 
 impl From<SpeculationArg> for Speculation {
@@ -73,6 +78,7 @@ impl From<SpeculationArg> for Speculation {
         match arg {
             SpeculationArg::Off => Speculation::Off,
             SpeculationArg::Ngram => Speculation::Ngram,
+            SpeculationArg::Auto => Speculation::Auto,
         }
     }
 }
@@ -89,6 +95,11 @@ struct Summary {
     /// Draft tokens proposed by speculative decoding, and accepted.
     spec_proposed: usize,
     spec_accepted: usize,
+    /// TokenSelect budget (0 = dense decoding) and the fraction of cached keys decode read.
+    kv_selection_budget: usize,
+    kv_selection_density: f64,
+    /// Fraction of TokenSelect layer steps that reused the previous selection.
+    kv_selection_reuse: f64,
     ttft_ms: f64,
     prefill_tokens_per_s: f64,
     decode_tokens_per_s: f64,
@@ -135,6 +146,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         cache_salt: Vec::new(),
         prefill_mode: args.prefill_mode,
         speculation: args.speculation.into(),
+        kv_selection: args.kv_selection.selection(),
         ..GenerateRequest::default()
     };
     let mut stream = engine.submit(request)?;
@@ -162,6 +174,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                         prefill_density: usage.prefill_density,
                         spec_proposed: usage.speculative_proposed,
                         spec_accepted: usage.speculative_accepted,
+                        kv_selection_budget: usage.kv_selection_budget,
+                        kv_selection_density: usage.kv_selection_density,
+                        kv_selection_reuse: usage.kv_selection_reuse,
                         ttft_ms: timings.time_to_first_token.as_secs_f64() * 1e3,
                         prefill_tokens_per_s: timings.prefill_tokens_per_s(computed),
                         decode_tokens_per_s: timings.decode_tokens_per_s(usage.completion_tokens),

@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_cha
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lcserve_model::{HeadPatterns, Model};
+use lcserve_model::{HeadPatterns, Model, TokenSelectAttention};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 
@@ -19,10 +19,11 @@ use lcserve_common::{Namespace, PrefillMode, SequenceHash, TokenId, sequence_has
 use crate::config::EngineConfig;
 use crate::error::EngineError;
 use crate::kv_transfer::{Exporter, ImportedKv, tail_layout};
-use crate::request::{EngineEvent, FinishReason, GenerateRequest, Timings, Usage};
+use crate::request::{EngineEvent, FinishReason, GenerateRequest, KvSelection, Timings, Usage};
 use crate::sampler::Sampler;
 use crate::scheduler::{EngineStats, Scheduler};
 use crate::sequence::{Sequence, SequenceSpans};
+use crate::speculative::{AutoDraft, Speculation};
 use crate::step_times::{StepTimes, StepTimesSnapshot};
 use crate::stop_text::StopText;
 
@@ -321,6 +322,7 @@ impl EngineHandle {
             stop.stop_token_ids.extend(self.model.tokenizer.eos_ids());
         }
         let sampler = Sampler::new(request.sampling, model_config.vocab_size)?;
+        let token_select = request.kv_selection.map(|s| self.token_select(&s)).transpose()?;
         let sparse_prefill = self.prefills_sparsely(request.prefill_mode, prompt_len);
         let namespace = self.request_namespace(&request.cache_salt, request.prefill_mode, prompt_len);
         let mut text = StopText::new(self.model.tokenizer.clone(), stop.stop_strings.clone());
@@ -357,10 +359,32 @@ impl EngineHandle {
             sparse_prefill,
             sparse_stats: Default::default(),
             drafter: request.speculation.drafter(),
+            auto_draft: matches!(request.speculation, Speculation::Auto).then(AutoDraft::default),
             speculative_proposed: 0,
             speculative_accepted: 0,
+            token_select,
             spans: SequenceSpans::new(tracing::Span::current()),
         })
+    }
+
+    /// The decode attention of a TokenSelect request, after checking its settings.
+    fn token_select(&self, selection: &KvSelection) -> Result<TokenSelectAttention, EngineError> {
+        let invalid = |field, reason: &str| EngineError::InvalidRequest { field, reason: reason.into() };
+        if selection.budget == 0 {
+            return Err(invalid("kv_selection.budget", "must be at least 1"));
+        }
+        if selection.window == 0 {
+            return Err(invalid("kv_selection.window", "must be at least 1 (each query sees its own key)"));
+        }
+        if !(-1.0..=1.0).contains(&selection.reuse_threshold) {
+            return Err(invalid("kv_selection.reuse_threshold", "must be a cosine in [-1, 1]"));
+        }
+        let kept = selection.sink.checked_add(selection.budget).and_then(|k| k.checked_add(selection.window));
+        if kept.is_none() {
+            return Err(invalid("kv_selection", "sink + budget + window overflows"));
+        }
+        let layers = self.model.config.num_layers;
+        Ok(TokenSelectAttention::new(selection.token_selection(), layers, selection.reuse_threshold)?)
     }
 
     /// Imported blocks must have the pool's layout and lie within the prompt.

@@ -19,6 +19,9 @@
 //!   verifies; and the acceptance rules for sampled drafts and trees — a
 //!   [`speculative::DraftTree`] walked against the target's processed distributions (greedy,
 //!   speculative sampling, i.i.d. and without-replacement multi-draft trees, deterministic drafts).
+//! - [`KvSelection`]: opt-in TokenSelect decode per request — each decode step attends to the
+//!   sink, the local window and the best-voted cached keys through the model's
+//!   `TokenSelectAttention`, which keeps the sequence's selection cache.
 //! - [`Sampler`] turns logits into tokens (greedy, temperature, top-k/p, min-p, penalties,
 //!   seeds, logprobs).
 //! - [`StepTimesSnapshot`] (`step_times`): a histogram of step durations the engine thread
@@ -45,7 +48,9 @@ pub use engine::{Completion, EngineHandle, EventStream};
 pub use error::EngineError;
 pub use kv_transfer::{ExportKv, ImportedKv, KvBlock, tail_layout};
 pub use lcserve_common::PrefillMode;
-pub use request::{EngineEvent, FinishReason, GenerateRequest, StopConditions, Timings, TokenLogprobs, Usage};
+pub use request::{
+    EngineEvent, FinishReason, GenerateRequest, KvSelection, StopConditions, Timings, TokenLogprobs, Usage,
+};
 pub use sampler::{InvalidSamplingParam, SampleError, SampledToken, Sampler, SamplingParams};
 pub use scheduler::EngineStats;
 pub use speculative::{DEFAULT_DRAFT_TOKENS, Drafter, NgramDrafter, Speculation};

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use lcserve_common::{PrefillMode, TokenId};
+use lcserve_model::{DEFAULT_REUSE_THRESHOLD, TokenSelection};
 use serde::Serialize;
 
 use crate::error::EngineError;
@@ -44,6 +45,35 @@ pub struct GenerateRequest {
     pub prefill_mode: PrefillMode,
     /// Speculative decoding: which drafter proposes tokens for verification, if any.
     pub speculation: Speculation,
+    /// TokenSelect decode (opt-in, lossy): each decode step attends to a selection of the
+    /// cached keys instead of all of them.
+    pub kv_selection: Option<KvSelection>,
+}
+
+/// Which cached keys a TokenSelect decode step attends to (algorithms.md §3): the first
+/// `sink`, the last `window`, and the `budget` keys with the largest soft vote of the layer's
+/// query heads. A layer reuses its previous selection while its query stays within
+/// `reuse_threshold` cosine similarity of the query that made it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KvSelection {
+    pub budget: usize,
+    pub sink: usize,
+    pub window: usize,
+    pub reuse_threshold: f32,
+}
+
+impl Default for KvSelection {
+    /// The paper's budget, sink and window (2048, 128, 512) and a 0.9 reuse threshold.
+    fn default() -> Self {
+        let TokenSelection { budget, sink, window } = TokenSelection::default();
+        Self { budget, sink, window, reuse_threshold: DEFAULT_REUSE_THRESHOLD }
+    }
+}
+
+impl KvSelection {
+    pub fn token_selection(&self) -> TokenSelection {
+        TokenSelection { budget: self.budget, sink: self.sink, window: self.window }
+    }
 }
 
 /// Log-probabilities reported with a token.
@@ -83,6 +113,14 @@ pub struct Usage {
     pub speculative_proposed: usize,
     /// Of those, the ones the target model accepted.
     pub speculative_accepted: usize,
+    /// The TokenSelect budget the request decoded with; 0 for dense decoding.
+    pub kv_selection_budget: usize,
+    /// Fraction of the cached keys that TokenSelect decode steps attended to, over layers and
+    /// steps (1 while the context fits the budget); 0 for dense decoding.
+    pub kv_selection_density: f64,
+    /// Fraction of TokenSelect layer steps that reused the previous selection instead of
+    /// scoring every cached key; 0 for dense decoding.
+    pub kv_selection_reuse: f64,
 }
 
 /// Where the time of a request went.

@@ -171,12 +171,17 @@ impl Scheduler {
                 .zip(&sparse)
                 .map(|(slot, sparse)| {
                     let seq = &self.running[slot.seq];
+                    let attention: &dyn AttentionBackend = match (sparse, &seq.token_select) {
+                        (Some(sparse), _) => sparse,
+                        (None, Some(token_select)) if !seq.is_prefilling() => token_select,
+                        _ => &DenseAttention,
+                    };
                     SequenceInput {
                         tokens: &seq.tokens[slot.start..slot.start + slot.len],
                         start_pos: slot.start,
                         block_table: &seq.blocks,
                         logits: slot.logits,
-                        attention: sparse.as_ref().map_or(&DenseAttention as &dyn AttentionBackend, |s| s),
+                        attention,
                     }
                 })
                 .collect();
@@ -201,6 +206,7 @@ impl Scheduler {
             }
         };
         let elapsed = started.elapsed();
+        let decode_only = slots.iter().all(|slot| slot.logits != LogitsWanted::None && slot.len == slot.draft + 1);
 
         let mut finished = Vec::new();
         for (batch_index, slot) in slots.iter().enumerate() {
@@ -215,10 +221,16 @@ impl Scheduler {
             if slot.draft > 0 {
                 // Verify first: only accepted drafts become KV that may be cached or exported.
                 let rows = logits.rows_of(batch_index);
+                let accepted_before = seq.speculative_accepted;
                 match verify_draft(seq, slot, rows, self.model.config.context_length) {
                     Ok(None) => {}
                     Ok(Some(reason)) => finished.push((slot.seq, Ok(reason))),
                     Err(error) => finished.push((slot.seq, Err(error))),
+                }
+                if let Some(auto) = &mut seq.auto_draft {
+                    auto.observe_draft(slot.draft, seq.speculative_accepted - accepted_before);
+                    auto.check_shadow(&seq.tokens);
+                    auto.observe_step(slot.draft, elapsed.as_secs_f64(), decode_only);
                 }
             } else {
                 seq.computed = slot.start + slot.len;
@@ -236,10 +248,15 @@ impl Scheduler {
                 continue;
             }
             let Some(row) = logits.last_of(batch_index) else { continue };
+            let decoding = slot.len == 1 && slot.start >= seq.prompt_len;
             match sample_and_emit(seq, row, self.model.config.context_length) {
                 Ok(None) => {}
                 Ok(Some(reason)) => finished.push((slot.seq, Ok(reason))),
                 Err(error) => finished.push((slot.seq, Err(error))),
+            }
+            if let Some(auto) = seq.auto_draft.as_mut().filter(|_| decoding) {
+                auto.check_shadow(&seq.tokens);
+                auto.observe_step(0, elapsed.as_secs_f64(), decode_only);
             }
         }
         finished.sort_unstable_by_key(|(index, _)| *index);
@@ -340,8 +357,8 @@ impl Scheduler {
                 index += 1;
                 continue;
             }
-            let draft = if catching_up { Vec::new() } else { self.propose(index) };
             let start = seq.computed;
+            let draft = if catching_up { Vec::new() } else { self.propose(index) };
             if !self.ensure_blocks(index, start + len + draft.len()) {
                 // `index` was preempted (or failed); the sequence now at `index` is another one.
                 continue;
@@ -367,18 +384,27 @@ impl Scheduler {
 
     /// Draft tokens for decoding sequence `index`: as many as its drafter proposes, within
     /// [`DEFAULT_DRAFT_TOKENS`], the tokens it may still generate (the step emits one more than
-    /// it accepts) and the context.
-    fn propose(&self, index: usize) -> Vec<TokenId> {
-        let seq = &self.running[index];
+    /// it accepts), the context, and under `auto` the length that pays. An `auto` sequence
+    /// that does not draft keeps a shadow proposal to learn the drafter's acceptance.
+    fn propose(&mut self, index: usize) -> Vec<TokenId> {
+        let context_length = self.model.config.context_length;
+        let seq = &mut self.running[index];
         let Some(drafter) = &seq.drafter else { return Vec::new() };
         let room_tokens = seq.stop.max_tokens.saturating_sub(seq.generated().len() + 1);
-        let room_context = self.model.config.context_length.saturating_sub(seq.tokens.len() + 1);
+        let room_context = context_length.saturating_sub(seq.tokens.len() + 1);
         let max = DEFAULT_DRAFT_TOKENS.min(room_tokens).min(room_context);
         if max == 0 {
             return Vec::new();
         }
-        let mut draft = drafter.propose(&seq.tokens, max);
-        draft.truncate(max);
+        let wanted = seq.auto_draft.as_ref().map_or(max, |auto| auto.draft_len(max));
+        if wanted == 0 {
+            if let Some(auto) = seq.auto_draft.as_mut().filter(|auto| auto.wants_shadow()) {
+                auto.set_shadow(seq.tokens.len(), drafter.propose(&seq.tokens, max));
+            }
+            return Vec::new();
+        }
+        let mut draft = drafter.propose(&seq.tokens, wanted);
+        draft.truncate(wanted);
         draft
     }
 

@@ -5,12 +5,13 @@ use std::time::{Duration, Instant};
 
 use lcserve_common::{BlockId, Namespace, SequenceHash, TokenId};
 use lcserve_kernels::sparse::SparseStats;
+use lcserve_model::TokenSelectAttention;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::kv_transfer::{Exporter, ImportedKv};
 use crate::request::{EngineEvent, StopConditions, Usage};
 use crate::sampler::Sampler;
-use crate::speculative::Drafter;
+use crate::speculative::{AutoDraft, Drafter};
 use crate::stop_text::StopText;
 
 pub(crate) struct Sequence {
@@ -46,9 +47,13 @@ pub(crate) struct Sequence {
     pub sparse_stats: SparseStats,
     /// Proposes draft tokens while decoding (speculative decoding); `None` = plain decoding.
     pub drafter: Option<Arc<dyn Drafter>>,
+    /// Each step's draft length under `Speculation::Auto`; `None` drafts as much as proposed.
+    pub auto_draft: Option<AutoDraft>,
     /// Draft tokens proposed and accepted so far.
     pub speculative_proposed: usize,
     pub speculative_accepted: usize,
+    /// The decode attention of a TokenSelect request, with its selection cache.
+    pub token_select: Option<TokenSelectAttention>,
     pub spans: SequenceSpans,
 }
 
@@ -128,6 +133,9 @@ impl Sequence {
             },
             speculative_proposed: self.speculative_proposed,
             speculative_accepted: self.speculative_accepted,
+            kv_selection_budget: self.token_select.as_ref().map_or(0, |t| t.selection().budget),
+            kv_selection_density: self.token_select.as_ref().map_or(0.0, |t| t.stats().density()),
+            kv_selection_reuse: self.token_select.as_ref().map_or(0.0, |t| t.stats().reuse()),
         }
     }
 
@@ -137,5 +145,8 @@ impl Sequence {
         self.computed = 0;
         self.registered = 0;
         self.last_hash = self.namespace.root();
+        if let Some(token_select) = &self.token_select {
+            token_select.reset();
+        }
     }
 }

@@ -70,7 +70,7 @@ fn greedy_output_is_identical_whatever_the_drafter() {
         .collect();
 
     let (mut ngram_proposed, mut ngram_accepted) = (0, 0);
-    for name in ["oracle", "noise", "ngram"] {
+    for name in ["oracle", "noise", "ngram", "auto"] {
         // All at once: speculating and plain sequences share batches.
         let streams: Vec<_> = prompts
             .iter()
@@ -81,6 +81,7 @@ fn greedy_output_is_identical_whatever_the_drafter() {
                     _ if i % 5 == 4 => Speculation::Off,
                     "oracle" => Speculation::Drafter(Arc::new(Oracle { prompt_len: p.len(), answer: answer.clone() })),
                     "noise" => Speculation::Drafter(Arc::new(Noise { vocab: vocab as u32 })),
+                    "auto" => Speculation::Auto,
                     _ => Speculation::Ngram,
                 };
                 engine.submit(GenerateRequest { speculation, ..greedy(p.clone(), max_tokens) }).expect("submit")

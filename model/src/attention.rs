@@ -3,7 +3,8 @@
 //! The forward pass computes q/k/v, writes k/v into the paged arena, and hands each sequence's
 //! queries and its view of the cache to that sequence's [`AttentionBackend`]. Dense tiled
 //! attention is the default; [`SparseAttention`] runs a prefill chunk with the MInference
-//! patterns of [`HeadPatterns`]; token selection plugs in here too, without touching the model.
+//! patterns of [`HeadPatterns`]; a sequence's `TokenSelectAttention` (`token_select`) selects
+//! the keys its decode steps attend to.
 
 use std::sync::{Mutex, PoisonError};
 

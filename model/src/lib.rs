@@ -5,8 +5,9 @@
 //! q‖k‖v and gate‖up) → [`Model`] bundles them with the [`Tokenizer`], the [`ChatTemplate`] and
 //! the [`lcserve_common::ModelFingerprint`] → [`Model::forward`] runs a batch of sequences,
 //! writing K/V into a paged [`KvArena`] and attending through each sequence's
-//! [`AttentionBackend`] — [`DenseAttention`], or [`SparseAttention`] with the model's
-//! [`HeadPatterns`] for sparse prefill.
+//! [`AttentionBackend`] — [`DenseAttention`], [`SparseAttention`] with the model's
+//! [`HeadPatterns`] for sparse prefill, or a sequence's [`TokenSelectAttention`] for
+//! token-selecting decode.
 //!
 //! The heavy math lives in `lcserve-kernels`; this crate owns shapes, names and the order of
 //! operations. Text handling ([`Tokenizer`], [`ChatTemplate`], [`IncrementalDecoder`]) lives in
@@ -25,6 +26,7 @@ mod model;
 mod patterns;
 mod source;
 mod tiny;
+mod token_select;
 mod weights;
 
 pub use attention::{AttentionBackend, DenseAttention, SparseAttention};
@@ -40,4 +42,5 @@ pub use model::{LoadProgress, Model, ModelFormat, ModelSummary};
 pub use patterns::{DEFAULT_PATTERN, HeadPatterns};
 pub use source::{GgufSource, HfSource, TensorSource, WeightTensor};
 pub use tiny::{TinyModelPaths, write_tiny_model, write_tiny_model_arch};
+pub use token_select::{DEFAULT_REUSE_THRESHOLD, SelectionStats, TokenSelectAttention, TokenSelection};
 pub use weights::{LayerWeights, Projection, Weights, dequantize_vector};

@@ -33,6 +33,10 @@ pub enum Field {
     RequestId,
     PrefillMode,
     Speculation,
+    KvSelection,
+    KvSelectionBudget,
+    KvSelectionWindow,
+    KvSelectionReuse,
     /// An OpenAI field this server does not implement with a non-default value.
     Unsupported(&'static str),
 }
@@ -61,6 +65,10 @@ impl Field {
             Field::RequestId => "request_id",
             Field::PrefillMode => "prefill_mode",
             Field::Speculation => "speculation",
+            Field::KvSelection => "kv_selection",
+            Field::KvSelectionBudget => "kv_selection.budget",
+            Field::KvSelectionWindow => "kv_selection.window",
+            Field::KvSelectionReuse => "kv_selection.reuse_threshold",
             Field::Unsupported(name) => name,
         }
     }
@@ -88,6 +96,9 @@ impl Field {
             Field::RequestId => "request_id",
             Field::PrefillMode => "prefill_mode",
             Field::Speculation => "speculation",
+            Field::KvSelection | Field::KvSelectionBudget | Field::KvSelectionWindow | Field::KvSelectionReuse => {
+                self.grpc_name()
+            }
             Field::Unsupported(name) => name,
         }
     }

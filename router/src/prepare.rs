@@ -10,7 +10,7 @@ use lcserve_text::{ChatMessage, TokenizerError};
 use crate::auth::{Tenant, namespace_salt};
 use crate::error::{Field, RouterError};
 use crate::model::ServedModel;
-use crate::validate::{Limits, check_ids, check_prompt, check_sampling, check_stop};
+use crate::validate::{Limits, check_ids, check_kv_selection, check_prompt, check_sampling, check_stop};
 
 /// A prompt in any of its client forms.
 #[derive(Clone, Debug)]
@@ -130,6 +130,9 @@ pub(crate) async fn prepare(
     let mode = PrefillMode::from(prefill_mode);
     let sampling = request.sampling.unwrap_or_default();
     check_sampling(&sampling, &limits)?;
+    if let Some(selection) = &request.kv_selection {
+        check_kv_selection(selection)?;
+    }
     let prompt: Prompt = request
         .input
         .ok_or_else(|| RouterError::invalid(Field::Text, "one of text, chat or token_ids is required"))?
@@ -167,6 +170,7 @@ pub(crate) async fn prepare(
         cache_salt: salt,
         prefill_mode: prefill_mode.into(),
         speculation: speculation.into(),
+        kv_selection: request.kv_selection,
     };
     Ok(Prepared { model, request, hashes })
 }

@@ -132,6 +132,22 @@ pub(crate) fn check_stop(stop: &mut v1::StopConditions, prompt_len: usize, limit
     Ok(())
 }
 
+/// TokenSelect settings: a budget and a window of at least one key, a cosine reuse threshold.
+pub(crate) fn check_kv_selection(selection: &v1::KvSelection) -> Result<(), RouterError> {
+    if selection.budget == 0 {
+        return invalid(Field::KvSelectionBudget, "must be at least 1");
+    }
+    if selection.window == Some(0) {
+        return invalid(Field::KvSelectionWindow, "must be at least 1 (each query sees its own key)");
+    }
+    if let Some(t) = selection.reuse_threshold
+        && !(-1.0..=1.0).contains(&t)
+    {
+        return invalid(Field::KvSelectionReuse, format!("{t} must be a cosine in [-1, 1]"));
+    }
+    Ok(())
+}
+
 /// Client-chosen strings that travel to workers and into logs.
 pub(crate) fn check_ids(cache_salt: Option<&str>, request_id: &str) -> Result<(), RouterError> {
     if cache_salt.is_some_and(|salt| salt.len() > MAX_ID_BYTES) {
@@ -198,5 +214,20 @@ mod tests {
         assert_eq!(field(check_stop(&mut ids.clone(), 1, &LIMITS)), Some(Field::StopTokenIds));
         assert_eq!(field(check_ids(Some(&"s".repeat(2000)), "id")), Some(Field::CacheSalt));
         assert_eq!(field(check_ids(None, "a\nb")), Some(Field::RequestId));
+    }
+
+    #[test]
+    fn kv_selection_ranges() {
+        let ok = v1::KvSelection { budget: 1, window: Some(1), reuse_threshold: Some(-1.0), ..Default::default() };
+        assert!(check_kv_selection(&ok).is_ok());
+        let cases = [
+            (v1::KvSelection { budget: 0, ..ok }, Field::KvSelectionBudget),
+            (v1::KvSelection { window: Some(0), ..ok }, Field::KvSelectionWindow),
+            (v1::KvSelection { reuse_threshold: Some(1.01), ..ok }, Field::KvSelectionReuse),
+            (v1::KvSelection { reuse_threshold: Some(f32::NAN), ..ok }, Field::KvSelectionReuse),
+        ];
+        for (selection, expected) in cases {
+            assert_eq!(field(check_kv_selection(&selection)), Some(expected), "{selection:?}");
+        }
     }
 }

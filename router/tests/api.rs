@@ -180,6 +180,25 @@ async fn bad_input_is_rejected_with_the_field() {
         ("/v1/completions", json!({"prompt": "w9", "n": 2}).to_string(), 400, json!("n")),
         ("/v1/completions", json!({"prompt": "w9", "prefill_mode": "fast"}).to_string(), 400, json!("prefill_mode")),
         ("/v1/completions", json!({"prompt": "w9", "speculation": "psychic"}).to_string(), 400, json!("speculation")),
+        ("/v1/completions", json!({"prompt": "w9", "kv_selection": {}}).to_string(), 400, json!("kv_selection.budget")),
+        (
+            "/v1/completions",
+            json!({"prompt": "w9", "kv_selection": {"budget": 0}}).to_string(),
+            400,
+            json!("kv_selection.budget"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "w9", "kv_selection": {"budget": 8, "window": 0}}).to_string(),
+            400,
+            json!("kv_selection.window"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "w9", "kv_selection": {"budget": 8, "reuse_threshold": 2}}).to_string(),
+            400,
+            json!("kv_selection.reuse_threshold"),
+        ),
         ("/v1/completions", json!({"prompt": "w9", "stop": vec!["x"; 17]}).to_string(), 400, json!("stop")),
         ("/v1/completions", json!({"prompt": "w9", "stop": ""}).to_string(), 400, json!("stop")),
         ("/v1/completions", json!({"prompt": "w9", "stop": "x".repeat(2000)}).to_string(), 400, json!("stop")),
@@ -410,11 +429,14 @@ where
 }
 
 #[tokio::test]
-async fn prefill_mode_and_speculation_reach_the_worker() {
+async fn prefill_mode_speculation_and_kv_selection_reach_the_worker() {
     let decode = InstantWorker::start("decode").await;
     let router = start_router(config(&[], &[&decode])).await;
     for (mode, speculation) in [("dense", "ngram"), ("sparse", "off"), ("auto", "ngram")] {
-        let body = json!({"prompt": "w9", "max_tokens": 1, "prefill_mode": mode, "speculation": speculation});
+        let mut body = json!({"prompt": "w9", "max_tokens": 1, "prefill_mode": mode, "speculation": speculation});
+        if mode == "sparse" {
+            body["kv_selection"] = json!({"budget": 256, "window": 64});
+        }
         assert_eq!(post(router.http, "/v1/completions", &body.to_string()).await.status, 200, "{mode}");
     }
     let requests: Vec<v1::WorkerRequest> =
@@ -423,4 +445,7 @@ async fn prefill_mode_and_speculation_reach_the_worker() {
     assert_eq!(modes, [v1::PrefillMode::Dense, v1::PrefillMode::Sparse, v1::PrefillMode::Auto]);
     let speculation: Vec<v1::Speculation> = requests.iter().map(|r| r.speculation()).collect();
     assert_eq!(speculation, [v1::Speculation::Ngram, v1::Speculation::Off, v1::Speculation::Ngram]);
+    let selection: Vec<Option<v1::KvSelection>> = requests.iter().map(|r| r.kv_selection).collect();
+    let sent = v1::KvSelection { budget: 256, window: Some(64), ..Default::default() };
+    assert_eq!(selection, [None, Some(sent), None]);
 }

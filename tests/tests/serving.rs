@@ -78,6 +78,26 @@ fn disaggregated_greedy_output_matches_a_single_engine() {
 }
 
 #[test]
+fn token_select_decode_travels_through_router_and_workers() {
+    let cluster = Cluster::start(ClusterConfig::default());
+    let rt = cluster.client_runtime();
+    let prompt = prompt(&cluster, 150, 2);
+    let selecting = |budget, window| v1::GenerateRequest {
+        kv_selection: Some(v1::KvSelection { budget, sink: Some(4), window: Some(window), reuse_threshold: None }),
+        ..request(&prompt, 16)
+    };
+    // A budget that covers the context decodes exactly as dense attention does.
+    let covering = rt.block_on(generate(&cluster, selecting(4096, 16))).expect("covering budget");
+    assert_eq!(covering.tokens, reference(&cluster, &prompt, 16));
+    assert_eq!((covering.usage.kv_selection_budget, covering.usage.kv_selection_density), (4096, 1.0));
+    // A small one attends to sink + budget + window keys of the ~170 cached.
+    let small = rt.block_on(generate(&cluster, selecting(32, 16))).expect("small budget");
+    assert_eq!(small.tokens.len(), 16);
+    let density = small.usage.kv_selection_density;
+    assert!(density > 0.2 && density < 0.4, "52 of ~170 keys per step, density {density}");
+}
+
+#[test]
 fn a_shared_document_is_computed_once() {
     let cluster = Cluster::start(ClusterConfig::default());
     let rt = cluster.client_runtime();

@@ -1,7 +1,7 @@
 //! Wire requests into engine requests, engine events into wire events.
 
 use lcserve_common::{PrefillMode, TokenId};
-use lcserve_engine::{FinishReason, SamplingParams, Speculation, StopConditions, TokenLogprobs, Usage};
+use lcserve_engine::{FinishReason, KvSelection, SamplingParams, Speculation, StopConditions, TokenLogprobs, Usage};
 use lcserve_proto::v1;
 use tonic::Status;
 
@@ -17,6 +17,7 @@ pub(crate) struct Parts {
     pub cache_salt: Vec<u8>,
     pub prefill_mode: PrefillMode,
     pub speculation: Speculation,
+    pub kv_selection: Option<KvSelection>,
 }
 
 /// Unpacks a request; range checks are the engine's (it names the field).
@@ -25,6 +26,7 @@ pub(crate) fn parts(request: Option<v1::WorkerRequest>) -> Result<Parts, Status>
     let prefill_mode = request.prefill_mode().into();
     let speculation = match request.speculation() {
         v1::Speculation::Ngram => Speculation::Ngram,
+        v1::Speculation::Auto => Speculation::Auto,
         v1::Speculation::Unspecified | v1::Speculation::Off => Speculation::Off,
     };
     let sampling = request.sampling.unwrap_or_default();
@@ -51,8 +53,20 @@ pub(crate) fn parts(request: Option<v1::WorkerRequest>) -> Result<Parts, Status>
         },
         prefill_mode,
         speculation,
+        kv_selection: request.kv_selection.map(kv_selection),
         cache_salt: request.cache_salt,
     })
+}
+
+/// The wire's TokenSelect settings, absent fields at their defaults.
+fn kv_selection(wire: v1::KvSelection) -> KvSelection {
+    let default = KvSelection::default();
+    KvSelection {
+        budget: wire.budget as usize,
+        sink: wire.sink.map_or(default.sink, |n| n as usize),
+        window: wire.window.map_or(default.window, |n| n as usize),
+        reuse_threshold: wire.reuse_threshold.unwrap_or(default.reuse_threshold),
+    }
 }
 
 pub(crate) fn token(id: TokenId, text: String, logprobs: Option<TokenLogprobs>) -> v1::Token {
@@ -103,6 +117,8 @@ pub(crate) fn usage(usage: &Usage, sources: Sources, time_to_first_token_ms: u32
         speculative_proposed: usage.speculative_proposed as u32,
         speculative_accepted: usage.speculative_accepted as u32,
         time_to_first_token_ms,
+        kv_selection_budget: usage.kv_selection_budget as u32,
+        kv_selection_density: usage.kv_selection_density as f32,
     }
 }
 

@@ -33,7 +33,7 @@ impl DecodeService {
         let worker = &self.0;
         let started = Instant::now();
         let v1::DecodeRequest { request, session, generated } = request.into_inner();
-        let Parts { request_id, prompt, sampling, stop, cache_salt, prefill_mode, speculation } =
+        let Parts { request_id, prompt, sampling, stop, cache_salt, prefill_mode, speculation, kv_selection } =
             convert::parts(request)?;
         let tail = session.as_ref().and_then(|s| s.tail_block.as_deref());
         let prepared = worker.prepare(&cache_salt, prefill_mode, &prompt, tail).await;
@@ -50,6 +50,7 @@ impl DecodeService {
                 import: prepared.import,
                 prefill_mode,
                 speculation,
+                kv_selection,
                 export: Some(ExportKv { from_block: stored, tail: false }),
             })
             .map_err(|e| error::status(&e))?;

@@ -32,7 +32,7 @@ impl PrefillService {
     async fn prefill(&self, request: Request<v1::PrefillRequest>) -> Result<Response<v1::PrefillResponse>, Status> {
         let worker = &self.0;
         let started = Instant::now();
-        let Parts { request_id, prompt, sampling, stop, cache_salt, prefill_mode, speculation } =
+        let Parts { request_id, prompt, sampling, stop, cache_salt, prefill_mode, speculation, kv_selection } =
             convert::parts(request.into_inner().request)?;
         let (_registered, aborted) = worker.track(&request_id);
         let prepared = worker.prepare(&cache_salt, prefill_mode, &prompt, None).await;
@@ -49,6 +49,7 @@ impl PrefillService {
                 import: prepared.import,
                 prefill_mode,
                 speculation,
+                kv_selection,
                 export: worker.bridge.has_shared_tier().then_some(ExportKv { from_block: shared_has, tail: true }),
             })
             .map_err(|e| error::status(&e))?;

@@ -73,6 +73,7 @@ fn request(prompt: &[u32], max_tokens: u32, salt: &str) -> v1::WorkerRequest {
         cache_salt: salt.as_bytes().to_vec(),
         prefill_mode: v1::PrefillMode::Unspecified.into(),
         speculation: v1::Speculation::Unspecified.into(),
+        kv_selection: None,
     }
 }
 

@@ -34,6 +34,10 @@ pub enum Speculation {
     /// Prompt lookup ([`NgramDrafter`]): copies what followed the latest earlier occurrence of
     /// the sequence's last n-gram.
     Ngram,
+    /// Prompt lookup with each step's draft length chosen from the acceptance observed so far
+    /// and the measured cost of verifying extra rows; plain decoding where drafting would lose
+    /// (see `auto`).
+    Auto,
     /// A caller-supplied drafter.
     Drafter(Arc<dyn Drafter>),
 }
@@ -43,7 +47,7 @@ impl Speculation {
     pub(crate) fn drafter(&self) -> Option<Arc<dyn Drafter>> {
         match self {
             Self::Off => None,
-            Self::Ngram => Some(Arc::new(NgramDrafter::default())),
+            Self::Ngram | Self::Auto => Some(Arc::new(NgramDrafter::default())),
             Self::Drafter(drafter) => Some(Arc::clone(drafter)),
         }
     }

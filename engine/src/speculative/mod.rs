@@ -5,6 +5,9 @@
 //! - [`Speculation`], [`Drafter`], [`NgramDrafter`] (`drafter`): what a request speculates
 //!   with; the engine verifies a drafter's chain against its ordinary sampler (the
 //!   deterministic-draft rule, exact for any sampling settings).
+//! - `AutoDraft` (`auto`): [`Speculation::Auto`]'s per-sequence choice of each step's draft
+//!   length from the drafter's observed acceptance and the measured cost of verification rows,
+//!   zero where speculation would lose.
 //! - [`DraftTree`] (`tree`): the draft, rooted at the last committed token, in topological
 //!   order, with how its siblings were drawn ([`Drafting`]) and, for sampled drafts, the
 //!   proposal each row's children came from.
@@ -15,11 +18,13 @@
 //!   verdict with its exact probability, for exact-distribution tests.
 
 mod acceptance;
+mod auto;
 mod distribution;
 mod drafter;
 mod tree;
 
 pub use acceptance::{Verdict, VerifyError, outcomes, verify, verify_greedy};
+pub(crate) use auto::AutoDraft;
 pub use distribution::{Distribution, InvalidDistribution};
 pub use drafter::{DEFAULT_DRAFT_TOKENS, Drafter, NgramDrafter, Speculation};
 pub use tree::{DraftNode, DraftTree, Drafting, TreeError};

@@ -102,8 +102,20 @@ pub(crate) struct OpenAiRequest {
     pub request_id: Option<String>,
     /// lcserve extension: `dense`, `sparse` or `auto` prefill.
     pub prefill_mode: Option<String>,
-    /// lcserve extension: `off` or `ngram` speculative decoding.
+    /// lcserve extension: `off`, `ngram` or `auto` speculative decoding.
     pub speculation: Option<String>,
+    /// lcserve extension: TokenSelect decode.
+    pub kv_selection: Option<KvSelectionField>,
+}
+
+/// `kv_selection`: `{"budget": N, "sink": N, "window": N, "reuse_threshold": x}`, budget required.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KvSelectionField {
+    pub budget: Option<u32>,
+    pub sink: Option<u32>,
+    pub window: Option<u32>,
+    pub reuse_threshold: Option<f32>,
 }
 
 /// How the response is to be shaped.
@@ -184,7 +196,8 @@ impl OpenAiRequest {
         let speculation = match self.speculation.as_deref() {
             None | Some("off") => v1::Speculation::Off,
             Some("ngram") => v1::Speculation::Ngram,
-            Some(other) => return invalid(Field::Speculation, format!("{other:?} is not off or ngram")),
+            Some("auto") => v1::Speculation::Auto,
+            Some(other) => return invalid(Field::Speculation, format!("{other:?} is not off, ngram or auto")),
         };
         let request = v1::GenerateRequest {
             model: self.model.unwrap_or_default(),
@@ -210,6 +223,7 @@ impl OpenAiRequest {
             request_id: self.request_id.unwrap_or_default(),
             prefill_mode: prefill_mode.into(),
             speculation: speculation.into(),
+            kv_selection: self.kv_selection.map(kv_selection).transpose()?,
         };
         let stream = self.stream.unwrap_or(false);
         let include_usage = self.stream_options.is_some_and(|o| o.include_usage);
@@ -218,6 +232,12 @@ impl OpenAiRequest {
         }
         Ok((request, ResponseOptions { stream, include_usage, logprobs: logprobs.is_some() }))
     }
+}
+
+fn kv_selection(field: KvSelectionField) -> Result<v1::KvSelection, RouterError> {
+    let KvSelectionField { budget, sink, window, reuse_threshold } = field;
+    let budget = budget.ok_or_else(|| RouterError::invalid(Field::KvSelectionBudget, "is required"))?;
+    Ok(v1::KvSelection { budget, sink, window, reuse_threshold })
 }
 
 fn completion_input(prompt: Option<PromptField>) -> Result<Input, RouterError> {

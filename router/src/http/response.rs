@@ -25,6 +25,8 @@ struct UsageExtra {
     speculative_accepted: u32,
     prefill_density: f32,
     time_to_first_token_ms: u32,
+    kv_selection_budget: u32,
+    kv_selection_density: f32,
 }
 
 #[derive(Debug, Serialize)]
@@ -55,6 +57,8 @@ fn usage_json(usage: &v1::Usage) -> Value {
             speculative_accepted: usage.speculative_accepted,
             prefill_density: usage.prefill_density,
             time_to_first_token_ms: usage.time_to_first_token_ms,
+            kv_selection_budget: usage.kv_selection_budget,
+            kv_selection_density: usage.kv_selection_density,
         },
     };
     serde_json::to_value(body).unwrap_or(Value::Null)

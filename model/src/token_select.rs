@@ -1,0 +1,149 @@
+//! TokenSelect decode attention (algorithms.md §3) as an [`AttentionBackend`]: one per
+//! sequence, because it carries that sequence's selection cache from step to step.
+//!
+//! A decode step of a layer scores the cached keys with the step's queries, keeps the sink, the
+//! local window and the `budget` keys with the largest soft vote, and attends to those only
+//! ([`lcserve_kernels::token_select`]). While a layer's query stays within the cosine threshold
+//! of the query that made its cached selection, the scoring pass is skipped and the cached
+//! selection is extended with the keys that entered the window since. Steps where everything
+//! would be kept (a short context) and chunks of more queries than the window (prefill) are
+//! attended densely, so a budget that covers the context reproduces dense decoding exactly.
+
+use std::sync::{Mutex, PoisonError};
+
+use lcserve_kernels::token_select::{SelectionCache, select_tokens, selected_attention};
+use lcserve_kernels::{AttnShape, PagedKv};
+
+pub use lcserve_kernels::token_select::{DEFAULT_THRESHOLD as DEFAULT_REUSE_THRESHOLD, TokenSelection};
+
+use crate::attention::{AttentionBackend, DenseAttention};
+use crate::error::Result;
+
+/// What a [`TokenSelectAttention`] has done so far, summed over layers and steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SelectionStats {
+    /// Keys attended to (per layer and query, over all steps).
+    pub attended_keys: u64,
+    /// Keys in the cache at those steps: what dense attention would have read.
+    pub cached_keys: u64,
+    /// Layer steps that reused the cached selection.
+    pub cache_hits: u64,
+    /// Layer steps that scored the keys afresh.
+    pub cache_misses: u64,
+}
+
+impl SelectionStats {
+    /// Fraction of the cached keys that attention read: 1 for dense, 0 before any step.
+    pub fn density(&self) -> f64 {
+        if self.cached_keys == 0 { 0.0 } else { self.attended_keys as f64 / self.cached_keys as f64 }
+    }
+
+    /// Fraction of the selecting layer steps that reused the cached selection.
+    pub fn reuse(&self) -> f64 {
+        let steps = self.cache_hits + self.cache_misses;
+        if steps == 0 { 0.0 } else { self.cache_hits as f64 / steps as f64 }
+    }
+}
+
+/// Token-level KV selection for one sequence's decode steps.
+#[derive(Debug)]
+pub struct TokenSelectAttention {
+    selection: TokenSelection,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    cache: SelectionCache,
+    attended_keys: u64,
+    cached_keys: u64,
+    /// Scratch for the step's mean query (the cache's similarity key).
+    mean_query: Vec<f32>,
+}
+
+impl TokenSelectAttention {
+    /// A backend for a model of `layers` layers that reuses a layer's selection while
+    /// `cos(query, cached query) ≥ reuse_threshold`. Errors on an invalid `selection` or a
+    /// threshold outside `[-1, 1]`.
+    pub fn new(selection: TokenSelection, layers: usize, reuse_threshold: f32) -> Result<Self> {
+        selection.validate()?;
+        let cache = SelectionCache::new(layers, reuse_threshold)?;
+        Ok(Self {
+            selection,
+            state: Mutex::new(State { cache, attended_keys: 0, cached_keys: 0, mean_query: Vec::new() }),
+        })
+    }
+
+    pub fn selection(&self) -> TokenSelection {
+        self.selection
+    }
+
+    pub fn stats(&self) -> SelectionStats {
+        let state = self.lock();
+        SelectionStats {
+            attended_keys: state.attended_keys,
+            cached_keys: state.cached_keys,
+            cache_hits: state.cache.hits(),
+            cache_misses: state.cache.misses(),
+        }
+    }
+
+    /// Forgets the cached selections (the sequence's KV was dropped and will be recomputed);
+    /// the statistics keep running.
+    pub fn reset(&self) {
+        self.lock().cache.clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl AttentionBackend for TokenSelectAttention {
+    fn attend(
+        &self,
+        layer: usize,
+        q: &[f32],
+        nq: usize,
+        kv: &PagedKv<'_>,
+        shape: &AttnShape,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let dense = nq > self.selection.window || self.selection.selected_len(kv.len) >= kv.len;
+        let mut state = self.lock();
+        let counted = (nq * kv.len) as u64;
+        state.cached_keys += counted;
+        if dense {
+            state.attended_keys += counted;
+            drop(state);
+            return DenseAttention.attend(layer, q, nq, kv, shape, out);
+        }
+        let State { cache, mean_query, .. } = &mut *state;
+        mean_of_rows(q, nq, mean_query);
+        let selection = self.selection;
+        let selected = cache.get_or_select(layer, mean_query, kv.len, selection.window, || {
+            select_tokens(q, nq, kv, shape, &selection)
+        })?;
+        // Query `i` sees the selected keys up to its own position.
+        state.attended_keys +=
+            (0..nq).map(|i| selected.partition_point(|&key| (key as usize) < kv.len - nq + i + 1) as u64).sum::<u64>();
+        drop(state);
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        selected_attention(q, nq, kv, shape, scale, &selected, out, None)?;
+        Ok(())
+    }
+}
+
+/// `out` = the mean of the `nq` rows of `q` (the query itself when `nq == 1`).
+fn mean_of_rows(q: &[f32], nq: usize, out: &mut Vec<f32>) {
+    let width = q.len() / nq;
+    out.clear();
+    out.extend_from_slice(&q[..width]);
+    if nq > 1 {
+        for row in q.chunks_exact(width).skip(1) {
+            out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+        }
+        let inv = 1.0 / nq as f32;
+        out.iter_mut().for_each(|o| *o *= inv);
+    }
+}
