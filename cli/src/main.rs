@@ -3,6 +3,7 @@
 
 mod bench;
 mod calibrate;
+mod config_file;
 mod engine_args;
 mod generate;
 mod kvstore_cmd;
@@ -11,7 +12,9 @@ mod router_cmd;
 mod serve;
 mod worker_cmd;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Serve long-context language models.
 #[derive(Debug, Parser)]
@@ -21,6 +24,11 @@ struct Cli {
     command: Command,
     #[command(flatten)]
     telemetry: lcserve_svc_kit::TelemetryArgs,
+    /// Flag values from a TOML file: global flags at the top level, one table per subcommand
+    /// (`[router]`, `[decode]`, `[bench.serve]`…), keys named like the long flags. The command
+    /// line and environment variables take precedence over it.
+    #[arg(long, global = true, env = "LCSERVE_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,7 +75,14 @@ impl Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let args = match config_file::apply(Cli::command(), std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let telemetry = match lcserve_svc_kit::telemetry::init(cli.command.service_name(), &cli.telemetry) {
         Ok(telemetry) => telemetry,
         Err(error) => {
@@ -75,6 +90,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Some(path) = &cli.config {
+        tracing::info!(config = %path.display(), "flags from the config file (the command line and environment win)");
+    }
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Prefill(args) => worker_cmd::run(lcserve_worker::Role::Prefill, args),
