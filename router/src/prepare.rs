@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use lcserve_common::{PrefillMode, SequenceHash, sequence_hashes};
+use lcserve_common::{Namespace, PrefillMode, SequenceHash, sequence_hashes};
 use lcserve_proto::v1::{self, generate_request, tokenize_request};
 use lcserve_text::{ChatMessage, TokenizerError};
 
@@ -61,6 +61,8 @@ pub(crate) struct Prepared {
     pub request: v1::WorkerRequest,
     /// Hashes of the prompt's full blocks, in the request's namespace.
     pub hashes: Vec<SequenceHash>,
+    /// The namespace the request's blocks are cached under (tenant, salt, prefill method).
+    pub namespace: Namespace,
 }
 
 impl Prepared {
@@ -144,16 +146,17 @@ pub(crate) async fn prepare(
     let salt = namespace_salt(tenant, request.cache_salt.as_deref());
     let hashed = Arc::clone(&model);
     let span = tracing::info_span!("tokenize", prompt_tokens = tracing::field::Empty, blocks = tracing::field::Empty);
-    let (prompt, hashes, salt) = tokio::task::spawn_blocking(move || {
+    let (prompt, hashes, salt, namespace) = tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
         if lcserve_svc_kit::log_prompts() {
             tracing::info!(?prompt, "prompt");
         }
         let ids = tokenize(&hashed, &prompt)?;
         span.record("prompt_tokens", ids.len());
-        let hashes = sequence_hashes(hashed.namespace(&salt, mode, ids.len()), &ids, hashed.block_size);
+        let namespace = hashed.namespace(&salt, mode, ids.len());
+        let hashes = sequence_hashes(namespace, &ids, hashed.block_size);
         span.record("blocks", hashes.len());
-        Ok::<_, RouterError>((ids, hashes, salt))
+        Ok::<_, RouterError>((ids, hashes, salt, namespace))
     })
     .await
     .map_err(|err| RouterError::Internal(format!("tokenizer task: {err}")))??;
@@ -172,5 +175,5 @@ pub(crate) async fn prepare(
         speculation: speculation.into(),
         kv_selection: request.kv_selection,
     };
-    Ok(Prepared { model, request, hashes })
+    Ok(Prepared { model, request, hashes, namespace })
 }

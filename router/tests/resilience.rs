@@ -68,6 +68,33 @@ async fn kv_aware_keeps_a_prefix_on_one_worker_until_its_queue_outweighs_it() {
 }
 
 #[tokio::test]
+async fn kv_aware_sends_the_next_turn_to_the_worker_holding_the_answer() {
+    let (a, b) = (InstantWorker::start("decode").await, InstantWorker::start("decode").await);
+    let router = start_router(config(&[], &[&a, &b])).await;
+    // A one-block prompt and a 40-token answer: nearly all the blocks the next turn can find
+    // cached are the answer's.
+    let turn_one: Vec<u32> = (100..105).collect();
+    let (answer, _) = generate_ids(&router, &turn_one, 40).await;
+    let (holder, other) = if a.generates().len() == 1 { (&a, &b) } else { (&b, &a) };
+    // Some queued work on the holder: without the answer's blocks the other worker is cheaper.
+    holder.set(|w| w.load = v1::Load { queued_prefill_tokens: 8, ..Default::default() });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let turn_two: Vec<u32> = turn_one.iter().chain(&answer).copied().chain([500, 501]).collect();
+    generate_ids(&router, &turn_two, 1).await;
+    assert_eq!((holder.generates().len(), other.generates().len()), (2, 0), "turn two follows the answer");
+}
+
+async fn generate_ids(router: &TestRouter, ids: &[u32], max_tokens: u32) -> (Vec<u32>, Event) {
+    let request = v1::GenerateRequest {
+        input: Some(v1::generate_request::Input::TokenIds(v1::TokenIds { ids: ids.to_vec() })),
+        ..text_request("", max_tokens)
+    };
+    let mut client = grpc(router).await;
+    let (tokens, end) = drain(client.generate(request).await.expect("generate").into_inner()).await;
+    (tokens.iter().map(|t| t.id).collect(), end)
+}
+
+#[tokio::test]
 async fn prefill_failure_is_retried_on_another_worker() {
     let (p1, p2) = (InstantWorker::start("prefill").await, InstantWorker::start("prefill").await);
     let decode = InstantWorker::start("decode").await;

@@ -20,6 +20,7 @@ mod attempt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lcserve_common::sequence_hashes;
 use lcserve_proto::v1::{self, generate_response::Event};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -195,7 +196,10 @@ impl Ctx<'_> {
             let result = self.stream_decode(&worker, request, &mut || dispatch.prefilled()).await;
             drop(dispatch);
             let reason = match result {
-                Ok(finished) => return self.finish(finished, prefill).await,
+                Ok(finished) => {
+                    self.record_answer_blocks(&worker);
+                    return self.finish(finished, prefill).await;
+                }
                 Err(Failure::Worker(reason)) => reason,
                 Err(other) => return Err(other),
             };
@@ -262,6 +266,22 @@ impl Ctx<'_> {
         }
         involved.push(Arc::clone(&worker));
         Some(worker)
+    }
+
+    /// The decode worker now holds the answer's blocks too (its engine caches prompt +
+    /// generated blocks), and a conversation's next turn starts with them: remember them for
+    /// it, so kv-aware routing sends that turn back. The last token's KV is never computed,
+    /// so the run ends before it.
+    fn record_answer_blocks(&self, worker: &Worker) {
+        let generated = lock(&self.progress).tokens.clone();
+        let prompt = &self.prepared.request.prompt;
+        let block_size = self.prepared.model.block_size;
+        let computed = (prompt.len() + generated.len()).saturating_sub(1);
+        if computed / block_size <= self.prepared.hashes.len() {
+            return;
+        }
+        let tokens: Vec<u32> = prompt.iter().chain(&generated).take(computed).copied().collect();
+        self.shared.index.record(worker.index, &sequence_hashes(self.prepared.namespace, &tokens, block_size));
     }
 
     /// The terminal `Finished`, with usage assembled from both phases: prompt, cache and

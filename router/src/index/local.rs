@@ -1,7 +1,8 @@
 //! An approximate index of what each worker holds in its own device tier.
 //!
 //! Workers publish no events for their paged pools, so the router remembers the block hashes of
-//! the prompts it sent to each worker, in a bounded LRU per worker. It over-estimates when a
+//! the prompts it sent to each worker, and of the prompt + answer runs its decode workers
+//! finished (a conversation's next turn starts with them), in a bounded LRU per worker. It over-estimates when a
 //! worker evicted a block since, and under-estimates blocks another router put there; either way
 //! the cost is one worse placement, never a wrong answer.
 
