@@ -21,6 +21,15 @@ pub(crate) enum Prompt {
 }
 
 impl Prompt {
+    /// Text bytes (or token-id bytes) to tokenize or hash.
+    fn bytes(&self) -> usize {
+        match self {
+            Prompt::Text(text) => text.len(),
+            Prompt::Chat(messages) => messages.iter().map(|m| m.role.len() + m.content.len()).sum(),
+            Prompt::Tokens(ids) => 4 * ids.len(),
+        }
+    }
+
     fn field(&self) -> Field {
         match self {
             Prompt::Text(_) => Field::Text,
@@ -108,6 +117,12 @@ pub(crate) fn tokenize(model: &ServedModel, prompt: &Prompt) -> Result<Vec<u32>,
     }
 }
 
+/// Prompts up to this size are tokenized and hashed on the request's own task: that takes tens
+/// of microseconds, less than handing the work to a blocking thread and waking up again,
+/// which is also where a busy machine's latency tail comes from. Longer ones move off the async
+/// workers.
+const INLINE_TOKENIZE_BYTES: usize = 2048;
+
 /// [`tokenize`] on a blocking thread.
 pub(crate) async fn tokenize_blocking(model: Arc<ServedModel>, prompt: Prompt) -> Result<Vec<u32>, RouterError> {
     tokio::task::spawn_blocking(move || tokenize(&model, &prompt))
@@ -146,7 +161,8 @@ pub(crate) async fn prepare(
     let salt = namespace_salt(tenant, request.cache_salt.as_deref());
     let hashed = Arc::clone(&model);
     let span = tracing::info_span!("tokenize", prompt_tokens = tracing::field::Empty, blocks = tracing::field::Empty);
-    let (prompt, hashes, salt, namespace) = tokio::task::spawn_blocking(move || {
+    let inline = prompt.bytes() <= INLINE_TOKENIZE_BYTES;
+    let work = move || {
         let _entered = span.enter();
         if lcserve_svc_kit::log_prompts() {
             tracing::info!(?prompt, "prompt");
@@ -157,9 +173,14 @@ pub(crate) async fn prepare(
         let hashes = sequence_hashes(namespace, &ids, hashed.block_size);
         span.record("blocks", hashes.len());
         Ok::<_, RouterError>((ids, hashes, salt, namespace))
-    })
-    .await
-    .map_err(|err| RouterError::Internal(format!("tokenizer task: {err}")))??;
+    };
+    let (prompt, hashes, salt, namespace) = if inline {
+        work()?
+    } else {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|err| RouterError::Internal(format!("tokenizer task: {err}")))??
+    };
     check_prompt(&prompt, field, &limits)?;
     let mut stop = request.stop.unwrap_or_default();
     check_stop(&mut stop, prompt.len(), &limits)?;
