@@ -106,6 +106,12 @@ pub struct EngineArgs {
     /// Prompts of at least this many tokens prefill sparsely when their prefill mode is auto.
     #[arg(long, env = "LCSERVE_SPARSE_MIN_TOKENS", default_value_t = lcserve_engine::DEFAULT_SPARSE_MIN_TOKENS)]
     pub sparse_min_tokens: usize,
+    /// A small GGUF model sharing the target's vocabulary, for `--speculation draft`.
+    #[arg(long, env = "LCSERVE_DRAFT_MODEL")]
+    pub draft_model: Option<PathBuf>,
+    /// Recent tokens the draft model reads each step (its sliding-window cache).
+    #[arg(long, env = "LCSERVE_DRAFT_WINDOW", default_value_t = lcserve_engine::DEFAULT_DRAFT_WINDOW)]
+    pub draft_window: usize,
 }
 
 impl EngineArgs {
@@ -121,6 +127,8 @@ impl EngineArgs {
             sparse_patterns: self.patterns.clone(),
             sparse_min_tokens: self.sparse_min_tokens,
             sparse_prefill_chunk: self.sparse_prefill_chunk,
+            draft_model: self.draft_model.clone(),
+            draft_window: self.draft_window,
         }
     }
 }

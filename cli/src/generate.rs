@@ -32,7 +32,7 @@ pub struct GenerateArgs {
     /// Speculative decoding: `off`; `ngram` (prompt lookup; lossless — the output is
     /// distributed exactly as without it); or `auto` (prompt lookup with each step's draft
     /// length chosen from the observed acceptance and the measured cost of verification, off
-    /// where it would lose).
+    /// where it would lose); or `draft` (greedy drafts of --draft-model).
     #[arg(long, value_enum, default_value_t = SpeculationArg::Off)]
     speculation: SpeculationArg,
     #[command(flatten)]
@@ -71,6 +71,7 @@ pub enum SpeculationArg {
     Off,
     Ngram,
     Auto,
+    Draft,
 }
 
 impl From<SpeculationArg> for Speculation {
@@ -79,6 +80,7 @@ impl From<SpeculationArg> for Speculation {
             SpeculationArg::Off => Speculation::Off,
             SpeculationArg::Ngram => Speculation::Ngram,
             SpeculationArg::Auto => Speculation::Auto,
+            SpeculationArg::Draft => Speculation::Draft,
         }
     }
 }

@@ -10,6 +10,9 @@ use crate::error::EngineError;
 /// CPU (see `lcserve bench engine --prefill-mode`).
 pub const DEFAULT_SPARSE_MIN_TOKENS: usize = 8192;
 
+/// Default `draft_window`: enough recent text for a small model's next few tokens.
+pub const DEFAULT_DRAFT_WINDOW: usize = 128;
+
 /// How an engine uses its model and memory.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EngineConfig {
@@ -36,6 +39,11 @@ pub struct EngineConfig {
     /// its last 64 queries, a cost that shrinks with larger chunks. A step's budget is
     /// `prefill_chunk` dense tokens or this many sparse ones.
     pub sparse_prefill_chunk: usize,
+    /// A small GGUF model sharing the target's vocabulary, loaded at start, for requests that
+    /// speculate with `Speculation::Draft`.
+    pub draft_model: Option<PathBuf>,
+    /// Recent tokens the draft model reads each step (its sliding-window cache).
+    pub draft_window: usize,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +58,8 @@ impl Default for EngineConfig {
             sparse_patterns: None,
             sparse_min_tokens: DEFAULT_SPARSE_MIN_TOKENS,
             sparse_prefill_chunk: 2048,
+            draft_model: None,
+            draft_window: DEFAULT_DRAFT_WINDOW,
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::request::{EngineEvent, FinishReason, GenerateRequest, KvSelection, Ti
 use crate::sampler::Sampler;
 use crate::scheduler::{EngineStats, Scheduler};
 use crate::sequence::{Sequence, SequenceSpans};
-use crate::speculative::{AutoDraft, Speculation};
+use crate::speculative::{AutoDraft, DraftModelDrafter, Drafter, Speculation};
 use crate::step_times::{StepTimes, StepTimesSnapshot};
 use crate::stop_text::StopText;
 
@@ -48,6 +48,8 @@ pub struct EngineHandle {
     sparse_kv_config: Arc<str>,
     /// Written by the engine thread after every step; read by metrics without a command.
     step_times: Arc<StepTimes>,
+    /// The draft model's drafter, when one is configured.
+    draft: Option<Arc<dyn Drafter>>,
     _thread: Arc<EngineThread>,
 }
 
@@ -163,6 +165,15 @@ impl EngineHandle {
             .thread_name(|i| format!("lcserve-compute-{i}"))
             .build()
             .map_err(|e| EngineError::InvalidConfig { field: "threads", reason: e.to_string() })?;
+        let draft = match &config.draft_model {
+            Some(path) => {
+                let loaded = Model::load(path, &mut |_| {})
+                    .map_err(|e| EngineError::InvalidConfig { field: "draft_model", reason: e.to_string() })?;
+                let drafter = DraftModelDrafter::new(Arc::new(loaded), &model, config.draft_window)?;
+                Some(Arc::new(drafter) as Arc<dyn Drafter>)
+            }
+            None => None,
+        };
         let scheduler = Scheduler::new(model.clone(), config.clone(), patterns)?;
         let (commands, receiver) = sync_channel(COMMAND_QUEUE);
         let step_times = Arc::new(StepTimes::default());
@@ -182,6 +193,7 @@ impl EngineHandle {
             model,
             config: Arc::new(config),
             step_times,
+            draft,
             _thread: Arc::new(EngineThread(Some(thread))),
         })
     }
@@ -358,7 +370,13 @@ impl EngineHandle {
             prefill_time: Duration::ZERO,
             sparse_prefill,
             sparse_stats: Default::default(),
-            drafter: request.speculation.drafter(),
+            drafter: match request.speculation {
+                Speculation::Draft => Some(self.draft.clone().ok_or_else(|| EngineError::InvalidRequest {
+                    field: "speculation",
+                    reason: "draft needs a draft model, and this engine has none (--draft-model)".into(),
+                })?),
+                _ => request.speculation.drafter(),
+            },
             auto_draft: matches!(request.speculation, Speculation::Auto).then(AutoDraft::default),
             speculative_proposed: 0,
             speculative_accepted: 0,

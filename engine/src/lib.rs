@@ -43,7 +43,7 @@ mod step_times;
 mod stop_text;
 
 pub use block_allocator::{BlockAllocator, BlockAllocatorError, PoolExhausted};
-pub use config::{DEFAULT_SPARSE_MIN_TOKENS, EngineConfig};
+pub use config::{DEFAULT_DRAFT_WINDOW, DEFAULT_SPARSE_MIN_TOKENS, EngineConfig};
 pub use engine::{Completion, EngineHandle, EventStream};
 pub use error::EngineError;
 pub use kv_transfer::{ExportKv, ImportedKv, KvBlock, tail_layout};
@@ -53,5 +53,5 @@ pub use request::{
 };
 pub use sampler::{InvalidSamplingParam, SampleError, SampledToken, Sampler, SamplingParams};
 pub use scheduler::EngineStats;
-pub use speculative::{DEFAULT_DRAFT_TOKENS, Drafter, NgramDrafter, Speculation};
+pub use speculative::{DEFAULT_DRAFT_TOKENS, DraftModelDrafter, Drafter, NgramDrafter, Speculation};
 pub use step_times::StepTimesSnapshot;

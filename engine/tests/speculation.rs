@@ -5,7 +5,9 @@ mod support;
 
 use std::sync::Arc;
 
-use lcserve_engine::{DEFAULT_DRAFT_TOKENS, Drafter, EngineHandle, GenerateRequest, NgramDrafter, Speculation};
+use lcserve_engine::{
+    DEFAULT_DRAFT_TOKENS, Drafter, EngineConfig, EngineError, EngineHandle, GenerateRequest, NgramDrafter, Speculation,
+};
 use support::{collect, config, greedy, tiny_model, tokens};
 
 /// Proposes the known greedy continuation: every draft is accepted.
@@ -159,4 +161,32 @@ fn ngram_drafter_copies_what_followed_the_last_match() {
     assert_eq!(drafter.propose(&[5, 6, 5, 7, 5], 4), vec![7, 5], "unigram: the latest 5 before the end");
     assert_eq!(drafter.propose(&[1, 2, 3], 4), Vec::<u32>::new(), "no repeat, no guess");
     assert_eq!(drafter.propose(&[4], 4), Vec::<u32>::new());
+}
+
+#[test]
+fn a_draft_model_drafts_losslessly_and_is_required_for_draft() {
+    let (dir, model) = tiny_model();
+    // The target's own weights as the draft model, with a window that holds every sequence
+    // here: its drafts are the target's own greedy tokens.
+    let config =
+        EngineConfig { draft_model: Some(dir.path().join("tiny.gguf")), draft_window: 128, ..config(16, 1024, &model) };
+    let drafting = EngineHandle::start(Arc::clone(&model), config).expect("start with a draft model");
+    let vocab = model.config.vocab_size;
+    let (mut proposed, mut accepted) = (0, 0);
+    for seed in 0..12u64 {
+        let prompt = tokens(20 + 7 * seed as usize, vocab, seed);
+        let plain = collect(&drafting, greedy(prompt.clone(), 24)).expect("plain");
+        let request = GenerateRequest { speculation: Speculation::Draft, ..greedy(prompt, 24) };
+        let drafted = collect(&drafting, request).expect("draft");
+        assert_eq!(drafted.tokens, plain.tokens, "seed {seed}");
+        proposed += drafted.usage.speculative_proposed;
+        accepted += drafted.usage.speculative_accepted;
+    }
+    assert!(10 * accepted >= 9 * proposed, "its own weights draft its tokens: {accepted} of {proposed}");
+
+    let (_dir, without) = engine();
+    match without.submit(GenerateRequest { speculation: Speculation::Draft, ..greedy(vec![5, 6], 4) }) {
+        Err(EngineError::InvalidRequest { field, .. }) => assert_eq!(field, "speculation"),
+        other => panic!("expected an invalid speculation, got {:?}", other.map(|_| ())),
+    }
 }

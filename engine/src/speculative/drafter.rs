@@ -38,15 +38,18 @@ pub enum Speculation {
     /// and the measured cost of verifying extra rows; plain decoding where drafting would lose
     /// (see `auto`).
     Auto,
+    /// The engine's draft model ([`crate::EngineConfig::draft_model`], a
+    /// [`super::DraftModelDrafter`]): its greedy continuation of the recent tokens.
+    Draft,
     /// A caller-supplied drafter.
     Drafter(Arc<dyn Drafter>),
 }
 
 impl Speculation {
-    /// The drafter this setting uses, if any.
+    /// The drafter this setting uses, if any; `Draft` is the engine's to supply.
     pub(crate) fn drafter(&self) -> Option<Arc<dyn Drafter>> {
         match self {
-            Self::Off => None,
+            Self::Off | Self::Draft => None,
             Self::Ngram | Self::Auto => Some(Arc::new(NgramDrafter::default())),
             Self::Drafter(drafter) => Some(Arc::clone(drafter)),
         }

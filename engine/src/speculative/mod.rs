@@ -5,6 +5,8 @@
 //! - [`Speculation`], [`Drafter`], [`NgramDrafter`] (`drafter`): what a request speculates
 //!   with; the engine verifies a drafter's chain against its ordinary sampler (the
 //!   deterministic-draft rule, exact for any sampling settings).
+//! - [`DraftModelDrafter`] (`draft_model`): [`Speculation::Draft`]'s separate small model
+//!   sharing the target's vocabulary, greedy over a sliding window of recent tokens.
 //! - `AutoDraft` (`auto`): [`Speculation::Auto`]'s per-sequence choice of each step's draft
 //!   length from the drafter's observed acceptance and the measured cost of verification rows,
 //!   zero where speculation would lose.
@@ -20,11 +22,13 @@
 mod acceptance;
 mod auto;
 mod distribution;
+mod draft_model;
 mod drafter;
 mod tree;
 
 pub use acceptance::{Verdict, VerifyError, outcomes, verify, verify_greedy};
 pub(crate) use auto::AutoDraft;
 pub use distribution::{Distribution, InvalidDistribution};
+pub use draft_model::DraftModelDrafter;
 pub use drafter::{DEFAULT_DRAFT_TOKENS, Drafter, NgramDrafter, Speculation};
 pub use tree::{DraftNode, DraftTree, Drafting, TreeError};

@@ -102,7 +102,7 @@ pub(crate) struct OpenAiRequest {
     pub request_id: Option<String>,
     /// lcserve extension: `dense`, `sparse` or `auto` prefill.
     pub prefill_mode: Option<String>,
-    /// lcserve extension: `off`, `ngram` or `auto` speculative decoding.
+    /// lcserve extension: `off`, `ngram`, `auto` or `draft` speculative decoding.
     pub speculation: Option<String>,
     /// lcserve extension: TokenSelect decode.
     pub kv_selection: Option<KvSelectionField>,
@@ -197,7 +197,8 @@ impl OpenAiRequest {
             None | Some("off") => v1::Speculation::Off,
             Some("ngram") => v1::Speculation::Ngram,
             Some("auto") => v1::Speculation::Auto,
-            Some(other) => return invalid(Field::Speculation, format!("{other:?} is not off, ngram or auto")),
+            Some("draft") => v1::Speculation::Draft,
+            Some(other) => return invalid(Field::Speculation, format!("{other:?} is not off, ngram, auto or draft")),
         };
         let request = v1::GenerateRequest {
             model: self.model.unwrap_or_default(),
