@@ -32,7 +32,8 @@ pub struct GenerateArgs {
     /// Speculative decoding: `off`; `ngram` (prompt lookup; lossless — the output is
     /// distributed exactly as without it); or `auto` (prompt lookup with each step's draft
     /// length chosen from the observed acceptance and the measured cost of verification, off
-    /// where it would lose); or `draft` (greedy drafts of --draft-model).
+    /// where it would lose); `draft` (greedy drafts of --draft-model); or `self` (the model's
+    /// own greedy drafts over a constant KV budget).
     #[arg(long, value_enum, default_value_t = SpeculationArg::Off)]
     speculation: SpeculationArg,
     #[command(flatten)]
@@ -72,6 +73,9 @@ pub enum SpeculationArg {
     Ngram,
     Auto,
     Draft,
+    /// The target model drafting for itself over a constant KV budget.
+    #[value(name = "self")]
+    SelfDraft,
 }
 
 impl From<SpeculationArg> for Speculation {
@@ -81,6 +85,7 @@ impl From<SpeculationArg> for Speculation {
             SpeculationArg::Ngram => Speculation::Ngram,
             SpeculationArg::Auto => Speculation::Auto,
             SpeculationArg::Draft => Speculation::Draft,
+            SpeculationArg::SelfDraft => Speculation::SelfDraft,
         }
     }
 }

@@ -335,6 +335,9 @@ impl EngineHandle {
         }
         let sampler = Sampler::new(request.sampling, model_config.vocab_size)?;
         let token_select = request.kv_selection.map(|s| self.token_select(&s)).transpose()?;
+        let self_draft = matches!(request.speculation, Speculation::SelfDraft)
+            .then(|| self.token_select(&SELF_DRAFT_SELECTION))
+            .transpose()?;
         let sparse_prefill = self.prefills_sparsely(request.prefill_mode, prompt_len);
         let namespace = self.request_namespace(&request.cache_salt, request.prefill_mode, prompt_len);
         let mut text = StopText::new(self.model.tokenizer.clone(), stop.stop_strings.clone());
@@ -381,6 +384,7 @@ impl EngineHandle {
             speculative_proposed: 0,
             speculative_accepted: 0,
             token_select,
+            self_draft,
             spans: SequenceSpans::new(tracing::Span::current()),
         })
     }
@@ -438,6 +442,10 @@ impl EngineHandle {
         Ok(())
     }
 }
+
+/// What a self-drafting pass attends to: a constant budget of the cached keys whatever the
+/// context length (the LongSpec / MagicDec idea of a constant-memory drafter).
+const SELF_DRAFT_SELECTION: KvSelection = KvSelection { budget: 512, sink: 16, window: 128, reuse_threshold: 0.9 };
 
 /// The engine loop: block for commands while idle, otherwise step and drain commands between
 /// steps.

@@ -23,7 +23,7 @@ use crate::error::EngineError;
 use crate::kv_transfer::{ImportedKv, copy_in};
 use crate::request::{EngineEvent, FinishReason, Timings, TokenLogprobs};
 use crate::sequence::Sequence;
-use crate::speculative::DEFAULT_DRAFT_TOKENS;
+use crate::speculative::{DEFAULT_DRAFT_TOKENS, argmax};
 
 /// Pool and queue occupancy, for metrics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -389,13 +389,16 @@ impl Scheduler {
     fn propose(&mut self, index: usize) -> Vec<TokenId> {
         let context_length = self.model.config.context_length;
         let seq = &mut self.running[index];
-        let Some(drafter) = &seq.drafter else { return Vec::new() };
         let room_tokens = seq.stop.max_tokens.saturating_sub(seq.generated().len() + 1);
         let room_context = context_length.saturating_sub(seq.tokens.len() + 1);
         let max = DEFAULT_DRAFT_TOKENS.min(room_tokens).min(room_context);
         if max == 0 {
             return Vec::new();
         }
+        if seq.self_draft.is_some() {
+            return self.self_draft(index, max);
+        }
+        let Some(drafter) = &seq.drafter else { return Vec::new() };
         let wanted = seq.auto_draft.as_ref().map_or(max, |auto| auto.draft_len(max));
         if wanted == 0 {
             if let Some(auto) = seq.auto_draft.as_mut().filter(|auto| auto.wants_shadow()) {
@@ -405,6 +408,49 @@ impl Scheduler {
         }
         let mut draft = drafter.propose(&seq.tokens, wanted);
         draft.truncate(wanted);
+        draft
+    }
+
+    /// Up to `max` greedy draft tokens from the target model itself attending through the
+    /// sequence's constant-budget TokenSelect backend (`Speculation::SelfDraft`). Pass `i` runs
+    /// the token at position `computed + i` and writes its KV where the verification pass will
+    /// write the exact KV again, before anything reads it. Drafts fewer tokens rather than
+    /// preempt another sequence for the blocks.
+    fn self_draft(&mut self, index: usize, max: usize) -> Vec<TokenId> {
+        let block_size = self.config.block_size;
+        let start = self.running[index].computed;
+        let mut draft_len = max;
+        while self.running[index].blocks.len() * block_size < start + draft_len {
+            match self.allocator.allocate() {
+                Ok(block) => self.running[index].blocks.push(block),
+                Err(_) => draft_len = self.running[index].blocks.len() * block_size - start,
+            }
+        }
+        let Self { model, arena, running, .. } = self;
+        let seq = &running[index];
+        let Some(attention) = &seq.self_draft else { return Vec::new() };
+        let mut draft = Vec::with_capacity(draft_len);
+        let mut input = seq.tokens[start];
+        while draft.len() < draft_len {
+            let batch = [SequenceInput {
+                tokens: std::slice::from_ref(&input),
+                start_pos: start + draft.len(),
+                block_table: &seq.blocks,
+                logits: LogitsWanted::Last,
+                attention,
+            }];
+            match model.forward(&batch, arena) {
+                Ok(logits) => match logits.last_of(0) {
+                    Some(row) => input = argmax(row),
+                    None => break,
+                },
+                Err(error) => {
+                    tracing::warn!(%error, "self-drafting failed; verifying the drafts so far");
+                    break;
+                }
+            }
+            draft.push(input);
+        }
         draft
     }
 

@@ -54,6 +54,8 @@ pub(crate) struct Sequence {
     pub speculative_accepted: usize,
     /// The decode attention of a TokenSelect request, with its selection cache.
     pub token_select: Option<TokenSelectAttention>,
+    /// The constant-budget attention of `Speculation::SelfDraft`'s drafting passes.
+    pub self_draft: Option<TokenSelectAttention>,
     pub spans: SequenceSpans,
 }
 
@@ -145,8 +147,8 @@ impl Sequence {
         self.computed = 0;
         self.registered = 0;
         self.last_hash = self.namespace.root();
-        if let Some(token_select) = &self.token_select {
-            token_select.reset();
+        for attention in self.token_select.iter().chain(&self.self_draft) {
+            attention.reset();
         }
     }
 }

@@ -72,7 +72,7 @@ fn greedy_output_is_identical_whatever_the_drafter() {
         .collect();
 
     let (mut ngram_proposed, mut ngram_accepted) = (0, 0);
-    for name in ["oracle", "noise", "ngram", "auto"] {
+    for name in ["oracle", "noise", "ngram", "auto", "self"] {
         // All at once: speculating and plain sequences share batches.
         let streams: Vec<_> = prompts
             .iter()
@@ -84,6 +84,7 @@ fn greedy_output_is_identical_whatever_the_drafter() {
                     "oracle" => Speculation::Drafter(Arc::new(Oracle { prompt_len: p.len(), answer: answer.clone() })),
                     "noise" => Speculation::Drafter(Arc::new(Noise { vocab: vocab as u32 })),
                     "auto" => Speculation::Auto,
+                    "self" => Speculation::SelfDraft,
                     _ => Speculation::Ngram,
                 };
                 engine.submit(GenerateRequest { speculation, ..greedy(p.clone(), max_tokens) }).expect("submit")
@@ -188,5 +189,20 @@ fn a_draft_model_drafts_losslessly_and_is_required_for_draft() {
     match without.submit(GenerateRequest { speculation: Speculation::Draft, ..greedy(vec![5, 6], 4) }) {
         Err(EngineError::InvalidRequest { field, .. }) => assert_eq!(field, "speculation"),
         other => panic!("expected an invalid speculation, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn self_drafting_over_a_long_context_stays_lossless() {
+    let (_dir, engine) = engine();
+    let vocab = engine.model().config.vocab_size;
+    // Past the self-drafter's 656-key budget, so its drafting passes attend sparsely.
+    for (seed, len) in [(1, 700), (2, 1000)] {
+        let prompt = repetitive_prompt(len, vocab, seed);
+        let plain = collect(&engine, greedy(prompt.clone(), 20)).expect("plain");
+        let request = GenerateRequest { speculation: Speculation::SelfDraft, ..greedy(prompt, 20) };
+        let drafted = collect(&engine, request).expect("self");
+        assert_eq!(drafted.tokens, plain.tokens, "{len}-token prompt");
+        assert!(drafted.usage.speculative_proposed > 0);
     }
 }

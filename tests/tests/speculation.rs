@@ -1,6 +1,7 @@
 //! Lossless speculation on the reference model: for ten prompts, greedy output with each real
-//! drafter (prompt lookup, `auto`, and a draft model) is token-identical to plain greedy
-//! decoding; a draft model with another vocabulary is refused at start.
+//! drafter (prompt lookup, `auto`, a draft model, and the model drafting for itself) is
+//! token-identical to plain greedy decoding; a draft model with another vocabulary is refused
+//! at start.
 
 use std::sync::Arc;
 
@@ -47,6 +48,7 @@ fn every_drafter_reproduces_plain_greedy_output() {
         ("ngram", (|| Speculation::Ngram) as fn() -> Speculation),
         ("auto", || Speculation::Auto),
         ("draft", || Speculation::Draft),
+        ("self", || Speculation::SelfDraft),
     ] {
         let done = run(speculation);
         for ((got, expected), prompt) in done.iter().zip(&plain).zip(PROMPTS) {
@@ -58,7 +60,7 @@ fn every_drafter_reproduces_plain_greedy_output() {
         if name != "auto" {
             assert!(accepted > 0, "{name}: {accepted} of {proposed} drafts accepted");
         }
-        if name == "draft" {
+        if name == "draft" || name == "self" {
             assert!(2 * accepted > proposed, "its own draft model: {accepted} of {proposed} accepted");
         }
     }

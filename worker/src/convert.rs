@@ -28,6 +28,7 @@ pub(crate) fn parts(request: Option<v1::WorkerRequest>) -> Result<Parts, Status>
         v1::Speculation::Ngram => Speculation::Ngram,
         v1::Speculation::Auto => Speculation::Auto,
         v1::Speculation::Draft => Speculation::Draft,
+        v1::Speculation::Self_ => Speculation::SelfDraft,
         v1::Speculation::Unspecified | v1::Speculation::Off => Speculation::Off,
     };
     let sampling = request.sampling.unwrap_or_default();

@@ -94,8 +94,8 @@ impl Drafter for DraftModelDrafter {
     }
 }
 
-/// The first index of the largest logit.
-fn argmax(row: &[f32]) -> TokenId {
+/// The first index of the largest logit: a greedy draft token.
+pub(crate) fn argmax(row: &[f32]) -> TokenId {
     let mut best = 0;
     for (i, &v) in row.iter().enumerate() {
         if v > row[best] {

@@ -41,6 +41,10 @@ pub enum Speculation {
     /// The engine's draft model ([`crate::EngineConfig::draft_model`], a
     /// [`super::DraftModelDrafter`]): its greedy continuation of the recent tokens.
     Draft,
+    /// The target model itself as its own drafter, greedy, attending to a constant budget of
+    /// its cached keys (sink + recent window + the best-voted ones, TokenSelect) — cheaper
+    /// than a full step where attention over a long context dominates.
+    SelfDraft,
     /// A caller-supplied drafter.
     Drafter(Arc<dyn Drafter>),
 }
@@ -49,7 +53,7 @@ impl Speculation {
     /// The drafter this setting uses, if any; `Draft` is the engine's to supply.
     pub(crate) fn drafter(&self) -> Option<Arc<dyn Drafter>> {
         match self {
-            Self::Off | Self::Draft => None,
+            Self::Off | Self::Draft | Self::SelfDraft => None,
             Self::Ngram | Self::Auto => Some(Arc::new(NgramDrafter::default())),
             Self::Drafter(drafter) => Some(Arc::clone(drafter)),
         }

@@ -30,5 +30,6 @@ pub use acceptance::{Verdict, VerifyError, outcomes, verify, verify_greedy};
 pub(crate) use auto::AutoDraft;
 pub use distribution::{Distribution, InvalidDistribution};
 pub use draft_model::DraftModelDrafter;
+pub(crate) use draft_model::argmax;
 pub use drafter::{DEFAULT_DRAFT_TOKENS, Drafter, NgramDrafter, Speculation};
 pub use tree::{DraftNode, DraftTree, Drafting, TreeError};

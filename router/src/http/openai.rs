@@ -102,7 +102,7 @@ pub(crate) struct OpenAiRequest {
     pub request_id: Option<String>,
     /// lcserve extension: `dense`, `sparse` or `auto` prefill.
     pub prefill_mode: Option<String>,
-    /// lcserve extension: `off`, `ngram`, `auto` or `draft` speculative decoding.
+    /// lcserve extension: `off`, `ngram`, `auto`, `draft` or `self` speculative decoding.
     pub speculation: Option<String>,
     /// lcserve extension: TokenSelect decode.
     pub kv_selection: Option<KvSelectionField>,
@@ -198,7 +198,10 @@ impl OpenAiRequest {
             Some("ngram") => v1::Speculation::Ngram,
             Some("auto") => v1::Speculation::Auto,
             Some("draft") => v1::Speculation::Draft,
-            Some(other) => return invalid(Field::Speculation, format!("{other:?} is not off, ngram, auto or draft")),
+            Some("self") => v1::Speculation::Self_,
+            Some(other) => {
+                return invalid(Field::Speculation, format!("{other:?} is not off, ngram, auto, draft or self"));
+            }
         };
         let request = v1::GenerateRequest {
             model: self.model.unwrap_or_default(),
