@@ -2,7 +2,7 @@
 //! without speculative decoding, on the same prompts, greedy — so the outputs must match token
 //! for token, and the bench checks that they do.
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use lcserve_engine::{EngineHandle, GenerateRequest, StopConditions};
 use lcserve_model::Model;
 use lcserve_text::haystack::{SampleSpec, Task, generate};
@@ -73,7 +73,7 @@ pub fn run(args: SpeculationBenchArgs) -> anyhow::Result<()> {
             );
             let row = Row {
                 task,
-                mode: format!("{mode:?}").to_lowercase(),
+                mode: mode.to_possible_value().map_or_else(|| format!("{mode:?}"), |v| v.get_name().to_owned()),
                 decode_tokens_per_s: tokens_per_s,
                 tokens_per_step: decoded as f64 / decoded.saturating_sub(accepted).max(1) as f64,
                 proposed: done.usage.speculative_proposed,
