@@ -56,7 +56,8 @@ pub fn run(args: SpeculationBenchArgs) -> anyhow::Result<()> {
             let request = GenerateRequest {
                 prompt: prompt.clone(),
                 stop: StopConditions { max_tokens: args.max_tokens, ..StopConditions::default() },
-                // Cache the prompt once, then time decoding only.
+                // Each mode prefills under its own salt, so none starts from another's cache;
+                // decoding is timed from the first token on.
                 cache_salt: format!("bench-spec-{run}").into_bytes(),
                 speculation: mode.into(),
                 ..GenerateRequest::default()
