@@ -95,6 +95,6 @@ impl AttentionBackend for SparseAttention<'_> {
 }
 
 /// `1/√head_dim`.
-fn logit_scale(shape: &AttnShape) -> f32 {
+pub(crate) fn logit_scale(shape: &AttnShape) -> f32 {
     1.0 / (shape.head_dim as f32).sqrt()
 }

@@ -16,7 +16,7 @@ use lcserve_kernels::{AttnShape, PagedKv};
 
 pub use lcserve_kernels::token_select::{DEFAULT_THRESHOLD as DEFAULT_REUSE_THRESHOLD, TokenSelection};
 
-use crate::attention::{AttentionBackend, DenseAttention};
+use crate::attention::{AttentionBackend, DenseAttention, logit_scale};
 use crate::error::Result;
 
 /// What a [`TokenSelectAttention`] has done so far, summed over layers and steps.
@@ -128,8 +128,7 @@ impl AttentionBackend for TokenSelectAttention {
         state.attended_keys +=
             (0..nq).map(|i| selected.partition_point(|&key| (key as usize) < kv.len - nq + i + 1) as u64).sum::<u64>();
         drop(state);
-        let scale = 1.0 / (shape.head_dim as f32).sqrt();
-        selected_attention(q, nq, kv, shape, scale, &selected, out, None)?;
+        selected_attention(q, nq, kv, shape, logit_scale(shape), &selected, out, None)?;
         Ok(())
     }
 }
