@@ -50,7 +50,6 @@ pub fn apply(root: clap::Command, args: Vec<OsString>) -> anyhow::Result<Vec<OsS
     let (mut command, mut table, mut section) = (&root, &table, String::new());
     levels.push((command, table, section.clone(), 1));
     for &(ref name, insert_at) in &chain {
-        check_sections(command, table, &section)?;
         let Some(sub) = table.get(name) else { break };
         let Value::Table(sub) = sub else { bail!("--config {}: `{name}` must be a table", path.display()) };
         command = command.find_subcommand(name).context("subcommand vanished")?;
@@ -58,7 +57,9 @@ pub fn apply(root: clap::Command, args: Vec<OsString>) -> anyhow::Result<Vec<OsS
         section = if section.is_empty() { name.clone() } else { format!("{section}.{name}") };
         levels.push((command, table, section.clone(), insert_at));
     }
-    check_sections(command, table, &section)?;
+    for (command, table, section, _) in &levels {
+        check_sections(command, table, section)?;
+    }
     for (command, table, section, insert_at) in levels.into_iter().rev() {
         let flags =
             flags_for(command, table, &section, &args).with_context(|| format!("--config {}", path.display()))?;

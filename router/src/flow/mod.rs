@@ -20,7 +20,7 @@ mod attempt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lcserve_common::sequence_hashes;
+use lcserve_common::chain_hash;
 use lcserve_proto::v1::{self, generate_response::Event};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -272,16 +272,25 @@ impl Ctx<'_> {
     /// generated blocks), and a conversation's next turn starts with them: remember them for
     /// it, so kv-aware routing sends that turn back. The last token's KV is never computed,
     /// so the run ends before it.
+    /// The prompt's own full blocks are hashed already; only the blocks after them are.
     fn record_answer_blocks(&self, worker: &Worker) {
         let generated = lock(&self.progress).tokens.clone();
         let prompt = &self.prepared.request.prompt;
         let block_size = self.prepared.model.block_size;
+        let prompt_hashes = &self.prepared.hashes;
+        let hashed = prompt_hashes.len() * block_size;
         let computed = (prompt.len() + generated.len()).saturating_sub(1);
-        if computed / block_size <= self.prepared.hashes.len() {
+        if computed < hashed + block_size {
             return;
         }
-        let tokens: Vec<u32> = prompt.iter().chain(&generated).take(computed).copied().collect();
-        self.shared.index.record(worker.index, &sequence_hashes(self.prepared.namespace, &tokens, block_size));
+        let rest: Vec<u32> = prompt[hashed..].iter().chain(&generated).take(computed - hashed).copied().collect();
+        let mut parent = prompt_hashes.last().copied().unwrap_or(self.prepared.namespace.root());
+        let mut run = prompt_hashes.clone();
+        run.extend(rest.chunks_exact(block_size).map(|block| {
+            parent = chain_hash(parent, block);
+            parent
+        }));
+        self.shared.index.record(worker.index, &run);
     }
 
     /// The terminal `Finished`, with usage assembled from both phases: prompt, cache and
