@@ -131,7 +131,7 @@ fn run(threads: usize) {
     println!("\npath comparison, gate/up 576->1536 and down 1536->576 (us per call):");
     for (rows, cols) in [(1536, 576), (576, 1536)] {
         let m = matrix(QuantType::Q4_1, rows, cols);
-        for n in [1usize, 2, 4, 8, 16, 24, 32, 48, 64, 256] {
+        for n in [1usize, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256] {
             let mut line = format!("  {rows}x{cols} n={n:<4}");
             for acts in MODES {
                 let small = bench(&m, n, acts, MatmulKernel::Simd);

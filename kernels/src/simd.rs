@@ -18,6 +18,20 @@ pub fn has_avx2_fma() -> bool {
     }
 }
 
+/// True when the AVX-512 register-tiled matmul kernels may run: AVX-512F plus everything
+/// [`has_avx2_fma`] needs (the packed weight layout is built only where that holds).
+#[inline]
+pub fn has_avx512() -> bool {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        has_avx2_fma() && std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+    {
+        false
+    }
+}
+
 /// Portable versions; also the reference the AVX2 versions are tested against.
 pub(crate) mod scalar {
     #[inline]

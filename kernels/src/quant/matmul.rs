@@ -9,11 +9,12 @@
 //!
 //! Two algorithms, picked by batch size `n` ([`MatmulKernel::Auto`]), in either mode:
 //! * **Small batch** (`n < Activations::gemm_min_n()`, decode and short verification batches): each task
-//!   takes a chunk of weight rows and dots every row with up to 4 activation rows per pass
-//!   (weight block loaded and unpacked once per 4 rows). `F32` unpacks the weight quants to
-//!   f32 in registers and FMAs them with the activations; `Int8` quantizes the activations
-//!   once and uses integer multiply-adds. Memory traffic is the packed weights only, which
-//!   is what bounds decode speed, so both run at about the same speed there.
+//!   takes a chunk of weight rows. `F32` unpacks the weight quants to f32 in registers and
+//!   FMAs them with the activations: on AVX-512 CPUs as register tiles of 2–4 weight rows ×
+//!   up to 6 activation rows (`tile_f32_avx512`), on AVX2 ones a weight row at a time against
+//!   up to 4 activation rows. `Int8` quantizes the activations once and uses integer
+//!   multiply-adds, a weight row at a time. At one row per step both modes are bound by
+//!   streaming the packed weights and run at about the same speed.
 //! * **Dequantize + GEMM** (`n ≥ gemm_min_n()`, prefill): each task decodes a tile of weight
 //!   rows to f32 into a thread-local scratch buffer and runs the `gemm` crate's f32 kernel on
 //!   it; decoding cost is amortized over `n`. Float weight types always use this path (f32
@@ -24,7 +25,10 @@
 //! activations (and the same f16-rounded `Q4_1` minimum term) that the integer kernels use —
 //! so they agree to f32 rounding (~1e-6) and a sequence's logits do not depend on how many
 //! rows shared its step: chunked prefill equals one-shot prefill, a cached prefix equals a
-//! recomputed one, and a sampled sequence with a seed is reproducible under any load.
+//! recomputed one, and a sampled sequence with a seed is reproducible under any load. Within
+//! the small-batch kernels the agreement is exact: each row is computed by the same
+//! operations whatever else is in the batch, so a row's product is bitwise the same alone,
+//! in a speculative verification batch, or among other sequences' decode rows.
 //!
 //! Parallelism: tasks run on the current rayon pool (the caller installs one with the thread
 //! count it wants); `gemm` itself runs single-threaded inside a task.
@@ -56,11 +60,15 @@ pub enum Activations {
 impl Activations {
     /// Batch size from which [`MatmulKernel::Auto`] switches quantized matrices from the
     /// small-batch kernels to dequantize + f32 GEMM, measured with `examples/matmul_bench.rs`
-    /// on the SmolLM2 shapes. The f32-activation kernel does more vector work per weight than
-    /// the integer one (one int→float conversion and one FMA per element and row), so GEMM
-    /// wins earlier; the `Int8` GEMM path also pays for rounding the activations.
-    pub const fn gemm_min_n(self) -> usize {
+    /// on the SmolLM2 shapes. The AVX-512 register tiles dequantize each weight once per six
+    /// activation rows and keep up with GEMM to about 96 rows; the AVX2 f32 kernel does more
+    /// vector work per weight than the integer one (one int→float conversion and one FMA per
+    /// element and row), so GEMM wins earlier there; the `Int8` GEMM path also pays for
+    /// rounding the activations. Below the threshold a row's product is bitwise independent
+    /// of the batch (see the module docs).
+    pub fn gemm_min_n(self) -> usize {
         match self {
+            Self::F32 if crate::simd::has_avx512() => 96,
             Self::F32 => 24,
             Self::Int8 => 32,
         }
@@ -75,7 +83,11 @@ pub enum MatmulKernel {
     Auto,
     /// The small-batch kernel in portable scalar code.
     Scalar,
-    /// The small-batch kernel with AVX2 (the scalar one where AVX2 is missing).
+    /// The AVX2 small-batch kernels, one weight row at a time (the scalar one where AVX2 is
+    /// missing).
+    Avx2,
+    /// The fastest small-batch kernel this CPU runs: AVX-512 register tiles for f32
+    /// activations where available, else [`MatmulKernel::Avx2`].
     Simd,
     /// Weight tiles decoded to f32, multiplied with the `gemm` crate.
     DequantGemm,
@@ -125,15 +137,16 @@ impl QMatrix {
             MatmulKernel::Scalar => false,
             _ => crate::simd::has_avx2_fma(),
         };
+        let tiles = simd && kernel != MatmulKernel::Avx2 && crate::simd::has_avx512();
         let small = match kernel {
             MatmulKernel::Auto => n < acts.gemm_min_n(),
-            MatmulKernel::Scalar | MatmulKernel::Simd => true,
+            MatmulKernel::Scalar | MatmulKernel::Avx2 | MatmulKernel::Simd => true,
             MatmulKernel::DequantGemm => false,
         };
         match (self.ty(), acts) {
             (QuantType::F32 | QuantType::F16 | QuantType::BF16, _) => matmul_gemm(self, x, n, out, Activations::F32),
             _ if !small => matmul_gemm(self, x, n, out, acts),
-            (_, Activations::F32) => matmul_f32(self, x, n, out, simd),
+            (_, Activations::F32) => matmul_f32(self, x, n, out, simd, tiles),
             (_, Activations::Int8) => matmul_int(self, x, n, out, simd),
         }
         Ok(())
@@ -176,11 +189,17 @@ fn rows_per_task(rows: usize, macs_per_row: usize, granule: usize) -> usize {
     balance.max(work).max(1).div_ceil(granule) * granule
 }
 
-/// Small-batch path with exact f32 activations. The 32-element block types use the AVX2
-/// kernels on their repacked rows; everything else (K-quants, or no AVX2) decodes each weight
-/// row once into a per-task buffer and dots it with every activation row.
-fn matmul_f32(m: &QMatrix, x: &[f32], n: usize, out: &mut [f32], simd: bool) {
+/// Small-batch path with exact f32 activations. The 32-element block types use their
+/// repacked rows: AVX-512 register tiles when `tiles`, else the AVX2 kernels; everything else
+/// (K-quants, or no AVX2) decodes each weight row once into a per-task buffer and dots it
+/// with every activation row.
+fn matmul_f32(m: &QMatrix, x: &[f32], n: usize, out: &mut [f32], simd: bool, tiles: bool) {
     let cols = m.cols();
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if tiles && let Some(p) = m.packed() {
+        avx512::matmul_tiles(p, m.rows(), &F32Acts::new(x, n, cols, false), n, out);
+        return;
+    }
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     if simd && let Some(p) = m.packed() {
         let acts = F32Acts::new(x, n, cols, p.ty != QuantType::Q8_0);
@@ -377,6 +396,100 @@ mod avx2 {
             } else {
                 by_k!(res, rows, |a| dot_avx2::dot_q6k(w, a))
             }
+        }
+    }
+}
+
+/// The AVX-512 small-batch path with exact f32 activations; see `tile_f32_avx512`. Only
+/// reached when `has_avx512()` succeeded.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+mod avx512 {
+    use rayon::prelude::*;
+
+    use super::super::packed::{F32Acts, Packed};
+    use super::super::tile_f32_avx512::{tile_q4, tile_q8};
+    use super::super::types::QuantType;
+    use super::{SharedOut, rows_per_task};
+
+    /// Weight rows per block of the row loop; every activation group passes over one block
+    /// before the next, so the block is read from memory once and then stays in L1.
+    const ROW_BLOCK: usize = 8;
+    /// Most activation rows per register tile.
+    const ACT_GROUP: usize = 6;
+    /// A tile's rows are read interleaved, which the hardware prefetcher does not follow, so
+    /// each tile prefetches the rows this many tiles ahead.
+    const PREFETCH_TILES: usize = 8;
+
+    /// Weight rows per tile for `k` activation rows, measured with `examples/matmul_bench.rs`
+    /// on the SmolLM2 shapes: two rows keep the `2k` accumulators and the `2k` activation
+    /// vectors of a block pair within the 32 registers up to `k = 6`; three activation rows
+    /// leave room for four.
+    fn tile_rows(k: usize) -> usize {
+        if k == 3 { 4 } else { 2 }
+    }
+
+    /// `out = x · Wᵀ` for the `n` rows of `acts`: tasks own chunks of weight rows, and every
+    /// block of rows meets every group of activation rows.
+    pub(super) fn matmul_tiles(p: &Packed, rows: usize, acts: &F32Acts, n: usize, out: &mut [f32]) {
+        let chunk = rows_per_task(rows, p.nb * 32 * n, ROW_BLOCK);
+        let dst = SharedOut::new(out);
+        (0..rows.div_ceil(chunk)).into_par_iter().for_each(|t| {
+            let (r0, r1) = (t * chunk, rows.min((t + 1) * chunk));
+            for block in (r0..r1).step_by(ROW_BLOCK) {
+                let block_end = (block + ROW_BLOCK).min(r1);
+                for i0 in (0..n).step_by(ACT_GROUP) {
+                    let k = (n - i0).min(ACT_GROUP);
+                    let mut r = block;
+                    while r < block_end {
+                        let span = if block_end - r >= tile_rows(k) { tile_rows(k) } else { 1 };
+                        tile(p, r, span, acts, i0, k, dst, rows);
+                        r += span;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Computes the tile of weight rows `r..r + span` × activation rows `i0..i0 + k` and
+    /// writes it to `dst` (`n × rows`, row-major).
+    #[allow(clippy::too_many_arguments)]
+    fn tile(p: &Packed, r: usize, span: usize, acts: &F32Acts, i0: usize, k: usize, dst: SharedOut, rows: usize) {
+        let (q8, has_m) = (p.ty == QuantType::Q8_0, p.ty == QuantType::Q4_1);
+        let ahead = PREFETCH_TILES * span * p.row_stride;
+        macro_rules! run {
+            ($r:literal, $k:literal) => {{
+                let w: [&[u8]; $r] = std::array::from_fn(|j| p.row(r + j));
+                let x: [&[f32]; $k] = std::array::from_fn(|j| acts.row(i0 + j).1);
+                // SAFETY: AVX-512 support was checked by the caller; `w` are packed rows of
+                // `p` and `x` rows laid out for the same column count (even-padded).
+                let res = unsafe {
+                    if q8 {
+                        tile_q8::<$r, $k>(w, p.nb, p.nb8, x, ahead)
+                    } else {
+                        tile_q4::<$r, $k>(w, p.nb, p.nb8, has_m, x, ahead)
+                    }
+                };
+                for (i, out_row) in res.iter().enumerate() {
+                    for (j, &v) in out_row.iter().enumerate() {
+                        // SAFETY: weight row r + j belongs to this task.
+                        unsafe { dst.write((i0 + i) * rows + r + j, v) };
+                    }
+                }
+            }};
+        }
+        match (span, k) {
+            (2, 1) => run!(2, 1),
+            (2, 2) => run!(2, 2),
+            (4, 3) => run!(4, 3),
+            (2, 4) => run!(2, 4),
+            (2, 5) => run!(2, 5),
+            (2, 6) => run!(2, 6),
+            (_, 1) => run!(1, 1),
+            (_, 2) => run!(1, 2),
+            (_, 3) => run!(1, 3),
+            (_, 4) => run!(1, 4),
+            (_, 5) => run!(1, 5),
+            _ => run!(1, 6),
         }
     }
 }

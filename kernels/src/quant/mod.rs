@@ -3,7 +3,8 @@
 //! * [`types`]: [`QuantType`] and block geometry.
 //! * [`legacy`], [`kquants`]: scalar reference codecs, bit-exact with ggml.
 //! * [`dot_f32_avx2`]: weight row · exact f32 activations, quants unpacked to f32 in
-//!   registers (the default [`Activations::F32`] mode).
+//!   registers (the default [`Activations::F32`] mode); [`tile_f32_avx512`]: the same
+//!   product as register tiles of several weight and activation rows, on AVX-512 CPUs.
 //! * [`activation`]: 8-bit quantization of activations for the opt-in integer kernels
 //!   ([`Activations::Int8`]); [`dot_scalar`], [`dot_avx2`]: their row·activation dot products.
 //! * [`packed`]: the repacked layout the AVX2 kernels of both modes use for the 32-element
@@ -24,6 +25,8 @@ mod matmul;
 mod matrix;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 mod packed;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+mod tile_f32_avx512;
 mod types;
 
 pub use matmul::{Activations, MatmulKernel};
