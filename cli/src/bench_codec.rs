@@ -257,6 +257,7 @@ impl KvRun {
                 block_table: &table,
                 logits: LogitsWanted::Last,
                 attention: &capture,
+                draft_tree: None,
             };
             let logits = model.forward(&[input], &mut arena)?;
             done = tokens.len();

@@ -116,6 +116,7 @@ fn measure(model: &Model, patterns: &HeadPatterns, layer: usize, tokens: usize, 
         block_table: &table,
         logits: LogitsWanted::None,
         attention: &capture,
+        draft_tree: None,
     };
     model.forward(&[input], &mut arena)?;
     let q = capture.queries.into_inner().unwrap_or_else(PoisonError::into_inner);

@@ -198,6 +198,7 @@ impl SearchRun {
             block_table: &table,
             logits: LogitsWanted::None,
             attention: &backend,
+            draft_tree: None,
         };
         let started = Instant::now();
         model.forward(&[input], &mut arena).context("running the calibration prompt")?;

@@ -53,5 +53,7 @@ pub use request::{
 };
 pub use sampler::{InvalidSamplingParam, SampleError, SampledToken, Sampler, SamplingParams};
 pub use scheduler::EngineStats;
-pub use speculative::{DEFAULT_DRAFT_TOKENS, DraftModelDrafter, Drafter, NgramDrafter, Speculation};
+pub use speculative::{
+    DEFAULT_DRAFT_NODES, DEFAULT_DRAFT_TOKENS, DraftModelDrafter, Drafter, NgramDrafter, Speculation,
+};
 pub use step_times::StepTimesSnapshot;

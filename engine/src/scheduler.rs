@@ -23,7 +23,7 @@ use crate::error::EngineError;
 use crate::kv_transfer::{ImportedKv, copy_in};
 use crate::request::{EngineEvent, FinishReason, Timings, TokenLogprobs};
 use crate::sequence::Sequence;
-use crate::speculative::{DEFAULT_DRAFT_TOKENS, argmax};
+use crate::speculative::{DEFAULT_DRAFT_NODES, DEFAULT_DRAFT_TOKENS, DraftTree, argmax};
 
 /// Pool and queue occupancy, for metrics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -60,9 +60,12 @@ struct Slot {
     start: usize,
     len: usize,
     logits: LogitsWanted,
-    /// Draft tokens appended after the pending token for verification (speculative decoding);
-    /// their logits rows follow the pending token's.
-    draft: usize,
+    /// Draft tokens appended after the pending token for verification (speculative decoding),
+    /// in node order; their logits rows follow the pending token's.
+    draft: DraftTree,
+    /// The verification rows' parents when the draft branches (hybrid tree attention); a
+    /// chain runs as an ordinary causal run.
+    tree_rows: Option<Vec<Option<usize>>>,
 }
 
 impl Scheduler {
@@ -182,6 +185,7 @@ impl Scheduler {
                         block_table: &seq.blocks,
                         logits: slot.logits,
                         attention,
+                        draft_tree: slot.tree_rows.as_deref(),
                     }
                 })
                 .collect();
@@ -206,7 +210,8 @@ impl Scheduler {
             }
         };
         let elapsed = started.elapsed();
-        let decode_only = slots.iter().all(|slot| slot.logits != LogitsWanted::None && slot.len == slot.draft + 1);
+        let decode_only =
+            slots.iter().all(|slot| slot.logits != LogitsWanted::None && slot.len == slot.draft.len() + 1);
 
         let mut finished = Vec::new();
         for (batch_index, slot) in slots.iter().enumerate() {
@@ -218,19 +223,19 @@ impl Scheduler {
                 seq.prefill_time += elapsed;
                 self.prefill_tokens += slot.len.min(seq.prompt_len - slot.start) as u64;
             }
-            if slot.draft > 0 {
+            if !slot.draft.is_empty() {
                 // Verify first: only accepted drafts become KV that may be cached or exported.
-                let rows = logits.rows_of(batch_index);
+                let rows: Vec<&[f32]> = logits.rows_of(batch_index).collect();
                 let accepted_before = seq.speculative_accepted;
-                match verify_draft(seq, slot, rows, self.model.config.context_length) {
+                match verify_draft(seq, slot, &rows, &mut self.arena, self.model.config.context_length) {
                     Ok(None) => {}
                     Ok(Some(reason)) => finished.push((slot.seq, Ok(reason))),
                     Err(error) => finished.push((slot.seq, Err(error))),
                 }
                 if let Some(auto) = &mut seq.auto_draft {
-                    auto.observe_draft(slot.draft, seq.speculative_accepted - accepted_before);
+                    auto.observe_draft(slot.draft.len(), seq.speculative_accepted - accepted_before);
                     auto.check_shadow(&seq.tokens);
-                    auto.observe_step(slot.draft, elapsed.as_secs_f64(), decode_only);
+                    auto.observe_step(slot.draft.len(), elapsed.as_secs_f64(), decode_only);
                 }
             } else {
                 seq.computed = slot.start + slot.len;
@@ -244,7 +249,7 @@ impl Scheduler {
                     let _ = seq.events.send(EngineEvent::Kv(blocks));
                 }
             }
-            if slot.draft > 0 {
+            if !slot.draft.is_empty() {
                 continue;
             }
             let Some(row) = logits.last_of(batch_index) else { continue };
@@ -358,7 +363,7 @@ impl Scheduler {
                 continue;
             }
             let start = seq.computed;
-            let draft = if catching_up { Vec::new() } else { self.propose(index) };
+            let draft = if catching_up { DraftTree::chain(&[]) } else { self.propose(index) };
             if !self.ensure_blocks(index, start + len + draft.len()) {
                 // `index` was preempted (or failed); the sequence now at `index` is another one.
                 continue;
@@ -374,41 +379,46 @@ impl Scheduler {
                 LogitsWanted::None
             };
             let seq = &mut self.running[index];
-            seq.tokens.extend_from_slice(&draft);
+            seq.tokens.extend(draft.nodes().iter().map(|node| node.token));
             seq.speculative_proposed += draft.len();
-            slots.push(Slot { seq: index, start, len: len + draft.len(), logits, draft: draft.len() });
+            let tree_rows = (!draft.is_chain()).then(|| draft.row_parents());
+            slots.push(Slot { seq: index, start, len: len + draft.len(), logits, draft, tree_rows });
             index += 1;
         }
         slots
     }
 
-    /// Draft tokens for decoding sequence `index`: as many as its drafter proposes, within
-    /// [`DEFAULT_DRAFT_TOKENS`], the tokens it may still generate (the step emits one more than
-    /// it accepts), the context, and under `auto` the length that pays. An `auto` sequence
-    /// that does not draft keeps a shadow proposal to learn the drafter's acceptance.
-    fn propose(&mut self, index: usize) -> Vec<TokenId> {
+    /// The draft for decoding sequence `index`: what its drafter proposes, no deeper than
+    /// [`DEFAULT_DRAFT_TOKENS`] and the tokens it may still generate (the step emits one more
+    /// than it accepts), with at most [`DEFAULT_DRAFT_NODES`] nodes that fit the context, and
+    /// under `auto` the chain length that pays. An `auto` sequence that does not draft keeps a
+    /// shadow proposal to learn the drafter's acceptance.
+    fn propose(&mut self, index: usize) -> DraftTree {
         let context_length = self.model.config.context_length;
         let seq = &mut self.running[index];
         let room_tokens = seq.stop.max_tokens.saturating_sub(seq.generated().len() + 1);
         let room_context = context_length.saturating_sub(seq.tokens.len() + 1);
         let max = DEFAULT_DRAFT_TOKENS.min(room_tokens).min(room_context);
         if max == 0 {
-            return Vec::new();
+            return DraftTree::chain(&[]);
         }
         if seq.self_draft.is_some() {
-            return self.self_draft(index, max);
+            return DraftTree::chain(&self.self_draft(index, max));
         }
-        let Some(drafter) = &seq.drafter else { return Vec::new() };
-        let wanted = seq.auto_draft.as_ref().map_or(max, |auto| auto.draft_len(max));
+        let Some(drafter) = &seq.drafter else { return DraftTree::chain(&[]) };
+        let Some(auto) = seq.auto_draft.as_mut() else {
+            return drafter.propose_tree(&seq.tokens, max, DEFAULT_DRAFT_NODES.min(room_context));
+        };
+        let wanted = auto.draft_len(max);
         if wanted == 0 {
-            if let Some(auto) = seq.auto_draft.as_mut().filter(|auto| auto.wants_shadow()) {
+            if auto.wants_shadow() {
                 auto.set_shadow(seq.tokens.len(), drafter.propose(&seq.tokens, max));
             }
-            return Vec::new();
+            return DraftTree::chain(&[]);
         }
         let mut draft = drafter.propose(&seq.tokens, wanted);
         draft.truncate(wanted);
-        draft
+        DraftTree::chain(&draft)
     }
 
     /// Up to `max` greedy draft tokens from the target model itself attending through the
@@ -438,6 +448,7 @@ impl Scheduler {
                 block_table: &seq.blocks,
                 logits: LogitsWanted::Last,
                 attention,
+                draft_tree: None,
             }];
             match model.forward(&batch, arena) {
                 Ok(logits) => match logits.last_of(0) {
@@ -580,32 +591,45 @@ fn sample_and_emit(
     })
 }
 
-/// Verifies the `slot.draft` tokens appended after the pending token: samples from each row in
-/// turn (the pending token's row first) and keeps going while the sample equals the next draft
-/// token; the first disagreeing sample (or the sample after the last draft) is the step's own
-/// token. Leaves `tokens` = committed + emitted and `computed` = the positions whose KV this
-/// pass wrote for tokens that stayed (see [`crate::Speculation`] for why this is lossless).
-fn verify_draft<'a>(
+/// Verifies the draft tree appended after the pending token: samples from the pending token's
+/// row, moves to the child drafted with the sampled token and samples from its row, and so on;
+/// the first sample no child matches (or the sample at a leaf) is the step's own token. Each
+/// accepted node's KV moves from its slot to its place on the path. Leaves `tokens` =
+/// committed + emitted and `computed` = the positions whose KV this pass wrote for tokens that
+/// stayed (see [`crate::Speculation`] for why this is lossless).
+fn verify_draft(
     seq: &mut Sequence,
     slot: &Slot,
-    mut rows: impl Iterator<Item = &'a [f32]>,
+    rows: &[&[f32]],
+    arena: &mut KvArena,
     context_length: usize,
 ) -> Result<Option<FinishReason>, EngineError> {
-    let committed = slot.start + slot.len - slot.draft;
-    let draft = seq.tokens.split_off(committed);
+    let tree = &slot.draft;
+    // The pending token (the tree's root) sits at `committed - 1`, node `i` at `committed + i`.
+    let committed = slot.start + slot.len - tree.len();
+    seq.tokens.truncate(committed);
     seq.computed = committed;
-    for (i, row) in (0..=draft.len()).zip(&mut rows) {
+    let mut at = None;
+    loop {
+        let row = rows.get(at.map_or(0, |node| node + 1)).ok_or_else(|| {
+            EngineError::Model(format!("forward gave {} logit rows for a draft of {} nodes", rows.len(), tree.len()))
+        })?;
         let finished = sample_and_emit(seq, row, context_length)?;
-        let accepted = i < draft.len() && seq.tokens.last() == Some(&draft[i]);
-        if accepted {
+        let sampled = seq.tokens.last().copied();
+        let child = tree.children(at).iter().copied().find(|&c| Some(tree.nodes()[c].token) == sampled);
+        if let Some(child) = child {
+            let depth = tree.nodes()[child].depth;
+            if child + 1 != depth {
+                arena.copy_position(&seq.blocks, committed + child, committed - 1 + depth);
+            }
             seq.computed += 1;
             seq.speculative_accepted += 1;
+            at = Some(child);
         }
-        if finished.is_some() || !accepted {
+        if finished.is_some() || child.is_none() {
             return Ok(finished);
         }
     }
-    Ok(None)
 }
 
 fn finish(mut seq: Sequence, reason: FinishReason) {

@@ -5,6 +5,7 @@ mod support;
 
 use std::sync::Arc;
 
+use lcserve_engine::speculative::DraftTree;
 use lcserve_engine::{
     DEFAULT_DRAFT_TOKENS, Drafter, EngineConfig, EngineError, EngineHandle, GenerateRequest, NgramDrafter, Speculation,
 };
@@ -21,6 +22,38 @@ impl Drafter for Oracle {
     fn propose(&self, tokens: &[u32], max: usize) -> Vec<u32> {
         let done = tokens.len() - self.prompt_len;
         self.answer[done.min(self.answer.len())..].iter().take(max).copied().collect()
+    }
+}
+
+/// A branching tree that hides the greedy continuation behind a decoy at every level: each
+/// path node's first child is a wrong token (with a wrong grandchild), its second the right
+/// one. Every path token is accepted from a slot off the path, so its KV has to move.
+#[derive(Debug)]
+struct DecoyTree {
+    oracle: Oracle,
+    vocab: u32,
+}
+
+impl Drafter for DecoyTree {
+    fn propose(&self, tokens: &[u32], max: usize) -> Vec<u32> {
+        self.oracle.propose(tokens, max)
+    }
+
+    fn propose_tree(&self, tokens: &[u32], max_depth: usize, max_nodes: usize) -> DraftTree {
+        let path = self.oracle.propose(tokens, max_depth);
+        let mut nodes = Vec::new();
+        let mut at = None;
+        for &token in &path {
+            if nodes.len() + 3 > max_nodes {
+                break;
+            }
+            let decoy = (token + 1) % self.vocab;
+            nodes.push((at, decoy));
+            nodes.push((Some(nodes.len() - 1), token));
+            nodes.push((at, token));
+            at = Some(nodes.len() - 1);
+        }
+        DraftTree::from_parents(&nodes).expect("parents come first")
     }
 }
 
@@ -72,7 +105,7 @@ fn greedy_output_is_identical_whatever_the_drafter() {
         .collect();
 
     let (mut ngram_proposed, mut ngram_accepted) = (0, 0);
-    for name in ["oracle", "noise", "ngram", "auto", "self"] {
+    for name in ["oracle", "decoys", "noise", "ngram", "auto", "self"] {
         // All at once: speculating and plain sequences share batches.
         let streams: Vec<_> = prompts
             .iter()
@@ -82,6 +115,10 @@ fn greedy_output_is_identical_whatever_the_drafter() {
                 let speculation = match name {
                     _ if i % 5 == 4 => Speculation::Off,
                     "oracle" => Speculation::Drafter(Arc::new(Oracle { prompt_len: p.len(), answer: answer.clone() })),
+                    "decoys" => Speculation::Drafter(Arc::new(DecoyTree {
+                        oracle: Oracle { prompt_len: p.len(), answer: answer.clone() },
+                        vocab: vocab as u32,
+                    })),
                     "noise" => Speculation::Drafter(Arc::new(Noise { vocab: vocab as u32 })),
                     "auto" => Speculation::Auto,
                     "self" => Speculation::SelfDraft,
@@ -108,6 +145,11 @@ fn greedy_output_is_identical_whatever_the_drafter() {
                         accepted >= least,
                         "prompt {i}: {accepted} accepted, {DEFAULT_DRAFT_TOKENS} drafts per step"
                     );
+                }
+                "decoys" if i % 5 != 4 => {
+                    // One node of each level of three is on the path.
+                    assert!(3 * accepted <= proposed, "prompt {i}: {accepted} accepted of {proposed}");
+                    assert!(accepted >= (max_tokens - 1) / 2, "prompt {i}: {accepted} accepted of {proposed}");
                 }
                 "ngram" => {
                     ngram_proposed += proposed;
@@ -162,6 +204,24 @@ fn ngram_drafter_copies_what_followed_the_last_match() {
     assert_eq!(drafter.propose(&[5, 6, 5, 7, 5], 4), vec![7, 5], "unigram: the latest 5 before the end");
     assert_eq!(drafter.propose(&[1, 2, 3], 4), Vec::<u32>::new(), "no repeat, no guess");
     assert_eq!(drafter.propose(&[4], 4), Vec::<u32>::new());
+}
+
+#[test]
+fn ngram_tree_merges_the_continuations_of_recent_matches() {
+    let drafter = NgramDrafter::default();
+    let shape = |tree: &DraftTree| tree.nodes().iter().map(|n| (n.parent, n.token)).collect::<Vec<_>>();
+    // "7" occurred twice before the end: latest first, then the older one, sharing the "1".
+    let tree = drafter.propose_tree(&[7, 1, 2, 7, 1, 3, 7], 3, 12);
+    assert_eq!(shape(&tree), [(None, 1), (Some(0), 3), (Some(1), 7), (Some(0), 2), (Some(3), 7)]);
+    // Only the longest matching n-gram counts: "2 3" matches twice, "3" alone would add a third.
+    let tree = drafter.propose_tree(&[2, 3, 9, 3, 5, 2, 3, 8, 2, 3], 2, 12);
+    assert_eq!(shape(&tree), [(None, 8), (Some(0), 2), (None, 9), (Some(2), 3)]);
+    // The node budget cuts the later branches, never the latest match's path.
+    let tree = drafter.propose_tree(&[2, 3, 9, 3, 5, 2, 3, 8, 2, 3], 2, 3);
+    assert_eq!(shape(&tree), [(None, 8), (Some(0), 2), (None, 9)]);
+    assert!(drafter.propose_tree(&[1, 2, 3], 4, 12).is_empty(), "no repeat, no guess");
+    let chain = drafter.propose_tree(&[1, 2, 3, 1, 2], 4, 12);
+    assert!(chain.is_chain() && chain.len() == 3, "one match is a chain");
 }
 
 #[test]

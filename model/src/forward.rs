@@ -3,13 +3,15 @@
 //! All new tokens of the batch (prefill chunks and single decode tokens alike) are stacked into
 //! one `[T × hidden]` activation matrix, so every weight matrix is read once per step whatever the
 //! batch holds. Attention is the only per-sequence part: each sequence's queries attend to its own
-//! blocks through the [`AttentionBackend`]. Logits are computed only for the rows that ask.
+//! blocks through the [`AttentionBackend`], or for a speculative draft tree
+//! ([`SequenceInput::draft_tree`]) through hybrid tree attention. Logits are computed only for
+//! the rows that ask.
 
 use lcserve_common::{BlockId, TokenId};
 use lcserve_kernels::ops::{add_inplace, rms_norm, rope_interleaved, rope_neox, silu_mul};
-use lcserve_kernels::{AttnShape, PagedKv};
+use lcserve_kernels::{AttnShape, PagedKv, tree_attention, tree_depths};
 
-use crate::attention::AttentionBackend;
+use crate::attention::{AttentionBackend, logit_scale};
 use crate::config::RopeLayout;
 use crate::error::{ModelError, Result};
 use crate::kv_arena::KvArena;
@@ -37,8 +39,16 @@ pub struct SequenceInput<'a> {
     pub block_table: &'a [BlockId],
     pub logits: LogitsWanted,
     /// How this sequence's queries attend ([`crate::DenseAttention`] unless it prefills
-    /// sparsely).
+    /// sparsely). Unused for a draft tree.
     pub attention: &'a dyn AttentionBackend,
+    /// `Some(parents)` when the tokens are a speculative draft tree rather than a run:
+    /// `parents[i]` is the row token `i` follows (an earlier row), `None` for a child of the
+    /// last cached token (position `start_pos - 1`). Token `i`'s KV goes to slot
+    /// `start_pos + i` as usual, but it is rotated at position `start_pos - 1 + depth` and
+    /// attends to the cached prefix plus its own ancestors (hybrid tree attention), so each
+    /// row's logits are those of the path that leads to it. A chain (`parents[i] = i - 1`) is
+    /// the ordinary causal run.
+    pub draft_tree: Option<&'a [Option<usize>]>,
 }
 
 /// Logit rows of a forward step, in batch order.
@@ -82,8 +92,10 @@ impl Logits {
 
 /// Per-row bookkeeping of a stacked batch.
 struct RowMap {
-    /// (sequence index, absolute position) per row.
+    /// (sequence index, KV slot position) per row.
     origin: Vec<(usize, usize)>,
+    /// RoPE position per row: the slot position, except in draft trees (by depth).
+    rope_pos: Vec<usize>,
     /// First row of each sequence.
     first_row: Vec<usize>,
 }
@@ -124,7 +136,7 @@ impl Model {
                     row.iter_mut().zip(&layer.qkv_bias).for_each(|(v, b)| *v += b);
                 }
             }
-            for (values, &(_, pos)) in qkv.chunks_exact_mut(qkv_width).zip(&rows.origin) {
+            for (values, &pos) in qkv.chunks_exact_mut(qkv_width).zip(&rows.rope_pos) {
                 let (q, kv) = values.split_at_mut(q_dim);
                 rope(q, cfg.num_heads, cfg.head_dim, &[pos], &self.rope)?;
                 rope(&mut kv[..kv_dim], cfg.num_kv_heads, cfg.head_dim, &[pos], &self.rope)?;
@@ -144,7 +156,12 @@ impl Model {
                     seq.block_table[..used_blocks].iter().map(|&b| arena.layer(b, layer_idx)).unzip();
                 let kv =
                     PagedKv { k_blocks: &k_blocks, v_blocks: &v_blocks, block_size: arena.layout().block_size, len };
-                seq.attention.attend(layer_idx, &q_seq, nq, &kv, &shape, &mut out_seq)?;
+                match seq.draft_tree {
+                    Some(parents) => {
+                        tree_attention(&q_seq, parents, &kv, &shape, logit_scale(&shape), &mut out_seq, None)?
+                    }
+                    None => seq.attention.attend(layer_idx, &q_seq, nq, &kv, &shape, &mut out_seq)?,
+                }
                 attn[first * q_dim..(first + nq) * q_dim].copy_from_slice(&out_seq);
             }
 
@@ -169,6 +186,7 @@ impl Model {
         let vocab = self.config.vocab_size;
         let block_size = arena.layout().block_size;
         let mut origin = Vec::new();
+        let mut rope_pos = Vec::new();
         let mut first_row = Vec::with_capacity(batch.len());
         for (index, seq) in batch.iter().enumerate() {
             let invalid = |reason: String| ModelError::InvalidBatch { index, reason };
@@ -193,8 +211,25 @@ impl Model {
             }
             first_row.push(origin.len());
             origin.extend((seq.start_pos..end).map(|pos| (index, pos)));
+            match seq.draft_tree {
+                None => rope_pos.extend(seq.start_pos..end),
+                Some(parents) => {
+                    if parents.len() != seq.tokens.len() {
+                        return Err(invalid(format!(
+                            "draft tree of {} rows for {} tokens",
+                            parents.len(),
+                            seq.tokens.len()
+                        )));
+                    }
+                    let depths = tree_depths(parents).map_err(|e| invalid(format!("draft tree: {e}")))?;
+                    if seq.start_pos == 0 && !depths.is_empty() {
+                        return Err(invalid("a draft tree needs the token it follows in the cache".into()));
+                    }
+                    rope_pos.extend(depths.iter().map(|d| seq.start_pos - 1 + d));
+                }
+            }
         }
-        Ok(RowMap { origin, first_row })
+        Ok(RowMap { origin, rope_pos, first_row })
     }
 
     /// Scatters the rotated keys and the values of every row into the row's block and slot.

@@ -58,6 +58,28 @@ impl KvArena {
         self.data[start..start + 2 * side].split_at_mut(side)
     }
 
+    /// Copies the keys and values of position `from` to position `to` in every layer, both
+    /// addressed through `block_table` (a speculative draft node moving to its place on the
+    /// accepted path).
+    ///
+    /// # Panics
+    /// If either position lies beyond `block_table` or a block is outside the arena (engine
+    /// bugs, as for [`KvArena::layer`]).
+    pub fn copy_position(&mut self, block_table: &[BlockId], from: usize, to: usize) {
+        let (bs, d) = (self.layout.block_size, self.layout.head_dim);
+        let (src_block, dst_block) = (block_table[from / bs], block_table[to / bs]);
+        for layer in 0..self.layout.layers {
+            let (src, dst) = (self.offset(src_block, layer), self.offset(dst_block, layer));
+            let side = self.layout.elems_per_layer_side();
+            for part in 0..2 {
+                for head in 0..self.layout.kv_heads {
+                    let at = |base: usize, pos: usize| base + part * side + (head * bs + pos % bs) * d;
+                    self.data.copy_within(at(src, from)..at(src, from) + d, at(dst, to));
+                }
+            }
+        }
+    }
+
     /// All layers of one block, keys and values interleaved per layer (`[layer][k|v][...]`):
     /// the unit the KV store copies in and out.
     pub fn block(&self, block: BlockId) -> &[f32] {

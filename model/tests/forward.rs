@@ -99,6 +99,7 @@ fn batched_decode_equals_single_sequence_decode() {
                 block_table: &tables[s],
                 logits: LogitsWanted::Last,
                 attention: &DenseAttention,
+                draft_tree: None,
             })
             .collect();
         let logits = model.forward(&inputs, &mut arena).expect("forward");
@@ -109,6 +110,61 @@ fn batched_decode_equals_single_sequence_decode() {
             assert!(err <= 1e-4, "seq {s} step {step}: relative error {err}");
             pending[s] = vec![support::argmax(row)];
         }
+    }
+}
+
+/// A draft tree's rows equal the logits of running each node's path as a plain run, and once
+/// the accepted path's KV is moved into place, decoding continues as if the path had been
+/// decoded token by token.
+#[test]
+fn draft_tree_rows_equal_their_paths() {
+    let (_dir, model) = tiny_model();
+    let vocab = model.config.vocab_size;
+    // Row 0 is the pending token; rows 1-2 branch under it, rows 3-5 continue the branches.
+    let parents = [None, Some(0), Some(0), Some(1), Some(2), Some(3)];
+    let tokens: Vec<u32> = prompt(parents.len(), vocab, 99);
+    let path_of = |mut row: usize| {
+        let mut path = vec![row];
+        while let Some(parent) = parents[row] {
+            path.push(parent);
+            row = parent;
+        }
+        path.reverse();
+        path
+    };
+    for prompt_len in [1, 15, 16, 47] {
+        let context = prompt(prompt_len, vocab, prompt_len as u64);
+        let mut session = Session::new(&model, 16, prompt_len + parents.len() + 1);
+        session.run(&context, false);
+        let input = SequenceInput {
+            tokens: &tokens,
+            start_pos: prompt_len,
+            block_table: &session.table,
+            logits: LogitsWanted::All,
+            attention: &DenseAttention,
+            draft_tree: Some(&parents),
+        };
+        let logits = model.forward(&[input], &mut session.arena).expect("tree forward");
+        for row in 0..parents.len() {
+            let path: Vec<u32> = path_of(row).iter().map(|&r| tokens[r]).collect();
+            let mut plain = Session::new(&model, 16, prompt_len + path.len());
+            plain.run(&context, false);
+            let expected = plain.run(&path, false).pop().expect("row");
+            let err = max_rel_diff(logits.row(row), &expected);
+            assert!(err <= 1e-4, "prompt {prompt_len} row {row} (path {path:?}): relative error {err}");
+        }
+
+        // Accept rows 0 → 2 → 4: move their KV to consecutive positions and decode on.
+        for (depth, row) in [(1, 2), (2, 4)] {
+            session.arena.copy_position(&session.table, prompt_len + row, prompt_len + depth);
+        }
+        session.len = prompt_len + 3;
+        let next = session.run(&[tokens[5]], false).pop().expect("row");
+        let mut plain = Session::new(&model, 16, prompt_len + 4);
+        plain.run(&context, false);
+        let expected = plain.run(&[tokens[0], tokens[2], tokens[4], tokens[5]], false).pop().expect("row");
+        let err = max_rel_diff(&next, &expected);
+        assert!(err <= 1e-4, "prompt {prompt_len}: decoding after the accepted path: relative error {err}");
     }
 }
 
@@ -125,6 +181,7 @@ fn bad_batches_are_refused_without_touching_the_cache() {
                 block_table: table,
                 logits: LogitsWanted::Last,
                 attention: &DenseAttention,
+                draft_tree: None,
             }],
             arena,
         )
@@ -139,4 +196,22 @@ fn bad_batches_are_refused_without_touching_the_cache() {
     );
     let context = model.config.context_length;
     assert!(matches!(run(&mut arena, &[1], context, &table), Err(ModelError::ContextExceeded { .. })));
+    let mut tree = |parents: &[Option<usize>], start_pos: usize| {
+        let input = SequenceInput {
+            tokens: &[1, 2],
+            start_pos,
+            block_table: &table,
+            logits: LogitsWanted::All,
+            attention: &DenseAttention,
+            draft_tree: Some(parents),
+        };
+        model.forward(&[input], &mut arena)
+    };
+    for (parents, start_pos, why) in [
+        (&[None][..], 5, "one parent for two tokens"),
+        (&[None, Some(1)][..], 5, "a parent that is not an earlier row"),
+        (&[None, Some(0)][..], 0, "nothing cached for the root to follow"),
+    ] {
+        assert!(matches!(tree(parents, start_pos), Err(ModelError::InvalidBatch { .. })), "{why}");
+    }
 }

@@ -79,6 +79,7 @@ fn run(model: &Model, tokens: &[u32], chunk: usize, attention: &dyn AttentionBac
             block_table: &table,
             logits: LogitsWanted::Last,
             attention,
+            draft_tree: None,
         };
         logits = model.forward(&[input], &mut arena).expect("forward").row(0).to_vec();
     }

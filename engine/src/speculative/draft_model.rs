@@ -73,6 +73,7 @@ impl DraftModelDrafter {
                 block_table: &table,
                 logits: LogitsWanted::Last,
                 attention: &DenseAttention,
+                draft_tree: None,
             }];
             let logits = self.model.forward(&batch, &mut arena)?;
             let Some(row) = logits.last_of(0) else { break };

@@ -3,8 +3,8 @@
 //! emitted tokens are distributed exactly as plain decoding would emit them (algorithms §2.0).
 //!
 //! - [`Speculation`], [`Drafter`], [`NgramDrafter`] (`drafter`): what a request speculates
-//!   with; the engine verifies a drafter's chain against its ordinary sampler (the
-//!   deterministic-draft rule, exact for any sampling settings).
+//!   with; the engine verifies a drafter's tree (n-gram lookup) or chain (the others) against
+//!   its ordinary sampler (the deterministic-draft rule, exact for any sampling settings).
 //! - [`DraftModelDrafter`] (`draft_model`): [`Speculation::Draft`]'s separate small model
 //!   sharing the target's vocabulary, greedy over a sliding window of recent tokens.
 //! - `AutoDraft` (`auto`): [`Speculation::Auto`]'s per-sequence choice of each step's draft
@@ -31,5 +31,5 @@ pub(crate) use auto::AutoDraft;
 pub use distribution::{Distribution, InvalidDistribution};
 pub use draft_model::DraftModelDrafter;
 pub(crate) use draft_model::argmax;
-pub use drafter::{DEFAULT_DRAFT_TOKENS, Drafter, NgramDrafter, Speculation};
+pub use drafter::{DEFAULT_DRAFT_NODES, DEFAULT_DRAFT_TOKENS, Drafter, NgramDrafter, Speculation};
 pub use tree::{DraftNode, DraftTree, Drafting, TreeError};

@@ -213,6 +213,18 @@ impl DraftTree {
         self.nodes.is_empty()
     }
 
+    /// Whether the draft is a chain: node `i` follows node `i - 1` (or the root, for `i = 0`).
+    pub fn is_chain(&self) -> bool {
+        self.nodes.iter().enumerate().all(|(i, node)| node.parent == i.checked_sub(1))
+    }
+
+    /// The parent row of each verification row — the root first, then the nodes — as the
+    /// model's `SequenceInput::draft_tree` takes them: `None` for the root, `Some(0)` for its
+    /// children.
+    pub fn row_parents(&self) -> Vec<Option<usize>> {
+        std::iter::once(None).chain(self.nodes.iter().map(|node| Some(node.parent.map_or(0, |p| p + 1)))).collect()
+    }
+
     /// The depth of the deepest node (0 for an empty tree): the most draft tokens one
     /// verification can accept.
     pub fn depth(&self) -> usize {

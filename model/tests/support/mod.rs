@@ -48,6 +48,7 @@ impl<'m> Session<'m> {
             block_table: &self.table,
             logits: if all { LogitsWanted::All } else { LogitsWanted::Last },
             attention: &DenseAttention,
+            draft_tree: None,
         };
         let logits = self.model.forward(&[input], &mut self.arena).expect("forward");
         self.len += tokens.len();
