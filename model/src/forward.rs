@@ -10,12 +10,18 @@
 use lcserve_common::{BlockId, TokenId};
 use lcserve_kernels::ops::{add_inplace, rms_norm, rope_interleaved, rope_neox, silu_mul};
 use lcserve_kernels::{AttnShape, PagedKv, tree_attention, tree_depths};
+use rayon::prelude::*;
 
 use crate::attention::{AttentionBackend, logit_scale};
 use crate::config::RopeLayout;
 use crate::error::{ModelError, Result};
 use crate::kv_arena::KvArena;
 use crate::model::Model;
+
+/// Batches of at most this many rows (decode steps, verification) run their sequences'
+/// attention in parallel; bigger ones hold prefill chunks, whose attention splits across
+/// threads by itself.
+const PARALLEL_ATTENTION_MAX_ROWS: usize = 256;
 
 /// Which positions of a sequence's new tokens need next-token logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,8 +131,6 @@ impl Model {
         let mut proj = vec![0.0f32; total * hidden];
         let mut gate_up = vec![0.0f32; total * 2 * cfg.intermediate_size];
         let mut act = vec![0.0f32; total * cfg.intermediate_size];
-        let mut q_seq = Vec::new();
-        let mut out_seq = Vec::new();
 
         for (layer_idx, layer) in self.weights.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, cfg.rms_norm_eps, &mut h)?;
@@ -143,13 +147,21 @@ impl Model {
             }
             self.write_kv(batch, &rows, &qkv, layer_idx, arena);
 
-            for (seq_idx, seq) in batch.iter().enumerate() {
+            // Each sequence attends to its own blocks, writing its own rows of `attn`; a batch
+            // of decode rows (each too small to split across threads) runs sequences in
+            // parallel.
+            let arena = &*arena;
+            let mut outputs = Vec::with_capacity(batch.len());
+            let mut rest = &mut attn[..];
+            for seq in batch {
+                let (head, tail) = rest.split_at_mut(seq.tokens.len() * q_dim);
+                outputs.push(head);
+                rest = tail;
+            }
+            let attend = |(seq_idx, (seq, out)): (usize, (&SequenceInput<'_>, &mut &mut [f32]))| -> Result<()> {
                 let (first, nq) = (rows.first_row[seq_idx], seq.tokens.len());
-                q_seq.clear();
-                q_seq.extend(
-                    qkv[first * qkv_width..(first + nq) * qkv_width].chunks_exact(qkv_width).flat_map(|r| &r[..q_dim]),
-                );
-                out_seq.resize(nq * q_dim, 0.0);
+                let q_rows = qkv[first * qkv_width..(first + nq) * qkv_width].chunks_exact(qkv_width);
+                let q_seq: Vec<f32> = q_rows.flat_map(|r| &r[..q_dim]).copied().collect();
                 let len = seq.start_pos + nq;
                 let used_blocks = len.div_ceil(arena.layout().block_size);
                 let (k_blocks, v_blocks): (Vec<&[f32]>, Vec<&[f32]>) =
@@ -157,12 +169,15 @@ impl Model {
                 let kv =
                     PagedKv { k_blocks: &k_blocks, v_blocks: &v_blocks, block_size: arena.layout().block_size, len };
                 match seq.draft_tree {
-                    Some(parents) => {
-                        tree_attention(&q_seq, parents, &kv, &shape, logit_scale(&shape), &mut out_seq, None)?
-                    }
-                    None => seq.attention.attend(layer_idx, &q_seq, nq, &kv, &shape, &mut out_seq)?,
+                    Some(parents) => tree_attention(&q_seq, parents, &kv, &shape, logit_scale(&shape), out, None)?,
+                    None => seq.attention.attend(layer_idx, &q_seq, nq, &kv, &shape, out)?,
                 }
-                attn[first * q_dim..(first + nq) * q_dim].copy_from_slice(&out_seq);
+                Ok(())
+            };
+            if batch.len() > 1 && total <= PARALLEL_ATTENTION_MAX_ROWS {
+                batch.par_iter().zip(outputs.par_iter_mut()).enumerate().try_for_each(attend)?;
+            } else {
+                batch.iter().zip(outputs.iter_mut()).enumerate().try_for_each(attend)?;
             }
 
             layer.attn_output.matmul_with_activations(self.activations, &attn, total, &mut proj)?;
