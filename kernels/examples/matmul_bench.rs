@@ -3,8 +3,8 @@
 //!
 //! `cargo run --release -p lcserve-kernels --example matmul_bench [threads]`
 //! Prints µs, GFLOP/s and weight GB/s per shape for n = 1 and n = 256, the decode time per
-//! token these imply (cache-warm, and with all weights streamed from DRAM), and a path
-//! comparison used to pick `Activations::gemm_min_n`.
+//! token these imply (cache-warm, and with all weights streamed from DRAM), the small-batch
+//! kernels against each other, and a path comparison used to pick `Activations::gemm_min_n`.
 
 use std::time::Instant;
 
@@ -126,6 +126,20 @@ fn run(threads: usize) {
             1.0 / t,
             bytes as f64 / t / 1e9
         );
+    }
+
+    println!("\nsmall-batch kernels with f32 activations, AVX-512 tiles against AVX2 (us per call):");
+    for (name, ty, rows, cols) in [
+        ("gate/up", QuantType::Q4_1, 1536, 576),
+        ("down", QuantType::Q4_1, 576, 1536),
+        ("lm_head", QuantType::Q8_0, 49152, 576),
+    ] {
+        let m = matrix(ty, rows, cols);
+        for n in [1usize, 2, 3, 4, 6, 8, 16] {
+            let tiles = bench(&m, n, Activations::F32, MatmulKernel::Simd);
+            let avx2 = bench(&m, n, Activations::F32, MatmulKernel::Avx2);
+            println!("  {name:<8} n={n:<3} tiles {:>8.1}  avx2 {:>8.1}  x{:.2}", tiles * 1e6, avx2 * 1e6, avx2 / tiles);
+        }
     }
 
     println!("\npath comparison, gate/up 576->1536 and down 1536->576 (us per call):");
