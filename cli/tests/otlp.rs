@@ -124,6 +124,7 @@ async fn one_request_is_one_trace_and_every_service_pushes_its_metrics() {
     let export_often = [("OTEL_BSP_SCHEDULE_DELAY", "100"), ("OTEL_METRIC_EXPORT_INTERVAL", "200")];
     let stack = Stack::start("http", &telemetry, &export_often);
     let mut client = stack.client(None).await;
+    stack.wait_for_both_workers().await;
     assert_eq!(generate(&mut client, 4).await.expect("generate"), 4);
 
     // The request's trace is the one holding the router's `generate` span. Its stages, each a

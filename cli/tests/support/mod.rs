@@ -54,6 +54,8 @@ pub struct Stack {
     pub grpc_url: String,
     /// The decode worker's URL.
     pub decode_url: String,
+    /// The router's HTTP front (plain HTTP when the scheme is `http`).
+    http: String,
     _services: Vec<Service>,
 }
 
@@ -89,7 +91,7 @@ impl Stack {
             lcserve(&worker("decode", &decode), common, env),
             lcserve(&router, common, env),
         ];
-        Stack { grpc_url, decode_url, _services: services }
+        Stack { grpc_url, decode_url, http, _services: services }
     }
 
     /// A client of the router's gRPC front once the router reports itself serving — the model
@@ -107,6 +109,25 @@ impl Stack {
             }
             assert!(started.elapsed() < Duration::from_secs(120), "the router did not become ready");
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the router counts both workers healthy in its `/metrics` (plain-HTTP stacks):
+    /// the router serves once a decode worker is up, and a request routed before it has seen the
+    /// prefill worker would be prefilled by the decode worker instead.
+    pub async fn wait_for_both_workers(&self) {
+        let addr = self.http.parse().expect("router HTTP address");
+        let started = Instant::now();
+        loop {
+            let scrape = tokio::task::spawn_blocking(move || lcserve_tests::Cluster::http_get(addr, "/metrics"));
+            let healthy = scrape.await.expect("scrape task").map_or(0, |(_, body)| {
+                body.lines().filter(|l| l.starts_with("lcserve_router_worker_healthy{") && l.ends_with(" 1")).count()
+            });
+            if healthy == 2 {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(120), "the router never saw both workers healthy");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
