@@ -20,3 +20,18 @@ extern "C" __global__ void scatter_blocks(const unsigned int* staging, const uns
     const size_t i = w / block_words, at = w % block_words;
     pool[(size_t)block_ids[i] * block_words + at] = staging[w];
 }
+
+// Writes the K (or V) rows of `n` new tokens at positions start .. start + n into one layer's
+// pool, [blocks][kv_heads][block_size][head_dim]: row t = [kv_heads][head_dim] goes to block
+// block_table[p / block_size], slot p % block_size, p = start + t. The CPU twin is the forward
+// pass's `write_kv`. One thread per value.
+extern "C" __global__ void write_positions(const float* rows, const unsigned int* block_table, int start, int n,
+                                           int kv_heads, int head_dim, int block_size, float* pool) {
+    const size_t w = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const size_t row = (size_t)kv_heads * head_dim;
+    if (w >= (size_t)n * row) return;
+    const size_t t = w / row, head = (w % row) / head_dim, e = w % head_dim;
+    const size_t p = (size_t)start + t;
+    const size_t block = block_table[p / block_size], slot = p % block_size;
+    pool[((block * kv_heads + head) * block_size + slot) * head_dim + e] = rows[w];
+}

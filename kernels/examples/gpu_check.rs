@@ -2,8 +2,9 @@
 //! 1000 …). Device outputs are poisoned with NaN before each run, so an element a kernel fails
 //! to write is caught. Prints one line per check and a summary; exits 1 if any check fails.
 //!
-//! Tolerance: f32 outputs must agree to 1e-5 of the reference's largest magnitude; the KV codec
-//! and block copies must agree bit for bit (the codec's reference is the KV store's own
+//! Tolerance: f32 outputs must agree to 1e-5 of the reference's largest magnitude, bf16 products
+//! to 1e-3 of a reference computed from the same bf16-rounded inputs; the KV codec, block copies
+//! and KV writes must agree bit for bit (the codec's reference is the KV store's own
 //! per-group arithmetic). Needs a GPU: `scripts/gpu-check` runs the prebuilt binary.
 //!
 //! `cargo build --release -p lcserve-kernels --features cuda --example gpu_check`
@@ -24,6 +25,7 @@ type Section = fn(&Device, &mut StdRng, &mut Report) -> Check;
 
 const SIZES: [usize; 5] = [1, 63, 64, 65, 1000];
 const TOLERANCE: f32 = 1e-5;
+const BF16_TOLERANCE: f32 = 1e-3;
 
 struct Report {
     failures: usize,
@@ -33,6 +35,11 @@ struct Report {
 impl Report {
     /// Records `name`: its result, or the largest normalized error of `gpu` against `cpu`.
     fn compare(&mut self, name: &str, gpu: &[f32], cpu: &[f32]) {
+        self.compare_within(name, gpu, cpu, TOLERANCE);
+    }
+
+    /// [`Report::compare`] with tolerance `tolerance`.
+    fn compare_within(&mut self, name: &str, gpu: &[f32], cpu: &[f32], tolerance: f32) {
         let scale = cpu.iter().filter(|v| v.is_finite()).fold(1e-30f32, |m, v| m.max(v.abs()));
         let mut worst = 0f32;
         let mut bad = gpu.len() != cpu.len();
@@ -41,7 +48,7 @@ impl Report {
                 continue; // also equal infinities (empty rows' lse)
             }
             let err = (g - c).abs() / scale;
-            bad |= !err.is_finite() || err > TOLERANCE;
+            bad |= !err.is_finite() || err > tolerance;
             worst = if err.is_nan() { f32::INFINITY } else { worst.max(err) };
         }
         self.record(name, !bad, &format!("max err {worst:.2e}"));
@@ -119,6 +126,82 @@ fn check_ops(device: &Device, rng: &mut StdRng, report: &mut Report) -> Check {
             cuda::rope(device, style, &mut gpu, 3, head_dim, &positions, &device_table)?;
             report.compare(&format!("rope {style:?} hd {head_dim} pairs {pairs}"), &device.download(&gpu)?, &cpu);
         }
+    }
+    Ok(())
+}
+
+/// `x[n × k] · wᵀ` (`w` is `m × k`) in f64.
+fn reference_matmul(x: &[f32], w: &[f32], n: usize, m: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0.0; n * m];
+    for (i, o) in out.iter_mut().enumerate() {
+        let (r, c) = (i / m, i % m);
+        *o = (0..k).map(|j| f64::from(x[r * k + j]) * f64::from(w[c * k + j])).sum::<f64>() as f32;
+    }
+    out
+}
+
+fn bf16_rounded(values: &[f32]) -> Vec<f32> {
+    values.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect()
+}
+
+/// cuBLAS products (f32 and bf16 weights), the residual and bias adds, and new tokens' K/V
+/// written into a paged pool through a shuffled block table.
+fn check_gemm_and_writes(device: &Device, rng: &mut StdRng, report: &mut Report) -> Check {
+    let blas = cuda::Blas::new(device)?;
+    for (n, m, k) in [(1, 65, 63), (63, 64, 64), (65, 1000, 65), (1000, 63, 1)] {
+        let (x, w) = (random(rng, n * k), random(rng, m * k));
+        for ty in [cuda::WeightType::F32, cuda::WeightType::Bf16] {
+            let (cpu, tolerance) = match ty {
+                cuda::WeightType::F32 => (reference_matmul(&x, &w, n, m, k), TOLERANCE),
+                cuda::WeightType::Bf16 => {
+                    (reference_matmul(&bf16_rounded(&x), &bf16_rounded(&w), n, m, k), BF16_TOLERANCE)
+                }
+            };
+            let weights = cuda::DeviceMatrix::upload(device, &w, m, k, ty)?;
+            let mut out = poisoned(device, n * m)?;
+            blas.matmul(device, &device.upload(&x)?, n, &weights, &mut out)?;
+            report.compare_within(
+                &format!("matmul {ty:?} {n}x{k} · ({m}x{k})ᵀ"),
+                &device.download(&out)?,
+                &cpu,
+                tolerance,
+            );
+        }
+    }
+    for d in SIZES {
+        let (x, y) = (random(rng, 3 * d), random(rng, 3 * d));
+        let mut cpu = x.clone();
+        ops::add_inplace(&mut cpu, &y)?;
+        let mut gpu = device.upload(&x)?;
+        cuda::add(device, &mut gpu, &device.upload(&y)?)?;
+        report.compare(&format!("add 3x{d}"), &device.download(&gpu)?, &cpu);
+
+        let bias = random(rng, d);
+        let cpu: Vec<f32> = x.iter().enumerate().map(|(i, v)| v + bias[i % d]).collect();
+        let mut gpu = device.upload(&x)?;
+        cuda::add_rows(device, &mut gpu, &device.upload(&bias)?)?;
+        report.compare(&format!("add_rows 3x{d}"), &device.download(&gpu)?, &cpu);
+    }
+    let shape = AttnShape { n_heads: 6, n_kv_heads: 3, head_dim: 65 };
+    for (start, n, block_size) in [(0, 1, 16), (63, 2, 64), (5, 1000, 64), (64, 65, 1)] {
+        let pool = Pool::new(rng, start + n, block_size, &shape);
+        let row = shape.n_kv_heads * shape.head_dim;
+        let rows = random(rng, n * row);
+        let mut cpu = pool.k.clone();
+        for (t, values) in rows.chunks_exact(row).enumerate() {
+            let p = start + t;
+            let block = pool.table[p / block_size] as usize;
+            for (h, head) in values.chunks_exact(shape.head_dim).enumerate() {
+                let at = block * pool.block_len + (h * block_size + p % block_size) * shape.head_dim;
+                cpu[at..at + shape.head_dim].copy_from_slice(head);
+            }
+        }
+        let table = cuda::DeviceBlockTable::upload(device, &pool.table)?;
+        let mut gpu = device.upload(&pool.k)?;
+        let geometry = (shape.n_kv_heads, shape.head_dim, block_size);
+        cuda::write_positions(device, &device.upload(&rows)?, &table, start, geometry, &mut gpu)?;
+        let same = device.download(&gpu)? == cpu;
+        report.record(&format!("write_positions {n} at {start}, blocks of {block_size}"), same, "bitwise");
     }
     Ok(())
 }
@@ -348,8 +431,9 @@ fn main() -> ExitCode {
     println!("device: {} ({})", device.name().unwrap_or_else(|e| e.to_string()), device.arch());
     let mut rng = StdRng::seed_from_u64(8);
     let mut report = Report { failures: 0, checks: 0 };
-    let sections: [(&str, Section); 5] = [
+    let sections: [(&str, Section); 6] = [
         ("ops", check_ops),
+        ("gemm + residual + kv writes", check_gemm_and_writes),
         ("attention", check_attention),
         ("tree + merge", check_tree_and_merge),
         ("sparse + selection", check_sparse_and_selection),

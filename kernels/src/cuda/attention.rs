@@ -18,14 +18,44 @@ pub const MAX_HEAD_DIM: usize = 256;
 /// A null device pointer for optional kernel arguments.
 const NULL: u64 = 0;
 
+/// A sequence's block table on device (logical block `i` is pool block `entries()[i]`), with the
+/// host copy that checks read: upload it once per step and share it across the layers.
+#[derive(Debug)]
+pub struct DeviceBlockTable {
+    host: Vec<u32>,
+    device: CudaSlice<u32>,
+}
+
+impl DeviceBlockTable {
+    /// Uploads `table`.
+    pub fn upload(device: &Device, table: &[u32]) -> Result<Self> {
+        Ok(Self { host: table.to_vec(), device: device.upload(table)? })
+    }
+
+    /// The entries, as uploaded.
+    pub fn entries(&self) -> &[u32] {
+        &self.host
+    }
+
+    pub(crate) fn on_device(&self) -> &CudaSlice<u32> {
+        &self.device
+    }
+}
+
+/// A block table the view owns, or one shared by the layers of a step.
+#[derive(Debug)]
+enum Table<'a> {
+    Owned(DeviceBlockTable),
+    Shared(&'a DeviceBlockTable),
+}
+
 /// One layer's KV pool on device, `[blocks][kv_heads][block_size][head_dim]` for keys and values,
-/// and the block table of one sequence of `len` keys (logical block `i` is pool block
-/// `block_table[i]`), checked against the pool when built.
+/// and the block table of one sequence of `len` keys, checked against the pool when built.
 #[derive(Debug)]
 pub struct DevicePagedKv<'a> {
     k: &'a CudaSlice<f32>,
     v: &'a CudaSlice<f32>,
-    block_table: CudaSlice<u32>,
+    table: Table<'a>,
     block_size: usize,
     len: usize,
     shape: AttnShape,
@@ -35,8 +65,30 @@ impl<'a> DevicePagedKv<'a> {
     /// Validates the geometry and uploads the block table.
     pub fn new(
         device: &Device,
-        (k, v): (&'a CudaSlice<f32>, &'a CudaSlice<f32>),
+        kv: (&'a CudaSlice<f32>, &'a CudaSlice<f32>),
         block_table: &[u32],
+        block_size: usize,
+        len: usize,
+        shape: AttnShape,
+    ) -> Result<Self> {
+        let table = Table::Owned(DeviceBlockTable::upload(device, block_table)?);
+        Self::checked(kv, table, block_size, len, shape)
+    }
+
+    /// Validates the geometry against an uploaded `table`.
+    pub fn over(
+        kv: (&'a CudaSlice<f32>, &'a CudaSlice<f32>),
+        table: &'a DeviceBlockTable,
+        block_size: usize,
+        len: usize,
+        shape: AttnShape,
+    ) -> Result<Self> {
+        Self::checked(kv, Table::Shared(table), block_size, len, shape)
+    }
+
+    fn checked(
+        (k, v): (&'a CudaSlice<f32>, &'a CudaSlice<f32>),
+        table: Table<'a>,
         block_size: usize,
         len: usize,
         shape: AttnShape,
@@ -57,12 +109,22 @@ impl<'a> DevicePagedKv<'a> {
         }
         let pool_blocks = k.len() / block_len;
         let needed = len.div_ceil(block_size);
-        if block_table.len() < needed || block_table[..needed].iter().any(|&b| b as usize >= pool_blocks) {
+        let entries = match &table {
+            Table::Owned(t) => t.entries(),
+            Table::Shared(t) => t.entries(),
+        };
+        if entries.len() < needed || entries[..needed].iter().any(|&b| b as usize >= pool_blocks) {
             return invalid(OP, format!("{len} keys need {needed} table entries below {pool_blocks}"));
         }
         int(OP, "len", len)?;
-        let block_table = device.upload(block_table)?;
-        Ok(Self { k, v, block_table, block_size, len, shape })
+        Ok(Self { k, v, table, block_size, len, shape })
+    }
+
+    fn block_table(&self) -> &CudaSlice<u32> {
+        match &self.table {
+            Table::Owned(t) => t.on_device(),
+            Table::Shared(t) => t.on_device(),
+        }
     }
 
     /// Number of valid keys.
@@ -82,12 +144,12 @@ impl<'a> DevicePagedKv<'a> {
 
     /// Pushes (q, k_pool, v_pool, block_table).
     fn push_inputs<'b>(&'b self, launch: &mut LaunchArgs<'b>, q: &'b CudaSlice<f32>) {
-        launch.arg(q).arg(self.k).arg(self.v).arg(&self.block_table);
+        launch.arg(q).arg(self.k).arg(self.v).arg(self.block_table());
     }
 
     /// Pushes (q, k_pool, block_table), for kernels that read keys only.
     pub(crate) fn push_keys<'b>(&'b self, launch: &mut LaunchArgs<'b>, q: &'b CudaSlice<f32>) {
-        launch.arg(q).arg(self.k).arg(&self.block_table);
+        launch.arg(q).arg(self.k).arg(self.block_table());
     }
 
     /// The integer geometry of a launch over `nq` queries.

@@ -70,6 +70,7 @@ pub const KERNELS: &[Kernel] = &[
     kernel!("norm", [PRELUDE], typed!("rms_norm")),
     kernel!("rope", [PRELUDE], typed!("rope_interleaved", "rope_neox")),
     kernel!("swiglu", [PRELUDE], typed!("silu_mul")),
+    kernel!("elementwise", [PRELUDE], &["add_f32", "add_rows_f32", "f32_to_bf16"]),
     kernel!("paged_attention", [PRELUDE, ATTENTION], typed!("paged_attention", "tree_attention")),
     kernel!(
         "merge",
@@ -83,7 +84,7 @@ pub const KERNELS: &[Kernel] = &[
         &["token_scores_f32", "head_softmax_stats_f32", "soft_vote_f32", "top_k_flags_f32", "compact_selection",]
     ),
     kernel!("kv_codec", [PRELUDE], &["kv_fit_groups_f32", "kv_encode_f32", "kv_decode_f32"]),
-    kernel!("blocks", [PRELUDE], &["gather_blocks", "scatter_blocks"]),
+    kernel!("blocks", [PRELUDE], &["gather_blocks", "scatter_blocks", "write_positions"]),
 ];
 
 /// The kernel called `name`, if the catalogue has one.

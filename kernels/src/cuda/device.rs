@@ -5,7 +5,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError};
+use std::ops::Range;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError, ValidAsZeroBits,
+};
 
 use super::catalogue::kernel;
 use super::compile::{Arch, Compiler, PtxCache};
@@ -93,6 +97,28 @@ impl Device {
     /// Copies `buffer` back to the host (waits for the stream).
     pub fn download<T: DeviceRepr>(&self, buffer: &CudaSlice<T>) -> Result<Vec<T>> {
         self.stream.clone_dtoh(buffer).map_err(driver)
+    }
+
+    /// A new buffer of `len` zeros.
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
+        self.stream.alloc_zeros(len).map_err(driver)
+    }
+
+    /// Copies `src[range]` to the start of `dst`.
+    pub fn copy_range<T: DeviceRepr>(
+        &self,
+        src: &CudaSlice<T>,
+        range: Range<usize>,
+        dst: &mut CudaSlice<T>,
+    ) -> Result<()> {
+        if range.start > range.end || range.end > src.len() || range.len() > dst.len() {
+            return Err(CudaError::InvalidArgument {
+                op: "Device::copy_range",
+                detail: format!("{range:?} of {} elements into {}", src.len(), dst.len()),
+            });
+        }
+        let len = range.len();
+        self.stream.memcpy_dtod(&src.slice(range), &mut dst.slice_mut(..len)).map_err(driver)
     }
 
     /// Waits for every launch and copy queued on the stream.

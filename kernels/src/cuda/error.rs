@@ -54,6 +54,9 @@ pub enum CudaError {
     /// A CUDA driver call failed.
     #[error("CUDA driver: {0}")]
     Driver(String),
+    /// A cuBLAS call failed (or libcublas could not be loaded).
+    #[error("cuBLAS: {0}")]
+    Blas(String),
     /// Arguments a kernel cannot run with (shapes, lengths, sizes beyond `i32`).
     #[error("{op}: {detail}")]
     InvalidArgument {

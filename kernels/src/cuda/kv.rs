@@ -3,6 +3,7 @@
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
 
+use super::attention::DeviceBlockTable;
 use super::device::{Device, driver};
 use super::error::{CudaError, Result};
 use super::launch::{check_len, int, invalid, per_item};
@@ -219,5 +220,62 @@ fn move_blocks(
     launch.arg(src).arg(&ids_dev).arg(&n).arg(&words).arg(dst);
     // SAFETY: the signature matches blocks.cu; ids and lengths checked by the callers.
     unsafe { launch.launch(per_item(entry, ids.len() * block_len)?) }.map_err(driver)?;
+    Ok(())
+}
+
+/// Writes the K (or V) rows of `rows.len() / (kv_heads · head_dim)` new tokens, at positions
+/// `start ..`, into one layer's `pool` (`[blocks][kv_heads][block_size][head_dim]`) through a
+/// sequence's `block_table`: the device twin of the forward pass writing its new KV.
+pub fn write_positions(
+    device: &Device,
+    rows: &CudaSlice<f32>,
+    block_table: &DeviceBlockTable,
+    start: usize,
+    (kv_heads, head_dim, block_size): (usize, usize, usize),
+    pool: &mut CudaSlice<f32>,
+) -> Result<()> {
+    const OP: &str = "cuda::write_positions";
+    let row = kv_heads * head_dim;
+    let block_len = row * block_size;
+    if row == 0 || block_size == 0 || !rows.len().is_multiple_of(row) || !pool.len().is_multiple_of(block_len) {
+        return invalid(
+            OP,
+            format!(
+                "{} values are not rows of {row}, or a pool of {} not blocks of {block_len}",
+                rows.len(),
+                pool.len()
+            ),
+        );
+    }
+    let (n, pool_blocks) = (rows.len() / row, pool.len() / block_len);
+    let end = start + n;
+    let written = start / block_size..end.div_ceil(block_size);
+    let entries = block_table.entries();
+    if entries.len() < written.end || entries[written].iter().any(|&b| b as usize >= pool_blocks) {
+        return invalid(
+            OP,
+            format!("positions up to {end} need {} table entries below {pool_blocks}", end.div_ceil(block_size)),
+        );
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let (start_i, n_i) = (int(OP, "start", start)?, int(OP, "n", n)?);
+    let (heads_i, d_i, bs_i) =
+        (int(OP, "kv_heads", kv_heads)?, int(OP, "head_dim", head_dim)?, int(OP, "block_size", block_size)?);
+    int(OP, "end", end)?;
+    let function = device.function("blocks", "write_positions")?;
+    let mut launch = device.stream().launch_builder(&function);
+    launch
+        .arg(rows)
+        .arg(block_table.on_device())
+        .arg(&start_i)
+        .arg(&n_i)
+        .arg(&heads_i)
+        .arg(&d_i)
+        .arg(&bs_i)
+        .arg(&mut *pool);
+    // SAFETY: the signature matches blocks.cu; lengths and the table's entries checked above.
+    unsafe { launch.launch(per_item(OP, rows.len())?) }.map_err(driver)?;
     Ok(())
 }

@@ -10,13 +10,14 @@
 //! return [`CudaError`] rather than panicking (built only with that feature, hence unlinked):
 //!
 //! * `device` — a `Device`: context, stream, kernels loaded per device from the PTX cache.
-//! * `ops` — `rms_norm`, `rope`, `silu_mul`.
+//! * `ops` — `rms_norm`, `rope`, `silu_mul`, the residual `add` and bias `add_rows`.
+//! * `gemm` — `Blas::matmul` through cuBLAS over a `DeviceMatrix` of f32 or bf16 weights.
 //! * `attention` — `DevicePagedKv` (a pool of blocks + a block table) and `attention()`
 //!   (prefill and split-key decode), `tree_attention`, `selected_attention`,
 //!   `sparse_attention`, `merge_lse`.
 //! * `select` — `select_tokens`, TokenSelect's scoring, soft vote and top-k.
-//! * `kv` — the KV store's int8/int4 codecs (`kv_encode`, `kv_decode`) and block
-//!   `gather_blocks` / `scatter_blocks`.
+//! * `kv` — the KV store's int8/int4 codecs (`kv_encode`, `kv_decode`), block
+//!   `gather_blocks` / `scatter_blocks`, and `write_positions` (new tokens' K/V into the pool).
 //!
 //! Feature `nvrtc` builds the first two (no CUDA needed to build or to compile kernels); feature
 //! `cuda` adds the device runtime on top. cudarc loads every CUDA library at run time, so both
@@ -30,6 +31,8 @@ pub mod compile;
 pub mod device;
 mod error;
 #[cfg(feature = "cuda")]
+pub mod gemm;
+#[cfg(feature = "cuda")]
 pub mod kv;
 #[cfg(feature = "cuda")]
 mod launch;
@@ -40,16 +43,24 @@ pub mod select;
 
 #[cfg(feature = "cuda")]
 pub use attention::{
-    DevicePagedKv, MAX_HEAD_DIM, attention, merge_lse, selected_attention, sparse_attention, tree_attention,
+    DeviceBlockTable, DevicePagedKv, MAX_HEAD_DIM, attention, merge_lse, selected_attention, sparse_attention,
+    tree_attention,
 };
 pub use catalogue::{KERNELS, Kernel, kernel};
 pub use compile::{Arch, Compiler, PtxCache, compile_ptx, load_nvrtc, nvrtc_available};
+/// Device buffers, as the launchers take them.
+#[cfg(feature = "cuda")]
+pub use cudarc::driver::CudaSlice;
 #[cfg(feature = "cuda")]
 pub use device::{Device, driver_available};
 pub use error::{CudaError, Result};
 #[cfg(feature = "cuda")]
-pub use kv::{EncodedSide, KvBits, KvLayout, KvSide, gather_blocks, kv_decode, kv_encode, scatter_blocks};
+pub use gemm::{Blas, DeviceMatrix, WeightType};
 #[cfg(feature = "cuda")]
-pub use ops::{DeviceRope, RopeStyle, rms_norm, rope, silu_mul};
+pub use kv::{
+    EncodedSide, KvBits, KvLayout, KvSide, gather_blocks, kv_decode, kv_encode, scatter_blocks, write_positions,
+};
+#[cfg(feature = "cuda")]
+pub use ops::{DeviceRope, RopeStyle, add, add_rows, rms_norm, rope, silu_mul};
 #[cfg(feature = "cuda")]
 pub use select::select_tokens;

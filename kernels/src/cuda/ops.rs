@@ -115,3 +115,51 @@ pub fn rope(
     unsafe { launch.launch(per_item(OP, items)?) }.map_err(driver)?;
     Ok(())
 }
+
+/// [`crate::ops::add_inplace`] on device: `x += y`.
+pub fn add(device: &Device, x: &mut CudaSlice<f32>, y: &CudaSlice<f32>) -> Result<()> {
+    const OP: &str = "cuda::add";
+    check_len(OP, "y", y, x.len())?;
+    let n = int(OP, "n", x.len())?;
+    if n == 0 {
+        return Ok(());
+    }
+    let (cfg, function) = (per_item(OP, x.len())?, device.function("elementwise", "add_f32")?);
+    let mut launch = device.stream().launch_builder(&function);
+    launch.arg(&mut *x).arg(y).arg(&n);
+    // SAFETY: the signature matches elementwise.cu; lengths checked above.
+    unsafe { launch.launch(cfg) }.map_err(driver)?;
+    Ok(())
+}
+
+/// Adds `bias` to every row of `x` (rows of `bias.len()` values).
+pub fn add_rows(device: &Device, x: &mut CudaSlice<f32>, bias: &CudaSlice<f32>) -> Result<()> {
+    const OP: &str = "cuda::add_rows";
+    let width = bias.len();
+    if width == 0 || !x.len().is_multiple_of(width) {
+        return invalid(OP, format!("x has {} values, not rows of {width}", x.len()));
+    }
+    let (n, width_i) = (int(OP, "n", x.len())?, int(OP, "width", width)?);
+    let (cfg, function) = (per_item(OP, x.len())?, device.function("elementwise", "add_rows_f32")?);
+    let mut launch = device.stream().launch_builder(&function);
+    launch.arg(&mut *x).arg(bias).arg(&n).arg(&width_i);
+    // SAFETY: the signature matches elementwise.cu; lengths checked above.
+    unsafe { launch.launch(cfg) }.map_err(driver)?;
+    Ok(())
+}
+
+/// `out = bf16(x)` (round to nearest even), as raw bf16 bits.
+pub(crate) fn to_bf16(device: &Device, x: &CudaSlice<f32>, out: &mut CudaSlice<u16>) -> Result<()> {
+    const OP: &str = "cuda::to_bf16";
+    check_len(OP, "out", out, x.len())?;
+    let n = int(OP, "n", x.len())?;
+    if n == 0 {
+        return Ok(());
+    }
+    let function = device.function("elementwise", "f32_to_bf16")?;
+    let mut launch = device.stream().launch_builder(&function);
+    launch.arg(x).arg(&mut *out).arg(&n);
+    // SAFETY: the signature matches elementwise.cu (u16 has bf16's size); lengths checked above.
+    unsafe { launch.launch(per_item(OP, x.len())?) }.map_err(driver)?;
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! Matrix products through cuBLAS (loaded at run time by cudarc): `out[n × m] = x[n × k] · Wᵀ`,
+//! the twin of [`crate::QMatrix::matmul`] with weights resident on device as f32 or bf16 and f32
+//! accumulation either way.
+//!
+//! Row-major `out = x · Wᵀ` is column-major `outᵀ = W · xᵀ`: cuBLAS sees `W` (stored `[m][k]`,
+//! i.e. column-major `k × m`) transposed and `x` (column-major `k × n`) as is. bf16 weights
+//! multiply activations rounded to bf16 by [`super::ops`]' conversion kernel; the product is
+//! written in f32 (`cublasGemmEx`, `CUBLAS_COMPUTE_32F`). f32 weights use `cublasSgemm`, whose
+//! default math mode keeps full f32 (no TF32).
+
+use cudarc::cublas::{CudaBlas, result, sys};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+
+use super::device::Device;
+use super::error::{CudaError, Result};
+use super::launch::{check_len, int, invalid};
+use super::ops::to_bf16;
+
+/// Element type of weights on device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightType {
+    /// Exact: the CPU path's dequantized values.
+    F32,
+    /// Half the bytes, rounded to nearest even; tensor-core products.
+    Bf16,
+}
+
+#[derive(Debug)]
+enum Data {
+    F32(CudaSlice<f32>),
+    /// Raw bf16 bits.
+    Bf16(CudaSlice<u16>),
+}
+
+/// A `rows × cols` weight matrix on device, row-major.
+#[derive(Debug)]
+pub struct DeviceMatrix {
+    data: Data,
+    rows: usize,
+    cols: usize,
+}
+
+impl DeviceMatrix {
+    /// Uploads the row-major `rows × cols` `values` as `ty`.
+    pub fn upload(device: &Device, values: &[f32], rows: usize, cols: usize, ty: WeightType) -> Result<Self> {
+        const OP: &str = "cuda::DeviceMatrix::upload";
+        if values.len() != rows * cols || rows == 0 || cols == 0 {
+            return invalid(OP, format!("{} values for a {rows} × {cols} matrix", values.len()));
+        }
+        let data = match ty {
+            WeightType::F32 => Data::F32(device.upload(values)?),
+            WeightType::Bf16 => {
+                let bits: Vec<u16> = values.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+                Data::Bf16(device.upload(&bits)?)
+            }
+        };
+        Ok(Self { data, rows, cols })
+    }
+
+    /// Output features (`m`).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features (`k`).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes on device.
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            Data::F32(d) => d.len() * 4,
+            Data::Bf16(d) => d.len() * 2,
+        }
+    }
+}
+
+/// A cuBLAS handle on a device's stream.
+#[derive(Debug)]
+pub struct Blas {
+    blas: CudaBlas,
+}
+
+fn blas_error(e: impl std::fmt::Debug) -> CudaError {
+    CudaError::Blas(format!("{e:?}"))
+}
+
+impl Blas {
+    /// Creates a handle bound to `device`'s stream; errors when libcublas cannot be loaded.
+    pub fn new(device: &Device) -> Result<Self> {
+        // SAFETY: probing opens and closes the library by name.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(CudaError::Blas("libcublas.so.12 is not loadable".into()));
+        }
+        Ok(Self { blas: CudaBlas::new(device.stream().clone()).map_err(blas_error)? })
+    }
+
+    /// `out[n × m] = x[n × k] · Wᵀ`.
+    pub fn matmul(
+        &self,
+        device: &Device,
+        x: &CudaSlice<f32>,
+        n: usize,
+        w: &DeviceMatrix,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        const OP: &str = "cuda::matmul";
+        let (m, k) = (w.rows, w.cols);
+        check_len(OP, "x", x, n * k)?;
+        check_len(OP, "out", out, n * m)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (m_i, n_i, k_i) = (int(OP, "m", m)?, int(OP, "n", n)?, int(OP, "k", k)?);
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let stream = device.stream();
+        match &w.data {
+            Data::F32(weights) => {
+                let (a, _a) = weights.device_ptr(stream);
+                let (b, _b) = x.device_ptr(stream);
+                let (c, _c) = out.device_ptr_mut(stream);
+                // SAFETY: a is m × k, b is n × k, c is n × m (checked above), all on the
+                // handle's stream; the records keep them alive until the call is queued.
+                unsafe {
+                    result::sgemm(
+                        *self.blas.handle(),
+                        sys::cublasOperation_t::CUBLAS_OP_T,
+                        sys::cublasOperation_t::CUBLAS_OP_N,
+                        m_i,
+                        n_i,
+                        k_i,
+                        &alpha,
+                        a as *const f32,
+                        k_i,
+                        b as *const f32,
+                        k_i,
+                        &beta,
+                        c as *mut f32,
+                        m_i,
+                    )
+                }
+                .map_err(blas_error)?;
+            }
+            Data::Bf16(weights) => {
+                let mut x_bf16 = stream.alloc_zeros::<u16>(n * k).map_err(super::device::driver)?;
+                to_bf16(device, x, &mut x_bf16)?;
+                let (a, _a) = weights.device_ptr(stream);
+                let (b, _b) = x_bf16.device_ptr(stream);
+                let (c, _c) = out.device_ptr_mut(stream);
+                // SAFETY: as above, with bf16 inputs and an f32 output (a supported GemmEx
+                // combination with 32F compute).
+                unsafe {
+                    result::gemm_ex(
+                        *self.blas.handle(),
+                        sys::cublasOperation_t::CUBLAS_OP_T,
+                        sys::cublasOperation_t::CUBLAS_OP_N,
+                        m_i,
+                        n_i,
+                        k_i,
+                        (&alpha as *const f32).cast(),
+                        a as *const _,
+                        sys::cudaDataType_t::CUDA_R_16BF,
+                        k_i,
+                        b as *const _,
+                        sys::cudaDataType_t::CUDA_R_16BF,
+                        k_i,
+                        (&beta as *const f32).cast(),
+                        c as *mut _,
+                        sys::cudaDataType_t::CUDA_R_32F,
+                        m_i,
+                        sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                }
+                .map_err(blas_error)?;
+            }
+        }
+        Ok(())
+    }
+}
