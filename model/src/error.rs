@@ -40,6 +40,9 @@ pub enum ModelError {
     InvalidPatterns(String),
     #[error("kernel failed: {0}")]
     Kernel(#[from] lcserve_kernels::KernelError),
+    #[cfg(feature = "cuda")]
+    #[error("GPU: {0}")]
+    Device(#[from] lcserve_kernels::cuda::CudaError),
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -16,6 +16,8 @@
 
 mod attention;
 mod config;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod error;
 mod export;
 mod fingerprint;
@@ -24,6 +26,7 @@ mod gguf_tokenizer;
 mod kv_arena;
 mod model;
 mod patterns;
+mod random_model;
 mod source;
 mod tiny;
 mod token_select;
@@ -31,6 +34,8 @@ mod weights;
 
 pub use attention::{AttentionBackend, DenseAttention, SparseAttention};
 pub use config::{Architecture, ModelConfig, RopeConfig, RopeLayout, RopeScaling};
+#[cfg(feature = "cuda")]
+pub use cuda::{DeviceKvPool, DeviceModel};
 pub use error::{ModelError, Result};
 pub use export::export_hf_dir;
 pub use forward::{Logits, LogitsWanted, SequenceInput};
@@ -40,6 +45,7 @@ pub use lcserve_kernels::Activations;
 pub use lcserve_text::{ChatMessage, ChatTemplate, IncrementalDecoder, SpecialTokens, Tokenizer, TokenizerError};
 pub use model::{LoadProgress, Model, ModelFormat, ModelSummary};
 pub use patterns::{DEFAULT_PATTERN, HeadPatterns};
+pub use random_model::{RandomShape, write_random_model};
 pub use source::{GgufSource, HfSource, TensorSource, WeightTensor};
 pub use tiny::{TinyModelPaths, write_tiny_model, write_tiny_model_arch};
 pub use token_select::{DEFAULT_REUSE_THRESHOLD, SelectionStats, TokenSelectAttention, TokenSelection};

@@ -132,7 +132,8 @@ fn byte_chars() -> Vec<char> {
         .collect()
 }
 
-fn vocabulary() -> Vec<String> {
+/// The tiny model's tokens: the specials, the 256 byte tokens, the merges.
+pub(crate) fn vocabulary() -> Vec<String> {
     let mut tokens: Vec<String> = SPECIALS.iter().map(|s| (*s).to_owned()).collect();
     tokens.extend(byte_chars().into_iter().map(String::from));
     tokens.extend(MERGES.iter().map(|(a, b)| format!("{a}{b}")));
@@ -154,7 +155,7 @@ impl Gaussian {
     }
 }
 
-fn quantized(name: &str, values: Vec<f32>, shape: &[usize], dtype: GgmlDType) -> Result<QTensor> {
+pub(crate) fn quantized(name: &str, values: Vec<f32>, shape: &[usize], dtype: GgmlDType) -> Result<QTensor> {
     let error = |e: candle_core::Error| ModelError::TensorData { tensor: name.to_owned(), reason: e.to_string() };
     let tensor = Tensor::from_vec(values, shape, &Device::Cpu).map_err(error)?;
     QTensor::quantize(&tensor, dtype).map_err(error)
@@ -217,28 +218,57 @@ fn write_gguf(path: &Path, seed: u64, arch: Architecture) -> Result<()> {
         quantized("output_norm.weight", rng.sample(1.0, 0.05, HIDDEN), &[HIDDEN], F32)?,
     ));
 
-    let u32_value = |n: usize| Value::U32(n as u32);
-    let token_types = (0..vocab).map(|id| Value::I32(if id < SPECIALS.len() { 3 } else { 1 })).collect();
-    let arch_name = arch.name();
-    let key = |suffix: &str| format!("{arch_name}.{suffix}");
     let name = match arch {
         Architecture::Llama => "lcserve-tiny".to_owned(),
         other => format!("lcserve-tiny-{}", other.name()),
     };
-    let metadata: Vec<(String, Value)> = vec![
+    let dims = Dims {
+        hidden: HIDDEN,
+        layers: LAYERS,
+        heads: HEADS,
+        kv_heads,
+        head_dim: HEAD_DIM,
+        ffn: FFN,
+        context: CONTEXT,
+        rope_theta: spec.rope_theta,
+    };
+    write_gguf_file(path, &metadata(arch, name, &dims, tokens), &tensors)
+}
+
+/// The dimensions a GGUF's metadata states.
+pub(crate) struct Dims {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    pub context: usize,
+    pub rope_theta: f32,
+}
+
+/// The metadata of a model of `arch` with these dimensions and the tiny model's tokenizer over
+/// `tokens` ([`vocabulary`], possibly extended), ChatML template included.
+pub(crate) fn metadata(arch: Architecture, name: String, dims: &Dims, tokens: Vec<String>) -> Vec<(String, Value)> {
+    let u32_value = |n: usize| Value::U32(n as u32);
+    let vocab = tokens.len();
+    let token_types = (0..vocab).map(|id| Value::I32(if id < SPECIALS.len() { 3 } else { 1 })).collect();
+    let arch_name = arch.name();
+    let key = |suffix: &str| format!("{arch_name}.{suffix}");
+    vec![
         ("general.architecture".into(), Value::String(arch_name.into())),
         ("general.name".into(), Value::String(name)),
-        (key("context_length"), u32_value(CONTEXT)),
-        (key("embedding_length"), u32_value(HIDDEN)),
-        (key("block_count"), u32_value(LAYERS)),
-        (key("feed_forward_length"), u32_value(FFN)),
-        (key("attention.head_count"), u32_value(HEADS)),
-        (key("attention.head_count_kv"), u32_value(kv_heads)),
-        (key("attention.key_length"), u32_value(HEAD_DIM)),
-        (key("attention.value_length"), u32_value(HEAD_DIM)),
+        (key("context_length"), u32_value(dims.context)),
+        (key("embedding_length"), u32_value(dims.hidden)),
+        (key("block_count"), u32_value(dims.layers)),
+        (key("feed_forward_length"), u32_value(dims.ffn)),
+        (key("attention.head_count"), u32_value(dims.heads)),
+        (key("attention.head_count_kv"), u32_value(dims.kv_heads)),
+        (key("attention.key_length"), u32_value(dims.head_dim)),
+        (key("attention.value_length"), u32_value(dims.head_dim)),
         (key("attention.layer_norm_rms_epsilon"), Value::F32(RMS_EPS)),
-        (key("rope.dimension_count"), u32_value(HEAD_DIM)),
-        (key("rope.freq_base"), Value::F32(spec.rope_theta)),
+        (key("rope.dimension_count"), u32_value(dims.head_dim)),
+        (key("rope.freq_base"), Value::F32(dims.rope_theta)),
         (key("vocab_size"), u32_value(vocab)),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String("gpt2".into())),
@@ -252,7 +282,11 @@ fn write_gguf(path: &Path, seed: u64, arch: Architecture) -> Result<()> {
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(EOS)),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
         ("tokenizer.chat_template".into(), Value::String(CHAT_TEMPLATE.into())),
-    ];
+    ]
+}
+
+/// Writes `metadata` and `tensors` as a GGUF file at `path`.
+pub(crate) fn write_gguf_file(path: &Path, metadata: &[(String, Value)], tensors: &[(String, QTensor)]) -> Result<()> {
     let metadata_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
     let io = |source| ModelError::Io { path: path.to_owned(), source };

@@ -1,14 +1,15 @@
 //! GGUF ↔ Hugging Face directory: the tiny model exported to HF and loaded back is the same model
 //! (config, every tensor, logits), malformed directories fail with errors naming the problem, the
-//! tiny writer is deterministic, and the reference model survives the same round trip.
+//! tiny writer is deterministic, and the reference model survives the same round trip. Random
+//! models of any shape load with that shape.
 
 mod support;
 
 use std::path::{Path, PathBuf};
 
 use lcserve_model::{
-    GgufSource, HfSource, Model, ModelConfig, ModelError, RopeLayout, TensorSource, dequantize_vector, export_hf_dir,
-    write_tiny_model,
+    GgufSource, HfSource, Model, ModelConfig, ModelError, RandomShape, RopeLayout, TensorSource, dequantize_vector,
+    export_hf_dir, write_random_model, write_tiny_model,
 };
 use serde_json::{Value, json};
 use support::{Session, argmax, max_rel_diff, permute_to_gguf, permuted_heads, reference_model_path};
@@ -138,6 +139,36 @@ fn tiny_writer_is_deterministic() {
     assert!(read(&gguf_a) != read(&gguf_c), "different seeds, same GGUF bytes");
     for file in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
         assert!(read(&hf_a.join(file)) == read(&hf_b.join(file)), "same seed, different {file}");
+    }
+}
+
+#[test]
+fn random_models_have_their_shape_and_a_seed_fixes_their_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shape = RandomShape { hidden: 128, layers: 2, heads: 4, kv_heads: 2, ffn: 256, vocab: 1000, context: 512 };
+    let [a, b, c] = ["a", "b", "c"].map(|name| dir.path().join(format!("{name}.gguf")));
+    for (path, seed) in [(&a, 5), (&b, 5), (&c, 6)] {
+        write_random_model(path, shape, seed).expect("write random model");
+    }
+    let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    assert!(read(&a) == read(&b), "same seed, different bytes");
+    assert!(read(&a) != read(&c), "different seeds, same bytes");
+
+    let model = Model::load(&a, &mut |_| {}).expect("load random model");
+    let cfg = &model.config;
+    let loaded = (cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size);
+    assert_eq!(loaded, (128, 2, 4, 2, 256));
+    assert_eq!((cfg.vocab_size, cfg.context_length, cfg.head_dim, cfg.tie_embeddings), (1000, 512, 32, true));
+    assert_eq!(model.tokenizer.vocab_size(), 1000);
+    // Weights scaled by fan-in keep the logits finite and far from flat: greedy decoding (and a
+    // CPU/GPU comparison of it) is not decided by rounding.
+    let logits = all_logits(&model, &[1, 17, 400, 999]);
+    for row in &logits {
+        assert!(row.iter().all(|v| v.is_finite()), "non-finite logits");
+        let mut sorted = row.clone();
+        sorted.sort_by(|x, y| y.total_cmp(x));
+        assert!(sorted[0] - sorted[1] > 1e-3, "top-2 logits tie: {:?}", &sorted[..2]);
+        assert!(sorted[0] - sorted[sorted.len() / 2] > 1.0, "flat logits: {:?}", &sorted[..4]);
     }
 }
 
