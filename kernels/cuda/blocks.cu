@@ -35,3 +35,16 @@ extern "C" __global__ void write_positions(const float* rows, const unsigned int
     const size_t block = block_table[p / block_size], slot = p % block_size;
     pool[((block * kv_heads + head) * block_size + slot) * head_dim + e] = rows[w];
 }
+
+// Copies one position's K (or V) in every head of one layer's pool from (src_block, src_slot)
+// to (dst_block, dst_slot): a speculative draft node moving to its place on the accepted path.
+// The CPU twin is `KvArena::copy_position`. One thread per value (kv_heads * head_dim).
+extern "C" __global__ void copy_slot(float* pool, int src_block, int src_slot, int dst_block, int dst_slot,
+                                     int kv_heads, int head_dim, int block_size) {
+    const int w = blockIdx.x * blockDim.x + threadIdx.x;
+    if (w >= kv_heads * head_dim) return;
+    const size_t head = w / head_dim, e = w % head_dim;
+    const size_t src = (((size_t)src_block * kv_heads + head) * block_size + src_slot) * head_dim + e;
+    const size_t dst = (((size_t)dst_block * kv_heads + head) * block_size + dst_slot) * head_dim + e;
+    pool[dst] = pool[src];
+}

@@ -202,6 +202,19 @@ fn check_gemm_and_writes(device: &Device, rng: &mut StdRng, report: &mut Report)
         cuda::write_positions(device, &device.upload(&rows)?, &table, start, geometry, &mut gpu)?;
         let same = device.download(&gpu)? == cpu;
         report.record(&format!("write_positions {n} at {start}, blocks of {block_size}"), same, "bitwise");
+
+        // A draft node moving from the last written position to the first.
+        let (from, to) = (start + n - 1, start);
+        let at = |pos: usize, h: usize| {
+            pool.table[pos / block_size] as usize * pool.block_len
+                + (h * block_size + pos % block_size) * shape.head_dim
+        };
+        for h in 0..shape.n_kv_heads {
+            cpu.copy_within(at(from, h)..at(from, h) + shape.head_dim, at(to, h));
+        }
+        cuda::copy_position(device, &mut gpu, &pool.table, (from, to), geometry)?;
+        let same = device.download(&gpu)? == cpu;
+        report.record(&format!("copy_position {from} -> {to}, blocks of {block_size}"), same, "bitwise");
     }
     Ok(())
 }

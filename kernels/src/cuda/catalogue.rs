@@ -84,7 +84,7 @@ pub const KERNELS: &[Kernel] = &[
         &["token_scores_f32", "head_softmax_stats_f32", "soft_vote_f32", "top_k_flags_f32", "compact_selection",]
     ),
     kernel!("kv_codec", [PRELUDE], &["kv_fit_groups_f32", "kv_encode_f32", "kv_decode_f32"]),
-    kernel!("blocks", [PRELUDE], &["gather_blocks", "scatter_blocks", "write_positions"]),
+    kernel!("blocks", [PRELUDE], &["gather_blocks", "scatter_blocks", "write_positions", "copy_slot"]),
 ];
 
 /// The kernel called `name`, if the catalogue has one.

@@ -104,21 +104,51 @@ impl Device {
         self.stream.alloc_zeros(len).map_err(driver)
     }
 
-    /// Copies `src[range]` to the start of `dst`.
+    /// Copies `src[range]` into `dst` from element `at`.
     pub fn copy_range<T: DeviceRepr>(
         &self,
         src: &CudaSlice<T>,
         range: Range<usize>,
         dst: &mut CudaSlice<T>,
+        at: usize,
     ) -> Result<()> {
-        if range.start > range.end || range.end > src.len() || range.len() > dst.len() {
+        if range.start > range.end || range.end > src.len() || at + range.len() > dst.len() {
             return Err(CudaError::InvalidArgument {
                 op: "Device::copy_range",
-                detail: format!("{range:?} of {} elements into {}", src.len(), dst.len()),
+                detail: format!("{range:?} of {} elements to {at} of {}", src.len(), dst.len()),
             });
         }
         let len = range.len();
-        self.stream.memcpy_dtod(&src.slice(range), &mut dst.slice_mut(..len)).map_err(driver)
+        self.stream.memcpy_dtod(&src.slice(range), &mut dst.slice_mut(at..at + len)).map_err(driver)
+    }
+
+    /// Copies `src[range]` to the host (waits for the stream).
+    pub fn download_range<T: DeviceRepr + Default + Clone>(
+        &self,
+        src: &CudaSlice<T>,
+        range: Range<usize>,
+    ) -> Result<Vec<T>> {
+        if range.start > range.end || range.end > src.len() {
+            return Err(CudaError::InvalidArgument {
+                op: "Device::download_range",
+                detail: format!("{range:?} of {} elements", src.len()),
+            });
+        }
+        let mut host = vec![T::default(); range.len()];
+        self.stream.memcpy_dtoh(&src.slice(range), &mut host).map_err(driver)?;
+        self.synchronize()?;
+        Ok(host)
+    }
+
+    /// Copies `host` into `dst` from element `at`.
+    pub fn upload_into<T: DeviceRepr>(&self, host: &[T], dst: &mut CudaSlice<T>, at: usize) -> Result<()> {
+        if at + host.len() > dst.len() {
+            return Err(CudaError::InvalidArgument {
+                op: "Device::upload_into",
+                detail: format!("{} elements to {at} of {}", host.len(), dst.len()),
+            });
+        }
+        self.stream.memcpy_htod(host, &mut dst.slice_mut(at..at + host.len())).map_err(driver)
     }
 
     /// Waits for every launch and copy queued on the stream.

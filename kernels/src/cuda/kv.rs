@@ -279,3 +279,38 @@ pub fn write_positions(
     unsafe { launch.launch(per_item(OP, rows.len())?) }.map_err(driver)?;
     Ok(())
 }
+
+/// Copies position `from` to position `to` (both through `block_table`) in every head of one
+/// layer's K or V `pool`: the device twin of one side of one layer of the model crate's
+/// `KvArena::copy_position`.
+pub fn copy_position(
+    device: &Device,
+    pool: &mut CudaSlice<f32>,
+    block_table: &[u32],
+    (from, to): (usize, usize),
+    (kv_heads, head_dim, block_size): (usize, usize, usize),
+) -> Result<()> {
+    const OP: &str = "cuda::copy_position";
+    let row = kv_heads * head_dim;
+    let block_len = row * block_size;
+    if row == 0 || block_size == 0 || !pool.len().is_multiple_of(block_len) {
+        return invalid(OP, format!("a pool of {} values is not blocks of {block_len}", pool.len()));
+    }
+    let blocks = pool.len() / block_len;
+    let block_of = |pos: usize| block_table.get(pos / block_size).copied().filter(|&b| (b as usize) < blocks);
+    let (Some(src), Some(dst)) = (block_of(from), block_of(to)) else {
+        return invalid(OP, format!("positions {from} and {to} need table entries below {blocks}"));
+    };
+    let args = [src as usize, from % block_size, dst as usize, to % block_size, kv_heads, head_dim, block_size];
+    let [src, src_slot, dst, dst_slot, heads, d, bs] = args.map(|v| int(OP, "argument", v));
+    let (cfg, function) = (per_item(OP, row)?, device.function("blocks", "copy_slot")?);
+    let mut launch = device.stream().launch_builder(&function);
+    let ints = [src?, src_slot?, dst?, dst_slot?, heads?, d?, bs?];
+    launch.arg(&mut *pool);
+    for value in &ints {
+        launch.arg(value);
+    }
+    // SAFETY: the signature matches blocks.cu; both blocks are inside the pool.
+    unsafe { launch.launch(cfg) }.map_err(driver)?;
+    Ok(())
+}

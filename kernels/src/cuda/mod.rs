@@ -17,7 +17,8 @@
 //!   `sparse_attention`, `merge_lse`.
 //! * `select` — `select_tokens`, TokenSelect's scoring, soft vote and top-k.
 //! * `kv` — the KV store's int8/int4 codecs (`kv_encode`, `kv_decode`), block
-//!   `gather_blocks` / `scatter_blocks`, and `write_positions` (new tokens' K/V into the pool).
+//!   `gather_blocks` / `scatter_blocks`, `write_positions` (new tokens' K/V into the pool) and
+//!   `copy_position` (a draft node's K/V to its place on the accepted path).
 //!
 //! Feature `nvrtc` builds the first two (no CUDA needed to build or to compile kernels); feature
 //! `cuda` adds the device runtime on top. cudarc loads every CUDA library at run time, so both
@@ -58,7 +59,8 @@ pub use error::{CudaError, Result};
 pub use gemm::{Blas, DeviceMatrix, WeightType};
 #[cfg(feature = "cuda")]
 pub use kv::{
-    EncodedSide, KvBits, KvLayout, KvSide, gather_blocks, kv_decode, kv_encode, scatter_blocks, write_positions,
+    EncodedSide, KvBits, KvLayout, KvSide, copy_position, gather_blocks, kv_decode, kv_encode, scatter_blocks,
+    write_positions,
 };
 #[cfg(feature = "cuda")]
 pub use ops::{DeviceRope, RopeStyle, add, add_rows, rms_norm, rope, silu_mul};
