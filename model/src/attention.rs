@@ -26,6 +26,12 @@ pub trait AttentionBackend: Send + Sync + std::fmt::Debug {
         shape: &AttnShape,
         out: &mut [f32],
     ) -> Result<()>;
+
+    /// Whether this is exact attention over every cached key: the only kind the GPU forward
+    /// (`DeviceModel`, feature `cuda`) computes so far.
+    fn is_dense(&self) -> bool {
+        false
+    }
 }
 
 /// Exact attention: tiled, online softmax, O(N) memory.
@@ -44,6 +50,10 @@ impl AttentionBackend for DenseAttention {
     ) -> Result<()> {
         lcserve_kernels::attention(q, nq, kv, shape, logit_scale(shape), out, None)?;
         Ok(())
+    }
+
+    fn is_dense(&self) -> bool {
+        true
     }
 }
 

@@ -1,5 +1,5 @@
-//! The forward pass on an NVIDIA GPU (feature `cuda`): the twin of [`Model::forward`] for one
-//! sequence with dense attention, built from the kernels of [`lcserve_kernels::cuda`].
+//! The forward pass on an NVIDIA GPU (feature `cuda`): the twin of [`Model::forward`] with dense
+//! and draft-tree attention, built from the kernels of [`lcserve_kernels::cuda`].
 //!
 //! [`DeviceModel::upload`] copies a loaded model's weights to the device once: every matrix
 //! dequantized on the host and stored as f32 (the CPU path's exact values, products through
@@ -8,16 +8,18 @@
 //! [`DeviceKvPool`] is the paged KV pool in device memory, laid out like
 //! [`crate::KvArena`]'s blocks, one K and one V buffer per layer.
 //!
-//! [`DeviceModel::forward`] runs a prefill chunk or a decode step of one sequence: RMSNorm, the
-//! q/k/v products, RoPE, the new K/V written into the pool through the sequence's block table,
-//! paged attention (keys split across thread blocks when the queries are few), the output
-//! product and residual, the SwiGLU FFN, and the LM head over the rows that want logits.
-//! Batches of sequences, draft trees and sparse or token-selecting attention stay on the CPU
-//! path for now.
+//! [`DeviceModel::forward`] runs a batch like the CPU forward: every sequence's new rows stacked
+//! through RMSNorm, the q/k/v products and RoPE; per sequence, its new K/V written into the pool
+//! through its block table and paged attention (keys split across thread blocks when the queries
+//! are few) or tree attention for a draft tree; then the output product and residual, the SwiGLU
+//! FFN, and the LM head over the rows that want logits. The pool moves whole blocks to and from
+//! the host ([`DeviceKvPool::read_block`], [`DeviceKvPool::write_block`]) for the KV store, and
+//! a draft node's K/V to its accepted place ([`DeviceKvPool::copy_position`]). Sparse prefill
+//! and token-selecting attention stay on the CPU path for now.
 
 use std::sync::Arc;
 
-use lcserve_common::{BlockId, TokenId};
+use lcserve_common::BlockId;
 use lcserve_kernels::cuda::{
     self, Blas, CudaSlice, DeviceBlockTable, DeviceMatrix, DevicePagedKv, DeviceRope, RopeStyle, WeightType,
 };
@@ -27,7 +29,7 @@ use rayon::prelude::*;
 use crate::attention::logit_scale;
 use crate::config::{ModelConfig, RopeLayout};
 use crate::error::{ModelError, Result};
-use crate::forward::LogitsWanted;
+use crate::forward::{Logits, SequenceInput, validate_batch};
 use crate::model::Model;
 use crate::weights::Projection;
 
@@ -110,6 +112,68 @@ impl DeviceKvPool {
     /// Bytes of device memory the pool holds.
     pub fn bytes(&self) -> usize {
         self.k.iter().chain(&self.v).map(|b| b.len() * 4).sum()
+    }
+
+    /// Values of one side of one layer of one block.
+    fn side_len(&self) -> usize {
+        self.heads.0 * self.block_size * self.heads.1
+    }
+
+    fn check_block(&self, block: BlockId) -> Result<usize> {
+        let b = block.0 as usize;
+        if b < self.num_blocks {
+            Ok(b)
+        } else {
+            Err(ModelError::InvalidBatch {
+                index: 0,
+                reason: format!("block {} outside the pool of {} blocks", block.0, self.num_blocks),
+            })
+        }
+    }
+
+    /// All layers of `block` copied to the host, laid out as [`crate::KvArena::block`]
+    /// (`[layer][k|v][kv_heads][block_size][head_dim]`): the unit the KV store moves.
+    pub fn read_block(&self, device: &cuda::Device, block: BlockId) -> Result<Vec<f32>> {
+        let (b, side) = (self.check_block(block)?, self.side_len());
+        let mut out = Vec::with_capacity(2 * self.k.len() * side);
+        for (k, v) in self.k.iter().zip(&self.v) {
+            out.extend(device.download_range(k, b * side..(b + 1) * side)?);
+            out.extend(device.download_range(v, b * side..(b + 1) * side)?);
+        }
+        Ok(out)
+    }
+
+    /// Writes a host block image (the layout of [`DeviceKvPool::read_block`]) into `block`.
+    pub fn write_block(&mut self, device: &cuda::Device, block: BlockId, data: &[f32]) -> Result<()> {
+        let (b, side) = (self.check_block(block)?, self.side_len());
+        if data.len() != 2 * self.k.len() * side {
+            return Err(ModelError::InvalidBatch {
+                index: 0,
+                reason: format!("a block image of {} values, expected {}", data.len(), 2 * self.k.len() * side),
+            });
+        }
+        for ((k, v), layer) in self.k.iter_mut().zip(&mut self.v).zip(data.chunks_exact(2 * side)) {
+            device.upload_into(&layer[..side], k, b * side)?;
+            device.upload_into(&layer[side..], v, b * side)?;
+        }
+        Ok(())
+    }
+
+    /// Copies the K/V of position `from` to position `to` in every layer (both through
+    /// `block_table`): the twin of [`crate::KvArena::copy_position`].
+    pub fn copy_position(
+        &mut self,
+        device: &cuda::Device,
+        block_table: &[BlockId],
+        from: usize,
+        to: usize,
+    ) -> Result<()> {
+        let table: Vec<u32> = block_table.iter().map(|b| b.0).collect();
+        let geometry = (self.heads.0, self.heads.1, self.block_size);
+        for side in self.k.iter_mut().chain(&mut self.v) {
+            cuda::copy_position(device, side, &table, (from, to), geometry)?;
+        }
+        Ok(())
     }
 }
 
@@ -219,45 +283,46 @@ impl DeviceModel {
         layers + self.lm_head.bytes()
     }
 
-    /// Runs `tokens` of one sequence at positions `start_pos ..` (its earlier positions already
-    /// in `pool` through `block_table`), writing their K/V; returns the wanted logit rows,
-    /// `rows × vocab`. Checked like [`Model::forward`] before anything is written.
-    pub fn forward(
-        &self,
-        tokens: &[TokenId],
-        start_pos: usize,
-        block_table: &[BlockId],
-        logits: LogitsWanted,
-        pool: &mut DeviceKvPool,
-    ) -> Result<Vec<f32>> {
+    /// Runs `batch` (like [`Model::forward`]: rows stacked through every product, attention
+    /// per sequence, draft trees through tree attention), writing each sequence's new K/V into
+    /// `pool`. Checked like [`Model::forward`] before anything is written; a sequence whose
+    /// attention backend is not dense is refused (sparse prefill and token selection run on the
+    /// CPU only).
+    pub fn forward(&self, batch: &[SequenceInput<'_>], pool: &mut DeviceKvPool) -> Result<Logits> {
         let cfg = &self.config;
-        self.validate(tokens, start_pos, block_table, pool)?;
+        self.check_pool(pool)?;
+        let rows = validate_batch(cfg, batch, pool.block_size, pool.num_blocks)?;
+        if let Some(index) = batch.iter().position(|s| s.draft_tree.is_none() && !s.attention.is_dense()) {
+            return Err(ModelError::InvalidBatch {
+                index,
+                reason: "only dense attention runs on the GPU (sparse prefill and token selection need the CPU)".into(),
+            });
+        }
         let device = &*self.device;
-        let (n, end) = (tokens.len(), start_pos + tokens.len());
+        let total = rows.origin.len();
         let (hidden, q_dim, kv_dim, ffn) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
         let shape = AttnShape { n_heads: cfg.num_heads, n_kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim };
 
-        let mut x_host = vec![0.0f32; n * hidden];
-        for (row, &token) in x_host.chunks_exact_mut(hidden).zip(tokens) {
+        let mut x_host = vec![0.0f32; total * hidden];
+        for (row, &token) in x_host.chunks_exact_mut(hidden).zip(batch.iter().flat_map(|s| s.tokens)) {
             self.embedding.dequantize_row(token as usize, row)?;
         }
         let mut x = device.upload(&x_host)?;
-        let table: Vec<u32> = block_table.iter().map(|b| b.0).collect();
-        let table = DeviceBlockTable::upload(device, &table)?;
-        let positions: Vec<u32> = (start_pos..end).map(|p| p as u32).collect();
-        let (mut h, mut proj) = (device.zeros::<f32>(n * hidden)?, device.zeros::<f32>(n * hidden)?);
-        let (mut q, mut attn) = (device.zeros::<f32>(n * q_dim)?, device.zeros::<f32>(n * q_dim)?);
-        let (mut k, mut v) = (device.zeros::<f32>(n * kv_dim)?, device.zeros::<f32>(n * kv_dim)?);
-        let (mut gate, mut up) = (device.zeros::<f32>(n * ffn)?, device.zeros::<f32>(n * ffn)?);
-        let mut act = device.zeros::<f32>(n * ffn)?;
+        let positions: Vec<u32> = rows.rope_pos.iter().map(|&p| p as u32).collect();
+        let zeros = |len: usize| device.zeros::<f32>(len);
+        let (mut h, mut proj) = (zeros(total * hidden)?, zeros(total * hidden)?);
+        let (mut q, mut attn) = (zeros(total * q_dim)?, zeros(total * q_dim)?);
+        let (mut k, mut v) = (zeros(total * kv_dim)?, zeros(total * kv_dim)?);
+        let (mut gate, mut up, mut act) = (zeros(total * ffn)?, zeros(total * ffn)?, zeros(total * ffn)?);
+        let mut sequences =
+            batch.iter().map(|seq| SequenceBuffers::new(device, seq, q_dim, kv_dim)).collect::<Result<Vec<_>>>()?;
         let geometry = (cfg.num_kv_heads, cfg.head_dim, pool.block_size);
-        let splits = if n * shape.group() <= 64 { end.div_ceil(KEYS_PER_SPLIT).min(MAX_SPLITS) } else { 1 };
 
         for (l, layer) in self.layers.iter().enumerate() {
             cuda::rms_norm(device, &x, &layer.attn_norm, cfg.rms_norm_eps, &mut h)?;
-            self.blas.matmul(device, &h, n, &layer.q, &mut q)?;
-            self.blas.matmul(device, &h, n, &layer.k, &mut k)?;
-            self.blas.matmul(device, &h, n, &layer.v, &mut v)?;
+            self.blas.matmul(device, &h, total, &layer.q, &mut q)?;
+            self.blas.matmul(device, &h, total, &layer.k, &mut k)?;
+            self.blas.matmul(device, &h, total, &layer.v, &mut v)?;
             if let Some([q_bias, k_bias, v_bias]) = &layer.qkv_bias {
                 cuda::add_rows(device, &mut q, q_bias)?;
                 cuda::add_rows(device, &mut k, k_bias)?;
@@ -265,73 +330,91 @@ impl DeviceModel {
             }
             cuda::rope(device, self.rope_style, &mut q, cfg.num_heads, cfg.head_dim, &positions, &self.rope)?;
             cuda::rope(device, self.rope_style, &mut k, cfg.num_kv_heads, cfg.head_dim, &positions, &self.rope)?;
-            cuda::write_positions(device, &k, &table, start_pos, geometry, &mut pool.k[l])?;
-            cuda::write_positions(device, &v, &table, start_pos, geometry, &mut pool.v[l])?;
-            let kv = DevicePagedKv::over((&pool.k[l], &pool.v[l]), &table, pool.block_size, end, shape)?;
-            cuda::attention(device, &q, n, &kv, logit_scale(&shape), splits, &mut attn, None)?;
 
-            self.blas.matmul(device, &attn, n, &layer.attn_output, &mut proj)?;
+            for ((seq, buffers), &first) in batch.iter().zip(&mut sequences).zip(&rows.first_row) {
+                let (n, end) = (seq.tokens.len(), seq.start_pos + seq.tokens.len());
+                device.copy_range(&q, first * q_dim..(first + n) * q_dim, &mut buffers.q, 0)?;
+                device.copy_range(&k, first * kv_dim..(first + n) * kv_dim, &mut buffers.k, 0)?;
+                device.copy_range(&v, first * kv_dim..(first + n) * kv_dim, &mut buffers.v, 0)?;
+                cuda::write_positions(device, &buffers.k, &buffers.table, seq.start_pos, geometry, &mut pool.k[l])?;
+                cuda::write_positions(device, &buffers.v, &buffers.table, seq.start_pos, geometry, &mut pool.v[l])?;
+                let kv = DevicePagedKv::over((&pool.k[l], &pool.v[l]), &buffers.table, pool.block_size, end, shape)?;
+                let splits = if n * shape.group() <= 64 { end.div_ceil(KEYS_PER_SPLIT).min(MAX_SPLITS) } else { 1 };
+                let scale = logit_scale(&shape);
+                match seq.draft_tree {
+                    Some(parents) => {
+                        cuda::tree_attention(device, &buffers.q, parents, &kv, scale, splits, &mut buffers.out, None)?
+                    }
+                    None => cuda::attention(device, &buffers.q, n, &kv, scale, splits, &mut buffers.out, None)?,
+                }
+                device.copy_range(&buffers.out, 0..n * q_dim, &mut attn, first * q_dim)?;
+            }
+
+            self.blas.matmul(device, &attn, total, &layer.attn_output, &mut proj)?;
             cuda::add(device, &mut x, &proj)?;
             cuda::rms_norm(device, &x, &layer.ffn_norm, cfg.rms_norm_eps, &mut h)?;
-            self.blas.matmul(device, &h, n, &layer.gate, &mut gate)?;
-            self.blas.matmul(device, &h, n, &layer.up, &mut up)?;
+            self.blas.matmul(device, &h, total, &layer.gate, &mut gate)?;
+            self.blas.matmul(device, &h, total, &layer.up, &mut up)?;
             cuda::silu_mul(device, &gate, &up, &mut act)?;
-            self.blas.matmul(device, &act, n, &layer.ffn_down, &mut proj)?;
+            self.blas.matmul(device, &act, total, &layer.ffn_down, &mut proj)?;
             cuda::add(device, &mut x, &proj)?;
         }
 
-        let first = match logits {
-            LogitsWanted::None => return Ok(Vec::new()),
-            LogitsWanted::Last => n - 1,
-            LogitsWanted::All => 0,
-        };
-        let rows = n - first;
-        let mut selected = device.zeros::<f32>(rows * hidden)?;
-        device.copy_range(&x, first * hidden..n * hidden, &mut selected)?;
-        let mut normed = device.zeros::<f32>(rows * hidden)?;
-        cuda::rms_norm(device, &selected, &self.output_norm, cfg.rms_norm_eps, &mut normed)?;
-        let mut out = device.zeros::<f32>(rows * cfg.vocab_size)?;
-        self.blas.matmul(device, &normed, rows, &self.lm_head, &mut out)?;
-        Ok(device.download(&out)?)
+        let selected = rows.logit_rows(batch);
+        let origins = selected.iter().map(|&r| rows.origin[r]).collect();
+        if selected.is_empty() {
+            return Ok(Logits::new(cfg.vocab_size, Vec::new(), origins));
+        }
+        let mut gathered = zeros(selected.len() * hidden)?;
+        for (i, &row) in selected.iter().enumerate() {
+            device.copy_range(&x, row * hidden..(row + 1) * hidden, &mut gathered, i * hidden)?;
+        }
+        let mut normed = zeros(selected.len() * hidden)?;
+        cuda::rms_norm(device, &gathered, &self.output_norm, cfg.rms_norm_eps, &mut normed)?;
+        let mut out = zeros(selected.len() * cfg.vocab_size)?;
+        self.blas.matmul(device, &normed, selected.len(), &self.lm_head, &mut out)?;
+        Ok(Logits::new(cfg.vocab_size, device.download(&out)?, origins))
     }
 
-    fn validate(
-        &self,
-        tokens: &[TokenId],
-        start_pos: usize,
-        block_table: &[BlockId],
-        pool: &DeviceKvPool,
-    ) -> Result<()> {
-        let invalid = |reason: String| ModelError::InvalidBatch { index: 0, reason };
+    /// Errors unless `pool` was made for this model's layers and heads.
+    fn check_pool(&self, pool: &DeviceKvPool) -> Result<()> {
         let cfg = &self.config;
-        if pool.k.len() != cfg.num_layers || pool.heads != (cfg.num_kv_heads, cfg.head_dim) {
-            return Err(invalid(format!(
+        if pool.k.len() == cfg.num_layers && pool.heads == (cfg.num_kv_heads, cfg.head_dim) {
+            return Ok(());
+        }
+        Err(ModelError::InvalidBatch {
+            index: 0,
+            reason: format!(
                 "a KV pool of {} layers × {:?} (kv_heads, head_dim) for a model of {} × {:?}",
                 pool.k.len(),
                 pool.heads,
                 cfg.num_layers,
                 (cfg.num_kv_heads, cfg.head_dim)
-            )));
-        }
-        if tokens.is_empty() {
-            return Err(invalid("no tokens".into()));
-        }
-        let end = start_pos + tokens.len();
-        if end > self.config.context_length {
-            return Err(ModelError::ContextExceeded { position: end, context: self.config.context_length });
-        }
-        if block_table.len() * pool.block_size < end {
-            return Err(invalid(format!(
-                "block table covers {} positions, need {end}",
-                block_table.len() * pool.block_size
-            )));
-        }
-        if let Some(b) = block_table.iter().find(|b| b.0 as usize >= pool.num_blocks) {
-            return Err(invalid(format!("block {} outside the pool of {} blocks", b.0, pool.num_blocks)));
-        }
-        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-            return Err(ModelError::TokenOutOfRange { token, vocab: self.config.vocab_size });
-        }
-        Ok(())
+            ),
+        })
+    }
+}
+
+/// One sequence's rows of a step, copied out of the stacked batch for its attention, and its
+/// uploaded block table.
+struct SequenceBuffers {
+    q: CudaSlice<f32>,
+    k: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    out: CudaSlice<f32>,
+    table: DeviceBlockTable,
+}
+
+impl SequenceBuffers {
+    fn new(device: &cuda::Device, seq: &SequenceInput<'_>, q_dim: usize, kv_dim: usize) -> Result<Self> {
+        let n = seq.tokens.len();
+        let table: Vec<u32> = seq.block_table.iter().map(|b| b.0).collect();
+        Ok(Self {
+            q: device.zeros(n * q_dim)?,
+            k: device.zeros(n * kv_dim)?,
+            v: device.zeros(n * kv_dim)?,
+            out: device.zeros(n * q_dim)?,
+            table: DeviceBlockTable::upload(device, &table)?,
+        })
     }
 }

@@ -13,7 +13,7 @@ use lcserve_kernels::{AttnShape, PagedKv, tree_attention, tree_depths};
 use rayon::prelude::*;
 
 use crate::attention::{AttentionBackend, logit_scale};
-use crate::config::RopeLayout;
+use crate::config::{ModelConfig, RopeLayout};
 use crate::error::{ModelError, Result};
 use crate::kv_arena::KvArena;
 use crate::model::Model;
@@ -68,6 +68,11 @@ pub struct Logits {
 }
 
 impl Logits {
+    /// `rows.len()` rows of `vocab` logits in `data`, with their origins.
+    pub(crate) fn new(vocab: usize, data: Vec<f32>, rows: Vec<(usize, usize)>) -> Self {
+        Self { vocab, data, rows }
+    }
+
     pub fn len(&self) -> usize {
         self.rows.len()
     }
@@ -97,19 +102,36 @@ impl Logits {
 }
 
 /// Per-row bookkeeping of a stacked batch.
-struct RowMap {
+pub(crate) struct RowMap {
     /// (sequence index, KV slot position) per row.
-    origin: Vec<(usize, usize)>,
+    pub origin: Vec<(usize, usize)>,
     /// RoPE position per row: the slot position, except in draft trees (by depth).
-    rope_pos: Vec<usize>,
+    pub rope_pos: Vec<usize>,
     /// First row of each sequence.
-    first_row: Vec<usize>,
+    pub first_row: Vec<usize>,
+}
+
+impl RowMap {
+    /// The rows of each sequence that want logits, in batch order.
+    pub fn logit_rows(&self, batch: &[SequenceInput<'_>]) -> Vec<usize> {
+        let mut selected = Vec::new();
+        for (seq_idx, seq) in batch.iter().enumerate() {
+            let first = self.first_row[seq_idx];
+            let range = match seq.logits {
+                LogitsWanted::None => continue,
+                LogitsWanted::Last => first + seq.tokens.len() - 1..first + seq.tokens.len(),
+                LogitsWanted::All => first..first + seq.tokens.len(),
+            };
+            selected.extend(range);
+        }
+        selected
+    }
 }
 
 impl Model {
     /// Runs `batch` through the model, appending each sequence's new K/V to `arena`.
     pub fn forward(&self, batch: &[SequenceInput<'_>], arena: &mut KvArena) -> Result<Logits> {
-        let rows = self.validate_batch(batch, arena)?;
+        let rows = validate_batch(&self.config, batch, arena.layout().block_size, arena.num_blocks())?;
         let cfg = &self.config;
         let total = rows.origin.len();
         let (hidden, q_dim, kv_dim) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
@@ -196,57 +218,6 @@ impl Model {
         self.lm_head(batch, &rows, &x)
     }
 
-    /// Checks every batch entry before any KV is written, so a bad request changes nothing.
-    fn validate_batch(&self, batch: &[SequenceInput<'_>], arena: &KvArena) -> Result<RowMap> {
-        let vocab = self.config.vocab_size;
-        let block_size = arena.layout().block_size;
-        let mut origin = Vec::new();
-        let mut rope_pos = Vec::new();
-        let mut first_row = Vec::with_capacity(batch.len());
-        for (index, seq) in batch.iter().enumerate() {
-            let invalid = |reason: String| ModelError::InvalidBatch { index, reason };
-            if seq.tokens.is_empty() {
-                return Err(invalid("no tokens".into()));
-            }
-            let end = seq.start_pos + seq.tokens.len();
-            if end > self.config.context_length {
-                return Err(ModelError::ContextExceeded { position: end, context: self.config.context_length });
-            }
-            if seq.block_table.len() * block_size < end {
-                return Err(invalid(format!(
-                    "block table covers {} positions, need {end}",
-                    seq.block_table.len() * block_size
-                )));
-            }
-            if let Some(&b) = seq.block_table.iter().find(|b| b.0 as usize >= arena.num_blocks()) {
-                return Err(invalid(format!("block {} outside the arena of {} blocks", b.0, arena.num_blocks())));
-            }
-            if let Some(&token) = seq.tokens.iter().find(|&&t| t as usize >= vocab) {
-                return Err(ModelError::TokenOutOfRange { token, vocab });
-            }
-            first_row.push(origin.len());
-            origin.extend((seq.start_pos..end).map(|pos| (index, pos)));
-            match seq.draft_tree {
-                None => rope_pos.extend(seq.start_pos..end),
-                Some(parents) => {
-                    if parents.len() != seq.tokens.len() {
-                        return Err(invalid(format!(
-                            "draft tree of {} rows for {} tokens",
-                            parents.len(),
-                            seq.tokens.len()
-                        )));
-                    }
-                    let depths = tree_depths(parents).map_err(|e| invalid(format!("draft tree: {e}")))?;
-                    if seq.start_pos == 0 && !depths.is_empty() {
-                        return Err(invalid("a draft tree needs the token it follows in the cache".into()));
-                    }
-                    rope_pos.extend(depths.iter().map(|d| seq.start_pos - 1 + d));
-                }
-            }
-        }
-        Ok(RowMap { origin, rope_pos, first_row })
-    }
-
     /// Scatters the rotated keys and the values of every row into the row's block and slot.
     fn write_kv(&self, batch: &[SequenceInput<'_>], rows: &RowMap, qkv: &[f32], layer: usize, arena: &mut KvArena) {
         let (q_dim, kv_dim, d) = (self.config.q_dim(), self.config.kv_dim(), self.config.head_dim);
@@ -269,16 +240,7 @@ impl Model {
     /// Final norm and LM head over the rows that want logits only.
     fn lm_head(&self, batch: &[SequenceInput<'_>], rows: &RowMap, x: &[f32]) -> Result<Logits> {
         let hidden = self.config.hidden_size;
-        let mut selected = Vec::new();
-        for (seq_idx, seq) in batch.iter().enumerate() {
-            let first = rows.first_row[seq_idx];
-            let range = match seq.logits {
-                LogitsWanted::None => continue,
-                LogitsWanted::Last => first + seq.tokens.len() - 1..first + seq.tokens.len(),
-                LogitsWanted::All => first..first + seq.tokens.len(),
-            };
-            selected.extend(range);
-        }
+        let selected = rows.logit_rows(batch);
         let mut gathered = Vec::with_capacity(selected.len() * hidden);
         for &row in &selected {
             gathered.extend_from_slice(&x[row * hidden..(row + 1) * hidden]);
@@ -290,6 +252,62 @@ impl Model {
         if !selected.is_empty() {
             self.weights.lm_head.matmul_with_activations(self.activations, &normed, selected.len(), &mut data)?;
         }
-        Ok(Logits { vocab, data, rows: selected.iter().map(|&r| rows.origin[r]).collect() })
+        Ok(Logits::new(vocab, data, selected.iter().map(|&r| rows.origin[r]).collect()))
     }
+}
+
+/// Checks every batch entry before any KV is written, so a bad request changes nothing; the
+/// rows of the stacked batch. `block_size` and `num_blocks` describe the KV pool.
+pub(crate) fn validate_batch(
+    config: &ModelConfig,
+    batch: &[SequenceInput<'_>],
+    block_size: usize,
+    num_blocks: usize,
+) -> Result<RowMap> {
+    let vocab = config.vocab_size;
+    let mut origin = Vec::new();
+    let mut rope_pos = Vec::new();
+    let mut first_row = Vec::with_capacity(batch.len());
+    for (index, seq) in batch.iter().enumerate() {
+        let invalid = |reason: String| ModelError::InvalidBatch { index, reason };
+        if seq.tokens.is_empty() {
+            return Err(invalid("no tokens".into()));
+        }
+        let end = seq.start_pos + seq.tokens.len();
+        if end > config.context_length {
+            return Err(ModelError::ContextExceeded { position: end, context: config.context_length });
+        }
+        if seq.block_table.len() * block_size < end {
+            return Err(invalid(format!(
+                "block table covers {} positions, need {end}",
+                seq.block_table.len() * block_size
+            )));
+        }
+        if let Some(&b) = seq.block_table.iter().find(|b| b.0 as usize >= num_blocks) {
+            return Err(invalid(format!("block {} outside the pool of {} blocks", b.0, num_blocks)));
+        }
+        if let Some(&token) = seq.tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ModelError::TokenOutOfRange { token, vocab });
+        }
+        first_row.push(origin.len());
+        origin.extend((seq.start_pos..end).map(|pos| (index, pos)));
+        match seq.draft_tree {
+            None => rope_pos.extend(seq.start_pos..end),
+            Some(parents) => {
+                if parents.len() != seq.tokens.len() {
+                    return Err(invalid(format!(
+                        "draft tree of {} rows for {} tokens",
+                        parents.len(),
+                        seq.tokens.len()
+                    )));
+                }
+                let depths = tree_depths(parents).map_err(|e| invalid(format!("draft tree: {e}")))?;
+                if seq.start_pos == 0 && !depths.is_empty() {
+                    return Err(invalid("a draft tree needs the token it follows in the cache".into()));
+                }
+                rope_pos.extend(depths.iter().map(|d| seq.start_pos - 1 + d));
+            }
+        }
+    }
+    Ok(RowMap { origin, rope_pos, first_row })
 }
