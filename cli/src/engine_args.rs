@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use lcserve_engine::{EngineConfig, KvSelection};
+use lcserve_engine::{EngineConfig, EngineDevice, GpuWeights, KvSelection};
 use lcserve_model::{Activations, Model};
 
 /// File name `scripts/fetch-model` gives the reference model.
@@ -112,6 +112,20 @@ pub struct EngineArgs {
     /// Recent tokens the draft model reads each step (its sliding-window cache).
     #[arg(long, env = "LCSERVE_DRAFT_WINDOW", default_value_t = lcserve_engine::DEFAULT_DRAFT_WINDOW)]
     pub draft_window: usize,
+    /// Where the model runs: `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`
+    /// (dense attention and draft trees; sparse prefill, token selection and self-drafting
+    /// requests are refused there).
+    #[arg(long, env = "LCSERVE_DEVICE", default_value = "cpu")]
+    pub device: EngineDevice,
+    /// How a GPU stores the weights: `f32` (the CPU's values) or `bf16` (half the memory).
+    #[arg(long, env = "LCSERVE_GPU_WEIGHTS", value_enum, default_value_t = GpuWeightsArg::F32)]
+    pub gpu_weights: GpuWeightsArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GpuWeightsArg {
+    F32,
+    Bf16,
 }
 
 impl EngineArgs {
@@ -129,6 +143,10 @@ impl EngineArgs {
             sparse_prefill_chunk: self.sparse_prefill_chunk,
             draft_model: self.draft_model.clone(),
             draft_window: self.draft_window,
+            device: self.device.with_weights(match self.gpu_weights {
+                GpuWeightsArg::F32 => GpuWeights::F32,
+                GpuWeightsArg::Bf16 => GpuWeights::Bf16,
+            }),
         }
     }
 }

@@ -13,6 +13,58 @@ pub const DEFAULT_SPARSE_MIN_TOKENS: usize = 8192;
 /// Default `draft_window`: enough recent text for a small model's next few tokens.
 pub const DEFAULT_DRAFT_WINDOW: usize = 128;
 
+/// Where an engine runs its model and keeps its KV pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineDevice {
+    /// The CPU, with the compute threads of `threads`.
+    #[default]
+    Cpu,
+    /// GPU `ordinal` (feature `cuda`; a build without it refuses this at start). Dense
+    /// attention and draft trees only: requests for sparse prefill, token selection or
+    /// self-drafting are refused.
+    Cuda { ordinal: usize, weights: GpuWeights },
+}
+
+impl std::str::FromStr for EngineDevice {
+    type Err = String;
+
+    /// `cpu`, `cuda` (GPU 0) or `cuda:N`, with f32 weights ([`EngineDevice::with_weights`]
+    /// changes them).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let cuda = |ordinal| Self::Cuda { ordinal, weights: GpuWeights::F32 };
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(ordinal)) => Ok(cuda(ordinal)),
+                _ => Err(format!("{s:?} is not cpu, cuda or cuda:N")),
+            },
+        }
+    }
+}
+
+impl EngineDevice {
+    /// The same device with its weights stored as `weights` (no change on the CPU).
+    pub fn with_weights(self, weights: GpuWeights) -> Self {
+        match self {
+            Self::Cpu => Self::Cpu,
+            Self::Cuda { ordinal, .. } => Self::Cuda { ordinal, weights },
+        }
+    }
+}
+
+/// How a GPU engine stores its weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuWeights {
+    /// The CPU path's dequantized values, f32 products.
+    #[default]
+    F32,
+    /// Half the memory and bandwidth, tensor-core products with f32 accumulation.
+    Bf16,
+}
+
 /// How an engine uses its model and memory.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EngineConfig {
@@ -44,6 +96,8 @@ pub struct EngineConfig {
     pub draft_model: Option<PathBuf>,
     /// Recent tokens the draft model reads each step (its sliding-window cache).
     pub draft_window: usize,
+    /// Where the model runs and the KV pool lives.
+    pub device: EngineDevice,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +114,7 @@ impl Default for EngineConfig {
             sparse_prefill_chunk: 2048,
             draft_model: None,
             draft_window: DEFAULT_DRAFT_WINDOW,
+            device: EngineDevice::Cpu,
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use lcserve_common::{Namespace, PrefillMode, SequenceHash, TokenId, sequence_hashes};
 
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, EngineDevice};
 use crate::error::EngineError;
 use crate::kv_transfer::{Exporter, ImportedKv, tail_layout};
 use crate::request::{EngineEvent, FinishReason, GenerateRequest, KvSelection, Timings, Usage};
@@ -158,7 +158,12 @@ impl EngineHandle {
                 .map_err(|e| EngineError::InvalidConfig { field: "sparse_patterns", reason: e.to_string() })?,
             None => HeadPatterns::default_for(&model.config),
         };
-        let kv_tail = format!("kv-f32/acts-{:?}/block{}", model.activations, config.block_size);
+        // KV computed on a GPU matches the CPU's only to rounding: it gets its own namespace.
+        let device_tag = match config.device {
+            EngineDevice::Cpu => String::new(),
+            EngineDevice::Cuda { weights, .. } => format!("/cuda-{weights:?}"),
+        };
+        let kv_tail = format!("kv-f32/acts-{:?}/block{}{device_tag}", model.activations, config.block_size);
         let sparse_kv_config = format!("sparse-{}/{kv_tail}", patterns.hash()).into();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(config.threads)
@@ -211,9 +216,11 @@ impl EngineHandle {
         Namespace::new(cache_salt, self.model.fingerprint, &self.kv_config)
     }
 
-    /// Whether a prompt of `prompt_len` tokens prefills sparsely under `mode`.
+    /// Whether a prompt of `prompt_len` tokens prefills sparsely under `mode` (`auto` stays
+    /// dense on a GPU engine, which has no sparse kernels wired in yet).
     pub fn prefills_sparsely(&self, mode: PrefillMode, prompt_len: usize) -> bool {
-        mode.is_sparse(prompt_len, self.config.sparse_min_tokens)
+        let on_gpu = self.config.device != EngineDevice::Cpu;
+        mode.is_sparse(prompt_len, self.config.sparse_min_tokens) && !(on_gpu && mode == PrefillMode::Auto)
     }
 
     /// The block namespace of a request: sparse-prefilled KV is not bit-identical to dense KV,
@@ -333,6 +340,8 @@ impl EngineHandle {
         if !stop.ignore_eos {
             stop.stop_token_ids.extend(self.model.tokenizer.eos_ids());
         }
+        let self_drafting = matches!(request.speculation, Speculation::SelfDraft);
+        self.check_device_support(request.prefill_mode, request.kv_selection.is_some(), self_drafting)?;
         let sampler = Sampler::new(request.sampling, model_config.vocab_size)?;
         let token_select = request.kv_selection.map(|s| self.token_select(&s)).transpose()?;
         let self_draft = matches!(request.speculation, Speculation::SelfDraft)
@@ -387,6 +396,29 @@ impl EngineHandle {
             self_draft,
             spans: SequenceSpans::new(tracing::Span::current()),
         })
+    }
+
+    /// A GPU engine computes dense attention and draft trees only: requests for what needs the
+    /// CPU's other attention backends are refused, naming the field.
+    fn check_device_support(
+        &self,
+        prefill_mode: PrefillMode,
+        kv_selection: bool,
+        self_drafting: bool,
+    ) -> Result<(), EngineError> {
+        let EngineDevice::Cuda { ordinal, .. } = self.config.device else { return Ok(()) };
+        let unsupported = [
+            ("prefill_mode", prefill_mode == PrefillMode::Sparse, "sparse prefill"),
+            ("kv_selection", kv_selection, "token selection"),
+            ("speculation", self_drafting, "self-drafting"),
+        ];
+        match unsupported.into_iter().find(|(_, asked, _)| *asked) {
+            Some((field, _, what)) => Err(EngineError::InvalidRequest {
+                field,
+                reason: format!("{what} runs on the CPU only, and this engine runs on cuda:{ordinal}"),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The decode attention of a TokenSelect request, after checking its settings.

@@ -14,7 +14,9 @@
 //! `block_size` replaced by its token count (see [`tail_layout`]).
 
 use lcserve_common::{BlockId, KvLayout, SequenceHash};
-use lcserve_model::KvArena;
+
+use crate::error::EngineError;
+use crate::executor::Executor;
 
 /// KV of a prompt's leading blocks, computed elsewhere, for the engine to start from.
 #[derive(Clone, Debug, Default)]
@@ -57,48 +59,6 @@ pub fn tail_layout(layout: &KvLayout, tokens: usize) -> KvLayout {
     KvLayout { block_size: tokens, ..*layout }
 }
 
-/// Copies the first `tokens` positions of pool block `block` into the compact layout of
-/// [`tail_layout`] (all of it when `tokens` is the block size).
-pub(crate) fn copy_out(arena: &KvArena, block: BlockId, tokens: usize) -> Vec<f32> {
-    let layout = *arena.layout();
-    if tokens == layout.block_size {
-        return arena.block(block).to_vec();
-    }
-    let run = tokens * layout.head_dim;
-    let stride = layout.block_size * layout.head_dim;
-    let mut out = Vec::with_capacity(tail_layout(&layout, tokens).elems_per_block());
-    for layer in 0..layout.layers {
-        let (keys, values) = arena.layer(block, layer);
-        for side in [keys, values] {
-            for head in side.chunks_exact(stride) {
-                out.extend_from_slice(&head[..run]);
-            }
-        }
-    }
-    out
-}
-
-/// Writes `data` (compact, `tokens` positions) into the first positions of pool block `block`.
-/// The caller has checked `data.len()` against [`tail_layout`].
-pub(crate) fn copy_in(arena: &mut KvArena, block: BlockId, tokens: usize, data: &[f32]) {
-    let layout = *arena.layout();
-    if tokens == layout.block_size {
-        arena.block_mut(block).copy_from_slice(data);
-        return;
-    }
-    let run = tokens * layout.head_dim;
-    let stride = layout.block_size * layout.head_dim;
-    let mut source = data.chunks_exact(run);
-    for layer in 0..layout.layers {
-        let (keys, values) = arena.layer_mut(block, layer);
-        for side in [keys, values] {
-            for (head, src) in side.chunks_exact_mut(stride).zip(source.by_ref()) {
-                head[..run].copy_from_slice(src);
-            }
-        }
-    }
-}
-
 /// Where a sequence's export stands.
 #[derive(Debug)]
 pub(crate) struct Exporter {
@@ -115,22 +75,23 @@ impl Exporter {
     }
 
     /// Copies of the blocks that filled since the last call. `tokens[..computed]` have their KV
-    /// in `blocks` (the block table); the prompt is `tokens[..prompt_len]`.
+    /// in `blocks` (the block table); the prompt is `tokens[..prompt_len]`. Errors only when
+    /// a GPU pool cannot be read.
     pub fn collect(
         &mut self,
-        arena: &KvArena,
+        executor: &Executor,
+        block_size: usize,
         tokens: &[lcserve_common::TokenId],
         computed: usize,
         prompt_len: usize,
         blocks: &[BlockId],
-    ) -> Vec<KvBlock> {
-        let block_size = arena.layout().block_size;
+    ) -> Result<Vec<KvBlock>, EngineError> {
         let mut out = Vec::new();
         while (self.next + 1) * block_size <= computed {
             let index = self.next;
             self.hash = lcserve_common::chain_hash(self.hash, &tokens[index * block_size..(index + 1) * block_size]);
             if index >= self.request.from_block {
-                let data = copy_out(arena, blocks[index], block_size);
+                let data = executor.read_block(blocks[index], block_size)?;
                 out.push(KvBlock { index, hash: self.hash, tokens: block_size, data });
             }
             self.next += 1;
@@ -140,9 +101,9 @@ impl Exporter {
         if self.request.tail && !self.tail_sent && tail > 0 && computed >= prompt_len && self.next == tail_index {
             self.tail_sent = true;
             let hash = lcserve_common::chain_hash(self.hash, &tokens[tail_index * block_size..prompt_len]);
-            let data = copy_out(arena, blocks[tail_index], tail);
+            let data = executor.read_block(blocks[tail_index], tail)?;
             out.push(KvBlock { index: tail_index, hash, tokens: tail, data });
         }
-        out
+        Ok(out)
     }
 }

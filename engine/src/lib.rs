@@ -33,6 +33,7 @@ mod block_allocator;
 mod config;
 mod engine;
 mod error;
+mod executor;
 mod kv_transfer;
 mod request;
 mod sampler;
@@ -43,7 +44,7 @@ mod step_times;
 mod stop_text;
 
 pub use block_allocator::{BlockAllocator, BlockAllocatorError, PoolExhausted};
-pub use config::{DEFAULT_DRAFT_WINDOW, DEFAULT_SPARSE_MIN_TOKENS, EngineConfig};
+pub use config::{DEFAULT_DRAFT_WINDOW, DEFAULT_SPARSE_MIN_TOKENS, EngineConfig, EngineDevice, GpuWeights};
 pub use engine::{Completion, EngineHandle, EventStream};
 pub use error::EngineError;
 pub use kv_transfer::{ExportKv, ImportedKv, KvBlock, tail_layout};

@@ -14,13 +14,14 @@ use std::time::Instant;
 
 use lcserve_common::{BlockId, SequenceHash, TokenId, chain_hash, sequence_hashes};
 use lcserve_model::{
-    AttentionBackend, DenseAttention, HeadPatterns, KvArena, LogitsWanted, Model, SequenceInput, SparseAttention,
+    AttentionBackend, DenseAttention, HeadPatterns, LogitsWanted, Model, SequenceInput, SparseAttention,
 };
 
 use crate::block_allocator::BlockAllocator;
 use crate::config::EngineConfig;
 use crate::error::EngineError;
-use crate::kv_transfer::{ImportedKv, copy_in};
+use crate::executor::Executor;
+use crate::kv_transfer::ImportedKv;
 use crate::request::{EngineEvent, FinishReason, Timings, TokenLogprobs};
 use crate::sequence::Sequence;
 use crate::speculative::{DEFAULT_DRAFT_NODES, DEFAULT_DRAFT_TOKENS, DraftTree, argmax};
@@ -45,7 +46,8 @@ pub struct EngineStats {
 pub(crate) struct Scheduler {
     model: Arc<Model>,
     config: EngineConfig,
-    arena: KvArena,
+    /// The model's forward and the KV pool, on the CPU or a GPU.
+    executor: Executor,
     allocator: BlockAllocator,
     waiting: VecDeque<Sequence>,
     running: Vec<Sequence>,
@@ -81,7 +83,7 @@ impl Scheduler {
         }
         let allocator = BlockAllocator::new(num_blocks)?;
         Ok(Self {
-            arena: KvArena::new(layout, num_blocks),
+            executor: Executor::new(Arc::clone(&model), config.device, layout, num_blocks)?,
             allocator,
             model,
             config,
@@ -189,7 +191,7 @@ impl Scheduler {
                     }
                 })
                 .collect();
-            self.model.forward(&inputs, &mut self.arena)
+            self.executor.forward(&inputs)
         };
         let sparse_stats: Vec<_> = sparse.iter().map(|s| s.as_ref().map(SparseAttention::stats)).collect();
         drop(sparse);
@@ -198,7 +200,6 @@ impl Scheduler {
             Ok(logits) => logits,
             Err(error) => {
                 // A model error fails the sequences of this step, not the engine.
-                let error = EngineError::from(error);
                 let mut failed: Vec<usize> = slots.iter().map(|s| s.seq).collect();
                 failed.sort_unstable();
                 for index in failed.into_iter().rev() {
@@ -227,7 +228,7 @@ impl Scheduler {
                 // Verify first: only accepted drafts become KV that may be cached or exported.
                 let rows: Vec<&[f32]> = logits.rows_of(batch_index).collect();
                 let accepted_before = seq.speculative_accepted;
-                match verify_draft(seq, slot, &rows, &mut self.arena, self.model.config.context_length) {
+                match verify_draft(seq, slot, &rows, &mut self.executor, self.model.config.context_length) {
                     Ok(None) => {}
                     Ok(Some(reason)) => finished.push((slot.seq, Ok(reason))),
                     Err(error) => finished.push((slot.seq, Err(error))),
@@ -244,9 +245,23 @@ impl Scheduler {
                 register_full_blocks(seq, &mut self.allocator, self.config.block_size);
             }
             if let Some(exporter) = &mut seq.exporter {
-                let blocks = exporter.collect(&self.arena, &seq.tokens, seq.computed, seq.prompt_len, &seq.blocks);
-                if !blocks.is_empty() {
-                    let _ = seq.events.send(EngineEvent::Kv(blocks));
+                let block_size = self.config.block_size;
+                match exporter.collect(
+                    &self.executor,
+                    block_size,
+                    &seq.tokens,
+                    seq.computed,
+                    seq.prompt_len,
+                    &seq.blocks,
+                ) {
+                    Ok(blocks) if blocks.is_empty() => {}
+                    Ok(blocks) => {
+                        let _ = seq.events.send(EngineEvent::Kv(blocks));
+                    }
+                    Err(error) => {
+                        finished.push((slot.seq, Err(error)));
+                        continue;
+                    }
                 }
             }
             if !slot.draft.is_empty() {
@@ -317,7 +332,14 @@ impl Scheduler {
                     seq.blocks.extend(fresh);
                     seq.cached_tokens.get_or_insert(seq.computed);
                     if let Some(import) = seq.import.take() {
-                        let computed = write_imported(&mut self.arena, &seq, import, reusable);
+                        let computed = match write_imported(&mut self.executor, block_size, &seq, import, reusable) {
+                            Ok(computed) => computed,
+                            Err(error) => {
+                                self.release_blocks(&mut seq);
+                                fail(seq, error);
+                                continue;
+                            }
+                        };
                         seq.imported_tokens = computed - seq.computed;
                         seq.computed = computed;
                         if self.config.prefix_caching {
@@ -436,7 +458,7 @@ impl Scheduler {
                 Err(_) => draft_len = self.running[index].blocks.len() * block_size - start,
             }
         }
-        let Self { model, arena, running, .. } = self;
+        let Self { executor, running, .. } = self;
         let seq = &running[index];
         let Some(attention) = &seq.self_draft else { return Vec::new() };
         let mut draft = Vec::with_capacity(draft_len);
@@ -450,7 +472,7 @@ impl Scheduler {
                 attention,
                 draft_tree: None,
             }];
-            match model.forward(&batch, arena) {
+            match executor.forward(&batch) {
                 Ok(logits) => match logits.last_of(0) {
                     Some(row) => input = argmax(row),
                     None => break,
@@ -536,29 +558,34 @@ fn register_full_blocks(seq: &mut Sequence, allocator: &mut BlockAllocator, bloc
 /// Writes the imported KV that continues the sequence's pooled prefix into its fresh blocks
 /// (never past block `reusable`), and returns how many tokens now have KV. Imported blocks that
 /// start after a gap are of no use and are dropped.
-fn write_imported(arena: &mut KvArena, seq: &Sequence, import: ImportedKv, reusable: usize) -> usize {
-    let block_size = arena.layout().block_size;
+fn write_imported(
+    executor: &mut Executor,
+    block_size: usize,
+    seq: &Sequence,
+    import: ImportedKv,
+    reusable: usize,
+) -> Result<usize, EngineError> {
     let mut ready = seq.computed / block_size;
     if import.first_block > ready {
-        return seq.computed;
+        return Ok(seq.computed);
     }
     for data in import.blocks.iter().skip(ready - import.first_block) {
         if ready >= reusable {
-            return ready * block_size;
+            return Ok(ready * block_size);
         }
-        copy_in(arena, seq.blocks[ready], block_size, data);
+        executor.write_block(seq.blocks[ready], block_size, data)?;
         ready += 1;
     }
     let tail = seq.prompt_len % block_size;
     // A tail is usable when every full block before it is there and a token after it (one
     // already generated) is left to run for logits.
-    match import.tail {
+    Ok(match import.tail {
         Some(data) if ready == seq.prompt_len / block_size && tail > 0 && seq.tokens.len() > seq.prompt_len => {
-            copy_in(arena, seq.blocks[ready], tail, &data);
+            executor.write_block(seq.blocks[ready], tail, &data)?;
             seq.prompt_len
         }
         _ => ready * block_size,
-    }
+    })
 }
 
 /// Samples the next token from `row`, streams it, and says whether the sequence is done.
@@ -601,7 +628,7 @@ fn verify_draft(
     seq: &mut Sequence,
     slot: &Slot,
     rows: &[&[f32]],
-    arena: &mut KvArena,
+    executor: &mut Executor,
     context_length: usize,
 ) -> Result<Option<FinishReason>, EngineError> {
     let tree = &slot.draft;
@@ -620,7 +647,7 @@ fn verify_draft(
         if let Some(child) = child {
             let depth = tree.nodes()[child].depth;
             if child + 1 != depth {
-                arena.copy_position(&seq.blocks, committed + child, committed - 1 + depth);
+                executor.copy_position(&seq.blocks, committed + child, committed - 1 + depth)?;
             }
             seq.computed += 1;
             seq.speculative_accepted += 1;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use lcserve_engine::{
-    EngineConfig, EngineError, EngineEvent, EngineHandle, FinishReason, GenerateRequest, SamplingParams,
+    EngineConfig, EngineDevice, EngineError, EngineEvent, EngineHandle, FinishReason, GenerateRequest, GpuWeights,
+    SamplingParams,
 };
 use lcserve_model::{ChatMessage, Model};
 
@@ -191,7 +192,29 @@ fn invalid_config_is_refused() {
     let mut tiny_pool = config(16, 64, &model);
     tiny_pool.kv_cache_bytes = 10;
     assert!(matches!(
-        EngineHandle::start(model, tiny_pool),
+        EngineHandle::start(model.clone(), tiny_pool),
         Err(EngineError::InvalidConfig { field: "kv_cache_bytes", .. })
     ));
+    // A GPU engine is refused with a reason, never a panic: this build has no `cuda` feature,
+    // and with it this machine has no driver.
+    let gpu = EngineConfig { device: "cuda:1".parse().expect("device"), ..config(16, 64, &model) };
+    assert_eq!(gpu.device, EngineDevice::Cuda { ordinal: 1, weights: GpuWeights::F32 });
+    match EngineHandle::start(model, gpu) {
+        Err(EngineError::InvalidConfig { field: "device", reason }) => {
+            assert!(reason.contains("cuda") || reason.contains("CUDA"), "{reason}")
+        }
+        other => panic!("a GPU engine here: {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn devices_parse_from_their_flag_values() {
+    assert_eq!("cpu".parse::<EngineDevice>(), Ok(EngineDevice::Cpu));
+    assert_eq!("cuda".parse::<EngineDevice>(), Ok(EngineDevice::Cuda { ordinal: 0, weights: GpuWeights::F32 }));
+    let bf16 = "cuda:3".parse::<EngineDevice>().map(|d| d.with_weights(GpuWeights::Bf16));
+    assert_eq!(bf16, Ok(EngineDevice::Cuda { ordinal: 3, weights: GpuWeights::Bf16 }));
+    for bad in ["gpu", "cuda:", "cuda:x", "CPU", "cuda:-1"] {
+        let err = bad.parse::<EngineDevice>().expect_err(bad);
+        assert!(err.contains("cpu, cuda or cuda:N"), "{bad}: {err}");
+    }
 }
