@@ -123,7 +123,8 @@ fn check_ops(device: &Device, rng: &mut StdRng, report: &mut Report) -> Check {
                 RopeStyle::Neox => ops::rope_neox(&mut cpu, 3, head_dim, &positions_usize, &table)?,
             }
             let mut gpu = device.upload(&x)?;
-            cuda::rope(device, style, &mut gpu, 3, head_dim, &positions, &device_table)?;
+            let on_device = cuda::DevicePositions::upload(device, &positions)?;
+            cuda::rope(device, style, &mut gpu, 3, head_dim, &on_device, &device_table)?;
             report.compare(&format!("rope {style:?} hd {head_dim} pairs {pairs}"), &device.download(&gpu)?, &cpu);
         }
     }

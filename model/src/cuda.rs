@@ -21,7 +21,8 @@ use std::sync::Arc;
 
 use lcserve_common::BlockId;
 use lcserve_kernels::cuda::{
-    self, Blas, CudaSlice, DeviceBlockTable, DeviceMatrix, DevicePagedKv, DeviceRope, RopeStyle, WeightType,
+    self, Blas, CudaSlice, DeviceBlockTable, DeviceMatrix, DevicePagedKv, DevicePositions, DeviceRope, RopeStyle,
+    WeightType,
 };
 use lcserve_kernels::{AttnShape, QMatrix};
 use rayon::prelude::*;
@@ -309,6 +310,7 @@ impl DeviceModel {
         }
         let mut x = device.upload(&x_host)?;
         let positions: Vec<u32> = rows.rope_pos.iter().map(|&p| p as u32).collect();
+        let positions = DevicePositions::upload(device, &positions)?;
         let zeros = |len: usize| device.zeros::<f32>(len);
         let (mut h, mut proj) = (zeros(total * hidden)?, zeros(total * hidden)?);
         let (mut q, mut attn) = (zeros(total * q_dim)?, zeros(total * q_dim)?);

@@ -143,7 +143,8 @@ impl Blas {
                 .map_err(blas_error)?;
             }
             Data::Bf16(weights) => {
-                let mut x_bf16 = stream.alloc_zeros::<u16>(n * k).map_err(super::device::driver)?;
+                // SAFETY: every element is written by `to_bf16` before the product reads it.
+                let mut x_bf16 = unsafe { stream.alloc::<u16>(n * k) }.map_err(super::device::driver)?;
                 to_bf16(device, x, &mut x_bf16)?;
                 let (a, _a) = weights.device_ptr(stream);
                 let (b, _b) = x_bf16.device_ptr(stream);

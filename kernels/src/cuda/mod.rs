@@ -63,6 +63,6 @@ pub use kv::{
     write_positions,
 };
 #[cfg(feature = "cuda")]
-pub use ops::{DeviceRope, RopeStyle, add, add_rows, rms_norm, rope, silu_mul};
+pub use ops::{DevicePositions, DeviceRope, RopeStyle, add, add_rows, rms_norm, rope, silu_mul};
 #[cfg(feature = "cuda")]
 pub use select::select_tokens;

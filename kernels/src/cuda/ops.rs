@@ -78,6 +78,35 @@ impl DeviceRope {
     }
 }
 
+/// Token positions on device, uploaded once per step and shared by every RoPE launch of it.
+#[derive(Debug)]
+pub struct DevicePositions {
+    device: CudaSlice<u32>,
+    len: usize,
+    /// One past the largest position (0 when empty).
+    end: usize,
+}
+
+impl DevicePositions {
+    /// Uploads `positions`.
+    pub fn upload(device: &Device, positions: &[u32]) -> Result<Self> {
+        let end = positions.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
+        // A zero-length device buffer cannot be allocated: keep one unused element.
+        let device = device.upload(if positions.is_empty() { &[0] } else { positions })?;
+        Ok(Self { device, len: positions.len(), end })
+    }
+
+    /// Number of positions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// RoPE in place on `x = [positions.len()][heads][head_dim]`.
 pub fn rope(
     device: &Device,
@@ -85,23 +114,22 @@ pub fn rope(
     x: &mut CudaSlice<f32>,
     heads: usize,
     head_dim: usize,
-    positions: &[u32],
+    positions: &DevicePositions,
     table: &DeviceRope,
 ) -> Result<()> {
     const OP: &str = "cuda::rope";
     if 2 * table.pairs > head_dim {
         return invalid(OP, format!("{} rotary pairs exceed head_dim {head_dim}", table.pairs));
     }
-    check_len(OP, "x", x, positions.len() * heads * head_dim)?;
-    if let Some(p) = positions.iter().find(|&&p| p as usize >= table.max_positions) {
-        return invalid(OP, format!("position {p} beyond RoPE table of {}", table.max_positions));
+    check_len(OP, "x", x, positions.len * heads * head_dim)?;
+    if positions.end > table.max_positions {
+        return invalid(OP, format!("position {} beyond RoPE table of {}", positions.end - 1, table.max_positions));
     }
-    let items = positions.len() * heads * table.pairs;
+    let items = positions.len * heads * table.pairs;
     if items == 0 {
         return Ok(());
     }
-    let positions_dev = device.upload(positions)?;
-    let (tokens, heads_i) = (int(OP, "tokens", positions.len())?, int(OP, "heads", heads)?);
+    let (tokens, heads_i) = (int(OP, "tokens", positions.len)?, int(OP, "heads", heads)?);
     let (hd, pairs) = (int(OP, "head_dim", head_dim)?, int(OP, "pairs", table.pairs)?);
     let entry = match style {
         RopeStyle::Interleaved => "rope_interleaved_f32",
@@ -109,7 +137,7 @@ pub fn rope(
     };
     let function = device.function("rope", entry)?;
     let mut launch = device.stream().launch_builder(&function);
-    launch.arg(x).arg(&table.cos).arg(&table.sin).arg(&positions_dev);
+    launch.arg(x).arg(&table.cos).arg(&table.sin).arg(&positions.device);
     launch.arg(&tokens).arg(&heads_i).arg(&hd).arg(&pairs);
     // SAFETY: the signature matches rope.cu; lengths and positions checked above.
     unsafe { launch.launch(per_item(OP, items)?) }.map_err(driver)?;
