@@ -10,7 +10,9 @@
 //!   ([`EngineHandle::request_namespace`]).
 //! - [`BlockAllocator`] is the paged pool's bookkeeping: reference-counted blocks, prefix
 //!   retention by chained [`lcserve_common::SequenceHash`], LRU eviction. The K/V bytes live in
-//!   the model crate's `KvArena`.
+//!   the executor (`executor`, private): the model crate's `KvArena` beside `Model::forward` on
+//!   the CPU, or, with feature `cuda` and [`EngineDevice::Cuda`], a `DeviceKvPool` in GPU memory
+//!   beside `DeviceModel::forward`.
 //! - [`ImportedKv`] / [`ExportKv`] (`kv_transfer`): KV in and out of the pool, so workers share
 //!   it through the KV store: a request may bring its prompt's leading blocks (and tail) and ask
 //!   for copies of its blocks as they fill.
