@@ -259,6 +259,9 @@ impl Scheduler {
                         let _ = seq.events.send(EngineEvent::Kv(blocks));
                     }
                     Err(error) => {
+                        // A GPU pool that cannot be read fails the sequence, whatever its
+                        // verification decided.
+                        finished.retain(|(index, _)| *index != slot.seq);
                         finished.push((slot.seq, Err(error)));
                         continue;
                     }
