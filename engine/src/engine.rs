@@ -344,9 +344,7 @@ impl EngineHandle {
         self.check_device_support(request.prefill_mode, request.kv_selection.is_some(), self_drafting)?;
         let sampler = Sampler::new(request.sampling, model_config.vocab_size)?;
         let token_select = request.kv_selection.map(|s| self.token_select(&s)).transpose()?;
-        let self_draft = matches!(request.speculation, Speculation::SelfDraft)
-            .then(|| self.token_select(&SELF_DRAFT_SELECTION))
-            .transpose()?;
+        let self_draft = self_drafting.then(|| self.token_select(&SELF_DRAFT_SELECTION)).transpose()?;
         let sparse_prefill = self.prefills_sparsely(request.prefill_mode, prompt_len);
         let namespace = self.request_namespace(&request.cache_salt, request.prefill_mode, prompt_len);
         let mut text = StopText::new(self.model.tokenizer.clone(), stop.stop_strings.clone());
