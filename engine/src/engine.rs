@@ -474,8 +474,11 @@ impl EngineHandle {
 }
 
 /// What a self-drafting pass attends to: a constant budget of the cached keys whatever the
-/// context length (the LongSpec / MagicDec idea of a constant-memory drafter).
-const SELF_DRAFT_SELECTION: KvSelection = KvSelection { budget: 512, sink: 16, window: 128, reuse_threshold: 0.9 };
+/// context length (the LongSpec / MagicDec idea of a constant-memory drafter). Each draft
+/// cycle selects once, at its first pass, and its later passes reuse that selection (threshold
+/// -1: any query), so only one pass per cycle scores every cached key; the scheduler clears the
+/// selection before each cycle.
+const SELF_DRAFT_SELECTION: KvSelection = KvSelection { budget: 512, sink: 16, window: 128, reuse_threshold: -1.0 };
 
 /// The engine loop: block for commands while idle, otherwise step and drain commands between
 /// steps.

@@ -464,6 +464,8 @@ impl Scheduler {
         let Self { executor, running, .. } = self;
         let seq = &running[index];
         let Some(attention) = &seq.self_draft else { return Vec::new() };
+        // A fresh selection for this cycle, made by its first pass and reused by the rest.
+        attention.reset();
         let mut draft = Vec::with_capacity(draft_len);
         let mut input = seq.tokens[start];
         while draft.len() < draft_len {
