@@ -61,7 +61,6 @@ pub struct DeviceModel {
     device: Arc<cuda::Device>,
     blas: Blas,
     config: ModelConfig,
-    weight_type: WeightType,
     /// Host copy: a step's rows are dequantized on lookup.
     embedding: QMatrix,
     layers: Vec<DeviceLayer>,
@@ -98,21 +97,6 @@ impl DeviceKvPool {
         let k = (0..cfg.num_layers).map(|_| layer()).collect::<Result<Vec<_>, _>>()?;
         let v = (0..cfg.num_layers).map(|_| layer()).collect::<Result<Vec<_>, _>>()?;
         Ok(Self { k, v, block_size, num_blocks, heads: (cfg.num_kv_heads, cfg.head_dim) })
-    }
-
-    /// Tokens per block.
-    pub fn block_size(&self) -> usize {
-        self.block_size
-    }
-
-    /// Blocks in the pool.
-    pub fn num_blocks(&self) -> usize {
-        self.num_blocks
-    }
-
-    /// Bytes of device memory the pool holds.
-    pub fn bytes(&self) -> usize {
-        self.k.iter().chain(&self.v).map(|b| b.len() * 4).sum()
     }
 
     /// Values of one side of one layer of one block.
@@ -247,7 +231,6 @@ impl DeviceModel {
         Ok(Self {
             blas: Blas::new(&device)?,
             config: cfg.clone(),
-            weight_type,
             embedding: model.weights.token_embedding.clone(),
             layers,
             output_norm: device.upload(&model.weights.output_norm)?,
@@ -258,19 +241,9 @@ impl DeviceModel {
         })
     }
 
-    /// The model's config.
-    pub fn config(&self) -> &ModelConfig {
-        &self.config
-    }
-
     /// The GPU the weights live on.
     pub fn device(&self) -> &Arc<cuda::Device> {
         &self.device
-    }
-
-    /// How the matrices are stored.
-    pub fn weight_type(&self) -> WeightType {
-        self.weight_type
     }
 
     /// Bytes of matrices read by one step: every layer's and the LM head.

@@ -5,8 +5,8 @@
 //! Row-major `out = x · Wᵀ` is column-major `outᵀ = W · xᵀ`: cuBLAS sees `W` (stored `[m][k]`,
 //! i.e. column-major `k × m`) transposed and `x` (column-major `k × n`) as is. bf16 weights
 //! multiply activations rounded to bf16 by [`super::ops`]' conversion kernel; the product is
-//! written in f32 (`cublasGemmEx`, `CUBLAS_COMPUTE_32F`). f32 weights use `cublasSgemm`, whose
-//! default math mode keeps full f32 (no TF32).
+//! written in f32. Both go through one `cublasGemmEx` call with `CUBLAS_COMPUTE_32F`, which
+//! keeps full f32 arithmetic (no TF32: that is `CUBLAS_COMPUTE_32F_FAST_TF32`).
 
 use cudarc::cublas::{CudaBlas, result, sys};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
@@ -76,6 +76,14 @@ impl DeviceMatrix {
     }
 }
 
+/// `x` rounded to bf16 (raw bits) in a new buffer.
+fn rounded_to_bf16(device: &Device, x: &CudaSlice<f32>) -> Result<CudaSlice<u16>> {
+    // SAFETY: every element is written by `to_bf16` before anything reads it.
+    let mut out = unsafe { device.stream().alloc::<u16>(x.len()) }.map_err(super::device::driver)?;
+    to_bf16(device, x, &mut out)?;
+    Ok(out)
+}
+
 /// A cuBLAS handle on a device's stream.
 #[derive(Debug)]
 pub struct Blas {
@@ -115,68 +123,47 @@ impl Blas {
         let (m_i, n_i, k_i) = (int(OP, "m", m)?, int(OP, "n", n)?, int(OP, "k", k)?);
         let (alpha, beta) = (1.0f32, 0.0f32);
         let stream = device.stream();
-        match &w.data {
+        // bf16 weights multiply the activations rounded to bf16; f32 weights multiply them as is.
+        let x_bf16;
+        let (a, b, input_type, _records) = match &w.data {
             Data::F32(weights) => {
-                let (a, _a) = weights.device_ptr(stream);
-                let (b, _b) = x.device_ptr(stream);
-                let (c, _c) = out.device_ptr_mut(stream);
-                // SAFETY: a is m × k, b is n × k, c is n × m (checked above), all on the
-                // handle's stream; the records keep them alive until the call is queued.
-                unsafe {
-                    result::sgemm(
-                        *self.blas.handle(),
-                        sys::cublasOperation_t::CUBLAS_OP_T,
-                        sys::cublasOperation_t::CUBLAS_OP_N,
-                        m_i,
-                        n_i,
-                        k_i,
-                        &alpha,
-                        a as *const f32,
-                        k_i,
-                        b as *const f32,
-                        k_i,
-                        &beta,
-                        c as *mut f32,
-                        m_i,
-                    )
-                }
-                .map_err(blas_error)?;
+                let ((a, ra), (b, rb)) = (weights.device_ptr(stream), x.device_ptr(stream));
+                (a, b, sys::cudaDataType_t::CUDA_R_32F, (ra, rb))
             }
             Data::Bf16(weights) => {
-                // SAFETY: every element is written by `to_bf16` before the product reads it.
-                let mut x_bf16 = unsafe { stream.alloc::<u16>(n * k) }.map_err(super::device::driver)?;
-                to_bf16(device, x, &mut x_bf16)?;
-                let (a, _a) = weights.device_ptr(stream);
-                let (b, _b) = x_bf16.device_ptr(stream);
-                let (c, _c) = out.device_ptr_mut(stream);
-                // SAFETY: as above, with bf16 inputs and an f32 output (a supported GemmEx
-                // combination with 32F compute).
-                unsafe {
-                    result::gemm_ex(
-                        *self.blas.handle(),
-                        sys::cublasOperation_t::CUBLAS_OP_T,
-                        sys::cublasOperation_t::CUBLAS_OP_N,
-                        m_i,
-                        n_i,
-                        k_i,
-                        (&alpha as *const f32).cast(),
-                        a as *const _,
-                        sys::cudaDataType_t::CUDA_R_16BF,
-                        k_i,
-                        b as *const _,
-                        sys::cudaDataType_t::CUDA_R_16BF,
-                        k_i,
-                        (&beta as *const f32).cast(),
-                        c as *mut _,
-                        sys::cudaDataType_t::CUDA_R_32F,
-                        m_i,
-                        sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                        sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                    )
-                }
-                .map_err(blas_error)?;
+                x_bf16 = rounded_to_bf16(device, x)?;
+                let ((a, ra), (b, rb)) = (weights.device_ptr(stream), x_bf16.device_ptr(stream));
+                (a, b, sys::cudaDataType_t::CUDA_R_16BF, (ra, rb))
             }
+        };
+        let (c, _c) = out.device_ptr_mut(stream);
+        // SAFETY: a is m × k, b is n × k (both `input_type`), c is n × m f32 (checked above), all
+        // on the handle's stream; the records keep them alive until the call is queued. Both
+        // input types with an f32 output and 32F compute are supported GemmEx combinations.
+        unsafe {
+            result::gemm_ex(
+                *self.blas.handle(),
+                sys::cublasOperation_t::CUBLAS_OP_T,
+                sys::cublasOperation_t::CUBLAS_OP_N,
+                m_i,
+                n_i,
+                k_i,
+                (&alpha as *const f32).cast(),
+                a as *const _,
+                input_type,
+                k_i,
+                b as *const _,
+                input_type,
+                k_i,
+                (&beta as *const f32).cast(),
+                c as *mut _,
+                sys::cudaDataType_t::CUDA_R_32F,
+                m_i,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
         }
+        .map_err(blas_error)?;
         Ok(())
     }
 }

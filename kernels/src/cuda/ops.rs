@@ -95,16 +95,6 @@ impl DevicePositions {
         let device = device.upload(if positions.is_empty() { &[0] } else { positions })?;
         Ok(Self { device, len: positions.len(), end })
     }
-
-    /// Number of positions.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 /// RoPE in place on `x = [positions.len()][heads][head_dim]`.
