@@ -3,8 +3,9 @@
 //!
 //! [`DeviceModel::upload`] copies a loaded model's weights to the device once: every matrix
 //! dequantized on the host and stored as f32 (the CPU path's exact values, products through
-//! `cublasSgemm`) or bf16 (half the bytes, tensor-core products with f32 accumulation). The
-//! token embedding stays on the host, where a step's rows are dequantized as on the CPU.
+//! `cublasGemmEx` with f32 compute) or bf16 (half the bytes, tensor-core products with f32
+//! accumulation). The token embedding stays on the host, where a step's rows are dequantized
+//! as on the CPU.
 //! [`DeviceKvPool`] is the paged KV pool in device memory, laid out like
 //! [`crate::KvArena`]'s blocks, one K and one V buffer per layer.
 //!
