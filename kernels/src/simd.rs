@@ -32,6 +32,20 @@ pub fn has_avx512() -> bool {
     }
 }
 
+/// True when the AVX-512 VNNI integer tiles of 8-bit-activation matmuls may run: everything
+/// [`has_avx512`] needs plus AVX-512BW (byte masks) and VNNI (`vpdpbusd`).
+#[inline]
+pub fn has_avx512_vnni() -> bool {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        has_avx512() && std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+    {
+        false
+    }
+}
+
 /// Portable versions; also the reference the AVX2 versions are tested against.
 pub(crate) mod scalar {
     #[inline]

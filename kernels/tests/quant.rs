@@ -309,6 +309,9 @@ fn matmul_all_paths(ty: QuantType, cols_list: &[usize]) {
                 let simd = run(Activations::Int8, MatmulKernel::Simd);
                 worst_int = worst_int.max(check(&format!("{tag} int8 simd"), &simd, &want, &scale, 1e-2));
                 check(&format!("{tag} int8 simd==gemm"), &simd, &to64(&gemm), &scale, 1e-5);
+                // On AVX-512 VNNI CPUs `Simd` is the VNNI tiles, `Avx2` the row-at-a-time kernel.
+                let avx2 = run(Activations::Int8, MatmulKernel::Avx2);
+                check(&format!("{tag} int8 simd==avx2"), &simd, &to64(&avx2), &scale, 1e-5);
                 if scalar {
                     let sc = run(Activations::Int8, MatmulKernel::Scalar);
                     check(&format!("{tag} int8 scalar"), &sc, &want, &scale, 1e-2);
@@ -359,29 +362,35 @@ fn matmul_floats() {
 /// A row's product must not depend on the batch it shares a step with: plain decoding, a
 /// speculative verification batch and a continuous batch of other sequences all give the
 /// same logits bit for bit. Checked for every small-batch kernel and every batch size below
-/// the GEMM threshold, on awkward row counts (register-tile tails).
+/// the GEMM threshold (up to 100 rows), in both activation modes, on awkward row counts
+/// (register-tile tails).
 #[test]
 fn small_batch_rows_are_bitwise_batch_invariant() {
     let mut rng = StdRng::seed_from_u64(11);
     for (ty, rows, cols) in [(QuantType::Q4_1, 67, 576), (QuantType::Q4_0, 9, 96), (QuantType::Q8_0, 131, 160)] {
         let m = random_matrix(&mut rng, ty, rows, cols);
-        let n_max = Activations::F32.gemm_min_n() - 1;
-        let x = randv(&mut rng, n_max * cols);
-        for kernel in [MatmulKernel::Auto, MatmulKernel::Simd, MatmulKernel::Avx2, MatmulKernel::Scalar] {
-            let alone: Vec<Vec<f32>> = x
-                .chunks_exact(cols)
-                .map(|xr| {
-                    let mut out = vec![f32::NAN; rows];
-                    m.matmul_with(Activations::F32, kernel, xr, 1, &mut out).unwrap();
-                    out
-                })
-                .collect();
-            for n in 2..=n_max {
-                let mut out = vec![f32::NAN; n * rows];
-                m.matmul_with(Activations::F32, kernel, &x[..n * cols], n, &mut out).unwrap();
-                for (i, row) in out.chunks_exact(rows).enumerate() {
-                    let same = row.iter().zip(&alone[i]).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{ty:?} {kernel:?}: row {i} of a batch of {n} differs from the row alone");
+        for acts in [Activations::F32, Activations::Int8] {
+            let n_max = acts.gemm_min_n().min(101) - 1;
+            let x = randv(&mut rng, n_max * cols);
+            for kernel in [MatmulKernel::Auto, MatmulKernel::Simd, MatmulKernel::Avx2, MatmulKernel::Scalar] {
+                let alone: Vec<Vec<f32>> = x
+                    .chunks_exact(cols)
+                    .map(|xr| {
+                        let mut out = vec![f32::NAN; rows];
+                        m.matmul_with(acts, kernel, xr, 1, &mut out).unwrap();
+                        out
+                    })
+                    .collect();
+                for n in 2..=n_max {
+                    let mut out = vec![f32::NAN; n * rows];
+                    m.matmul_with(acts, kernel, &x[..n * cols], n, &mut out).unwrap();
+                    for (i, row) in out.chunks_exact(rows).enumerate() {
+                        let same = row.iter().zip(&alone[i]).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(
+                            same,
+                            "{ty:?} {acts:?} {kernel:?}: row {i} of a batch of {n} differs from the row alone"
+                        );
+                    }
                 }
             }
         }

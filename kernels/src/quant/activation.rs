@@ -47,11 +47,13 @@ fn round_i8(v: f32) -> i8 {
     ((v + MAGIC) - MAGIC) as i8
 }
 
-/// Rounds half away from zero, as C's `roundf` in ggml's `q8_0`/`q8_1` quantizers.
+/// Rounds half away from zero, as C's `roundf` in ggml's `q8_0`/`q8_1` quantizers. The
+/// conversion truncates toward zero like `trunc` (exact for the |v| ≤ 127.5 seen here, 0 for
+/// NaN), without the libm call `trunc` is on baseline x86-64.
 #[inline(always)]
 fn round_away_i8(v: f32) -> i8 {
-    let t = v.trunc();
-    let r = if (v - t).abs() >= 0.5 { t + v.signum() } else { t };
+    let t = v as i32;
+    let r = if (v - t as f32).abs() >= 0.5 { t + v.signum() as i32 } else { t };
     r as i8
 }
 

@@ -2,10 +2,14 @@
 
 use std::fmt;
 use std::sync::Arc;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+use std::sync::OnceLock;
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 use super::packed::Packed;
 use super::types::QuantType;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+use super::vnni::VnniWeights;
 use crate::error::{KernelError, Result, check_len};
 
 /// The bytes of a weight. Either owned, or a window into a shared buffer so that a
@@ -81,6 +85,10 @@ pub struct QMatrix {
     /// source for every other path.
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     packed: Option<Arc<Packed>>,
+    /// Lane-per-block copy for the VNNI integer tiles, built by the first 8-bit-activation
+    /// product that wants it (only models run with `Activations::Int8` pay its memory).
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    vnni: OnceLock<Option<Arc<VnniWeights>>>,
 }
 
 impl QMatrix {
@@ -114,6 +122,8 @@ impl QMatrix {
             data,
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             packed,
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            vnni: OnceLock::new(),
         })
     }
 
@@ -170,6 +180,20 @@ impl QMatrix {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     pub(crate) fn packed(&self) -> Option<&Packed> {
         self.packed.as_deref()
+    }
+
+    /// The lane-per-block copy for the VNNI tiles, built on first use; `None` where this
+    /// CPU lacks AVX-512 VNNI or the type has no such layout.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    pub(crate) fn vnni(&self) -> Option<&VnniWeights> {
+        self.vnni
+            .get_or_init(|| {
+                if !crate::simd::has_avx512_vnni() {
+                    return None;
+                }
+                VnniWeights::new(self.ty, self.rows, self.cols, self.bytes(), self.row_bytes).map(Arc::new)
+            })
+            .as_deref()
     }
 
     /// Bytes of row `r`; `r < rows` is the caller's invariant.

@@ -6,7 +6,9 @@
 //!   registers (the default [`Activations::F32`] mode); [`tile_f32_avx512`]: the same
 //!   product as register tiles of several weight and activation rows, on AVX-512 CPUs.
 //! * [`activation`]: 8-bit quantization of activations for the opt-in integer kernels
-//!   ([`Activations::Int8`]); [`dot_scalar`], [`dot_avx2`]: their row·activation dot products.
+//!   ([`Activations::Int8`]); [`dot_scalar`], [`dot_avx2`]: their row·activation dot products;
+//!   [`tile_int8_avx512`]: register tiles of them on AVX-512 VNNI CPUs, over the
+//!   lane-per-block layouts of [`vnni`].
 //! * [`packed`]: the repacked layout the AVX2 kernels of both modes use for the 32-element
 //!   block types, and the matching activation layouts.
 //! * [`matrix`]: [`QMatrix`] and its storage [`WeightData`].
@@ -27,7 +29,11 @@ mod matrix;
 mod packed;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 mod tile_f32_avx512;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+mod tile_int8_avx512;
 mod types;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+mod vnni;
 
 pub use matmul::{Activations, MatmulKernel};
 pub use matrix::{QMatrix, WeightData};

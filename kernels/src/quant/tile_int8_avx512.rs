@@ -1,0 +1,154 @@
+//! AVX-512 VNNI register tiles: a group of 16 weight rows in the row-interleaved layout
+//! (`vnni`) times `K` rows of 8-bit activations — the small-batch kernel of
+//! [`super::Activations::Int8`] on CPUs with AVX-512 VNNI.
+//!
+//! Per block, activation row and row group: eight `vpdpbusd` (the activation's four-byte
+//! runs broadcast to every lane, two independent chains), one conversion and one FMA with
+//! `d_w · d_a`, and for `Q4_1` a second FMA adding `m_w · s_a` (`Q4_0` and `Q8_0` subtract
+//! their offset correction from the integer sum instead): 11–12 instructions per 512
+//! multiply-adds. The f32 tiles need 32 FMAs for as many, plus dequantizing and a horizontal
+//! sum per output; here the lanes are the outputs. The group's weights are unpacked once per
+//! block and meet all `K` activation rows.
+//!
+//! **Row invariance**, as for the f32 tiles: each output is one lane of its own accumulator,
+//! fed the same instructions block by block whatever `K` is and whatever rows share its
+//! group, so a row's product is bitwise the same alone or among other rows of a batch.
+//!
+//! Every function here requires AVX-512F/BW/VNNI and F16C; callers check with
+//! [`crate::simd::has_avx512_vnni`] first. Loops, not closures, build the register arrays
+//! (a closure does not inherit `target_feature`).
+
+#[cfg(target_arch = "x86")]
+use std::arch::x86::*;
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use super::matmul::{SharedOut, rows_per_task};
+use super::types::{QK, QuantType};
+use super::vnni::{GROUP_ROWS, VnniActRow, VnniActs, VnniWeights};
+
+/// Most activation rows per register tile: 6 accumulators and 12 integer chains next to the
+/// 8 weight operands and 2 scale vectors of a block.
+const ACT_GROUP: usize = 6;
+
+/// Row group `group` of `w` times activation rows `a`: `out[k][l]` is output row
+/// `16·group + l` of activation row `k`, `Σ_blocks d_w d_a Σ q_w q_a (+ m_w s_a)` (0 for
+/// padding rows).
+///
+/// # Safety
+/// AVX-512F/BW/VNNI and F16C must be available; `group` is a row group of `w`; every `a[k]`
+/// is a row of [`VnniActs`] quantized for `w`'s type and block count.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+pub(crate) unsafe fn tile<const K: usize>(
+    w: &VnniWeights,
+    group: usize,
+    a: [VnniActRow<'_>; K],
+) -> [[f32; GROUP_ROWS]; K] {
+    let (q8, has_m) = (w.ty == QuantType::Q8_0, w.ty == QuantType::Q4_1);
+    let (header, stride) = (VnniWeights::header_bytes(w.ty), VnniWeights::block_stride(w.ty));
+    let rows = w.group(group);
+    let nibbles = _mm512_set1_epi8(0xF);
+    let mut acc = [_mm512_setzero_ps(); K];
+    for b in 0..w.nb {
+        let block = &rows[b * stride..(b + 1) * stride];
+        let p = block.as_ptr();
+        // SAFETY: a block holds `header` bytes of f16 scales (and minimums) then 256 (4-bit)
+        // or 512 (`Q8_0`) quant bytes: every load below stays inside `block`.
+        let (wd, wm, ops) = unsafe {
+            let wd = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+            let wm = if has_m { _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i)) } else { wd };
+            let q = p.add(header) as *const __m512i;
+            let mut ops = [_mm512_setzero_si512(); 8];
+            for j in 0..4 {
+                if q8 {
+                    ops[2 * j] = _mm512_loadu_si512(q.add(2 * j));
+                    ops[2 * j + 1] = _mm512_loadu_si512(q.add(2 * j + 1));
+                } else {
+                    let v = _mm512_loadu_si512(q.add(j));
+                    ops[2 * j] = _mm512_and_si512(v, nibbles);
+                    ops[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibbles);
+                }
+            }
+            (wd, wm, ops)
+        };
+        for k in 0..K {
+            let quants = &a[k].q[b * QK..(b + 1) * QK];
+            let mut even = _mm512_setzero_si512();
+            let mut odd = _mm512_setzero_si512();
+            for c in (0..8).step_by(2) {
+                even = _mm512_dpbusd_epi32(even, ops[c], _mm512_set1_epi32(run_of_four(quants, c)));
+                odd = _mm512_dpbusd_epi32(odd, ops[c + 1], _mm512_set1_epi32(run_of_four(quants, c + 1)));
+            }
+            let mut sum = _mm512_add_epi32(even, odd);
+            let term = a[k].terms[b];
+            if !has_m {
+                sum = _mm512_sub_epi32(sum, _mm512_set1_epi32(term as i32));
+            }
+            let scale = _mm512_mul_ps(wd, _mm512_set1_ps(a[k].scales[b]));
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[k]);
+            if has_m {
+                acc[k] = _mm512_fmadd_ps(wm, _mm512_set1_ps(f32::from_bits(term)), acc[k]);
+            }
+        }
+    }
+    let mut out = [[0f32; GROUP_ROWS]; K];
+    for k in 0..K {
+        // SAFETY: `out[k]` holds 16 floats.
+        unsafe { _mm512_storeu_ps(out[k].as_mut_ptr(), acc[k]) };
+    }
+    out
+}
+
+/// Activation quants `4c..4c + 4` as the little-endian `i32` that `vpdpbusd` broadcasts.
+#[inline(always)]
+fn run_of_four(quants: &[i8], c: usize) -> i32 {
+    i32::from_le_bytes(std::array::from_fn(|t| quants[4 * c + t] as u8))
+}
+
+/// `out = x · Wᵀ` for the `n` rows of `acts`: tasks own chunks of row groups, and every group
+/// meets every tile of activation rows while its weights are in L1. Only called after
+/// [`crate::simd::has_avx512_vnni`] succeeded, with `acts` quantized for `w`.
+pub(super) fn matmul_tiles(w: &VnniWeights, acts: &VnniActs, n: usize, out: &mut [f32]) {
+    let rows = w.rows;
+    let chunk = rows_per_task(rows, w.nb * QK * n, GROUP_ROWS) / GROUP_ROWS;
+    let dst = SharedOut::new(out);
+    let groups = w.groups();
+    (0..groups.div_ceil(chunk)).into_par_iter().for_each(|t| {
+        let act_rows: Vec<VnniActRow<'_>> = (0..n).map(|i| acts.row(i)).collect();
+        for group in t * chunk..groups.min((t + 1) * chunk) {
+            let lanes = (rows - group * GROUP_ROWS).min(GROUP_ROWS);
+            for (tile_index, tile_rows) in act_rows.chunks(ACT_GROUP).enumerate() {
+                run_tile(w, group, tile_rows, tile_index * ACT_GROUP, lanes, dst, rows);
+            }
+        }
+    });
+}
+
+/// Runs the tile of row group `group` × activation rows `a` (rows `i0..` of the batch) and
+/// writes its first `lanes` outputs per row to `dst` (`n × rows`, row-major).
+fn run_tile(w: &VnniWeights, group: usize, a: &[VnniActRow<'_>], i0: usize, lanes: usize, dst: SharedOut, rows: usize) {
+    macro_rules! run {
+        ($k:literal) => {{
+            let ar: [VnniActRow<'_>; $k] = std::array::from_fn(|j| a[j]);
+            // SAFETY: VNNI support was checked by the caller; `group` is a row group of `w`
+            // and `ar` rows quantized for its type and block count.
+            let res = unsafe { tile::<$k>(w, group, ar) };
+            for (i, vals) in res.iter().enumerate() {
+                for (l, &x) in vals[..lanes].iter().enumerate() {
+                    // SAFETY: output row `16·group + l` belongs to this task's row groups.
+                    unsafe { dst.write((i0 + i) * rows + group * GROUP_ROWS + l, x) };
+                }
+            }
+        }};
+    }
+    match a.len() {
+        1 => run!(1),
+        2 => run!(2),
+        3 => run!(3),
+        4 => run!(4),
+        5 => run!(5),
+        _ => run!(6),
+    }
+}
