@@ -91,11 +91,16 @@ pub(crate) fn quantize_block(xb: &[f32], q: &mut [i8], rounding: SumRounding) ->
         sum += *q as i32;
     }
     let d16 = half::f16::from_f32(d);
-    let s = match rounding {
+    (d16.to_f32(), block_sum(d16, sum, rounding))
+}
+
+/// A block's `d · Σq` from its f16 scale and integer sum, rounded as `rounding` says.
+#[inline]
+pub(crate) fn block_sum(d16: half::f16, sum: i32, rounding: SumRounding) -> f32 {
+    match rounding {
         SumRounding::Exact => d16.to_f32() * sum as f32,
         SumRounding::F16 => (half::f16::from_f32(sum as f32) * d16).to_f32(),
-    };
-    (d16.to_f32(), s)
+    }
 }
 
 /// `x` replaced by its 8-bit activation approximation (`d · q` per block), the values the

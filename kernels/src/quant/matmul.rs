@@ -182,6 +182,17 @@ impl SharedOut {
         // SAFETY: in bounds (checked above); exclusivity is the caller's contract.
         unsafe { *self.ptr.add(idx) = v }
     }
+
+    /// Writes `values` at `idx..idx + values.len()`.
+    ///
+    /// # Safety
+    /// No other thread may access that range concurrently.
+    #[inline]
+    pub(super) unsafe fn write_run(self, idx: usize, values: &[f32]) {
+        assert!(idx + values.len() <= self.len, "SharedOut run {idx}+{} out of {}", values.len(), self.len);
+        // SAFETY: in bounds (checked above); exclusivity is the caller's contract.
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(idx), values.len()) }
+    }
 }
 
 /// Rows per task: enough tasks for load balance (≈4 per thread), each with ≥ MIN_TASK_MACS.

@@ -22,14 +22,16 @@
 //! ```
 //!
 //! That is as many bytes per 16 rows as GGUF's, so decode streams no more memory. The
-//! activations are ggml's 8-bit blocks (`activation::quantize_block`): quants, scale `d_a`,
+//! activations are ggml's 8-bit blocks (bit for bit `activation::quantize_block`'s, with
+//! AVX-512): quants, scale `d_a`,
 //! and either the `Q4_1` minimum term `s = d_a Σq` or, for `Q4_0` and `Q8_0`, the integer
 //! correction `offset · Σq` that removes the weights' offset (8 for `Q4_0` nibbles, 128 for
 //! the shifted `Q8_0` quants) from a block's integer sum.
 
 use rayon::prelude::*;
 
-use super::activation::{SumRounding, quantize_block};
+use super::activation::{SumRounding, block_sum};
+use super::tile_int8_avx512::quantize_block;
 use super::types::{QK, QuantType};
 
 /// Weight rows per row group: the i32 lanes of one register.
@@ -154,12 +156,13 @@ impl VnniActs {
         rows.zip(per_row).with_min_len(4).for_each(|((xr, q), (scales, terms))| {
             let blocks = xr.chunks_exact(QK).zip(q.chunks_exact_mut(QK));
             for ((xb, q), (scale, term)) in blocks.zip(scales.iter_mut().zip(terms.iter_mut())) {
-                let (d, s) = quantize_block(xb, q, SumRounding::for_weights(ty));
-                *scale = d;
+                // SAFETY: these layouts are only built once `has_avx512_vnni()` succeeded.
+                let (d16, sum) = unsafe { quantize_block(xb, q) };
+                *scale = d16.to_f32();
                 *term = if ty == QuantType::Q4_1 {
-                    s.to_bits()
+                    block_sum(d16, sum, SumRounding::F16).to_bits()
                 } else {
-                    (offset * q.iter().map(|&v| v as i32).sum::<i32>()) as u32
+                    (offset * sum) as u32
                 };
             }
         });
