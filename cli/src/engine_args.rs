@@ -73,6 +73,9 @@ impl ModelArgs {
             anyhow::ensure!(positions > 0, "--context-length must be positive");
             model.set_context_length(positions);
         }
+        // Repack the weights for the chosen mode now, for commands that run the model
+        // without an engine too; engines call it again, which costs nothing.
+        model.prepare();
         bar.finish_and_clear();
         Ok(Arc::new(model))
     }

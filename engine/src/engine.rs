@@ -170,10 +170,15 @@ impl EngineHandle {
             .thread_name(|i| format!("lcserve-compute-{i}"))
             .build()
             .map_err(|e| EngineError::InvalidConfig { field: "threads", reason: e.to_string() })?;
+        if config.device == EngineDevice::Cpu {
+            // A GPU engine multiplies with its uploaded copy instead.
+            pool.install(|| model.prepare());
+        }
         let draft = match &config.draft_model {
             Some(path) => {
                 let loaded = Model::load(path, &mut |_| {})
                     .map_err(|e| EngineError::InvalidConfig { field: "draft_model", reason: e.to_string() })?;
+                pool.install(|| loaded.prepare());
                 let drafter = DraftModelDrafter::new(Arc::new(loaded), &model, config.draft_window)?;
                 Some(Arc::new(drafter) as Arc<dyn Drafter>)
             }

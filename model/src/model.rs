@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lcserve_common::{KvLayout, ModelFingerprint};
-use lcserve_kernels::Activations;
 use lcserve_kernels::ops::RopeTable;
+use lcserve_kernels::{Activations, QMatrix};
 use lcserve_text::{ChatTemplate, Tokenizer};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::config::ModelConfig;
@@ -63,6 +64,9 @@ pub struct Model {
     pub activations: Activations,
     /// RoPE cos/sin for every position of the context (scaling applied).
     pub(crate) rope: RopeTable,
+    /// The mapped GGUF file the weights point into, whose pages [`Model::prepare`] drops
+    /// from resident memory once the repacked copies exist.
+    mapping: Option<Arc<memmap2::Mmap>>,
 }
 
 impl Model {
@@ -91,8 +95,10 @@ impl Model {
                 }
                 None => None,
             };
-            let model = Self::assemble(path, ModelFormat::Gguf, config, &source, tokenizer, chat_template, progress)?;
+            let mut model =
+                Self::assemble(path, ModelFormat::Gguf, config, &source, tokenizer, chat_template, progress)?;
             source.release_resident_pages();
+            model.mapping = Some(source.mapping());
             Ok(model)
         }
     }
@@ -142,6 +148,7 @@ impl Model {
             summary,
             activations: Activations::F32,
             rope,
+            mapping: None,
         })
     }
 
@@ -158,6 +165,23 @@ impl Model {
     pub fn truncate_layers(&mut self, layers: usize) {
         self.weights.layers.truncate(layers);
         self.config.num_layers = self.weights.layers.len();
+    }
+
+    /// Builds the repacked weight copies the matrix products of [`Model::activations`] read
+    /// (in parallel on the current rayon pool), which each product would otherwise build on
+    /// first use, inside a request. Engines call it once at start, after the mode is set.
+    pub fn prepare(&self) {
+        let layers = self.weights.layers.iter();
+        let mut matrices: Vec<&QMatrix> = layers
+            .flat_map(|l| {
+                l.qkv.parts().into_iter().chain([&l.attn_output]).chain(l.gate_up.parts()).chain([&l.ffn_down])
+            })
+            .collect();
+        matrices.push(&self.weights.lm_head);
+        matrices.par_iter().for_each(|m| m.prepare(self.activations));
+        if let Some(mapping) = &self.mapping {
+            crate::source::release_resident_pages(mapping);
+        }
     }
 
     /// The KV block shape of this model at `block_size` tokens per block.

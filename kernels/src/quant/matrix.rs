@@ -5,6 +5,7 @@ use std::sync::Arc;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 use std::sync::OnceLock;
 
+use super::matmul::Activations;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 use super::packed::Packed;
 use super::types::QuantType;
@@ -80,13 +81,15 @@ pub struct QMatrix {
     cols: usize,
     row_bytes: usize,
     data: WeightData,
-    /// Decode-friendly copy for the AVX2 small-batch kernels of both activation modes
-    /// (`Q4_0`, `Q4_1`, `Q8_0` on CPUs with AVX2); the GGUF bytes in `data` remain the
-    /// source for every other path.
+    /// Decode-friendly copy for the AVX2 and AVX-512 f32 kernels, the GEMM path's decoding
+    /// and the AVX2 integer kernels (`Q4_0`, `Q4_1`, `Q8_0` on CPUs with AVX2); the GGUF bytes
+    /// in `data` remain the source for every other path. Built by [`QMatrix::prepare`] or the
+    /// first product that reads it, so a matrix only ever used for lookups (an embedding)
+    /// never pays for it.
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    packed: Option<Arc<Packed>>,
-    /// Lane-per-block copy for the VNNI integer tiles, built by the first 8-bit-activation
-    /// product that wants it (only models run with `Activations::Int8` pay its memory).
+    packed: OnceLock<Option<Arc<Packed>>>,
+    /// Row-interleaved copy for the VNNI integer tiles, built likewise: only matrices run
+    /// with `Activations::Int8` on VNNI CPUs pay its memory (and then never build `packed`).
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     vnni: OnceLock<Option<Arc<VnniWeights>>>,
 }
@@ -108,12 +111,6 @@ impl QMatrix {
             detail: format!("{rows} rows of {row_bytes} bytes overflow usize"),
         })?;
         check_len("QMatrix::new", "data", data.as_bytes().len(), expected)?;
-        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        let packed = if crate::simd::has_avx2_fma() {
-            Packed::new(ty, rows, cols, data.as_bytes(), row_bytes).map(Arc::new)
-        } else {
-            None
-        };
         Ok(Self {
             ty,
             rows,
@@ -121,7 +118,7 @@ impl QMatrix {
             row_bytes,
             data,
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            packed,
+            packed: OnceLock::new(),
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             vnni: OnceLock::new(),
         })
@@ -176,10 +173,29 @@ impl QMatrix {
         Ok(())
     }
 
-    /// The repacked copy, if this type has one and AVX2 is available.
+    /// Builds now the repacked copy that products in mode `acts` read, which the first such
+    /// product would otherwise build (a pass over the weights): models call this for every
+    /// matrix at load so that no request pays for it.
+    pub fn prepare(&self, acts: Activations) {
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        if acts != Activations::Int8 || self.vnni().is_none() {
+            self.packed();
+        }
+        let _ = acts;
+    }
+
+    /// The repacked copy, built on first use; `None` where this type has none or AVX2 is
+    /// missing.
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     pub(crate) fn packed(&self) -> Option<&Packed> {
-        self.packed.as_deref()
+        self.packed
+            .get_or_init(|| {
+                if !crate::simd::has_avx2_fma() {
+                    return None;
+                }
+                Packed::new(self.ty, self.rows, self.cols, self.bytes(), self.row_bytes).map(Arc::new)
+            })
+            .as_deref()
     }
 
     /// The lane-per-block copy for the VNNI tiles, built on first use; `None` where this
@@ -200,5 +216,28 @@ impl QMatrix {
     #[inline]
     pub(crate) fn row(&self, r: usize) -> &[u8] {
         &self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+}
+
+#[cfg(all(test, any(target_arch = "x86", target_arch = "x86_64")))]
+mod tests {
+    use super::*;
+
+    /// Each mode builds the one copy its kernels read, and only when asked or used: an
+    /// `Int8` model on a VNNI CPU must not also hold the f32 kernels' copy.
+    #[test]
+    fn prepare_builds_only_the_copy_the_mode_reads() {
+        let values: Vec<f32> = (0..64 * 96).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+        let fresh = || QMatrix::quantize(QuantType::Q4_1, 64, 96, &values).expect("valid shape");
+        let m = fresh();
+        assert!(m.packed.get().is_none() && m.vnni.get().is_none(), "nothing is built at construction");
+        m.prepare(Activations::F32);
+        assert_eq!(m.packed.get().is_some_and(Option::is_some), crate::simd::has_avx2_fma());
+        assert!(m.vnni.get().is_none());
+        let m = fresh();
+        m.prepare(Activations::Int8);
+        let vnni = crate::simd::has_avx512_vnni();
+        assert_eq!(m.vnni.get().is_some_and(Option::is_some), vnni);
+        assert_eq!(m.packed.get().is_some(), !vnni, "the f32 kernels' copy only where VNNI is missing");
     }
 }

@@ -18,8 +18,8 @@
 //! Padding blocks have zero scales and zero quants, so they contribute exactly 0. The same
 //! layout serves the f32-activation kernels (`dot_f32_avx2`: one 8-byte widening load gives
 //! 8 elements of both blocks of a pair) and the integer ones (`dot_avx2`). Built once
-//! per matrix when the AVX2 kernels are available (a pass over the weights at load time, as
-//! llama.cpp's repacking buffers do). The GEMM path decodes from it too, so once every matrix
+//! per matrix when the AVX2 kernels are available (a pass over the weights, at load time
+//! through `QMatrix::prepare` as llama.cpp's repacking buffers do, else at first use). The GEMM path decodes from it too, so once every matrix
 //! is built a memory-mapped model file is no longer read on the hot path and its pages can be
 //! released; the scalar paths still read the GGUF bytes.
 

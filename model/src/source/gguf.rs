@@ -15,6 +15,16 @@ use crate::config::{Architecture, ModelConfig, RopeConfig, RopeLayout, RopeScali
 use crate::error::{ModelError, Result};
 
 /// An opened GGUF file.
+/// Drops a mapped model file's pages from this process's resident memory. Matrices keep
+/// decode-ready copies ([`crate::Model::prepare`]), so afterwards the file is read only for the
+/// odd embedding row, which faults its page back in; without this, every weight would count
+/// twice in resident memory.
+pub fn release_resident_pages(mmap: &Mmap) {
+    // SAFETY: MADV_DONTNEED on a read-only, file-backed, private mapping only discards clean
+    // page-cache references; later reads fault the same bytes back in from the file.
+    let _ = unsafe { mmap.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+}
+
 pub struct GgufSource {
     path: PathBuf,
     mmap: Arc<Mmap>,
@@ -50,13 +60,15 @@ impl GgufSource {
         Ok(source)
     }
 
-    /// Drops the file's pages from this process's resident memory. Matrices keep a decode-ready
-    /// copy, so after loading the file is read only for the odd embedding row, which faults its
-    /// page back in; without this, every weight would count twice in resident memory.
+    /// Drops the file's pages from this process's resident memory (see
+    /// [`release_resident_pages`]).
     pub fn release_resident_pages(&self) {
-        // SAFETY: MADV_DONTNEED on a read-only, file-backed, private mapping only discards clean
-        // page-cache references; later reads fault the same bytes back in from the file.
-        let _ = unsafe { self.mmap.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        release_resident_pages(&self.mmap);
+    }
+
+    /// The mapped file, which the weights' bytes point into.
+    pub fn mapping(&self) -> Arc<Mmap> {
+        Arc::clone(&self.mmap)
     }
 
     pub fn path(&self) -> &Path {

@@ -6,7 +6,7 @@
 mod gguf;
 mod hf;
 
-pub use gguf::GgufSource;
+pub use gguf::{GgufSource, release_resident_pages};
 pub use hf::HfSource;
 
 use lcserve_kernels::{QuantType, WeightData};
