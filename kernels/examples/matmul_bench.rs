@@ -128,7 +128,11 @@ fn run(threads: usize) {
         );
     }
 
-    println!("\nsmall-batch kernels with f32 activations, AVX-512 tiles against AVX2 (us per call):");
+    println!(
+        "\nsmall-batch kernels (us per call): f32 activations, AVX-512 tiles against AVX2; 8-bit \
+         activations, VNNI tiles (vnni = {}) against AVX2; and the best of each mode",
+        lcserve_kernels::simd::has_avx512_vnni()
+    );
     for (name, ty, rows, cols) in [
         ("gate/up", QuantType::Q4_1, 1536, 576),
         ("down", QuantType::Q4_1, 576, 1536),
@@ -138,7 +142,19 @@ fn run(threads: usize) {
         for n in [1usize, 2, 3, 4, 6, 8, 16] {
             let tiles = bench(&m, n, Activations::F32, MatmulKernel::Simd);
             let avx2 = bench(&m, n, Activations::F32, MatmulKernel::Avx2);
-            println!("  {name:<8} n={n:<3} tiles {:>8.1}  avx2 {:>8.1}  x{:.2}", tiles * 1e6, avx2 * 1e6, avx2 / tiles);
+            let int_tiles = bench(&m, n, Activations::Int8, MatmulKernel::Simd);
+            let int_avx2 = bench(&m, n, Activations::Int8, MatmulKernel::Avx2);
+            println!(
+                "  {name:<8} n={n:<3} f32: tiles {:>8.1} avx2 {:>8.1} x{:.2}  int8: tiles {:>8.1} avx2 {:>8.1} x{:.2}  \
+                 int8 tiles vs f32 tiles x{:.2}",
+                tiles * 1e6,
+                avx2 * 1e6,
+                avx2 / tiles,
+                int_tiles * 1e6,
+                int_avx2 * 1e6,
+                int_avx2 / int_tiles,
+                tiles / int_tiles
+            );
         }
     }
 
