@@ -41,11 +41,7 @@ const ACT_GROUP: usize = 6;
 /// AVX-512F/BW/VNNI and F16C must be available; `group` is a row group of `w`; every `a[k]`
 /// is a row of [`VnniActs`] quantized for `w`'s type and block count.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-pub(crate) unsafe fn tile<const K: usize>(
-    w: &VnniWeights,
-    group: usize,
-    a: [VnniActRow<'_>; K],
-) -> [[f32; GROUP_ROWS]; K] {
+unsafe fn tile<const K: usize>(w: &VnniWeights, group: usize, a: [VnniActRow<'_>; K]) -> [[f32; GROUP_ROWS]; K] {
     let (q8, has_m) = (w.ty == QuantType::Q8_0, w.ty == QuantType::Q4_1);
     let (header, stride) = (VnniWeights::header_bytes(w.ty), VnniWeights::block_stride(w.ty));
     let rows = w.group(group);
