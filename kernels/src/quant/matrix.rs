@@ -198,7 +198,7 @@ impl QMatrix {
             .as_deref()
     }
 
-    /// The lane-per-block copy for the VNNI tiles, built on first use; `None` where this
+    /// The row-interleaved copy for the VNNI tiles, built on first use; `None` where this
     /// CPU lacks AVX-512 VNNI or the type has no such layout.
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     pub(crate) fn vnni(&self) -> Option<&VnniWeights> {

@@ -8,7 +8,7 @@
 //! * [`activation`]: 8-bit quantization of activations for the opt-in integer kernels
 //!   ([`Activations::Int8`]); [`dot_scalar`], [`dot_avx2`]: their row·activation dot products;
 //!   [`tile_int8_avx512`]: register tiles of them on AVX-512 VNNI CPUs, over the
-//!   lane-per-block layouts of [`vnni`].
+//!   row-interleaved weights and matching activations of [`vnni`].
 //! * [`packed`]: the repacked layout the AVX2 kernels of both modes use for the 32-element
 //!   block types, and the matching activation layouts.
 //! * [`matrix`]: [`QMatrix`] and its storage [`WeightData`].
