@@ -18,28 +18,47 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts on a free port.
     pub fn start() -> RedisServer {
-        RedisServer::start_on(free_port())
+        RedisServer::launch_on_free_ports(|| {
+            let [port] = free_ports();
+            (port, None, Vec::new())
+        })
     }
 
     /// Starts on `port` (e.g. the port of a server killed earlier) and waits for `PING`.
     pub fn start_on(port: u16) -> RedisServer {
-        RedisServer::launch(port, None, &[])
+        RedisServer::launch(port, None, &[]).unwrap_or_else(|reason| panic!("{reason}"))
     }
 
     /// Starts with TLS on a second port ([`Self::tls_url`]) with the PEM `cert`/`key`, asking
     /// clients for a certificate signed by `ca` but not requiring one (the plain port stays
     /// for the readiness `PING`).
     pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> RedisServer {
-        let tls_port = free_port();
-        let mut args =
-            vec!["--tls-port".to_owned(), tls_port.to_string(), "--tls-auth-clients".into(), "optional".into()];
-        for (flag, path) in [("--tls-cert-file", cert), ("--tls-key-file", key), ("--tls-ca-cert-file", ca)] {
-            args.extend([flag.to_owned(), path.display().to_string()]);
-        }
-        RedisServer::launch(free_port(), Some(tls_port), &args)
+        RedisServer::launch_on_free_ports(|| {
+            let [port, tls_port] = free_ports();
+            let mut args =
+                vec!["--tls-port".to_owned(), tls_port.to_string(), "--tls-auth-clients".into(), "optional".into()];
+            for (flag, path) in [("--tls-cert-file", cert), ("--tls-key-file", key), ("--tls-ca-cert-file", ca)] {
+                args.extend([flag.to_owned(), path.display().to_string()]);
+            }
+            (port, Some(tls_port), args)
+        })
     }
 
-    fn launch(port: u16, tls_port: Option<u16>, extra: &[String]) -> RedisServer {
+    /// Launches on the ports `pick` chooses, picking again when the server exits before
+    /// answering: a free port can be taken by another process between the pick and the bind.
+    fn launch_on_free_ports(pick: impl Fn() -> (u16, Option<u16>, Vec<String>)) -> RedisServer {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let (port, tls_port, args) = pick();
+            match RedisServer::launch(port, tls_port, &args) {
+                Ok(server) => return server,
+                Err(reason) => failures.push(reason),
+            }
+        }
+        panic!("redis-server did not start: {}", failures.join("; "))
+    }
+
+    fn launch(port: u16, tls_port: Option<u16>, extra: &[String]) -> Result<RedisServer, String> {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(extra)
@@ -47,13 +66,18 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (see .ci/run)");
-        let server = RedisServer { child, port, tls_port };
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut server = RedisServer { child, port, tls_port };
+        let deadline = Instant::now() + Duration::from_secs(10);
         while !server.pings() {
-            assert!(Instant::now() < deadline, "redis-server on port {port} did not answer PING");
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return Err(format!("redis-server on port {port} exited ({status}) before answering PING"));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("redis-server on port {port} did not answer PING within 10 s"));
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
-        server
+        Ok(server)
     }
 
     pub fn url(&self) -> String {
@@ -79,10 +103,12 @@ impl RedisServer {
     }
 }
 
-/// A free loopback port. Redis refuses `--port 0`, so the port is found by binding
-/// `127.0.0.1:0` and releasing it just before the start.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+/// `N` distinct free loopback ports. Redis refuses `--port 0`, so ports are found by binding
+/// `127.0.0.1:0` — all at once, so that two picks never return the same port — and releasing
+/// them just before the start.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N).map(|_| TcpListener::bind("127.0.0.1:0").expect("free port")).collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("bound listener").port())
 }
 
 impl Drop for RedisServer {
