@@ -16,6 +16,7 @@ use lcserve_kernels::cuda::{self, Device, DevicePagedKv, KvBits, KvLayout, KvSid
 use lcserve_kernels::sparse::{HeadIndex, QueryBlocks};
 use lcserve_kernels::token_select::{TokenSelection, select_tokens, selected_attention};
 use lcserve_kernels::{AttnShape, PagedKv, attention, merge_lse, ops, sparse, tree_attention};
+use lcserve_kvstore::block::quant;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -144,6 +145,7 @@ fn reference_matmul(x: &[f32], w: &[f32], n: usize, m: usize, k: usize) -> Vec<f
 fn bf16_rounded(values: &[f32]) -> Vec<f32> {
     values.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect()
 }
+
 
 /// cuBLAS products (f32 and bf16 weights), the residual and bias adds, and new tokens' K/V
 /// written into a paged pool through a shuffled block table.
@@ -372,14 +374,9 @@ fn group_of(layout: &KvLayout, e: usize) -> usize {
     }
 }
 
-/// The value of f16 bits (finite).
-fn f16(bits: u16) -> f32 {
-    half::f16::from_bits(bits).to_f32()
-}
-
-/// The codec's contract (algorithms.md §5.4): every element within half a stored step of its
-/// reconstruction, re-encoding a reconstruction gives the same codes, an odd int4 count pads with
-/// a zero nibble.
+/// The GPU codec against the KV store's own quantizer (`lcserve_kvstore::block::quant`), group by
+/// group: the f16 minimum and step bits, every code and every reconstruction must be equal bit for
+/// bit, and an odd int4 count must pad with a zero nibble.
 fn check_codec(device: &Device, layout: &KvLayout, x: &[f32]) -> Result<(bool, String), cuda::CudaError> {
     let encoded = cuda::kv_encode(device, layout, &device.upload(x)?)?;
     let (codes, mins, steps) =
@@ -387,18 +384,43 @@ fn check_codec(device: &Device, layout: &KvLayout, x: &[f32]) -> Result<(bool, S
     let mut decoded = poisoned(device, layout.elements())?;
     cuda::kv_decode(device, layout, &encoded, &mut decoded)?;
     let decoded = device.download(&decoded)?;
-    let mut worst = 0f32;
-    for (e, (&v, &d)) in x.iter().zip(&decoded).enumerate() {
-        let g = group_of(layout, e);
-        let allowed = f16(steps[g]) / 2.0 + f16(mins[g]).abs().max(v.abs()) * 1e-6;
-        worst = worst.max((v - d).abs() / allowed);
+
+    let (bits, four) = match layout.bits {
+        KvBits::Eight => (quant::Bits::Eight, false),
+        KvBits::Four => (quant::Bits::Four, true),
+    };
+    let code_of = |e: usize| if four { (codes[e / 2] >> (4 * (e % 2))) & 0x0f } else { codes[e] };
+    let mut members = vec![Vec::new(); layout.groups()];
+    for e in 0..layout.elements() {
+        members[group_of(layout, e)].push(e);
     }
-    let again = cuda::kv_encode(device, layout, &device.upload(&decoded)?)?;
-    let idempotent = device.download(&again.codes)? == codes;
-    let odd_four = layout.bits == KvBits::Four && layout.elements() % 2 == 1;
+    let (mut param_mismatches, mut code_mismatches, mut value_mismatches) = (0, 0, 0);
+    for (g, elements) in members.iter().enumerate() {
+        let values: Vec<f32> = elements.iter().map(|&e| x[e]).collect();
+        let (lo, hi) = values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+        let Some(params) = quant::GroupParams::fit(lo, hi, bits) else {
+            param_mismatches += 1;
+            continue;
+        };
+        param_mismatches += usize::from(params.to_bits() != (mins[g], steps[g]));
+        let mut expected = vec![0u8; values.len()];
+        quant::quantize(&values, params, bits, &mut expected);
+        let mut reconstructed = vec![0f32; values.len()];
+        quant::dequantize(&expected, params, &mut reconstructed);
+        for ((&e, &code), &value) in elements.iter().zip(&expected).zip(&reconstructed) {
+            code_mismatches += usize::from(code_of(e) != code);
+            value_mismatches += usize::from(decoded[e].to_bits() != value.to_bits());
+        }
+    }
+    let odd_four = four && layout.elements() % 2 == 1;
     let padding = !odd_four || codes.last().is_some_and(|&b| b >> 4 == 0);
-    let ok = worst <= 1.0 && idempotent && padding;
-    Ok((ok, format!("error/(step/2) {worst:.3}, idempotent {idempotent}, padding {padding}")))
+    let ok = param_mismatches + code_mismatches + value_mismatches == 0 && padding;
+    Ok((
+        ok,
+        format!(
+            "bit-exact: params {param_mismatches} groups off, codes {code_mismatches} off, values {value_mismatches} off, padding {padding}"
+        ),
+    ))
 }
 
 fn check_kv(device: &Device, rng: &mut StdRng, report: &mut Report) -> Check {
