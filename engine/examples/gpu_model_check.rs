@@ -15,6 +15,10 @@
 //!    reported in TFLOP/s against the product ceiling, decode in GB/s (weights plus the KV read
 //!    per token) against the copy ceiling.
 //!
+//! With `--profile decode|prefill` it runs only one step on the Llama-1B-shaped model at 8k
+//! context (one token, or a chunk of 2048) as the profiled region, for
+//! `ncu --profile-from-start off` to time kernel by kernel.
+//!
 //! `cargo build --release -p lcserve-engine --features cuda --example gpu_model_check`
 
 use std::path::Path;
@@ -103,17 +107,18 @@ fn gpu_agrees(model: &Model, device: &Arc<Device>, ty: WeightType, prompt: &[u32
     Ok(ok)
 }
 
-fn parity(device: &Arc<Device>, dir: &Path) -> Result<bool> {
+/// The reference-shaped random model, written into `dir`.
+fn reference_shaped(dir: &Path) -> Result<Arc<Model>> {
     let path = dir.join("reference-shaped.gguf");
     write_random_model(&path, RandomShape::REFERENCE, 1)?;
-    let model = Model::load(&path, &mut |_| {})?;
+    Ok(Arc::new(Model::load(&path, &mut |_| {})?))
+}
+
+/// The forward pass against the CPU's, with f32 and with bf16 weights.
+fn forward_agrees(model: &Model, device: &Arc<Device>, ty: WeightType) -> Result<bool> {
     let vocab = model.config.vocab_size as u32;
     let prompt: Vec<u32> = (0..PROMPT as u32).map(|i| (i * 7919 + 13) % vocab).collect();
-    let mut ok = true;
-    for ty in [WeightType::F32, WeightType::Bf16] {
-        ok &= gpu_agrees(&model, device, ty, &prompt)?;
-    }
-    Ok(ok & engine_agrees(Arc::new(model))?)
+    gpu_agrees(model, device, ty, &prompt)
 }
 
 /// Tokens and exported KV blocks of each request.
@@ -282,21 +287,88 @@ fn speed(device: &Arc<Device>, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `--profile decode|prefill` (see the module docs).
+fn profile(device: &Arc<Device>, step: &str) -> Result<()> {
+    const CONTEXT: usize = 8192;
+    const CHUNK: usize = 2048;
+    let path = std::env::temp_dir().join("lcserve-llama-1b-shaped.gguf");
+    if !path.exists() {
+        write_random_model(&path, RandomShape::LLAMA_1B, 2)?;
+    }
+    let model = Model::load(&path, &mut |_| {})?;
+    let gpu = DeviceModel::upload(&model, Arc::clone(device), WeightType::Bf16)?;
+    let blocks = (CONTEXT + 2 * CHUNK).div_ceil(BLOCK);
+    let (mut pool, table) = (DeviceKvPool::new(&gpu, BLOCK, blocks)?, table(blocks));
+    let vocab = model.config.vocab_size as u32;
+    let token = |p: usize| (p as u32).wrapping_mul(2_654_435_761) % vocab;
+    let mut len = 0;
+    while len < CONTEXT + CHUNK {
+        let chunk: Vec<u32> = (len..len + CHUNK).map(token).collect();
+        gpu.forward(&[sequence(&chunk, len, &table)], &mut pool)?;
+        len += CHUNK;
+    }
+    len -= CHUNK; // the profiled step overwrites the last chunk's KV, warmed up by it
+    let input: Vec<u32> = match step {
+        "decode" => vec![token(len)],
+        "prefill" => (len..len + CHUNK).map(token).collect(),
+        other => return Err(format!("--profile takes decode or prefill, not {other}").into()),
+    };
+    gpu.forward(&[sequence(&input, len, &table)], &mut pool)?;
+    let started = Instant::now();
+    device.profiled(|| gpu.forward(&[sequence(&input, len, &table)], &mut pool))??;
+    println!(
+        "profiled one {step} step of {} tokens at {len}: {:.3} ms",
+        input.len(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+/// Whether `check` passed; an error is printed as a failure of `name`, and the next check runs.
+fn passed(name: &str, check: impl FnOnce() -> Result<bool>) -> bool {
+    check().unwrap_or_else(|e| {
+        println!("FAIL {name}: {e}");
+        false
+    })
+}
+
 fn main() -> ExitCode {
-    let run = || -> Result<bool> {
+    let setup = || -> Result<(Arc<Device>, tempfile::TempDir)> {
         let device = Arc::new(Device::new(0)?);
         println!("device: {} ({})", device.name().unwrap_or_else(|e| e.to_string()), device.arch());
-        let dir = tempfile::tempdir()?;
-        let ok = parity(&device, dir.path())?;
-        speed(&device, dir.path())?;
-        Ok(ok)
+        Ok((device, tempfile::tempdir()?))
     };
-    match run() {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+    let (device, dir) = match setup() {
+        Ok(setup) => setup,
         Err(e) => {
             eprintln!("gpu_model_check: {e}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, step] = args.as_slice()
+        && flag == "--profile"
+    {
+        return match profile(&device, step) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gpu_model_check: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
+    let model = match reference_shaped(dir.path()) {
+        Ok(model) => model,
+        Err(e) => {
+            eprintln!("gpu_model_check: the reference-shaped model: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut ok = true;
+    for ty in [WeightType::F32, WeightType::Bf16] {
+        ok &= passed(&format!("forward {ty:?}"), || forward_agrees(&model, &device, ty));
+    }
+    ok &= passed("engine cuda:0 f32", || engine_agrees(Arc::clone(&model)));
+    ok &= passed("speed", || speed(&device, dir.path()).map(|()| true));
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -155,4 +155,15 @@ impl Device {
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(driver)
     }
+
+    /// Runs `f` as the profiled region of a profiler started without profiling from the start
+    /// (`ncu --profile-from-start off`), so one step among many can be measured alone.
+    pub fn profiled<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        self.synchronize()?;
+        cudarc::driver::profiler_start().map_err(driver)?;
+        let out = f();
+        self.synchronize()?;
+        cudarc::driver::profiler_stop().map_err(driver)?;
+        Ok(out)
+    }
 }
