@@ -146,6 +146,9 @@ fn bf16_rounded(values: &[f32]) -> Vec<f32> {
     values.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect()
 }
 
+fn f16_rounded(values: &[f32]) -> Vec<f32> {
+    values.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect()
+}
 
 /// cuBLAS products (f32 and bf16 weights), the residual and bias adds, and new tokens' K/V
 /// written into a paged pool through a shuffled block table.
@@ -272,6 +275,50 @@ fn check_attention(device: &Device, rng: &mut StdRng, report: &mut Report) -> Ch
                     let name = format!("attention hd {head_dim} len {len} nq {nq} splits {splits}");
                     report.compare(&name, &device.download(&out)?, &cpu);
                     report.compare(&format!("{name} lse"), &device.download(&lse)?, &cpu_lse);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The tensor-core prefill kernel against the CPU kernel on inputs rounded as it rounds them
+/// (queries and keys to bf16, values to f16), with flat and peaked softmaxes, GQA groups that do
+/// and do not divide its 64-row tiles.
+fn check_tensor_core_attention(device: &Device, rng: &mut StdRng, report: &mut Report) -> Check {
+    for head_dim in [64, 128] {
+        for (n_heads, n_kv_heads) in [(6, 2), (4, 4)] {
+            let shape = AttnShape { n_heads, n_kv_heads, head_dim };
+            if !cuda::tensor_core_attention_runs(device, &shape) {
+                report.record(&format!("tensor-core attention hd {head_dim}"), false, "not run on this device");
+                continue;
+            }
+            for len in SIZES {
+                let p = Problem::new(device, rng, shape, len)?;
+                let kv = p.device_kv(device)?;
+                let (k, v) = (bf16_rounded(&p.pool.k), f16_rounded(&p.pool.v));
+                let (kb, vb) = (p.pool.blocks(&k), p.pool.blocks(&v));
+                let host = PagedKv { k_blocks: &kb, v_blocks: &vb, block_size: p.block_size, len };
+                let scale = 1.0 / (head_dim as f32).sqrt();
+                for nq in [1, len.min(65), len] {
+                    for peak in [1.0f32, 8.0] {
+                        let q: Vec<f32> = random(rng, p.rows(nq) * head_dim).iter().map(|x| x * peak).collect();
+                        let (mut cpu, mut cpu_lse) = (vec![0.0; q.len()], vec![0.0; p.rows(nq)]);
+                        attention(&bf16_rounded(&q), nq, &host, &shape, scale, &mut cpu, Some(&mut cpu_lse))?;
+                        let (mut out, mut lse) = (poisoned(device, q.len())?, poisoned(device, p.rows(nq))?);
+                        let q_dev = device.upload(&q)?;
+                        cuda::attention_tensor_cores(device, &q_dev, nq, &kv, scale, &mut out, Some(&mut lse))?;
+                        let name = format!(
+                            "tensor-core attention hd {head_dim} heads {n_heads}/{n_kv_heads} len {len} nq {nq} x{peak}"
+                        );
+                        report.compare_within(&name, &device.download(&out)?, &cpu, BF16_TOLERANCE);
+                        report.compare_within(
+                            &format!("{name} lse"),
+                            &device.download(&lse)?,
+                            &cpu_lse,
+                            BF16_TOLERANCE,
+                        );
+                    }
                 }
             }
         }
@@ -467,10 +514,11 @@ fn main() -> ExitCode {
     println!("device: {} ({})", device.name().unwrap_or_else(|e| e.to_string()), device.arch());
     let mut rng = StdRng::seed_from_u64(8);
     let mut report = Report { failures: 0, checks: 0 };
-    let sections: [(&str, Section); 6] = [
+    let sections: [(&str, Section); 7] = [
         ("ops", check_ops),
         ("gemm + residual + kv writes", check_gemm_and_writes),
         ("attention", check_attention),
+        ("tensor-core attention", check_tensor_core_attention),
         ("tree + merge", check_tree_and_merge),
         ("sparse + selection", check_sparse_and_selection),
         ("kv", check_kv),

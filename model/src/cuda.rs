@@ -12,7 +12,8 @@
 //! [`DeviceModel::forward`] runs a batch like the CPU forward: every sequence's new rows stacked
 //! through RMSNorm, the q/k/v products and RoPE; per sequence, its new K/V written into the pool
 //! through its block table and paged attention (keys split across thread blocks when the queries
-//! are few) or tree attention for a draft tree; then the output product and residual, the SwiGLU
+//! are few; on tensor cores when the weights are bf16 and the queries many) or tree attention
+//! for a draft tree; then the output product and residual, the SwiGLU
 //! FFN, and the LM head over the rows that want logits. The pool moves whole blocks to and from
 //! the host ([`DeviceKvPool::read_block`], [`DeviceKvPool::write_block`]) for the KV store, and
 //! a draft node's K/V to its accepted place ([`DeviceKvPool::copy_position`]). Sparse prefill
@@ -39,6 +40,9 @@ use crate::weights::Projection;
 const KEYS_PER_SPLIT: usize = 256;
 /// The most splits of one attention launch.
 const MAX_SPLITS: usize = 64;
+/// Query rows per KV head (queries × GQA group) from which bf16 models attend on tensor cores:
+/// one full row tile of the tensor-core kernel. Fewer rows take the split-key kernel.
+const TENSOR_CORE_MIN_ROWS: usize = 64;
 
 /// One layer's weights on device.
 #[derive(Debug)]
@@ -69,6 +73,9 @@ pub struct DeviceModel {
     lm_head: DeviceMatrix,
     rope: DeviceRope,
     rope_style: RopeStyle,
+    /// bf16 weights on a GPU with bf16 tensor cores, and a head_dim their kernel takes: prefill
+    /// attention runs on tensor cores.
+    tensor_core_attention: bool,
 }
 
 /// The paged KV pool in device memory: per layer, K and V as
@@ -238,6 +245,8 @@ impl DeviceModel {
             lm_head: upload_matrix(&device, &model.weights.lm_head, weight_type)?,
             rope: DeviceRope::new(&device, &model.rope)?,
             rope_style,
+            tensor_core_attention: weight_type == WeightType::Bf16
+                && cuda::tensor_core_attention_runs(&device, &attn_shape(cfg)),
             device,
         })
     }
@@ -276,7 +285,7 @@ impl DeviceModel {
         let device = &*self.device;
         let total = rows.origin.len();
         let (hidden, q_dim, kv_dim, ffn) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
-        let shape = AttnShape { n_heads: cfg.num_heads, n_kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim };
+        let shape = attn_shape(cfg);
 
         let mut x_host = vec![0.0f32; total * hidden];
         for (row, &token) in x_host.chunks_exact_mut(hidden).zip(batch.iter().flat_map(|s| s.tokens)) {
@@ -320,6 +329,9 @@ impl DeviceModel {
                 match seq.draft_tree {
                     Some(parents) => {
                         cuda::tree_attention(device, &buffers.q, parents, &kv, scale, splits, &mut buffers.out, None)?
+                    }
+                    None if self.tensor_core_attention && n * shape.group() >= TENSOR_CORE_MIN_ROWS => {
+                        cuda::attention_tensor_cores(device, &buffers.q, n, &kv, scale, &mut buffers.out, None)?
                     }
                     None => cuda::attention(device, &buffers.q, n, &kv, scale, splits, &mut buffers.out, None)?,
                 }
@@ -369,6 +381,10 @@ impl DeviceModel {
             ),
         })
     }
+}
+
+fn attn_shape(cfg: &ModelConfig) -> AttnShape {
+    AttnShape { n_heads: cfg.num_heads, n_kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim }
 }
 
 /// One sequence's rows of a step, copied out of the stacked batch for its attention, and its

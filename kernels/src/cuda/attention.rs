@@ -288,6 +288,66 @@ pub fn attention(
     keys_attention(device, "cuda::attention", q, nq, kv, None, scale, splits, out, lse)
 }
 
+/// Query rows per block of flash_attention.cu.
+const FLASH_ROWS: usize = 64;
+
+/// Whether [`attention_tensor_cores`] runs `shape` on `device`: head_dim 64 or 128, on an
+/// Ampere or later GPU (bf16 tensor cores).
+pub fn tensor_core_attention_runs(device: &Device, shape: &AttnShape) -> bool {
+    device.arch().major >= 8 && matches!(shape.head_dim, 64 | 128)
+}
+
+/// [`attention()`] on tensor cores, for prefill with bf16 weights: logits from bf16 queries and
+/// keys, probabilities and values in f16 (values clamped to f16's range), f32 accumulation and
+/// softmax, so it agrees with the f32 kernel to that rounding, not bit for bit. Needs
+/// [`tensor_core_attention_runs`]; pays off from a few dozen query rows (`nq` × group).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_tensor_cores(
+    device: &Device,
+    q: &CudaSlice<f32>,
+    nq: usize,
+    kv: &DevicePagedKv<'_>,
+    scale: f32,
+    out: &mut CudaSlice<f32>,
+    lse: Option<&mut CudaSlice<f32>>,
+) -> Result<()> {
+    const OP: &str = "cuda::attention_tensor_cores";
+    check_rows(OP, q, nq, kv, out, lse.as_deref())?;
+    if !tensor_core_attention_runs(device, &kv.shape) {
+        return invalid(
+            OP,
+            format!(
+                "head_dim {} on {}: needs head_dim 64 or 128 on compute_80 or later",
+                kv.shape.head_dim,
+                device.arch()
+            ),
+        );
+    }
+    if nq == 0 {
+        return Ok(());
+    }
+    let g = kv.geometry(OP, nq)?;
+    let entry = if kv.shape.head_dim == 64 { "flash_attention_bf16_hd64" } else { "flash_attention_bf16_hd128" };
+    let function = device.function("flash_attention", entry)?;
+    let mut launch = device.stream().launch_builder(&function);
+    kv.push_inputs(&mut launch, q);
+    launch.arg(&g.nq).arg(&g.len).arg(&g.n_heads).arg(&g.kv_heads).arg(&g.block_size);
+    launch.arg(&scale).arg(out);
+    match lse {
+        Some(l) => launch.arg(l),
+        None => launch.arg(&NULL),
+    };
+    let cfg = LaunchConfig {
+        grid_dim: ((nq * kv.shape.group()).div_ceil(FLASH_ROWS) as u32, kv.shape.n_kv_heads as u32, 1),
+        block_dim: (32 * (FLASH_ROWS / 16) as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the signature matches flash_attention.cu; shapes, head_dim and the block table
+    // checked above.
+    unsafe { launch.launch(cfg) }.map_err(driver)?;
+    Ok(())
+}
+
 /// [`crate::token_select::selected_attention`] on device: attention over the `selected` keys
 /// (strictly increasing, below `kv.len()`, e.g. [`super::select_tokens`] output).
 #[allow(clippy::too_many_arguments)]

@@ -72,6 +72,7 @@ pub const KERNELS: &[Kernel] = &[
     kernel!("swiglu", [PRELUDE], typed!("silu_mul")),
     kernel!("elementwise", [PRELUDE], &["add_f32", "add_rows_f32", "f32_to_bf16"]),
     kernel!("paged_attention", [PRELUDE, ATTENTION], typed!("paged_attention", "tree_attention")),
+    kernel!("flash_attention", [PRELUDE, ATTENTION], &["flash_attention_bf16_hd64", "flash_attention_bf16_hd128"]),
     kernel!(
         "merge",
         [PRELUDE, ATTENTION],

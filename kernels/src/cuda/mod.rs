@@ -13,7 +13,8 @@
 //! * `ops` — `rms_norm`, `rope`, `silu_mul`, the residual `add` and bias `add_rows`.
 //! * `gemm` — `Blas::matmul` through cuBLAS over a `DeviceMatrix` of f32 or bf16 weights.
 //! * `attention` — `DevicePagedKv` (a pool of blocks + a block table) and `attention()`
-//!   (prefill and split-key decode), `tree_attention`, `selected_attention`,
+//!   (prefill and split-key decode), `attention_tensor_cores` (bf16 prefill on tensor cores),
+//!   `tree_attention`, `selected_attention`,
 //!   `sparse_attention`, `merge_lse`.
 //! * `select` — `select_tokens`, TokenSelect's scoring, soft vote and top-k.
 //! * `kv` — the KV store's int8/int4 codecs (`kv_encode`, `kv_decode`), block
@@ -44,8 +45,8 @@ pub mod select;
 
 #[cfg(feature = "cuda")]
 pub use attention::{
-    DeviceBlockTable, DevicePagedKv, MAX_HEAD_DIM, attention, merge_lse, selected_attention, sparse_attention,
-    tree_attention,
+    DeviceBlockTable, DevicePagedKv, MAX_HEAD_DIM, attention, attention_tensor_cores, merge_lse, selected_attention,
+    sparse_attention, tensor_core_attention_runs, tree_attention,
 };
 pub use catalogue::{KERNELS, Kernel, kernel};
 pub use compile::{Arch, Compiler, PtxCache, compile_ptx, load_nvrtc, nvrtc_available};
