@@ -37,9 +37,9 @@ use crate::model::Model;
 use crate::weights::Projection;
 
 /// Keys per thread block of a split-key decode: few queries cannot fill the GPU otherwise.
-const KEYS_PER_SPLIT: usize = 256;
+const KEYS_PER_SPLIT: usize = 128;
 /// The most splits of one attention launch.
-const MAX_SPLITS: usize = 64;
+const MAX_SPLITS: usize = 128;
 /// Query rows per KV head (queries × GQA group) from which bf16 models attend on tensor cores:
 /// one full row tile of the tensor-core kernel. Fewer rows take the split-key kernel.
 const TENSOR_CORE_MIN_ROWS: usize = 64;

@@ -218,8 +218,10 @@ impl<'o> Outputs<'o> {
         let rows = nq * shape.n_heads;
         let stream = device.stream();
         let parts = if splits > 1 {
-            let o = stream.alloc_zeros::<f32>(splits * rows * shape.head_dim).map_err(driver)?;
-            let l = stream.alloc_zeros::<f32>(splits * rows).map_err(driver)?;
+            // SAFETY: every split writes its partial output and lse for every row (zeros and
+            // -inf when it sees no key) before `finish` reads them.
+            let o = unsafe { stream.alloc::<f32>(splits * rows * shape.head_dim) }.map_err(driver)?;
+            let l = unsafe { stream.alloc::<f32>(splits * rows) }.map_err(driver)?;
             Some((o, l))
         } else {
             None
@@ -251,8 +253,10 @@ impl<'o> Outputs<'o> {
             Some(lse) => launch.arg(&mut **lse),
             None => launch.arg(&NULL),
         };
+        // One block of 8 warps per row.
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: the signature matches merge.cu; partials sized by `Outputs::new`.
-        unsafe { launch.launch(warp_per_row(rows)) }.map_err(driver)?;
+        unsafe { launch.launch(cfg) }.map_err(driver)?;
         Ok(())
     }
 }
