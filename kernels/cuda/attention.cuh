@@ -73,15 +73,17 @@ __device__ void lc_load_query(const LcTile& tile, const T* q_row, bool active, f
     for (int d = threadIdx.x & 31; d < head_dim; d += 32) dst[d] = active ? lc_to_f32(q_row[d]) * scale : 0.0f;
 }
 
-// The whole block loads keys/values of `tile.keys[0..n)` of KV head `kvh`.
+// The whole block loads keys/values of `tile.keys[0..n)` of KV head `kvh`: a warp per key, a
+// lane per dimension, so each key's place in the pool is found once per warp, not per element.
 template <typename T>
 __device__ void lc_load_tile(const LcTile& tile, const LcPagedKv<T>& kv, int kvh, int n) {
     const int hd = kv.head_dim;
-    for (int i = threadIdx.x; i < n * hd; i += blockDim.x) {
-        const int t = i / hd, d = i - t * hd;
-        const size_t at = kv.offset(kvh, tile.keys[t]) + d;
-        tile.k[t * (hd + 1) + d] = lc_to_f32(kv.k[at]);
-        tile.v[t * hd + d] = lc_to_f32(kv.v[at]);
+    for (int t = threadIdx.x >> 5; t < n; t += blockDim.x >> 5) {
+        const size_t at = kv.offset(kvh, tile.keys[t]);
+        for (int d = threadIdx.x & 31; d < hd; d += 32) {
+            tile.k[t * (hd + 1) + d] = lc_to_f32(kv.k[at + d]);
+            tile.v[t * hd + d] = lc_to_f32(kv.v[at + d]);
+        }
     }
 }
 
@@ -107,7 +109,9 @@ __device__ void lc_absorb(LcRow& r, const LcTile& tile, int n, int head_dim, boo
     for (int t = 0; t < n; ++t) {
         const float pt = __shfl_sync(LC_FULL_MASK, p, t);
         const float* v = tile.v + t * head_dim;
+#pragma unroll
         for (int c = 0; c < LC_ATT_CHUNKS; ++c) {
+            if (32 * c >= head_dim) break;  // warp-uniform
             const int d = (threadIdx.x & 31) + 32 * c;
             if (d < head_dim) r.acc[c] += pt * v[d];
         }
