@@ -174,6 +174,30 @@ fn check_gemm_and_writes(device: &Device, rng: &mut StdRng, report: &mut Report)
             );
         }
     }
+    // Several products of one input, bf16 and f32 weights mixed, as q/k/v and gate/up run.
+    let (n, k) = (3, 96);
+    let x = random(rng, n * k);
+    let mut products = Vec::new();
+    for (m, ty) in [(64, cuda::WeightType::Bf16), (33, cuda::WeightType::F32), (65, cuda::WeightType::Bf16)] {
+        let w = random(rng, m * k);
+        let (cpu, tolerance) = match ty {
+            cuda::WeightType::F32 => (reference_matmul(&x, &w, n, m, k), TOLERANCE),
+            cuda::WeightType::Bf16 => (reference_matmul(&bf16_rounded(&x), &bf16_rounded(&w), n, m, k), BF16_TOLERANCE),
+        };
+        products.push((
+            cuda::DeviceMatrix::upload(device, &w, m, k, ty)?,
+            poisoned(device, n * m)?,
+            cpu,
+            tolerance,
+            ty,
+        ));
+    }
+    let mut pairs: Vec<_> = products.iter_mut().map(|(w, out, ..)| (&*w, out)).collect();
+    blas.matmuls(device, &device.upload(&x)?, n, &mut pairs)?;
+    for (w, out, cpu, tolerance, ty) in &products {
+        let name = format!("matmuls {ty:?} {n}x{k} · ({}x{k})ᵀ", w.rows());
+        report.compare_within(&name, &device.download(out)?, cpu, *tolerance);
+    }
     for d in SIZES {
         let (x, y) = (random(rng, 3 * d), random(rng, 3 * d));
         let mut cpu = x.clone();

@@ -305,9 +305,7 @@ impl DeviceModel {
 
         for (l, layer) in self.layers.iter().enumerate() {
             cuda::rms_norm(device, &x, &layer.attn_norm, cfg.rms_norm_eps, &mut h)?;
-            self.blas.matmul(device, &h, total, &layer.q, &mut q)?;
-            self.blas.matmul(device, &h, total, &layer.k, &mut k)?;
-            self.blas.matmul(device, &h, total, &layer.v, &mut v)?;
+            self.blas.matmuls(device, &h, total, &mut [(&layer.q, &mut q), (&layer.k, &mut k), (&layer.v, &mut v)])?;
             if let Some([q_bias, k_bias, v_bias]) = &layer.qkv_bias {
                 cuda::add_rows(device, &mut q, q_bias)?;
                 cuda::add_rows(device, &mut k, k_bias)?;
@@ -341,8 +339,7 @@ impl DeviceModel {
             self.blas.matmul(device, &attn, total, &layer.attn_output, &mut proj)?;
             cuda::add(device, &mut x, &proj)?;
             cuda::rms_norm(device, &x, &layer.ffn_norm, cfg.rms_norm_eps, &mut h)?;
-            self.blas.matmul(device, &h, total, &layer.gate, &mut gate)?;
-            self.blas.matmul(device, &h, total, &layer.up, &mut up)?;
+            self.blas.matmuls(device, &h, total, &mut [(&layer.gate, &mut gate), (&layer.up, &mut up)])?;
             cuda::silu_mul(device, &gate, &up, &mut act)?;
             self.blas.matmul(device, &act, total, &layer.ffn_down, &mut proj)?;
             cuda::add(device, &mut x, &proj)?;

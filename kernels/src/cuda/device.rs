@@ -33,6 +33,8 @@ pub struct Device {
     stream: Arc<CudaStream>,
     arch: Arch,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    /// Entry points looked up so far, by (kernel, entry): a launch costs no driver lookup.
+    functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
 }
 
 impl Device {
@@ -45,7 +47,7 @@ impl Device {
         let (major, minor) = context.compute_capability().map_err(driver)?;
         let arch = Arch { major: major as u32, minor: minor as u32 };
         let stream = context.default_stream();
-        Ok(Self { context, stream, arch, modules: Mutex::new(HashMap::new()) })
+        Ok(Self { context, stream, arch, modules: Mutex::new(HashMap::new()), functions: Mutex::new(HashMap::new()) })
     }
 
     /// The device's architecture, which its kernels are compiled for.
@@ -67,11 +69,15 @@ impl Device {
     pub fn function(&self, name: &str, entry: &str) -> Result<CudaFunction> {
         let unknown = || CudaError::InvalidArgument { op: "Device::function", detail: format!("no kernel {name}") };
         let kernel = kernel(name).ok_or_else(unknown)?;
-        if !kernel.entry_points.contains(&entry) {
+        let Some(&entry) = kernel.entry_points.iter().find(|&&e| e == entry) else {
             return Err(CudaError::InvalidArgument {
                 op: "Device::function",
                 detail: format!("{} has no entry point {entry}", kernel.file),
             });
+        };
+        let mut functions = self.functions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(function) = functions.get(&(kernel.name, entry)) {
+            return Ok(function.clone());
         }
         let module = {
             let mut modules = self.modules.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -86,7 +92,9 @@ impl Device {
                 }
             }
         };
-        module.load_function(entry).map_err(driver)
+        let function = module.load_function(entry).map_err(driver)?;
+        functions.insert((kernel.name, entry), function.clone());
+        Ok(function)
     }
 
     /// Copies `host` into a new device buffer.

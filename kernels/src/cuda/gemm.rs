@@ -113,28 +113,61 @@ impl Blas {
         w: &DeviceMatrix,
         out: &mut CudaSlice<f32>,
     ) -> Result<()> {
+        self.matmuls(device, x, n, &mut [(w, out)])
+    }
+
+    /// `out_i = x · W_iᵀ` for every `(W_i, out_i)` of `products`, all checked before any runs:
+    /// the products of one input (q/k/v, gate/up) share one rounding of `x` to bf16.
+    pub fn matmuls(
+        &self,
+        device: &Device,
+        x: &CudaSlice<f32>,
+        n: usize,
+        products: &mut [(&DeviceMatrix, &mut CudaSlice<f32>)],
+    ) -> Result<()> {
         const OP: &str = "cuda::matmul";
-        let (m, k) = (w.rows, w.cols);
-        check_len(OP, "x", x, n * k)?;
-        check_len(OP, "out", out, n * m)?;
+        for (w, out) in products.iter() {
+            check_len(OP, "x", x, n * w.cols)?;
+            check_len(OP, "out", out, n * w.rows)?;
+            int(OP, "m", w.rows)?;
+            int(OP, "k", w.cols)?;
+        }
         if n == 0 {
             return Ok(());
         }
-        let (m_i, n_i, k_i) = (int(OP, "m", m)?, int(OP, "n", n)?, int(OP, "k", k)?);
+        // bf16 weights multiply the activations rounded to bf16; f32 weights multiply them as is.
+        let needs_bf16 = products.iter().any(|(w, _)| matches!(w.data, Data::Bf16(_)));
+        let x_bf16 = if needs_bf16 { Some(rounded_to_bf16(device, x)?) } else { None };
+        for (w, out) in products.iter_mut() {
+            self.gemm(device, x, x_bf16.as_ref(), n, w, out)?;
+        }
+        Ok(())
+    }
+
+    /// One checked product; `x_bf16` is `x` rounded, present when `w` is bf16.
+    fn gemm(
+        &self,
+        device: &Device,
+        x: &CudaSlice<f32>,
+        x_bf16: Option<&CudaSlice<u16>>,
+        n: usize,
+        w: &DeviceMatrix,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        const OP: &str = "cuda::matmul";
+        let (m_i, n_i, k_i) = (int(OP, "m", w.rows)?, int(OP, "n", n)?, int(OP, "k", w.cols)?);
         let (alpha, beta) = (1.0f32, 0.0f32);
         let stream = device.stream();
-        // bf16 weights multiply the activations rounded to bf16; f32 weights multiply them as is.
-        let x_bf16;
-        let (a, b, input_type, _records) = match &w.data {
-            Data::F32(weights) => {
+        let (a, b, input_type, _records) = match (&w.data, x_bf16) {
+            (Data::F32(weights), _) => {
                 let ((a, ra), (b, rb)) = (weights.device_ptr(stream), x.device_ptr(stream));
                 (a, b, sys::cudaDataType_t::CUDA_R_32F, (ra, rb))
             }
-            Data::Bf16(weights) => {
-                x_bf16 = rounded_to_bf16(device, x)?;
+            (Data::Bf16(weights), Some(x_bf16)) => {
                 let ((a, ra), (b, rb)) = (weights.device_ptr(stream), x_bf16.device_ptr(stream));
                 (a, b, sys::cudaDataType_t::CUDA_R_16BF, (ra, rb))
             }
+            (Data::Bf16(_), None) => return invalid(OP, "bf16 weights need the rounded activations".into()),
         };
         let (c, _c) = out.device_ptr_mut(stream);
         // SAFETY: a is m × k, b is n × k (both `input_type`), c is n × m f32 (checked above), all
