@@ -28,23 +28,18 @@ __device__ __forceinline__ unsigned int lc_pack_f16(float lo, float hi) {
     return *reinterpret_cast<unsigned int*>(&v);
 }
 
-// c += a · b for a 16×16 bf16 A (row-major fragments), a 16×8 bf16 B (column-major), f32 C.
-__device__ __forceinline__ void lc_mma_bf16(float* c, const unsigned int* a, unsigned int b0, unsigned int b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// The same with f16 A and B.
-__device__ __forceinline__ void lc_mma_f16(float* c, const unsigned int* a, unsigned int b0, unsigned int b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+// lc_mma_<TYPE>(c, a, b0, b1): c += a · b for a 16×16 A (row-major fragments) and a 16×8 B
+// (column-major) of TYPE (bf16 or f16), f32 C.
+#define LC_MMA(TYPE)                                                                                      \
+    __device__ __forceinline__ void lc_mma_##TYPE(float* c, const unsigned int* a, unsigned int b0,      \
+                                                  unsigned int b1) {                                     \
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." #TYPE "." #TYPE                            \
+                     ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"                       \
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                     \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));                     \
+    }
+LC_MMA(bf16)
+LC_MMA(f16)
 
 __device__ __forceinline__ unsigned int lc_word(const void* p) { return *reinterpret_cast<const unsigned int*>(p); }
 
