@@ -1,8 +1,9 @@
 //! Where the model runs and its paged KV pool lives: on the CPU ([`Model::forward`] over a
 //! [`KvArena`]) or, with feature `cuda`, on a GPU (`DeviceModel` over a `DeviceKvPool`, the
 //! weights uploaded once). The scheduler sees one interface: run a batch, move a draft node's KV
-//! to its accepted place, and copy a block's KV out to the KV store or in from it, in the pool's
-//! host layout (`[layer][k|v][kv_heads][block_size][head_dim]`, see [`crate::tail_layout`] for
+//! to its accepted place, and copy blocks' KV out to the KV store ([`PendingRead`]: at once on
+//! the CPU, on the GPU's copy stream while later steps run) or in from it, in the pool's host
+//! layout (`[layer][k|v][kv_heads][block_size][head_dim]`, see [`crate::tail_layout`] for
 //! partial blocks).
 
 use std::sync::Arc;
@@ -87,15 +88,23 @@ impl Executor {
         Ok(())
     }
 
-    /// The first `tokens` positions of `block` in the compact layout of
-    /// [`crate::tail_layout`] (the whole block when `tokens` is the block size).
-    pub fn read_block(&self, block: BlockId, tokens: usize) -> Result<Vec<f32>, EngineError> {
+    /// Starts copying out the first `tokens` positions of each `(block, tokens)`, to be had in
+    /// the compact layout of [`crate::tail_layout`] (the whole block when `tokens` is the block
+    /// size). Later steps may rewrite the blocks: what is read is their state now.
+    pub fn start_read(&self, blocks: &[(BlockId, usize)]) -> Result<PendingRead, EngineError> {
         let layout = self.layout();
-        Ok(match self {
-            Self::Cpu { arena, .. } => compact(arena.block(block), &layout, tokens),
+        let tokens = blocks.iter().map(|&(_, tokens)| tokens).collect();
+        let state = match self {
+            Self::Cpu { arena, .. } => ReadState::Done(
+                blocks.iter().map(|&(block, tokens)| compact(arena.block(block), &layout, tokens)).collect(),
+            ),
             #[cfg(feature = "cuda")]
-            Self::Cuda { model, pool, .. } => compact(&pool.read_block(model.device(), block)?, &layout, tokens),
-        })
+            Self::Cuda { model, pool, .. } => {
+                let ids: Vec<BlockId> = blocks.iter().map(|&(block, _)| block).collect();
+                ReadState::Copying(pool.start_read(model.device(), &ids)?, Arc::clone(model.device()))
+            }
+        };
+        Ok(PendingRead { layout, tokens, state })
     }
 
     /// Writes `data` (compact, `tokens` positions; its length checked by the caller against
@@ -117,6 +126,51 @@ impl Executor {
             }
         }
         Ok(())
+    }
+}
+
+/// Blocks on their way out of the pool (see [`Executor::start_read`]).
+#[derive(Debug)]
+pub(crate) struct PendingRead {
+    layout: KvLayout,
+    /// Positions wanted of each block.
+    tokens: Vec<usize>,
+    state: ReadState,
+}
+
+#[derive(Debug)]
+enum ReadState {
+    /// Compact images, read at once.
+    Done(Vec<Vec<f32>>),
+    /// Whole block images in flight on the copy stream of the GPU.
+    #[cfg(feature = "cuda")]
+    Copying(lcserve_model::PendingBlocks, Arc<lcserve_kernels::cuda::Device>),
+}
+
+impl PendingRead {
+    /// Whether the blocks are on the host; never waits.
+    pub fn is_done(&self) -> Result<bool, EngineError> {
+        match &self.state {
+            ReadState::Done(_) => Ok(true),
+            #[cfg(feature = "cuda")]
+            ReadState::Copying(pending, _) => Ok(pending.is_done()?),
+        }
+    }
+
+    /// The blocks, compact, in the order asked for; waits for their copy if needed.
+    pub fn wait(self) -> Result<Vec<Vec<f32>>, EngineError> {
+        match self.state {
+            ReadState::Done(images) => Ok(images),
+            #[cfg(feature = "cuda")]
+            ReadState::Copying(pending, device) => {
+                let images = pending.wait(&device)?;
+                Ok(images
+                    .iter()
+                    .zip(&self.tokens)
+                    .map(|(image, &tokens)| compact(image, &self.layout, tokens))
+                    .collect())
+            }
+        }
     }
 }
 

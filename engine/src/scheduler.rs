@@ -246,13 +246,16 @@ impl Scheduler {
             }
             if let Some(exporter) = &mut seq.exporter {
                 let block_size = self.config.block_size;
-                match exporter.collect(
+                // A step that yields a token waits for the copies: blocks go out before it.
+                let yields_token = slot.logits != LogitsWanted::None;
+                match exporter.advance(
                     &self.executor,
                     block_size,
                     &seq.tokens,
                     seq.computed,
                     seq.prompt_len,
                     &seq.blocks,
+                    yields_token,
                 ) {
                     Ok(blocks) if blocks.is_empty() => {}
                     Ok(blocks) => {

@@ -513,7 +513,7 @@ fn check_kv(device: &Device, rng: &mut StdRng, report: &mut Report) -> Check {
             ids.iter().flat_map(|&b| pool[b as usize * block_len..][..block_len].to_vec()).collect();
         let pool_dev = device.upload(&pool)?;
         let mut staging = poisoned(device, ids.len() * block_len)?;
-        cuda::gather_blocks(device, &pool_dev, block_len, &ids, &mut staging)?;
+        cuda::gather_blocks(device, &pool_dev, block_len, &ids, &mut staging.slice_mut(..))?;
         let gathered = device.download(&staging)?;
         report.record(&format!("gather_blocks {blocks}"), gathered == expected, "bit-exact");
         let mut target = poisoned(device, pool.len())?;
@@ -523,6 +523,17 @@ fn check_kv(device: &Device, rng: &mut StdRng, report: &mut Report) -> Check {
             .iter()
             .all(|&b| scattered[b as usize * block_len..][..block_len] == pool[b as usize * block_len..][..block_len]);
         report.record(&format!("scatter_blocks {blocks}"), placed, "bit-exact");
+        // Into the middle of a larger buffer, read back on the copy stream.
+        let mut wide = poisoned(device, (ids.len() + 2) * block_len)?;
+        let middle = block_len..(ids.len() + 1) * block_len;
+        cuda::gather_blocks(device, &pool_dev, block_len, &ids, &mut wide.slice_mut(middle.clone()))?;
+        let downloaded = device.download_async(wide)?.wait(device)?;
+        let margins_kept = downloaded[..middle.start].iter().chain(&downloaded[middle.end..]).all(|v| v.is_nan());
+        report.record(
+            &format!("gather_blocks {blocks} at an offset, download_async"),
+            downloaded[middle] == expected[..] && margins_kept,
+            "bit-exact, margins untouched",
+        );
     }
     Ok(())
 }

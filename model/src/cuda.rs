@@ -15,16 +15,18 @@
 //! are few; on tensor cores when the weights are bf16 and the queries many) or tree attention
 //! for a draft tree; then the output product and residual, the SwiGLU
 //! FFN, and the LM head over the rows that want logits. The pool moves whole blocks to and from
-//! the host ([`DeviceKvPool::read_block`], [`DeviceKvPool::write_block`]) for the KV store, and
-//! a draft node's K/V to its accepted place ([`DeviceKvPool::copy_position`]). Sparse prefill
-//! and token-selecting attention stay on the CPU path for now.
+//! the host for the KV store — [`DeviceKvPool::start_read`] gathers blocks on the compute stream
+//! and copies them out on the copy stream while later steps run ([`PendingBlocks`]);
+//! [`DeviceKvPool::write_block`] uploads one — and a draft node's K/V to its accepted place
+//! ([`DeviceKvPool::copy_position`]). Sparse prefill and token-selecting attention stay on the
+//! CPU path for now.
 
 use std::sync::Arc;
 
 use lcserve_common::BlockId;
 use lcserve_kernels::cuda::{
-    self, Blas, CudaSlice, DeviceBlockTable, DeviceMatrix, DevicePagedKv, DevicePositions, DeviceRope, RopeStyle,
-    WeightType,
+    self, Blas, CudaSlice, DeviceBlockTable, DeviceMatrix, DevicePagedKv, DevicePositions, DeviceRope, PendingDownload,
+    RopeStyle, WeightType,
 };
 use lcserve_kernels::{AttnShape, QMatrix};
 use rayon::prelude::*;
@@ -124,16 +126,28 @@ impl DeviceKvPool {
         }
     }
 
+    /// Starts copying `blocks` to the host: one gather per layer and side into a staging buffer
+    /// on the compute stream (so the blocks may be rewritten by any later step), then one copy
+    /// on the copy stream, which runs while later steps compute.
+    pub fn start_read(&self, device: &cuda::Device, blocks: &[BlockId]) -> Result<PendingBlocks> {
+        if blocks.is_empty() {
+            return Err(ModelError::InvalidBatch { index: 0, reason: "a read of no blocks".into() });
+        }
+        let ids = blocks.iter().map(|&b| self.check_block(b).map(|b| b as u32)).collect::<Result<Vec<_>>>()?;
+        let side = self.side_len();
+        let part = ids.len() * side;
+        let mut staging = device.zeros::<f32>(2 * self.k.len() * part)?;
+        for (i, pool) in self.k.iter().zip(&self.v).flat_map(|(k, v)| [k, v]).enumerate() {
+            cuda::gather_blocks(device, pool, side, &ids, &mut staging.slice_mut(i * part..(i + 1) * part))?;
+        }
+        Ok(PendingBlocks { download: device.download_async(staging)?, blocks: ids.len(), side })
+    }
+
     /// All layers of `block` copied to the host, laid out as [`crate::KvArena::block`]
     /// (`[layer][k|v][kv_heads][block_size][head_dim]`): the unit the KV store moves.
     pub fn read_block(&self, device: &cuda::Device, block: BlockId) -> Result<Vec<f32>> {
-        let (b, side) = (self.check_block(block)?, self.side_len());
-        let mut out = Vec::with_capacity(2 * self.k.len() * side);
-        for (k, v) in self.k.iter().zip(&self.v) {
-            out.extend(device.download_range(k, b * side..(b + 1) * side)?);
-            out.extend(device.download_range(v, b * side..(b + 1) * side)?);
-        }
-        Ok(out)
+        let mut images = self.start_read(device, &[block])?.wait(device)?;
+        Ok(images.swap_remove(0))
     }
 
     /// Writes a host block image (the layout of [`DeviceKvPool::read_block`]) into `block`.
@@ -167,6 +181,36 @@ impl DeviceKvPool {
             cuda::copy_position(device, side, &table, (from, to), geometry)?;
         }
         Ok(())
+    }
+}
+
+/// Blocks on their way to the host (see [`DeviceKvPool::start_read`]).
+#[derive(Debug)]
+pub struct PendingBlocks {
+    /// `[layer][k|v][block][side]`, as gathered.
+    download: PendingDownload,
+    blocks: usize,
+    /// Values of one side of one layer of one block.
+    side: usize,
+}
+
+impl PendingBlocks {
+    /// Whether the copy has finished; never waits.
+    pub fn is_done(&self) -> Result<bool> {
+        Ok(self.download.is_done()?)
+    }
+
+    /// Waits for the copy; one image per block, in the order asked for, laid out as
+    /// [`DeviceKvPool::read_block`]'s.
+    pub fn wait(self, device: &cuda::Device) -> Result<Vec<Vec<f32>>> {
+        let values = self.download.wait(device)?;
+        let (blocks, side) = (self.blocks, self.side);
+        let parts = values.len() / (blocks * side);
+        Ok((0..blocks)
+            .map(|block| {
+                (0..parts).flat_map(|part| &values[(part * blocks + block) * side..][..side]).copied().collect()
+            })
+            .collect())
     }
 }
 

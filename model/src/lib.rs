@@ -35,7 +35,7 @@ mod weights;
 pub use attention::{AttentionBackend, DenseAttention, SparseAttention};
 pub use config::{Architecture, ModelConfig, RopeConfig, RopeLayout, RopeScaling};
 #[cfg(feature = "cuda")]
-pub use cuda::{DeviceKvPool, DeviceModel};
+pub use cuda::{DeviceKvPool, DeviceModel, PendingBlocks};
 pub use error::{ModelError, Result};
 pub use export::export_hf_dir;
 pub use forward::{Logits, LogitsWanted, SequenceInput};

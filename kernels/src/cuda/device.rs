@@ -1,6 +1,9 @@
-//! One GPU: its CUDA context and stream, and its kernels, loaded on first use from PTX compiled
-//! for the device's architecture (a process-wide [`PtxCache`], so devices of one architecture
-//! share each compilation).
+//! One GPU: its CUDA context, its two streams, and its kernels, loaded on first use from PTX
+//! compiled for the device's architecture (a process-wide [`PtxCache`], so devices of one
+//! architecture share each compilation).
+//!
+//! Every launch goes to the compute stream. Copies to the host that should not stall it go to
+//! the copy stream ([`super::transfer`]), ordered after the compute stream's work by events.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -8,7 +11,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::ops::Range;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError, ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError, PinnedHostSlice,
+    ValidAsZeroBits,
 };
 
 use super::catalogue::kernel;
@@ -26,11 +30,18 @@ pub(crate) fn driver(e: DriverError) -> CudaError {
     CudaError::Driver(e.to_string())
 }
 
-/// A GPU with its stream and loaded kernel modules.
+/// Page-locked host buffers kept for later downloads: allocating one costs far more than a copy.
+const PINNED_BUFFERS_KEPT: usize = 4;
+
+/// A GPU with its streams and loaded kernel modules.
 #[derive(Debug)]
 pub struct Device {
     context: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// Device-to-host copies that run beside the compute stream.
+    copy_stream: Arc<CudaStream>,
+    /// Page-locked host buffers of finished downloads, for the next ones.
+    pinned: Mutex<Vec<PinnedHostSlice<f32>>>,
     arch: Arch,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     /// Entry points looked up so far, by (kernel, entry): a launch costs no driver lookup.
@@ -44,10 +55,24 @@ impl Device {
             return Err(CudaError::DriverMissing);
         }
         let context = CudaContext::new(ordinal).map_err(driver)?;
+        // SAFETY: nothing is allocated in this context yet. With a second stream, cudarc would
+        // otherwise record an event for every buffer of every launch; here the copy stream is
+        // ordered against the compute stream explicitly (`transfer`), and buffers it reads are
+        // kept alive until its copies are done.
+        unsafe { context.disable_event_tracking() };
         let (major, minor) = context.compute_capability().map_err(driver)?;
         let arch = Arch { major: major as u32, minor: minor as u32 };
         let stream = context.default_stream();
-        Ok(Self { context, stream, arch, modules: Mutex::new(HashMap::new()), functions: Mutex::new(HashMap::new()) })
+        let copy_stream = context.new_stream().map_err(driver)?;
+        Ok(Self {
+            context,
+            stream,
+            copy_stream,
+            pinned: Mutex::new(Vec::new()),
+            arch,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The device's architecture, which its kernels are compiled for.
@@ -63,6 +88,35 @@ impl Device {
     /// The stream every launch of this device goes to.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// The stream of device-to-host copies that must not stall the compute stream.
+    pub(crate) fn copy_stream(&self) -> &Arc<CudaStream> {
+        &self.copy_stream
+    }
+
+    /// A page-locked host buffer of at least `len` values: a kept one if one is large enough.
+    pub(crate) fn take_pinned(&self, len: usize) -> Result<PinnedHostSlice<f32>> {
+        let mut kept = self.pinned.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let fitting = kept.iter().enumerate().filter(|(_, b)| b.len() >= len).min_by_key(|(_, b)| b.len());
+        if let Some((index, _)) = fitting {
+            return Ok(kept.swap_remove(index));
+        }
+        drop(kept);
+        // SAFETY: the buffer's contents are only read after a copy has written them. Flags 0:
+        // cached memory, since the host reads it (write-combined memory is slow to read).
+        unsafe { self.context.alloc_pinned_with_flags::<f32>(len.next_power_of_two(), 0) }.map_err(driver)
+    }
+
+    /// Keeps `buffer` for a later download (the smallest kept one goes when too many are).
+    pub(crate) fn keep_pinned(&self, buffer: PinnedHostSlice<f32>) {
+        let mut kept = self.pinned.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        kept.push(buffer);
+        if kept.len() > PINNED_BUFFERS_KEPT
+            && let Some((index, _)) = kept.iter().enumerate().min_by_key(|(_, b)| b.len())
+        {
+            kept.swap_remove(index);
+        }
     }
 
     /// Entry point `entry` of the catalogue kernel `name`, compiled and loaded on first use.

@@ -1,7 +1,7 @@
 //! KV blocks on device: the int8/int4 codecs of the KV store (kv_codec.cu) and block
 //! gather/scatter between the paged pool and staging buffers (blocks.cu).
 
-use cudarc::driver::{CudaSlice, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaViewMut, PushKernelArg};
 
 use super::attention::DeviceBlockTable;
 use super::device::{Device, driver};
@@ -171,13 +171,14 @@ fn check_blocks(op: &'static str, pool_len: usize, block_len: usize, ids: &[u32]
     int(op, "staging", staging_len).map(|_| ())
 }
 
-/// `staging[i] = pool[ids[i]]`, blocks of `block_len` values.
+/// `staging[i] = pool[ids[i]]`, blocks of `block_len` values. `staging` may be part of a larger
+/// buffer (`buffer.slice_mut(range)`), so several pools gather into one download.
 pub fn gather_blocks(
     device: &Device,
     pool: &CudaSlice<f32>,
     block_len: usize,
     ids: &[u32],
-    staging: &mut CudaSlice<f32>,
+    staging: &mut CudaViewMut<'_, f32>,
 ) -> Result<()> {
     const OP: &str = "cuda::gather_blocks";
     check_blocks(OP, pool.len(), block_len, ids, staging.len())?;
@@ -199,7 +200,7 @@ pub fn scatter_blocks(
     if sorted.windows(2).any(|w| w[0] == w[1]) {
         return invalid(OP, "block ids repeat: the scatter order would decide the result".into());
     }
-    move_blocks(device, "scatter_blocks", staging, block_len, ids, pool)
+    move_blocks(device, "scatter_blocks", staging, block_len, ids, &mut pool.slice_mut(..))
 }
 
 fn move_blocks(
@@ -208,7 +209,7 @@ fn move_blocks(
     src: &CudaSlice<f32>,
     block_len: usize,
     ids: &[u32],
-    dst: &mut CudaSlice<f32>,
+    dst: &mut CudaViewMut<'_, f32>,
 ) -> Result<()> {
     if ids.is_empty() {
         return Ok(());

@@ -9,7 +9,10 @@
 //! With feature `cuda`, the device runtime: f32 launchers that validate their arguments and
 //! return [`CudaError`] rather than panicking (built only with that feature, hence unlinked):
 //!
-//! * `device` — a `Device`: context, stream, kernels loaded per device from the PTX cache.
+//! * `device` — a `Device`: context, compute and copy streams, kernels loaded per device from
+//!   the PTX cache.
+//! * `transfer` — `Device::download_async`: copies to the host on the copy stream
+//!   (`PendingDownload`), beside the compute stream's work.
 //! * `ops` — `rms_norm`, `rope`, `silu_mul`, the residual `add` and bias `add_rows`.
 //! * `gemm` — `Blas::matmul` through cuBLAS over a `DeviceMatrix` of f32 or bf16 weights.
 //! * `attention` — `DevicePagedKv` (a pool of blocks + a block table) and `attention()`
@@ -42,6 +45,8 @@ mod launch;
 pub mod ops;
 #[cfg(feature = "cuda")]
 pub mod select;
+#[cfg(feature = "cuda")]
+pub mod transfer;
 
 #[cfg(feature = "cuda")]
 pub use attention::{
@@ -50,9 +55,9 @@ pub use attention::{
 };
 pub use catalogue::{KERNELS, Kernel, kernel};
 pub use compile::{Arch, Compiler, PtxCache, compile_ptx, load_nvrtc, nvrtc_available};
-/// Device buffers, as the launchers take them.
+/// Device buffers, and views of their ranges, as the launchers take them.
 #[cfg(feature = "cuda")]
-pub use cudarc::driver::CudaSlice;
+pub use cudarc::driver::{CudaSlice, CudaViewMut};
 #[cfg(feature = "cuda")]
 pub use device::{Device, driver_available};
 pub use error::{CudaError, Result};
@@ -67,3 +72,5 @@ pub use kv::{
 pub use ops::{DevicePositions, DeviceRope, RopeStyle, add, add_rows, rms_norm, rope, silu_mul};
 #[cfg(feature = "cuda")]
 pub use select::select_tokens;
+#[cfg(feature = "cuda")]
+pub use transfer::PendingDownload;
