@@ -93,18 +93,21 @@ impl Executor {
     /// size). Later steps may rewrite the blocks: what is read is their state now.
     pub fn start_read(&self, blocks: &[(BlockId, usize)]) -> Result<PendingRead, EngineError> {
         let layout = self.layout();
-        let tokens = blocks.iter().map(|&(_, tokens)| tokens).collect();
-        let state = match self {
-            Self::Cpu { arena, .. } => ReadState::Done(
+        Ok(match self {
+            Self::Cpu { arena, .. } => PendingRead::Done(
                 blocks.iter().map(|&(block, tokens)| compact(arena.block(block), &layout, tokens)).collect(),
             ),
             #[cfg(feature = "cuda")]
             Self::Cuda { model, pool, .. } => {
                 let ids: Vec<BlockId> = blocks.iter().map(|&(block, _)| block).collect();
-                ReadState::Copying(pool.start_read(model.device(), &ids)?, Arc::clone(model.device()))
+                PendingRead::Copying {
+                    blocks: pool.start_read(model.device(), &ids)?,
+                    device: Arc::clone(model.device()),
+                    layout,
+                    tokens: blocks.iter().map(|&(_, tokens)| tokens).collect(),
+                }
             }
-        };
-        Ok(PendingRead { layout, tokens, state })
+        })
     }
 
     /// Writes `data` (compact, `tokens` positions; its length checked by the caller against
@@ -131,44 +134,38 @@ impl Executor {
 
 /// Blocks on their way out of the pool (see [`Executor::start_read`]).
 #[derive(Debug)]
-pub(crate) struct PendingRead {
-    layout: KvLayout,
-    /// Positions wanted of each block.
-    tokens: Vec<usize>,
-    state: ReadState,
-}
-
-#[derive(Debug)]
-enum ReadState {
+pub(crate) enum PendingRead {
     /// Compact images, read at once.
     Done(Vec<Vec<f32>>),
     /// Whole block images in flight on the copy stream of the GPU.
     #[cfg(feature = "cuda")]
-    Copying(lcserve_model::PendingBlocks, Arc<lcserve_kernels::cuda::Device>),
+    Copying {
+        blocks: lcserve_model::PendingBlocks,
+        device: Arc<lcserve_kernels::cuda::Device>,
+        layout: KvLayout,
+        /// Positions wanted of each block.
+        tokens: Vec<usize>,
+    },
 }
 
 impl PendingRead {
     /// Whether the blocks are on the host; never waits.
     pub fn is_done(&self) -> Result<bool, EngineError> {
-        match &self.state {
-            ReadState::Done(_) => Ok(true),
+        match self {
+            Self::Done(_) => Ok(true),
             #[cfg(feature = "cuda")]
-            ReadState::Copying(pending, _) => Ok(pending.is_done()?),
+            Self::Copying { blocks, .. } => Ok(blocks.is_done()?),
         }
     }
 
     /// The blocks, compact, in the order asked for; waits for their copy if needed.
     pub fn wait(self) -> Result<Vec<Vec<f32>>, EngineError> {
-        match self.state {
-            ReadState::Done(images) => Ok(images),
+        match self {
+            Self::Done(images) => Ok(images),
             #[cfg(feature = "cuda")]
-            ReadState::Copying(pending, device) => {
-                let images = pending.wait(&device)?;
-                Ok(images
-                    .iter()
-                    .zip(&self.tokens)
-                    .map(|(image, &tokens)| compact(image, &self.layout, tokens))
-                    .collect())
+            Self::Copying { blocks, device, layout, tokens } => {
+                let images = blocks.wait(&device)?;
+                Ok(images.iter().zip(&tokens).map(|(image, &tokens)| compact(image, &layout, tokens)).collect())
             }
         }
     }
