@@ -35,13 +35,19 @@ const ACT_GROUP: usize = 6;
 
 /// Row group `group` of `w` times activation rows `a`: `out[k][l]` is output row
 /// `16·group + l` of activation row `k`, `Σ_blocks d_w d_a Σ q_w q_a (+ m_w s_a)` (0 for
-/// padding rows).
+/// padding rows). Both arrays are borrowed: a tile is short, and copying its row
+/// descriptors in and its outputs out showed up as `memmove` in profiles.
 ///
 /// # Safety
 /// AVX-512F/BW/VNNI and F16C must be available; `group` is a row group of `w`; every `a[k]`
 /// is a row of [`VnniActs`] quantized for `w`'s type and block count.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn tile<const K: usize>(w: &VnniWeights, group: usize, a: [VnniActRow<'_>; K]) -> [[f32; GROUP_ROWS]; K] {
+unsafe fn tile<const K: usize>(
+    w: &VnniWeights,
+    group: usize,
+    a: &[VnniActRow<'_>; K],
+    out: &mut [[f32; GROUP_ROWS]; K],
+) {
     let (q8, has_m) = (w.ty == QuantType::Q8_0, w.ty == QuantType::Q4_1);
     let (header, stride) = (VnniWeights::header_bytes(w.ty), VnniWeights::block_stride(w.ty));
     let rows = w.group(group);
@@ -89,12 +95,10 @@ unsafe fn tile<const K: usize>(w: &VnniWeights, group: usize, a: [VnniActRow<'_>
             }
         }
     }
-    let mut out = [[0f32; GROUP_ROWS]; K];
     for k in 0..K {
         // SAFETY: `out[k]` holds 16 floats.
         unsafe { _mm512_storeu_ps(out[k].as_mut_ptr(), acc[k]) };
     }
-    out
 }
 
 /// `activation::quantize_block` with AVX-512, bit for bit: the f16 scale and the quants'
@@ -157,10 +161,11 @@ pub(super) fn matmul_tiles(w: &VnniWeights, acts: &VnniActs, n: usize, out: &mut
 fn run_tile(w: &VnniWeights, group: usize, a: &[VnniActRow<'_>], i0: usize, lanes: usize, dst: SharedOut, rows: usize) {
     macro_rules! run {
         ($k:literal) => {{
-            let ar: [VnniActRow<'_>; $k] = std::array::from_fn(|j| a[j]);
+            let Some(ar) = a.first_chunk::<$k>() else { return };
+            let mut res = [[0f32; GROUP_ROWS]; $k];
             // SAFETY: VNNI support was checked by the caller; `group` is a row group of `w`
             // and `ar` rows quantized for its type and block count.
-            let res = unsafe { tile::<$k>(w, group, ar) };
+            unsafe { tile::<$k>(w, group, ar, &mut res) };
             for (i, vals) in res.iter().enumerate() {
                 // SAFETY: output rows `16·group..` belong to this task's row groups.
                 unsafe { dst.write_run((i0 + i) * rows + group * GROUP_ROWS, &vals[..lanes]) };
