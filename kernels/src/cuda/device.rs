@@ -184,24 +184,6 @@ impl Device {
         self.stream.memcpy_dtod(&src.slice(range), &mut dst.slice_mut(at..at + len)).map_err(driver)
     }
 
-    /// Copies `src[range]` to the host (waits for the stream).
-    pub fn download_range<T: DeviceRepr + Default + Clone>(
-        &self,
-        src: &CudaSlice<T>,
-        range: Range<usize>,
-    ) -> Result<Vec<T>> {
-        if range.start > range.end || range.end > src.len() {
-            return Err(CudaError::InvalidArgument {
-                op: "Device::download_range",
-                detail: format!("{range:?} of {} elements", src.len()),
-            });
-        }
-        let mut host = vec![T::default(); range.len()];
-        self.stream.memcpy_dtoh(&src.slice(range), &mut host).map_err(driver)?;
-        self.synchronize()?;
-        Ok(host)
-    }
-
     /// Copies `host` into `dst` from element `at`.
     pub fn upload_into<T: DeviceRepr>(&self, host: &[T], dst: &mut CudaSlice<T>, at: usize) -> Result<()> {
         if at + host.len() > dst.len() {
