@@ -1,5 +1,5 @@
 //! Hybrid tree attention against the masked-attention definition (f64), against causal
-//! attention for a chain, and its errors.
+//! attention for a chain, bit for bit against the decode step of each node, and its errors.
 
 #![allow(clippy::unwrap_used)]
 
@@ -147,6 +147,49 @@ fn chain_equals_causal_attention() {
         let name = format!("prefix {prefix} chain {n} bs {bs} group {group}");
         assert_close(&name, &out, &want, 1e-5);
         assert_close(&format!("{name} lse"), &lse, &want_lse, 1e-5);
+    }
+}
+
+/// Each node's row equals, bit for bit, the single-query decode of that node's token after
+/// its accepted ancestors — the cache holding the committed keys then the node's path — on
+/// any thread count. Committed lengths straddle block and part boundaries (parts are 512
+/// keys); bitwise equality is what keeps greedy speculation lossless under 8-bit activations.
+#[test]
+fn nodes_equal_their_decode_step_bitwise() {
+    let mut rng = StdRng::seed_from_u64(15);
+    let pools: Vec<rayon::ThreadPool> =
+        [1, 2, 3].iter().map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap()).collect();
+    for prefix in [0usize, 1, 63, 64, 65, 511, 512, 513, 1000, 1100] {
+        for (kind, n) in [(Shape::Chain, 7usize), (Shape::Random, 12), (Shape::Star, 3)] {
+            for bs in [16usize, 64] {
+                let case = Case::random(&mut rng, prefix, n, bs, 3, 64);
+                let parents = tree(&mut rng, kind, n);
+                let (out, lse) = pools[1].install(|| case.tree(&parents));
+                let row = case.shape.n_heads * 64;
+                for i in 0..n {
+                    let mut keep: Vec<usize> = (0..prefix).collect();
+                    let mut path = vec![prefix + i];
+                    while let Some(p) = parents[path.last().unwrap() - prefix] {
+                        path.push(prefix + p);
+                    }
+                    keep.extend(path.iter().rev());
+                    let decode_view = case.cache.subset(&keep, &case.shape);
+                    let q = &case.q[i * row..][..row];
+                    for pool in &pools {
+                        let (mut o, mut l) = (vec![f32::NAN; row], vec![f32::NAN; case.shape.n_heads]);
+                        pool.install(|| {
+                            decode_view
+                                .with(|kv| attention(q, 1, kv, &case.shape, case.scale, &mut o, Some(&mut l)).unwrap())
+                        });
+                        let name =
+                            format!("prefix {prefix} {kind:?} node {i} bs {bs} threads {}", pool.current_num_threads());
+                        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&o), bits(&out[i * row..][..row]), "{name}");
+                        assert_eq!(bits(&l), bits(&lse[i * case.shape.n_heads..][..case.shape.n_heads]), "{name} lse");
+                    }
+                }
+            }
+        }
     }
 }
 

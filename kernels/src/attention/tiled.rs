@@ -6,10 +6,18 @@
 //! online-softmax state (running max `m`, denominator `l`, unnormalized output) — memory is
 //! O(rows · head_dim + block_size), never O(N²).
 //!
-//! Parallelism: items run on the current rayon pool. When there are too few items to feed
-//! the threads (decode: one query, a handful of KV heads) the key range is split into parts
-//! whose partial results are combined with log-sum-exp merging, so decode uses every thread.
-//! Tiny problems run inline to avoid task overhead.
+//! Parallelism: items run on the current rayon pool. A single tile of queries (decode, short
+//! verification batches) would leave threads idle, so its key range is split into parts whose
+//! partial results are combined with log-sum-exp merging, so decode uses every thread. Tiny
+//! problems run inline to avoid task overhead.
+//!
+//! **Canonical parts.** The split points are fixed multiples of [`part_keys`] — not chosen
+//! from the context length or the thread count — and each row merges its parts in key order.
+//! A query row's result then depends only on its own query and keys: it is bitwise the same
+//! alone in a decode step, among the rows of a verification batch (hybrid tree attention
+//! reproduces the same parts, see `tree`), and on any number of threads. Speculative decoding
+//! relies on it to stay token-for-token lossless even where a 1-ulp difference would be
+//! amplified (8-bit activations round each block of the next product's input).
 
 use rayon::prelude::*;
 
@@ -24,8 +32,8 @@ use crate::simd;
 /// Target rows (queries × heads of a group) per tile: enough reuse of each loaded key,
 /// small enough that scaled queries and accumulators stay in L1.
 const TILE_ROWS: usize = 32;
-/// Smallest key range worth a separate task when splitting keys.
-const MIN_SPLIT_KEYS: usize = 256;
+/// Keys per part when a single query tile is split (rounded up to whole cache blocks).
+const PART_KEYS: usize = 256;
 /// Below this many multiply-adds the whole call runs on the calling thread.
 const SERIAL_MACS: usize = 1 << 17;
 
@@ -94,23 +102,10 @@ fn plan(nq: usize, kv: &PagedKv<'_>, shape: &AttnShape) -> Vec<Item> {
     let g = shape.group();
     let tq = (TILE_ROWS / g).max(1);
     let tiles = nq.div_ceil(tq);
-    let base = tiles * shape.n_kv_heads;
-    let threads = rayon::current_num_threads().max(1);
     // Split keys only for a single query tile (decode, short verify batches): with many
     // tiles there is already enough parallelism and causal ranges differ per tile.
-    let splits = if tiles == 1 && base < 4 * threads {
-        let max = (kv.len / MIN_SPLIT_KEYS).max(1);
-        let mut s = (4 * threads).div_ceil(base).min(max);
-        // Prefer an item count divisible by the thread count (no straggler round).
-        while !(base * s).is_multiple_of(threads) && s < max {
-            s += 1;
-        }
-        s
-    } else {
-        1
-    };
-    let part = kv.len.div_ceil(splits).div_ceil(kv.block_size) * kv.block_size;
-    let mut items = Vec::with_capacity(base * splits);
+    let part = if tiles == 1 { part_keys(kv.block_size) } else { kv.len };
+    let mut items = Vec::with_capacity(tiles * shape.n_kv_heads * kv.len.div_ceil(part));
     for kvh in 0..shape.n_kv_heads {
         for t in 0..tiles {
             let (q0, q1) = (t * tq, nq.min((t + 1) * tq));
@@ -123,6 +118,12 @@ fn plan(nq: usize, kv: &PagedKv<'_>, shape: &AttnShape) -> Vec<Item> {
         }
     }
     items
+}
+
+/// Keys per part of a split key range: [`PART_KEYS`] rounded up to whole cache blocks. Parts
+/// start at multiples of it, so a part never splits a block.
+pub(crate) fn part_keys(block_size: usize) -> usize {
+    PART_KEYS.div_ceil(block_size) * block_size
 }
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
