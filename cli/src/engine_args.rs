@@ -116,8 +116,8 @@ pub struct EngineArgs {
     #[arg(long, env = "LCSERVE_DRAFT_WINDOW", default_value_t = lcserve_engine::DEFAULT_DRAFT_WINDOW)]
     pub draft_window: usize,
     /// Where the model runs: `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`
-    /// (dense attention and draft trees; sparse prefill, token selection and self-drafting
-    /// requests are refused there).
+    /// (dense attention, draft trees and token selection; sparse prefill requests are refused
+    /// there).
     #[arg(long, env = "LCSERVE_DEVICE", default_value = "cpu")]
     pub device: EngineDevice,
     /// How a GPU stores the weights: `f32` (the CPU's values) or `bf16` (half the memory).

@@ -9,7 +9,11 @@
 //!    the CPU: four concurrent greedy requests, one speculating with n-gram draft trees, must
 //!    give the same tokens, and the KV blocks they export must agree to 1e-4. Then what
 //!    exporting costs: a 4096-token prompt prefilled by the GPU engine (bf16) with and without
-//!    exporting its 256 blocks, whose copies run on the copy stream.
+//!    exporting its 256 blocks, whose copies run on the copy stream. Then token selection on
+//!    the GPU engine (f32) against the CPU engine: a request attending to 64 voted keys of a
+//!    1200-token context must give the CPU's tokens (the two pick the same keys unless votes
+//!    tie to rounding), and a self-drafting request (lossless whatever its drafts) the plain
+//!    greedy tokens.
 //! 2. **Ceilings**, measured: a bf16 product at 8192³ through the same `Blas::matmul` the model
 //!    uses, and a device-to-device copy of 1 GiB.
 //! 3. **Speed** on a Llama-1B-shaped random model with bf16 weights: prefill to 8k in chunks of
@@ -30,8 +34,8 @@ use std::time::Instant;
 
 use lcserve_common::BlockId;
 use lcserve_engine::{
-    EngineConfig, EngineDevice, EngineEvent, EngineHandle, ExportKv, GenerateRequest, GpuWeights, Speculation,
-    StopConditions,
+    EngineConfig, EngineDevice, EngineEvent, EngineHandle, ExportKv, GenerateRequest, GpuWeights, KvSelection,
+    Speculation, StopConditions,
 };
 use lcserve_kernels::cuda::{Blas, Device, DeviceMatrix, WeightType};
 use lcserve_model::{
@@ -184,6 +188,35 @@ fn engine_agrees(model: Arc<Model>) -> Result<bool> {
         if ok { "ok  " } else { "FAIL" },
         requests.len(),
         if same_blocks { "line up" } else { "DIFFER in count or size" },
+    );
+    Ok(ok)
+}
+
+/// Token selection and self-drafting on the GPU engine against the CPU engine (see the module
+/// docs).
+fn selection_agrees(model: Arc<Model>) -> Result<bool> {
+    let vocab = model.config.vocab_size as u64;
+    let plain = GenerateRequest {
+        prompt: (0..1200u64).map(|i| ((i * 7919 + 17) % vocab) as u32).collect(),
+        stop: StopConditions { max_tokens: 24, ignore_eos: true, ..StopConditions::default() },
+        ..GenerateRequest::default()
+    };
+    let selection = KvSelection { budget: 64, sink: 4, window: 32, reuse_threshold: 0.9 };
+    let requests = [
+        GenerateRequest { kv_selection: Some(selection), ..plain.clone() },
+        GenerateRequest { speculation: Speculation::SelfDraft, ..plain.clone() },
+        plain,
+    ];
+    let cpu = run_engine(&model, EngineDevice::Cpu, &requests)?;
+    let gpu = run_engine(&model, EngineDevice::Cuda { ordinal: 0, weights: GpuWeights::F32 }, &requests)?;
+    let selected_same = gpu[0].0 == cpu[0].0;
+    let self_lossless = gpu[1].0 == cpu[2].0 && gpu[2].0 == cpu[2].0;
+    let ok = selected_same && self_lossless;
+    println!(
+        "{} engine cuda:0 f32 token selection: 64 voted of 1200 keys, tokens {} the CPU's; self-drafting {} plain greedy",
+        if ok { "ok  " } else { "FAIL" },
+        if selected_same { "equal" } else { "DIFFER from" },
+        if self_lossless { "equals" } else { "DIFFERS from" },
     );
     Ok(ok)
 }
@@ -429,6 +462,7 @@ fn main() -> ExitCode {
         ok &= passed(&format!("forward {ty:?}"), || forward_agrees(&model, &device, ty));
     }
     ok &= passed("engine cuda:0 f32", || engine_agrees(Arc::clone(&model)));
+    ok &= passed("engine token selection", || selection_agrees(Arc::clone(&model)));
     ok &= passed("engine export cost", || export_cost(&model));
     ok &= passed("speed", || speed(&device, dir.path()).map(|()| true));
     if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }

@@ -21,8 +21,8 @@ pub enum EngineDevice {
     #[default]
     Cpu,
     /// GPU `ordinal` (feature `cuda`; a build without it refuses this at start). Dense
-    /// attention and draft trees only: requests for sparse prefill, token selection or
-    /// self-drafting are refused.
+    /// attention, draft trees and token selection (so self-drafting too): requests for sparse
+    /// prefill are refused.
     Cuda { ordinal: usize, weights: GpuWeights },
 }
 

@@ -346,7 +346,7 @@ impl EngineHandle {
             stop.stop_token_ids.extend(self.model.tokenizer.eos_ids());
         }
         let self_drafting = matches!(request.speculation, Speculation::SelfDraft);
-        self.check_device_support(request.prefill_mode, request.kv_selection.is_some(), self_drafting)?;
+        self.check_device_support(request.prefill_mode)?;
         let sampler = Sampler::new(request.sampling, model_config.vocab_size)?;
         let token_select = request.kv_selection.map(|s| self.token_select(&s)).transpose()?;
         let self_draft = self_drafting.then(|| self.token_select(&SELF_DRAFT_SELECTION)).transpose()?;
@@ -401,26 +401,17 @@ impl EngineHandle {
         })
     }
 
-    /// A GPU engine computes dense attention and draft trees only: requests for what needs the
-    /// CPU's other attention backends are refused, naming the field.
-    fn check_device_support(
-        &self,
-        prefill_mode: PrefillMode,
-        kv_selection: bool,
-        self_drafting: bool,
-    ) -> Result<(), EngineError> {
-        let EngineDevice::Cuda { ordinal, .. } = self.config.device else { return Ok(()) };
-        let unsupported = [
-            ("prefill_mode", prefill_mode == PrefillMode::Sparse, "sparse prefill"),
-            ("kv_selection", kv_selection, "token selection"),
-            ("speculation", self_drafting, "self-drafting"),
-        ];
-        match unsupported.into_iter().find(|(_, asked, _)| *asked) {
-            Some((field, _, what)) => Err(EngineError::InvalidRequest {
-                field,
-                reason: format!("{what} runs on the CPU only, and this engine runs on cuda:{ordinal}"),
-            }),
-            None => Ok(()),
+    /// A GPU engine computes dense attention, draft trees and token selection: a request for
+    /// sparse prefill, which needs the CPU's kernels, is refused, naming the field.
+    fn check_device_support(&self, prefill_mode: PrefillMode) -> Result<(), EngineError> {
+        match self.config.device {
+            EngineDevice::Cuda { ordinal, .. } if prefill_mode == PrefillMode::Sparse => {
+                Err(EngineError::InvalidRequest {
+                    field: "prefill_mode",
+                    reason: format!("sparse prefill runs on the CPU only, and this engine runs on cuda:{ordinal}"),
+                })
+            }
+            _ => Ok(()),
         }
     }
 

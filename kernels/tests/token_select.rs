@@ -7,7 +7,7 @@
 mod support;
 
 use lcserve_kernels::token_select::{SelectionCache, TokenSelection, select_tokens, selected_attention};
-use lcserve_kernels::{AttnShape, PagedKv, attention};
+use lcserve_kernels::{AttnShape, KernelError, PagedKv, attention};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::{Cache, assert_close};
@@ -303,9 +303,9 @@ fn selection_cache_reuses_for_similar_queries() {
     let mut cache = SelectionCache::new(2, 0.9).unwrap();
     let fresh = |s: &[u32]| {
         let s = s.to_vec();
-        move || Ok(s)
+        move || Ok::<_, KernelError>(s)
     };
-    let never = || panic!("a hit must not select");
+    let never = || -> lcserve_kernels::Result<Vec<u32>> { panic!("a hit must not select") };
 
     assert_eq!(cache.get_or_select(0, &case.q, 1000, 16, fresh(&first)).unwrap(), first);
     let near: Vec<f32> = case.q.iter().map(|x| x + rng.random_range(-1e-3f32..1e-3)).collect();
@@ -378,10 +378,11 @@ fn errors() {
         assert!(SelectionCache::new(1, threshold).is_err(), "{threshold}");
     }
     let mut cache = SelectionCache::new(1, 0.9).unwrap();
-    assert!(cache.get_or_select(1, &[1.0], 10, 2, || Ok(vec![0])).is_err());
+    let zero = || Ok::<_, KernelError>(vec![0]);
+    assert!(cache.get_or_select(1, &[1.0], 10, 2, zero).is_err());
     let failing = || case.cache.with(|kv| select_tokens(q, 2, kv, &shape, &TokenSelection { budget: 0, ..ok }));
     assert!(cache.get_or_select(0, &[1.0], 10, 2, failing).is_err());
     assert_eq!(cache.misses(), 1);
-    assert!(cache.get_or_select(0, &[1.0], 10, 2, || Ok(vec![0])).is_ok());
-    assert!(cache.get_or_select(0, &[1.0, 2.0], 10, 2, || Ok(vec![0])).is_err());
+    assert!(cache.get_or_select(0, &[1.0], 10, 2, zero).is_ok());
+    assert!(cache.get_or_select(0, &[1.0, 2.0], 10, 2, zero).is_err());
 }

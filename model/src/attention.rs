@@ -13,6 +13,7 @@ use lcserve_kernels::{AttnShape, PagedKv};
 
 use crate::error::Result;
 use crate::patterns::HeadPatterns;
+use crate::token_select::TokenSelectAttention;
 
 /// Computes causal attention of `nq` new queries (bottom-right aligned) against a paged cache.
 pub trait AttentionBackend: Send + Sync + std::fmt::Debug {
@@ -27,10 +28,17 @@ pub trait AttentionBackend: Send + Sync + std::fmt::Debug {
         out: &mut [f32],
     ) -> Result<()>;
 
-    /// Whether this is exact attention over every cached key: the only kind the GPU forward
-    /// (`DeviceModel`, feature `cuda`) computes so far.
+    /// Whether this is exact attention over every cached key.
     fn is_dense(&self) -> bool {
         false
+    }
+
+    /// The TokenSelect backend this is, if it is one: the GPU forward (`DeviceModel`, feature
+    /// `cuda`) runs its selection on the device's kernels with this backend's settings, cache
+    /// and statistics. Backends that are neither this nor dense (sparse prefill) run on the
+    /// CPU only.
+    fn token_select(&self) -> Option<&TokenSelectAttention> {
+        None
     }
 }
 

@@ -36,6 +36,7 @@ use crate::config::{ModelConfig, RopeLayout};
 use crate::error::{ModelError, Result};
 use crate::forward::{Logits, SequenceInput, validate_batch};
 use crate::model::Model;
+use crate::token_select::TokenSelectAttention;
 use crate::weights::Projection;
 
 /// Keys per thread block of a split-key decode: few queries cannot fill the GPU otherwise.
@@ -312,18 +313,19 @@ impl DeviceModel {
     }
 
     /// Runs `batch` (like [`Model::forward`]: rows stacked through every product, attention
-    /// per sequence, draft trees through tree attention), writing each sequence's new K/V into
-    /// `pool`. Checked like [`Model::forward`] before anything is written; a sequence whose
-    /// attention backend is not dense is refused (sparse prefill and token selection run on the
-    /// CPU only).
+    /// per sequence, draft trees through tree attention, TokenSelect backends through the
+    /// device's selection kernels), writing each sequence's new K/V into `pool`. Checked like
+    /// [`Model::forward`] before anything is written; a sequence with another attention backend
+    /// is refused (sparse prefill runs on the CPU only).
     pub fn forward(&self, batch: &[SequenceInput<'_>], pool: &mut DeviceKvPool) -> Result<Logits> {
         let cfg = &self.config;
         self.check_pool(pool)?;
         let rows = validate_batch(cfg, batch, pool.block_size, pool.num_blocks)?;
-        if let Some(index) = batch.iter().position(|s| s.draft_tree.is_none() && !s.attention.is_dense()) {
+        let on_device = |s: &SequenceInput<'_>| s.attention.is_dense() || s.attention.token_select().is_some();
+        if let Some(index) = batch.iter().position(|s| s.draft_tree.is_none() && !on_device(s)) {
             return Err(ModelError::InvalidBatch {
                 index,
-                reason: "only dense attention runs on the GPU (sparse prefill and token selection need the CPU)".into(),
+                reason: "only dense attention and token selection run on the GPU (sparse prefill needs the CPU)".into(),
             });
         }
         let device = &*self.device;
@@ -368,14 +370,29 @@ impl DeviceModel {
                 let kv = DevicePagedKv::over((&pool.k[l], &pool.v[l]), &buffers.table, pool.block_size, end, shape)?;
                 let splits = if n * shape.group() <= 64 { end.div_ceil(KEYS_PER_SPLIT).min(MAX_SPLITS) } else { 1 };
                 let scale = logit_scale(&shape);
-                match seq.draft_tree {
-                    Some(parents) => {
+                let selecting = seq.attention.token_select().filter(|s| seq.draft_tree.is_none() && s.selects(n, end));
+                match (seq.draft_tree, selecting) {
+                    (Some(parents), _) => {
                         cuda::tree_attention(device, &buffers.q, parents, &kv, scale, splits, &mut buffers.out, None)?
                     }
-                    None if self.tensor_core_attention && n * shape.group() >= TENSOR_CORE_MIN_ROWS => {
+                    (None, Some(token_select)) => {
+                        let keys = select_keys(device, token_select, l, &buffers.q, n, &kv)?;
+                        cuda::selected_attention(
+                            device,
+                            &buffers.q,
+                            n,
+                            &kv,
+                            &keys,
+                            scale,
+                            splits,
+                            &mut buffers.out,
+                            None,
+                        )?
+                    }
+                    (None, None) if self.tensor_core_attention && n * shape.group() >= TENSOR_CORE_MIN_ROWS => {
                         cuda::attention_tensor_cores(device, &buffers.q, n, &kv, scale, &mut buffers.out, None)?
                     }
-                    None => cuda::attention(device, &buffers.q, n, &kv, scale, splits, &mut buffers.out, None)?,
+                    (None, None) => cuda::attention(device, &buffers.q, n, &kv, scale, splits, &mut buffers.out, None)?,
                 }
                 device.copy_range(&buffers.out, 0..n * q_dim, &mut attn, first * q_dim)?;
             }
@@ -422,6 +439,25 @@ impl DeviceModel {
             ),
         })
     }
+}
+
+/// The keys layer `layer` of a TokenSelect sequence attends to this step, on the device: the
+/// backend's cached selection while the step's query stays similar (decided on the host, from
+/// the downloaded `n` query rows), else a fresh one from the device's selection kernels.
+fn select_keys(
+    device: &cuda::Device,
+    token_select: &TokenSelectAttention,
+    layer: usize,
+    q: &CudaSlice<f32>,
+    n: usize,
+    kv: &DevicePagedKv<'_>,
+) -> Result<CudaSlice<u32>> {
+    let q_host = device.download(q)?;
+    let selected = token_select.select_keys(layer, &q_host, n, kv.len(), || {
+        let fresh = cuda::select_tokens(device, q, n, kv, &token_select.selection())?;
+        Ok(device.download(&fresh)?)
+    })?;
+    Ok(device.upload(&selected)?)
 }
 
 fn attn_shape(cfg: &ModelConfig) -> AttnShape {

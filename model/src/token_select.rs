@@ -94,6 +94,43 @@ impl TokenSelectAttention {
         self.lock().cache.clear();
     }
 
+    /// Whether a layer's step of `nq` queries over `len` keys selects keys. It attends densely
+    /// instead when it is a chunk wider than the window (prefill) or the selection would keep
+    /// every key (a short context); such a step is counted in the statistics here.
+    pub(crate) fn selects(&self, nq: usize, len: usize) -> bool {
+        if nq > self.selection.window || self.selection.selected_len(len) >= len {
+            let mut state = self.lock();
+            state.cached_keys += (nq * len) as u64;
+            state.attended_keys += (nq * len) as u64;
+            return false;
+        }
+        true
+    }
+
+    /// The keys (sorted) that layer `layer`'s selecting step of `nq` queries `q` attends to
+    /// over `len` keys: the layer's cached selection while the step's mean query stays within
+    /// the reuse threshold of the one that made it, else `select()`'s, cached. Counts the step
+    /// in the statistics. Where the selection runs is the caller's: the CPU kernels or the
+    /// GPU's.
+    pub(crate) fn select_keys(
+        &self,
+        layer: usize,
+        q: &[f32],
+        nq: usize,
+        len: usize,
+        select: impl FnOnce() -> Result<Vec<u32>>,
+    ) -> Result<Vec<u32>> {
+        let mut state = self.lock();
+        let State { cache, mean_query, .. } = &mut *state;
+        mean_of_rows(q, nq, mean_query);
+        let selected = cache.get_or_select(layer, mean_query, len, self.selection.window, select)?;
+        state.cached_keys += (nq * len) as u64;
+        // Query `i` sees the selected keys up to its own position.
+        state.attended_keys +=
+            (0..nq).map(|i| selected.partition_point(|&key| (key as usize) < len - nq + i + 1) as u64).sum::<u64>();
+        Ok(selected)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -109,27 +146,17 @@ impl AttentionBackend for TokenSelectAttention {
         shape: &AttnShape,
         out: &mut [f32],
     ) -> Result<()> {
-        let dense = nq > self.selection.window || self.selection.selected_len(kv.len) >= kv.len;
-        let mut state = self.lock();
-        let counted = (nq * kv.len) as u64;
-        state.cached_keys += counted;
-        if dense {
-            state.attended_keys += counted;
-            drop(state);
+        if !self.selects(nq, kv.len) {
             return DenseAttention.attend(layer, q, nq, kv, shape, out);
         }
-        let State { cache, mean_query, .. } = &mut *state;
-        mean_of_rows(q, nq, mean_query);
-        let selection = self.selection;
-        let selected = cache.get_or_select(layer, mean_query, kv.len, selection.window, || {
-            select_tokens(q, nq, kv, shape, &selection)
-        })?;
-        // Query `i` sees the selected keys up to its own position.
-        state.attended_keys +=
-            (0..nq).map(|i| selected.partition_point(|&key| (key as usize) < kv.len - nq + i + 1) as u64).sum::<u64>();
-        drop(state);
+        let selected =
+            self.select_keys(layer, q, nq, kv.len, || Ok(select_tokens(q, nq, kv, shape, &self.selection)?))?;
         selected_attention(q, nq, kv, shape, logit_scale(shape), &selected, out, None)?;
         Ok(())
+    }
+
+    fn token_select(&self) -> Option<&TokenSelectAttention> {
+        Some(self)
     }
 }
 

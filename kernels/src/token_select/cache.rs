@@ -57,15 +57,16 @@ impl SelectionCache {
     ///
     /// `query` is the layer's step query flattened to `n_heads · head_dim` (a chunk's mean
     /// query); a zero vector has cosine 0 with everything. Errors on a layer out of range, a
-    /// query of a different length than the cached one, or when `select` errs.
-    pub fn get_or_select(
+    /// query of a different length than the cached one, or when `select` errs (with its
+    /// error: a device's selection fails with the device's error type).
+    pub fn get_or_select<E: From<KernelError>>(
         &mut self,
         layer: usize,
         query: &[f32],
         len: usize,
         window: usize,
-        select: impl FnOnce() -> Result<Vec<u32>>,
-    ) -> Result<Vec<u32>> {
+        select: impl FnOnce() -> std::result::Result<Vec<u32>, E>,
+    ) -> std::result::Result<Vec<u32>, E> {
         const OP: &str = "selection cache";
         let layers = self.layers.len();
         let slot = self
@@ -80,7 +81,8 @@ impl SelectionCache {
                     what: "query",
                     got: query.len(),
                     expected: entry.query.len(),
-                });
+                }
+                .into());
             }
             if len >= entry.len && cosine(query, &entry.query) >= f64::from(self.threshold) {
                 self.hits += 1;
