@@ -116,8 +116,8 @@ pub struct EngineArgs {
     #[arg(long, env = "LCSERVE_DRAFT_WINDOW", default_value_t = lcserve_engine::DEFAULT_DRAFT_WINDOW)]
     pub draft_window: usize,
     /// Where the model runs: `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`
-    /// (dense attention, draft trees and token selection; sparse prefill requests are refused
-    /// there).
+    /// (every request feature runs there: sparse prefill, token selection and speculation
+    /// included).
     #[arg(long, env = "LCSERVE_DEVICE", default_value = "cpu")]
     pub device: EngineDevice,
     /// How a GPU stores the weights: `f32` (the CPU's values) or `bf16` (half the memory).

@@ -13,7 +13,9 @@
 //!    the GPU engine (f32) against the CPU engine: a request attending to 64 voted keys of a
 //!    1200-token context must give the CPU's tokens (the two pick the same keys unless votes
 //!    tie to rounding), and a self-drafting request (lossless whatever its drafts) the plain
-//!    greedy tokens.
+//!    greedy tokens. Then sparse prefill: a 1500-token prompt prefilled with the model's
+//!    default head patterns on both engines must give the same tokens and KV blocks (to 1e-4;
+//!    the device ranks the same lines and blocks unless their statistics tie to rounding).
 //! 2. **Ceilings**, measured: a bf16 product at 8192³ through the same `Blas::matmul` the model
 //!    uses, and a device-to-device copy of 1 GiB.
 //! 3. **Speed** on a Llama-1B-shaped random model with bf16 weights: prefill to 8k in chunks of
@@ -35,7 +37,7 @@ use std::time::Instant;
 use lcserve_common::BlockId;
 use lcserve_engine::{
     EngineConfig, EngineDevice, EngineEvent, EngineHandle, ExportKv, GenerateRequest, GpuWeights, KvSelection,
-    Speculation, StopConditions,
+    PrefillMode, Speculation, StopConditions,
 };
 use lcserve_kernels::cuda::{Blas, Device, DeviceMatrix, WeightType};
 use lcserve_model::{
@@ -217,6 +219,32 @@ fn selection_agrees(model: Arc<Model>) -> Result<bool> {
         if ok { "ok  " } else { "FAIL" },
         if selected_same { "equal" } else { "DIFFER from" },
         if self_lossless { "equals" } else { "DIFFERS from" },
+    );
+    Ok(ok)
+}
+
+/// Sparse prefill on the GPU engine against the CPU engine (see the module docs).
+fn sparse_prefill_agrees(model: Arc<Model>) -> Result<bool> {
+    let vocab = model.config.vocab_size as u64;
+    let request = GenerateRequest {
+        prompt: (0..1500u64).map(|i| ((i * 104_729 + 7) % vocab) as u32).collect(),
+        stop: StopConditions { max_tokens: 16, ignore_eos: true, ..StopConditions::default() },
+        prefill_mode: PrefillMode::Sparse,
+        export: Some(ExportKv { from_block: 0, tail: true }),
+        ..GenerateRequest::default()
+    };
+    let requests = [request];
+    let cpu = run_engine(&model, EngineDevice::Cpu, &requests)?;
+    let gpu = run_engine(&model, EngineDevice::Cuda { ordinal: 0, weights: GpuWeights::F32 }, &requests)?;
+    let same_tokens = gpu[0].0 == cpu[0].0;
+    let same_count = gpu[0].1.len() == cpu[0].1.len();
+    let worst = gpu[0].1.iter().zip(&cpu[0].1).map(|(g, c)| max_rel_diff(g, c)).fold(0f32, f32::max);
+    let ok = same_tokens && same_count && worst <= 1e-4;
+    println!(
+        "{} engine cuda:0 f32 sparse prefill of 1500 tokens: tokens {} the CPU's, {} KV blocks (max relative difference {worst:.2e})",
+        if ok { "ok  " } else { "FAIL" },
+        if same_tokens { "equal" } else { "DIFFER from" },
+        gpu[0].1.len(),
     );
     Ok(ok)
 }
@@ -463,6 +491,7 @@ fn main() -> ExitCode {
     }
     ok &= passed("engine cuda:0 f32", || engine_agrees(Arc::clone(&model)));
     ok &= passed("engine token selection", || selection_agrees(Arc::clone(&model)));
+    ok &= passed("engine sparse prefill", || sparse_prefill_agrees(Arc::clone(&model)));
     ok &= passed("engine export cost", || export_cost(&model));
     ok &= passed("speed", || speed(&device, dir.path()).map(|()| true));
     if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }

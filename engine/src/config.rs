@@ -20,9 +20,9 @@ pub enum EngineDevice {
     /// The CPU, with the compute threads of `threads`.
     #[default]
     Cpu,
-    /// GPU `ordinal` (feature `cuda`; a build without it refuses this at start). Dense
-    /// attention, draft trees and token selection (so self-drafting too): requests for sparse
-    /// prefill are refused.
+    /// GPU `ordinal` (feature `cuda`; a build without it refuses this at start). Every
+    /// attention of the CPU runs there too: dense, draft trees, sparse prefill (when a request
+    /// asks for `sparse`; `auto` stays dense there) and token selection (so self-drafting).
     Cuda { ordinal: usize, weights: GpuWeights },
 }
 

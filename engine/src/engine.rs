@@ -221,8 +221,9 @@ impl EngineHandle {
         Namespace::new(cache_salt, self.model.fingerprint, &self.kv_config)
     }
 
-    /// Whether a prompt of `prompt_len` tokens prefills sparsely under `mode` (`auto` stays
-    /// dense on a GPU engine, which has no sparse kernels wired in yet).
+    /// Whether a prompt of `prompt_len` tokens prefills sparsely under `mode`. On a GPU engine
+    /// only when asked for (`sparse`): the device's sparse path has not yet run on a GPU, so
+    /// `auto` keeps a GPU's default prefill dense until it has.
     pub fn prefills_sparsely(&self, mode: PrefillMode, prompt_len: usize) -> bool {
         let on_gpu = self.config.device != EngineDevice::Cpu;
         mode.is_sparse(prompt_len, self.config.sparse_min_tokens) && !(on_gpu && mode == PrefillMode::Auto)
@@ -346,7 +347,6 @@ impl EngineHandle {
             stop.stop_token_ids.extend(self.model.tokenizer.eos_ids());
         }
         let self_drafting = matches!(request.speculation, Speculation::SelfDraft);
-        self.check_device_support(request.prefill_mode)?;
         let sampler = Sampler::new(request.sampling, model_config.vocab_size)?;
         let token_select = request.kv_selection.map(|s| self.token_select(&s)).transpose()?;
         let self_draft = self_drafting.then(|| self.token_select(&SELF_DRAFT_SELECTION)).transpose()?;
@@ -399,20 +399,6 @@ impl EngineHandle {
             self_draft,
             spans: SequenceSpans::new(tracing::Span::current()),
         })
-    }
-
-    /// A GPU engine computes dense attention, draft trees and token selection: a request for
-    /// sparse prefill, which needs the CPU's kernels, is refused, naming the field.
-    fn check_device_support(&self, prefill_mode: PrefillMode) -> Result<(), EngineError> {
-        match self.config.device {
-            EngineDevice::Cuda { ordinal, .. } if prefill_mode == PrefillMode::Sparse => {
-                Err(EngineError::InvalidRequest {
-                    field: "prefill_mode",
-                    reason: format!("sparse prefill runs on the CPU only, and this engine runs on cuda:{ordinal}"),
-                })
-            }
-            _ => Ok(()),
-        }
     }
 
     /// The decode attention of a TokenSelect request, after checking its settings.

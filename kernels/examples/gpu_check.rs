@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use cudarc::driver::CudaSlice;
 use lcserve_kernels::cuda::{self, Device, DevicePagedKv, KvBits, KvLayout, KvSide, RopeStyle};
-use lcserve_kernels::sparse::{HeadIndex, QueryBlocks};
+use lcserve_kernels::sparse::{HeadIndex, HeadPattern, QueryBlocks};
 use lcserve_kernels::token_select::{TokenSelection, select_tokens, selected_attention};
 use lcserve_kernels::{AttnShape, PagedKv, attention, merge_lse, ops, sparse, tree_attention};
 use lcserve_kvstore::block::quant;
@@ -435,6 +435,57 @@ fn check_sparse_and_selection(device: &Device, rng: &mut StdRng, report: &mut Re
     Ok(())
 }
 
+/// The sparse-prefill index statistics against their CPU twins — vertical-slash sums (to
+/// 1e-4: the diagonals are summed by atomics, in no fixed order) and pooled queries and keys —
+/// and the indices the device builds from them against the CPU's `HeadPattern::build_index`,
+/// one head of each pattern.
+fn check_sparse_index(device: &Device, rng: &mut StdRng, report: &mut Report) -> Check {
+    let shape = AttnShape { n_heads: 4, n_kv_heads: 2, head_dim: 64 };
+    let scale = 0.125;
+    let patterns = [
+        HeadPattern::Dense,
+        HeadPattern::AShape { n_init: 64, n_local: 192, n_last: 64 },
+        HeadPattern::VerticalSlash { vertical: 40, slash: 120 },
+        HeadPattern::BlockSparse { blocks: 3 },
+    ];
+    for len in SIZES {
+        let p = Problem::new(device, rng, shape, len)?;
+        let kv = p.device_kv(device)?;
+        for nq in [1, len.min(65), len] {
+            let name = format!("len {len} nq {nq}");
+            let q = random(rng, p.rows(nq) * 64);
+            let q_dev = device.upload(&q)?;
+            let (vert, diag) = cuda::vertical_slash_sums(device, &q_dev, nq, &kv, scale)?;
+            let (mut cpu_vert, mut cpu_diag) = (Vec::new(), Vec::new());
+            for h in 0..shape.n_heads {
+                let (v, d) = p.on_cpu(|kv| sparse::vertical_slash_sums(&q, nq, kv, &shape, h, scale));
+                cpu_vert.extend(v);
+                cpu_diag.extend(d);
+            }
+            report.compare_within(&format!("vertical_slash_sums {name} vert"), &vert, &cpu_vert, 1e-4);
+            report.compare_within(&format!("vertical_slash_sums {name} diag"), &diag, &cpu_diag, 1e-4);
+
+            let (pooled_q, pooled_k) = cuda::pooled_blocks(device, &q_dev, nq, &kv)?;
+            let blocks = QueryBlocks::new(nq, len);
+            let cpu_q: Vec<f32> =
+                (0..shape.n_heads).flat_map(|h| sparse::pool_queries(&q, &blocks, &shape, h)).collect();
+            let cpu_k: Vec<f32> =
+                (0..shape.n_kv_heads).flat_map(|kvh| p.on_cpu(|kv| sparse::pool_keys(kv, kvh, 64))).collect();
+            report.compare(&format!("pooled queries {name}"), &pooled_q, &cpu_q);
+            report.compare(&format!("pooled keys {name}"), &pooled_k, &cpu_k);
+
+            let indices = cuda::build_indices(device, &q_dev, nq, &kv, &patterns, scale)?;
+            let same = patterns
+                .iter()
+                .enumerate()
+                .filter(|&(h, pattern)| p.on_cpu(|kv| pattern.build_index(&q, nq, kv, &shape, h, scale)) == indices[h])
+                .count();
+            report.record(&format!("build_indices {name}"), same == patterns.len(), &format!("{same}/4 heads equal"));
+        }
+    }
+    Ok(())
+}
+
 /// The quantization group of element `e` of a side (the grouping of kv_codec.cu).
 fn group_of(layout: &KvLayout, e: usize) -> usize {
     let KvLayout { block_size, dim, group, side, .. } = *layout;
@@ -549,13 +600,14 @@ fn main() -> ExitCode {
     println!("device: {} ({})", device.name().unwrap_or_else(|e| e.to_string()), device.arch());
     let mut rng = StdRng::seed_from_u64(8);
     let mut report = Report { failures: 0, checks: 0 };
-    let sections: [(&str, Section); 7] = [
+    let sections: [(&str, Section); 8] = [
         ("ops", check_ops),
         ("gemm + residual + kv writes", check_gemm_and_writes),
         ("attention", check_attention),
         ("tensor-core attention", check_tensor_core_attention),
         ("tree + merge", check_tree_and_merge),
         ("sparse + selection", check_sparse_and_selection),
+        ("sparse index", check_sparse_index),
         ("kv", check_kv),
     ];
     for (name, section) in sections {

@@ -8,7 +8,7 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use lcserve_kernels::sparse::{SparseStats, sparse_prefill_attention};
+use lcserve_kernels::sparse::{HeadPattern, QueryBlocks, SparseStats, sparse_prefill_attention};
 use lcserve_kernels::{AttnShape, PagedKv};
 
 use crate::error::Result;
@@ -35,9 +35,14 @@ pub trait AttentionBackend: Send + Sync + std::fmt::Debug {
 
     /// The TokenSelect backend this is, if it is one: the GPU forward (`DeviceModel`, feature
     /// `cuda`) runs its selection on the device's kernels with this backend's settings, cache
-    /// and statistics. Backends that are neither this nor dense (sparse prefill) run on the
-    /// CPU only.
+    /// and statistics.
     fn token_select(&self) -> Option<&TokenSelectAttention> {
+        None
+    }
+
+    /// The sparse-prefill backend this is, if it is one: the GPU forward builds its indices
+    /// and runs its kernel on the device, with this backend's patterns and statistics.
+    fn sparse_prefill(&self) -> Option<&SparseAttention<'_>> {
         None
     }
 }
@@ -87,6 +92,23 @@ impl<'a> SparseAttention<'a> {
     pub fn stats(&self) -> SparseStats {
         *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// The head patterns `layer`'s chunk of `nq` queries over `len` keys is attended with, or
+    /// `None` when it is attended densely (fewer than [`Self::MIN_QUERIES`] queries, or a layer
+    /// without patterns) — counted in the statistics here, as dense.
+    pub(crate) fn chunk_patterns(&self, layer: usize, nq: usize, len: usize, n_heads: usize) -> Option<&[HeadPattern]> {
+        if nq >= Self::MIN_QUERIES && layer < self.patterns.num_layers() {
+            return Some(self.patterns.layer(layer));
+        }
+        let pairs = QueryBlocks::new(nq, len).causal_pairs() * n_heads as u64;
+        self.record(&SparseStats { computed_pairs: pairs, causal_pairs: pairs, ..SparseStats::default() });
+        None
+    }
+
+    /// Adds a sparse chunk's figures to the statistics.
+    pub(crate) fn record(&self, stats: &SparseStats) {
+        self.stats.lock().unwrap_or_else(PoisonError::into_inner).add(stats);
+    }
 }
 
 impl AttentionBackend for SparseAttention<'_> {
@@ -99,16 +121,16 @@ impl AttentionBackend for SparseAttention<'_> {
         shape: &AttnShape,
         out: &mut [f32],
     ) -> Result<()> {
-        let stats = if nq < Self::MIN_QUERIES || layer >= self.patterns.num_layers() {
-            DenseAttention.attend(layer, q, nq, kv, shape, out)?;
-            let pairs = lcserve_kernels::sparse::QueryBlocks::new(nq, kv.len).causal_pairs() * shape.n_heads as u64;
-            SparseStats { computed_pairs: pairs, causal_pairs: pairs, ..SparseStats::default() }
-        } else {
-            let patterns = self.patterns.layer(layer);
-            sparse_prefill_attention(q, nq, kv, shape, logit_scale(shape), patterns, out, None)?
+        let Some(patterns) = self.chunk_patterns(layer, nq, kv.len, shape.n_heads) else {
+            return DenseAttention.attend(layer, q, nq, kv, shape, out);
         };
-        self.stats.lock().unwrap_or_else(PoisonError::into_inner).add(&stats);
+        let stats = sparse_prefill_attention(q, nq, kv, shape, logit_scale(shape), patterns, out, None)?;
+        self.record(&stats);
         Ok(())
+    }
+
+    fn sparse_prefill(&self) -> Option<&SparseAttention<'_>> {
+        Some(self)
     }
 }
 

@@ -22,15 +22,18 @@
 //! CPU path for now.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use lcserve_common::BlockId;
 use lcserve_kernels::cuda::{
     self, Blas, CudaSlice, DeviceBlockTable, DeviceMatrix, DevicePagedKv, DevicePositions, DeviceRope, PendingDownload,
     RopeStyle, WeightType,
 };
+use lcserve_kernels::sparse::{HeadPattern, QueryBlocks, SparseStats};
 use lcserve_kernels::{AttnShape, QMatrix};
 use rayon::prelude::*;
 
+use crate::attention::SparseAttention;
 use crate::attention::logit_scale;
 use crate::config::{ModelConfig, RopeLayout};
 use crate::error::{ModelError, Result};
@@ -313,19 +316,22 @@ impl DeviceModel {
     }
 
     /// Runs `batch` (like [`Model::forward`]: rows stacked through every product, attention
-    /// per sequence, draft trees through tree attention, TokenSelect backends through the
-    /// device's selection kernels), writing each sequence's new K/V into `pool`. Checked like
-    /// [`Model::forward`] before anything is written; a sequence with another attention backend
-    /// is refused (sparse prefill runs on the CPU only).
+    /// per sequence — draft trees through tree attention, TokenSelect and sparse-prefill
+    /// backends through the device's selection and sparse kernels), writing each sequence's new
+    /// K/V into `pool`. Checked like [`Model::forward`] before anything is written; a sequence
+    /// with an attention backend of its own (none of those) is refused.
     pub fn forward(&self, batch: &[SequenceInput<'_>], pool: &mut DeviceKvPool) -> Result<Logits> {
         let cfg = &self.config;
         self.check_pool(pool)?;
         let rows = validate_batch(cfg, batch, pool.block_size, pool.num_blocks)?;
-        let on_device = |s: &SequenceInput<'_>| s.attention.is_dense() || s.attention.token_select().is_some();
+        let on_device = |s: &SequenceInput<'_>| {
+            s.attention.is_dense() || s.attention.token_select().is_some() || s.attention.sparse_prefill().is_some()
+        };
         if let Some(index) = batch.iter().position(|s| s.draft_tree.is_none() && !on_device(s)) {
             return Err(ModelError::InvalidBatch {
                 index,
-                reason: "only dense attention and token selection run on the GPU (sparse prefill needs the CPU)".into(),
+                reason: "the GPU runs dense, TokenSelect and sparse-prefill attention; this backend has no GPU kernels"
+                    .into(),
             });
         }
         let device = &*self.device;
@@ -370,12 +376,11 @@ impl DeviceModel {
                 let kv = DevicePagedKv::over((&pool.k[l], &pool.v[l]), &buffers.table, pool.block_size, end, shape)?;
                 let splits = if n * shape.group() <= 64 { end.div_ceil(KEYS_PER_SPLIT).min(MAX_SPLITS) } else { 1 };
                 let scale = logit_scale(&shape);
-                let selecting = seq.attention.token_select().filter(|s| seq.draft_tree.is_none() && s.selects(n, end));
-                match (seq.draft_tree, selecting) {
-                    (Some(parents), _) => {
+                match DeviceAttention::of(seq, l, n, end, shape.n_heads) {
+                    DeviceAttention::Tree(parents) => {
                         cuda::tree_attention(device, &buffers.q, parents, &kv, scale, splits, &mut buffers.out, None)?
                     }
-                    (None, Some(token_select)) => {
+                    DeviceAttention::Selected(token_select) => {
                         let keys = select_keys(device, token_select, l, &buffers.q, n, &kv)?;
                         cuda::selected_attention(
                             device,
@@ -389,10 +394,17 @@ impl DeviceModel {
                             None,
                         )?
                     }
-                    (None, None) if self.tensor_core_attention && n * shape.group() >= TENSOR_CORE_MIN_ROWS => {
+                    DeviceAttention::Sparse(sparse, patterns) => {
+                        sparse_prefill(device, sparse, patterns, &buffers.q, n, &kv, scale, &mut buffers.out)?
+                    }
+                    DeviceAttention::Dense
+                        if self.tensor_core_attention && n * shape.group() >= TENSOR_CORE_MIN_ROWS =>
+                    {
                         cuda::attention_tensor_cores(device, &buffers.q, n, &kv, scale, &mut buffers.out, None)?
                     }
-                    (None, None) => cuda::attention(device, &buffers.q, n, &kv, scale, splits, &mut buffers.out, None)?,
+                    DeviceAttention::Dense => {
+                        cuda::attention(device, &buffers.q, n, &kv, scale, splits, &mut buffers.out, None)?
+                    }
                 }
                 device.copy_range(&buffers.out, 0..n * q_dim, &mut attn, first * q_dim)?;
             }
@@ -439,6 +451,68 @@ impl DeviceModel {
             ),
         })
     }
+}
+
+/// How one sequence's attention of one layer runs on the device.
+enum DeviceAttention<'s> {
+    /// Verification of a draft tree.
+    Tree(&'s [Option<usize>]),
+    /// A TokenSelect step, over the keys it selects.
+    Selected(&'s TokenSelectAttention),
+    /// A sparse prefill chunk, each head with its pattern.
+    Sparse(&'s SparseAttention<'s>, &'s [HeadPattern]),
+    /// Every cached key.
+    Dense,
+}
+
+impl<'s> DeviceAttention<'s> {
+    /// The attention of `seq`'s `nq` rows over `len` keys at layer `layer`, as its backend
+    /// decides it (dense chunks and steps are counted in the backend's statistics here).
+    fn of(seq: &SequenceInput<'s>, layer: usize, nq: usize, len: usize, n_heads: usize) -> Self {
+        if let Some(parents) = seq.draft_tree {
+            return Self::Tree(parents);
+        }
+        if let Some(token_select) = seq.attention.token_select()
+            && token_select.selects(nq, len)
+        {
+            return Self::Selected(token_select);
+        }
+        if let Some(sparse) = seq.attention.sparse_prefill()
+            && let Some(patterns) = sparse.chunk_patterns(layer, nq, len, n_heads)
+        {
+            return Self::Sparse(sparse, patterns);
+        }
+        Self::Dense
+    }
+}
+
+/// A sparse prefill chunk on the device: the heads' indices ([`cuda::build_indices`]), the
+/// sparse kernel, and the chunk's figures added to the backend's statistics (`index_time`
+/// includes the statistics' trip to the host; the kernel's time is not measured, as it runs
+/// asynchronously).
+#[allow(clippy::too_many_arguments)]
+fn sparse_prefill(
+    device: &cuda::Device,
+    sparse: &SparseAttention<'_>,
+    patterns: &[HeadPattern],
+    q: &CudaSlice<f32>,
+    nq: usize,
+    kv: &DevicePagedKv<'_>,
+    scale: f32,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let started = Instant::now();
+    let heads = cuda::build_indices(device, q, nq, kv, patterns, scale)?;
+    let index_time = started.elapsed();
+    cuda::sparse_attention(device, q, nq, kv, scale, &heads, out, None)?;
+    let blocks = QueryBlocks::new(nq, kv.len());
+    sparse.record(&SparseStats {
+        computed_pairs: heads.iter().map(|index| index.computed_pairs(&blocks)).sum(),
+        causal_pairs: blocks.causal_pairs() * kv.shape().n_heads as u64,
+        index_time,
+        kernel_time: Duration::ZERO,
+    });
+    Ok(())
 }
 
 /// The keys layer `layer` of a TokenSelect sequence attends to this step, on the device: the

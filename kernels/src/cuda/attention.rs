@@ -147,6 +147,11 @@ impl<'a> DevicePagedKv<'a> {
         launch.arg(q).arg(self.k).arg(self.v).arg(self.block_table());
     }
 
+    /// Pushes (k_pool, block_table), for kernels that read keys and no query.
+    pub(crate) fn push_key_pool<'b>(&'b self, launch: &mut LaunchArgs<'b>) {
+        launch.arg(self.k).arg(self.block_table());
+    }
+
     /// Pushes (q, k_pool, block_table), for kernels that read keys only.
     pub(crate) fn push_keys<'b>(&'b self, launch: &mut LaunchArgs<'b>, q: &'b CudaSlice<f32>) {
         launch.arg(q).arg(self.k).arg(self.block_table());

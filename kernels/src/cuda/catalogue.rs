@@ -78,6 +78,7 @@ pub const KERNELS: &[Kernel] = &[
         [PRELUDE, ATTENTION],
         &["merge_lse_f32", "merge_partials_f32", "merge_partials_f16", "merge_partials_bf16"]
     ),
+    kernel!("sparse_index", [PRELUDE], &["vs_row_stats_f32", "vs_accumulate_f32", "pool_keys_f32", "pool_queries_f32"]),
     kernel!("sparse_attention", [PRELUDE, ATTENTION], typed!("sparse_attention")),
     kernel!(
         "token_select",

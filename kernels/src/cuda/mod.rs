@@ -46,6 +46,8 @@ pub mod ops;
 #[cfg(feature = "cuda")]
 pub mod select;
 #[cfg(feature = "cuda")]
+pub mod sparse_index;
+#[cfg(feature = "cuda")]
 pub mod transfer;
 
 #[cfg(feature = "cuda")]
@@ -72,5 +74,7 @@ pub use kv::{
 pub use ops::{DevicePositions, DeviceRope, RopeStyle, add, add_rows, rms_norm, rope, silu_mul};
 #[cfg(feature = "cuda")]
 pub use select::select_tokens;
+#[cfg(feature = "cuda")]
+pub use sparse_index::{build_indices, pooled_blocks, vertical_slash_sums};
 #[cfg(feature = "cuda")]
 pub use transfer::PendingDownload;

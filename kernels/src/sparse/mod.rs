@@ -7,7 +7,10 @@
 //!   vertical-slash or block-sparse (dynamic), with their budgets.
 //! * Index builders, one per pattern, each producing a [`HeadIndex`]:
 //!   [`a_shape_index`], [`estimate_vertical_slash`] + [`vertical_slash_index`] (the §1.3
-//!   conversion to key ranges + columns), [`block_sparse_index`].
+//!   conversion to key ranges + columns), [`block_sparse_index`]. The dynamic ones split into
+//!   the statistics that read q and k ([`vertical_slash_sums`]; [`pool_queries`],
+//!   [`pool_keys`]) and their conversion on the host ([`select_lines`];
+//!   [`block_sparse_index_from_pooled`]), so a GPU computes the first and shares the second.
 //! * [`sparse_attention`] — the kernel: for every (query head, 64-query block) an exact
 //!   online softmax over the block's key ranges and individual key columns, causal mask
 //!   applied, no N×N matrix. [`sparse_prefill_attention`] chains index building and the
@@ -33,7 +36,7 @@ mod search;
 mod vertical_slash;
 
 pub use a_shape::a_shape_index;
-pub use block_sparse::block_sparse_index;
+pub use block_sparse::{block_sparse_index, block_sparse_index_from_pooled, pool_keys, pool_queries};
 pub use index::{HeadIndex, QueryBlocks};
 pub use kernel::sparse_attention;
 pub use pattern::{HeadPattern, SparseStats, sparse_prefill_attention};
@@ -41,7 +44,9 @@ pub use search::{
     BUDGET_SLACK, CandidateScore, DEFAULT_DENSITY, HeadChoice, Objective, RECALL_ROWS, SearchSpace, planned_density,
     search_heads,
 };
-pub use vertical_slash::{estimate_vertical_slash, vertical_slash_index};
+pub use vertical_slash::{
+    ESTIMATE_QUERIES, estimate_vertical_slash, select_lines, vertical_slash_index, vertical_slash_sums,
+};
 
 /// Query rows per block, and the key tile size of slash lines and pooled blocks (§1.3).
 pub const BLOCK: usize = 64;

@@ -32,6 +32,21 @@ pub fn estimate_vertical_slash(
     vertical: usize,
     slash: usize,
 ) -> (Vec<u32>, Vec<u32>) {
+    let (vert, diag) = vertical_slash_sums(q, nq, kv, shape, h, scale);
+    select_lines(vert, diag, vertical, slash)
+}
+
+/// The statistics [`estimate_vertical_slash`] ranks lines by, for query head `h`: the column
+/// sums `vert[j]` and the diagonal sums `diag[pos - j]` of the last `min(64, nq)` queries'
+/// causal softmax over all `kv.len` keys (the GPU computes the same, `cuda::vertical_slash_sums`).
+pub fn vertical_slash_sums(
+    q: &[f32],
+    nq: usize,
+    kv: &PagedKv<'_>,
+    shape: &AttnShape,
+    h: usize,
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>) {
     let (h_n, hd, len) = (shape.n_heads, shape.head_dim, kv.len);
     let kvh = h / shape.group();
     let last = ESTIMATE_QUERIES.min(nq);
@@ -57,6 +72,14 @@ pub fn estimate_vertical_slash(
             *d += p * inv;
         }
     }
+    (vert, diag)
+}
+
+/// The lines of a head from its [`vertical_slash_sums`]: keys `0..30` and offsets `0..100`
+/// forced, then the best by sum up to `min(len, max(vertical, 30))` verticals and
+/// `min(len, max(slash, 100))` offsets (`len = vert.len()`). Unsorted.
+pub fn select_lines(mut vert: Vec<f32>, mut diag: Vec<f32>, vertical: usize, slash: usize) -> (Vec<u32>, Vec<u32>) {
+    let len = vert.len();
     vert[..FORCED_VERTICALS.min(len)].fill(f32::INFINITY);
     diag[..FORCED_SLASHES.min(len)].fill(f32::INFINITY);
     let verticals = top_k(&vert, vertical.max(FORCED_VERTICALS).min(len));
