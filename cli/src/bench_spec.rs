@@ -1,6 +1,10 @@
 //! `lcserve bench speculation`: decode tokens/s and tokens per verification step with and
 //! without speculative decoding, on the same prompts, greedy — so the outputs must match token
 //! for token, and the bench checks that they do.
+//!
+//! Machines shared with other work swing by tens of percent within a minute, so each task runs
+//! every mode once per round, the modes interleaved, and a mode's speed-up is the median over
+//! rounds of its ratio to the baseline's run in the same round.
 
 use clap::{Args, ValueEnum};
 use lcserve_engine::{EngineHandle, GenerateRequest, StopConditions};
@@ -26,6 +30,9 @@ pub struct SpeculationBenchArgs {
     /// Tokens generated per task.
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
+    /// Rounds of every mode per task (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     #[arg(long)]
     json: bool,
 }
@@ -34,52 +41,78 @@ pub struct SpeculationBenchArgs {
 struct Row {
     task: &'static str,
     mode: String,
+    /// Median over rounds.
     decode_tokens_per_s: f64,
-    /// Emitted tokens per decode step (1 without speculation).
+    /// Emitted tokens per decode step (1 without speculation), over all rounds.
     tokens_per_step: f64,
+    /// Draft tokens proposed and accepted per request, averaged over rounds.
     proposed: usize,
     accepted: usize,
-    /// Decode tokens/s over the baseline mode's.
+    /// Median over rounds of decode tokens/s over the baseline mode's in the same round.
     speedup: f64,
+    rounds: usize,
+}
+
+/// One request's figures.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    tokens_per_s: f64,
+    decoded: usize,
+    proposed: usize,
+    accepted: usize,
 }
 
 pub fn run(args: SpeculationBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(!args.modes.is_empty(), "--modes: give at least one mode");
     anyhow::ensure!(args.max_tokens >= 2, "--max-tokens must be at least 2");
+    anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
     let model = args.model.load()?;
     let engine = EngineHandle::start(model.clone(), args.engine.config())?;
     let mut rows = Vec::new();
     for (task, message) in tasks(&model, args.document_tokens)? {
         let prompt = encode_prompt(&model, &message, true, None)?;
-        let mut baseline: Option<(f64, Vec<u32>)> = None;
-        for (run, &mode) in args.modes.iter().enumerate() {
-            let request = GenerateRequest {
-                prompt: prompt.clone(),
-                stop: StopConditions { max_tokens: args.max_tokens, ..StopConditions::default() },
-                // Each mode prefills under its own salt, so none starts from another's cache;
-                // decoding is timed from the first token on.
-                cache_salt: format!("bench-spec-{run}").into_bytes(),
-                speculation: mode.into(),
-                ..GenerateRequest::default()
-            };
-            let done = engine.submit(request)?.blocking_collect()?;
-            let decoded = done.usage.completion_tokens.saturating_sub(1);
-            let accepted = done.usage.speculative_accepted;
-            let tokens_per_s = done.timings.decode_tokens_per_s(done.usage.completion_tokens);
-            let (base, expected) = baseline.get_or_insert_with(|| (tokens_per_s, done.tokens.clone()));
-            anyhow::ensure!(
-                done.tokens == *expected,
-                "{task}: {mode:?} produced other tokens than {:?} under greedy decoding",
-                args.modes[0]
-            );
+        let mut expected: Option<Vec<u32>> = None;
+        let mut runs: Vec<Vec<Run>> = vec![Vec::with_capacity(args.rounds); args.modes.len()];
+        for _ in 0..args.rounds {
+            for (m, &mode) in args.modes.iter().enumerate() {
+                let request = GenerateRequest {
+                    prompt: prompt.clone(),
+                    stop: StopConditions { max_tokens: args.max_tokens, ..StopConditions::default() },
+                    // Each mode prefills under its own salt, so none starts from another's
+                    // cache; decoding is timed from the first token on.
+                    cache_salt: format!("bench-spec-{m}").into_bytes(),
+                    speculation: mode.into(),
+                    ..GenerateRequest::default()
+                };
+                let done = engine.submit(request)?.blocking_collect()?;
+                let expected = expected.get_or_insert_with(|| done.tokens.clone());
+                anyhow::ensure!(
+                    done.tokens == *expected,
+                    "{task}: {mode:?} produced other tokens than {:?} under greedy decoding",
+                    args.modes[0]
+                );
+                runs[m].push(Run {
+                    tokens_per_s: done.timings.decode_tokens_per_s(done.usage.completion_tokens),
+                    decoded: done.usage.completion_tokens.saturating_sub(1),
+                    proposed: done.usage.speculative_proposed,
+                    accepted: done.usage.speculative_accepted,
+                });
+            }
+        }
+        for (m, &mode) in args.modes.iter().enumerate() {
+            let mode_runs = &runs[m];
+            let (decoded, accepted) = mode_runs.iter().fold((0, 0), |(d, a), r| (d + r.decoded, a + r.accepted));
             let row = Row {
                 task,
                 mode: mode.to_possible_value().map_or_else(|| format!("{mode:?}"), |v| v.get_name().to_owned()),
-                decode_tokens_per_s: tokens_per_s,
+                decode_tokens_per_s: median(mode_runs.iter().map(|r| r.tokens_per_s).collect()),
                 tokens_per_step: decoded as f64 / decoded.saturating_sub(accepted).max(1) as f64,
-                proposed: done.usage.speculative_proposed,
-                accepted,
-                speedup: tokens_per_s / *base,
+                proposed: mode_runs.iter().map(|r| r.proposed).sum::<usize>() / args.rounds,
+                accepted: accepted / args.rounds,
+                speedup: median(
+                    mode_runs.iter().zip(&runs[0]).map(|(r, base)| r.tokens_per_s / base.tokens_per_s).collect(),
+                ),
+                rounds: args.rounds,
             };
             if !args.json {
                 eprintln!(
@@ -100,6 +133,16 @@ pub fn run(args: SpeculationBenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     }
     Ok(())
+}
+
+/// The median of `values` (the mean of the middle two for an even count); NaN when empty.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// The three workloads: reading a document, rewriting a text (the answer copies its input),
