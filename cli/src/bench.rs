@@ -172,6 +172,16 @@ fn engine_bench(args: EngineBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The median of `values` (the mean of the middle two for an even count); NaN when empty.
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 /// A deterministic prompt of `len` ordinary tokens (special tokens live at the low ids in most
 /// vocabularies, so they are skipped).
 fn synthetic_prompt(len: usize, vocab: u32, seed: u32) -> Vec<u32> {

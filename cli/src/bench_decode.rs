@@ -1,11 +1,14 @@
 //! `lcserve bench decode-scaling`: aggregate decode throughput of N concurrent streams on one
 //! engine, against one stream in the same run — what continuous batching buys on this machine.
+//! The stream counts run interleaved, once per round; each row reports medians over rounds
+//! (its ratio is the median of each round's ratio to the first count's run of that round), as
+//! a shared machine's speed swings within a minute.
 
 use clap::Args;
 use lcserve_engine::{EngineHandle, GenerateRequest, StopConditions};
 use serde::Serialize;
 
-use super::synthetic_prompt;
+use super::{median, synthetic_prompt};
 use crate::engine_args::{EngineArgs, ModelArgs};
 
 #[derive(Debug, Args)]
@@ -23,6 +26,9 @@ pub struct DecodeScalingArgs {
     /// Tokens generated per stream.
     #[arg(long, default_value_t = 64)]
     gen_tokens: usize,
+    /// Rounds over every stream count (medians are reported).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
     #[arg(long)]
     json: bool,
 }
@@ -34,20 +40,36 @@ struct ScalingRow {
     decode_tokens_per_s: f64,
     /// Mean time between one stream's tokens.
     tpot_ms: f64,
-    /// `decode_tokens_per_s` over the first row's.
+    /// `decode_tokens_per_s` over the first row's, in the same round.
     ratio: f64,
+    rounds: usize,
 }
 
 pub fn run(args: DecodeScalingArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.streams.is_empty(), "--streams: give at least one count");
+    anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
     let model = args.model.load()?;
     let engine = EngineHandle::start(model.clone(), args.engine.config())?;
     let vocab = model.config.vocab_size as u32;
     measure(&engine, 1, 8, 8, vocab, 0)?; // warm-up: pages, pools, caches
+    // runs[i][round] = (tok/s, tpot ms) of stream count i.
+    let mut runs = vec![Vec::with_capacity(args.rounds); args.streams.len()];
+    for round in 0..args.rounds {
+        for (i, &streams) in args.streams.iter().enumerate() {
+            let run = 1 + round * args.streams.len() + i;
+            runs[i].push(measure(&engine, streams, args.prompt_tokens, args.gen_tokens, vocab, run)?);
+        }
+    }
     let mut rows: Vec<ScalingRow> = Vec::new();
-    for (run, &streams) in args.streams.iter().enumerate() {
-        let (tokens_per_s, tpot_ms) = measure(&engine, streams, args.prompt_tokens, args.gen_tokens, vocab, run + 1)?;
-        let ratio = rows.first().map_or(1.0, |base| tokens_per_s / base.decode_tokens_per_s);
-        let row = ScalingRow { streams, decode_tokens_per_s: tokens_per_s, tpot_ms, ratio };
+    for (i, &streams) in args.streams.iter().enumerate() {
+        let ratios = runs[i].iter().zip(&runs[0]).map(|(r, base)| r.0 / base.0).collect();
+        let row = ScalingRow {
+            streams,
+            decode_tokens_per_s: median(runs[i].iter().map(|r| r.0).collect()),
+            tpot_ms: median(runs[i].iter().map(|r| r.1).collect()),
+            ratio: median(ratios),
+            rounds: args.rounds,
+        };
         if !args.json {
             eprintln!(
                 "streams {:>3}  decode {:>8.1} tok/s  tpot {:>7.2} ms  ×{:.2} vs {} stream(s)",

@@ -12,6 +12,7 @@ use lcserve_model::Model;
 use lcserve_text::haystack::{SampleSpec, Task, generate};
 use serde::Serialize;
 
+use super::median;
 use crate::engine_args::{EngineArgs, ModelArgs};
 use crate::generate::{SpeculationArg, encode_prompt};
 
@@ -133,16 +134,6 @@ pub fn run(args: SpeculationBenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     }
     Ok(())
-}
-
-/// The median of `values` (the mean of the middle two for an even count); NaN when empty.
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
 }
 
 /// The three workloads: reading a document, rewriting a text (the answer copies its input),
