@@ -381,7 +381,7 @@ impl DeviceModel {
                         cuda::tree_attention(device, &buffers.q, parents, &kv, scale, splits, &mut buffers.out, None)?
                     }
                     DeviceAttention::Selected(token_select) => {
-                        let keys = select_keys(device, token_select, l, &buffers.q, n, &kv)?;
+                        let keys = device_selection(device, token_select, l, &buffers.q, n, &kv)?;
                         cuda::selected_attention(
                             device,
                             &buffers.q,
@@ -395,7 +395,7 @@ impl DeviceModel {
                         )?
                     }
                     DeviceAttention::Sparse(sparse, patterns) => {
-                        sparse_prefill(device, sparse, patterns, &buffers.q, n, &kv, scale, &mut buffers.out)?
+                        attend_sparse(device, sparse, patterns, &buffers.q, n, &kv, scale, &mut buffers.out)?
                     }
                     DeviceAttention::Dense
                         if self.tensor_core_attention && n * shape.group() >= TENSOR_CORE_MIN_ROWS =>
@@ -491,7 +491,7 @@ impl<'s> DeviceAttention<'s> {
 /// includes the statistics' trip to the host; the kernel's time is not measured, as it runs
 /// asynchronously).
 #[allow(clippy::too_many_arguments)]
-fn sparse_prefill(
+fn attend_sparse(
     device: &cuda::Device,
     sparse: &SparseAttention<'_>,
     patterns: &[HeadPattern],
@@ -518,7 +518,7 @@ fn sparse_prefill(
 /// The keys layer `layer` of a TokenSelect sequence attends to this step, on the device: the
 /// backend's cached selection while the step's query stays similar (decided on the host, from
 /// the downloaded `n` query rows), else a fresh one from the device's selection kernels.
-fn select_keys(
+fn device_selection(
     device: &cuda::Device,
     token_select: &TokenSelectAttention,
     layer: usize,
