@@ -1,10 +1,12 @@
 //! Matmul micro-benchmark for the SmolLM2-135M shapes (Q4_1 layers, Q8_0 LM head), in both
 //! activation modes (exact f32, the default, and llama.cpp-style 8-bit).
 //!
-//! `cargo run --release -p lcserve-kernels --example matmul_bench [threads]`
-//! Prints µs, GFLOP/s and weight GB/s per shape for n = 1 and n = 256, the decode time per
-//! token these imply (cache-warm, and with all weights streamed from DRAM), the small-batch
-//! kernels against each other, and a path comparison used to pick `Activations::gemm_min_n`.
+//! `cargo run --release -p lcserve-kernels --example matmul_bench [threads] [section]`
+//! Sections (all by default): `shapes` prints µs, GFLOP/s and weight GB/s per shape for n = 1
+//! and n = 256 and the decode time per token these imply, cache-warm; `dram` times decode
+//! steps of 1 and 16 streams with all weights streamed from DRAM; `small` sets the
+//! small-batch kernels against each other; `paths` is the comparison used to pick
+//! `Activations::gemm_min_n`.
 
 use std::time::Instant;
 
@@ -52,10 +54,19 @@ fn bench(m: &QMatrix, n: usize, acts: Activations, kernel: MatmulKernel) -> f64 
 fn main() {
     let threads: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(2);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
-    pool.install(|| run(threads));
+    let section = std::env::args().nth(2);
+    println!("threads = {threads}, avx2 = {}", lcserve_kernels::simd::has_avx2_fma());
+    pool.install(|| {
+        let sections: [(&str, fn()); 4] = [("shapes", shapes), ("dram", dram), ("small", small), ("paths", paths)];
+        for (name, run) in sections {
+            if section.as_deref().is_none_or(|s| s == name) {
+                run();
+            }
+        }
+    });
 }
 
-fn run(threads: usize) {
+fn shapes() {
     // (name, type, rows = out features, cols = in features, uses per token)
     let shapes = [
         ("q/o 576->576", QuantType::Q4_1, 576, 576, 2 * 30),
@@ -64,7 +75,6 @@ fn run(threads: usize) {
         ("down 1536->576", QuantType::Q4_1, 576, 1536, 30),
         ("lm_head 576->49152", QuantType::Q8_0, 49152, 576, 1),
     ];
-    println!("threads = {threads}, avx2 = {}", lcserve_kernels::simd::has_avx2_fma());
     let mut decode = [0.0; 2];
     let mut prefill = [0.0; 2];
     for (name, ty, rows, cols, uses) in shapes {
@@ -96,7 +106,9 @@ fn run(threads: usize) {
             prefill[i] * 1e3
         );
     }
+}
 
+fn dram() {
     // Whole-model decode: 30 layers of distinct matrices (96 MB, far beyond cache), so the
     // weights stream from DRAM as in real decoding.
     let layers: Vec<Vec<QMatrix>> = (0..30)
@@ -109,25 +121,32 @@ fn run(threads: usize) {
         .collect();
     let head = matrix(QuantType::Q8_0, 49152, 576);
     let bytes: usize = layers.iter().flatten().map(|m| m.bytes().len()).sum::<usize>() + head.bytes().len();
-    let x = vec![0.1f32; 1536];
-    let mut out = vec![0f32; 49152];
-    for acts in MODES {
-        let t = time(|| {
-            for layer in &layers {
-                for m in layer {
-                    m.matmul_with_activations(acts, &x[..m.cols()], 1, &mut out[..m.rows()]).expect("shapes match");
+    // One decode step of `n` streams: every product takes the `n` rows at once.
+    for n in [1usize, 16] {
+        let x = vec![0.1f32; n * 1536];
+        let mut out = vec![0f32; n * 49152];
+        for acts in MODES {
+            let t = time(|| {
+                for layer in &layers {
+                    for m in layer {
+                        let (x, out) = (&x[..n * m.cols()], &mut out[..n * m.rows()]);
+                        m.matmul_with_activations(acts, x, n, out).expect("shapes match");
+                    }
                 }
-            }
-            head.matmul_with_activations(acts, &x[..576], 1, &mut out).expect("shapes match");
-        });
-        println!(
-            "{acts:?}: decode, all 30 layers + head from DRAM: {:.2} ms/token ({:.0} tok/s), {:.1} GB/s",
-            t * 1e3,
-            1.0 / t,
-            bytes as f64 / t / 1e9
-        );
+                head.matmul_with_activations(acts, &x[..n * 576], n, &mut out).expect("shapes match");
+            });
+            println!(
+                "{acts:?}: decode step of {n} stream(s), all 30 layers + head from DRAM: {:.2} ms/step ({:.0} tok/s), \
+                 {:.1} GB/s",
+                t * 1e3,
+                n as f64 / t,
+                bytes as f64 / t / 1e9
+            );
+        }
     }
+}
 
+fn small() {
     println!(
         "\nsmall-batch kernels (us per call): f32 activations, AVX-512 tiles against AVX2; 8-bit \
          activations, VNNI tiles (vnni = {}) against AVX2; and the best of each mode",
@@ -157,7 +176,9 @@ fn run(threads: usize) {
             );
         }
     }
+}
 
+fn paths() {
     println!("\npath comparison, gate/up 576->1536 and down 1536->576 (us per call):");
     for (rows, cols) in [(1536, 576), (576, 1536)] {
         let m = matrix(QuantType::Q4_1, rows, cols);

@@ -183,15 +183,13 @@ impl SharedOut {
         unsafe { *self.ptr.add(idx) = v }
     }
 
-    /// Writes `values` at `idx..idx + values.len()`.
-    ///
-    /// # Safety
-    /// No other thread may access that range concurrently.
+    /// The start of `idx..idx + len`, checked to lie inside the output, for a kernel that
+    /// stores straight from registers; its writes carry [`Self::write`]'s contract.
     #[inline]
-    pub(super) unsafe fn write_run(self, idx: usize, values: &[f32]) {
-        assert!(idx + values.len() <= self.len, "SharedOut run {idx}+{} out of {}", values.len(), self.len);
-        // SAFETY: in bounds (checked above); exclusivity is the caller's contract.
-        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(idx), values.len()) }
+    pub(super) fn run(self, idx: usize, len: usize) -> *mut f32 {
+        assert!(idx + len <= self.len, "SharedOut run {idx}+{len} out of {}", self.len);
+        // SAFETY: in bounds (checked above).
+        unsafe { self.ptr.add(idx) }
     }
 }
 
