@@ -1,6 +1,8 @@
 //! Runtime CPU feature detection and the f32 vector primitives shared by attention and the
 //! small ops (dot, axpy, scale, exp). Each primitive has a portable scalar version and, on
 //! x86, an AVX2 + FMA version; callers detect once per kernel call and pick a side.
+//! [`three_rows`] runs attention's `scores` and `accumulate` for three query rows at once,
+//! bitwise as the AVX2 versions row by row.
 
 /// True when the AVX2 + FMA + F16C kernels may run on this CPU. Detection is cached by std,
 /// so calling this costs a few atomic loads; kernels call it once per invocation.
@@ -47,6 +49,22 @@ pub fn has_avx512_vnni() -> bool {
 }
 
 /// Portable versions; also the reference the AVX2 versions are tested against.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+pub(crate) mod three_rows;
+
+/// True when [`three_rows`] may run: AVX2 + FMA plus AVX-512VL's 32 vector registers.
+#[inline]
+pub(crate) fn has_avx512vl() -> bool {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        has_avx512() && std::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+    {
+        false
+    }
+}
+
 pub(crate) mod scalar {
     #[inline]
     pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -167,7 +185,7 @@ pub(crate) mod avx2 {
     /// Sums each of 8 vectors: lane `j` of the result is the horizontal sum of `a[j]`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn reduce8(a: [__m256; 8]) -> __m256 {
+    pub(super) fn reduce8(a: [__m256; 8]) -> __m256 {
         let t0 = _mm256_hadd_ps(a[0], a[1]);
         let t1 = _mm256_hadd_ps(a[2], a[3]);
         let t2 = _mm256_hadd_ps(a[4], a[5]);

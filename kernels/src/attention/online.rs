@@ -2,8 +2,12 @@
 //!
 //! [`OnlineSoftmax`] holds, for each query row of a work item, the running max `m`, the
 //! denominator `l` and the unnormalized output; [`OnlineSoftmax::absorb`] folds in a run of
-//! contiguous keys. Kernels are generic over [`VecOps`] so the whole inner loop is compiled
+//! contiguous keys, and [`OnlineSoftmax::absorb_rows`] the same keys into several rows (the
+//! query heads of a GQA group), three at a time sharing every key and value load but bitwise
+//! as row-by-row. Kernels are generic over [`VecOps`] so the whole inner loop is compiled
 //! once with AVX2 enabled (inlined into a `#[target_feature]` entry) and once portable.
+
+use std::ops::Range;
 
 use super::PagedKv;
 use crate::simd;
@@ -17,6 +21,34 @@ pub(crate) trait VecOps {
     fn accumulate(acc: &mut [f32], p: &[f32], v: &[f32], hd: usize);
     fn scale(y: &mut [f32], alpha: f32);
     fn exp_sub_sum(x: &mut [f32], m: f32) -> f32;
+
+    /// [`Self::scores`] of three rows over the same keys, bitwise as three calls.
+    #[inline(always)]
+    fn scores3(q: [&[f32]; 3], k: &[f32], hd: usize, out: [&mut [f32]; 3]) {
+        scores_each::<Self>(q, k, hd, out)
+    }
+
+    /// [`Self::accumulate`] of three rows over the same values, bitwise as three calls.
+    #[inline(always)]
+    fn accumulate3(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: usize) {
+        accumulate_each::<Self>(acc, p, v, hd)
+    }
+}
+
+/// [`VecOps::scores3`] as three single-row calls.
+#[inline(always)]
+fn scores_each<O: VecOps + ?Sized>(q: [&[f32]; 3], k: &[f32], hd: usize, out: [&mut [f32]; 3]) {
+    for (q, out) in q.into_iter().zip(out) {
+        O::scores(q, k, hd, out);
+    }
+}
+
+/// [`VecOps::accumulate3`] as three single-row calls.
+#[inline(always)]
+fn accumulate_each<O: VecOps + ?Sized>(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: usize) {
+    for (acc, p) in acc.into_iter().zip(p) {
+        O::accumulate(acc, p, v, hd);
+    }
 }
 
 /// Portable primitives.
@@ -46,8 +78,9 @@ impl VecOps for Scalar {
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 pub(crate) struct Avx2;
 
-// SAFETY (all four methods): `Avx2` is only used from functions reached after
-// `has_avx2_fma()` returned true, so the AVX2/FMA instructions exist on this CPU.
+// SAFETY (all methods): `Avx2` is only used from functions reached after `has_avx2_fma()`
+// returned true, so the AVX2/FMA instructions exist on this CPU; the three-row versions run
+// only after `has_avx512vl()` said AVX-512VL exists too.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 impl VecOps for Avx2 {
     #[inline(always)]
@@ -70,6 +103,24 @@ impl VecOps for Avx2 {
         // SAFETY: see impl comment.
         unsafe { simd::avx2::exp_sub_sum(x, m) }
     }
+    #[inline(always)]
+    fn scores3(q: [&[f32]; 3], k: &[f32], hd: usize, out: [&mut [f32]; 3]) {
+        if simd::has_avx512vl() {
+            // SAFETY: see impl comment.
+            unsafe { simd::three_rows::scores(q, k, hd, out) }
+        } else {
+            scores_each::<Self>(q, k, hd, out)
+        }
+    }
+    #[inline(always)]
+    fn accumulate3(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: usize) {
+        if simd::has_avx512vl() {
+            // SAFETY: see impl comment.
+            unsafe { simd::three_rows::accumulate(acc, p, v, hd) }
+        } else {
+            accumulate_each::<Self>(acc, p, v, hd)
+        }
+    }
 }
 
 /// Online-softmax state of `rows` query rows of dimension `hd`.
@@ -79,6 +130,22 @@ pub(crate) struct OnlineSoftmax {
     l: Vec<f32>,
     acc: Vec<f32>,
     scores: Vec<f32>,
+}
+
+/// Turns one row's raw scores `sc` into softmax weights against its running max `m`
+/// (rescaling its output `acc` and denominator `l` when the max grows) and adds them to `l`.
+#[inline(always)]
+fn weigh<O: VecOps>(m: &mut f32, l: &mut f32, acc: &mut [f32], sc: &mut [f32]) {
+    let mx = sc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    if mx > *m {
+        if *l > 0.0 {
+            let alpha = (*m - mx).exp();
+            O::scale(acc, alpha);
+            *l *= alpha;
+        }
+        *m = mx;
+    }
+    *l += O::exp_sub_sum(sc, *m);
 }
 
 /// Normalized output (`rows × hd`) and natural-log log-sum-exp per row (`-inf` for a row that
@@ -107,18 +174,50 @@ impl OnlineSoftmax {
         }
         let sc = &mut self.scores[..cnt];
         O::scores(q, keys, hd, sc);
-        let mx = sc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
         let acc = &mut self.acc[r * hd..][..hd];
-        if mx > self.m[r] {
-            if self.l[r] > 0.0 {
-                let alpha = (self.m[r] - mx).exp();
-                O::scale(acc, alpha);
-                self.l[r] *= alpha;
-            }
-            self.m[r] = mx;
-        }
-        self.l[r] += O::exp_sub_sum(sc, self.m[r]);
+        weigh::<O>(&mut self.m[r], &mut self.l[r], acc, sc);
         O::accumulate(acc, sc, values, hd);
+    }
+
+    /// [`Self::absorb`] of the same keys into each row of `rows` (row `r`'s query at
+    /// `qs[r * hd..]`), bitwise as one call per row; three rows at a time read each key and
+    /// value once.
+    #[inline(always)]
+    pub(crate) fn absorb_rows<O: VecOps>(&mut self, rows: Range<usize>, qs: &[f32], keys: &[f32], values: &[f32]) {
+        let hd = self.hd;
+        let q = |r: usize| &qs[r * hd..][..hd];
+        let mut r = rows.start;
+        while r + 3 <= rows.end {
+            self.absorb3::<O>(r, [q(r), q(r + 1), q(r + 2)], keys, values);
+            r += 3;
+        }
+        for r in r..rows.end {
+            self.absorb::<O>(r, q(r), keys, values);
+        }
+    }
+
+    /// [`Self::absorb`] for rows `r0..r0 + 3` (queries `q`) over the same keys, bitwise as
+    /// three calls; each key and value is read once for the three rows.
+    #[inline(always)]
+    fn absorb3<O: VecOps>(&mut self, r0: usize, q: [&[f32]; 3], keys: &[f32], values: &[f32]) {
+        let hd = self.hd;
+        let cnt = keys.len() / hd;
+        if cnt == 0 {
+            return;
+        }
+        if self.scores.len() < 3 * cnt {
+            self.scores.resize(3 * cnt, 0.0);
+        }
+        let (s0, rest) = self.scores[..3 * cnt].split_at_mut(cnt);
+        let (s1, s2) = rest.split_at_mut(cnt);
+        O::scores3(q, keys, hd, [&mut *s0, &mut *s1, &mut *s2]);
+        let (a0, rest) = self.acc[r0 * hd..(r0 + 3) * hd].split_at_mut(hd);
+        let (a1, a2) = rest.split_at_mut(hd);
+        for (i, (acc, sc)) in [(&mut *a0, &mut *s0), (&mut *a1, &mut *s1), (&mut *a2, &mut *s2)].into_iter().enumerate()
+        {
+            weigh::<O>(&mut self.m[r0 + i], &mut self.l[r0 + i], acc, sc);
+        }
+        O::accumulate3([a0, a1, a2], [s0, s1, s2], values, hd);
     }
 
     /// Folds scattered keys into every row: `keys` (sorted indices into KV head `kvh` of

@@ -179,13 +179,18 @@ fn item_generic<O: VecOps>(
         let kblk = &kv.k_blocks[b][it.kvh * bs * hd..(it.kvh + 1) * bs * hd];
         let vblk = &kv.v_blocks[b][it.kvh * bs * hd..(it.kvh + 1) * bs * hd];
         let off = ks - b * bs;
-        for r in 0..rows {
-            let visible_end = ke.min(first_pos + it.q0 + r / g + 1);
-            if visible_end <= ks {
-                continue;
+        // Runs of rows that see the same keys (a query's heads; every row when decoding) are
+        // absorbed together, sharing their loads.
+        let visible_end = |r: usize| ke.min(first_pos + it.q0 + r / g + 1);
+        let mut r = 0;
+        while r < rows {
+            let end = visible_end(r);
+            let run_end = (r + 1..rows).find(|&next| visible_end(next) != end).unwrap_or(rows);
+            if end > ks {
+                let keys = (off * hd)..((off + end - ks) * hd);
+                state.absorb_rows::<O>(r..run_end, &qs, &kblk[keys.clone()], &vblk[keys]);
             }
-            let keys = (off * hd)..((off + visible_end - ks) * hd);
-            state.absorb::<O>(r, &qs[r * hd..][..hd], &kblk[keys.clone()], &vblk[keys]);
+            r = run_end;
         }
         ks = ke;
     }

@@ -254,9 +254,7 @@ impl Tails<'_> {
                     }
                     (keys.as_slice(), values.as_slice())
                 };
-                for r in 0..g {
-                    state.absorb::<O>(r, &qs[r * hd..][..hd], k_run, v_run);
-                }
+                state.absorb_rows::<O>(0..g, &qs, k_run, v_run);
                 ks = ke;
             }
             let part = state.finish::<O>();

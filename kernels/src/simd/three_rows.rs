@@ -1,0 +1,160 @@
+//! `scores` and `accumulate` of three query rows over the same keys, each key and value
+//! loaded once for all three — the query heads of a GQA group attend to one KV head, and a
+//! decode row's attention is bound by these loads, not by its FMAs.
+//!
+//! **Bitwise the per-row primitives.** Every row gets exactly the FMAs, in the same order,
+//! and the same reductions as [`super::avx2::scores`] / [`super::avx2::accumulate`] give
+//! it alone; only the loads are shared. A row's attention is therefore the same bits
+//! whether it was folded alone or in a group, and kernels may group rows or not.
+//!
+//! Three rows keep 24 accumulators live, more than AVX2's 16 registers: the functions use
+//! the 32 `ymm` registers of AVX-512VL. Callers check [`super::has_avx512vl`] first.
+
+#[cfg(target_arch = "x86")]
+use std::arch::x86::*;
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use super::avx2::{dot, reduce8};
+
+/// `out[r][t] = q[r] · k[t*hd..(t+1)*hd]` for the three rows, each bitwise
+/// `avx2::scores(q[r], k, hd, out[r])`.
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+#[allow(clippy::needless_range_loop)] // `j` numbers both the key and its accumulator
+pub(crate) fn scores(q: [&[f32]; 3], k: &[f32], hd: usize, mut out: [&mut [f32]; 3]) {
+    let cnt = out[0].len();
+    assert!(
+        q.iter().all(|q| q.len() >= hd) && out.iter().all(|o| o.len() == cnt) && k.len() >= cnt * hd,
+        "scores: short q or k, or rows of different lengths"
+    );
+    let mut t = 0;
+    if hd.is_multiple_of(8) {
+        while t + 8 <= cnt {
+            let mut acc = [[_mm256_setzero_ps(); 8]; 3];
+            let mut c = 0;
+            while c < hd {
+                // SAFETY: `c + 8 <= hd ≤ q[r].len()` and `(t + j) * hd + c + 8 <= cnt * hd`.
+                unsafe {
+                    let mut qc = [_mm256_setzero_ps(); 3];
+                    for (qr, row) in qc.iter_mut().zip(q) {
+                        *qr = _mm256_loadu_ps(row.as_ptr().add(c));
+                    }
+                    for j in 0..8 {
+                        let kv = _mm256_loadu_ps(k.as_ptr().add((t + j) * hd + c));
+                        for r in 0..3 {
+                            acc[r][j] = _mm256_fmadd_ps(qc[r], kv, acc[r][j]);
+                        }
+                    }
+                }
+                c += 8;
+            }
+            for (row, a) in out.iter_mut().zip(acc) {
+                // SAFETY: `t + 8 <= cnt = row.len()`.
+                unsafe { _mm256_storeu_ps(row.as_mut_ptr().add(t), reduce8(a)) };
+            }
+            t += 8;
+        }
+    }
+    for (qr, row) in q.iter().zip(out) {
+        for (tt, o) in row.iter_mut().enumerate().skip(t) {
+            *o = dot(&qr[..hd], &k[tt * hd..(tt + 1) * hd]);
+        }
+    }
+}
+
+/// `acc[r] += Σ_t p[r][t] · v[t*hd..(t+1)*hd]` for the three rows, each bitwise
+/// `avx2::accumulate(acc[r], p[r], v, hd)`.
+#[inline]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+#[allow(clippy::needless_range_loop)] // `i` numbers both a column slice and its register
+pub(crate) fn accumulate(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: usize) {
+    let cnt = p[0].len();
+    assert!(
+        acc.iter().all(|a| a.len() >= hd) && p.iter().all(|p| p.len() == cnt) && v.len() >= cnt * hd,
+        "accumulate: short acc or v, or rows of different lengths"
+    );
+    let mut c0 = 0;
+    while c0 + 64 <= hd {
+        let mut reg = [[_mm256_setzero_ps(); 8]; 3];
+        for r in 0..3 {
+            for i in 0..8 {
+                // SAFETY: `c0 + 64 <= hd ≤ acc[r].len()`.
+                reg[r][i] = unsafe { _mm256_loadu_ps(acc[r].as_ptr().add(c0 + 8 * i)) };
+            }
+        }
+        for t in 0..cnt {
+            let mut pv = [_mm256_setzero_ps(); 3];
+            for (pr, row) in pv.iter_mut().zip(p) {
+                *pr = _mm256_set1_ps(row[t]);
+            }
+            for i in 0..8 {
+                // SAFETY: `t * hd + c0 + 8i + 8 <= (t + 1) * hd <= v.len()`.
+                let vv = unsafe { _mm256_loadu_ps(v.as_ptr().add(t * hd + c0 + 8 * i)) };
+                for r in 0..3 {
+                    reg[r][i] = _mm256_fmadd_ps(pv[r], vv, reg[r][i]);
+                }
+            }
+        }
+        for r in 0..3 {
+            for i in 0..8 {
+                // SAFETY: as for the loads above.
+                unsafe { _mm256_storeu_ps(acc[r].as_mut_ptr().add(c0 + 8 * i), reg[r][i]) };
+            }
+        }
+        c0 += 64;
+    }
+    if c0 < hd {
+        for (a, p) in acc.into_iter().zip(p) {
+            for (t, &pt) in p.iter().enumerate() {
+                super::avx2::axpy(&mut a[c0..hd], pt, &v[t * hd + c0..(t + 1) * hd]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{avx2, has_avx512vl};
+    use super::*;
+
+    /// Each row of the three-row primitives is the single-row AVX2 primitive's result bit
+    /// for bit: head sizes with and without 8- and 64-wide remainders, key counts around the
+    /// 8-key groups.
+    #[test]
+    fn rows_match_the_single_row_primitives_bitwise() {
+        if !has_avx512vl() {
+            return;
+        }
+        let val = |i: usize, salt: usize| ((i * 37 + salt * 11) % 101) as f32 / 13.0 - 3.7;
+        for hd in [8usize, 12, 16, 64, 80, 96, 128] {
+            for cnt in [1usize, 7, 8, 9, 63, 64, 65] {
+                let q: Vec<Vec<f32>> = (0..3).map(|r| (0..hd).map(|i| val(i, r)).collect()).collect();
+                let k: Vec<f32> = (0..cnt * hd).map(|i| val(i, 5)).collect();
+                let v: Vec<f32> = (0..cnt * hd).map(|i| val(i, 7)).collect();
+                let (mut got, mut want) = (vec![vec![0f32; cnt]; 3], vec![vec![0f32; cnt]; 3]);
+                let [g0, g1, g2] = &mut got[..] else { unreachable!() };
+                // SAFETY: AVX-512VL (and so AVX2/FMA) checked above.
+                unsafe { scores([&q[0], &q[1], &q[2]], &k, hd, [g0, g1, g2]) };
+                for r in 0..3 {
+                    // SAFETY: as above.
+                    unsafe { avx2::scores(&q[r], &k, hd, &mut want[r]) };
+                    let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got[r]), bits(&want[r]), "scores hd {hd} keys {cnt} row {r}");
+                }
+                let p: Vec<Vec<f32>> = (0..3).map(|r| (0..cnt).map(|t| val(t, r + 9) / 7.0).collect()).collect();
+                let mut acc: Vec<Vec<f32>> = (0..3).map(|r| (0..hd).map(|i| val(i, r + 3)).collect()).collect();
+                let mut want = acc.clone();
+                let [a0, a1, a2] = &mut acc[..] else { unreachable!() };
+                // SAFETY: as above.
+                unsafe { accumulate([a0, a1, a2], [&p[0], &p[1], &p[2]], &v, hd) };
+                for r in 0..3 {
+                    // SAFETY: as above.
+                    unsafe { avx2::accumulate(&mut want[r], &p[r], &v, hd) };
+                    let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&acc[r]), bits(&want[r]), "accumulate hd {hd} keys {cnt} row {r}");
+                }
+            }
+        }
+    }
+}
