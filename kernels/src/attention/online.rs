@@ -22,15 +22,17 @@ pub(crate) trait VecOps {
     fn scale(y: &mut [f32], alpha: f32);
     fn exp_sub_sum(x: &mut [f32], m: f32) -> f32;
 
-    /// [`Self::scores`] of three rows over the same keys, bitwise as three calls.
+    /// [`Self::scores`] of three rows over the same keys, bitwise as three calls; may
+    /// prefetch `ahead` (laid out as `k`).
     #[inline(always)]
-    fn scores3(q: [&[f32]; 3], k: &[f32], hd: usize, out: [&mut [f32]; 3]) {
+    fn scores3(q: [&[f32]; 3], k: &[f32], hd: usize, out: [&mut [f32]; 3], _ahead: &[f32]) {
         scores_each::<Self>(q, k, hd, out)
     }
 
-    /// [`Self::accumulate`] of three rows over the same values, bitwise as three calls.
+    /// [`Self::accumulate`] of three rows over the same values, bitwise as three calls; may
+    /// prefetch `ahead` (laid out as `v`).
     #[inline(always)]
-    fn accumulate3(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: usize) {
+    fn accumulate3(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: usize, _ahead: &[f32]) {
         accumulate_each::<Self>(acc, p, v, hd)
     }
 }
@@ -104,23 +106,35 @@ impl VecOps for Avx2 {
         unsafe { simd::avx2::exp_sub_sum(x, m) }
     }
     #[inline(always)]
-    fn scores3(q: [&[f32]; 3], k: &[f32], hd: usize, out: [&mut [f32]; 3]) {
+    fn scores3(q: [&[f32]; 3], k: &[f32], hd: usize, out: [&mut [f32]; 3], ahead: &[f32]) {
         if simd::has_avx512vl() {
             // SAFETY: see impl comment.
-            unsafe { simd::three_rows::scores(q, k, hd, out) }
+            unsafe { simd::three_rows::scores(q, k, hd, out, ahead) }
         } else {
             scores_each::<Self>(q, k, hd, out)
         }
     }
     #[inline(always)]
-    fn accumulate3(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: usize) {
+    fn accumulate3(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: usize, ahead: &[f32]) {
         if simd::has_avx512vl() {
             // SAFETY: see impl comment.
-            unsafe { simd::three_rows::accumulate(acc, p, v, hd) }
+            unsafe { simd::three_rows::accumulate(acc, p, v, hd, ahead) }
         } else {
             accumulate_each::<Self>(acc, p, v, hd)
         }
     }
+}
+
+/// The keys and values a kernel will absorb next (the same span of the next cache block),
+/// prefetched while the current ones are computed; empty for none.
+#[derive(Clone, Copy)]
+pub(crate) struct Ahead<'a> {
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+}
+
+impl Ahead<'_> {
+    pub(crate) const NONE: Ahead<'static> = Ahead { keys: &[], values: &[] };
 }
 
 /// Online-softmax state of `rows` query rows of dimension `hd`.
@@ -181,14 +195,23 @@ impl OnlineSoftmax {
 
     /// [`Self::absorb`] of the same keys into each row of `rows` (row `r`'s query at
     /// `qs[r * hd..]`), bitwise as one call per row; three rows at a time read each key and
-    /// value once.
+    /// value once, the first three prefetching `ahead`.
     #[inline(always)]
-    pub(crate) fn absorb_rows<O: VecOps>(&mut self, rows: Range<usize>, qs: &[f32], keys: &[f32], values: &[f32]) {
+    pub(crate) fn absorb_rows<O: VecOps>(
+        &mut self,
+        rows: Range<usize>,
+        qs: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        ahead: Ahead<'_>,
+    ) {
         let hd = self.hd;
         let q = |r: usize| &qs[r * hd..][..hd];
         let mut r = rows.start;
+        let mut ahead = ahead;
         while r + 3 <= rows.end {
-            self.absorb3::<O>(r, [q(r), q(r + 1), q(r + 2)], keys, values);
+            self.absorb3::<O>(r, [q(r), q(r + 1), q(r + 2)], keys, values, ahead);
+            ahead = Ahead::NONE;
             r += 3;
         }
         for r in r..rows.end {
@@ -199,7 +222,7 @@ impl OnlineSoftmax {
     /// [`Self::absorb`] for rows `r0..r0 + 3` (queries `q`) over the same keys, bitwise as
     /// three calls; each key and value is read once for the three rows.
     #[inline(always)]
-    fn absorb3<O: VecOps>(&mut self, r0: usize, q: [&[f32]; 3], keys: &[f32], values: &[f32]) {
+    fn absorb3<O: VecOps>(&mut self, r0: usize, q: [&[f32]; 3], keys: &[f32], values: &[f32], ahead: Ahead<'_>) {
         let hd = self.hd;
         let cnt = keys.len() / hd;
         if cnt == 0 {
@@ -210,14 +233,14 @@ impl OnlineSoftmax {
         }
         let (s0, rest) = self.scores[..3 * cnt].split_at_mut(cnt);
         let (s1, s2) = rest.split_at_mut(cnt);
-        O::scores3(q, keys, hd, [&mut *s0, &mut *s1, &mut *s2]);
+        O::scores3(q, keys, hd, [&mut *s0, &mut *s1, &mut *s2], ahead.keys);
         let (a0, rest) = self.acc[r0 * hd..(r0 + 3) * hd].split_at_mut(hd);
         let (a1, a2) = rest.split_at_mut(hd);
         for (i, (acc, sc)) in [(&mut *a0, &mut *s0), (&mut *a1, &mut *s1), (&mut *a2, &mut *s2)].into_iter().enumerate()
         {
             weigh::<O>(&mut self.m[r0 + i], &mut self.l[r0 + i], acc, sc);
         }
-        O::accumulate3([a0, a1, a2], [s0, s1, s2], values, hd);
+        O::accumulate3([a0, a1, a2], [s0, s1, s2], values, hd, ahead.values);
     }
 
     /// Folds scattered keys into every row: `keys` (sorted indices into KV head `kvh` of

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use super::merge::merge_row;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 use super::online::Avx2;
-use super::online::{OnlineSoftmax, Partial, Scalar, VecOps};
+use super::online::{Ahead, OnlineSoftmax, Partial, Scalar, VecOps};
 use super::{AttnShape, PagedKv, validate};
 use crate::error::Result;
 use crate::simd;
@@ -179,6 +179,13 @@ fn item_generic<O: VecOps>(
         let kblk = &kv.k_blocks[b][it.kvh * bs * hd..(it.kvh + 1) * bs * hd];
         let vblk = &kv.v_blocks[b][it.kvh * bs * hd..(it.kvh + 1) * bs * hd];
         let off = ks - b * bs;
+        // The keys this item reads from the next block, streamed in while this one computes.
+        let mut ahead = if ke < kend {
+            let next = it.kvh * bs * hd..(it.kvh * bs + (kend - ke).min(bs)) * hd;
+            Ahead { keys: &kv.k_blocks[b + 1][next.clone()], values: &kv.v_blocks[b + 1][next] }
+        } else {
+            Ahead::NONE
+        };
         // Runs of rows that see the same keys (a query's heads; every row when decoding) are
         // absorbed together, sharing their loads.
         let visible_end = |r: usize| ke.min(first_pos + it.q0 + r / g + 1);
@@ -188,7 +195,8 @@ fn item_generic<O: VecOps>(
             let run_end = (r + 1..rows).find(|&next| visible_end(next) != end).unwrap_or(rows);
             if end > ks {
                 let keys = (off * hd)..((off + end - ks) * hd);
-                state.absorb_rows::<O>(r..run_end, &qs, &kblk[keys.clone()], &vblk[keys]);
+                state.absorb_rows::<O>(r..run_end, &qs, &kblk[keys.clone()], &vblk[keys], ahead);
+                ahead = Ahead::NONE;
             }
             r = run_end;
         }

@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use super::merge::merge_row;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 use super::online::Avx2;
-use super::online::{OnlineSoftmax, Scalar, VecOps};
+use super::online::{Ahead, OnlineSoftmax, Scalar, VecOps};
 use super::tiled::part_keys;
 use super::{AttnShape, PagedKv, attention, validate};
 use crate::error::{KernelError, Result};
@@ -254,7 +254,7 @@ impl Tails<'_> {
                     }
                     (keys.as_slice(), values.as_slice())
                 };
-                state.absorb_rows::<O>(0..g, &qs, k_run, v_run);
+                state.absorb_rows::<O>(0..g, &qs, k_run, v_run, Ahead::NONE);
                 ks = ke;
             }
             let part = state.finish::<O>();

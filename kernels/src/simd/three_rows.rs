@@ -7,6 +7,11 @@
 //! it alone; only the loads are shared. A row's attention is therefore the same bits
 //! whether it was folded alone or in a group, and kernels may group rows or not.
 //!
+//! **Prefetch.** Both take `ahead`, the same span of the next cache block (empty for none),
+//! and ask for its lines while they compute: a long-context decode step streams its keys
+//! and values from DRAM, and without the hint each block's first loads wait on memory with
+//! no other work in flight. Prefetches change no result.
+//!
 //! Three rows keep 24 accumulators live, more than AVX2's 16 registers: the functions use
 //! the 32 `ymm` registers of AVX-512VL. Callers check [`super::has_avx512vl`] first.
 
@@ -18,11 +23,11 @@ use std::arch::x86_64::*;
 use super::avx2::{dot, reduce8};
 
 /// `out[r][t] = q[r] · k[t*hd..(t+1)*hd]` for the three rows, each bitwise
-/// `avx2::scores(q[r], k, hd, out[r])`.
+/// `avx2::scores(q[r], k, hd, out[r])`; prefetches `ahead` (laid out as `k`) on the way.
 #[inline]
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
 #[allow(clippy::needless_range_loop)] // `j` numbers both the key and its accumulator
-pub(crate) fn scores(q: [&[f32]; 3], k: &[f32], hd: usize, mut out: [&mut [f32]; 3]) {
+pub(crate) fn scores(q: [&[f32]; 3], k: &[f32], hd: usize, mut out: [&mut [f32]; 3], ahead: &[f32]) {
     let cnt = out[0].len();
     assert!(
         q.iter().all(|q| q.len() >= hd) && out.iter().all(|o| o.len() == cnt) && k.len() >= cnt * hd,
@@ -39,6 +44,10 @@ pub(crate) fn scores(q: [&[f32]; 3], k: &[f32], hd: usize, mut out: [&mut [f32];
                     let mut qc = [_mm256_setzero_ps(); 3];
                     for (qr, row) in qc.iter_mut().zip(q) {
                         *qr = _mm256_loadu_ps(row.as_ptr().add(c));
+                    }
+                    // The 8 keys' `8 · hd` floats of `ahead`, 4 lines per step of `c`.
+                    for line in 0..4 {
+                        prefetch(ahead, t * hd + 8 * c + 16 * line);
                     }
                     for j in 0..8 {
                         let kv = _mm256_loadu_ps(k.as_ptr().add((t + j) * hd + c));
@@ -64,11 +73,11 @@ pub(crate) fn scores(q: [&[f32]; 3], k: &[f32], hd: usize, mut out: [&mut [f32];
 }
 
 /// `acc[r] += Σ_t p[r][t] · v[t*hd..(t+1)*hd]` for the three rows, each bitwise
-/// `avx2::accumulate(acc[r], p[r], v, hd)`.
+/// `avx2::accumulate(acc[r], p[r], v, hd)`; prefetches `ahead` (laid out as `v`) on the way.
 #[inline]
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
 #[allow(clippy::needless_range_loop)] // `i` numbers both a column slice and its register
-pub(crate) fn accumulate(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: usize) {
+pub(crate) fn accumulate(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: usize, ahead: &[f32]) {
     let cnt = p[0].len();
     assert!(
         acc.iter().all(|a| a.len() >= hd) && p.iter().all(|p| p.len() == cnt) && v.len() >= cnt * hd,
@@ -84,6 +93,11 @@ pub(crate) fn accumulate(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: us
             }
         }
         for t in 0..cnt {
+            if c0 == 0 {
+                for line in 0..hd.div_ceil(16) {
+                    prefetch(ahead, t * hd + 16 * line);
+                }
+            }
             let mut pv = [_mm256_setzero_ps(); 3];
             for (pr, row) in pv.iter_mut().zip(p) {
                 *pr = _mm256_set1_ps(row[t]);
@@ -113,6 +127,15 @@ pub(crate) fn accumulate(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: us
     }
 }
 
+/// Asks for the cache line holding `ahead[i]`, if `ahead` has one.
+#[inline(always)]
+fn prefetch(ahead: &[f32], i: usize) {
+    if i < ahead.len() {
+        // SAFETY: `i` is in bounds; a prefetch reads nothing architecturally.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.as_ptr().add(i).cast()) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{avx2, has_avx512vl};
@@ -135,7 +158,7 @@ mod tests {
                 let (mut got, mut want) = (vec![vec![0f32; cnt]; 3], vec![vec![0f32; cnt]; 3]);
                 let [g0, g1, g2] = &mut got[..] else { unreachable!() };
                 // SAFETY: AVX-512VL (and so AVX2/FMA) checked above.
-                unsafe { scores([&q[0], &q[1], &q[2]], &k, hd, [g0, g1, g2]) };
+                unsafe { scores([&q[0], &q[1], &q[2]], &k, hd, [g0, g1, g2], &v) };
                 for r in 0..3 {
                     // SAFETY: as above.
                     unsafe { avx2::scores(&q[r], &k, hd, &mut want[r]) };
@@ -147,7 +170,7 @@ mod tests {
                 let mut want = acc.clone();
                 let [a0, a1, a2] = &mut acc[..] else { unreachable!() };
                 // SAFETY: as above.
-                unsafe { accumulate([a0, a1, a2], [&p[0], &p[1], &p[2]], &v, hd) };
+                unsafe { accumulate([a0, a1, a2], [&p[0], &p[1], &p[2]], &v, hd, &k) };
                 for r in 0..3 {
                     // SAFETY: as above.
                     unsafe { avx2::accumulate(&mut want[r], &p[r], &v, hd) };

@@ -1,0 +1,103 @@
+//! Attention of whole decode and verification steps with the KV cache read from DRAM: the
+//! 30 layers of SmolLM2-135M (9 query heads, 3 KV heads, dim 64), each with its own keys and
+//! values in 64-token blocks, as the engine lays them out — 138 MB at 3000 tokens, far more
+//! than the caches, so the step pays for every byte as real decoding does. `attention_bench`
+//! and `tree_attention_bench` time one layer over cache-warm keys instead.
+//!
+//! Prints, per context length, one decode step (1 query per layer) and the verification of a
+//! 7-node chain (`tree_attention`, what a 6-token speculative draft costs), in ms per step and
+//! the KV bytes read per second.
+//!
+//! `cargo run --release -p lcserve-kernels --example attention_step_bench [threads] [contexts]`
+//! (contexts comma-separated, default `1000,3000,6000`).
+
+use std::time::Instant;
+
+use lcserve_kernels::{AttnShape, PagedKv, attention, tree_attention};
+
+const LAYERS: usize = 30;
+const BLOCK: usize = 64;
+const SHAPE: AttnShape = AttnShape { n_heads: 9, n_kv_heads: 3, head_dim: 64 };
+const CHAIN: usize = 7;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let threads: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
+    let contexts: Vec<usize> = args
+        .next()
+        .map(|a| a.split(',').filter_map(|c| c.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1000, 3000, 6000]);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+    pool.install(|| {
+        for len in contexts {
+            let layers: Vec<LayerKv> = (0..LAYERS).map(|l| LayerKv::random(len + CHAIN, l)).collect();
+            let refs: Vec<[Vec<&[f32]>; 2]> = if std::env::var_os("WARM").is_some() { (0..LAYERS).map(|_| layers[0].refs()).collect() } else { layers.iter().map(LayerKv::refs).collect() };
+            let scale = 1.0 / (SHAPE.head_dim as f32).sqrt();
+            let q: Vec<f32> = (0..CHAIN * SHAPE.n_heads * SHAPE.head_dim).map(|i| ((i % 11) as f32 - 5.0) / 11.0).collect();
+            let mut out = vec![0f32; q.len()];
+            let chain: Vec<Option<usize>> = (0..CHAIN).map(|i| i.checked_sub(1)).collect();
+            let decode = time(|| {
+                for layer in &refs {
+                    let kv = paged(layer, len);
+                    attention(&q[..SHAPE.n_heads * SHAPE.head_dim], 1, &kv, &SHAPE, scale, &mut out[..SHAPE.n_heads * SHAPE.head_dim], None)
+                        .expect("shapes match");
+                }
+            });
+            let verify = time(|| {
+                for layer in &refs {
+                    let kv = paged(layer, len + CHAIN);
+                    tree_attention(&q, &chain, &kv, &SHAPE, scale, &mut out, None).expect("shapes match");
+                }
+            });
+            let bytes = (LAYERS * len * SHAPE.n_kv_heads * SHAPE.head_dim * 2 * 4) as f64;
+            println!(
+                "context {len:>5}: decode step {:>6.2} ms ({:>5.1} GB/s)  verify {CHAIN}-chain {:>6.2} ms ({:.2}x decode)",
+                decode * 1e3,
+                bytes / decode / 1e9,
+                verify * 1e3,
+                verify / decode
+            );
+        }
+    });
+}
+
+/// One layer's keys and values, `[block][kv head][token][dim]` as the engine's arena.
+struct LayerKv {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl LayerKv {
+    fn random(tokens: usize, layer: usize) -> Self {
+        let block_len = SHAPE.n_kv_heads * BLOCK * SHAPE.head_dim;
+        let block = |b: usize, salt: usize| -> Vec<f32> {
+            (0..block_len).map(|i| (((b * 7 + i * 3 + salt) % 13) as f32 - 6.0) / 13.0).collect()
+        };
+        let blocks = tokens.div_ceil(BLOCK);
+        Self {
+            k: (0..blocks).map(|b| block(b, layer)).collect(),
+            v: (0..blocks).map(|b| block(b, layer + 5)).collect(),
+        }
+    }
+
+    fn refs(&self) -> [Vec<&[f32]>; 2] {
+        [self.k.iter().map(Vec::as_slice).collect(), self.v.iter().map(Vec::as_slice).collect()]
+    }
+}
+
+fn paged<'a>([k, v]: &'a [Vec<&'a [f32]>; 2], len: usize) -> PagedKv<'a> {
+    PagedKv { k_blocks: k, v_blocks: v, block_size: BLOCK, len }
+}
+
+/// Seconds per call of `f`: the fastest of several runs (each run reads every layer once, so
+/// the caches hold at most the last layers of the previous run).
+fn time(mut f: impl FnMut()) -> f64 {
+    f();
+    (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
