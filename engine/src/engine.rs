@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_cha
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lcserve_model::{HeadPatterns, Model, TokenSelectAttention};
+use lcserve_model::{HeadPatterns, Model, TokenSelectAttention, TokenSelection};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 
@@ -349,7 +349,10 @@ impl EngineHandle {
         let self_drafting = matches!(request.speculation, Speculation::SelfDraft);
         let sampler = Sampler::new(request.sampling, model_config.vocab_size)?;
         let token_select = request.kv_selection.map(|s| self.token_select(&s)).transpose()?;
-        let self_draft = self_drafting.then(|| self.token_select(&SELF_DRAFT_SELECTION)).transpose()?;
+        let layers = model_config.num_layers;
+        let self_draft = self_drafting
+            .then(|| TokenSelectAttention::drafting(SELF_DRAFT_SELECTION, layers, SELF_DRAFT_REFRESH))
+            .transpose()?;
         let sparse_prefill = self.prefills_sparsely(request.prefill_mode, prompt_len);
         let namespace = self.request_namespace(&request.cache_salt, request.prefill_mode, prompt_len);
         let mut text = StopText::new(self.model.tokenizer.clone(), stop.stop_strings.clone());
@@ -456,11 +459,12 @@ impl EngineHandle {
 }
 
 /// What a self-drafting pass attends to: a constant budget of the cached keys whatever the
-/// context length (the LongSpec / MagicDec idea of a constant-memory drafter). Each draft
-/// cycle selects once, at its first pass, and its later passes reuse that selection (threshold
-/// -1: any query), so only one pass per cycle scores every cached key; the scheduler clears the
-/// selection before each cycle.
-const SELF_DRAFT_SELECTION: KvSelection = KvSelection { budget: 512, sink: 16, window: 128, reuse_threshold: -1.0 };
+/// context length (the LongSpec / MagicDec idea of a constant-memory drafter).
+const SELF_DRAFT_SELECTION: TokenSelection = TokenSelection { budget: 512, sink: 16, window: 128 };
+/// Tokens after which a self-drafting layer selects again; in between, its passes reuse the
+/// selection and read it from a contiguous copy, so scoring every cached key is paid about
+/// once per ten draft cycles instead of once per cycle.
+const SELF_DRAFT_REFRESH: usize = 64;
 
 /// The engine loop: block for commands while idle, otherwise step and drain commands between
 /// steps.

@@ -452,8 +452,9 @@ impl Scheduler {
     /// Up to `max` greedy draft tokens from the target model itself attending through the
     /// sequence's constant-budget TokenSelect backend (`Speculation::SelfDraft`). Pass `i` runs
     /// the token at position `computed + i` and writes its KV where the verification pass will
-    /// write the exact KV again, before anything reads it. Drafts fewer tokens rather than
-    /// preempt another sequence for the blocks.
+    /// write the exact KV again, before anything reads it (the backend's window covers those
+    /// positions; its selection, kept across cycles, never includes them). Drafts fewer
+    /// tokens rather than preempt another sequence for the blocks.
     fn self_draft(&mut self, index: usize, max: usize) -> Vec<TokenId> {
         let block_size = self.config.block_size;
         let start = self.running[index].computed;
@@ -467,8 +468,6 @@ impl Scheduler {
         let Self { executor, running, .. } = self;
         let seq = &running[index];
         let Some(attention) = &seq.self_draft else { return Vec::new() };
-        // A fresh selection for this cycle, made by its first pass and reused by the rest.
-        attention.reset();
         let mut draft = Vec::with_capacity(draft_len);
         let mut input = seq.tokens[start];
         while draft.len() < draft_len {

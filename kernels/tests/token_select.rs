@@ -340,6 +340,13 @@ fn selection_cache_reuses_for_similar_queries() {
     let opposite: Vec<f32> = case.q.iter().map(|x| -x).collect();
     assert_eq!(lax.get_or_select(0, &opposite, 1000, 16, never).unwrap(), first);
     assert_eq!(lax.get_or_select(0, &vec![0.0; case.q.len()], 1000, 16, never).unwrap(), first);
+
+    // Refreshing after 8 keys: the same query reuses 7 keys on, selects again at 8.
+    let mut aging = SelectionCache::new(1, -1.0).unwrap().refreshing_after(8);
+    aging.get_or_select(0, &case.q, 1000, 16, fresh(&first)).unwrap();
+    assert!(aging.get_or_select(0, &case.q, 1007, 16, never).is_ok());
+    assert_eq!(aging.get_or_select(0, &case.q, 1008, 16, fresh(&[9])).unwrap(), [9]);
+    assert_eq!((aging.hits(), aging.misses()), (1, 2));
 }
 
 #[test]

@@ -19,6 +19,10 @@ pub struct SelectionCache {
     /// Reuse while `cos(query, cached query) ≥ threshold`; in `[-1, 1]`. 1 reuses only for
     /// a query parallel to the cached one, −1 always reuses after the first selection.
     threshold: f32,
+    /// Reselect once the cache has grown by this many keys since the selection was made,
+    /// whatever the query: keys that entered the window after it and left it since were
+    /// never voted on. `None` (the paper's cache) reuses for as long as the query allows.
+    refresh_after: Option<usize>,
     /// Indexed by layer; `None` until the layer's first selection.
     layers: Vec<Option<Entry>>,
     hits: u64,
@@ -47,7 +51,13 @@ impl SelectionCache {
                 detail: format!("cosine threshold {threshold} is outside [-1, 1]"),
             });
         }
-        Ok(Self { threshold, layers: vec![None; layers], hits: 0, misses: 0 })
+        Ok(Self { threshold, refresh_after: None, layers: vec![None; layers], hits: 0, misses: 0 })
+    }
+
+    /// The same cache, reselecting a layer once `tokens` keys were appended since its
+    /// selection (`tokens` at most the window keeps every key voted on or attended).
+    pub fn refreshing_after(self, tokens: usize) -> Self {
+        Self { refresh_after: Some(tokens), ..self }
     }
 
     /// The selection of `layer` for a cache of `len` keys whose last `window` keys are
@@ -84,7 +94,8 @@ impl SelectionCache {
                 }
                 .into());
             }
-            if len >= entry.len && cosine(query, &entry.query) >= f64::from(self.threshold) {
+            let fresh = len >= entry.len && self.refresh_after.is_none_or(|tokens| len - entry.len < tokens);
+            if fresh && cosine(query, &entry.query) >= f64::from(self.threshold) {
                 self.hits += 1;
                 let kept = entry.retrieved.partition_point(|&j| (j as usize) < keep_before);
                 let mut selected = Vec::with_capacity(kept + len - keep_before);
