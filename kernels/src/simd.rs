@@ -103,6 +103,12 @@ pub(crate) mod scalar {
         }
     }
 
+    /// The largest element, ignoring NaNs; `-inf` for none.
+    #[inline]
+    pub(crate) fn max(x: &[f32]) -> f32 {
+        x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+    }
+
     /// `x[i] = exp(x[i] - m)`, returns the sum.
     #[inline]
     pub(crate) fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
@@ -298,6 +304,26 @@ pub(crate) mod avx2 {
         }
     }
 
+    /// The largest element, ignoring NaNs; `-inf` for none: [`super::scalar::max`] with 8
+    /// lanes, so the dependency chain is an eighth as long (a max is exact in any order).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) fn max(x: &[f32]) -> f32 {
+        let n = x.len();
+        let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: `i + 8 <= n` bounds the access. `max_ps` returns its second operand when
+            // either is NaN, so a NaN element leaves `acc` as it was.
+            acc = _mm256_max_ps(unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) }, acc);
+            i += 8;
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        lanes.iter().chain(&x[i..]).fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+    }
+
     /// `x[i] = exp(x[i] - m)`, returns the sum.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -368,6 +394,32 @@ mod tests {
             for (a, b) in ea.iter().zip(&eb) {
                 assert!((a - b).abs() <= 3e-7 * b.max(1e-30), "exp {a} vs {b}");
             }
+        }
+    }
+
+    /// The vector max is the scalar fold exactly, NaNs ignored, at every length around the
+    /// 8-lane groups, wherever the largest element sits.
+    #[test]
+    fn avx2_max_is_the_scalar_max() {
+        if !has_avx2_fma() {
+            return;
+        }
+        for n in [0usize, 1, 7, 8, 9, 63, 64, 65, 1000] {
+            let mut x: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+            for at in [0, n / 2, n.saturating_sub(1)].into_iter().filter(|&at| at < n) {
+                x[at] = 99.5;
+                if n > 2 {
+                    x[(at + 1) % n] = f32::NAN;
+                }
+                // SAFETY: AVX2/FMA checked above.
+                let got = unsafe { avx2::max(&x) };
+                assert_eq!(got.to_bits(), scalar::max(&x).to_bits(), "n {n}, max at {at}");
+                assert_eq!(got, 99.5);
+                x[at] = 0.0;
+            }
+            let none = vec![f32::NAN; n];
+            // SAFETY: as above.
+            assert_eq!(unsafe { avx2::max(&none) }, f32::NEG_INFINITY);
         }
     }
 }

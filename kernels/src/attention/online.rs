@@ -21,6 +21,8 @@ pub(crate) trait VecOps {
     fn accumulate(acc: &mut [f32], p: &[f32], v: &[f32], hd: usize);
     fn scale(y: &mut [f32], alpha: f32);
     fn exp_sub_sum(x: &mut [f32], m: f32) -> f32;
+    /// The largest element, ignoring NaNs; `-inf` for none. Exact, so any order gives it.
+    fn max(x: &[f32]) -> f32;
 
     /// [`Self::scores`] of three rows over the same keys, bitwise as three calls; may
     /// prefetch `ahead` (laid out as `k`).
@@ -73,6 +75,10 @@ impl VecOps for Scalar {
     fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
         simd::scalar::exp_sub_sum(x, m)
     }
+    #[inline(always)]
+    fn max(x: &[f32]) -> f32 {
+        simd::scalar::max(x)
+    }
 }
 
 /// AVX2 + FMA primitives. Only instantiated inside `#[target_feature(enable = "avx2,fma")]`
@@ -104,6 +110,11 @@ impl VecOps for Avx2 {
     fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
         // SAFETY: see impl comment.
         unsafe { simd::avx2::exp_sub_sum(x, m) }
+    }
+    #[inline(always)]
+    fn max(x: &[f32]) -> f32 {
+        // SAFETY: see impl comment.
+        unsafe { simd::avx2::max(x) }
     }
     #[inline(always)]
     fn scores3(q: [&[f32]; 3], k: &[f32], hd: usize, out: [&mut [f32]; 3], ahead: &[f32]) {
@@ -150,7 +161,7 @@ pub(crate) struct OnlineSoftmax {
 /// (rescaling its output `acc` and denominator `l` when the max grows) and adds them to `l`.
 #[inline(always)]
 fn weigh<O: VecOps>(m: &mut f32, l: &mut f32, acc: &mut [f32], sc: &mut [f32]) {
-    let mx = sc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mx = O::max(sc);
     if mx > *m {
         if *l > 0.0 {
             let alpha = (*m - mx).exp();
