@@ -46,8 +46,10 @@ pub(crate) fn scores(q: [&[f32]; 3], k: &[f32], hd: usize, mut out: [&mut [f32];
                         *qr = _mm256_loadu_ps(row.as_ptr().add(c));
                     }
                     // The 8 keys' `8 · hd` floats of `ahead`, 4 lines per step of `c`.
-                    for line in 0..4 {
-                        prefetch(ahead, t * hd + 8 * c + 16 * line);
+                    if !ahead.is_empty() {
+                        for line in 0..4 {
+                            prefetch(ahead, t * hd + 8 * c + 16 * line);
+                        }
                     }
                     for j in 0..8 {
                         let kv = _mm256_loadu_ps(k.as_ptr().add((t + j) * hd + c));
@@ -93,7 +95,7 @@ pub(crate) fn accumulate(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: us
             }
         }
         for t in 0..cnt {
-            if c0 == 0 {
+            if c0 == 0 && !ahead.is_empty() {
                 for line in 0..hd.div_ceil(16) {
                     prefetch(ahead, t * hd + 16 * line);
                 }
