@@ -31,7 +31,7 @@ fn main() {
     pool.install(|| {
         for len in contexts {
             let layers: Vec<LayerKv> = (0..LAYERS).map(|l| LayerKv::random(len + CHAIN, l)).collect();
-            let refs: Vec<[Vec<&[f32]>; 2]> = if std::env::var_os("WARM").is_some() { (0..LAYERS).map(|_| layers[0].refs()).collect() } else { layers.iter().map(LayerKv::refs).collect() };
+            let refs: Vec<[Vec<&[f32]>; 2]> = layers.iter().map(LayerKv::refs).collect();
             let scale = 1.0 / (SHAPE.head_dim as f32).sqrt();
             let q: Vec<f32> = (0..CHAIN * SHAPE.n_heads * SHAPE.head_dim).map(|i| ((i % 11) as f32 - 5.0) / 11.0).collect();
             let mut out = vec![0f32; q.len()];
