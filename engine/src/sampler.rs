@@ -12,7 +12,9 @@
 //!
 //! Reported logprobs (the chosen token's and the top-n alternatives) are log-softmax of the
 //! logits after steps 1–2, i.e. of the *processed* distribution before the support filters; for
-//! greedy decoding that is log-softmax of the penalized logits.
+//! greedy decoding that is log-softmax of the penalized logits. They cost a pass of `exp` over
+//! the row, so they are computed only when [`SamplingParams::logprobs`] asks for them (greedy
+//! decoding needs no `exp` otherwise).
 //!
 //! Non-finite logits never panic: NaN counts as `-inf` (the token cannot be chosen) and `+inf`
 //! as the largest finite `f32` (all `+inf` tokens share the mass equally). A row with no finite
@@ -49,8 +51,9 @@ use support::{Scratch, Support};
 pub struct SampledToken {
     /// The next token.
     pub token: TokenId,
-    /// Natural-log probability of `token` under the processed distribution (module docs).
-    pub logprob: f32,
+    /// Natural-log probability of `token` under the processed distribution (module docs);
+    /// `Some` exactly when `SamplingParams::logprobs` is.
+    pub logprob: Option<f32>,
     /// The `SamplingParams::logprobs` most likely tokens with their logprobs, most likely first
     /// (ties by lower id); only tokens with a finite logprob. Empty when not requested.
     pub top_logprobs: Vec<(TokenId, f32)>,
@@ -102,18 +105,25 @@ impl fmt::Debug for Sampler {
     }
 }
 
-/// The processed row's normalizer, from [`Sampler::process`].
+/// The processed row's most likely token, from [`Sampler::process`].
 #[derive(Clone, Copy, Debug)]
 struct Processed {
     /// Most likely token (lowest id among ties).
     argmax: usize,
     /// `logits[argmax]`.
     max: f32,
+}
+
+/// The processed row's normalizer, from [`Sampler::weigh`].
+#[derive(Clone, Copy, Debug)]
+struct Normalizer {
+    /// `logits[argmax]`.
+    max: f32,
     /// `ln Σ weights`, so `logprob(i) = logits[i] - max - log_z`.
     log_z: f64,
 }
 
-impl Processed {
+impl Normalizer {
     fn logprob(&self, logit: f32) -> f32 {
         (f64::from(logit - self.max) - self.log_z) as f32
     }
@@ -154,14 +164,18 @@ impl Sampler {
         generated: &[TokenId],
     ) -> Result<SampledToken, SampleError> {
         let processed = self.process(logits, prompt_tokens, generated)?;
-        let token = if self.params.is_greedy() {
+        let greedy = self.params.is_greedy();
+        let normalizer = (!greedy || self.params.logprobs.is_some()).then(|| self.weigh(processed.max));
+        let token = if greedy {
             processed.argmax
         } else {
             let support = support::filter(&self.params, &self.logits, &self.weights, &mut self.scratch);
             self.draw(support, processed.argmax)
         };
-        let logprob = processed.logprob(self.logits[token]);
-        let top_logprobs = self.top_logprobs(processed);
+        let (logprob, top_logprobs) = match normalizer.filter(|_| self.params.logprobs.is_some()) {
+            Some(normalizer) => (Some(normalizer.logprob(self.logits[token])), self.top_logprobs(normalizer)),
+            None => (None, Vec::new()),
+        };
         // `token < vocab_size`, which `validate`/the length check keep within `TokenId`.
         Ok(SampledToken { token: token as TokenId, logprob, top_logprobs })
     }
@@ -182,6 +196,7 @@ impl Sampler {
         if self.params.is_greedy() {
             return Ok(vec![(processed.argmax as TokenId, 1.0)]);
         }
+        self.weigh(processed.max);
         let support = support::filter(&self.params, &self.logits, &self.weights, &mut self.scratch);
         let (total, count) = row::masked_sum(&self.logits, &self.weights, support);
         support::top_tokens(&self.logits, &self.weights, support, count, &mut self.scratch);
@@ -189,7 +204,7 @@ impl Sampler {
         Ok(self.scratch.tokens.iter().map(|&t| (t, (f64::from(weights[t as usize]) / total) as f32)).collect())
     }
 
-    /// Steps 1–2 plus sanitizing: fills `self.logits` and `self.weights`.
+    /// Steps 1–2 plus sanitizing: fills `self.logits` and finds its most likely token.
     fn process(
         &mut self,
         raw: &[f32],
@@ -212,9 +227,14 @@ impl Sampler {
             Some(i) if max > f32::NEG_INFINITY => i,
             _ => return Err(SampleError::NoFiniteLogits { vocab_size: self.vocab_size }),
         };
+        Ok(Processed { argmax, max })
+    }
+
+    /// Fills `self.weights` for the processed row whose maximum is `max`: what sampling,
+    /// the support filters and logprobs need, and greedy decoding does not.
+    fn weigh(&mut self, max: f32) -> Normalizer {
         row::exp_shifted(&self.logits, max, &mut self.weights);
-        let z = row::sum_f64(&self.weights);
-        Ok(Processed { argmax, max, log_z: z.ln() })
+        Normalizer { max, log_z: row::sum_f64(&self.weights).ln() }
     }
 
     /// Repetition penalty over prompt ∪ generated, then frequency and presence penalties over
@@ -273,13 +293,13 @@ impl Sampler {
     }
 
     /// The requested number of most likely tokens and their logprobs.
-    fn top_logprobs(&mut self, processed: Processed) -> Vec<(TokenId, f32)> {
+    fn top_logprobs(&mut self, normalizer: Normalizer) -> Vec<(TokenId, f32)> {
         let n = self.params.logprobs.unwrap_or(0);
         if n == 0 {
             return Vec::new();
         }
         support::top_tokens(&self.logits, &self.weights, Support::FINITE, n, &mut self.scratch);
         let logits = &self.logits;
-        self.scratch.tokens.iter().map(|&t| (t, processed.logprob(logits[t as usize]))).collect()
+        self.scratch.tokens.iter().map(|&t| (t, normalizer.logprob(logits[t as usize]))).collect()
     }
 }

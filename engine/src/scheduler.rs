@@ -14,8 +14,9 @@ use std::time::Instant;
 
 use lcserve_common::{BlockId, SequenceHash, TokenId, chain_hash, sequence_hashes};
 use lcserve_model::{
-    AttentionBackend, DenseAttention, HeadPatterns, LogitsWanted, Model, SequenceInput, SparseAttention,
+    AttentionBackend, DenseAttention, HeadPatterns, Logits, LogitsWanted, Model, SequenceInput, SparseAttention,
 };
+use rayon::prelude::*;
 
 use crate::block_allocator::BlockAllocator;
 use crate::config::EngineConfig;
@@ -23,6 +24,7 @@ use crate::error::EngineError;
 use crate::executor::Executor;
 use crate::kv_transfer::ImportedKv;
 use crate::request::{EngineEvent, FinishReason, Timings, TokenLogprobs};
+use crate::sampler::{SampleError, SampledToken};
 use crate::sequence::Sequence;
 use crate::speculative::{DEFAULT_DRAFT_NODES, DEFAULT_DRAFT_TOKENS, DraftTree, argmax};
 
@@ -213,6 +215,7 @@ impl Scheduler {
         let elapsed = started.elapsed();
         let decode_only =
             slots.iter().all(|slot| slot.logits != LogitsWanted::None && slot.len == slot.draft.len() + 1);
+        let mut sampled = sample_rows(&mut self.running, &slots, &logits);
 
         let mut finished = Vec::new();
         for (batch_index, slot) in slots.iter().enumerate() {
@@ -273,9 +276,9 @@ impl Scheduler {
             if !slot.draft.is_empty() {
                 continue;
             }
-            let Some(row) = logits.last_of(batch_index) else { continue };
+            let Some(token) = sampled[batch_index].take() else { continue };
             let decoding = slot.len == 1 && slot.start >= seq.prompt_len;
-            match sample_and_emit(seq, row, self.model.config.context_length) {
+            match token.map_err(EngineError::from).and_then(|t| emit(seq, t, self.model.config.context_length)) {
                 Ok(None) => {}
                 Ok(Some(reason)) => finished.push((slot.seq, Ok(reason))),
                 Err(error) => finished.push((slot.seq, Err(error))),
@@ -595,7 +598,39 @@ fn write_imported(
     })
 }
 
-/// Samples the next token from `row`, streams it, and says whether the sequence is done.
+/// The next token of every slot that yields one without a draft to verify, by batch index.
+/// Rows are sampled in parallel across the pool (each sequence has its own sampler and RNG, so
+/// the tokens do not depend on the order): a sampled row costs several passes over the
+/// vocabulary, which a batch of 16 streams would otherwise wait for on one thread.
+fn sample_rows(
+    running: &mut [Sequence],
+    slots: &[Slot],
+    logits: &Logits,
+) -> Vec<Option<Result<SampledToken, SampleError>>> {
+    let mut batch_index_of = vec![None; running.len()];
+    for (batch_index, slot) in slots.iter().enumerate() {
+        if slot.draft.is_empty() {
+            batch_index_of[slot.seq] = Some(batch_index);
+        }
+    }
+    let sampled: Vec<_> = running
+        .par_iter_mut()
+        .zip(batch_index_of)
+        .filter_map(|(seq, batch_index)| {
+            let batch_index = batch_index?;
+            let row = logits.last_of(batch_index)?;
+            let (prompt, generated) = seq.tokens.split_at(seq.prompt_len);
+            Some((batch_index, seq.sampler.sample(row, prompt, generated)))
+        })
+        .collect();
+    let mut by_batch_index: Vec<_> = slots.iter().map(|_| None).collect();
+    for (batch_index, token) in sampled {
+        by_batch_index[batch_index] = Some(token);
+    }
+    by_batch_index
+}
+
+/// Samples the next token from `row` and [`emit`]s it.
 fn sample_and_emit(
     seq: &mut Sequence,
     row: &[f32],
@@ -603,6 +638,11 @@ fn sample_and_emit(
 ) -> Result<Option<FinishReason>, EngineError> {
     let (prompt, generated) = seq.tokens.split_at(seq.prompt_len);
     let sampled = seq.sampler.sample(row, prompt, generated)?;
+    emit(seq, sampled, context_length)
+}
+
+/// Appends the sampled token, streams it, and says whether the sequence is done.
+fn emit(seq: &mut Sequence, sampled: SampledToken, context_length: usize) -> Result<Option<FinishReason>, EngineError> {
     seq.tokens.push(sampled.token);
     let now = Instant::now();
     seq.first_token_at.get_or_insert(now);
@@ -611,8 +651,7 @@ fn sample_and_emit(
         return Ok(Some(FinishReason::Stop));
     }
     let step = seq.text.push(sampled.token)?;
-    let logprobs =
-        seq.sampler.params().logprobs.map(|_| TokenLogprobs { logprob: sampled.logprob, top: sampled.top_logprobs });
+    let logprobs = sampled.logprob.map(|logprob| TokenLogprobs { logprob, top: sampled.top_logprobs });
     let _ = seq.events.send(EngineEvent::Token { id: sampled.token, text: step.delta, logprobs });
     Ok(if step.stopped {
         Some(FinishReason::Stop)

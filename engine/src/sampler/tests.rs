@@ -70,6 +70,25 @@ fn s_new_greedy(vocab: usize) -> Sampler {
     sampler(params(), vocab)
 }
 
+/// Logprobs cost a pass of `exp`, so they come only when asked for; asking changes no choice,
+/// greedy or sampled (the same seed draws the same tokens).
+#[test]
+fn logprobs_come_only_when_asked_and_change_no_choice() {
+    let mut rng = StdRng::seed_from_u64(17);
+    for (temperature, seed) in [(0.0, 0), (0.8, 5)] {
+        let quiet = SamplingParams { temperature, seed: Some(seed), ..params() };
+        let (mut without, mut with) =
+            (sampler(quiet.clone(), 300), sampler(SamplingParams { logprobs: Some(2), ..quiet }, 300));
+        for _ in 0..50 {
+            let logits = random_logits(&mut rng, 300, 4.0);
+            let (a, b) = (without.sample(&logits, &[], &[]).unwrap(), with.sample(&logits, &[], &[]).unwrap());
+            assert_eq!(a.token, b.token, "temperature {temperature}");
+            assert_eq!((a.logprob, a.top_logprobs.len()), (None, 0));
+            assert!(b.logprob.is_some_and(f32::is_finite) && b.top_logprobs.len() == 2);
+        }
+    }
+}
+
 #[test]
 fn tiny_temperature_is_greedy() {
     let mut s = sampler(random_params(1e-6, 3), 3);
@@ -127,7 +146,7 @@ fn greedy_logprobs_are_of_the_penalized_logits() {
     let out = s.sample(&[2.0, 1.5, 0.0], &[0], &[]).unwrap();
     let want = softmax(&[1.0, 1.5, 0.0]);
     assert_eq!(out.token, 1);
-    assert_close(f64::from(out.logprob), want[1].ln(), 1e-6, "chosen logprob");
+    assert_close(f64::from(out.logprob.unwrap()), want[1].ln(), 1e-6, "chosen logprob");
     let order: Vec<_> = out.top_logprobs.iter().map(|(t, _)| *t).collect();
     assert_eq!(order, vec![1, 0, 2]);
 }
@@ -306,10 +325,10 @@ fn logprobs_are_sorted_normalized_and_consistent() {
     let total: f64 = out.top_logprobs.iter().map(|(_, lp)| f64::from(*lp).exp()).sum();
     assert_close(total, 1.0, 1e-5, "logprobs of the whole vocabulary");
     let chosen = out.top_logprobs.iter().find(|(t, _)| *t == out.token).unwrap();
-    assert_close(f64::from(chosen.1), f64::from(out.logprob), 1e-6, "chosen logprob");
+    assert_close(f64::from(chosen.1), f64::from(out.logprob.unwrap()), 1e-6, "chosen logprob");
     // The processed distribution is the tempered softmax.
     let want = softmax(&logits.iter().map(|x| x / 0.7).collect::<Vec<_>>());
-    assert_close(f64::from(out.logprob), want[out.token as usize].ln(), 1e-5, "tempered");
+    assert_close(f64::from(out.logprob.unwrap()), want[out.token as usize].ln(), 1e-5, "tempered");
 
     // Top-3 at T = 1: the same ranking (temperature keeps order), log-softmax of the raw row.
     let mut s = sampler(SamplingParams { logprobs: Some(3), ..random_params(1.0, 1) }, 20);
@@ -327,11 +346,11 @@ fn logprobs_are_sorted_normalized_and_consistent() {
 #[test]
 fn non_finite_logits_are_handled() {
     let nan = f32::NAN;
-    let mut s = s_new_greedy(4);
+    let mut s = sampler(SamplingParams { logprobs: Some(0), ..params() }, 4);
     assert_eq!(s.sample(&[nan, 1.0, nan, 0.5], &[], &[]).unwrap().token, 1);
     let out = s.sample(&[0.0, f32::INFINITY, 1.0, f32::INFINITY], &[], &[]).unwrap();
     assert_eq!(out.token, 1);
-    assert_close(f64::from(out.logprob), 0.5f64.ln(), 1e-6, "two +inf tokens share the mass");
+    assert_close(f64::from(out.logprob.unwrap()), 0.5f64.ln(), 1e-6, "two +inf tokens share the mass");
 
     let mut s = sampler(SamplingParams { logprobs: Some(4), ..random_params(1.0, 0) }, 4);
     for _ in 0..100 {
