@@ -6,14 +6,18 @@
 //!
 //! Prints, per context length, one decode step (1 query per layer) and the verification of a
 //! 7-node chain (`tree_attention`, what a 6-token speculative draft costs), in ms per step and
-//! the KV bytes read per second.
+//! the KV bytes read per second; then the decode step of a batch of `streams` sequences of
+//! that context, each with its own cache, their attention run in parallel per layer as the
+//! engine's forward pass does (continuous batching of short requests is many small cold
+//! caches rather than one long one).
 //!
-//! `cargo run --release -p lcserve-kernels --example attention_step_bench [threads] [contexts]`
-//! (contexts comma-separated, default `1000,3000,6000`).
+//! `cargo run --release -p lcserve-kernels --example attention_step_bench [threads] [contexts]
+//! [streams]` (contexts comma-separated, default `1000,3000,6000`; streams default 16).
 
 use std::time::Instant;
 
 use lcserve_kernels::{AttnShape, PagedKv, attention, tree_attention};
+use rayon::prelude::*;
 
 const LAYERS: usize = 30;
 const BLOCK: usize = 64;
@@ -27,6 +31,7 @@ fn main() {
         .next()
         .map(|a| a.split(',').filter_map(|c| c.parse().ok()).collect())
         .unwrap_or_else(|| vec![1000, 3000, 6000]);
+    let streams: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
     pool.install(|| {
         for len in contexts {
@@ -56,6 +61,30 @@ fn main() {
                 bytes / decode / 1e9,
                 verify * 1e3,
                 verify / decode
+            );
+            drop(refs);
+            drop(layers);
+
+            // `streams` sequences, each with its own 30 layers of cache.
+            let batch: Vec<Vec<LayerKv>> = (0..streams)
+                .map(|s| (0..LAYERS).map(|l| LayerKv::random(len, s * LAYERS + l)).collect())
+                .collect();
+            let batch_refs: Vec<Vec<[Vec<&[f32]>; 2]>> =
+                batch.iter().map(|layers| layers.iter().map(LayerKv::refs).collect()).collect();
+            let row = SHAPE.n_heads * SHAPE.head_dim;
+            let mut outs = vec![0f32; streams * row];
+            let step = time(|| {
+                for layer in 0..LAYERS {
+                    outs.par_chunks_mut(row).zip(&batch_refs).for_each(|(out, seq)| {
+                        let kv = paged(&seq[layer], len);
+                        attention(&q[..row], 1, &kv, &SHAPE, scale, out, None).expect("shapes match");
+                    });
+                }
+            });
+            println!(
+                "context {len:>5}: decode step of {streams} streams {:>6.2} ms ({:>5.1} GB/s)",
+                step * 1e3,
+                bytes * streams as f64 / step / 1e9
             );
         }
     });
