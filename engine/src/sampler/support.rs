@@ -1,10 +1,12 @@
 //! Steps 3–5 of the pipeline (top-k, top-p, min-p) as thresholds over the processed row.
 //!
 //! Each filter keeps "every token at least this likely", so the result is two thresholds, not a
-//! list: filtering a 150k-token row never materializes or sorts it. The k-th token of top-k and
-//! the last token of the top-p nucleus are found with a bounded heap over one pass of the row;
-//! top-p grows its heap (64, 512, 4096, … tokens) only until the nucleus fits. Tokens tied with
-//! the last one kept are kept too, as Hugging Face and vLLM do for top-k.
+//! list: filtering a 150k-token row never materializes or sorts it. The k-th token of top-k is
+//! found with a bounded heap over one pass of the row. So is the last token of a top-p nucleus
+//! of at most 64 tokens (a peaked distribution); a wider one (a flat distribution, a high
+//! temperature) is found by radix selection over the logits instead, three passes whatever its
+//! size, where sorting a 40k-token nucleus took milliseconds per row. Tokens tied with the last
+//! one kept are kept too, as Hugging Face and vLLM do for top-k.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -35,8 +37,16 @@ impl Support {
 /// Heap selections above this size collect and sort the support instead; as cheap by then.
 const HEAP_LIMIT: usize = 4096;
 
-/// First nucleus guess of top-p; grown eightfold until the nucleus fits.
-const NUCLEUS_START: usize = 64;
+/// Top-p nuclei up to this many tokens are found with the heap; wider ones by radix selection.
+const HEAP_NUCLEUS: usize = 64;
+
+/// Bits of the logits' order keys decided by each radix pass (32 in all).
+const RADIX_PASSES: [u32; 3] = [11, 11, 10];
+
+/// Fixed-point scale of the radix selection's masses: weights are at most 1 and a vocabulary
+/// under 2^28 tokens wide, so a sum stays below 2^128; weights under 2^-100 (a token 69 nats
+/// less likely than the best one) count as 0.
+const MASS_SCALE: f64 = (1u128 << 100) as f64;
 
 /// A token ranked by likelihood: higher logit first, then lower id. A total order, so every
 /// selection is deterministic.
@@ -138,23 +148,19 @@ pub(super) fn filter(params: &SamplingParams, logits: &[f32], weights: &[f32], s
     if params.top_p < 1.0 {
         let (mass, count) = row::masked_sum(logits, weights, support);
         let target = f64::from(params.top_p) * mass;
-        let mut m = NUCLEUS_START;
-        loop {
-            top_tokens(logits, weights, support, m.min(count), scratch);
-            let mut cumulative = 0.0;
-            let last = scratch.tokens.iter().find(|&&t| {
-                cumulative += f64::from(weights[t as usize]);
-                cumulative >= target
-            });
-            if let Some(&last) = last {
-                support.min_logit = logits[last as usize];
-                break;
-            }
-            if m >= count {
-                // Rounding kept the whole support just below the target: keep all of it.
-                break;
-            }
-            m = m.saturating_mul(8);
+        top_tokens(logits, weights, support, HEAP_NUCLEUS.min(count), scratch);
+        let mut cumulative = 0.0;
+        let last = scratch.tokens.iter().find(|&&t| {
+            cumulative += f64::from(weights[t as usize]);
+            cumulative >= target
+        });
+        // If neither finds it, rounding left the whole support just below the target: keep all.
+        if let Some(&last) = last {
+            support.min_logit = logits[last as usize];
+        } else if count > HEAP_NUCLEUS
+            && let Some(floor) = nucleus_floor(logits, weights, support, params.top_p)
+        {
+            support.min_logit = floor;
         }
     }
     if params.min_p > 0.0 {
@@ -163,4 +169,70 @@ pub(super) fn filter(params: &SamplingParams, logits: &[f32], weights: &[f32], s
         support.min_weight = support.min_weight.max(params.min_p);
     }
     support
+}
+
+/// The logit of the last token of the top-p nucleus of `support`: the largest logit `L` whose
+/// tokens at or above it hold at least `top_p` of the support's weight, or `None` if rounding
+/// leaves the whole support below that.
+///
+/// Radix selection over [`order_key`]s: each pass sums the weights of the tokens that share the
+/// key bits decided so far into one bucket per value of the next bits, then walks the buckets
+/// from the most likely down to the one where the running mass reaches what is still
+/// missing. Masses are summed in fixed point, exact in any order.
+fn nucleus_floor(logits: &[f32], weights: &[f32], support: Support, top_p: f32) -> Option<f32> {
+    let fixed = |w: f32| (f64::from(w) * MASS_SCALE) as u128;
+    let (mut prefix, mut decided) = (0u32, 0u32);
+    let mut missing = None;
+    for bits in RADIX_PASSES {
+        let shift = 32 - decided - bits;
+        let mut mass = vec![0u128; 1 << bits];
+        for (&logit, &weight) in logits.iter().zip(weights) {
+            let key = order_key(logit);
+            if support.contains(logit, weight) && (decided == 0 || key >> (32 - decided) == prefix) {
+                mass[((key >> shift) & ((1 << bits) - 1)) as usize] += fixed(weight);
+            }
+        }
+        let mut left = *missing.get_or_insert_with(|| {
+            let total: u128 = mass.iter().sum();
+            (f64::from(top_p) * total as f64) as u128
+        });
+        let bucket = mass.iter().rposition(|&m| {
+            let reached = m > 0 && m >= left;
+            if !reached {
+                left -= m;
+            }
+            reached
+        })?;
+        missing = Some(left);
+        prefix = (prefix << bits) | bucket as u32;
+        decided += bits;
+    }
+    Some(from_order_key(prefix))
+}
+
+/// `x`'s bits as a `u32` whose order is `f32::total_cmp`'s: larger key, larger logit.
+fn order_key(x: f32) -> u32 {
+    let bits = x.to_bits();
+    if bits >> 31 == 1 { !bits } else { bits | 1 << 31 }
+}
+
+/// The inverse of [`order_key`].
+fn from_order_key(key: u32) -> f32 {
+    f32::from_bits(if key >> 31 == 1 { key & !(1 << 31) } else { !key })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_keys_sort_as_total_cmp_and_invert() {
+        let xs = [f32::NEG_INFINITY, f32::MIN, -3.5, -1e-30, -0.0, 0.0, 1e-30, 2.0, f32::MAX, f32::INFINITY];
+        for pair in xs.windows(2) {
+            assert!(order_key(pair[0]) < order_key(pair[1]), "{pair:?}");
+        }
+        for x in xs {
+            assert_eq!(from_order_key(order_key(x)).to_bits(), x.to_bits());
+        }
+    }
 }

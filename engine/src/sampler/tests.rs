@@ -267,6 +267,22 @@ fn filtered_distribution_matches_a_naive_reference() {
     }
 }
 
+/// Nuclei far wider than the heap's 64 tokens (flat rows, high temperatures) are found by
+/// radix selection; they must be the reference's, token for token.
+#[test]
+fn wide_top_p_nuclei_match_the_naive_reference() {
+    let mut rng = StdRng::seed_from_u64(23);
+    for (case, (temperature, top_p)) in [(0.7, 0.3), (1.0, 0.9), (1.5, 0.99), (1.0, 0.5)].into_iter().enumerate() {
+        let logits = random_logits(&mut rng, 50_000, 2.0);
+        let p = SamplingParams { temperature, top_p, seed: Some(0), ..params() };
+        let got = support(&sampler(p.clone(), logits.len()).distribution(&logits, &[], &[]).unwrap());
+        let mut want: Vec<TokenId> = reference_distribution(&p, &logits).iter().map(|(t, _)| *t).collect();
+        want.sort_unstable();
+        assert!(want.len() > 1000, "case {case}: the nucleus should be wide, is {}", want.len());
+        assert_eq!(got, want, "case {case}: {p:?}");
+    }
+}
+
 #[test]
 fn samples_stay_in_the_filtered_support() {
     let mut rng = StdRng::seed_from_u64(11);
