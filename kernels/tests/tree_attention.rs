@@ -153,7 +153,9 @@ fn chain_equals_causal_attention() {
 /// Each node's row equals, bit for bit, the single-query decode of that node's token after
 /// its accepted ancestors — the cache holding the committed keys then the node's path — on
 /// any thread count. Committed lengths straddle block and part boundaries (parts are 512
-/// keys); bitwise equality is what keeps greedy speculation lossless under 8-bit activations.
+/// keys), and GQA groups of 3 and 4 query heads pack the nodes' rows differently into the
+/// three-row kernels; bitwise equality is what keeps greedy speculation lossless under 8-bit
+/// activations.
 #[test]
 fn nodes_equal_their_decode_step_bitwise() {
     let mut rng = StdRng::seed_from_u64(15);
@@ -161,8 +163,8 @@ fn nodes_equal_their_decode_step_bitwise() {
         [1, 2, 3].iter().map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap()).collect();
     for prefix in [0usize, 1, 63, 64, 65, 511, 512, 513, 1000, 1100] {
         for (kind, n) in [(Shape::Chain, 7usize), (Shape::Random, 12), (Shape::Star, 3)] {
-            for bs in [16usize, 64] {
-                let case = Case::random(&mut rng, prefix, n, bs, 3, 64);
+            for (bs, group) in [(16usize, 3usize), (64, 3), (64, 4)] {
+                let case = Case::random(&mut rng, prefix, n, bs, group, 64);
                 let parents = tree(&mut rng, kind, n);
                 let (out, lse) = pools[1].install(|| case.tree(&parents));
                 let row = case.shape.n_heads * 64;
@@ -181,8 +183,8 @@ fn nodes_equal_their_decode_step_bitwise() {
                             decode_view
                                 .with(|kv| attention(q, 1, kv, &case.shape, case.scale, &mut o, Some(&mut l)).unwrap())
                         });
-                        let name =
-                            format!("prefix {prefix} {kind:?} node {i} bs {bs} threads {}", pool.current_num_threads());
+                        let threads = pool.current_num_threads();
+                        let name = format!("prefix {prefix} {kind:?} node {i} bs {bs} group {group} threads {threads}");
                         let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                         assert_eq!(bits(&o), bits(&out[i * row..][..row]), "{name}");
                         assert_eq!(bits(&l), bits(&lse[i * case.shape.n_heads..][..case.shape.n_heads]), "{name} lse");
