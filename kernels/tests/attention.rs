@@ -50,6 +50,43 @@ fn tiled_matches_naive_long() {
     }
 }
 
+/// Every query row of a call equals, bit for bit, that query alone as a decode step over the
+/// keys it sees — for any number of queries (one tile or several), any GQA group and contexts
+/// straddling the canonical parts (256 keys). Verifying a draft chain runs as one such call,
+/// and greedy speculation stays lossless only if its rows are the decode steps' bits.
+#[test]
+fn rows_equal_their_decode_step_bitwise() {
+    let mut rng = StdRng::seed_from_u64(21);
+    for (group, nq, len, bs) in [
+        (3, 7, 600, 64),
+        (3, 13, 600, 64),
+        (3, 40, 1000, 16),
+        (8, 7, 300, 64),
+        (8, 13, 700, 16),
+        (1, 33, 520, 64),
+        (4, 64, 1000, 64),
+    ] {
+        let shape = AttnShape { n_heads: 2 * group, n_kv_heads: 2, head_dim: 64 };
+        let cache = Cache::random(&mut rng, len, bs, &shape);
+        let row = shape.n_heads * shape.head_dim;
+        let q: Vec<f32> = (0..nq * row).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let scale = 0.125;
+        let (mut out, mut lse) = (vec![f32::NAN; nq * row], vec![f32::NAN; nq * shape.n_heads]);
+        cache.with(|kv| attention(&q, nq, kv, &shape, scale, &mut out, Some(&mut lse)).unwrap());
+        for i in 0..nq {
+            let (mut o, mut l) = (vec![f32::NAN; row], vec![f32::NAN; shape.n_heads]);
+            cache.with(|kv| {
+                let seen = PagedKv { len: len - nq + i + 1, ..*kv };
+                attention(&q[i * row..][..row], 1, &seen, &shape, scale, &mut o, Some(&mut l)).unwrap()
+            });
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let name = format!("group {group}, {nq} queries over {len} keys in blocks of {bs}: row {i}");
+            assert_eq!(bits(&o), bits(&out[i * row..][..row]), "{name}");
+            assert_eq!(bits(&l), bits(&lse[i * shape.n_heads..][..shape.n_heads]), "{name} lse");
+        }
+    }
+}
+
 #[test]
 fn single_thread_pool_matches() {
     let mut rng = StdRng::seed_from_u64(4);

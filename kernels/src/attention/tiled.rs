@@ -11,13 +11,16 @@
 //! partial results are combined with log-sum-exp merging, so decode uses every thread. Tiny
 //! problems run inline to avoid task overhead.
 //!
-//! **Canonical parts.** The split points are fixed multiples of [`part_keys`] — not chosen
-//! from the context length or the thread count — and each row merges its parts in key order.
-//! A query row's result then depends only on its own query and keys: it is bitwise the same
-//! alone in a decode step, among the rows of a verification batch (hybrid tree attention
-//! reproduces the same parts, see `tree`), and on any number of threads. Speculative decoding
-//! relies on it to stay token-for-token lossless even where a 1-ulp difference would be
-//! amplified (8-bit activations round each block of the next product's input).
+//! **Canonical parts.** Every row's keys are absorbed in parts split at fixed multiples of
+//! [`part_keys`] — not chosen from the context length, the thread count or the tiling — and
+//! each row merges its parts in key order: as separate work items when a single query tile
+//! splits its keys across threads, inside each item otherwise. A query row's result then
+//! depends only on its own query and keys: it is bitwise the same alone in a decode step,
+//! among the rows of a verification batch of any length and GQA group (hybrid tree attention
+//! reproduces the same parts, see `tree`), in a prefill chunk of any size, and on any number
+//! of threads. Speculative decoding relies on it to stay token-for-token lossless even where
+//! a 1-ulp difference would be amplified (8-bit activations round each block of the next
+//! product's input).
 
 use rayon::prelude::*;
 
@@ -102,8 +105,8 @@ fn plan(nq: usize, kv: &PagedKv<'_>, shape: &AttnShape) -> Vec<Item> {
     let g = shape.group();
     let tq = (TILE_ROWS / g).max(1);
     let tiles = nq.div_ceil(tq);
-    // Split keys only for a single query tile (decode, short verify batches): with many
-    // tiles there is already enough parallelism and causal ranges differ per tile.
+    // Parts become items only for a single query tile (decode, short verify batches): with
+    // many tiles there is already enough parallelism, and each item walks its parts itself.
     let part = if tiles == 1 { part_keys(kv.block_size) } else { kv.len };
     let mut items = Vec::with_capacity(tiles * shape.n_kv_heads * kv.len.div_ceil(part));
     for kvh in 0..shape.n_kv_heads {
@@ -169,10 +172,39 @@ fn item_generic<O: VecOps>(
             *d = s * scale;
         }
     }
-    let mut state = OnlineSoftmax::new(rows, hd);
-
     let kend = it.k1.min(first_pos + it.q1); // last query sees keys < first_pos + q1
-    let mut ks = it.k0;
+    let part = part_keys(bs);
+    let mut merged = Partial { o: vec![0.0; rows * hd], lse: vec![f32::NEG_INFINITY; rows] };
+    let mut part_start = it.k0;
+    while part_start < kend {
+        let part_end = kend.min((part_start / part + 1) * part);
+        let p = part_generic::<O>(kv, &qs, rows, g, it, first_pos, part_start..part_end, kend);
+        for (r, (o, lse)) in merged.o.chunks_exact_mut(hd).zip(&mut merged.lse).enumerate() {
+            merge_row(o, lse, &p.o[r * hd..][..hd], p.lse[r]);
+        }
+        part_start = part_end;
+    }
+    merged
+}
+
+/// The online softmax of item `it`'s `rows` (scaled queries `qs`) over the keys `keys` of one
+/// canonical part, block by block; each row takes the keys its query sees. The item reads
+/// keys up to `item_end`, which the last block prefetches from the next part.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn part_generic<O: VecOps>(
+    kv: &PagedKv<'_>,
+    qs: &[f32],
+    rows: usize,
+    g: usize,
+    it: &Item,
+    first_pos: usize,
+    keys: std::ops::Range<usize>,
+    item_end: usize,
+) -> Partial {
+    let (hd, bs) = (qs.len() / rows, kv.block_size);
+    let mut state = OnlineSoftmax::new(rows, hd);
+    let (mut ks, kend) = (keys.start, keys.end);
     while ks < kend {
         let b = ks / bs;
         let ke = kend.min((b + 1) * bs);
@@ -180,8 +212,8 @@ fn item_generic<O: VecOps>(
         let vblk = &kv.v_blocks[b][it.kvh * bs * hd..(it.kvh + 1) * bs * hd];
         let off = ks - b * bs;
         // The keys this item reads from the next block, streamed in while this one computes.
-        let mut ahead = if ke < kend {
-            let next = it.kvh * bs * hd..(it.kvh * bs + (kend - ke).min(bs)) * hd;
+        let mut ahead = if ke < item_end {
+            let next = it.kvh * bs * hd..(it.kvh * bs + (item_end - ke).min(bs)) * hd;
             Ahead { keys: &kv.k_blocks[b + 1][next.clone()], values: &kv.v_blocks[b + 1][next] }
         } else {
             Ahead::NONE
@@ -195,7 +227,7 @@ fn item_generic<O: VecOps>(
             let run_end = (r + 1..rows).find(|&next| visible_end(next) != end).unwrap_or(rows);
             if end > ks {
                 let keys = (off * hd)..((off + end - ks) * hd);
-                state.absorb_rows::<O>(r..run_end, &qs, &kblk[keys.clone()], &vblk[keys], ahead);
+                state.absorb_rows::<O>(r..run_end, qs, &kblk[keys.clone()], &vblk[keys], ahead);
                 ahead = Ahead::NONE;
             }
             r = run_end;
