@@ -346,6 +346,12 @@ impl EngineHandle {
         if !stop.ignore_eos {
             stop.stop_token_ids.extend(self.model.tokenizer.eos_ids());
         }
+        if request.kv_selection.is_some() && !matches!(request.speculation, Speculation::Off) {
+            return Err(EngineError::InvalidRequest {
+                field: "speculation",
+                reason: SPECULATION_WITH_SELECTION.into(),
+            });
+        }
         let self_drafting = matches!(request.speculation, Speculation::SelfDraft);
         let sampler = Sampler::new(request.sampling, model_config.vocab_size)?;
         let token_select = request.kv_selection.map(|s| self.token_select(&s)).transpose()?;
@@ -465,6 +471,12 @@ const SELF_DRAFT_SELECTION: TokenSelection = TokenSelection { budget: 512, sink:
 /// selection and read it from a contiguous copy, so scoring every cached key is paid about
 /// once per ten draft cycles instead of once per cycle.
 const SELF_DRAFT_REFRESH: usize = 64;
+
+/// Why a TokenSelect request (`kv_selection`) cannot speculate: its decode step selects keys for
+/// one query, a verification pass for all its draft rows at once, so the tokens would not be
+/// TokenSelect decoding's.
+const SPECULATION_WITH_SELECTION: &str = "must be off with kv_selection: a verification pass would select \
+     keys for all its draft rows at once, so the tokens would not be those of TokenSelect decoding";
 
 /// The engine loop: block for commands while idle, otherwise step and drain commands between
 /// steps.
