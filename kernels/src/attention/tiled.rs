@@ -174,17 +174,23 @@ fn item_generic<O: VecOps>(
     }
     let kend = it.k1.min(first_pos + it.q1); // last query sees keys < first_pos + q1
     let part = part_keys(bs);
-    let mut merged = Partial { o: vec![0.0; rows * hd], lse: vec![f32::NEG_INFINITY; rows] };
+    // Merging into an empty accumulator is a copy, so the first part is the accumulator.
+    let mut merged: Option<Partial> = None;
     let mut part_start = it.k0;
     while part_start < kend {
         let part_end = kend.min((part_start / part + 1) * part);
         let p = part_generic::<O>(kv, &qs, rows, g, it, first_pos, part_start..part_end, kend);
-        for (r, (o, lse)) in merged.o.chunks_exact_mut(hd).zip(&mut merged.lse).enumerate() {
-            merge_row(o, lse, &p.o[r * hd..][..hd], p.lse[r]);
+        match &mut merged {
+            None => merged = Some(p),
+            Some(m) => {
+                for (r, (o, lse)) in m.o.chunks_exact_mut(hd).zip(&mut m.lse).enumerate() {
+                    merge_row(o, lse, &p.o[r * hd..][..hd], p.lse[r]);
+                }
+            }
         }
         part_start = part_end;
     }
-    merged
+    merged.unwrap_or_else(|| Partial { o: vec![0.0; rows * hd], lse: vec![f32::NEG_INFINITY; rows] })
 }
 
 /// The online softmax of item `it`'s `rows` (scaled queries `qs`) over the keys `keys` of one
