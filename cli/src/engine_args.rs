@@ -117,7 +117,7 @@ pub struct EngineArgs {
     pub draft_window: usize,
     /// Where the model runs: `cpu`, or `cuda` / `cuda:N` in a build with `--features cuda`
     /// (every request feature runs there: sparse prefill, token selection and speculation
-    /// included).
+    /// included, but not token selection and speculation in the same request).
     #[arg(long, env = "LCSERVE_DEVICE", default_value = "cpu")]
     pub device: EngineDevice,
     /// How a GPU stores the weights: `f32` (the CPU's values) or `bf16` (half the memory).

@@ -346,7 +346,8 @@ impl EngineHandle {
         if !stop.ignore_eos {
             stop.stop_token_ids.extend(self.model.tokenizer.eos_ids());
         }
-        if request.kv_selection.is_some() && !matches!(request.speculation, Speculation::Off) {
+        let on_gpu = self.config.device != EngineDevice::Cpu;
+        if on_gpu && request.kv_selection.is_some() && !matches!(request.speculation, Speculation::Off) {
             return Err(EngineError::InvalidRequest {
                 field: "speculation",
                 reason: SPECULATION_WITH_SELECTION.into(),
@@ -472,11 +473,10 @@ const SELF_DRAFT_SELECTION: TokenSelection = TokenSelection { budget: 512, sink:
 /// once per ten draft cycles instead of once per cycle.
 const SELF_DRAFT_REFRESH: usize = 64;
 
-/// Why a TokenSelect request (`kv_selection`) cannot speculate: its decode step selects keys for
-/// one query, a verification pass for all its draft rows at once, so the tokens would not be
-/// TokenSelect decoding's.
-const SPECULATION_WITH_SELECTION: &str = "must be off with kv_selection: a verification pass would select \
-     keys for all its draft rows at once, so the tokens would not be those of TokenSelect decoding";
+/// Why a TokenSelect request (`kv_selection`) cannot speculate on a GPU: its draft rows are
+/// verified one by one, each selecting as its decode step would, on the CPU only.
+const SPECULATION_WITH_SELECTION: &str = "must be off with kv_selection on a GPU: a TokenSelect draft is \
+     verified row by row, each row selecting its keys as its decode step would, on the CPU only";
 
 /// The engine loop: block for commands while idle, otherwise step and drain commands between
 /// steps.

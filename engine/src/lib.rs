@@ -23,7 +23,9 @@
 //!   speculative sampling, i.i.d. and without-replacement multi-draft trees, deterministic drafts).
 //! - [`KvSelection`]: opt-in TokenSelect decode per request — each decode step attends to the
 //!   sink, the local window and the best-voted cached keys through the model's
-//!   `TokenSelectAttention`, which keeps the sequence's selection cache.
+//!   `TokenSelectAttention`, which keeps the sequence's selection cache. It combines with
+//!   speculation on the CPU: a draft's rows are verified one by one as TokenSelect decode
+//!   steps, so the tokens stay TokenSelect's.
 //! - [`Sampler`] turns logits into tokens (greedy, temperature, top-k/p, min-p, penalties,
 //!   seeds, logprobs).
 //! - [`StepTimesSnapshot`] (`step_times`): a histogram of step durations the engine thread

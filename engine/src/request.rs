@@ -116,7 +116,8 @@ pub struct Usage {
     /// The TokenSelect budget the request decoded with; 0 for dense decoding.
     pub kv_selection_budget: usize,
     /// Fraction of the cached keys that TokenSelect decode steps attended to, over layers and
-    /// steps (1 while the context fits the budget); 0 for dense decoding.
+    /// steps (1 while the context fits the budget), counting every verified draft row as a
+    /// step; 0 for dense decoding.
     pub kv_selection_density: f64,
     /// Fraction of TokenSelect layer steps that reused the previous selection instead of
     /// scoring every cached key; 0 for dense decoding.

@@ -67,8 +67,8 @@ struct Slot {
     /// Draft tokens appended after the pending token for verification (speculative decoding),
     /// in node order; their logits rows follow the pending token's.
     draft: DraftTree,
-    /// The verification rows' parents when the draft branches (hybrid tree attention); a
-    /// chain runs as an ordinary causal run.
+    /// The verification rows' parents when the draft branches (hybrid tree attention) or the
+    /// sequence selects its keys (TokenSelect); otherwise a chain runs as an ordinary causal run.
     tree_rows: Option<Vec<Option<usize>>>,
 }
 
@@ -412,7 +412,9 @@ impl Scheduler {
             let seq = &mut self.running[index];
             seq.tokens.extend(draft.nodes().iter().map(|node| node.token));
             seq.speculative_proposed += draft.len();
-            let tree_rows = (!draft.is_chain()).then(|| draft.row_parents());
+            // A TokenSelect sequence verifies even a chain as a draft: row by row, as it decodes.
+            let as_draft = !draft.is_empty() && (!draft.is_chain() || seq.token_select.is_some());
+            let tree_rows = as_draft.then(|| draft.row_parents());
             slots.push(Slot { seq: index, start, len: len + draft.len(), logits, draft, tree_rows });
             index += 1;
         }
@@ -429,7 +431,15 @@ impl Scheduler {
         let seq = &mut self.running[index];
         let room_tokens = seq.stop.max_tokens.saturating_sub(seq.generated().len() + 1);
         let room_context = context_length.saturating_sub(seq.tokens.len() + 1);
-        let max = DEFAULT_DRAFT_TOKENS.min(room_tokens).min(room_context);
+        // A TokenSelect sequence's draft rows must lie within its window (see
+        // `TokenSelectAttention::attend_draft`; the pending token's row is one of them), and
+        // it drafts only after its prompt: a prompt token's step is prefill, attended densely.
+        let room_window = match &seq.token_select {
+            Some(_) if seq.is_prefilling() => 0,
+            Some(token_select) => token_select.selection().window - 1,
+            None => usize::MAX,
+        };
+        let max = DEFAULT_DRAFT_TOKENS.min(room_tokens).min(room_context).min(room_window);
         if max == 0 {
             return DraftTree::chain(&[]);
         }
@@ -438,7 +448,8 @@ impl Scheduler {
         }
         let Some(drafter) = &seq.drafter else { return DraftTree::chain(&[]) };
         let Some(auto) = seq.auto_draft.as_mut() else {
-            return drafter.propose_tree(&seq.tokens, max, DEFAULT_DRAFT_NODES.min(room_context));
+            // A drafter is held to the depth it was asked for.
+            return drafter.propose_tree(&seq.tokens, max, DEFAULT_DRAFT_NODES.min(room_context)).truncated(max);
         };
         let wanted = auto.draft_len(max);
         if wanted == 0 {
@@ -700,6 +711,10 @@ fn verify_draft(
             at = Some(child);
         }
         if finished.is_some() || child.is_none() {
+            if let Some(token_select) = &seq.token_select {
+                // The last row run as a decode step: the pending token's or an accepted node's.
+                token_select.accept_draft_row(at.map_or(0, |node| node + 1));
+            }
             return Ok(finished);
         }
     }

@@ -1,5 +1,6 @@
 //! Speculative decoding through the engine: whatever the drafter proposes, greedy output is
-//! token-identical to plain greedy decoding, and the KV it leaves behind is the same.
+//! token-identical to plain greedy decoding, and the KV it leaves behind is the same; with
+//! TokenSelect decoding, to plain TokenSelect decoding.
 
 mod support;
 
@@ -7,7 +8,8 @@ use std::sync::Arc;
 
 use lcserve_engine::speculative::DraftTree;
 use lcserve_engine::{
-    DEFAULT_DRAFT_TOKENS, Drafter, EngineConfig, EngineError, EngineHandle, GenerateRequest, NgramDrafter, Speculation,
+    DEFAULT_DRAFT_TOKENS, Drafter, EngineConfig, EngineError, EngineHandle, GenerateRequest, KvSelection, NgramDrafter,
+    Speculation,
 };
 use support::{collect, config, greedy, tiny_model, tokens};
 
@@ -43,8 +45,9 @@ impl Drafter for DecoyTree {
         let path = self.oracle.propose(tokens, max_depth);
         let mut nodes = Vec::new();
         let mut at = None;
-        for &token in &path {
-            if nodes.len() + 3 > max_nodes {
+        for (level, &token) in path.iter().enumerate() {
+            // The decoy's child lies one deeper than the level's path token.
+            if nodes.len() + 3 > max_nodes || level + 2 > max_depth {
                 break;
             }
             let decoy = (token + 1) % self.vocab;
@@ -160,6 +163,68 @@ fn greedy_output_is_identical_whatever_the_drafter() {
         }
     }
     assert!(ngram_proposed > 0 && ngram_accepted > 0, "ngram {ngram_accepted}/{ngram_proposed}");
+}
+
+/// Each drafter over TokenSelect decoding, with contexts from within the selection to far
+/// beyond it, windows that hold a whole draft or cap its depth, and reuse thresholds that
+/// always, sometimes and never reuse: the tokens are plain TokenSelect decoding's.
+#[test]
+fn greedy_token_select_output_is_identical_whatever_the_drafter() {
+    let (_dir, engine) = engine();
+    let vocab = engine.model().config.vocab_size;
+    let prompts: Vec<Vec<u32>> = (0..20u64)
+        .map(|seed| {
+            let len = 20 + 17 * seed as usize;
+            if seed % 2 == 0 { repetitive_prompt(len, vocab, seed) } else { tokens(len, vocab, seed) }
+        })
+        .collect();
+    let max_tokens = 24;
+    let selections = [
+        KvSelection { budget: 16, sink: 4, window: 8, reuse_threshold: 0.9 },
+        KvSelection { budget: 24, sink: 2, window: 4, reuse_threshold: -1.0 },
+        KvSelection { budget: 40, sink: 0, window: 32, reuse_threshold: 1.0 },
+    ];
+    for selection in selections {
+        let request = |prompt: &Vec<u32>, speculation| GenerateRequest {
+            speculation,
+            kv_selection: Some(selection),
+            ..greedy(prompt.clone(), max_tokens)
+        };
+        let plain: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| engine.submit(request(p, Speculation::Off)).expect("submit"))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|stream| stream.blocking_collect().expect("plain").tokens)
+            .collect();
+        for name in ["off", "oracle", "decoys", "noise", "ngram", "auto", "self"] {
+            let streams: Vec<_> = prompts
+                .iter()
+                .zip(&plain)
+                .map(|(p, answer)| {
+                    let oracle = Oracle { prompt_len: p.len(), answer: answer.clone() };
+                    let speculation = match name {
+                        "oracle" => Speculation::Drafter(Arc::new(oracle)),
+                        "decoys" => Speculation::Drafter(Arc::new(DecoyTree { oracle, vocab: vocab as u32 })),
+                        "noise" => Speculation::Drafter(Arc::new(Noise { vocab: vocab as u32 })),
+                        "auto" => Speculation::Auto,
+                        "self" => Speculation::SelfDraft,
+                        "off" => Speculation::Off,
+                        _ => Speculation::Ngram,
+                    };
+                    engine.submit(request(p, speculation)).expect("submit")
+                })
+                .collect();
+            for (i, (stream, expected)) in streams.into_iter().zip(&plain).enumerate() {
+                let done = stream.blocking_collect().expect(name);
+                assert_eq!(&done.tokens, expected, "{name}, {selection:?}: prompt {i}");
+                let (proposed, accepted) = (done.usage.speculative_proposed, done.usage.speculative_accepted);
+                if name == "oracle" {
+                    assert!(accepted == proposed && accepted >= max_tokens / 2, "prompt {i}: {accepted}/{proposed}");
+                }
+            }
+        }
+    }
 }
 
 #[test]

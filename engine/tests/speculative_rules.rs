@@ -384,6 +384,13 @@ fn tree_helpers() {
     assert!(tree.path(99).is_empty());
     assert!(tree.is_ancestor(0, 3) && tree.is_ancestor(2, 3) && tree.is_ancestor(1, 4));
     assert!(!tree.is_ancestor(3, 3) && !tree.is_ancestor(1, 3) && !tree.is_ancestor(3, 0) && !tree.is_ancestor(0, 99));
+    let shallow = tree.truncated(2);
+    assert_eq!(
+        shallow.nodes().iter().map(|n| (n.parent, n.token)).collect::<Vec<_>>(),
+        [(None, 5), (None, 6), (Some(0), 7), (Some(1), 9)]
+    );
+    assert_eq!(tree.truncated(1).len(), 2);
+    assert_eq!(tree.truncated(3).nodes(), tree.nodes());
     let chain = DraftTree::chain(&[3, 2, 1]);
     assert_eq!(
         chain.nodes().iter().map(|n| (n.parent, n.depth)).collect::<Vec<_>>(),
@@ -395,6 +402,10 @@ fn tree_helpers() {
     let sampled = DraftTree::sampled_chain(&[(1, &q[..]), (2, &q[..])]).expect("chain");
     assert_eq!(sampled.drafting(), Drafting::Iid);
     assert_eq!(sampled.proposal(Some(0)).map(|d| d.probability(2)), Some(0.5));
+    // Truncated, the last kept node is a leaf without a proposal.
+    let short = sampled.truncated(1);
+    assert_eq!((short.len(), short.drafting()), (1, Drafting::Iid));
+    assert!(short.proposal(None).is_some() && short.proposal(Some(0)).is_none());
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod support;
 
 use std::sync::Arc;
 
-use lcserve_engine::{EngineError, EngineHandle, GenerateRequest, KvSelection, Speculation};
+use lcserve_engine::{EngineError, EngineHandle, GenerateRequest, KvSelection};
 use support::{collect, config, greedy, tiny_model, tokens};
 
 fn engine() -> (tempfile::TempDir, EngineHandle) {
@@ -71,20 +71,4 @@ fn bad_selections_are_refused_naming_the_field() {
     }
     // The engine keeps serving.
     assert_eq!(collect(&engine, greedy(vec![5, 6, 7], 4)).expect("next").tokens.len(), 4);
-}
-
-/// A verification pass would select keys for all its draft rows together, so speculation
-/// would change TokenSelect's tokens: the combination is refused, naming `speculation`.
-#[test]
-fn speculation_with_a_selection_is_refused() {
-    let (_dir, engine) = engine();
-    for speculation in [Speculation::Ngram, Speculation::Auto, Speculation::SelfDraft] {
-        let request = GenerateRequest { speculation, ..selecting(vec![5, 6, 7], 4, KvSelection::default()) };
-        match engine.submit(request) {
-            Err(EngineError::InvalidRequest { field, .. }) => assert_eq!(field, "speculation"),
-            other => panic!("expected an invalid speculation, got {:?}", other.map(|_| ())),
-        }
-    }
-    let off = GenerateRequest { speculation: Speculation::Off, ..selecting(vec![5, 6, 7], 4, KvSelection::default()) };
-    assert_eq!(collect(&engine, off).expect("off").tokens.len(), 4);
 }

@@ -6,7 +6,9 @@
 
 mod support;
 
-use lcserve_kernels::token_select::{SelectionCache, TokenSelection, select_tokens, selected_attention};
+use lcserve_kernels::token_select::{
+    LayerSelection, SelectionCache, TokenSelection, select_tokens, selected_attention,
+};
 use lcserve_kernels::{AttnShape, KernelError, PagedKv, attention};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -329,6 +331,18 @@ fn selection_cache_reuses_for_similar_queries() {
     assert_eq!((cache.hits(), cache.misses()), (1, 4));
     cache.clear();
     assert_eq!(cache.get_or_select(1, &case.q, 900, 16, fresh(&[3])).unwrap(), [3]);
+
+    // A layer's selection taken out and put back after another one replaced it is reused
+    // again; the other layer and the counters are untouched; layers out of range are errors.
+    let saved = cache.layer(1).unwrap();
+    assert_eq!(cache.get_or_select(1, &orth, 901, 16, fresh(&[4])).unwrap(), [4]);
+    cache.set_layer(1, saved).unwrap();
+    let window: Vec<u32> = (885..901).collect();
+    assert_eq!(cache.get_or_select(1, &case.q, 901, 16, never).unwrap(), [&[3], &window[..]].concat());
+    assert!(cache.layer(0).is_ok() && cache.layer(2).is_err());
+    assert!(cache.set_layer(2, LayerSelection::default()).is_err());
+    cache.set_layer(1, LayerSelection::default()).unwrap();
+    assert_eq!(cache.get_or_select(1, &case.q, 901, 16, fresh(&[5])).unwrap(), [5]);
 
     // θ = 1: only a parallel query is reused; θ = −1: everything after the first.
     let mut strict = SelectionCache::new(1, 1.0).unwrap();

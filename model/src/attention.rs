@@ -9,7 +9,7 @@
 use std::sync::{Mutex, PoisonError};
 
 use lcserve_kernels::sparse::{HeadPattern, QueryBlocks, SparseStats, sparse_prefill_attention};
-use lcserve_kernels::{AttnShape, PagedKv};
+use lcserve_kernels::{AttnShape, PagedKv, tree_attention};
 
 use crate::error::Result;
 use crate::patterns::HeadPatterns;
@@ -27,6 +27,24 @@ pub trait AttentionBackend: Send + Sync + std::fmt::Debug {
         shape: &AttnShape,
         out: &mut [f32],
     ) -> Result<()>;
+
+    /// Attention of the rows of a speculative draft tree: `parents` as
+    /// [`crate::SequenceInput::draft_tree`] gives them, the cache holding the prefix then one
+    /// key per row (`kv.len` = prefix + rows). Each row attends as its own decode step would
+    /// once its ancestors were accepted: to the prefix and its path. The default is hybrid tree
+    /// attention over every such key, bitwise equal to dense decoding.
+    fn attend_draft(
+        &self,
+        _layer: usize,
+        q: &[f32],
+        parents: &[Option<usize>],
+        kv: &PagedKv<'_>,
+        shape: &AttnShape,
+        out: &mut [f32],
+    ) -> Result<()> {
+        tree_attention(q, parents, kv, shape, logit_scale(shape), out, None)?;
+        Ok(())
+    }
 
     /// Whether this is exact attention over every cached key.
     fn is_dense(&self) -> bool {

@@ -334,6 +334,12 @@ impl DeviceModel {
                     .into(),
             });
         }
+        if let Some(index) = batch.iter().position(|s| s.draft_tree.is_some() && s.attention.token_select().is_some()) {
+            return Err(ModelError::InvalidBatch {
+                index,
+                reason: "a TokenSelect sequence's draft is verified row by row on the CPU only".into(),
+            });
+        }
         let device = &*self.device;
         let total = rows.origin.len();
         let (hidden, q_dim, kv_dim, ffn) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);

@@ -9,10 +9,10 @@
 
 use lcserve_common::{BlockId, TokenId};
 use lcserve_kernels::ops::{add_inplace, rms_norm, rope_interleaved, rope_neox, silu_mul};
-use lcserve_kernels::{AttnShape, PagedKv, tree_attention, tree_depths};
+use lcserve_kernels::{AttnShape, PagedKv, tree_depths};
 use rayon::prelude::*;
 
-use crate::attention::{AttentionBackend, logit_scale};
+use crate::attention::AttentionBackend;
 use crate::config::{ModelConfig, RopeLayout};
 use crate::error::{ModelError, Result};
 use crate::kv_arena::KvArena;
@@ -45,7 +45,8 @@ pub struct SequenceInput<'a> {
     pub block_table: &'a [BlockId],
     pub logits: LogitsWanted,
     /// How this sequence's queries attend ([`crate::DenseAttention`] unless it prefills
-    /// sparsely). Unused for a draft tree.
+    /// sparsely or selects its decode keys); a draft tree through its
+    /// [`AttentionBackend::attend_draft`].
     pub attention: &'a dyn AttentionBackend,
     /// `Some(parents)` when the tokens are a speculative draft tree rather than a run:
     /// `parents[i]` is the row token `i` follows (an earlier row), `None` for a child of the
@@ -53,7 +54,8 @@ pub struct SequenceInput<'a> {
     /// `start_pos + i` as usual, but it is rotated at position `start_pos - 1 + depth` and
     /// attends to the cached prefix plus its own ancestors (hybrid tree attention), so each
     /// row's logits are those of the path that leads to it. A chain (`parents[i] = i - 1`) is
-    /// the ordinary causal run.
+    /// the ordinary causal run, which a dense backend runs as such (`None`); a TokenSelect
+    /// backend needs it as a draft to select each row's keys as its decode step would.
     pub draft_tree: Option<&'a [Option<usize>]>,
 }
 
@@ -191,7 +193,7 @@ impl Model {
                 let kv =
                     PagedKv { k_blocks: &k_blocks, v_blocks: &v_blocks, block_size: arena.layout().block_size, len };
                 match seq.draft_tree {
-                    Some(parents) => tree_attention(&q_seq, parents, &kv, &shape, logit_scale(&shape), out, None)?,
+                    Some(parents) => seq.attention.attend_draft(layer_idx, &q_seq, parents, &kv, &shape, out)?,
                     None => seq.attention.attend(layer_idx, &q_seq, nq, &kv, &shape, out)?,
                 }
                 Ok(())

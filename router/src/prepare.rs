@@ -148,7 +148,7 @@ pub(crate) async fn prepare(
     let sampling = request.sampling.unwrap_or_default();
     check_sampling(&sampling, &limits)?;
     if let Some(selection) = &request.kv_selection {
-        check_kv_selection(selection, speculation)?;
+        check_kv_selection(selection)?;
     }
     let prompt: Prompt = request
         .input

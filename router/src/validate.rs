@@ -132,17 +132,8 @@ pub(crate) fn check_stop(stop: &mut v1::StopConditions, prompt_len: usize, limit
     Ok(())
 }
 
-/// TokenSelect settings: a budget and a window of at least one key, a cosine reuse threshold,
-/// and no speculation (a verification pass would select keys for all its draft rows at once,
-/// so its tokens would not be TokenSelect decoding's).
-pub(crate) fn check_kv_selection(selection: &v1::KvSelection, speculation: v1::Speculation) -> Result<(), RouterError> {
-    if !matches!(speculation, v1::Speculation::Unspecified | v1::Speculation::Off) {
-        return invalid(
-            Field::Speculation,
-            "must be off with kv_selection: a verification pass would select keys for all its draft rows at once, \
-             so the tokens would not be those of TokenSelect decoding",
-        );
-    }
+/// TokenSelect settings: a budget and a window of at least one key, a cosine reuse threshold.
+pub(crate) fn check_kv_selection(selection: &v1::KvSelection) -> Result<(), RouterError> {
     if selection.budget == 0 {
         return invalid(Field::KvSelectionBudget, "must be at least 1");
     }
@@ -228,12 +219,7 @@ mod tests {
     #[test]
     fn kv_selection_ranges() {
         let ok = v1::KvSelection { budget: 1, window: Some(1), reuse_threshold: Some(-1.0), ..Default::default() };
-        let off = v1::Speculation::Off;
-        assert!(check_kv_selection(&ok, off).is_ok());
-        assert!(check_kv_selection(&ok, v1::Speculation::Unspecified).is_ok());
-        for speculation in [v1::Speculation::Ngram, v1::Speculation::Auto, v1::Speculation::Self_] {
-            assert_eq!(field(check_kv_selection(&ok, speculation)), Some(Field::Speculation), "{speculation:?}");
-        }
+        assert!(check_kv_selection(&ok).is_ok());
         let cases = [
             (v1::KvSelection { budget: 0, ..ok }, Field::KvSelectionBudget),
             (v1::KvSelection { window: Some(0), ..ok }, Field::KvSelectionWindow),
@@ -241,7 +227,7 @@ mod tests {
             (v1::KvSelection { reuse_threshold: Some(f32::NAN), ..ok }, Field::KvSelectionReuse),
         ];
         for (selection, expected) in cases {
-            assert_eq!(field(check_kv_selection(&selection, off)), Some(expected), "{selection:?}");
+            assert_eq!(field(check_kv_selection(&selection)), Some(expected), "{selection:?}");
         }
     }
 }

@@ -193,6 +193,34 @@ impl DraftTree {
         Ok(node)
     }
 
+    /// The tree without its nodes deeper than `max_depth`. A row's children share a depth, so
+    /// a row keeps all of them or becomes a leaf (dropping its proposal), and every acceptance
+    /// rule stays exact.
+    pub fn truncated(&self, max_depth: usize) -> Self {
+        let mut tree = Self::new(self.drafting);
+        // Per old row (0 = root): its row in `tree`, if kept.
+        let mut rows: Vec<Option<usize>> = vec![Some(0)];
+        for node in &self.nodes {
+            let kept_parent = rows[node.parent.map_or(0, |p| p + 1)];
+            let row = kept_parent.filter(|_| node.depth <= max_depth).map(|parent_row| {
+                tree.nodes.push(DraftNode { parent: parent_row.checked_sub(1), ..*node });
+                tree.children[parent_row].push(tree.nodes.len() - 1);
+                tree.children.push(Vec::new());
+                tree.proposals.push(None);
+                tree.nodes.len()
+            });
+            rows.push(row);
+        }
+        for (old, new) in rows.iter().enumerate() {
+            if let Some(new) = *new
+                && !tree.children[new].is_empty()
+            {
+                tree.proposals[new] = self.proposals[old].clone();
+            }
+        }
+        tree
+    }
+
     /// How the siblings were drawn.
     pub fn drafting(&self) -> Drafting {
         self.drafting

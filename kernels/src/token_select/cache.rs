@@ -29,6 +29,12 @@ pub struct SelectionCache {
     misses: u64,
 }
 
+/// One layer's cached selection, taken out by [`SelectionCache::layer`] and put back by
+/// [`SelectionCache::set_layer`]: a speculative verification explores several continuations
+/// from the same state and keeps the accepted one's.
+#[derive(Debug, Clone, Default)]
+pub struct LayerSelection(Option<Entry>);
+
 /// One layer's cached selection.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -79,10 +85,7 @@ impl SelectionCache {
     ) -> std::result::Result<Vec<u32>, E> {
         const OP: &str = "selection cache";
         let layers = self.layers.len();
-        let slot = self
-            .layers
-            .get_mut(layer)
-            .ok_or_else(|| KernelError::InvalidShape { op: OP, detail: format!("layer {layer} of {layers}") })?;
+        let slot = self.layers.get_mut(layer).ok_or_else(|| out_of_range(layer, layers))?;
         let keep_before = len.saturating_sub(window);
         if let Some(entry) = slot {
             if entry.query.len() != query.len() {
@@ -111,6 +114,24 @@ impl SelectionCache {
         Ok(selected)
     }
 
+    /// A copy of `layer`'s cached selection. Errors on a layer out of range.
+    pub fn layer(&self, layer: usize) -> Result<LayerSelection> {
+        Ok(LayerSelection(self.slot(layer)?.clone()))
+    }
+
+    /// Replaces `layer`'s cached selection with `saved` (from [`Self::layer`]); the counters
+    /// stay. Errors on a layer out of range.
+    pub fn set_layer(&mut self, layer: usize, saved: LayerSelection) -> Result<()> {
+        let layers = self.layers.len();
+        let slot = self.layers.get_mut(layer).ok_or_else(|| out_of_range(layer, layers))?;
+        *slot = saved.0;
+        Ok(())
+    }
+
+    fn slot(&self, layer: usize) -> Result<&Option<Entry>> {
+        self.layers.get(layer).ok_or_else(|| out_of_range(layer, self.layers.len()))
+    }
+
     /// Steps that reused a cached selection.
     pub fn hits(&self) -> u64 {
         self.hits
@@ -125,6 +146,10 @@ impl SelectionCache {
     pub fn clear(&mut self) {
         self.layers.iter_mut().for_each(|entry| *entry = None);
     }
+}
+
+fn out_of_range(layer: usize, layers: usize) -> KernelError {
+    KernelError::InvalidShape { op: "selection cache", detail: format!("layer {layer} of {layers}") }
 }
 
 /// Cosine similarity in f64; 0 when either vector is zero. Exactly 1 for identical vectors

@@ -21,7 +21,7 @@ mod cache;
 mod select;
 
 pub use attend::selected_attention;
-pub use cache::{DEFAULT_THRESHOLD, SelectionCache};
+pub use cache::{DEFAULT_THRESHOLD, LayerSelection, SelectionCache};
 pub use select::select_tokens;
 
 use crate::error::{KernelError, Result};
