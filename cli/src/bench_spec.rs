@@ -5,6 +5,9 @@
 //! Machines shared with other work swing by tens of percent within a minute, so each task runs
 //! every mode once per round, the modes interleaved, and a mode's speed-up is the median over
 //! rounds of its ratio to the baseline's run in the same round.
+//!
+//! With `--kv-selection-budget` every mode decodes with TokenSelect, so the bench also checks
+//! that speculation leaves TokenSelect's tokens as they are, and what it gains there.
 
 use clap::{Args, ValueEnum};
 use lcserve_engine::{EngineHandle, GenerateRequest, StopConditions};
@@ -13,7 +16,7 @@ use lcserve_text::haystack::{SampleSpec, Task, generate};
 use serde::Serialize;
 
 use super::median;
-use crate::engine_args::{EngineArgs, ModelArgs};
+use crate::engine_args::{EngineArgs, KvSelectionArgs, ModelArgs};
 use crate::generate::{SpeculationArg, encode_prompt};
 
 #[derive(Debug, Args)]
@@ -22,6 +25,8 @@ pub struct SpeculationBenchArgs {
     model: ModelArgs,
     #[command(flatten)]
     engine: EngineArgs,
+    #[command(flatten)]
+    kv_selection: KvSelectionArgs,
     /// Speculation modes to compare; the first is the baseline of the ratios.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "off,ngram")]
     modes: Vec<SpeculationArg>,
@@ -83,6 +88,7 @@ pub fn run(args: SpeculationBenchArgs) -> anyhow::Result<()> {
                     // cache; decoding is timed from the first token on.
                     cache_salt: format!("bench-spec-{m}").into_bytes(),
                     speculation: mode.into(),
+                    kv_selection: args.kv_selection.selection(),
                     ..GenerateRequest::default()
                 };
                 let done = engine.submit(request)?.blocking_collect()?;
