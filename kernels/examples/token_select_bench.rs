@@ -1,9 +1,10 @@
 //! TokenSelect decode micro-benchmark: one layer, one query, Llama-3-8B heads (32 / 8 / 128)
-//! at 8K keys with the paper's selection (128 sinks + 2048 voted + 512 window). Times the
-//! selection, attention over the selected keys (this crate's gather kernel and, for
-//! comparison, `sparse_attention` with a column index per head), and dense decode attention.
+//! or SmolLM2's (9 / 3 / 64, `smol`) at 8K keys with the paper's selection (128 sinks + 2048
+//! voted + 512 window). Times the selection, attention over the selected keys (this crate's
+//! gather kernel and, for comparison, `sparse_attention` with a column index per head), and
+//! dense decode attention.
 //!
-//! `cargo run --release -p lcserve-kernels --example token_select_bench [threads] [len]`
+//! `cargo run --release -p lcserve-kernels --example token_select_bench [threads] [len] [llama|smol]`
 
 use std::time::Instant;
 
@@ -16,11 +17,14 @@ use rand::{Rng, SeedableRng};
 const BLOCK: usize = 16;
 
 fn main() {
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>().ok());
-    let threads = args.next().flatten().unwrap_or(2);
-    let len = args.next().flatten().unwrap_or(8192);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
+    let (threads, len) = (number(0, 2), number(1, 8192));
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
-    let shape = AttnShape { n_heads: 32, n_kv_heads: 8, head_dim: 128 };
+    let shape = match args.get(2).map(String::as_str) {
+        Some("smol") => AttnShape { n_heads: 9, n_kv_heads: 3, head_dim: 64 },
+        _ => AttnShape { n_heads: 32, n_kv_heads: 8, head_dim: 128 },
+    };
     let cfg = TokenSelection::default();
     let mut rng = StdRng::seed_from_u64(1);
     let block_len = shape.n_kv_heads * BLOCK * shape.head_dim;
@@ -50,7 +54,8 @@ fn main() {
             time(|| selected_attention(&q, 1, &kv, &shape, scale, &selected, &mut out, None).expect("shapes match"));
         let columns =
             time(|| sparse_attention(&q, 1, &kv, &shape, scale, &heads, &mut out, None).expect("shapes match"));
-        println!("len {len}, {} selected, {threads} threads, 32/8/128 heads:", selected.len());
+        let AttnShape { n_heads, n_kv_heads, head_dim } = shape;
+        println!("len {len}, {} selected, {threads} threads, {n_heads}/{n_kv_heads}/{head_dim} heads:", selected.len());
         println!("  dense attention          {:>8.1} us", dense * 1e6);
         println!("  select_tokens            {:>8.1} us", select * 1e6);
         println!("  selected_attention       {:>8.1} us", gather * 1e6);

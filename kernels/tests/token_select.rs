@@ -144,7 +144,7 @@ fn selection_keeps_sinks_window_and_the_best_voted() {
         TokenSelection { budget: 300, sink: 64, window: 64 },
     ];
     for len in [200usize, 1000, 3000] {
-        for group in [1usize, 3] {
+        for group in [1usize, 3, 4] {
             for nq in [1usize, 2] {
                 for cfg in configs {
                     let case = Case::random(&mut rng, len, nq, 64, group);

@@ -80,6 +80,45 @@ pub(crate) fn key_scores(use_simd: bool, q: &[f32], kv: &PagedKv<'_>, kvh: usize
     }
 }
 
+/// [`key_scores`] of three query rows over the same keys, each key loaded once for the three
+/// and the next page's keys prefetched; bitwise the three single-row calls. On x86 it needs
+/// [`simd::has_avx512vl`] (the caller checks); elsewhere it scores the rows one by one.
+pub(crate) fn key_scores_three(q: [&[f32]; 3], kv: &PagedKv<'_>, kvh: usize, first: usize, mut out: [&mut [f32]; 3]) {
+    let hd = q[0].len();
+    let bs = kv.block_size;
+    let end = first + out[0].len();
+    let page = |j: usize, n: usize| &kv.k_blocks[j / bs][(kvh * bs + j % bs) * hd..][..n * hd];
+    let mut j = first;
+    while j < end {
+        let n = (bs - j % bs).min(end - j);
+        let ahead = if j + n < end { page(j + n, bs.min(end - j - n)) } else { &[] };
+        let at = j - first;
+        let rows = out.each_mut().map(|row| &mut row[at..at + n]);
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        // SAFETY: the caller checked `has_avx512vl()`.
+        unsafe {
+            simd::three_rows::scores(q, page(j, n), hd, rows, ahead)
+        };
+        #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+        for (q, row) in q.iter().zip(rows) {
+            let _ = ahead;
+            simd::scalar::scores(q, page(j, n), hd, row);
+        }
+        j += n;
+    }
+}
+
+/// The largest element of `x`, ignoring NaNs; `-inf` for none (exact in any order).
+pub(crate) fn max(use_simd: bool, x: &[f32]) -> f32 {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if use_simd {
+        // SAFETY: `use_simd` comes from `has_avx2_fma()`.
+        return unsafe { simd::avx2::max(x) };
+    }
+    let _ = use_simd;
+    simd::scalar::max(x)
+}
+
 /// `x[i] = exp(x[i] - m)`; returns the sum.
 pub(crate) fn exp_sub_sum(use_simd: bool, x: &mut [f32], m: f32) -> f32 {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]

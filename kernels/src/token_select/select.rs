@@ -18,7 +18,7 @@ use super::TokenSelection;
 use crate::attention::{AttnShape, PagedKv, validate};
 use crate::error::{KernelError, Result};
 use crate::simd;
-use crate::sparse::{exp_sub_sum, key_scores, top_k};
+use crate::sparse::{exp_sub_sum, key_scores, key_scores_three, max, top_k};
 
 /// Candidates per work item: 256 keys of dim 128 are 128 KiB, L2-resident across the
 /// group's passes.
@@ -100,18 +100,29 @@ struct Tile {
 fn soft_vote(qbar: &[f32], kv: &PagedKv<'_>, shape: &AttnShape, first: usize, count: usize) -> Vec<f32> {
     let (h_n, n_kv, g, hd) = (shape.n_heads, shape.n_kv_heads, shape.group(), shape.head_dim);
     let use_simd = simd::has_avx2_fma();
+    // The heads of a group score the same keys: three at a time load each key once.
+    let three_at_once = use_simd && simd::has_avx512vl();
     let serial = count * h_n * hd < SERIAL_MACS;
     let items: Vec<(usize, usize)> =
         (0..count.div_ceil(TILE)).flat_map(|t| (0..n_kv).map(move |kvh| (t, kvh))).collect();
     let score = |&(t, kvh): &(usize, usize)| {
         let n = TILE.min(count - t * TILE);
         let mut tile = Tile { exp: vec![0f32; g * n], max: vec![0f32; g], sum: vec![0f32; g] };
-        for hh in 0..g {
-            let row = &mut tile.exp[hh * n..][..n];
-            key_scores(use_simd, &qbar[(kvh * g + hh) * hd..][..hd], kv, kvh, first + t * TILE, row);
-            let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            tile.max[hh] = m;
-            tile.sum[hh] = exp_sub_sum(use_simd, row, m);
+        let (tile_first, query) = (first + t * TILE, |hh: usize| &qbar[(kvh * g + hh) * hd..][..hd]);
+        let trios = if three_at_once { g / 3 } else { 0 };
+        let (grouped, single) = tile.exp.split_at_mut(trios * 3 * n);
+        for (trio, rows) in grouped.chunks_exact_mut(3 * n).enumerate() {
+            let (a, rest) = rows.split_at_mut(n);
+            let (b, c) = rest.split_at_mut(n);
+            let hh = 3 * trio;
+            key_scores_three([query(hh), query(hh + 1), query(hh + 2)], kv, kvh, tile_first, [a, b, c]);
+        }
+        for (i, row) in single.chunks_exact_mut(n).enumerate() {
+            key_scores(use_simd, query(3 * trios + i), kv, kvh, tile_first, row);
+        }
+        for (hh, row) in tile.exp.chunks_exact_mut(n).enumerate() {
+            tile.max[hh] = max(use_simd, row);
+            tile.sum[hh] = exp_sub_sum(use_simd, row, tile.max[hh]);
         }
         tile
     };
