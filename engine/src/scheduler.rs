@@ -247,6 +247,7 @@ impl Scheduler {
             if self.config.prefix_caching {
                 register_full_blocks(seq, &mut self.allocator, self.config.block_size);
             }
+            let shareable = seq.shareable();
             if let Some(exporter) = &mut seq.exporter {
                 let block_size = self.config.block_size;
                 // A step that yields a token waits for the copies: blocks go out before it.
@@ -255,7 +256,7 @@ impl Scheduler {
                     &self.executor,
                     block_size,
                     &seq.tokens,
-                    seq.computed,
+                    shareable,
                     seq.prompt_len,
                     &seq.blocks,
                     yields_token,
@@ -553,10 +554,10 @@ fn release_logged(allocator: &mut BlockAllocator, block: BlockId) {
     }
 }
 
-/// Registers the sequence's newly filled blocks under their chained hashes, switching to an
-/// identical block another sequence registered first.
+/// Registers the sequence's newly filled shareable blocks under their chained hashes, switching
+/// to an identical block another sequence registered first.
 fn register_full_blocks(seq: &mut Sequence, allocator: &mut BlockAllocator, block_size: usize) {
-    let full = seq.computed / block_size;
+    let full = seq.shareable() / block_size;
     while seq.registered < full {
         let i = seq.registered;
         let hash = chain_hash(seq.last_hash, &seq.tokens[i * block_size..(i + 1) * block_size]);

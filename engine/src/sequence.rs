@@ -113,6 +113,14 @@ impl Sequence {
         self.tokens.len() - self.computed
     }
 
+    /// Tokens whose KV any request with the same tokens would compute, so it may be shared
+    /// (prefix cache, export): every computed one, except that TokenSelect decoding's
+    /// positions after the prompt are its own, lossy, and stay private. Sharing them would also
+    /// let a dense request's block replace one mid-decode, changing TokenSelect's tokens.
+    pub fn shareable(&self) -> usize {
+        if self.token_select.is_some() { self.computed.min(self.prompt_len) } else { self.computed }
+    }
+
     pub fn is_prefilling(&self) -> bool {
         self.computed < self.prompt_len
     }

@@ -53,6 +53,28 @@ fn a_small_budget_attends_to_sink_budget_and_window_only() {
     }
 }
 
+/// TokenSelect's answer is decoded with lossy attention, so its blocks stay private: the next
+/// turn reuses only the prompt's blocks (and recomputes the answer exactly), and a dense
+/// request's cached answer never replaces a block under TokenSelect decoding.
+#[test]
+fn token_select_answers_stay_out_of_the_prefix_cache() {
+    let (_dir, engine) = engine();
+    let vocab = engine.model().config.vocab_size;
+    let prompt = tokens(100, vocab, 11);
+    let selection = KvSelection { budget: 16, sink: 4, window: 8, ..KvSelection::default() };
+    let alone = collect(&engine, selecting(prompt.clone(), 40, selection)).expect("selected").tokens;
+    let mut next_turn = prompt.clone();
+    next_turn.extend_from_slice(&alone);
+    let next = collect(&engine, greedy(next_turn, 1)).expect("next turn");
+    assert_eq!(next.usage.cached_tokens, 96, "the prompt's 6 full blocks, none of the answer's");
+    // A dense answer to the same prompt is cached, and TokenSelect decodes as before.
+    let dense = collect(&engine, greedy(prompt.clone(), 40)).expect("dense");
+    let mut dense_turn = prompt.clone();
+    dense_turn.extend_from_slice(&dense.tokens);
+    assert_eq!(collect(&engine, greedy(dense_turn, 1)).expect("dense turn").usage.cached_tokens, 128);
+    assert_eq!(collect(&engine, selecting(prompt, 40, selection)).expect("again").tokens, alone);
+}
+
 #[test]
 fn bad_selections_are_refused_naming_the_field() {
     let (_dir, engine) = engine();

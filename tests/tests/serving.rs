@@ -95,6 +95,11 @@ fn token_select_decode_travels_through_router_and_workers() {
     assert_eq!(small.tokens.len(), 16);
     let density = small.usage.kv_selection_density;
     assert!(density > 0.2 && density < 0.4, "52 of ~170 keys per step, density {density}");
+    // Speculating keeps TokenSelect's tokens.
+    let drafting = v1::GenerateRequest { speculation: v1::Speculation::Self_ as i32, ..selecting(32, 16) };
+    let drafted = rt.block_on(generate(&cluster, drafting)).expect("self-drafting with a small budget");
+    assert_eq!(drafted.tokens, small.tokens);
+    assert!(drafted.usage.speculative_proposed > 0);
 }
 
 #[test]
