@@ -1,11 +1,14 @@
 //! Lossless speculation on the reference model: for ten prompts, greedy output with each real
 //! drafter (prompt lookup, `auto`, a draft model, and the model drafting for itself) is
-//! token-identical to plain greedy decoding, with exact and with 8-bit activations; a draft
-//! model with another vocabulary is refused at start.
+//! token-identical to plain greedy decoding, with exact and with 8-bit activations, and with
+//! TokenSelect decoding to plain TokenSelect decoding; a draft model with another vocabulary is
+//! refused at start.
 
 use std::sync::Arc;
 
-use lcserve_engine::{EngineConfig, EngineError, EngineHandle, GenerateRequest, Speculation, StopConditions};
+use lcserve_engine::{
+    EngineConfig, EngineError, EngineHandle, GenerateRequest, KvSelection, Speculation, StopConditions,
+};
 use lcserve_model::{Activations, ChatMessage, Model};
 use lcserve_tests::reference_model_path;
 use lcserve_text::haystack::{SampleSpec, Task, generate};
@@ -74,13 +77,52 @@ fn every_drafter_reproduces_plain_greedy_output() {
 /// attention kernel's key parts), where prompt lookup drafts trees and self-drafting chains.
 #[test]
 fn drafts_stay_lossless_under_8bit_activations() {
+    let model = int8_reference_model();
+    let prompts = summary_prompts(&model, &[(700, 1), (1500, 2), (3000, 3)]);
+    let engine = EngineHandle::start(Arc::clone(&model), EngineConfig { threads: 2, ..EngineConfig::default() })
+        .expect("engine");
+    let plain = summarize(&engine, &prompts, Speculation::Off, None);
+    for speculation in [Speculation::Ngram, Speculation::SelfDraft] {
+        for (i, (got, expected)) in
+            summarize(&engine, &prompts, speculation.clone(), None).iter().zip(&plain).enumerate()
+        {
+            assert_eq!(got.tokens, expected.tokens, "int8 {speculation:?}: document {i}");
+        }
+    }
+}
+
+/// With TokenSelect decoding each verification row selects its keys as its decode step would,
+/// so drafts keep TokenSelect's tokens. (Selecting once for all the rows changed this text.)
+#[test]
+fn drafts_keep_token_select_output() {
+    let model = int8_reference_model();
+    let prompts = summary_prompts(&model, &[(700, 1), (1500, 2)]);
+    let engine = EngineHandle::start(Arc::clone(&model), EngineConfig { threads: 2, ..EngineConfig::default() })
+        .expect("engine");
+    let selection = Some(KvSelection { budget: 64, sink: 16, window: 32, ..KvSelection::default() });
+    let plain = summarize(&engine, &prompts, Speculation::Off, selection);
+    assert!(plain.iter().all(|done| done.usage.kv_selection_density < 0.2), "the selection is sparse");
+    for speculation in [Speculation::Ngram, Speculation::SelfDraft] {
+        let done = summarize(&engine, &prompts, speculation.clone(), selection);
+        for (i, (got, expected)) in done.iter().zip(&plain).enumerate() {
+            assert_eq!(got.tokens, expected.tokens, "{speculation:?} with TokenSelect: document {i}");
+        }
+        assert!(done.iter().map(|d| d.usage.speculative_accepted).sum::<usize>() > 0, "{speculation:?} drafted");
+    }
+}
+
+fn int8_reference_model() -> Arc<Model> {
     let mut model = Model::load(&reference_model_path(), &mut |_| {}).expect("reference model");
     model.activations = Activations::Int8;
-    let model = Arc::new(model);
+    Arc::new(model)
+}
+
+/// Chat requests to summarize passkey documents of about `(tokens, seed)`.
+fn summary_prompts(model: &Model, documents: &[(usize, u64)]) -> Vec<Vec<u32>> {
     let template = model.chat_template.as_ref().expect("the reference model has a chat template");
-    let prompts: Vec<Vec<u32>> = [(700, 1), (1500, 2), (3000, 3)]
-        .into_iter()
-        .map(|(target_tokens, seed)| {
+    documents
+        .iter()
+        .map(|&(target_tokens, seed)| {
             let spec = SampleSpec { task: Task::Passkey, seed, depth: 0.5, target_tokens, overhead_tokens: 0 };
             let document = generate(&spec, &model.tokenizer).expect("document").context;
             let ask = format!("{document}\n\nSummarize the text above, quoting its key sentences.");
@@ -89,33 +131,31 @@ fn drafts_stay_lossless_under_8bit_activations() {
                 .expect("chat template");
             model.tokenizer.encode(&text, false).expect("encode")
         })
+        .collect()
+}
+
+/// 64 greedy tokens for each prompt, all submitted at once.
+fn summarize(
+    engine: &EngineHandle,
+    prompts: &[Vec<u32>],
+    speculation: Speculation,
+    kv_selection: Option<KvSelection>,
+) -> Vec<lcserve_engine::Completion> {
+    let streams: Vec<_> = prompts
+        .iter()
+        .map(|prompt| {
+            let stop = StopConditions { max_tokens: 64, ignore_eos: true, ..StopConditions::default() };
+            let request = GenerateRequest {
+                prompt: prompt.clone(),
+                stop,
+                speculation: speculation.clone(),
+                kv_selection,
+                ..GenerateRequest::default()
+            };
+            engine.submit(request).expect("submit")
+        })
         .collect();
-    let engine = EngineHandle::start(Arc::clone(&model), EngineConfig { threads: 2, ..EngineConfig::default() })
-        .expect("engine");
-    let run = |speculation: fn() -> Speculation| {
-        let streams: Vec<_> = prompts
-            .iter()
-            .map(|prompt| {
-                let stop = StopConditions { max_tokens: 64, ignore_eos: true, ..StopConditions::default() };
-                let request = GenerateRequest {
-                    prompt: prompt.clone(),
-                    stop,
-                    speculation: speculation(),
-                    ..GenerateRequest::default()
-                };
-                engine.submit(request).expect("submit")
-            })
-            .collect();
-        streams.into_iter().map(|s| s.blocking_collect().expect("generate")).collect::<Vec<_>>()
-    };
-    let plain = run(|| Speculation::Off);
-    for (name, speculation) in
-        [("ngram", (|| Speculation::Ngram) as fn() -> Speculation), ("self", || Speculation::SelfDraft)]
-    {
-        for (i, (got, expected)) in run(speculation).iter().zip(&plain).enumerate() {
-            assert_eq!(got.tokens, expected.tokens, "int8 {name}: document {i}");
-        }
-    }
+    streams.into_iter().map(|s| s.blocking_collect().expect("generate")).collect()
 }
 
 #[test]
