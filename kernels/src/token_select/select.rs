@@ -75,6 +75,16 @@ pub fn select_tokens(
     Ok(selected)
 }
 
+/// `y += alpha * x`, 8 lanes at a time where AVX2 runs.
+fn axpy(use_simd: bool, y: &mut [f32], alpha: f32, x: &[f32]) {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if use_simd {
+        // SAFETY: `use_simd` comes from `has_avx2_fma()`.
+        return unsafe { simd::avx2::axpy(y, alpha, x) };
+    }
+    simd::scalar::axpy(y, alpha, x);
+}
+
 /// `[n_heads][head_dim]`: the mean of the `nq` queries, per head.
 fn mean_query(q: &[f32], nq: usize, shape: &AttnShape) -> Vec<f32> {
     let row = shape.n_heads * shape.head_dim;
@@ -151,7 +161,7 @@ fn soft_vote(qbar: &[f32], kv: &PagedKv<'_>, shape: &AttnShape, first: usize, co
             for hh in 0..g {
                 let h = kvh * g + hh;
                 let weight = (tile.max[hh] - head_max[h]).exp() / head_sum[h];
-                simd::scalar::axpy(chunk, weight, &tile.exp[hh * n..][..n]);
+                axpy(use_simd, chunk, weight, &tile.exp[hh * n..][..n]);
             }
         }
     };
