@@ -292,13 +292,14 @@ impl KvRun {
         for _ in 0..TIMING_ROUNDS {
             let started = Instant::now();
             for (b, (out, meta)) in encoded.iter_mut().zip(&metas).enumerate() {
-                encode_into(self.arena.block(BlockId(b as u32)), meta, codec, out)
+                encode_into(&self.arena.read_block(BlockId(b as u32)), meta, codec, out)
                     .with_context(|| format!("encoding block {b} with {codec:?}"))?;
             }
             encode_s = encode_s.min(started.elapsed().as_secs_f64());
             let started = Instant::now();
             for (b, (bytes, meta)) in encoded.iter().zip(&metas).enumerate() {
-                decode_into(bytes, meta, decoded.block_mut(BlockId(b as u32)))
+                decoded
+                    .update_block(BlockId(b as u32), |image| decode_into(bytes, meta, image))
                     .with_context(|| format!("decoding block {b} of {codec:?}"))?;
             }
             decode_s = decode_s.min(started.elapsed().as_secs_f64());
@@ -315,11 +316,11 @@ impl KvRun {
         let per_layer: Vec<anyhow::Result<Vec<Vec<f32>>>> = (0..arena.layout().layers)
             .into_par_iter()
             .map(|layer| {
-                let (k_blocks, v_blocks): (Vec<&[f32]>, Vec<&[f32]>) =
-                    (0..arena.num_blocks() as u32).map(|b| arena.layer(BlockId(b), layer)).unzip();
+                let table: Vec<BlockId> = (0..arena.num_blocks() as u32).map(BlockId).collect();
+                let blocks = arena.layer_blocks(&table, layer);
                 let mut outputs = Vec::new();
                 for (&pos, q) in self.positions.iter().zip(&self.queries[layer]) {
-                    let kv = PagedKv { k_blocks: &k_blocks, v_blocks: &v_blocks, block_size, len: pos + 1 };
+                    let kv = blocks.paged(block_size, pos + 1);
                     let mut out = vec![0.0; q.len()];
                     attention_naive(q, 1, &kv, shape, scale, &mut out, None)?;
                     outputs.extend(out.chunks_exact(shape.head_dim).map(<[f32]>::to_vec));

@@ -122,8 +122,8 @@ fn measure(model: &Model, patterns: &HeadPatterns, layer: usize, tokens: usize, 
     let q = capture.queries.into_inner().unwrap_or_else(PoisonError::into_inner);
     anyhow::ensure!(q.len() == n * model.config.q_dim(), "layer {layer} was not captured");
 
-    let (k_blocks, v_blocks): (Vec<&[f32]>, Vec<&[f32]>) = table.iter().map(|&b| arena.layer(b, layer)).unzip();
-    let kv = PagedKv { k_blocks: &k_blocks, v_blocks: &v_blocks, block_size: block, len: n };
+    let blocks = arena.layer_blocks(&table, layer);
+    let kv = blocks.paged(block, n);
     let shape = AttnShape {
         n_heads: model.config.num_heads,
         n_kv_heads: model.config.num_kv_heads,

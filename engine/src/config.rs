@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use lcserve_model::KvDtype;
 use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
@@ -72,6 +73,10 @@ pub struct EngineConfig {
     pub block_size: usize,
     /// Bytes of KV memory the paged pool may use (rounded down to whole blocks).
     pub kv_cache_bytes: usize,
+    /// Element type of the CPU pool: f16 holds twice the tokens in `kv_cache_bytes` and halves
+    /// what long-context decoding reads, rounding each key and value once. The GPU pool is f32.
+    #[serde(default)]
+    pub kv_dtype: KvDtype,
     /// Most prompt tokens computed in one step; long prompts are prefilled in chunks so decoding
     /// sequences keep getting steps in between.
     pub prefill_chunk: usize,
@@ -105,6 +110,7 @@ impl Default for EngineConfig {
         Self {
             block_size: 64,
             kv_cache_bytes: 1 << 30,
+            kv_dtype: KvDtype::F32,
             prefill_chunk: 512,
             max_running: 32,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -136,6 +142,12 @@ impl EngineConfig {
             return Err(EngineError::InvalidConfig {
                 field: "sparse_prefill_chunk",
                 reason: format!("{} x prefill_chunk {} overflows", self.sparse_prefill_chunk, self.prefill_chunk),
+            });
+        }
+        if self.kv_dtype != KvDtype::F32 && self.device != EngineDevice::Cpu {
+            return Err(EngineError::InvalidConfig {
+                field: "kv_dtype",
+                reason: format!("{} KV is a CPU pool option; the GPU pool stores f32", self.kv_dtype),
             });
         }
         if self.block_size > 4096 {

@@ -163,7 +163,8 @@ impl EngineHandle {
             EngineDevice::Cpu => String::new(),
             EngineDevice::Cuda { weights, .. } => format!("/cuda-{weights:?}"),
         };
-        let kv_tail = format!("kv-f32/acts-{:?}/block{}{device_tag}", model.activations, config.block_size);
+        let kv_tail =
+            format!("kv-{}/acts-{:?}/block{}{device_tag}", config.kv_dtype, model.activations, config.block_size);
         let sparse_kv_config = format!("sparse-{}/{kv_tail}", patterns.hash()).into();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(config.threads)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use lcserve_common::{BlockId, KvLayout};
 use lcserve_model::{KvArena, Logits, Model, SequenceInput};
 
-use crate::config::EngineDevice;
+use crate::config::{EngineConfig, EngineDevice};
 use crate::error::EngineError;
 
 /// The model and its KV pool, on the CPU or on a GPU.
@@ -29,15 +29,17 @@ pub(crate) enum Executor {
 }
 
 impl Executor {
-    /// `model` with a pool of `num_blocks` blocks of `layout` on `device`.
+    /// `model` with a pool of `num_blocks` blocks of `layout` on `config.device`.
     pub fn new(
         model: Arc<Model>,
-        device: EngineDevice,
+        config: &EngineConfig,
         layout: KvLayout,
         num_blocks: usize,
     ) -> Result<Self, EngineError> {
-        match device {
-            EngineDevice::Cpu => Ok(Self::Cpu { model, arena: KvArena::new(layout, num_blocks) }),
+        match config.device {
+            EngineDevice::Cpu => {
+                Ok(Self::Cpu { model, arena: KvArena::with_dtype(layout, num_blocks, config.kv_dtype) })
+            }
             #[cfg(feature = "cuda")]
             EngineDevice::Cuda { ordinal, weights } => {
                 use lcserve_kernels::cuda::{Device, WeightType};
@@ -95,7 +97,7 @@ impl Executor {
         let layout = self.layout();
         Ok(match self {
             Self::Cpu { arena, .. } => PendingRead::Done(
-                blocks.iter().map(|&(block, tokens)| compact(arena.block(block), &layout, tokens)).collect(),
+                blocks.iter().map(|&(block, tokens)| compact(&arena.read_block(block), &layout, tokens)).collect(),
             ),
             #[cfg(feature = "cuda")]
             Self::Cuda { model, pool, .. } => {
@@ -115,7 +117,7 @@ impl Executor {
     pub fn write_block(&mut self, block: BlockId, tokens: usize, data: &[f32]) -> Result<(), EngineError> {
         let layout = self.layout();
         match self {
-            Self::Cpu { arena, .. } => expand_into(arena.block_mut(block), &layout, tokens, data),
+            Self::Cpu { arena, .. } => arena.update_block(block, |image| expand_into(image, &layout, tokens, data)),
             #[cfg(feature = "cuda")]
             Self::Cuda { model, pool, .. } => {
                 let device = model.device();

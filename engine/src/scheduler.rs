@@ -75,7 +75,7 @@ struct Slot {
 impl Scheduler {
     pub fn new(model: Arc<Model>, config: EngineConfig, patterns: HeadPatterns) -> Result<Self, EngineError> {
         let layout = model.kv_layout(config.block_size);
-        let block_bytes = layout.bytes_per_block(lcserve_model::KV_ELEM_BYTES);
+        let block_bytes = layout.bytes_per_block(config.kv_dtype.bytes());
         let num_blocks = config.kv_cache_bytes / block_bytes;
         if num_blocks == 0 {
             return Err(EngineError::InvalidConfig {
@@ -85,7 +85,7 @@ impl Scheduler {
         }
         let allocator = BlockAllocator::new(num_blocks)?;
         Ok(Self {
-            executor: Executor::new(Arc::clone(&model), config.device, layout, num_blocks)?,
+            executor: Executor::new(Arc::clone(&model), &config, layout, num_blocks)?,
             allocator,
             model,
             config,

@@ -2,8 +2,9 @@
 
 use lcserve_common::sequence_hashes;
 use lcserve_engine::{
-    EngineError, EngineEvent, EngineHandle, ExportKv, GenerateRequest, ImportedKv, KvBlock, tail_layout,
+    EngineConfig, EngineError, EngineEvent, EngineHandle, ExportKv, GenerateRequest, ImportedKv, KvBlock, tail_layout,
 };
+use lcserve_model::KvDtype;
 
 mod support;
 use support::{collect, config, greedy, tiny_model, tokens};
@@ -42,11 +43,16 @@ fn into_import(blocks: Vec<KvBlock>, first_block: usize) -> ImportedKv {
     }
 }
 
+/// In both KV element types: blocks leave an f16 pool widened to f32 and are rounded back
+/// on import, which is exact for values that came from an f16 pool.
 #[test]
 fn a_prefilled_prompt_continues_on_another_engine_without_computing_it() {
     let (_dir, model) = tiny_model();
     let vocab = model.config.vocab_size;
-    for prompt_len in [1, 15, 16, 17, 63, 64, 65] {
+    for (prompt_len, kv_dtype) in
+        [1, 15, 16, 17, 63, 64, 65].into_iter().flat_map(|n| [(n, KvDtype::F32), (n, KvDtype::F16)])
+    {
+        let config = |block_size, blocks, model: &_| EngineConfig { kv_dtype, ..config(block_size, blocks, model) };
         let prompt = tokens(prompt_len, vocab, prompt_len as u64);
         let reference = collect(
             &EngineHandle::start(model.clone(), config(BLOCK, 64, &model)).expect("engine"),

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use lcserve_kernels::{AttnShape, PagedKv, attention};
+use lcserve_kernels::{AttnShape, KvBlocks, PagedKv, attention};
 
 fn main() {
     let threads: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(2);
@@ -18,7 +18,7 @@ fn main() {
                 .map(|b| (0..3 * bs * 64).map(|i| (((b * 7 + i) % 13) as f32 - 6.0) / 13.0).collect())
                 .collect();
             let refs: Vec<&[f32]> = blk.iter().map(|b| b.as_slice()).collect();
-            let kv = PagedKv { k_blocks: &refs, v_blocks: &refs, block_size: bs, len };
+            let kv = PagedKv { k_blocks: KvBlocks::F32(&refs), v_blocks: KvBlocks::F32(&refs), block_size: bs, len };
             let q: Vec<f32> = (0..nq * 9 * 64).map(|i| ((i % 11) as f32 - 5.0) / 11.0).collect();
             let mut out = vec![0f32; q.len()];
             let run = |out: &mut [f32]| attention(&q, nq, &kv, &shape, 0.125, out, None).expect("shapes match");

@@ -16,7 +16,7 @@
 
 use std::time::Instant;
 
-use lcserve_kernels::{AttnShape, PagedKv, attention, tree_attention};
+use lcserve_kernels::{AttnShape, KvBlocks, PagedKv, attention, tree_attention};
 use rayon::prelude::*;
 
 const LAYERS: usize = 30;
@@ -115,7 +115,7 @@ impl LayerKv {
 }
 
 fn paged<'a>([k, v]: &'a [Vec<&'a [f32]>; 2], len: usize) -> PagedKv<'a> {
-    PagedKv { k_blocks: k, v_blocks: v, block_size: BLOCK, len }
+    PagedKv { k_blocks: KvBlocks::F32(k), v_blocks: KvBlocks::F32(v), block_size: BLOCK, len }
 }
 
 /// Seconds per call of `f`: the fastest of several runs (each run reads every layer once, so

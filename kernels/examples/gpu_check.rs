@@ -15,7 +15,7 @@ use cudarc::driver::CudaSlice;
 use lcserve_kernels::cuda::{self, Device, DevicePagedKv, KvBits, KvLayout, KvSide, RopeStyle};
 use lcserve_kernels::sparse::{HeadIndex, HeadPattern, QueryBlocks};
 use lcserve_kernels::token_select::{TokenSelection, select_tokens, selected_attention};
-use lcserve_kernels::{AttnShape, PagedKv, attention, merge_lse, ops, sparse, tree_attention};
+use lcserve_kernels::{AttnShape, KvBlocks, PagedKv, attention, merge_lse, ops, sparse, tree_attention};
 use lcserve_kvstore::block::quant;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -274,7 +274,12 @@ impl Problem {
     /// Runs `cpu` on the host view of the pool.
     fn on_cpu<T>(&self, cpu: impl FnOnce(&PagedKv<'_>) -> T) -> T {
         let (kb, vb) = (self.pool.blocks(&self.pool.k), self.pool.blocks(&self.pool.v));
-        cpu(&PagedKv { k_blocks: &kb, v_blocks: &vb, block_size: self.block_size, len: self.len })
+        cpu(&PagedKv {
+            k_blocks: KvBlocks::F32(&kb),
+            v_blocks: KvBlocks::F32(&vb),
+            block_size: self.block_size,
+            len: self.len,
+        })
     }
 
     fn rows(&self, nq: usize) -> usize {
@@ -322,7 +327,12 @@ fn check_tensor_core_attention(device: &Device, rng: &mut StdRng, report: &mut R
                 let kv = p.device_kv(device)?;
                 let (k, v) = (bf16_rounded(&p.pool.k), f16_rounded(&p.pool.v));
                 let (kb, vb) = (p.pool.blocks(&k), p.pool.blocks(&v));
-                let host = PagedKv { k_blocks: &kb, v_blocks: &vb, block_size: p.block_size, len };
+                let host = PagedKv {
+                    k_blocks: KvBlocks::F32(&kb),
+                    v_blocks: KvBlocks::F32(&vb),
+                    block_size: p.block_size,
+                    len,
+                };
                 let scale = 1.0 / (head_dim as f32).sqrt();
                 for nq in [1, len.min(65), len] {
                     for peak in [1.0f32, 8.0] {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use lcserve_kernels::sparse::{HeadIndex, QueryBlocks, sparse_attention};
 use lcserve_kernels::token_select::{TokenSelection, select_tokens, selected_attention};
-use lcserve_kernels::{AttnShape, PagedKv, attention};
+use lcserve_kernels::{AttnShape, KvBlocks, PagedKv, attention};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -34,7 +34,7 @@ fn main() {
     let (k, v) = (blocks(), blocks());
     let k_refs: Vec<&[f32]> = k.iter().map(|b| b.as_slice()).collect();
     let v_refs: Vec<&[f32]> = v.iter().map(|b| b.as_slice()).collect();
-    let kv = PagedKv { k_blocks: &k_refs, v_blocks: &v_refs, block_size: BLOCK, len };
+    let kv = PagedKv { k_blocks: KvBlocks::F32(&k_refs), v_blocks: KvBlocks::F32(&v_refs), block_size: BLOCK, len };
     let q: Vec<f32> = (0..shape.n_heads * shape.head_dim).map(|_| rng.random_range(-0.3f32..0.3)).collect();
     let scale = 1.0 / (shape.head_dim as f32).sqrt();
     let mut out = vec![0f32; q.len()];

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use lcserve_kernels::{AttnShape, PagedKv, attention, tree_attention};
+use lcserve_kernels::{AttnShape, KvBlocks, PagedKv, attention, tree_attention};
 
 const PREFIX: usize = 4096;
 const BLOCK: usize = 16;
@@ -30,7 +30,8 @@ fn main() {
                     .map(|b| (0..block_len).map(|i| (((b * 7 + i) % 13) as f32 - 6.0) / 13.0).collect())
                     .collect();
                 let refs: Vec<&[f32]> = blocks.iter().map(|b| b.as_slice()).collect();
-                let kv = PagedKv { k_blocks: &refs, v_blocks: &refs, block_size: BLOCK, len };
+                let kv =
+                    PagedKv { k_blocks: KvBlocks::F32(&refs), v_blocks: KvBlocks::F32(&refs), block_size: BLOCK, len };
                 let q: Vec<f32> =
                     (0..n * shape.n_heads * shape.head_dim).map(|i| ((i % 11) as f32 - 5.0) / 11.0).collect();
                 let scale = 1.0 / (shape.head_dim as f32).sqrt();

@@ -38,6 +38,6 @@ pub mod simd;
 pub mod sparse;
 pub mod token_select;
 
-pub use attention::{AttnShape, PagedKv, attention, attention_naive, merge_lse, tree_attention, tree_depths};
+pub use attention::{AttnShape, KvBlocks, PagedKv, attention, attention_naive, merge_lse, tree_attention, tree_depths};
 pub use error::{KernelError, Result};
 pub use quant::{Activations, MatmulKernel, QMatrix, QuantType, WeightData, dequantize_row, quantize_row};

@@ -48,9 +48,11 @@ pub fn has_avx512_vnni() -> bool {
     }
 }
 
-/// Portable versions; also the reference the AVX2 versions are tested against.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 pub(crate) mod three_rows;
+mod widen;
+
+pub(crate) use widen::widen_f16;
 
 /// True when [`three_rows`] may run: AVX2 + FMA plus AVX-512VL's 32 vector registers.
 #[inline]
@@ -65,6 +67,7 @@ pub(crate) fn has_avx512vl() -> bool {
     }
 }
 
+/// Portable versions; also the reference the AVX2 versions are tested against.
 pub(crate) mod scalar {
     #[inline]
     pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -4,7 +4,7 @@
 
 mod support;
 
-use lcserve_kernels::{AttnShape, PagedKv, attention, attention_naive, merge_lse};
+use lcserve_kernels::{AttnShape, KvBlocks, PagedKv, attention, attention_naive, merge_lse};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::{Cache, assert_close};
@@ -149,7 +149,7 @@ fn shape_errors() {
     let shape = AttnShape { n_heads: 4, n_kv_heads: 2, head_dim: 8 };
     let blk = vec![0f32; 2 * 4 * 8];
     let blocks: Vec<&[f32]> = vec![&blk, &blk];
-    let kv = PagedKv { k_blocks: &blocks, v_blocks: &blocks, block_size: 4, len: 7 };
+    let kv = PagedKv { k_blocks: KvBlocks::F32(&blocks), v_blocks: KvBlocks::F32(&blocks), block_size: 4, len: 7 };
     let q = vec![0f32; 2 * 4 * 8];
     let mut out = vec![0f32; 2 * 4 * 8];
     assert!(attention(&q, 2, &kv, &shape, 1.0, &mut out, None).is_ok());
@@ -163,7 +163,7 @@ fn shape_errors() {
     let short = PagedKv { len: 1, ..kv };
     assert!(attention(&q, 2, &short, &shape, 1.0, &mut out, None).is_err());
     let small: Vec<&[f32]> = vec![&blk[1..], &blk];
-    let broken = PagedKv { k_blocks: &small, ..kv };
+    let broken = PagedKv { k_blocks: KvBlocks::F32(&small), ..kv };
     assert!(attention(&q, 2, &broken, &shape, 1.0, &mut out, None).is_err());
     let zero = PagedKv { block_size: 0, ..kv };
     assert!(attention(&q, 2, &zero, &shape, 1.0, &mut out, None).is_err());

@@ -10,7 +10,7 @@ use lcserve_kernels::sparse::{
     BLOCK, HeadIndex, HeadPattern, QueryBlocks, a_shape_index, block_sparse_index, estimate_vertical_slash,
     sparse_attention, sparse_prefill_attention, vertical_slash_index,
 };
-use lcserve_kernels::{AttnShape, PagedKv, attention_naive};
+use lcserve_kernels::{AttnShape, KvBlocks, PagedKv, attention_naive};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::{Cache, assert_close};
@@ -280,7 +280,7 @@ fn malformed_indices_are_errors() {
     let shape = AttnShape { n_heads: 1, n_kv_heads: 1, head_dim: 4 };
     let block = vec![0.5f32; 4 * 64];
     let refs = [block.as_slice()];
-    let kv = PagedKv { k_blocks: &refs, v_blocks: &refs, block_size: 64, len: 10 };
+    let kv = PagedKv { k_blocks: KvBlocks::F32(&refs), v_blocks: KvBlocks::F32(&refs), block_size: 64, len: 10 };
     let q = vec![0.1f32; 10 * 4];
     let mut out = vec![0f32; 10 * 4];
     type Block<'a> = (&'a [(u32, u32)], &'a [u32]);

@@ -52,8 +52,18 @@ impl Case {
 }
 
 /// Key or value `j` of KV head `kvh`, in f64.
-fn row(blocks: &[&[f32]], bs: usize, hd: usize, kvh: usize, j: usize) -> Vec<f64> {
-    blocks[j / bs][(kvh * bs + j % bs) * hd..][..hd].iter().map(|&x| f64::from(x)).collect()
+/// Key `j` of KV head `kvh`, in f64.
+fn key(kv: &PagedKv<'_>, hd: usize, kvh: usize, j: usize) -> Vec<f64> {
+    let mut k = vec![0f32; hd];
+    kv.key_into(kvh, j, &mut k);
+    k.into_iter().map(f64::from).collect()
+}
+
+/// Value `j` of KV head `kvh`, in f64.
+fn value(kv: &PagedKv<'_>, hd: usize, kvh: usize, j: usize) -> Vec<f64> {
+    let mut v = vec![0f32; hd];
+    kv.value_into(kvh, j, &mut v);
+    v.into_iter().map(f64::from).collect()
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -68,9 +78,7 @@ fn reference_vote(q: &[f32], nq: usize, kv: &PagedKv<'_>, shape: &AttnShape, sin
     for h in 0..h_n {
         let qbar: Vec<f64> =
             (0..hd).map(|d| (0..nq).map(|i| f64::from(q[(i * h_n + h) * hd + d])).sum::<f64>() / nq as f64).collect();
-        let z: Vec<f64> = (sink..kv.len - window)
-            .map(|j| dot(&qbar, &row(kv.k_blocks, kv.block_size, hd, h / shape.group(), j)))
-            .collect();
+        let z: Vec<f64> = (sink..kv.len - window).map(|j| dot(&qbar, &key(kv, hd, h / shape.group(), j))).collect();
         let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let sum: f64 = z.iter().map(|z| (z - m).exp()).sum();
         for (v, z) in vote.iter_mut().zip(&z) {
@@ -84,21 +92,20 @@ fn reference_vote(q: &[f32], nq: usize, kv: &PagedKv<'_>, shape: &AttnShape, sin
 /// definition in f64: `(out, lse)`.
 fn masked_attention(case: &Case, kv: &PagedKv<'_>, selected: &[u32]) -> (Vec<f32>, Vec<f32>) {
     let (shape, nq) = (case.shape, case.nq);
-    let (h_n, hd, bs) = (shape.n_heads, shape.head_dim, kv.block_size);
+    let (h_n, hd) = (shape.n_heads, shape.head_dim);
     let (mut out, mut lse) = (Vec::new(), Vec::new());
     for i in 0..nq {
         let keys: Vec<usize> = selected.iter().map(|&j| j as usize).filter(|&j| j <= kv.len - nq + i).collect();
         for h in 0..h_n {
             let kvh = h / shape.group();
             let qv: Vec<f64> = case.q[(i * h_n + h) * hd..][..hd].iter().map(|&x| f64::from(x)).collect();
-            let z: Vec<f64> =
-                keys.iter().map(|&j| f64::from(case.scale) * dot(&qv, &row(kv.k_blocks, bs, hd, kvh, j))).collect();
+            let z: Vec<f64> = keys.iter().map(|&j| f64::from(case.scale) * dot(&qv, &key(kv, hd, kvh, j))).collect();
             let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let sum: f64 = z.iter().map(|z| (z - m).exp()).sum();
             let mut o = vec![0f64; hd];
             for (&j, z) in keys.iter().zip(&z) {
                 let p = (z - m).exp() / sum;
-                for (o, v) in o.iter_mut().zip(row(kv.v_blocks, bs, hd, kvh, j)) {
+                for (o, v) in o.iter_mut().zip(value(kv, hd, kvh, j)) {
                     *o += p * v;
                 }
             }

@@ -50,10 +50,16 @@ fn masked_attention(
     scale: f32,
     mask: &[Vec<bool>],
 ) -> (Vec<f32>, Vec<f32>) {
-    let (h_n, hd, bs) = (shape.n_heads, shape.head_dim, kv.block_size);
-    let row = |blocks: &[&[f32]], kvh: usize, j: usize| -> Vec<f64> {
-        let at = (kvh * bs + j % bs) * hd;
-        blocks[j / bs][at..at + hd].iter().map(|&x| x as f64).collect()
+    let (h_n, hd) = (shape.n_heads, shape.head_dim);
+    let key = |kvh: usize, j: usize| -> Vec<f64> {
+        let mut k = vec![0f32; hd];
+        kv.key_into(kvh, j, &mut k);
+        k.iter().map(|&x| x as f64).collect()
+    };
+    let value = |kvh: usize, j: usize| -> Vec<f64> {
+        let mut v = vec![0f32; hd];
+        kv.value_into(kvh, j, &mut v);
+        v.iter().map(|&x| x as f64).collect()
     };
     let (mut out, mut lse) = (Vec::new(), Vec::new());
     for (i, allowed) in mask.iter().enumerate() {
@@ -63,16 +69,14 @@ fn masked_attention(
             let keys: Vec<usize> = (0..kv.len).filter(|&j| allowed[j]).collect();
             let z: Vec<f64> = keys
                 .iter()
-                .map(|&j| {
-                    scale as f64 * row(kv.k_blocks, kvh, j).iter().zip(qv).map(|(k, &q)| k * q as f64).sum::<f64>()
-                })
+                .map(|&j| scale as f64 * key(kvh, j).iter().zip(qv).map(|(k, &q)| k * q as f64).sum::<f64>())
                 .collect();
             let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let sum: f64 = z.iter().map(|z| (z - m).exp()).sum();
             let mut o = vec![0f64; hd];
             for (&j, z) in keys.iter().zip(&z) {
                 let p = (z - m).exp() / sum;
-                for (o, v) in o.iter_mut().zip(row(kv.v_blocks, kvh, j)) {
+                for (o, v) in o.iter_mut().zip(value(kvh, j)) {
                     *o += p * v;
                 }
             }

@@ -147,7 +147,7 @@ impl DeviceKvPool {
         Ok(PendingBlocks { download: device.download_async(staging)?, blocks: ids.len(), side })
     }
 
-    /// All layers of `block` copied to the host, laid out as [`crate::KvArena::block`]
+    /// All layers of `block` copied to the host, laid out as [`crate::KvArena::read_block`]
     /// (`[layer][k|v][kv_heads][block_size][head_dim]`): the unit the KV store moves.
     pub fn read_block(&self, device: &cuda::Device, block: BlockId) -> Result<Vec<f32>> {
         let mut images = self.start_read(device, &[block])?.wait(device)?;

@@ -9,7 +9,7 @@
 
 use lcserve_common::{BlockId, TokenId};
 use lcserve_kernels::ops::{add_inplace, rms_norm, rope_interleaved, rope_neox, silu_mul};
-use lcserve_kernels::{AttnShape, PagedKv, tree_depths};
+use lcserve_kernels::{AttnShape, tree_depths};
 use rayon::prelude::*;
 
 use crate::attention::AttentionBackend;
@@ -187,11 +187,9 @@ impl Model {
                 let q_rows = qkv[first * qkv_width..(first + nq) * qkv_width].chunks_exact(qkv_width);
                 let q_seq: Vec<f32> = q_rows.flat_map(|r| &r[..q_dim]).copied().collect();
                 let len = seq.start_pos + nq;
-                let used_blocks = len.div_ceil(arena.layout().block_size);
-                let (k_blocks, v_blocks): (Vec<&[f32]>, Vec<&[f32]>) =
-                    seq.block_table[..used_blocks].iter().map(|&b| arena.layer(b, layer_idx)).unzip();
-                let kv =
-                    PagedKv { k_blocks: &k_blocks, v_blocks: &v_blocks, block_size: arena.layout().block_size, len };
+                let block_size = arena.layout().block_size;
+                let blocks = arena.layer_blocks(&seq.block_table[..len.div_ceil(block_size)], layer_idx);
+                let kv = blocks.paged(block_size, len);
                 match seq.draft_tree {
                     Some(parents) => seq.attention.attend_draft(layer_idx, &q_seq, parents, &kv, &shape, out)?,
                     None => seq.attention.attend(layer_idx, &q_seq, nq, &kv, &shape, out)?,
@@ -222,20 +220,15 @@ impl Model {
 
     /// Scatters the rotated keys and the values of every row into the row's block and slot.
     fn write_kv(&self, batch: &[SequenceInput<'_>], rows: &RowMap, qkv: &[f32], layer: usize, arena: &mut KvArena) {
-        let (q_dim, kv_dim, d) = (self.config.q_dim(), self.config.kv_dim(), self.config.head_dim);
+        let (q_dim, kv_dim) = (self.config.q_dim(), self.config.kv_dim());
         let qkv_width = q_dim + 2 * kv_dim;
         let block_size = arena.layout().block_size;
         for (row, &(seq, pos)) in rows.origin.iter().enumerate() {
             let block = batch[seq].block_table[pos / block_size];
             let slot = pos % block_size;
             let values = &qkv[row * qkv_width..(row + 1) * qkv_width];
-            let (k_src, v_src) = values[q_dim..].split_at(kv_dim);
-            let (k_dst, v_dst) = arena.layer_mut(block, layer);
-            for head in 0..self.config.num_kv_heads {
-                let dst = (head * block_size + slot) * d;
-                k_dst[dst..dst + d].copy_from_slice(&k_src[head * d..(head + 1) * d]);
-                v_dst[dst..dst + d].copy_from_slice(&v_src[head * d..(head + 1) * d]);
-            }
+            let (keys, values) = values[q_dim..].split_at(kv_dim);
+            arena.write_position(block, layer, slot, keys, values);
         }
     }
 

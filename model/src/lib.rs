@@ -40,7 +40,7 @@ pub use error::{ModelError, Result};
 pub use export::export_hf_dir;
 pub use forward::{Logits, LogitsWanted, SequenceInput};
 pub use gguf_tokenizer::tokenizer_from_gguf_metadata;
-pub use kv_arena::{KV_ELEM_BYTES, KvArena};
+pub use kv_arena::{KvArena, KvDtype, LayerBlocks};
 pub use lcserve_kernels::Activations;
 pub use lcserve_text::{ChatMessage, ChatTemplate, IncrementalDecoder, SpecialTokens, Tokenizer, TokenizerError};
 pub use model::{LoadProgress, Model, ModelFormat, ModelSummary};

@@ -345,6 +345,7 @@ fn mean_of_rows(q: &[f32], nq: usize, out: &mut Vec<f32>) {
 
 #[cfg(test)]
 mod tests {
+    use lcserve_kernels::KvBlocks;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
@@ -367,7 +368,8 @@ mod tests {
         let mut plain = TokenSelectAttention::new(selection, 1, -1.0).expect("valid selection");
         let width = shape.n_heads * shape.head_dim;
         for step in 0..12 {
-            let kv = PagedKv { k_blocks: &k, v_blocks: &v, block_size: bs, len: 300 + step };
+            let kv =
+                PagedKv { k_blocks: KvBlocks::F32(&k), v_blocks: KvBlocks::F32(&v), block_size: bs, len: 300 + step };
             let q: Vec<f32> = (0..width).map(|_| rng.random_range(-1.0..1.0)).collect();
             if step == 8 {
                 // The drafter selects afresh here, as a new plain backend does.
@@ -423,7 +425,7 @@ mod tests {
         fn with<R>(&self, len: usize, f: impl FnOnce(&PagedKv<'_>) -> R) -> R {
             let k: Vec<&[f32]> = self.k.iter().map(Vec::as_slice).collect();
             let v: Vec<&[f32]> = self.v.iter().map(Vec::as_slice).collect();
-            f(&PagedKv { k_blocks: &k, v_blocks: &v, block_size: self.bs, len })
+            f(&PagedKv { k_blocks: KvBlocks::F32(&k), v_blocks: KvBlocks::F32(&v), block_size: self.bs, len })
         }
     }
 

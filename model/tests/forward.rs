@@ -4,7 +4,9 @@
 mod support;
 
 use lcserve_common::BlockId;
-use lcserve_model::{Activations, DenseAttention, GgufSource, KvArena, LogitsWanted, Model, ModelError, SequenceInput};
+use lcserve_model::{
+    Activations, DenseAttention, GgufSource, KvArena, KvDtype, LogitsWanted, Model, ModelError, SequenceInput,
+};
 use support::{Session, max_rel_diff, prompt, reference::Reference};
 
 fn tiny_model() -> (tempfile::TempDir, Model) {
@@ -43,6 +45,30 @@ fn forward_matches_reference_math() {
         }
     }
     eprintln!("worst relative logit error vs f64 reference: f32 activations {worst_f32:e}, int8 {worst_int8:e}");
+}
+
+/// An f16 pool rounds each key and value once (11 significant bits): logits stay close to
+/// exact math (measured worst 2.4e-4 relative, against 5.9e-7 with f32 KV).
+#[test]
+fn f16_kv_stays_close_to_exact_math() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = lcserve_model::write_tiny_model(dir.path(), 11).expect("tiny model");
+    let model = Model::load(&paths.gguf, &mut |_| {}).expect("load");
+    let reference = Reference::new(&GgufSource::open(&paths.gguf).expect("open"));
+    let mut worst = 0f32;
+    for len in [1, 63, 65, 130] {
+        let tokens = prompt(len, model.config.vocab_size, len as u64);
+        let mut session = Session::new(&model, 16, len);
+        session.arena = KvArena::with_dtype(model.kv_layout(16), len.div_ceil(16), KvDtype::F16);
+        let ours = session.run(&tokens, true);
+        for (pos, (a, b)) in ours.iter().zip(reference.logits(&tokens)).enumerate() {
+            let b32: Vec<f32> = b.iter().map(|&v| v as f32).collect();
+            let err = max_rel_diff(a, &b32);
+            worst = worst.max(err);
+            assert!(err < 2e-3, "len {len} pos {pos}: relative error {err}");
+        }
+    }
+    eprintln!("worst relative logit error of f16 KV vs f64 reference: {worst:e}");
 }
 
 #[test]

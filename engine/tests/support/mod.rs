@@ -32,7 +32,7 @@ pub fn tiny_model() -> (tempfile::TempDir, Arc<Model>) {
 }
 
 pub fn config(block_size: usize, blocks: usize, model: &Model) -> EngineConfig {
-    let block_bytes = model.kv_layout(block_size).bytes_per_block(lcserve_model::KV_ELEM_BYTES);
+    let block_bytes = model.kv_layout(block_size).bytes_per_block(lcserve_model::KvDtype::F32.bytes());
     EngineConfig {
         block_size,
         kv_cache_bytes: blocks * block_bytes,

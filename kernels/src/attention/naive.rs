@@ -17,6 +17,7 @@ pub fn attention_naive(
     validate("attention_naive", q, nq, kv, shape, out.len(), lse.as_ref().map(|l| l.len()))?;
     let (h_n, hd, g) = (shape.n_heads, shape.head_dim, shape.group());
     let mut scores = Vec::with_capacity(kv.len);
+    let (mut k, mut v) = (vec![0f32; hd], vec![0f32; hd]);
     for i in 0..nq {
         let pos = kv.len - nq + i;
         for h in 0..h_n {
@@ -24,8 +25,8 @@ pub fn attention_naive(
             let qv = &q[(i * h_n + h) * hd..][..hd];
             scores.clear();
             scores.extend((0..=pos).map(|j| {
-                let k = kv.key(kvh, j, hd);
-                scale as f64 * qv.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+                kv.key_into(kvh, j, &mut k);
+                scale as f64 * qv.iter().zip(&k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
             }));
             let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let mut acc = vec![0f64; hd];
@@ -33,7 +34,8 @@ pub fn attention_naive(
             for (j, s) in scores.iter().enumerate() {
                 let p = (s - m).exp();
                 sum += p;
-                for (a, v) in acc.iter_mut().zip(kv.value(kvh, j, hd)) {
+                kv.value_into(kvh, j, &mut v);
+                for (a, v) in acc.iter_mut().zip(&v) {
                     *a += p * *v as f64;
                 }
             }

@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use super::PagedKv;
+use super::{KvElem, PagedKv};
 use crate::simd;
 
 /// Scattered keys gathered per batch by [`OnlineSoftmax::absorb_gathered`].
@@ -24,18 +24,18 @@ pub(crate) trait VecOps {
     /// The largest element, ignoring NaNs; `-inf` for none. Exact, so any order gives it.
     fn max(x: &[f32]) -> f32;
 
-    /// [`Self::scores`] of three rows over the same keys, bitwise as three calls; may
-    /// prefetch `ahead` (laid out as `k`).
+    /// [`Self::scores`] of three rows over the same keys (widened from `K`), bitwise as
+    /// three calls; may prefetch `ahead` (laid out as `k`).
     #[inline(always)]
-    fn scores3(q: [&[f32]; 3], k: &[f32], hd: usize, out: [&mut [f32]; 3], _ahead: &[f32]) {
-        scores_each::<Self>(q, k, hd, out)
+    fn scores3<K: KvElem>(q: [&[f32]; 3], k: &[K], hd: usize, out: [&mut [f32]; 3], _ahead: &[K]) {
+        scores_each::<Self>(q, K::as_f32(k, &mut Vec::new()), hd, out)
     }
 
-    /// [`Self::accumulate`] of three rows over the same values, bitwise as three calls; may
-    /// prefetch `ahead` (laid out as `v`).
+    /// [`Self::accumulate`] of three rows over the same values (widened from `K`), bitwise
+    /// as three calls; may prefetch `ahead` (laid out as `v`).
     #[inline(always)]
-    fn accumulate3(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: usize, _ahead: &[f32]) {
-        accumulate_each::<Self>(acc, p, v, hd)
+    fn accumulate3<K: KvElem>(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[K], hd: usize, _ahead: &[K]) {
+        accumulate_each::<Self>(acc, p, K::as_f32(v, &mut Vec::new()), hd)
     }
 }
 
@@ -117,21 +117,21 @@ impl VecOps for Avx2 {
         unsafe { simd::avx2::max(x) }
     }
     #[inline(always)]
-    fn scores3(q: [&[f32]; 3], k: &[f32], hd: usize, out: [&mut [f32]; 3], ahead: &[f32]) {
+    fn scores3<K: KvElem>(q: [&[f32]; 3], k: &[K], hd: usize, out: [&mut [f32]; 3], ahead: &[K]) {
         if simd::has_avx512vl() {
             // SAFETY: see impl comment.
             unsafe { simd::three_rows::scores(q, k, hd, out, ahead) }
         } else {
-            scores_each::<Self>(q, k, hd, out)
+            scores_each::<Self>(q, K::as_f32(k, &mut Vec::new()), hd, out)
         }
     }
     #[inline(always)]
-    fn accumulate3(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: usize, ahead: &[f32]) {
+    fn accumulate3<K: KvElem>(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[K], hd: usize, ahead: &[K]) {
         if simd::has_avx512vl() {
             // SAFETY: see impl comment.
             unsafe { simd::three_rows::accumulate(acc, p, v, hd, ahead) }
         } else {
-            accumulate_each::<Self>(acc, p, v, hd)
+            accumulate_each::<Self>(acc, p, K::as_f32(v, &mut Vec::new()), hd)
         }
     }
 }
@@ -139,13 +139,13 @@ impl VecOps for Avx2 {
 /// The keys and values a kernel will absorb next (the same span of the next cache block),
 /// prefetched while the current ones are computed; empty for none.
 #[derive(Clone, Copy)]
-pub(crate) struct Ahead<'a> {
-    pub keys: &'a [f32],
-    pub values: &'a [f32],
+pub(crate) struct Ahead<'a, K> {
+    pub keys: &'a [K],
+    pub values: &'a [K],
 }
 
-impl Ahead<'_> {
-    pub(crate) const NONE: Ahead<'static> = Ahead { keys: &[], values: &[] };
+impl<K: 'static> Ahead<'_, K> {
+    pub(crate) const NONE: Ahead<'static, K> = Ahead { keys: &[], values: &[] };
 }
 
 /// Online-softmax state of `rows` query rows of dimension `hd`.
@@ -155,6 +155,8 @@ pub(crate) struct OnlineSoftmax {
     l: Vec<f32>,
     acc: Vec<f32>,
     scores: Vec<f32>,
+    /// Keys and values widened for the rows that are not absorbed three at a time.
+    widened: (Vec<f32>, Vec<f32>),
 }
 
 /// Turns one row's raw scores `sc` into softmax weights against its running max `m`
@@ -182,7 +184,23 @@ pub(crate) struct Partial {
 
 impl OnlineSoftmax {
     pub(crate) fn new(rows: usize, hd: usize) -> Self {
-        Self { hd, m: vec![f32::NEG_INFINITY; rows], l: vec![0.0; rows], acc: vec![0.0; rows * hd], scores: Vec::new() }
+        Self {
+            hd,
+            m: vec![f32::NEG_INFINITY; rows],
+            l: vec![0.0; rows],
+            acc: vec![0.0; rows * hd],
+            scores: Vec::new(),
+            widened: Default::default(),
+        }
+    }
+
+    /// Number of query rows.
+    pub(crate) fn rows(&self) -> usize {
+        self.m.len()
+    }
+
+    pub(crate) fn head_dim(&self) -> usize {
+        self.hd
     }
 
     /// Folds `keys.len() / hd` contiguous keys and their values into row `r`, whose query
@@ -204,36 +222,48 @@ impl OnlineSoftmax {
         O::accumulate(acc, sc, values, hd);
     }
 
-    /// [`Self::absorb`] of the same keys into each row of `rows` (row `r`'s query at
-    /// `qs[r * hd..]`), bitwise as one call per row; three rows at a time read each key and
-    /// value once, the first three prefetching `ahead`.
+    /// [`Self::absorb`] of the same keys (stored as `K`) into each row of `rows` (row `r`'s
+    /// query at `qs[r * hd..]`), bitwise as one call per row on the keys widened to f32;
+    /// three rows at a time read each key and value once, the first three prefetching `ahead`.
     #[inline(always)]
-    pub(crate) fn absorb_rows<O: VecOps>(
+    pub(crate) fn absorb_rows<O: VecOps, K: KvElem>(
         &mut self,
         rows: Range<usize>,
         qs: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        ahead: Ahead<'_>,
+        keys: &[K],
+        values: &[K],
+        ahead: Ahead<'_, K>,
     ) {
         let hd = self.hd;
         let q = |r: usize| &qs[r * hd..][..hd];
         let mut r = rows.start;
         let mut ahead = ahead;
         while r + 3 <= rows.end {
-            self.absorb3::<O>(r, [q(r), q(r + 1), q(r + 2)], keys, values, ahead);
+            self.absorb3::<O, K>(r, [q(r), q(r + 1), q(r + 2)], keys, values, ahead);
             ahead = Ahead::NONE;
             r += 3;
         }
-        for r in r..rows.end {
-            self.absorb::<O>(r, q(r), keys, values);
+        if r < rows.end {
+            let (mut wide_k, mut wide_v) = std::mem::take(&mut self.widened);
+            let (keys, values) = (K::as_f32(keys, &mut wide_k), K::as_f32(values, &mut wide_v));
+            for r in r..rows.end {
+                self.absorb::<O>(r, q(r), keys, values);
+            }
+            self.widened = (wide_k, wide_v);
         }
     }
 
     /// [`Self::absorb`] for rows `r0..r0 + 3` (queries `q`) over the same keys, bitwise as
     /// three calls; each key and value is read once for the three rows.
     #[inline(always)]
-    fn absorb3<O: VecOps>(&mut self, r0: usize, q: [&[f32]; 3], keys: &[f32], values: &[f32], ahead: Ahead<'_>) {
+    fn absorb3<O: VecOps, K: KvElem>(
+        &mut self,
+        r0: usize,
+        q: [&[f32]; 3],
+        keys: &[K],
+        values: &[K],
+        ahead: Ahead<'_, K>,
+    ) {
         let hd = self.hd;
         let cnt = keys.len() / hd;
         if cnt == 0 {
@@ -271,8 +301,8 @@ impl OnlineSoftmax {
         let (mut k_buf, mut v_buf) = (vec![0f32; GATHER * hd], vec![0f32; GATHER * hd]);
         for chunk in keys.chunks(GATHER) {
             for (slot, &j) in chunk.iter().enumerate() {
-                k_buf[slot * hd..][..hd].copy_from_slice(kv.key(kvh, j as usize, hd));
-                v_buf[slot * hd..][..hd].copy_from_slice(kv.value(kvh, j as usize, hd));
+                kv.key_into(kvh, j as usize, &mut k_buf[slot * hd..][..hd]);
+                kv.value_into(kvh, j as usize, &mut v_buf[slot * hd..][..hd]);
             }
             for r in 0..self.m.len() {
                 let visible = chunk.partition_point(|&j| (j as usize) < horizon(r));

@@ -22,13 +22,14 @@
 //! a 1-ulp difference would be amplified (8-bit activations round each block of the next
 //! product's input).
 
+use half::f16;
 use rayon::prelude::*;
 
 use super::merge::merge_row;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 use super::online::Avx2;
 use super::online::{Ahead, OnlineSoftmax, Partial, Scalar, VecOps};
-use super::{AttnShape, PagedKv, validate};
+use super::{AttnShape, KvBlocks, KvElem, PagedKv, validate};
 use crate::error::Result;
 use crate::simd;
 
@@ -179,7 +180,16 @@ fn item_generic<O: VecOps>(
     let mut part_start = it.k0;
     while part_start < kend {
         let part_end = kend.min((part_start / part + 1) * part);
-        let p = part_generic::<O>(kv, &qs, rows, g, it, first_pos, part_start..part_end, kend);
+        let keys = part_start..part_end;
+        let p = match (kv.k_blocks, kv.v_blocks) {
+            (KvBlocks::F16(k), KvBlocks::F16(v)) => {
+                part_generic::<O, f16>((k, v), kv.block_size, &qs, rows, g, it, first_pos, keys, kend)
+            }
+            (KvBlocks::F32(k), KvBlocks::F32(v)) => {
+                part_generic::<O, f32>((k, v), kv.block_size, &qs, rows, g, it, first_pos, keys, kend)
+            }
+            _ => unreachable!("`validate` refuses keys and values of different element types"),
+        };
         match &mut merged {
             None => merged = Some(p),
             Some(m) => {
@@ -198,8 +208,9 @@ fn item_generic<O: VecOps>(
 /// keys up to `item_end`, which the last block prefetches from the next part.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn part_generic<O: VecOps>(
-    kv: &PagedKv<'_>,
+fn part_generic<O: VecOps, K: KvElem>(
+    (k_blocks, v_blocks): (&[&[K]], &[&[K]]),
+    bs: usize,
     qs: &[f32],
     rows: usize,
     g: usize,
@@ -208,39 +219,62 @@ fn part_generic<O: VecOps>(
     keys: std::ops::Range<usize>,
     item_end: usize,
 ) -> Partial {
-    let (hd, bs) = (qs.len() / rows, kv.block_size);
+    let hd = qs.len() / rows;
     let mut state = OnlineSoftmax::new(rows, hd);
+    let (mut wide_k, mut wide_v) = (Vec::new(), Vec::new());
     let (mut ks, kend) = (keys.start, keys.end);
     while ks < kend {
         let b = ks / bs;
         let ke = kend.min((b + 1) * bs);
-        let kblk = &kv.k_blocks[b][it.kvh * bs * hd..(it.kvh + 1) * bs * hd];
-        let vblk = &kv.v_blocks[b][it.kvh * bs * hd..(it.kvh + 1) * bs * hd];
-        let off = ks - b * bs;
+        // This block's keys `ks..ke` of the item's KV head.
+        let span = (it.kvh * bs + ks - b * bs) * hd..(it.kvh * bs + ke - b * bs) * hd;
+        let (kblk, vblk) = (&k_blocks[b][span.clone()], &v_blocks[b][span]);
         // The keys this item reads from the next block, streamed in while this one computes.
-        let mut ahead = if ke < item_end {
+        let ahead = if ke < item_end {
             let next = it.kvh * bs * hd..(it.kvh * bs + (item_end - ke).min(bs)) * hd;
-            Ahead { keys: &kv.k_blocks[b + 1][next.clone()], values: &kv.v_blocks[b + 1][next] }
+            Ahead { keys: &k_blocks[b + 1][next.clone()], values: &v_blocks[b + 1][next] }
         } else {
             Ahead::NONE
         };
-        // Runs of rows that see the same keys (a query's heads; every row when decoding) are
-        // absorbed together, sharing their loads.
+        // Row `r` sees the block's keys up to here.
         let visible_end = |r: usize| ke.min(first_pos + it.q0 + r / g + 1);
-        let mut r = 0;
-        while r < rows {
-            let end = visible_end(r);
-            let run_end = (r + 1..rows).find(|&next| visible_end(next) != end).unwrap_or(rows);
-            if end > ks {
-                let keys = (off * hd)..((off + end - ks) * hd);
-                state.absorb_rows::<O>(r..run_end, qs, &kblk[keys.clone()], &vblk[keys], ahead);
-                ahead = Ahead::NONE;
-            }
-            r = run_end;
+        if K::HALF && rows > 3 {
+            // Many row groups read each key: widen the block once, not in every group's loads.
+            let (kblk, vblk) = (K::as_f32(kblk, &mut wide_k), K::as_f32(vblk, &mut wide_v));
+            absorb_block::<O, f32>(&mut state, qs, (kblk, vblk), Ahead::NONE, ks, visible_end);
+        } else {
+            absorb_block::<O, K>(&mut state, qs, (kblk, vblk), ahead, ks, visible_end);
         }
         ks = ke;
     }
     state.finish::<O>()
+}
+
+/// Folds one block's keys, the first at position `ks`, into every row that sees them
+/// (`visible_end(r)` bounds row `r`'s keys). Runs of rows that see the same keys (a query's
+/// heads; every row when decoding) are absorbed together, sharing their loads; the first
+/// run prefetches `ahead`.
+#[inline(always)]
+fn absorb_block<O: VecOps, K: KvElem>(
+    state: &mut OnlineSoftmax,
+    qs: &[f32],
+    (kblk, vblk): (&[K], &[K]),
+    mut ahead: Ahead<'_, K>,
+    ks: usize,
+    visible_end: impl Fn(usize) -> usize,
+) {
+    let (rows, hd) = (state.rows(), state.head_dim());
+    let mut r = 0;
+    while r < rows {
+        let end = visible_end(r);
+        let run_end = (r + 1..rows).find(|&next| visible_end(next) != end).unwrap_or(rows);
+        if end > ks {
+            let keys = 0..(end - ks) * hd;
+            state.absorb_rows::<O, K>(r..run_end, qs, &kblk[keys.clone()], &vblk[keys], ahead);
+            ahead = Ahead::NONE;
+        }
+        r = run_end;
+    }
 }
 
 #[cfg(test)]
@@ -256,7 +290,7 @@ mod tests {
             .map(|b| (0..2 * bs * 80).map(|i| (((b * 31 + i * 7) % 17) as f32 - 8.0) / 9.0).collect())
             .collect();
         let refs: Vec<&[f32]> = blocks.iter().map(|b| b.as_slice()).collect();
-        let kv = PagedKv { k_blocks: &refs, v_blocks: &refs, block_size: bs, len };
+        let kv = PagedKv { k_blocks: KvBlocks::F32(&refs), v_blocks: KvBlocks::F32(&refs), block_size: bs, len };
         let q: Vec<f32> = (0..nq * 6 * 80).map(|i| ((i % 23) as f32 - 11.0) / 13.0).collect();
         for it in plan(nq, &kv, &shape) {
             let a = run_item(false, &q, nq, &kv, &shape, 0.1, &it);

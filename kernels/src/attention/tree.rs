@@ -244,17 +244,17 @@ impl Tails<'_> {
                 let ke = part_end.min((b + 1) * bs);
                 let (k_run, v_run) = if ke <= committed {
                     let run = (kvh * bs + ks - b * bs) * hd..(kvh * bs + ke - b * bs) * hd;
-                    (&self.kv.k_blocks[b][run.clone()], &self.kv.v_blocks[b][run])
+                    (self.kv.k_blocks.run(b, run.clone(), &mut keys), self.kv.v_blocks.run(b, run, &mut values))
                 } else {
-                    keys.clear();
-                    values.clear();
-                    for j in ks..ke {
-                        keys.extend_from_slice(self.kv.key(kvh, slot(j), hd));
-                        values.extend_from_slice(self.kv.value(kvh, slot(j), hd));
+                    keys.resize((ke - ks) * hd, 0.0);
+                    values.resize((ke - ks) * hd, 0.0);
+                    for (j, (k, v)) in (ks..ke).zip(keys.chunks_exact_mut(hd).zip(values.chunks_exact_mut(hd))) {
+                        self.kv.key_into(kvh, slot(j), k);
+                        self.kv.value_into(kvh, slot(j), v);
                     }
                     (keys.as_slice(), values.as_slice())
                 };
-                state.absorb_rows::<O>(0..g, &qs, k_run, v_run, Ahead::NONE);
+                state.absorb_rows::<O, f32>(0..g, &qs, k_run, v_run, Ahead::NONE);
                 ks = ke;
             }
             let part = state.finish::<O>();
@@ -269,6 +269,7 @@ impl Tails<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attention::KvBlocks;
 
     /// The portable path is what non-x86 targets run; pin it against the SIMD one here.
     #[test]
@@ -280,7 +281,8 @@ mod tests {
             .map(|b| (0..2 * bs * 80).map(|i| (((b * 31 + i * 7) % 17) as f32 - 8.0) / 9.0).collect())
             .collect();
         let refs: Vec<&[f32]> = blocks.iter().map(|b| b.as_slice()).collect();
-        let kv = PagedKv { k_blocks: &refs, v_blocks: &refs, block_size: bs, len: 40 + n };
+        let kv =
+            PagedKv { k_blocks: KvBlocks::F32(&refs), v_blocks: KvBlocks::F32(&refs), block_size: bs, len: 40 + n };
         let q: Vec<f32> = (0..n * 6 * 80).map(|i| ((i % 23) as f32 - 11.0) / 13.0).collect();
         let depth = tree_depths(&parents).expect("parents precede their children");
         let tails =

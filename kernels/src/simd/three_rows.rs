@@ -21,13 +21,25 @@ use std::arch::x86::*;
 use std::arch::x86_64::*;
 
 use super::avx2::{dot, reduce8};
+use crate::attention::KvElem;
+
+/// Eight values of `K` at `p`, as f32.
+///
+/// # Safety
+/// Eight elements must be readable at `p`, and the CPU must have F16C (callers run with it).
+#[inline(always)]
+unsafe fn load8<K: KvElem>(p: *const K) -> __m256 {
+    // SAFETY: the caller's contract; `HALF` is a constant, so one arm compiles.
+    unsafe { if K::HALF { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) } else { _mm256_loadu_ps(p.cast()) } }
+}
 
 /// `out[r][t] = q[r] · k[t*hd..(t+1)*hd]` for the three rows, each bitwise
-/// `avx2::scores(q[r], k, hd, out[r])`; prefetches `ahead` (laid out as `k`) on the way.
+/// `avx2::scores(q[r], k as f32, hd, out[r])`; prefetches `ahead` (laid out as `k`) on the way.
+/// Keys stored as f16 are widened in registers.
 #[inline]
-#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
 #[allow(clippy::needless_range_loop)] // `j` numbers both the key and its accumulator
-pub(crate) fn scores(q: [&[f32]; 3], k: &[f32], hd: usize, mut out: [&mut [f32]; 3], ahead: &[f32]) {
+pub(crate) fn scores<K: KvElem>(q: [&[f32]; 3], k: &[K], hd: usize, mut out: [&mut [f32]; 3], ahead: &[K]) {
     let cnt = out[0].len();
     assert!(
         q.iter().all(|q| q.len() >= hd) && out.iter().all(|o| o.len() == cnt) && k.len() >= cnt * hd,
@@ -45,14 +57,14 @@ pub(crate) fn scores(q: [&[f32]; 3], k: &[f32], hd: usize, mut out: [&mut [f32];
                     for (qr, row) in qc.iter_mut().zip(q) {
                         *qr = _mm256_loadu_ps(row.as_ptr().add(c));
                     }
-                    // The 8 keys' `8 · hd` floats of `ahead`, 4 lines per step of `c`.
+                    // The 8 keys' `8 · hd` values of `ahead`: 64 per step of `c`.
                     if !ahead.is_empty() {
-                        for line in 0..4 {
-                            prefetch(ahead, t * hd + 8 * c + 16 * line);
+                        for line in 0..size_of::<K>() {
+                            prefetch(ahead, t * hd + 8 * c + line * (64 / size_of::<K>()));
                         }
                     }
                     for j in 0..8 {
-                        let kv = _mm256_loadu_ps(k.as_ptr().add((t + j) * hd + c));
+                        let kv = load8(k.as_ptr().add((t + j) * hd + c));
                         for r in 0..3 {
                             acc[r][j] = _mm256_fmadd_ps(qc[r], kv, acc[r][j]);
                         }
@@ -67,19 +79,21 @@ pub(crate) fn scores(q: [&[f32]; 3], k: &[f32], hd: usize, mut out: [&mut [f32];
             t += 8;
         }
     }
+    let mut widened = Vec::new();
     for (qr, row) in q.iter().zip(out) {
         for (tt, o) in row.iter_mut().enumerate().skip(t) {
-            *o = dot(&qr[..hd], &k[tt * hd..(tt + 1) * hd]);
+            *o = dot(&qr[..hd], K::as_f32(&k[tt * hd..(tt + 1) * hd], &mut widened));
         }
     }
 }
 
 /// `acc[r] += Σ_t p[r][t] · v[t*hd..(t+1)*hd]` for the three rows, each bitwise
-/// `avx2::accumulate(acc[r], p[r], v, hd)`; prefetches `ahead` (laid out as `v`) on the way.
+/// `avx2::accumulate(acc[r], p[r], v as f32, hd)`; prefetches `ahead` (laid out as `v`) on
+/// the way. Values stored as f16 are widened in registers.
 #[inline]
-#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
 #[allow(clippy::needless_range_loop)] // `i` numbers both a column slice and its register
-pub(crate) fn accumulate(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: usize, ahead: &[f32]) {
+pub(crate) fn accumulate<K: KvElem>(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[K], hd: usize, ahead: &[K]) {
     let cnt = p[0].len();
     assert!(
         acc.iter().all(|a| a.len() >= hd) && p.iter().all(|p| p.len() == cnt) && v.len() >= cnt * hd,
@@ -96,8 +110,9 @@ pub(crate) fn accumulate(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: us
         }
         for t in 0..cnt {
             if c0 == 0 && !ahead.is_empty() {
-                for line in 0..hd.div_ceil(16) {
-                    prefetch(ahead, t * hd + 16 * line);
+                let per_line = 64 / size_of::<K>();
+                for line in 0..hd.div_ceil(per_line) {
+                    prefetch(ahead, t * hd + per_line * line);
                 }
             }
             let mut pv = [_mm256_setzero_ps(); 3];
@@ -106,7 +121,7 @@ pub(crate) fn accumulate(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: us
             }
             for i in 0..8 {
                 // SAFETY: `t * hd + c0 + 8i + 8 <= (t + 1) * hd <= v.len()`.
-                let vv = unsafe { _mm256_loadu_ps(v.as_ptr().add(t * hd + c0 + 8 * i)) };
+                let vv = unsafe { load8(v.as_ptr().add(t * hd + c0 + 8 * i)) };
                 for r in 0..3 {
                     reg[r][i] = _mm256_fmadd_ps(pv[r], vv, reg[r][i]);
                 }
@@ -121,9 +136,10 @@ pub(crate) fn accumulate(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: us
         c0 += 64;
     }
     if c0 < hd {
+        let mut widened = Vec::new();
         for (a, p) in acc.into_iter().zip(p) {
             for (t, &pt) in p.iter().enumerate() {
-                super::avx2::axpy(&mut a[c0..hd], pt, &v[t * hd + c0..(t + 1) * hd]);
+                super::avx2::axpy(&mut a[c0..hd], pt, K::as_f32(&v[t * hd + c0..(t + 1) * hd], &mut widened));
             }
         }
     }
@@ -131,7 +147,7 @@ pub(crate) fn accumulate(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[f32], hd: us
 
 /// Asks for the cache line holding `ahead[i]`, if `ahead` has one.
 #[inline(always)]
-fn prefetch(ahead: &[f32], i: usize) {
+fn prefetch<K>(ahead: &[K], i: usize) {
     if i < ahead.len() {
         // SAFETY: `i` is in bounds; a prefetch reads nothing architecturally.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.as_ptr().add(i).cast()) };
@@ -178,6 +194,45 @@ mod tests {
                     unsafe { avx2::accumulate(&mut want[r], &p[r], &v, hd) };
                     let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&acc[r]), bits(&want[r]), "accumulate hd {hd} keys {cnt} row {r}");
+                }
+            }
+        }
+    }
+
+    /// Keys and values stored as f16 give bitwise the single-row AVX2 primitives' results on
+    /// the widened values: widening is exact, and the FMAs are the same.
+    #[test]
+    fn f16_rows_match_the_f32_primitives_on_widened_values() {
+        if !has_avx512vl() {
+            return;
+        }
+        let val = |i: usize, salt: usize| ((i * 37 + salt * 11) % 101) as f32 / 13.0 - 3.7;
+        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for hd in [8usize, 12, 64, 80] {
+            for cnt in [1usize, 7, 8, 9, 64, 65] {
+                let q: Vec<Vec<f32>> = (0..3).map(|r| (0..hd).map(|i| val(i, r)).collect()).collect();
+                let k: Vec<half::f16> = (0..cnt * hd).map(|i| half::f16::from_f32(val(i, 5))).collect();
+                let v: Vec<half::f16> = (0..cnt * hd).map(|i| half::f16::from_f32(val(i, 7))).collect();
+                let (k32, v32): (Vec<f32>, Vec<f32>) =
+                    (k.iter().map(|x| x.to_f32()).collect(), v.iter().map(|x| x.to_f32()).collect());
+                let mut got = vec![vec![0f32; cnt]; 3];
+                let [g0, g1, g2] = &mut got[..] else { unreachable!() };
+                // SAFETY: AVX-512VL (and so AVX2/FMA/F16C) checked above.
+                unsafe { scores([&q[0], &q[1], &q[2]], &k, hd, [g0, g1, g2], &v) };
+                let p: Vec<Vec<f32>> = (0..3).map(|r| (0..cnt).map(|t| val(t, r + 9) / 7.0).collect()).collect();
+                let mut acc: Vec<Vec<f32>> = (0..3).map(|r| (0..hd).map(|i| val(i, r + 3)).collect()).collect();
+                let mut want_acc = acc.clone();
+                let [a0, a1, a2] = &mut acc[..] else { unreachable!() };
+                // SAFETY: as above.
+                unsafe { accumulate([a0, a1, a2], [&p[0], &p[1], &p[2]], &v, hd, &k) };
+                for r in 0..3 {
+                    let mut want = vec![0f32; cnt];
+                    // SAFETY: as above.
+                    unsafe { avx2::scores(&q[r], &k32, hd, &mut want) };
+                    assert_eq!(bits(&got[r]), bits(&want), "scores hd {hd} keys {cnt} row {r}");
+                    // SAFETY: as above.
+                    unsafe { avx2::accumulate(&mut want_acc[r], &p[r], &v32, hd) };
+                    assert_eq!(bits(&acc[r]), bits(&want_acc[r]), "accumulate hd {hd} keys {cnt} row {r}");
                 }
             }
         }

@@ -21,11 +21,13 @@ pub fn block_sparse_index(q: &[f32], nq: usize, kv: &PagedKv<'_>, shape: &AttnSh
 pub fn pool_keys(kv: &PagedKv<'_>, kvh: usize, hd: usize) -> Vec<f32> {
     let len = kv.len;
     let mut pooled_k = vec![0f32; len.div_ceil(BLOCK) * hd];
+    let mut key = vec![0f32; hd];
     for (c, dst) in pooled_k.chunks_exact_mut(hd).enumerate() {
         let keys = c * BLOCK..((c + 1) * BLOCK).min(len);
         let inv = 1.0 / keys.len() as f32;
         for j in keys {
-            for (d, x) in dst.iter_mut().zip(kv.key(kvh, j, hd)) {
+            kv.key_into(kvh, j, &mut key);
+            for (d, x) in dst.iter_mut().zip(&key) {
                 *d += x * inv;
             }
         }

@@ -125,6 +125,7 @@ fn item_generic<O: VecOps>(
     }
     let mut state = OnlineSoftmax::new(rows, hd);
     let (ranges, columns) = index.block(t);
+    let (mut widened_k, mut widened_v) = (Vec::new(), Vec::new());
 
     for &(a, b) in ranges {
         let mut ks = a as usize;
@@ -132,15 +133,15 @@ fn item_generic<O: VecOps>(
         while ks < kend {
             let page = ks / bs;
             let ke = kend.min((page + 1) * bs);
-            let off = ks - page * bs;
-            let kblk = &kv.k_blocks[page][kvh * bs * hd..(kvh + 1) * bs * hd];
-            let vblk = &kv.v_blocks[page][kvh * bs * hd..(kvh + 1) * bs * hd];
+            let span = (kvh * bs + ks - page * bs) * hd..(kvh * bs + ke - page * bs) * hd;
+            let kblk = kv.k_blocks.run(page, span.clone(), &mut widened_k);
+            let vblk = kv.v_blocks.run(page, span, &mut widened_v);
             for r in 0..rows {
                 let visible_end = ke.min(positions.start + r + 1);
                 if visible_end <= ks {
                     continue;
                 }
-                let keys = (off * hd)..((off + visible_end - ks) * hd);
+                let keys = 0..(visible_end - ks) * hd;
                 state.absorb::<O>(r, &qs[r * hd..][..hd], &kblk[keys.clone()], &vblk[keys]);
             }
             ks = ke;

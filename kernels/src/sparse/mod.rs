@@ -51,7 +51,7 @@ pub use vertical_slash::{
 /// Query rows per block, and the key tile size of slash lines and pooled blocks (§1.3).
 pub const BLOCK: usize = 64;
 
-use crate::attention::PagedKv;
+use crate::attention::{KvBlocks, KvElem, PagedKv};
 use crate::simd;
 
 /// `out[t] = q · key(first + t)` for the keys `first .. first + out.len()` of KV head `kvh`,
@@ -61,11 +61,12 @@ pub(crate) fn key_scores(use_simd: bool, q: &[f32], kv: &PagedKv<'_>, kvh: usize
     let bs = kv.block_size;
     let mut j = first;
     let end = first + out.len();
+    let mut widened = Vec::new();
     while j < end {
         let (b, s) = (j / bs, j % bs);
         let n = (bs - s).min(end - j);
         let at = (kvh * bs + s) * hd;
-        let keys = &kv.k_blocks[b][at..at + n * hd];
+        let keys = kv.k_blocks.run(b, at..at + n * hd, &mut widened);
         let dst = &mut out[j - first..j - first + n];
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
         if use_simd {
@@ -83,26 +84,41 @@ pub(crate) fn key_scores(use_simd: bool, q: &[f32], kv: &PagedKv<'_>, kvh: usize
 /// [`key_scores`] of three query rows over the same keys, each key loaded once for the three
 /// and the next page's keys prefetched; bitwise the three single-row calls. On x86 it needs
 /// [`simd::has_avx512vl`] (the caller checks); elsewhere it scores the rows one by one.
-pub(crate) fn key_scores_three(q: [&[f32]; 3], kv: &PagedKv<'_>, kvh: usize, first: usize, mut out: [&mut [f32]; 3]) {
+pub(crate) fn key_scores_three(q: [&[f32]; 3], kv: &PagedKv<'_>, kvh: usize, first: usize, out: [&mut [f32]; 3]) {
+    match kv.k_blocks {
+        KvBlocks::F32(blocks) => key_scores_three_in(q, blocks, kv.block_size, kvh, first, out),
+        KvBlocks::F16(blocks) => key_scores_three_in(q, blocks, kv.block_size, kvh, first, out),
+    }
+}
+
+/// [`key_scores_three`] over key blocks of `bs` keys stored as `K`.
+fn key_scores_three_in<K: KvElem>(
+    q: [&[f32]; 3],
+    blocks: &[&[K]],
+    bs: usize,
+    kvh: usize,
+    first: usize,
+    mut out: [&mut [f32]; 3],
+) {
     let hd = q[0].len();
-    let bs = kv.block_size;
     let end = first + out[0].len();
-    let page = |j: usize, n: usize| &kv.k_blocks[j / bs][(kvh * bs + j % bs) * hd..][..n * hd];
+    let page = |j: usize, n: usize| &blocks[j / bs][(kvh * bs + j % bs) * hd..][..n * hd];
     let mut j = first;
     while j < end {
         let n = (bs - j % bs).min(end - j);
         let ahead = if j + n < end { page(j + n, bs.min(end - j - n)) } else { &[] };
+        let keys = page(j, n);
         let at = j - first;
         let rows = out.each_mut().map(|row| &mut row[at..at + n]);
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
         // SAFETY: the caller checked `has_avx512vl()`.
         unsafe {
-            simd::three_rows::scores(q, page(j, n), hd, rows, ahead)
+            simd::three_rows::scores(q, keys, hd, rows, ahead)
         };
         #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
         for (q, row) in q.iter().zip(rows) {
             let _ = ahead;
-            simd::scalar::scores(q, page(j, n), hd, row);
+            simd::scalar::scores(q, K::as_f32(keys, &mut Vec::new()), hd, row);
         }
         j += n;
     }

@@ -42,12 +42,16 @@ pub fn attention_masked(
     let (h_n, hd, len) = (shape.n_heads, shape.head_dim, kv.len);
     let kvh = h / shape.group();
     let mut out = vec![0f32; nq * hd];
+    let (mut k, mut v) = (vec![0f32; hd], vec![0f32; hd]);
     for i in 0..nq {
         let qv = &q[(i * h_n + h) * hd..][..hd];
         let allowed: Vec<usize> = (0..len).filter(|&j| mask[i * len + j] != 0).collect();
         let logits: Vec<f64> = allowed
             .iter()
-            .map(|&j| scale as f64 * qv.iter().zip(kv.key(kvh, j, hd)).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>())
+            .map(|&j| {
+                kv.key_into(kvh, j, &mut k);
+                scale as f64 * qv.iter().zip(&k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+            })
             .collect();
         let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let mut acc = vec![0f64; hd];
@@ -55,7 +59,8 @@ pub fn attention_masked(
         for (&j, z) in allowed.iter().zip(&logits) {
             let p = (z - m).exp();
             sum += p;
-            for (a, v) in acc.iter_mut().zip(kv.value(kvh, j, hd)) {
+            kv.value_into(kvh, j, &mut v);
+            for (a, v) in acc.iter_mut().zip(&v) {
                 *a += p * *v as f64;
             }
         }

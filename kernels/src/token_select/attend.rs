@@ -154,6 +154,7 @@ impl Gather<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attention::KvBlocks;
 
     /// The portable path is what non-x86 targets run; pin it against the SIMD one here.
     #[test]
@@ -164,7 +165,7 @@ mod tests {
             .map(|b| (0..2 * bs * 80).map(|i| (((b * 31 + i * 7) % 17) as f32 - 8.0) / 9.0).collect())
             .collect();
         let refs: Vec<&[f32]> = blocks.iter().map(|b| b.as_slice()).collect();
-        let kv = PagedKv { k_blocks: &refs, v_blocks: &refs, block_size: bs, len };
+        let kv = PagedKv { k_blocks: KvBlocks::F32(&refs), v_blocks: KvBlocks::F32(&refs), block_size: bs, len };
         let q: Vec<f32> = (0..nq * 6 * 80).map(|i| ((i % 23) as f32 - 11.0) / 13.0).collect();
         let keys: Vec<u32> = (0..len as u32).filter(|j| j % 3 != 1 || *j >= 147).collect();
         let gather = Gather { q: &q, nq, kv: &kv, shape: &shape, scale: 0.1 };

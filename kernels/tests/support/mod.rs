@@ -3,7 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use lcserve_kernels::{AttnShape, PagedKv};
+use half::f16;
+use lcserve_kernels::{AttnShape, KvBlocks, PagedKv};
 use rand::Rng;
 use rand::rngs::StdRng;
 
@@ -43,7 +44,20 @@ impl Cache {
     pub fn with<R>(&self, f: impl FnOnce(&PagedKv<'_>) -> R) -> R {
         let k: Vec<&[f32]> = self.k.iter().map(|b| b.as_slice()).collect();
         let v: Vec<&[f32]> = self.v.iter().map(|b| b.as_slice()).collect();
-        f(&PagedKv { k_blocks: &k, v_blocks: &v, block_size: self.bs, len: self.len })
+        f(&PagedKv { k_blocks: KvBlocks::F32(&k), v_blocks: KvBlocks::F32(&v), block_size: self.bs, len: self.len })
+    }
+
+    /// The same cache stored as f16: `(f16 blocks, their values widened back to f32)`.
+    pub fn to_f16(&self) -> (HalfCache, Cache) {
+        let narrow = |blocks: &[Vec<f32>]| -> Vec<Vec<f16>> {
+            blocks.iter().map(|b| b.iter().map(|&x| f16::from_f32(x)).collect()).collect()
+        };
+        let half = HalfCache { k: narrow(&self.k), v: narrow(&self.v), bs: self.bs, len: self.len };
+        let widen = |blocks: &[Vec<f16>]| -> Vec<Vec<f32>> {
+            blocks.iter().map(|b| b.iter().map(|x| x.to_f32()).collect()).collect()
+        };
+        let widened = Cache { k: widen(&half.k), v: widen(&half.v), bs: self.bs, len: self.len };
+        (half, widened)
     }
 
     /// The cache restricted to the keys in `keep` (in order), re-packed into blocks.
@@ -62,6 +76,22 @@ impl Cache {
             }
         }
         Self { k, v, bs: self.bs, len: keep.len() }
+    }
+}
+
+/// A [`Cache`] stored as f16.
+pub struct HalfCache {
+    pub k: Vec<Vec<f16>>,
+    pub v: Vec<Vec<f16>>,
+    pub bs: usize,
+    pub len: usize,
+}
+
+impl HalfCache {
+    pub fn with<R>(&self, f: impl FnOnce(&PagedKv<'_>) -> R) -> R {
+        let k: Vec<&[f16]> = self.k.iter().map(|b| b.as_slice()).collect();
+        let v: Vec<&[f16]> = self.v.iter().map(|b| b.as_slice()).collect();
+        f(&PagedKv { k_blocks: KvBlocks::F16(&k), v_blocks: KvBlocks::F16(&v), block_size: self.bs, len: self.len })
     }
 }
 

@@ -7,7 +7,7 @@
 //! of its own with the dense kernel, and reads the window, which moves every pass, from the
 //! real cache.
 
-use lcserve_kernels::{AttnShape, PagedKv, attention};
+use lcserve_kernels::{AttnShape, KvBlocks, PagedKv, attention};
 
 use crate::error::Result;
 
@@ -31,16 +31,16 @@ impl CompactLayer {
         let blocks = keys.len().div_ceil(bs);
         self.k_blocks.resize_with(blocks, Vec::new);
         self.v_blocks.resize_with(blocks, Vec::new);
-        for (dst, src) in [(&mut self.k_blocks, kv.k_blocks), (&mut self.v_blocks, kv.v_blocks)] {
-            for (b, block) in dst.iter_mut().enumerate() {
+        for (b, (k_block, v_block)) in self.k_blocks.iter_mut().zip(&mut self.v_blocks).enumerate() {
+            for block in [&mut *k_block, &mut *v_block] {
                 block.clear();
                 block.resize(heads * bs * hd, 0.0);
-                for (slot, &key) in keys[b * bs..keys.len().min((b + 1) * bs)].iter().enumerate() {
-                    let (from_block, from_slot) = (key as usize / bs, key as usize % bs);
-                    for h in 0..heads {
-                        let from = &src[from_block][(h * bs + from_slot) * hd..][..hd];
-                        block[(h * bs + slot) * hd..][..hd].copy_from_slice(from);
-                    }
+            }
+            for (slot, &key) in keys[b * bs..keys.len().min((b + 1) * bs)].iter().enumerate() {
+                for h in 0..heads {
+                    let to = (h * bs + slot) * hd..(h * bs + slot + 1) * hd;
+                    kv.key_into(h, key as usize, &mut k_block[to.clone()]);
+                    kv.value_into(h, key as usize, &mut v_block[to]);
                 }
             }
         }
@@ -71,8 +71,12 @@ impl CompactLayer {
         }
         let k_blocks: Vec<&[f32]> = self.k_blocks.iter().map(Vec::as_slice).collect();
         let v_blocks: Vec<&[f32]> = self.v_blocks.iter().map(Vec::as_slice).collect();
-        let kv =
-            PagedKv { k_blocks: &k_blocks, v_blocks: &v_blocks, block_size: self.block_size, len: self.keys.len() };
+        let kv = PagedKv {
+            k_blocks: KvBlocks::F32(&k_blocks),
+            v_blocks: KvBlocks::F32(&v_blocks),
+            block_size: self.block_size,
+            len: self.keys.len(),
+        };
         attention(q, 1, &kv, shape, scale, out, Some(lse))?;
         Ok(())
     }
