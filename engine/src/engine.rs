@@ -18,6 +18,7 @@ use lcserve_common::{Namespace, PrefillMode, SequenceHash, TokenId, sequence_has
 
 use crate::config::{EngineConfig, EngineDevice};
 use crate::error::EngineError;
+use crate::keep_awake::KeepAwake;
 use crate::kv_transfer::{Exporter, ImportedKv, tail_layout};
 use crate::request::{EngineEvent, FinishReason, GenerateRequest, KvSelection, Timings, Usage};
 use crate::sampler::Sampler;
@@ -189,9 +190,11 @@ impl EngineHandle {
         let (commands, receiver) = sync_channel(COMMAND_QUEUE);
         let step_times = Arc::new(StepTimes::default());
         let engine_step_times = Arc::clone(&step_times);
+        // A GPU step waits on the device: workers polling through it would only burn cores.
+        let poll_during_steps = config.device == EngineDevice::Cpu;
         let thread = std::thread::Builder::new()
             .name("lcserve-engine".into())
-            .spawn(move || pool.install(|| run(scheduler, receiver, &engine_step_times)))
+            .spawn(move || pool.install(|| run(scheduler, receiver, &engine_step_times, poll_during_steps)))
             .map_err(|e| EngineError::InvalidConfig {
                 field: "threads",
                 reason: format!("cannot spawn the engine thread: {e}"),
@@ -481,7 +484,9 @@ const SPECULATION_WITH_SELECTION: &str = "must be off with kv_selection on a GPU
 
 /// The engine loop: block for commands while idle, otherwise step and drain commands between
 /// steps.
-fn run(mut scheduler: Scheduler, commands: Receiver<Command>, step_times: &StepTimes) {
+/// The engine loop, on a worker of the compute pool. With `poll_during_steps` the pool's other
+/// workers poll for work through each step ([`KeepAwake`]).
+fn run(mut scheduler: Scheduler, commands: Receiver<Command>, step_times: &StepTimes, poll_during_steps: bool) {
     let handle = |scheduler: &mut Scheduler, command: Command| match command {
         Command::Submit(seq) => scheduler.enqueue(*seq),
         Command::Stats(reply) => {
@@ -509,7 +514,9 @@ fn run(mut scheduler: Scheduler, commands: Receiver<Command>, step_times: &StepT
             }
         }
         let started = Instant::now();
+        let awake = if poll_during_steps { KeepAwake::start() } else { None };
         scheduler.step();
+        drop(awake);
         step_times.record(started.elapsed());
     }
 }

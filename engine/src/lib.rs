@@ -28,6 +28,8 @@
 //!   steps, so the tokens stay TokenSelect's.
 //! - [`Sampler`] turns logits into tokens (greedy, temperature, top-k/p, min-p, penalties,
 //!   seeds, logprobs).
+//! - `keep_awake` (private): for the length of a CPU step the compute pool's other workers
+//!   poll for work instead of parking between the forward pass's parallel regions.
 //! - [`StepTimesSnapshot`] (`step_times`): a histogram of step durations the engine thread
 //!   keeps in atomics, read by [`EngineHandle::step_times`] without a round trip.
 //!
@@ -38,6 +40,7 @@ mod config;
 mod engine;
 mod error;
 mod executor;
+mod keep_awake;
 mod kv_transfer;
 mod request;
 mod sampler;
