@@ -106,7 +106,7 @@ fn engine_bench(args: EngineBenchArgs) -> anyhow::Result<()> {
     let model = args.model.load()?;
     let config = args.engine.config();
     let threads = config.threads;
-    let kv_bytes_per_token = model.kv_layout(1).bytes_per_block(config.kv_dtype.bytes()) as f64;
+    let kv_bytes_per_token = model.kv_layout(1).bytes_per_block(config.pool_dtype().bytes()) as f64;
     let engine = EngineHandle::start(model.clone(), config)?;
     let vocab = model.config.vocab_size as u32;
     let weight_bytes = model.weights.matrix_bytes() as f64;

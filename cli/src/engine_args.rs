@@ -89,11 +89,11 @@ pub struct EngineArgs {
     /// Bytes of memory for the paged KV pool.
     #[arg(long, env = "LCSERVE_KV_CACHE_BYTES", default_value_t = 1 << 30)]
     pub kv_cache_bytes: usize,
-    /// Element type of the KV pool on the CPU: `f32`, or `f16` (twice the tokens in the same
-    /// bytes, about half the memory traffic of long-context decoding; each key and value
-    /// rounded once).
-    #[arg(long, env = "LCSERVE_KV_DTYPE", default_value = "f32")]
-    pub kv_dtype: KvDtype,
+    /// Element type of the KV pool: `f16` (twice the tokens in the same bytes, about half the
+    /// memory traffic of long-context decoding; each key and value rounded once) or `f32`
+    /// (exact) [default: f16 on the CPU, f32 with `--device cuda`, whose pool is f32 only].
+    #[arg(long, env = "LCSERVE_KV_DTYPE")]
+    pub kv_dtype: Option<KvDtype>,
     /// Most prompt tokens computed per step (chunked prefill).
     #[arg(long, env = "LCSERVE_PREFILL_CHUNK", default_value_t = 512)]
     pub prefill_chunk: usize,

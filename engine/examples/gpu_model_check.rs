@@ -41,7 +41,7 @@ use lcserve_engine::{
 };
 use lcserve_kernels::cuda::{Blas, Device, DeviceMatrix, WeightType};
 use lcserve_model::{
-    DenseAttention, DeviceKvPool, DeviceModel, KvArena, LogitsWanted, Model, RandomShape, SequenceInput,
+    DenseAttention, DeviceKvPool, DeviceModel, KvArena, KvDtype, LogitsWanted, Model, RandomShape, SequenceInput,
     write_random_model,
 };
 
@@ -136,7 +136,9 @@ type Outputs = Vec<(Vec<u32>, Vec<Vec<f32>>)>;
 
 /// Runs `requests` concurrently on an engine on `device`.
 fn run_engine(model: &Arc<Model>, device: EngineDevice, requests: &[GenerateRequest]) -> Result<Outputs> {
-    let config = EngineConfig { block_size: 16, threads: 8, device, ..EngineConfig::default() };
+    // f32 KV on both devices: the GPU pool stores nothing else, and the outputs must compare.
+    let config =
+        EngineConfig { block_size: 16, threads: 8, device, kv_dtype: Some(KvDtype::F32), ..EngineConfig::default() };
     let engine = EngineHandle::start(Arc::clone(model), config)?;
     let streams = requests.iter().map(|r| engine.submit(r.clone())).collect::<std::result::Result<Vec<_>, _>>()?;
     let mut outputs = Vec::new();

@@ -73,10 +73,11 @@ pub struct EngineConfig {
     pub block_size: usize,
     /// Bytes of KV memory the paged pool may use (rounded down to whole blocks).
     pub kv_cache_bytes: usize,
-    /// Element type of the CPU pool: f16 holds twice the tokens in `kv_cache_bytes` and halves
-    /// what long-context decoding reads, rounding each key and value once. The GPU pool is f32.
+    /// Element type of the KV pool; `None` takes the device's default ([`Self::pool_dtype`]).
+    /// f16 holds twice the tokens in `kv_cache_bytes` and halves what long-context decoding
+    /// reads, rounding each key and value once; f32 keeps them exact. The GPU pool is f32.
     #[serde(default)]
-    pub kv_dtype: KvDtype,
+    pub kv_dtype: Option<KvDtype>,
     /// Most prompt tokens computed in one step; long prompts are prefilled in chunks so decoding
     /// sequences keep getting steps in between.
     pub prefill_chunk: usize,
@@ -110,7 +111,7 @@ impl Default for EngineConfig {
         Self {
             block_size: 64,
             kv_cache_bytes: 1 << 30,
-            kv_dtype: KvDtype::F32,
+            kv_dtype: None,
             prefill_chunk: 512,
             max_running: 32,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -126,6 +127,17 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// The pool's element type: `kv_dtype` if set, else f16 on the CPU — llama.cpp's default
+    /// cache type too; rounding a key to f16 moves the reference model's logits by 2.4e-4 at
+    /// most, far below what its 4-bit weights do — and f32 on a GPU, whose pool stores
+    /// nothing else.
+    pub fn pool_dtype(&self) -> KvDtype {
+        self.kv_dtype.unwrap_or(match self.device {
+            EngineDevice::Cpu => KvDtype::F16,
+            EngineDevice::Cuda { .. } => KvDtype::F32,
+        })
+    }
+
     pub fn validate(&self) -> Result<(), EngineError> {
         let positive = [
             ("block_size", self.block_size),
@@ -144,10 +156,13 @@ impl EngineConfig {
                 reason: format!("{} x prefill_chunk {} overflows", self.sparse_prefill_chunk, self.prefill_chunk),
             });
         }
-        if self.kv_dtype != KvDtype::F32 && self.device != EngineDevice::Cpu {
+        if let Some(dtype) = self.kv_dtype
+            && dtype != KvDtype::F32
+            && self.device != EngineDevice::Cpu
+        {
             return Err(EngineError::InvalidConfig {
                 field: "kv_dtype",
-                reason: format!("{} KV is a CPU pool option; the GPU pool stores f32", self.kv_dtype),
+                reason: format!("{dtype} KV is a CPU pool option; the GPU pool stores f32"),
             });
         }
         if self.block_size > 4096 {

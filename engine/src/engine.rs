@@ -165,7 +165,7 @@ impl EngineHandle {
             EngineDevice::Cuda { weights, .. } => format!("/cuda-{weights:?}"),
         };
         let kv_tail =
-            format!("kv-{}/acts-{:?}/block{}{device_tag}", config.kv_dtype, model.activations, config.block_size);
+            format!("kv-{}/acts-{:?}/block{}{device_tag}", config.pool_dtype(), model.activations, config.block_size);
         let sparse_kv_config = format!("sparse-{}/{kv_tail}", patterns.hash()).into();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(config.threads)

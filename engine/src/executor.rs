@@ -38,7 +38,7 @@ impl Executor {
     ) -> Result<Self, EngineError> {
         match config.device {
             EngineDevice::Cpu => {
-                Ok(Self::Cpu { model, arena: KvArena::with_dtype(layout, num_blocks, config.kv_dtype) })
+                Ok(Self::Cpu { model, arena: KvArena::with_dtype(layout, num_blocks, config.pool_dtype()) })
             }
             #[cfg(feature = "cuda")]
             EngineDevice::Cuda { ordinal, weights } => {

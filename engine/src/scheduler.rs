@@ -75,7 +75,7 @@ struct Slot {
 impl Scheduler {
     pub fn new(model: Arc<Model>, config: EngineConfig, patterns: HeadPatterns) -> Result<Self, EngineError> {
         let layout = model.kv_layout(config.block_size);
-        let block_bytes = layout.bytes_per_block(config.kv_dtype.bytes());
+        let block_bytes = layout.bytes_per_block(config.pool_dtype().bytes());
         let num_blocks = config.kv_cache_bytes / block_bytes;
         if num_blocks == 0 {
             return Err(EngineError::InvalidConfig {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use lcserve_engine::{EngineConfig, EngineHandle, GenerateRequest, KvSelection, Speculation};
+use lcserve_engine::{EngineConfig, EngineError, EngineHandle, GenerateRequest, KvSelection, Speculation};
 use lcserve_model::KvDtype;
 
 mod support;
@@ -11,23 +11,48 @@ use support::{collect, config, greedy, tiny_model, tokens};
 
 fn f16_engine(blocks: usize) -> (tempfile::TempDir, EngineHandle) {
     let (dir, model) = tiny_model();
-    let config = EngineConfig { kv_dtype: KvDtype::F16, ..config(16, blocks, &model) };
+    let config = EngineConfig { kv_dtype: Some(KvDtype::F16), ..config(16, blocks, &model) };
     (dir, EngineHandle::start(Arc::clone(&model), config).expect("start"))
 }
 
 #[test]
 fn f16_pools_hold_twice_the_blocks_under_their_own_namespace() {
     let (_dir, model) = tiny_model();
-    let f32_engine = EngineHandle::start(Arc::clone(&model), config(16, 64, &model)).expect("f32 engine");
-    let f16_engine =
-        EngineHandle::start(Arc::clone(&model), EngineConfig { kv_dtype: KvDtype::F16, ..config(16, 64, &model) })
-            .expect("f16 engine");
+    let f32_engine = EngineHandle::start(
+        Arc::clone(&model),
+        EngineConfig { kv_dtype: Some(KvDtype::F32), ..config(16, 64, &model) },
+    )
+    .expect("f32 engine");
+    let f16_engine = EngineHandle::start(
+        Arc::clone(&model),
+        EngineConfig { kv_dtype: Some(KvDtype::F16), ..config(16, 64, &model) },
+    )
+    .expect("f16 engine");
     let capacity = |engine: &EngineHandle| engine.blocking_stats().expect("stats").capacity_blocks;
-    assert_eq!(capacity(&f32_engine), 64);
-    assert_eq!(capacity(&f16_engine), 128);
+    // `config` sizes the pool for 64 blocks of the default type, f16.
+    assert_eq!(capacity(&f16_engine), 64);
+    assert_eq!(capacity(&f32_engine), 32);
     // Rounded KV must never be served to an f32 engine as its own, nor the reverse.
     assert_ne!(f32_engine.namespace(&[]), f16_engine.namespace(&[]));
     assert!(f16_engine.kv_config().contains("kv-f16"), "{}", f16_engine.kv_config());
+}
+
+/// f16 unless asked otherwise on the CPU; f32 on a GPU, whose pool stores nothing else, so a
+/// GPU engine needs no flag — and one asking for f16 there is refused, naming the field.
+#[test]
+fn the_pool_defaults_to_f16_on_the_cpu_and_to_f32_on_a_gpu() {
+    let cpu = EngineConfig::default();
+    assert_eq!(cpu.pool_dtype(), KvDtype::F16);
+    assert_eq!(EngineConfig { kv_dtype: Some(KvDtype::F32), ..cpu.clone() }.pool_dtype(), KvDtype::F32);
+    let gpu = EngineConfig { device: "cuda".parse().expect("device"), ..cpu };
+    assert_eq!(gpu.pool_dtype(), KvDtype::F32);
+    assert!(gpu.validate().is_ok());
+    let gpu_f16 = EngineConfig { kv_dtype: Some(KvDtype::F16), ..gpu };
+    assert!(matches!(gpu_f16.validate(), Err(EngineError::InvalidConfig { field: "kv_dtype", .. })));
+
+    let (_dir, model) = tiny_model();
+    let engine = EngineHandle::start(Arc::clone(&model), config(16, 64, &model)).expect("default engine");
+    assert!(engine.kv_config().contains("kv-f16"), "{}", engine.kv_config());
 }
 
 #[test]

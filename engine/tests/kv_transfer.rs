@@ -52,7 +52,10 @@ fn a_prefilled_prompt_continues_on_another_engine_without_computing_it() {
     for (prompt_len, kv_dtype) in
         [1, 15, 16, 17, 63, 64, 65].into_iter().flat_map(|n| [(n, KvDtype::F32), (n, KvDtype::F16)])
     {
-        let config = |block_size, blocks, model: &_| EngineConfig { kv_dtype, ..config(block_size, blocks, model) };
+        let config = |block_size, blocks, model: &_| EngineConfig {
+            kv_dtype: Some(kv_dtype),
+            ..config(block_size, blocks, model)
+        };
         let prompt = tokens(prompt_len, vocab, prompt_len as u64);
         let reference = collect(
             &EngineHandle::start(model.clone(), config(BLOCK, 64, &model)).expect("engine"),

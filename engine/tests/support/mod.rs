@@ -32,7 +32,8 @@ pub fn tiny_model() -> (tempfile::TempDir, Arc<Model>) {
 }
 
 pub fn config(block_size: usize, blocks: usize, model: &Model) -> EngineConfig {
-    let block_bytes = model.kv_layout(block_size).bytes_per_block(lcserve_model::KvDtype::F32.bytes());
+    // Room for `blocks` blocks of the default element type.
+    let block_bytes = model.kv_layout(block_size).bytes_per_block(EngineConfig::default().pool_dtype().bytes());
     EngineConfig {
         block_size,
         kv_cache_bytes: blocks * block_bytes,
