@@ -482,10 +482,9 @@ const SELF_DRAFT_REFRESH: usize = 64;
 const SPECULATION_WITH_SELECTION: &str = "must be off with kv_selection on a GPU: a TokenSelect draft is \
      verified row by row, each row selecting its keys as its decode step would, on the CPU only";
 
-/// The engine loop: block for commands while idle, otherwise step and drain commands between
-/// steps.
-/// The engine loop, on a worker of the compute pool. With `poll_during_steps` the pool's other
-/// workers poll for work through each step ([`KeepAwake`]).
+/// The engine loop, on a worker of the compute pool: block for commands while idle, otherwise
+/// step and drain commands between steps. With `poll_during_steps` the pool's other workers
+/// poll for work through each step ([`KeepAwake`]).
 fn run(mut scheduler: Scheduler, commands: Receiver<Command>, step_times: &StepTimes, poll_during_steps: bool) {
     let handle = |scheduler: &mut Scheduler, command: Command| match command {
         Command::Submit(seq) => scheduler.enqueue(*seq),
