@@ -12,10 +12,12 @@
 //! caches rather than one long one).
 //!
 //! `cargo run --release -p lcserve-kernels --example attention_step_bench [threads] [contexts]
-//! [streams]` (contexts comma-separated, default `1000,3000,6000`; streams default 16).
+//! [streams] [kv dtype]` (contexts comma-separated, default `1000,3000,6000`; streams default
+//! 16; `f16`, the engine's CPU default, or `f32`).
 
 use std::time::Instant;
 
+use half::f16;
 use lcserve_kernels::{AttnShape, KvBlocks, PagedKv, attention, tree_attention};
 use rayon::prelude::*;
 
@@ -32,11 +34,13 @@ fn main() {
         .map(|a| a.split(',').filter_map(|c| c.parse().ok()).collect())
         .unwrap_or_else(|| vec![1000, 3000, 6000]);
     let streams: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
+    let half = args.next().is_none_or(|dtype| dtype != "f32");
+    println!("KV stored as {}", if half { "f16" } else { "f32" });
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
     pool.install(|| {
         for len in contexts {
-            let layers: Vec<LayerKv> = (0..LAYERS).map(|l| LayerKv::random(len + CHAIN, l)).collect();
-            let refs: Vec<[Vec<&[f32]>; 2]> = layers.iter().map(LayerKv::refs).collect();
+            let layers: Vec<LayerKv> = (0..LAYERS).map(|l| LayerKv::random(len + CHAIN, l, half)).collect();
+            let refs: Vec<LayerRefs<'_>> = layers.iter().map(LayerKv::refs).collect();
             let scale = 1.0 / (SHAPE.head_dim as f32).sqrt();
             let q: Vec<f32> = (0..CHAIN * SHAPE.n_heads * SHAPE.head_dim).map(|i| ((i % 11) as f32 - 5.0) / 11.0).collect();
             let mut out = vec![0f32; q.len()];
@@ -54,7 +58,8 @@ fn main() {
                     tree_attention(&q, &chain, &kv, &SHAPE, scale, &mut out, None).expect("shapes match");
                 }
             });
-            let bytes = (LAYERS * len * SHAPE.n_kv_heads * SHAPE.head_dim * 2 * 4) as f64;
+            let elem_bytes = if half { 2 } else { 4 };
+            let bytes = (LAYERS * len * SHAPE.n_kv_heads * SHAPE.head_dim * 2 * elem_bytes) as f64;
             println!(
                 "context {len:>5}: decode step {:>6.2} ms ({:>5.1} GB/s)  verify {CHAIN}-chain {:>6.2} ms ({:.2}x decode)",
                 decode * 1e3,
@@ -67,9 +72,9 @@ fn main() {
 
             // `streams` sequences, each with its own 30 layers of cache.
             let batch: Vec<Vec<LayerKv>> = (0..streams)
-                .map(|s| (0..LAYERS).map(|l| LayerKv::random(len, s * LAYERS + l)).collect())
+                .map(|s| (0..LAYERS).map(|l| LayerKv::random(len, s * LAYERS + l, half)).collect())
                 .collect();
-            let batch_refs: Vec<Vec<[Vec<&[f32]>; 2]>> =
+            let batch_refs: Vec<Vec<LayerRefs<'_>>> =
                 batch.iter().map(|layers| layers.iter().map(LayerKv::refs).collect()).collect();
             let row = SHAPE.n_heads * SHAPE.head_dim;
             let mut outs = vec![0f32; streams * row];
@@ -91,31 +96,51 @@ fn main() {
 }
 
 /// One layer's keys and values, `[block][kv head][token][dim]` as the engine's arena.
-struct LayerKv {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+enum LayerKv {
+    F32 { k: Vec<Vec<f32>>, v: Vec<Vec<f32>> },
+    F16 { k: Vec<Vec<f16>>, v: Vec<Vec<f16>> },
+}
+
+/// A layer's block tables.
+enum LayerRefs<'a> {
+    F32([Vec<&'a [f32]>; 2]),
+    F16([Vec<&'a [f16]>; 2]),
 }
 
 impl LayerKv {
-    fn random(tokens: usize, layer: usize) -> Self {
+    fn random(tokens: usize, layer: usize, half: bool) -> Self {
         let block_len = SHAPE.n_kv_heads * BLOCK * SHAPE.head_dim;
         let block = |b: usize, salt: usize| -> Vec<f32> {
             (0..block_len).map(|i| (((b * 7 + i * 3 + salt) % 13) as f32 - 6.0) / 13.0).collect()
         };
         let blocks = tokens.div_ceil(BLOCK);
-        Self {
-            k: (0..blocks).map(|b| block(b, layer)).collect(),
-            v: (0..blocks).map(|b| block(b, layer + 5)).collect(),
+        let (k, v) = ((0..blocks).map(|b| block(b, layer)), (0..blocks).map(|b| block(b, layer + 5)));
+        let narrow = |b: Vec<f32>| b.into_iter().map(f16::from_f32).collect();
+        if half {
+            Self::F16 { k: k.map(narrow).collect(), v: v.map(narrow).collect() }
+        } else {
+            Self::F32 { k: k.collect(), v: v.collect() }
         }
     }
 
-    fn refs(&self) -> [Vec<&[f32]>; 2] {
-        [self.k.iter().map(Vec::as_slice).collect(), self.v.iter().map(Vec::as_slice).collect()]
+    fn refs(&self) -> LayerRefs<'_> {
+        match self {
+            Self::F32 { k, v } => {
+                LayerRefs::F32([k.iter().map(Vec::as_slice).collect(), v.iter().map(Vec::as_slice).collect()])
+            }
+            Self::F16 { k, v } => {
+                LayerRefs::F16([k.iter().map(Vec::as_slice).collect(), v.iter().map(Vec::as_slice).collect()])
+            }
+        }
     }
 }
 
-fn paged<'a>([k, v]: &'a [Vec<&'a [f32]>; 2], len: usize) -> PagedKv<'a> {
-    PagedKv { k_blocks: KvBlocks::F32(k), v_blocks: KvBlocks::F32(v), block_size: BLOCK, len }
+fn paged<'a>(refs: &'a LayerRefs<'a>, len: usize) -> PagedKv<'a> {
+    let (k_blocks, v_blocks) = match refs {
+        LayerRefs::F32([k, v]) => (KvBlocks::F32(k), KvBlocks::F32(v)),
+        LayerRefs::F16([k, v]) => (KvBlocks::F16(k), KvBlocks::F16(v)),
+    };
+    PagedKv { k_blocks, v_blocks, block_size: BLOCK, len }
 }
 
 /// Seconds per call of `f`: the fastest of several runs (each run reads every layer once, so

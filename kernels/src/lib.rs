@@ -23,8 +23,9 @@
 //! * [`cuda`] (features `nvrtc`, `cuda`) — the GPU twins of these kernels in CUDA C, compiled
 //!   at run time by NVRTC.
 //!
-//! SIMD paths (AVX2 + FMA + F16C) are chosen at run time with
-//! [`simd::has_avx2_fma`]; every kernel has a portable scalar path. Work is spread over the
+//! SIMD paths (AVX2 + FMA + F16C, and AVX-512 register tiles where the CPU has it: the
+//! int8 matmuls, and attention over many query rows at once) are chosen at run time with
+//! [`simd::has_avx2_fma`] and its siblings; every kernel has a portable scalar path. Work is spread over the
 //! *current* rayon pool, so the caller decides the thread count by installing a pool.
 //! Every entry point validates shapes and returns [`KernelError`] instead of panicking.
 

@@ -2,7 +2,8 @@
 //! small ops (dot, axpy, scale, exp). Each primitive has a portable scalar version and, on
 //! x86, an AVX2 + FMA version; callers detect once per kernel call and pick a side.
 //! [`three_rows`] runs attention's `scores` and `accumulate` for three query rows at once,
-//! bitwise as the AVX2 versions row by row.
+//! bitwise as the AVX2 versions row by row, and [`wide_rows`] the same for many rows with
+//! 16-lane AVX-512 FMAs over keys transposed once.
 
 /// True when the AVX2 + FMA + F16C kernels may run on this CPU. Detection is cached by std,
 /// so calling this costs a few atomic loads; kernels call it once per invocation.
@@ -50,9 +51,30 @@ pub fn has_avx512_vnni() -> bool {
 
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 pub(crate) mod three_rows;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+pub(crate) mod wide_rows;
 mod widen;
 
 pub(crate) use widen::widen_f16;
+
+/// Asks for every cache line of `data` (a hint: it changes no result).
+#[inline]
+pub(crate) fn prefetch_lines<T>(data: &[T]) {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        #[cfg(target_arch = "x86")]
+        use std::arch::x86::{_MM_HINT_T0, _mm_prefetch};
+        #[cfg(target_arch = "x86_64")]
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let bytes = data.as_ptr().cast::<i8>();
+        for offset in (0..size_of_val(data)).step_by(64) {
+            // SAFETY: `offset` lies inside `data`; a prefetch reads nothing architecturally.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.add(offset)) };
+        }
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+    let _ = data;
+}
 
 /// True when [`three_rows`] may run: AVX2 + FMA plus AVX-512VL's 32 vector registers.
 #[inline]

@@ -65,6 +65,8 @@ fn rows_equal_their_decode_step_bitwise() {
         (8, 13, 700, 16),
         (1, 33, 520, 64),
         (4, 64, 1000, 64),
+        // Blocks of 20 keys: runs of many rows end in keys outside groups of eight.
+        (3, 13, 500, 20),
     ] {
         let shape = AttnShape { n_heads: 2 * group, n_kv_heads: 2, head_dim: 64 };
         let cache = Cache::random(&mut rng, len, bs, &shape);

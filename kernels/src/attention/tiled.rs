@@ -221,7 +221,6 @@ fn part_generic<O: VecOps, K: KvElem>(
 ) -> Partial {
     let hd = qs.len() / rows;
     let mut state = OnlineSoftmax::new(rows, hd);
-    let (mut wide_k, mut wide_v) = (Vec::new(), Vec::new());
     let (mut ks, kend) = (keys.start, keys.end);
     while ks < kend {
         let b = ks / bs;
@@ -238,13 +237,7 @@ fn part_generic<O: VecOps, K: KvElem>(
         };
         // Row `r` sees the block's keys up to here.
         let visible_end = |r: usize| ke.min(first_pos + it.q0 + r / g + 1);
-        if K::HALF && rows > 3 {
-            // Many row groups read each key: widen the block once, not in every group's loads.
-            let (kblk, vblk) = (K::as_f32(kblk, &mut wide_k), K::as_f32(vblk, &mut wide_v));
-            absorb_block::<O, f32>(&mut state, qs, (kblk, vblk), Ahead::NONE, ks, visible_end);
-        } else {
-            absorb_block::<O, K>(&mut state, qs, (kblk, vblk), ahead, ks, visible_end);
-        }
+        absorb_block::<O, K>(&mut state, qs, (kblk, vblk), ahead, ks, visible_end);
         ks = ke;
     }
     state.finish::<O>()
