@@ -155,8 +155,7 @@ fn pack(q: &[f32], n: usize, shape: &AttnShape) -> Vec<f32> {
 /// `kvh` — the "queries as heads" swap FlashAttention uses for GQA decode. One call streams
 /// those keys once for all nodes (split into the kernel's canonical parts across threads);
 /// its `n · g` rows of state stay in L2 for trees of ≤ ~70 nodes. Calls over tiles of ~32
-/// rows, as the dense kernel would use, re-stream the KV per tile and measured 5–12% slower
-/// at 4K–16K keys.
+/// rows re-stream the KV per tile and measured 5–12% slower at 4K–16K keys.
 fn shared_part(
     packed_q: &[f32],
     n: usize,
