@@ -3,7 +3,8 @@
 //! x86, an AVX2 + FMA version; callers detect once per kernel call and pick a side.
 //! [`three_rows`] runs attention's `scores` and `accumulate` for three query rows at once,
 //! bitwise as the AVX2 versions row by row, and [`wide_rows`] the same for many rows with
-//! 16-lane AVX-512 FMAs over keys transposed once.
+//! 16-lane AVX-512 FMAs over keys transposed once, plus the softmax's exponentials in 16
+//! lanes, bitwise the 8-lane ones.
 
 /// True when the AVX2 + FMA + F16C kernels may run on this CPU. Detection is cached by std,
 /// so calling this costs a few atomic loads; kernels call it once per invocation.
@@ -353,8 +354,15 @@ pub(crate) mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub(crate) fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+        exp_sub_sum_after(x, m, _mm256_setzero_ps())
+    }
+
+    /// [`exp_sub_sum`] of values that follow others already done: `acc` holds those
+    /// exponentials' 8-lane running sum (lane `l` of value `8i + l`), which this continues.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) fn exp_sub_sum_after(x: &mut [f32], m: f32, mut acc: __m256) -> f32 {
         let mv = _mm256_set1_ps(m);
-        let mut acc = _mm256_setzero_ps();
         let n = x.len();
         let mut i = 0;
         while i + 8 <= n {

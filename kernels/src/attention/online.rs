@@ -157,8 +157,8 @@ impl VecOps for Avx2 {
     }
     #[inline(always)]
     fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
-        // SAFETY: see impl comment.
-        unsafe { simd::avx2::exp_sub_sum(x, m) }
+        // SAFETY: see impl comment; the 16-lane version runs only where AVX-512F exists.
+        unsafe { if simd::has_avx512() { simd::wide_rows::exp_sub_sum(x, m) } else { simd::avx2::exp_sub_sum(x, m) } }
     }
     #[inline(always)]
     fn max(x: &[f32]) -> f32 {
