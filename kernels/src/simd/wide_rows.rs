@@ -7,12 +7,13 @@
 //! the sum `((a₀ + a₁) + (a₂ + a₃)) + ((a₄ + a₅) + (a₆ + a₇))`, where `a_l` is the FMA chain
 //! over dims `l, l + 8, l + 16, …` in order. Here a block's keys are first transposed
 //! ([`transpose_keys`], widening f16 on the way) so that one vector holds one dim of 16
-//! keys; each row keeps eight
-//! accumulators, one per `l`, runs those same chains 16 keys at a time, and reduces them
-//! with the same adds. Keys after the last full group of eight take `avx2::dot`, as there.
-//! `accumulate` needs no transpose: every output element's FMA chain over the keys is the one
-//! `avx2::accumulate` runs, in registers twice as wide. So a row's attention is the same bits
-//! whether a kernel folds it here, three rows at a time ([`super::three_rows`]) or alone.
+//! keys; each row keeps eight accumulators, one per `l`, runs those same chains 16 keys at a
+//! time, and reduces them with the same adds. Keys after the last full group of eight are
+//! left to the caller (single dot products, as there). `accumulate` needs no transpose:
+//! every output element's FMA chain over the keys is the one `avx2::accumulate` runs, in
+//! registers twice as wide. So a row's attention is the same bits whether a kernel folds it
+//! here, three rows at a time ([`super::three_rows`]) or alone. The softmax's exponentials
+//! ([`exp_sub_sum`]) run 16 lanes wide here too, bitwise the 8-lane ones.
 //!
 //! **Cost.** Per key and row, 4 FMAs for the scores and 4 for the values against 8 and 8;
 //! the transpose (64 shuffles per 16 × 16 tile) is paid once per block for all the rows,
