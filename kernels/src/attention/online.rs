@@ -310,7 +310,8 @@ impl OnlineSoftmax {
     /// From [`WIDE_ROWS`] rows, where `O` has wide primitives, the keys are transposed once
     /// and the rows take 16-lane FMAs; otherwise three rows at a time read each key and value
     /// once (over keys widened once for all the groups when there are several and they are
-    /// stored as f16). The next block's `ahead` is prefetched along the way.
+    /// stored as f16). The next block's `ahead` is prefetched along the way, except on that
+    /// widened path, which reads the block through its own copy.
     #[inline(always)]
     pub(crate) fn absorb_rows<O: VecOps, K: KvElem>(
         &mut self,
