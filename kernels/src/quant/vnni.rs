@@ -122,22 +122,25 @@ impl VnniWeights {
     }
 }
 
-/// `n` activation rows quantized to ggml's 8-bit blocks for weights of one type.
+/// `n` activation rows quantized to ggml's 8-bit blocks for weights of one type, stored block
+/// by block: block `b` of rows `i..i + K` is one run of `K` records, which a register tile
+/// addresses from one pointer with constant offsets.
 pub(crate) struct VnniActs {
-    nb: usize,
-    q: Vec<i8>,
-    scales: Vec<f32>,
-    /// `Q4_1`: the minimum terms `s`; `Q4_0` / `Q8_0`: the offset corrections as `i32` bits.
-    terms: Vec<u32>,
+    n: usize,
+    /// Block `b` of row `i` at `b·n + i`.
+    blocks: Vec<ActBlock>,
 }
 
-/// One activation row of [`VnniActs`]: `q` has 32 quants per block, the others one value.
+/// One 32-element block of one activation row.
 #[derive(Clone, Copy)]
-pub(crate) struct VnniActRow<'a> {
-    pub q: &'a [i8],
-    pub scales: &'a [f32],
-    /// `f32` bits of the `Q4_1` minimum terms, or `i32` bits of the offset corrections.
-    pub terms: &'a [u32],
+#[repr(C)]
+pub(crate) struct ActBlock {
+    pub q: [i8; QK],
+    /// `d_a`.
+    pub scale: f32,
+    /// `Q4_1`: `f32` bits of the minimum term `s`; `Q4_0` / `Q8_0`: `i32` bits of the offset
+    /// correction.
+    pub term: u32,
 }
 
 impl VnniActs {
@@ -149,34 +152,28 @@ impl VnniActs {
             QuantType::Q8_0 => 128,
             _ => 0,
         };
-        let mut acts = Self { nb, q: vec![0; n * nb * QK], scales: vec![0.0; n * nb], terms: vec![0; n * nb] };
-        let rows = x.par_chunks_exact(cols).take(n).zip(acts.q.par_chunks_exact_mut(nb * QK));
-        let per_row = acts.scales.par_chunks_exact_mut(nb).zip(acts.terms.par_chunks_exact_mut(nb));
-        // Rows in parallel once there are a few: one row is a few µs of work.
-        rows.zip(per_row).with_min_len(4).for_each(|((xr, q), (scales, terms))| {
-            let blocks = xr.chunks_exact(QK).zip(q.chunks_exact_mut(QK));
-            for ((xb, q), (scale, term)) in blocks.zip(scales.iter_mut().zip(terms.iter_mut())) {
+        let mut blocks = vec![ActBlock { q: [0; QK], scale: 0.0, term: 0 }; nb * n];
+        // Blocks in parallel once there are a few rows' worth: one row is a few µs of work.
+        let min_len = (4 * nb).div_ceil(n.max(1));
+        blocks.par_chunks_exact_mut(n.max(1)).enumerate().with_min_len(min_len).for_each(|(b, column)| {
+            for (i, block) in column.iter_mut().enumerate() {
+                let xb = &x[i * cols + b * QK..][..QK];
                 // SAFETY: these layouts are only built once `has_avx512_vnni()` succeeded.
-                let (d16, sum) = unsafe { quantize_block(xb, q) };
-                *scale = d16.to_f32();
-                *term = if ty == QuantType::Q4_1 {
+                let (d16, sum) = unsafe { quantize_block(xb, &mut block.q) };
+                block.scale = d16.to_f32();
+                block.term = if ty == QuantType::Q4_1 {
                     block_sum(d16, sum, SumRounding::F16).to_bits()
                 } else {
                     (offset * sum) as u32
                 };
             }
         });
-        acts
+        Self { n, blocks }
     }
 
-    /// Row `i`.
-    #[inline]
-    pub(crate) fn row(&self, i: usize) -> VnniActRow<'_> {
-        let nb = self.nb;
-        VnniActRow {
-            q: &self.q[i * nb * QK..][..nb * QK],
-            scales: &self.scales[i * nb..][..nb],
-            terms: &self.terms[i * nb..][..nb],
-        }
+    /// Block `b` of rows `i0..i0 + K`.
+    #[inline(always)]
+    pub(crate) fn blocks<const K: usize>(&self, b: usize, i0: usize) -> &[ActBlock; K] {
+        self.blocks[b * self.n + i0..].first_chunk().expect("rows i0..i0 + K of block b exist")
     }
 }
