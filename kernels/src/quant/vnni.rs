@@ -30,8 +30,7 @@
 
 use rayon::prelude::*;
 
-use super::activation::{SumRounding, block_sum};
-use super::tile_int8_avx512::quantize_block;
+use super::tile_int8_avx512::{QUANTIZE_RUN, QuantizedRun, quantize_run};
 use super::types::{QK, QuantType};
 
 /// Weight rows per row group: the i32 lanes of one register.
@@ -122,12 +121,24 @@ impl VnniWeights {
     }
 }
 
-/// `n` activation rows quantized to ggml's 8-bit blocks for weights of one type, stored block
-/// by block: block `b` of rows `i..i + K` is one run of `K` records, which a register tile
-/// addresses from one pointer with constant offsets.
+/// Most activation rows per register tile (`tile_int8_avx512`), and the rows whose blocks
+/// [`VnniActs`] stores together: 8 accumulators and 16 integer chains next to one unpacked
+/// operand pair, the nibble mask and 2 scale vectors of a block — 29 of the 32 registers.
+/// Sixteen decode streams are two tiles, each unpacking the weights once.
+pub(crate) const TILE_ROWS: usize = 8;
+
+/// `n` activation rows quantized to ggml's 8-bit blocks for weights of one type, stored tile by
+/// tile and, within a tile of `t = min(n, TILE_ROWS)` rows, block by block: block `b` of a
+/// tile's rows is one run of records, which a register tile addresses from one pointer with
+/// constant offsets, and each tile's records are contiguous, so tiles are quantized in
+/// parallel.
 pub(crate) struct VnniActs {
-    n: usize,
-    /// Block `b` of row `i` at `b·n + i`.
+    /// Blocks per row.
+    nb: usize,
+    /// Rows per tile, `t`.
+    tile_rows: usize,
+    /// Block `b` of row `i` at `(⌊i / t⌋ · nb + b) · t + i mod t`; the last tile is padded with
+    /// zero records.
     blocks: Vec<ActBlock>,
 }
 
@@ -152,28 +163,36 @@ impl VnniActs {
             QuantType::Q8_0 => 128,
             _ => 0,
         };
-        let mut blocks = vec![ActBlock { q: [0; QK], scale: 0.0, term: 0 }; nb * n];
-        // Blocks in parallel once there are a few rows' worth: one row is a few µs of work.
-        let min_len = (4 * nb).div_ceil(n.max(1));
-        blocks.par_chunks_exact_mut(n.max(1)).enumerate().with_min_len(min_len).for_each(|(b, column)| {
-            for (i, block) in column.iter_mut().enumerate() {
-                let xb = &x[i * cols + b * QK..][..QK];
-                // SAFETY: these layouts are only built once `has_avx512_vnni()` succeeded.
-                let (d16, sum) = unsafe { quantize_block(xb, &mut block.q) };
-                block.scale = d16.to_f32();
-                block.term = if ty == QuantType::Q4_1 {
-                    block_sum(d16, sum, SumRounding::F16).to_bits()
-                } else {
-                    (offset * sum) as u32
-                };
+        let tile_rows = n.clamp(1, TILE_ROWS);
+        let mut blocks = vec![ActBlock { q: [0; QK], scale: 0.0, term: 0 }; n.div_ceil(tile_rows) * tile_rows * nb];
+        let tile_len = (tile_rows * nb).max(1);
+        // Tiles in parallel: a tile is up to 8 rows of a µs or two each.
+        blocks.par_chunks_exact_mut(tile_len).enumerate().for_each(|(t, tile)| {
+            let mut run = QuantizedRun::default();
+            for (r, row) in x.chunks_exact(cols).take(n).skip(t * tile_rows).take(tile_rows).enumerate() {
+                for (s, xs) in row.chunks(QUANTIZE_RUN * QK).enumerate() {
+                    // SAFETY: these layouts are only built once `has_avx512_vnni()` succeeded.
+                    unsafe { quantize_run(xs, &mut run) };
+                    for j in 0..xs.len() / QK {
+                        let block = &mut tile[(s * QUANTIZE_RUN + j) * tile_rows + r];
+                        block.q = run.q[j];
+                        block.scale = run.d[j];
+                        block.term =
+                            if ty == QuantType::Q4_1 { run.f16_sum[j].to_bits() } else { (offset * run.sum[j]) as u32 };
+                    }
+                }
             }
         });
-        Self { n, blocks }
+        Self { nb, tile_rows, blocks }
     }
 
-    /// Block `b` of rows `i0..i0 + K`.
+    /// Block by block, the records of rows `i0..i0 + K`, where `i0` is a multiple of
+    /// [`TILE_ROWS`] and `K ≤ TILE_ROWS`: item `b` is block `b`.
     #[inline(always)]
-    pub(crate) fn blocks<const K: usize>(&self, b: usize, i0: usize) -> &[ActBlock; K] {
-        self.blocks[b * self.n + i0..].first_chunk().expect("rows i0..i0 + K of block b exist")
+    pub(crate) fn tile_blocks<const K: usize>(&self, i0: usize) -> impl Iterator<Item = &[ActBlock; K]> {
+        let t = self.tile_rows;
+        debug_assert!(i0.is_multiple_of(TILE_ROWS) && K <= t);
+        let tile = &self.blocks[i0 / t * self.nb * t..][..self.nb * t];
+        tile.chunks_exact(t).map(|run| run.first_chunk().expect("K ≤ rows per tile"))
     }
 }
