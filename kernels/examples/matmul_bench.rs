@@ -5,8 +5,9 @@
 //! Sections (all by default): `shapes` prints µs, GFLOP/s and weight GB/s per shape for n = 1
 //! and n = 256 and the decode time per token these imply, cache-warm; `dram` times decode
 //! steps of 1 and 16 streams with all weights streamed from DRAM; `small` sets the
-//! small-batch kernels against each other; `paths` is the comparison used to pick
-//! `Activations::gemm_min_n`.
+//! small-batch kernels against each other (plus a `Q8_0` matrix of the `gate`/`up` shape, to
+//! set the LM head's type against the layers' in cache); `paths` is the comparison used to
+//! pick `QMatrix::gemm_min_n`.
 
 use std::time::Instant;
 
@@ -149,11 +150,13 @@ fn dram() {
 fn small() {
     println!(
         "\nsmall-batch kernels (us per call): f32 activations, AVX-512 tiles against AVX2; 8-bit \
-         activations, VNNI tiles (vnni = {}) against AVX2; and the best of each mode",
+         activations, integer tiles (AVX-512 VNNI: {}, else AVX2) against AVX2 a row at a time; and the \
+         best of each mode",
         lcserve_kernels::simd::has_avx512_vnni()
     );
     for (name, ty, rows, cols) in [
         ("gate/up", QuantType::Q4_1, 1536, 576),
+        ("q8 g/u", QuantType::Q8_0, 1536, 576),
         ("down", QuantType::Q4_1, 576, 1536),
         ("lm_head", QuantType::Q8_0, 49152, 576),
     ] {

@@ -370,7 +370,7 @@ fn small_batch_rows_are_bitwise_batch_invariant() {
     for (ty, rows, cols) in [(QuantType::Q4_1, 67, 576), (QuantType::Q4_0, 9, 96), (QuantType::Q8_0, 131, 160)] {
         let m = random_matrix(&mut rng, ty, rows, cols);
         for acts in [Activations::F32, Activations::Int8] {
-            let n_max = acts.gemm_min_n().min(101) - 1;
+            let n_max = m.gemm_min_n(acts).min(101) - 1;
             let x = randv(&mut rng, n_max * cols);
             for kernel in [MatmulKernel::Auto, MatmulKernel::Simd, MatmulKernel::Avx2, MatmulKernel::Scalar] {
                 let alone: Vec<Vec<f32>> = x

@@ -149,3 +149,26 @@ impl Q8Act {
 impl Q8KAct {
     pub(crate) const ZERO: Self = Self { d: 0.0, qs: [0; QK_K], bsums: [0; QK_K / 16] };
 }
+
+/// Blocks that test a vector quantizer against [`quantize_block`]: random values over ten
+/// magnitudes, zeros, signed zeros, and blocks whose scaled values are exact halves (the
+/// rounding ties).
+#[cfg(test)]
+pub(crate) fn quantizer_test_blocks() -> Vec<[f32; QK]> {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut blocks: Vec<[f32; QK]> = (0..3000)
+        .map(|i| {
+            let scale = 10f32.powi(i % 10 - 6);
+            std::array::from_fn(|_| rng.random_range(-1.0f32..1.0) * scale)
+        })
+        .collect();
+    blocks.push([0.0; QK]);
+    blocks.push(std::array::from_fn(|j| if j % 2 == 0 { 0.0 } else { -0.0 }));
+    // amax 127 makes d = 1, so each value is its own scaled value: ties at ±k.5.
+    blocks.push(std::array::from_fn(|j| if j == 0 { 127.0 } else { (j as f32 - 16.0) * 7.0 + 0.5 }));
+    blocks.push(std::array::from_fn(|j| if j == 31 { -127.0 } else { -(j as f32) - 0.5 }));
+    blocks
+}

@@ -8,14 +8,16 @@
 //! log-probabilities by tenths of a nat and can flip greedy choices, so it is opt-in.
 //!
 //! Two algorithms, picked by batch size `n` ([`MatmulKernel::Auto`]), in either mode:
-//! * **Small batch** (`n < Activations::gemm_min_n()`, decode and short verification batches): each task
-//!   takes a chunk of weight rows. `F32` unpacks the weight quants to f32 in registers and
-//!   FMAs them with the activations: on AVX-512 CPUs as register tiles of 2–4 weight rows ×
-//!   up to 6 activation rows (`tile_f32_avx512`), on AVX2 ones a weight row at a time against
-//!   up to 4 activation rows. `Int8` quantizes the activations once and uses integer
-//!   multiply-adds: on AVX-512 VNNI CPUs as tiles of 16 weight rows (one per lane) × up to 6
-//!   activation rows over a row-interleaved copy of the weights (`tile_int8_avx512`), which
-//!   outrun every other path at every batch size; elsewhere a weight row at a time.
+//! * **Small batch** (`n < QMatrix::gemm_min_n()`, decode and short verification batches):
+//!   each task takes a chunk of weight rows. `F32` unpacks the weight quants to f32 in
+//!   registers and FMAs them with the activations: on AVX-512 CPUs as register tiles of 2–4
+//!   weight rows × up to 6 activation rows (`tile_f32_avx512`), on AVX2 ones a weight row at a
+//!   time against up to 4 activation rows. `Int8` quantizes the activations once and uses
+//!   integer multiply-adds over a row-interleaved copy of the 32-element block types' weights
+//!   (`vnni`): on AVX-512 VNNI CPUs as tiles of 16 weight rows (one per lane) × up to 8
+//!   activation rows (`tile_int8_avx512`), on AVX2 ones as tiles of 8 weight rows × up to 4
+//!   (`tile_int8_avx2`), bitwise the same products; both outrun every other path at every
+//!   batch size. K-quants, or CPUs without AVX2, take a weight row at a time.
 //! * **Dequantize + GEMM** (`n ≥ gemm_min_n()`, prefill): each task decodes a tile of weight
 //!   rows to f32 into a thread-local scratch buffer and runs the `gemm` crate's f32 kernel on
 //!   it; decoding cost is amortized over `n`. Float weight types always use this path (f32
@@ -58,22 +60,30 @@ pub enum Activations {
     Int8,
 }
 
-impl Activations {
-    /// Batch size from which [`MatmulKernel::Auto`] switches quantized matrices from the
-    /// small-batch kernels to dequantize + f32 GEMM, measured with `examples/matmul_bench.rs`
-    /// on the SmolLM2 shapes. The AVX-512 register tiles dequantize each weight once per six
-    /// activation rows and keep up with GEMM to about 96 rows; the AVX2 f32 kernel does more
-    /// vector work per weight than the integer one (one int→float conversion and one FMA per
-    /// element and row), so GEMM wins earlier there; the `Int8` GEMM path also pays for
-    /// rounding the activations. The VNNI integer tiles outrun the GEMM path at every batch
-    /// size (2–4× the f32 tiles' throughput), so with them `Int8` never switches. Below the
-    /// threshold a row's product is bitwise independent of the batch (see the module docs).
-    pub fn gemm_min_n(self) -> usize {
-        match self {
-            Self::F32 if crate::simd::has_avx512() => 96,
-            Self::F32 => 24,
-            Self::Int8 if crate::simd::has_avx512_vnni() => usize::MAX,
-            Self::Int8 => 32,
+impl QMatrix {
+    /// Batch size from which [`MatmulKernel::Auto`] switches this matrix from the small-batch
+    /// kernels to dequantize + f32 GEMM in mode `acts`, measured with
+    /// `examples/matmul_bench.rs` on the SmolLM2 shapes. The AVX-512 register tiles dequantize
+    /// each weight once per six activation rows and keep up with GEMM to about 96 rows; the
+    /// AVX2 f32 kernel does more vector work per weight than the integer one (one int→float
+    /// conversion and one FMA per element and row), so GEMM wins earlier there; the `Int8`
+    /// GEMM path also pays for rounding the activations. The integer register tiles (AVX-512
+    /// VNNI, or AVX2 for the 32-element block types) outrun the GEMM path at every batch size
+    /// — with AVX2, 3–4× its throughput from 1 to 256 rows — so a matrix that has them never
+    /// switches in `Int8`. Below the threshold a row's product is bitwise independent of the
+    /// batch (see the module docs). Float weights always take the GEMM path.
+    pub fn gemm_min_n(&self, acts: Activations) -> usize {
+        if matches!(self.ty(), QuantType::F32 | QuantType::F16 | QuantType::BF16) {
+            return 0;
+        }
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        if acts == Activations::Int8 && self.vnni().is_some() {
+            return usize::MAX;
+        }
+        match acts {
+            Activations::F32 if crate::simd::has_avx512() => 96,
+            Activations::F32 => 24,
+            Activations::Int8 => 32,
         }
     }
 }
@@ -82,7 +92,7 @@ impl Activations {
 /// others exist so tests and benchmarks can pin and compare paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatmulKernel {
-    /// Small-batch kernels for `n < Activations::gemm_min_n()`, dequantize + GEMM otherwise.
+    /// Small-batch kernels for `n < QMatrix::gemm_min_n()`, dequantize + GEMM otherwise.
     Auto,
     /// The small-batch kernel in portable scalar code.
     Scalar,
@@ -142,7 +152,7 @@ impl QMatrix {
         };
         let tiles = simd && kernel != MatmulKernel::Avx2 && crate::simd::has_avx512();
         let small = match kernel {
-            MatmulKernel::Auto => n < acts.gemm_min_n(),
+            MatmulKernel::Auto => n < self.gemm_min_n(acts),
             MatmulKernel::Scalar | MatmulKernel::Avx2 | MatmulKernel::Simd => true,
             MatmulKernel::DequantGemm => false,
         };
@@ -150,7 +160,7 @@ impl QMatrix {
             (QuantType::F32 | QuantType::F16 | QuantType::BF16, _) => matmul_gemm(self, x, n, out, Activations::F32),
             _ if !small => matmul_gemm(self, x, n, out, acts),
             (_, Activations::F32) => matmul_f32(self, x, n, out, simd, tiles),
-            (_, Activations::Int8) => matmul_int(self, x, n, out, simd, tiles),
+            (_, Activations::Int8) => matmul_int(self, x, n, out, simd, simd && kernel != MatmulKernel::Avx2),
         }
         Ok(())
     }
@@ -241,14 +251,19 @@ fn dot_f32(a: &[f32], b: &[f32], simd: bool) -> f32 {
     crate::simd::scalar::dot(a, b)
 }
 
-/// Small-batch path with 8-bit activations (integer dot products): the VNNI register tiles
-/// when `tiles` and the CPU has them, else the AVX2 kernels a weight row at a time.
+/// Small-batch path with 8-bit activations (integer dot products): with `tiles`, the
+/// register tiles over the row-interleaved weights (AVX-512 VNNI where the CPU has it, else
+/// AVX2), else the AVX2 kernels a weight row at a time.
 fn matmul_int(m: &QMatrix, x: &[f32], n: usize, out: &mut [f32], simd: bool, tiles: bool) {
     let cols = m.cols();
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     if tiles && let Some(w) = m.vnni() {
         let acts = super::vnni::VnniActs::quantize(x, n, cols, m.ty());
-        super::tile_int8_avx512::matmul_tiles(w, &acts, n, out);
+        if crate::simd::has_avx512_vnni() {
+            super::tile_int8_avx512::matmul_tiles(w, &acts, n, out);
+        } else {
+            super::tile_int8_avx2::matmul_tiles(w, &acts, n, out);
+        }
         return;
     }
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]

@@ -88,8 +88,9 @@ pub struct QMatrix {
     /// never pays for it.
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     packed: OnceLock<Option<Arc<Packed>>>,
-    /// Row-interleaved copy for the VNNI integer tiles, built likewise: only matrices run
-    /// with `Activations::Int8` on VNNI CPUs pay its memory (and then never build `packed`).
+    /// Row-interleaved copy for the integer tiles (AVX-512 VNNI or AVX2), built likewise:
+    /// only matrices run with `Activations::Int8` pay its memory (and then never build
+    /// `packed`).
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     vnni: OnceLock<Option<Arc<VnniWeights>>>,
 }
@@ -198,13 +199,13 @@ impl QMatrix {
             .as_deref()
     }
 
-    /// The row-interleaved copy for the VNNI tiles, built on first use; `None` where this
-    /// CPU lacks AVX-512 VNNI or the type has no such layout.
+    /// The row-interleaved copy for the integer tiles, built on first use; `None` where this
+    /// CPU lacks AVX2 (with FMA and F16C) or the type has no such layout.
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     pub(crate) fn vnni(&self) -> Option<&VnniWeights> {
         self.vnni
             .get_or_init(|| {
-                if !crate::simd::has_avx512_vnni() {
+                if !crate::simd::has_avx2_fma() {
                     return None;
                 }
                 VnniWeights::new(self.ty, self.rows, self.cols, self.bytes(), self.row_bytes).map(Arc::new)
@@ -224,7 +225,7 @@ mod tests {
     use super::*;
 
     /// Each mode builds the one copy its kernels read, and only when asked or used: an
-    /// `Int8` model on a VNNI CPU must not also hold the f32 kernels' copy.
+    /// `Int8` model must not also hold the f32 kernels' copy.
     #[test]
     fn prepare_builds_only_the_copy_the_mode_reads() {
         let values: Vec<f32> = (0..64 * 96).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
@@ -236,8 +237,8 @@ mod tests {
         assert!(m.vnni.get().is_none());
         let m = fresh();
         m.prepare(Activations::Int8);
-        let vnni = crate::simd::has_avx512_vnni();
-        assert_eq!(m.vnni.get().is_some_and(Option::is_some), vnni);
-        assert_eq!(m.packed.get().is_some(), !vnni, "the f32 kernels' copy only where VNNI is missing");
+        let tiles = crate::simd::has_avx2_fma();
+        assert_eq!(m.vnni.get().is_some_and(Option::is_some), tiles);
+        assert_eq!(m.packed.get().is_some(), !tiles, "the f32 kernels' copy only where the tiles are missing");
     }
 }

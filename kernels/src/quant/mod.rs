@@ -7,8 +7,8 @@
 //!   product as register tiles of several weight and activation rows, on AVX-512 CPUs.
 //! * [`activation`]: 8-bit quantization of activations for the opt-in integer kernels
 //!   ([`Activations::Int8`]); [`dot_scalar`], [`dot_avx2`]: their row·activation dot products;
-//!   [`tile_int8_avx512`]: register tiles of them on AVX-512 VNNI CPUs, over the
-//!   row-interleaved weights and matching activations of [`vnni`].
+//!   [`tile_int8_avx512`] and [`tile_int8_avx2`]: register tiles of them on AVX-512 VNNI and
+//!   on AVX2 CPUs, over the row-interleaved weights and matching activations of [`vnni`].
 //! * [`packed`]: the repacked layout the AVX2 kernels of both modes use for the 32-element
 //!   block types, and the matching activation layouts.
 //! * [`matrix`]: [`QMatrix`] and its storage [`WeightData`].
@@ -29,6 +29,8 @@ mod matrix;
 mod packed;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 mod tile_f32_avx512;
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+mod tile_int8_avx2;
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 mod tile_int8_avx512;
 mod types;

@@ -70,14 +70,7 @@ unsafe fn tile<const K: usize, const Q8: bool, const HAS_M: bool>(
     out: [*mut f32; K],
     lanes: __mmask16,
 ) {
-    // The type from the parameters, so that offsets and strides are constants.
-    let ty = if Q8 {
-        QuantType::Q8_0
-    } else if HAS_M {
-        QuantType::Q4_1
-    } else {
-        QuantType::Q4_0
-    };
+    let ty = VnniWeights::tile_type(Q8, HAS_M);
     debug_assert_eq!(ty, w.ty);
     let (header, stride) = (VnniWeights::header_bytes(ty), VnniWeights::block_stride(ty));
     let rows = w.group(group);
@@ -87,13 +80,7 @@ unsafe fn tile<const K: usize, const Q8: bool, const HAS_M: bool>(
         let block = &rows[b * stride..(b + 1) * stride];
         let p = block.as_ptr();
         if let Some(next) = prefetch {
-            let next_block = &next[b * stride..(b + 1) * stride];
-            // Every 64 bytes from the block's start, then its last byte, whose line the others
-            // miss when the block starts late in a line.
-            for line in 0..=stride.div_ceil(64) {
-                let offset = (64 * line).min(stride - 1);
-                _mm_prefetch::<_MM_HINT_T0>(next_block[offset..].as_ptr() as *const i8);
-            }
+            VnniWeights::prefetch_block(next, b, stride);
         }
         // SAFETY: a block holds `header` bytes of f16 scales (and minimums) then 256 (4-bit)
         // or 512 (`Q8_0`) quant bytes: every load below stays inside `block`.
@@ -117,8 +104,8 @@ unsafe fn tile<const K: usize, const Q8: bool, const HAS_M: bool>(
                 }
             };
             for k in 0..K {
-                even[k] = _mm512_dpbusd_epi32(even[k], lo, _mm512_set1_epi32(run_of_four(&acts[k].q, 2 * j)));
-                odd[k] = _mm512_dpbusd_epi32(odd[k], hi, _mm512_set1_epi32(run_of_four(&acts[k].q, 2 * j + 1)));
+                even[k] = _mm512_dpbusd_epi32(even[k], lo, _mm512_set1_epi32(acts[k].run_of_four(2 * j)));
+                odd[k] = _mm512_dpbusd_epi32(odd[k], hi, _mm512_set1_epi32(acts[k].run_of_four(2 * j + 1)));
             }
         }
         for k in 0..K {
@@ -215,13 +202,6 @@ fn round_to_f16(v: __m512) -> __m512 {
     _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
 }
 
-/// Activation quants `4c..4c + 4` as the little-endian `i32` that `vpdpbusd` broadcasts.
-#[inline(always)]
-fn run_of_four(quants: &[i8; QK], c: usize) -> i32 {
-    let run: &[i8; 4] = quants[4 * c..].first_chunk().expect("c < 8");
-    i32::from_le_bytes(run.map(|q| q as u8))
-}
-
 /// `out = x · Wᵀ` for the `n` rows of `acts`: tasks own chunks of row groups, and every group
 /// meets every tile of activation rows while its weights are in L1. Only called after
 /// [`crate::simd::has_avx512_vnni`] succeeded, with `acts` quantized for `w`.
@@ -286,9 +266,6 @@ fn run_tile(
 
 #[cfg(test)]
 mod tests {
-    use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
-
     use super::super::activation::{self, SumRounding};
     use super::*;
 
@@ -300,18 +277,7 @@ mod tests {
         if !crate::simd::has_avx512_vnni() {
             return;
         }
-        let mut rng = StdRng::seed_from_u64(5);
-        let mut blocks: Vec<[f32; QK]> = (0..3000)
-            .map(|i| {
-                let scale = 10f32.powi(i % 10 - 6);
-                std::array::from_fn(|_| rng.random_range(-1.0f32..1.0) * scale)
-            })
-            .collect();
-        blocks.push([0.0; QK]);
-        blocks.push(std::array::from_fn(|j| if j % 2 == 0 { 0.0 } else { -0.0 }));
-        // amax 127 makes d = 1, so each value is its own scaled value: ties at ±k.5.
-        blocks.push(std::array::from_fn(|j| if j == 0 { 127.0 } else { (j as f32 - 16.0) * 7.0 + 0.5 }));
-        blocks.push(std::array::from_fn(|j| if j == 31 { -127.0 } else { -(j as f32) - 0.5 }));
+        let blocks = activation::quantizer_test_blocks();
         let (mut start, mut len) = (0, 1);
         let mut run = QuantizedRun::default();
         while start < blocks.len() {

@@ -1,5 +1,6 @@
-//! Row-interleaved layout of the 32-element block types for the AVX-512 VNNI integer
-//! kernels (`tile_int8_avx512`), and the 8-bit activations they multiply.
+//! Row-interleaved layout of the 32-element block types for the integer register tiles —
+//! AVX-512 VNNI (`tile_int8_avx512`) and AVX2 (`tile_int8_avx2`, which reads each 64-byte
+//! operand line as two halves of 8 rows) — and the 8-bit activations they multiply.
 //!
 //! `vpdpbusd` multiplies 64 unsigned weight bytes with 64 signed activation bytes and adds
 //! each run of four products into one of 16 i32 lanes. Here **lane `l` is weight row
@@ -23,13 +24,15 @@
 //!
 //! That is as many bytes per 16 rows as GGUF's, so decode streams no more memory. The
 //! activations are ggml's 8-bit blocks (bit for bit `activation::quantize_block`'s, with
-//! AVX-512): quants, scale `d_a`,
+//! AVX-512 or AVX2): quants, scale `d_a`,
 //! and either the `Q4_1` minimum term `s = d_a Σq` or, for `Q4_0` and `Q8_0`, the integer
 //! correction `offset · Σq` that removes the weights' offset (8 for `Q4_0` nibbles, 128 for
 //! the shifted `Q8_0` quants) from a block's integer sum.
 
 use rayon::prelude::*;
 
+use super::activation::{SumRounding, block_sum};
+use super::tile_int8_avx2;
 use super::tile_int8_avx512::{QUANTIZE_RUN, QuantizedRun, quantize_run};
 use super::types::{QK, QuantType};
 
@@ -108,6 +111,36 @@ impl VnniWeights {
         Some(Self { ty, nb, rows, data })
     }
 
+    /// The type a tile's `Q8` (`Q8_0`) and `HAS_M` (`Q4_1`) parameters name, so that its
+    /// offsets and strides are constants.
+    #[inline(always)]
+    pub(crate) const fn tile_type(q8: bool, has_m: bool) -> QuantType {
+        if q8 {
+            QuantType::Q8_0
+        } else if has_m {
+            QuantType::Q4_1
+        } else {
+            QuantType::Q4_0
+        }
+    }
+
+    /// Fetches block `b` of `group` (a row group's bytes, of blocks `stride` bytes long) into
+    /// L1: every 64 bytes from the block's start, then its last byte, whose line the others
+    /// miss when the block starts late in a line.
+    #[inline(always)]
+    pub(crate) fn prefetch_block(group: &[u8], b: usize, stride: usize) {
+        #[cfg(target_arch = "x86")]
+        use std::arch::x86::{_MM_HINT_T0, _mm_prefetch};
+        #[cfg(target_arch = "x86_64")]
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let block = &group[b * stride..(b + 1) * stride];
+        for line in 0..=stride.div_ceil(64) {
+            let offset = (64 * line).min(stride - 1);
+            // SAFETY: a prefetch has no effect on the program's state; `offset < stride`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(block[offset..].as_ptr() as *const i8) };
+        }
+    }
+
     /// Row groups (the last one padded with zero rows).
     pub(crate) fn groups(&self) -> usize {
         self.rows.div_ceil(GROUP_ROWS)
@@ -124,7 +157,8 @@ impl VnniWeights {
 /// Most activation rows per register tile (`tile_int8_avx512`), and the rows whose blocks
 /// [`VnniActs`] stores together: 8 accumulators and 16 integer chains next to one unpacked
 /// operand pair, the nibble mask and 2 scale vectors of a block — 29 of the 32 registers.
-/// Sixteen decode streams are two tiles, each unpacking the weights once.
+/// Sixteen decode streams are two tiles, each unpacking the weights once. The AVX2 tiles, with
+/// half the registers, take a stored tile's rows four at a time.
 pub(crate) const TILE_ROWS: usize = 8;
 
 /// `n` activation rows quantized to ggml's 8-bit blocks for weights of one type, stored tile by
@@ -154,6 +188,15 @@ pub(crate) struct ActBlock {
     pub term: u32,
 }
 
+impl ActBlock {
+    /// Quants `4c..4c + 4` as the little-endian `i32` the tiles broadcast to every lane.
+    #[inline(always)]
+    pub(crate) fn run_of_four(&self, c: usize) -> i32 {
+        let run: &[i8; 4] = self.q[4 * c..].first_chunk().expect("c < 8");
+        i32::from_le_bytes(run.map(|q| q as u8))
+    }
+}
+
 impl VnniActs {
     /// Quantizes `n` rows of `x` (`cols` each) for weights of type `ty`.
     pub(crate) fn quantize(x: &[f32], n: usize, cols: usize, ty: QuantType) -> Self {
@@ -166,12 +209,28 @@ impl VnniActs {
         let tile_rows = n.clamp(1, TILE_ROWS);
         let mut blocks = vec![ActBlock { q: [0; QK], scale: 0.0, term: 0 }; n.div_ceil(tile_rows) * tile_rows * nb];
         let tile_len = (tile_rows * nb).max(1);
+        let avx512 = crate::simd::has_avx512_vnni();
         // Tiles in parallel: a tile is up to 8 rows of a µs or two each.
         blocks.par_chunks_exact_mut(tile_len).enumerate().for_each(|(t, tile)| {
             let mut run = QuantizedRun::default();
             for (r, row) in x.chunks_exact(cols).take(n).skip(t * tile_rows).take(tile_rows).enumerate() {
+                if !avx512 {
+                    for (b, xb) in row.as_chunks::<QK>().0.iter().enumerate() {
+                        let block = &mut tile[b * tile_rows + r];
+                        // SAFETY: these layouts are only built once `has_avx2_fma()` succeeded.
+                        let (d, sum) = unsafe { tile_int8_avx2::quantize_block(xb, &mut block.q) };
+                        let d16 = half::f16::from_f32(d);
+                        block.scale = d16.to_f32();
+                        block.term = if ty == QuantType::Q4_1 {
+                            block_sum(d16, sum, SumRounding::F16).to_bits()
+                        } else {
+                            (offset * sum) as u32
+                        };
+                    }
+                    continue;
+                }
                 for (s, xs) in row.chunks(QUANTIZE_RUN * QK).enumerate() {
-                    // SAFETY: these layouts are only built once `has_avx512_vnni()` succeeded.
+                    // SAFETY: AVX-512 VNNI support was checked above.
                     unsafe { quantize_run(xs, &mut run) };
                     for j in 0..xs.len() / QK {
                         let block = &mut tile[(s * QUANTIZE_RUN + j) * tile_rows + r];
@@ -186,13 +245,22 @@ impl VnniActs {
         Self { nb, tile_rows, blocks }
     }
 
-    /// Block by block, the records of rows `i0..i0 + K`, where `i0` is a multiple of
-    /// [`TILE_ROWS`] and `K ≤ TILE_ROWS`: item `b` is block `b`.
+    /// Block by block, the records of rows `i0..i0 + K`, which must lie in one tile (`i0` a
+    /// multiple of [`TILE_ROWS`] and `K ≤ TILE_ROWS`, or a part of that): item `b` is block
+    /// `b`.
     #[inline(always)]
     pub(crate) fn tile_blocks<const K: usize>(&self, i0: usize) -> impl Iterator<Item = &[ActBlock; K]> {
         let t = self.tile_rows;
-        debug_assert!(i0.is_multiple_of(TILE_ROWS) && K <= t);
+        let first = i0 % t;
+        debug_assert!(first + K <= t, "rows {i0}..{} cross a tile of {t}", i0 + K);
         let tile = &self.blocks[i0 / t * self.nb * t..][..self.nb * t];
-        tile.chunks_exact(t).map(|run| run.first_chunk().expect("K ≤ rows per tile"))
+        tile.chunks_exact(t).map(move |run| run[first..].first_chunk().expect("rows inside the tile"))
+    }
+
+    /// Block `b` of row `i`.
+    #[cfg(test)]
+    pub(crate) fn block(&self, i: usize, b: usize) -> &ActBlock {
+        let t = self.tile_rows;
+        &self.blocks[(i / t * self.nb + b) * t + i % t]
     }
 }
