@@ -71,7 +71,8 @@ impl QMatrix {
     /// VNNI, or AVX2 for the 32-element block types) outrun the GEMM path at every batch size
     /// — with AVX2, 3–4× its throughput from 1 to 256 rows — so a matrix that has them never
     /// switches in `Int8`. Below the threshold a row's product is bitwise independent of the
-    /// batch (see the module docs). Float weights always take the GEMM path.
+    /// batch (see the module docs). Float weights always take the GEMM path. Asked about
+    /// `Int8`, a matrix builds its interleaved copy (as its first `Int8` product would).
     pub fn gemm_min_n(&self, acts: Activations) -> usize {
         if matches!(self.ty(), QuantType::F32 | QuantType::F16 | QuantType::BF16) {
             return 0;
