@@ -13,7 +13,7 @@
 //! as the VNNI tiles. `Q8_0`'s unsigned operands (quants plus 128) would overflow an i16
 //! pair (`2 · 255 · 127`): its operand is made signed again and multiplied as
 //! `|w| · sign(w)·a` (`vpsignb`), each pair widened at once. (Splitting the unsigned quants
-//! into two 4-bit operands instead, accumulated in i16 like the 4-bit types, measured 7–40%
+//! into two 4-bit operands instead, accumulated in i16 like the 4-bit types, measured 7–43%
 //! slower on a `Q8_0` matrix of the `gate`/`up` shape.)
 //!
 //! The integer block sums are exact, so they equal the VNNI tiles' (`Q8_0` computes `Σ w a`
