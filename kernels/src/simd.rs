@@ -214,6 +214,15 @@ pub(crate) mod avx2 {
         s
     }
 
+    /// [`reduce8`] of four vectors: lane `j` is `a[j]`'s horizontal sum by the same tree
+    /// (`reduce8`'s lanes 0–3 come from its first four vectors alone).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn reduce4(a: [__m256; 4]) -> __m128 {
+        let u = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1))
+    }
+
     /// Sums each of 8 vectors: lane `j` of the result is the horizontal sum of `a[j]`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]

@@ -135,9 +135,9 @@ impl VecOps for Scalar {
 pub(crate) struct Avx2;
 
 // SAFETY (all methods): `Avx2` is only used from functions reached after `has_avx2_fma()`
-// returned true, so the AVX2/FMA instructions exist on this CPU; the three-row versions run
-// only after `has_avx512vl()` said AVX-512VL exists too, and the wide ones only after
-// `wide()` found AVX-512F.
+// returned true, so the AVX2/FMA instructions exist on this CPU; the three-row versions take
+// their AVX-512VL form only after `has_avx512vl()` said AVX-512VL exists too, and the wide
+// ones run only after `wide()` found AVX-512F.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 impl VecOps for Avx2 {
     #[inline(always)]
@@ -167,20 +167,24 @@ impl VecOps for Avx2 {
     }
     #[inline(always)]
     fn scores3<K: KvElem>(q: [&[f32]; 3], k: &[K], hd: usize, out: [&mut [f32]; 3], ahead: &[K]) {
-        if simd::has_avx512vl() {
-            // SAFETY: see impl comment.
-            unsafe { simd::three_rows::scores(q, k, hd, out, ahead) }
-        } else {
-            scores_each::<Self>(q, K::as_f32(k, &mut Vec::new()), hd, out)
+        // SAFETY: see impl comment.
+        unsafe {
+            if simd::has_avx512vl() {
+                simd::three_rows::scores(q, k, hd, out, ahead)
+            } else {
+                simd::three_rows::scores_avx2(q, k, hd, out, ahead)
+            }
         }
     }
     #[inline(always)]
     fn accumulate3<K: KvElem>(acc: [&mut [f32]; 3], p: [&[f32]; 3], v: &[K], hd: usize, ahead: &[K]) {
-        if simd::has_avx512vl() {
-            // SAFETY: see impl comment.
-            unsafe { simd::three_rows::accumulate(acc, p, v, hd, ahead) }
-        } else {
-            accumulate_each::<Self>(acc, p, K::as_f32(v, &mut Vec::new()), hd)
+        // SAFETY: see impl comment.
+        unsafe {
+            if simd::has_avx512vl() {
+                simd::three_rows::accumulate(acc, p, v, hd, ahead)
+            } else {
+                simd::three_rows::accumulate_avx2(acc, p, v, hd, ahead)
+            }
         }
     }
     #[inline(always)]

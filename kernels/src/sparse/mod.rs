@@ -83,7 +83,7 @@ pub(crate) fn key_scores(use_simd: bool, q: &[f32], kv: &PagedKv<'_>, kvh: usize
 
 /// [`key_scores`] of three query rows over the same keys, each key loaded once for the three
 /// and the next page's keys prefetched; bitwise the three single-row calls. On x86 it needs
-/// [`simd::has_avx512vl`] (the caller checks); elsewhere it scores the rows one by one.
+/// [`simd::has_avx2_fma`] (the caller checks); elsewhere it scores the rows one by one.
 pub(crate) fn key_scores_three(q: [&[f32]; 3], kv: &PagedKv<'_>, kvh: usize, first: usize, out: [&mut [f32]; 3]) {
     match kv.k_blocks {
         KvBlocks::F32(blocks) => key_scores_three_in(q, blocks, kv.block_size, kvh, first, out),
@@ -103,6 +103,8 @@ fn key_scores_three_in<K: KvElem>(
     let hd = q[0].len();
     let end = first + out[0].len();
     let page = |j: usize, n: usize| &blocks[j / bs][(kvh * bs + j % bs) * hd..][..n * hd];
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    let vl = simd::has_avx512vl();
     let mut j = first;
     while j < end {
         let n = (bs - j % bs).min(end - j);
@@ -111,9 +113,13 @@ fn key_scores_three_in<K: KvElem>(
         let at = j - first;
         let rows = out.each_mut().map(|row| &mut row[at..at + n]);
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-        // SAFETY: the caller checked `has_avx512vl()`.
+        // SAFETY: the caller checked `has_avx2_fma()`, and `vl` AVX-512VL.
         unsafe {
-            simd::three_rows::scores(q, keys, hd, rows, ahead)
+            if vl {
+                simd::three_rows::scores(q, keys, hd, rows, ahead)
+            } else {
+                simd::three_rows::scores_avx2(q, keys, hd, rows, ahead)
+            }
         };
         #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
         for (q, row) in q.iter().zip(rows) {

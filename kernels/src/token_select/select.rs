@@ -111,7 +111,6 @@ fn soft_vote(qbar: &[f32], kv: &PagedKv<'_>, shape: &AttnShape, first: usize, co
     let (h_n, n_kv, g, hd) = (shape.n_heads, shape.n_kv_heads, shape.group(), shape.head_dim);
     let use_simd = simd::has_avx2_fma();
     // The heads of a group score the same keys: three at a time load each key once.
-    let three_at_once = use_simd && simd::has_avx512vl();
     let serial = count * h_n * hd < SERIAL_MACS;
     let items: Vec<(usize, usize)> =
         (0..count.div_ceil(TILE)).flat_map(|t| (0..n_kv).map(move |kvh| (t, kvh))).collect();
@@ -119,7 +118,7 @@ fn soft_vote(qbar: &[f32], kv: &PagedKv<'_>, shape: &AttnShape, first: usize, co
         let n = TILE.min(count - t * TILE);
         let mut tile = Tile { exp: vec![0f32; g * n], max: vec![0f32; g], sum: vec![0f32; g] };
         let (tile_first, query) = (first + t * TILE, |hh: usize| &qbar[(kvh * g + hh) * hd..][..hd]);
-        let trios = if three_at_once { g / 3 } else { 0 };
+        let trios = if use_simd { g / 3 } else { 0 };
         let (grouped, single) = tile.exp.split_at_mut(trios * 3 * n);
         for (trio, rows) in grouped.chunks_exact_mut(3 * n).enumerate() {
             let (a, rest) = rows.split_at_mut(n);
