@@ -226,6 +226,10 @@ fn matmul_f32(m: &QMatrix, x: &[f32], n: usize, out: &mut [f32], simd: bool, til
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     if simd && let Some(p) = m.packed() {
         let acts = F32Acts::new(x, n, cols, p.ty != QuantType::Q8_0);
+        if n == 1 {
+            avx2::single_row_f32(p, m.rows(), &acts, out);
+            return;
+        }
         drive(m, n, out, 0, |_, r, res| {
             for (i, group) in res.chunks_mut(4).enumerate() {
                 avx2::packed_f32(p, r, &acts, 4 * i, group);
@@ -359,11 +363,14 @@ fn drive(
 /// the caller for exactly this matrix's block count, and `res` holds 1..=4 results.
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 mod avx2 {
+    use rayon::prelude::*;
+
     use super::super::activation::Q8KAct;
     use super::super::dot_avx2::{self, ActRow};
     use super::super::dot_f32_avx2::{self, F32Row};
     use super::super::packed::{F32Acts, Packed, PackedActs};
     use super::super::types::QuantType;
+    use super::{SharedOut, rows_per_task};
 
     /// Dispatches a group of 1..=4 activation rows to the const-generic kernel `$f`.
     macro_rules! by_k {
@@ -398,11 +405,58 @@ mod avx2 {
         // 4-bit types.
         unsafe {
             if p.ty == QuantType::Q8_0 {
-                by_k!(res, rows, |a| dot_f32_avx2::dot_packed_q8(w, p.nb, p.nb8, a))
+                by_k!(res, rows, |a| dot_f32_avx2::dot_packed_q8([w], p.nb, p.nb8, a)[0])
             } else {
                 let has_m = p.ty == QuantType::Q4_1;
-                by_k!(res, rows, |a| dot_f32_avx2::dot_packed_q4(w, p.nb, p.nb8, has_m, a))
+                by_k!(res, rows, |a| dot_f32_avx2::dot_packed_q4([w], p.nb, p.nb8, has_m, a)[0])
             }
+        }
+    }
+
+    /// Weight rows per kernel call of [`single_row_f32`].
+    const SINGLE_ROW_GROUP: usize = 4;
+
+    /// `out = x · Wᵀ` for the one activation row of `acts` (a decode step of one sequence):
+    /// tasks own chunks of weight rows and take them [`SINGLE_ROW_GROUP`] per kernel call,
+    /// which shares a call's overhead and its horizontal sums' latency among the rows and
+    /// prefetches the rows a few calls ahead (`dot_f32_avx2`). Each output is computed exactly
+    /// as alone, so a sequence's product is the same bits here and in a batch.
+    pub(super) fn single_row_f32(p: &Packed, rows: usize, acts: &F32Acts, out: &mut [f32]) {
+        let chunk = rows_per_task(rows, p.nb * 32, SINGLE_ROW_GROUP);
+        let dst = SharedOut::new(out);
+        (0..rows.div_ceil(chunk)).into_par_iter().for_each(|t| {
+            let (mut r, end) = (t * chunk, rows.min((t + 1) * chunk));
+            let mut res = [0f32; SINGLE_ROW_GROUP];
+            while r < end {
+                let span = if end - r >= SINGLE_ROW_GROUP { SINGLE_ROW_GROUP } else { 1 };
+                if span == SINGLE_ROW_GROUP {
+                    packed_f32_rows::<SINGLE_ROW_GROUP>(p, r, acts, &mut res);
+                } else {
+                    packed_f32_rows::<1>(p, r, acts, &mut res[..1]);
+                }
+                for (j, &v) in res[..span].iter().enumerate() {
+                    // SAFETY: weight row `r + j` belongs to this task.
+                    unsafe { dst.write(r + j, v) };
+                }
+                r += span;
+            }
+        });
+    }
+
+    /// Weight rows `r..r + R` against the single activation row of `acts`, results in `res`.
+    fn packed_f32_rows<const R: usize>(p: &Packed, r: usize, acts: &F32Acts, res: &mut [f32]) {
+        let w: [&[u8]; R] = std::array::from_fn(|j| p.row(r + j));
+        let a = [acts.row(0)];
+        // SAFETY: as in `packed_f32`.
+        let out = unsafe {
+            if p.ty == QuantType::Q8_0 {
+                dot_f32_avx2::dot_packed_q8::<R, 1>(w, p.nb, p.nb8, a)
+            } else {
+                dot_f32_avx2::dot_packed_q4::<R, 1>(w, p.nb, p.nb8, p.ty == QuantType::Q4_1, a)
+            }
+        };
+        for (o, v) in res.iter_mut().zip(out) {
+            *o = v[0];
         }
     }
 
