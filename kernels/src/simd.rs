@@ -77,7 +77,8 @@ pub(crate) fn prefetch_lines<T>(data: &[T]) {
     let _ = data;
 }
 
-/// True when [`three_rows`] may run: AVX2 + FMA plus AVX-512VL's 32 vector registers.
+/// True when [`three_rows`]'s AVX-512VL forms may run: AVX2 + FMA plus AVX-512VL's 32 vector
+/// registers (its AVX2 forms need only [`has_avx2_fma`]).
 #[inline]
 pub(crate) fn has_avx512vl() -> bool {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
