@@ -3,7 +3,10 @@
 //!
 //! One struct serves both endpoints (they share almost every field); what differs — `prompt`
 //! vs `messages`, `logprobs` as a count vs a flag — is checked per endpoint in
-//! [`OpenAiRequest::into_generate`]. Unknown fields are ignored, as OpenAI clients send many.
+//! [`OpenAiRequest::into_generate`]. Unknown fields are ignored, as OpenAI clients send many;
+//! OpenAI features this server does not implement (more than one choice, echo, tool calling,
+//! structured output, logit bias) are refused with an error naming the field whenever a request
+//! actually asks for them, rather than answered as if they had been honoured.
 
 use lcserve_proto::v1::{self, generate_request::Input};
 use serde::Deserialize;
@@ -100,6 +103,13 @@ pub(crate) struct OpenAiRequest {
     pub stream_options: Option<StreamOptions>,
     pub cache_salt: Option<String>,
     pub request_id: Option<String>,
+    /// Not implemented; see [`OpenAiRequest::refuse_unimplemented_features`].
+    pub tools: Option<serde_json::Value>,
+    pub tool_choice: Option<serde_json::Value>,
+    pub functions: Option<serde_json::Value>,
+    pub function_call: Option<serde_json::Value>,
+    pub response_format: Option<serde_json::Value>,
+    pub logit_bias: Option<serde_json::Value>,
     /// lcserve extension: `dense`, `sparse` or `auto` prefill.
     pub prefill_mode: Option<String>,
     /// lcserve extension: `off`, `ngram`, `auto`, `draft` or `self` speculative decoding.
@@ -146,6 +156,7 @@ impl OpenAiRequest {
         if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
             return invalid(Field::Unsupported("suffix"), "suffix is not supported");
         }
+        self.refuse_unimplemented_features()?;
         let (input, logprobs) = match kind {
             Kind::Completion => {
                 if self.messages.is_some() {
@@ -235,6 +246,51 @@ impl OpenAiRequest {
             return invalid(Field::Unsupported("stream_options"), "only allowed with stream: true");
         }
         Ok((request, ResponseOptions { stream, include_usage, logprobs: logprobs.is_some() }))
+    }
+}
+
+impl OpenAiRequest {
+    /// Refuses tool calling, structured output and logit bias, which this server does not
+    /// implement: answering such a request with plain sampled text would look like success.
+    /// Values that ask for nothing pass (`null`, `tools: []`, `tool_choice: "none"` or
+    /// `"auto"`, `response_format: {"type": "text"}`, `logit_bias: {}`), as some clients send
+    /// them by default.
+    fn refuse_unimplemented_features(&self) -> Result<(), RouterError> {
+        use serde_json::Value;
+        type AsksNothing = fn(&Value) -> bool;
+        let empty: AsksNothing =
+            |v| v.as_array().is_some_and(Vec::is_empty) || v.as_object().is_some_and(|o| o.is_empty());
+        let no_forced_call: AsksNothing = |v| matches!(v.as_str(), Some("none" | "auto"));
+        let plain_text: AsksNothing = |v| v.get("type").and_then(Value::as_str) == Some("text");
+        let features: [(&'static str, &Option<Value>, AsksNothing, &str); 6] = [
+            ("tools", &self.tools, empty, "tool calling is not supported"),
+            ("functions", &self.functions, empty, "function calling is not supported"),
+            (
+                "tool_choice",
+                &self.tool_choice,
+                no_forced_call,
+                "tool calling is not supported: only \"none\" or \"auto\"",
+            ),
+            (
+                "function_call",
+                &self.function_call,
+                no_forced_call,
+                "function calling is not supported: only \"none\" or \"auto\"",
+            ),
+            (
+                "response_format",
+                &self.response_format,
+                plain_text,
+                "structured output is not supported: only {\"type\": \"text\"}",
+            ),
+            ("logit_bias", &self.logit_bias, empty, "logit_bias is not supported"),
+        ];
+        for (name, value, asks_nothing, reason) in features {
+            if value.as_ref().is_some_and(|v| !v.is_null() && !asks_nothing(v)) {
+                return invalid(Field::Unsupported(name), reason);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -359,6 +415,40 @@ mod tests {
         assert_eq!(field(r#"{"prompt":"a","echo":true}"#, Kind::Completion), Some("echo"));
         let parts = r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#;
         assert_eq!(field(parts, Kind::Chat), Some("messages"));
+    }
+
+    #[test]
+    fn unimplemented_features_are_refused_by_name_unless_they_ask_for_nothing() {
+        let field = |extra: &str| {
+            let json = format!(r#"{{"messages":[{{"role":"user","content":"a"}}],{extra}}}"#);
+            convert(&json, Kind::Chat).err().map(|e| e.field().map(Field::openai_name))
+        };
+        let tool = r#"[{"type":"function","function":{"name":"f","parameters":{}}}]"#;
+        assert_eq!(field(&format!(r#""tools":{tool}"#)), Some(Some("tools")));
+        assert_eq!(field(&format!(r#""functions":{tool}"#)), Some(Some("functions")));
+        assert_eq!(field(r#""tool_choice":"required""#), Some(Some("tool_choice")));
+        assert_eq!(field(r#""tool_choice":{"type":"function","function":{"name":"f"}}"#), Some(Some("tool_choice")));
+        assert_eq!(field(r#""function_call":{"name":"f"}"#), Some(Some("function_call")));
+        assert_eq!(field(r#""response_format":{"type":"json_object"}"#), Some(Some("response_format")));
+        assert_eq!(
+            field(r#""response_format":{"type":"json_schema","json_schema":{}}"#),
+            Some(Some("response_format"))
+        );
+        assert_eq!(field(r#""logit_bias":{"100":5}"#), Some(Some("logit_bias")));
+        for nothing in [
+            r#""tools":[]"#,
+            r#""tools":null"#,
+            r#""functions":[]"#,
+            r#""tool_choice":"none""#,
+            r#""tool_choice":"auto""#,
+            r#""function_call":"none""#,
+            r#""response_format":{"type":"text"}"#,
+            r#""logit_bias":{}"#,
+            r#""logit_bias":null"#,
+            r#""parallel_tool_calls":false"#,
+        ] {
+            assert_eq!(field(nothing), None, "{nothing}");
+        }
     }
 
     #[test]
