@@ -3,6 +3,7 @@
 //! The engine owns one [`Sampler`] per sequence (it holds that sequence's seeded RNG) and calls
 //! [`Sampler::sample`] once per decoding step. The row goes through vLLM's order of operations:
 //!
+//! 0. **logit bias**: each biased token's raw logit plus its bias (OpenAI `logit_bias`);
 //! 1. **penalties**: repetition (Hugging Face semantics, over prompt + generated tokens), then
 //!    frequency and presence (OpenAI semantics, over generated tokens only);
 //! 2. **temperature**: divide by `T`; `T < 1e-5` means greedy argmax, skipping steps 3–6;
@@ -11,7 +12,7 @@
 //! 6. **sample** from what is left.
 //!
 //! Reported logprobs (the chosen token's and the top-n alternatives) are log-softmax of the
-//! logits after steps 1–2, i.e. of the *processed* distribution before the support filters; for
+//! logits after steps 0–2, i.e. of the *processed* distribution before the support filters; for
 //! greedy decoding that is log-softmax of the penalized logits. They cost a pass of `exp` over
 //! the row, so they are computed only when [`SamplingParams::logprobs`] asks for them (greedy
 //! decoding needs no `exp` otherwise).
@@ -204,7 +205,7 @@ impl Sampler {
         Ok(self.scratch.tokens.iter().map(|&t| (t, (f64::from(weights[t as usize]) / total) as f32)).collect())
     }
 
-    /// Steps 1–2 plus sanitizing: fills `self.logits` and finds its most likely token.
+    /// Steps 0–2 plus sanitizing: fills `self.logits` and finds its most likely token.
     fn process(
         &mut self,
         raw: &[f32],
@@ -216,6 +217,10 @@ impl Sampler {
         }
         self.logits.clear();
         self.logits.extend_from_slice(raw);
+        for (&token, &bias) in &self.params.logit_bias {
+            // `validate` keeps every biased id inside the vocabulary.
+            self.logits[token as usize] += bias;
+        }
         self.apply_penalties(prompt_tokens, generated);
         if !self.params.is_greedy() {
             let t = self.params.temperature;

@@ -12,6 +12,10 @@ pub const MAX_STOP_BYTES: usize = 1024;
 pub const MAX_STOP_TOKEN_IDS: usize = 256;
 /// Most alternatives a request may ask logprobs for (the OpenAI limit).
 pub const MAX_LOGPROBS: u32 = 20;
+/// Most tokens a request may bias (the OpenAI limit).
+pub const MAX_LOGIT_BIAS_TOKENS: usize = 300;
+/// Largest logit bias magnitude (the OpenAI range).
+pub const MAX_LOGIT_BIAS: f32 = 100.0;
 /// Longest `cache_salt` and `request_id`, in bytes.
 pub const MAX_ID_BYTES: usize = 1024;
 
@@ -69,6 +73,24 @@ pub(crate) fn check_sampling(sampling: &v1::SamplingParams, limits: &Limits) -> 
         && n > MAX_LOGPROBS
     {
         return invalid(Field::Logprobs, format!("{n} exceeds the maximum of {MAX_LOGPROBS}"));
+    }
+    check_logit_bias(sampling, limits)
+}
+
+/// Logit bias: at most [`MAX_LOGIT_BIAS_TOKENS`] ids inside the vocabulary, each bias in
+/// [-[`MAX_LOGIT_BIAS`], [`MAX_LOGIT_BIAS`]].
+fn check_logit_bias(sampling: &v1::SamplingParams, limits: &Limits) -> Result<(), RouterError> {
+    let bias = &sampling.logit_bias;
+    if bias.len() > MAX_LOGIT_BIAS_TOKENS {
+        return invalid(Field::LogitBias, format!("{} tokens; at most {MAX_LOGIT_BIAS_TOKENS}", bias.len()));
+    }
+    if let Some(id) = bias.keys().copied().filter(|&id| id as usize >= limits.vocab_size).min() {
+        return invalid(Field::LogitBias, format!("token {id} is outside the vocabulary of {}", limits.vocab_size));
+    }
+    let out_of_range =
+        bias.iter().filter(|&(_, &b)| !(-MAX_LOGIT_BIAS..=MAX_LOGIT_BIAS).contains(&b)).min_by_key(|&(&id, _)| id);
+    if let Some((id, b)) = out_of_range {
+        return invalid(Field::LogitBias, format!("token {id}: bias {b} must be in [-100, 100]"));
     }
     Ok(())
 }
@@ -174,21 +196,26 @@ mod tests {
         let ok = v1::SamplingParams::default();
         assert!(check_sampling(&ok, &LIMITS).is_ok());
         let cases = [
-            (v1::SamplingParams { temperature: Some(-0.1), ..ok }, Field::Temperature),
-            (v1::SamplingParams { temperature: Some(f32::NAN), ..ok }, Field::Temperature),
-            (v1::SamplingParams { top_p: Some(0.0), ..ok }, Field::TopP),
-            (v1::SamplingParams { top_p: Some(1.5), ..ok }, Field::TopP),
-            (v1::SamplingParams { top_k: Some(51), ..ok }, Field::TopK),
-            (v1::SamplingParams { min_p: Some(2.0), ..ok }, Field::MinP),
-            (v1::SamplingParams { repetition_penalty: Some(0.0), ..ok }, Field::RepetitionPenalty),
-            (v1::SamplingParams { presence_penalty: Some(2.5), ..ok }, Field::PresencePenalty),
-            (v1::SamplingParams { frequency_penalty: Some(-3.0), ..ok }, Field::FrequencyPenalty),
-            (v1::SamplingParams { logprobs: Some(21), ..ok }, Field::Logprobs),
+            (v1::SamplingParams { temperature: Some(-0.1), ..ok.clone() }, Field::Temperature),
+            (v1::SamplingParams { temperature: Some(f32::NAN), ..ok.clone() }, Field::Temperature),
+            (v1::SamplingParams { top_p: Some(0.0), ..ok.clone() }, Field::TopP),
+            (v1::SamplingParams { top_p: Some(1.5), ..ok.clone() }, Field::TopP),
+            (v1::SamplingParams { top_k: Some(51), ..ok.clone() }, Field::TopK),
+            (v1::SamplingParams { min_p: Some(2.0), ..ok.clone() }, Field::MinP),
+            (v1::SamplingParams { repetition_penalty: Some(0.0), ..ok.clone() }, Field::RepetitionPenalty),
+            (v1::SamplingParams { presence_penalty: Some(2.5), ..ok.clone() }, Field::PresencePenalty),
+            (v1::SamplingParams { frequency_penalty: Some(-3.0), ..ok.clone() }, Field::FrequencyPenalty),
+            (v1::SamplingParams { logprobs: Some(21), ..ok.clone() }, Field::Logprobs),
+            (v1::SamplingParams { logit_bias: [(50, 1.0)].into(), ..ok.clone() }, Field::LogitBias),
+            (v1::SamplingParams { logit_bias: [(3, 100.5)].into(), ..ok.clone() }, Field::LogitBias),
+            (v1::SamplingParams { logit_bias: [(3, f32::NAN)].into(), ..ok.clone() }, Field::LogitBias),
+            (v1::SamplingParams { logit_bias: (0..301).map(|id| (id, 1.0)).collect(), ..ok.clone() }, Field::LogitBias),
         ];
         for (params, expected) in cases {
             assert_eq!(field(check_sampling(&params, &LIMITS)), Some(expected), "{params:?}");
         }
-        let edge = v1::SamplingParams { top_p: Some(1.0), top_k: Some(50), logprobs: Some(20), ..ok };
+        let logit_bias = [(0, -100.0), (49, 100.0)].into();
+        let edge = v1::SamplingParams { top_p: Some(1.0), top_k: Some(50), logprobs: Some(20), logit_bias, ..ok };
         assert!(check_sampling(&edge, &LIMITS).is_ok());
     }
 

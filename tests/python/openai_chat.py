@@ -1,9 +1,10 @@
 """Chats with an OpenAI-compatible server through the official `openai` package.
 
-Usage: openai_chat.py BASE_URL
+Usage: openai_chat.py BASE_URL BANNED_IDS
 
-Asks the first model that GET /models lists one question, streamed and then not, greedily, and
-prints what came back as one JSON object.
+Asks the first model that GET /models lists one question, streamed and then not, greedily, then
+once more with `logit_bias` banning the token ids in the JSON list BANNED_IDS, and prints what
+came back as one JSON object.
 """
 
 import json
@@ -14,7 +15,7 @@ import openai
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def main(base_url):
+def main(base_url, banned_ids):
     client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
     model = client.models.list().data[0].id
     ask = dict(model=model, messages=QUESTION, max_tokens=24, temperature=0)
@@ -29,6 +30,7 @@ def main(base_url):
             usage = chunk.usage.model_dump()
 
     whole = client.chat.completions.create(**ask)
+    banned = client.chat.completions.create(**ask, logit_bias={str(t): -100 for t in json.loads(banned_ids)})
     print(json.dumps({
         "model": model,
         "stream": {"text": text, "chunks": chunks, "finish_reason": finish_reason, "usage": usage},
@@ -37,6 +39,7 @@ def main(base_url):
             "finish_reason": whole.choices[0].finish_reason,
             "usage": whole.usage.model_dump(),
         },
+        "banned": banned.choices[0].message.content,
     }))
 
 

@@ -34,7 +34,10 @@ fn grpcurl(python: &Python, flags: &[&str], address: &str, rest: &[&str]) -> Str
 #[test]
 fn the_openai_package_streams_a_chat_completion() {
     let cluster = Cluster::start(ClusterConfig::default());
-    let got = script("openai_chat.py", &[&format!("http://{}/v1", cluster.http)]);
+    // The answer's key token, for the `logit_bias` request to ban.
+    let paris = cluster.model.tokenizer.encode(" Paris", false).expect("encode");
+    let banned = serde_json::to_string(&paris).expect("ids as JSON");
+    let got = script("openai_chat.py", &[&format!("http://{}/v1", cluster.http), &banned]);
 
     assert!(!got["model"].as_str().unwrap_or_default().is_empty(), "a model id from GET /v1/models: {got}");
     let stream = &got["stream"];
@@ -51,6 +54,9 @@ fn the_openai_package_streams_a_chat_completion() {
     assert_eq!(whole["finish_reason"], stream["finish_reason"]);
     assert_eq!(whole["usage"]["prompt_tokens"], usage["prompt_tokens"]);
     assert_eq!(whole["usage"]["completion_tokens"], usage["completion_tokens"]);
+
+    let banned = got["banned"].as_str().expect("an answer with logit_bias");
+    assert!(!banned.contains("Paris") && banned != whole["text"], "{paris:?} banned by logit_bias: {got}");
 }
 
 /// What the grpcio client saw for one Generate stream.

@@ -306,6 +306,11 @@ fn bad_requests_are_refused_naming_the_field_and_serving_goes_on() {
         ),
         ("top_p", with_sampling(v1::SamplingParams { top_p: Some(0.0), ..Default::default() }), Code::InvalidArgument),
         ("top_p", with_sampling(v1::SamplingParams { top_p: Some(1.5), ..Default::default() }), Code::InvalidArgument),
+        (
+            "logit_bias",
+            with_sampling(v1::SamplingParams { logit_bias: [(1, 101.0)].into(), ..Default::default() }),
+            Code::InvalidArgument,
+        ),
         ("model", v1::GenerateRequest { model: "no-such-model".into(), ..request(&good, 4) }, Code::NotFound),
     ];
     for (field, bad, code) in cases {

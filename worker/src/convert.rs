@@ -46,6 +46,7 @@ pub(crate) fn parts(request: Option<v1::WorkerRequest>) -> Result<Parts, Status>
             frequency_penalty: sampling.frequency_penalty.unwrap_or(0.0),
             seed: sampling.seed,
             logprobs: sampling.logprobs.map(|n| n as usize),
+            logit_bias: sampling.logit_bias.into_iter().collect(),
         },
         stop: StopConditions {
             max_tokens: stop.max_tokens.map_or(DEFAULT_MAX_TOKENS, |n| n as usize),

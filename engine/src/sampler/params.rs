@@ -1,11 +1,18 @@
 //! Sampling parameters and their validation, kept apart from the sampling code so that the
 //! service edge can validate a request once, before it ever reaches the engine thread.
 
+use std::collections::BTreeMap;
+
+use lcserve_common::TokenId;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// Most alternatives a request may ask to see per position (OpenAI's limit).
 pub(crate) const MAX_LOGPROBS: usize = 20;
+/// Most tokens a request may bias (OpenAI's limit).
+pub(crate) const MAX_LOGIT_BIAS_TOKENS: usize = 300;
+/// Largest bias magnitude (OpenAI's range): -100 in effect bans a token, +100 forces it.
+pub(crate) const MAX_LOGIT_BIAS: f32 = 100.0;
 
 /// How to turn a row of logits into the next token.
 ///
@@ -42,6 +49,10 @@ pub struct SamplingParams {
     /// Number of most likely alternatives to report per position. `None` or `Some(0)` report only
     /// the chosen token's logprob. At most 20.
     pub logprobs: Option<usize>,
+    /// OpenAI logit bias: added to these tokens' raw logits before every other step. At most
+    /// [`MAX_LOGIT_BIAS_TOKENS`] ids inside the vocabulary, each bias in
+    /// [-[`MAX_LOGIT_BIAS`], [`MAX_LOGIT_BIAS`]]. Serialized as OpenAI's `{"id": bias}`.
+    pub logit_bias: BTreeMap<TokenId, f32>,
 }
 
 impl Default for SamplingParams {
@@ -56,6 +67,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             seed: None,
             logprobs: None,
+            logit_bias: BTreeMap::new(),
         }
     }
 }
@@ -100,6 +112,13 @@ impl SamplingParams {
         check((-2.0..=2.0).contains(&p), "frequency_penalty", p, "in [-2, 2]")?;
         let n = self.logprobs;
         check(n.is_none_or(|n| n <= MAX_LOGPROBS), "logprobs", n, "unset or in [0, 20]")?;
+        let n = self.logit_bias.len();
+        check(n <= MAX_LOGIT_BIAS_TOKENS, "logit_bias", format!("{n} tokens"), "at most 300 tokens")?;
+        for (&token, &bias) in &self.logit_bias {
+            check((token as usize) < vocab_size, "logit_bias", token, "token ids inside the vocabulary")?;
+            let in_range = (-MAX_LOGIT_BIAS..=MAX_LOGIT_BIAS).contains(&bias);
+            check(in_range, "logit_bias", (token, bias), "biases in [-100, 100]")?;
+        }
         Ok(())
     }
 

@@ -2,6 +2,8 @@
 //! "this must succeed".
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -125,6 +127,47 @@ fn penalties_are_applied_exactly() {
     for (t, prob) in dist {
         assert_close(f64::from(prob), want[t as usize], 1e-6, &format!("p({t})"));
     }
+}
+
+/// A bias is the same as adding it to the raw logits: every token, logprob and distribution
+/// matches a sampler without bias fed the biased row, before penalties, greedy and sampled.
+#[test]
+fn logit_bias_is_added_to_the_raw_logits_before_everything_else() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let (prompt, generated) = ([1, 4, 4], [7, 2, 7]);
+    for temperature in [0.0, 0.8] {
+        for trial in 0..20 {
+            let logits = random_logits(&mut rng, 65, 5.0);
+            let bias: BTreeMap<TokenId, f32> =
+                (0..5).map(|_| (rng.random_range(0..65), rng.random_range(-100.0f32..100.0))).collect();
+            let mut biased_row = logits.clone();
+            for (&t, &b) in &bias {
+                biased_row[t as usize] += b;
+            }
+            let base = SamplingParams {
+                temperature,
+                repetition_penalty: 1.3,
+                frequency_penalty: 0.5,
+                seed: Some(trial),
+                logprobs: Some(3),
+                ..params()
+            };
+            let mut with_bias = sampler(SamplingParams { logit_bias: bias, ..base.clone() }, 65);
+            let mut plain = sampler(base, 65);
+            for _ in 0..3 {
+                let got = with_bias.sample(&logits, &prompt, &generated).unwrap();
+                assert_eq!(got, plain.sample(&biased_row, &prompt, &generated).unwrap(), "T={temperature} #{trial}");
+            }
+            let got = with_bias.distribution(&logits, &prompt, &generated).unwrap();
+            assert_eq!(got, plain.distribution(&biased_row, &prompt, &generated).unwrap());
+        }
+    }
+    // -100 bans the most likely token; +100 forces an unlikely one.
+    let logits = [3.0, 1.0, 0.0, -4.0];
+    let banned = SamplingParams { logit_bias: [(0, -100.0)].into(), ..params() };
+    assert_eq!(sampler(banned, 4).sample(&logits, &[], &[]).unwrap().token, 1);
+    let forced = SamplingParams { logit_bias: [(3, 100.0)].into(), ..params() };
+    assert_eq!(sampler(forced, 4).sample(&logits, &[], &[]).unwrap().token, 3);
 }
 
 #[test]
@@ -400,6 +443,9 @@ fn validate_names_the_offending_field() {
         (SamplingParams { presence_penalty: 2.5, ..params() }, "presence_penalty"),
         (SamplingParams { frequency_penalty: -2.5, ..params() }, "frequency_penalty"),
         (SamplingParams { logprobs: Some(21), ..params() }, "logprobs"),
+        (SamplingParams { logit_bias: [(100, 1.0)].into(), ..params() }, "logit_bias"),
+        (SamplingParams { logit_bias: [(3, -100.5)].into(), ..params() }, "logit_bias"),
+        (SamplingParams { logit_bias: [(3, f32::NAN)].into(), ..params() }, "logit_bias"),
     ];
     for (p, field) in cases {
         let err = p.validate(100).unwrap_err();
@@ -409,7 +455,15 @@ fn validate_names_the_offending_field() {
         assert_eq!(Sampler::new(p, 100).unwrap_err().field, field);
     }
     assert_eq!(params().validate(0).unwrap_err().field, "vocab_size");
-    let edge =
-        SamplingParams { top_p: 1.0, presence_penalty: -2.0, frequency_penalty: 2.0, logprobs: Some(20), ..params() };
+    let edge = SamplingParams {
+        top_p: 1.0,
+        presence_penalty: -2.0,
+        frequency_penalty: 2.0,
+        logprobs: Some(20),
+        logit_bias: [(0, -100.0), (99, 100.0)].into(),
+        ..params()
+    };
     assert_eq!(edge.validate(100), Ok(()));
+    let too_many = SamplingParams { logit_bias: (0..301).map(|t| (t, 1.0)).collect(), ..params() };
+    assert_eq!(too_many.validate(1000).unwrap_err().field, "logit_bias");
 }

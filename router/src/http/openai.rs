@@ -5,8 +5,10 @@
 //! vs `messages`, `logprobs` as a count vs a flag — is checked per endpoint in
 //! [`OpenAiRequest::into_generate`]. Unknown fields are ignored, as OpenAI clients send many;
 //! OpenAI features this server does not implement (more than one choice, echo, tool calling,
-//! structured output, logit bias) are refused with an error naming the field whenever a request
+//! structured output) are refused with an error naming the field whenever a request
 //! actually asks for them, rather than answered as if they had been honoured.
+
+use std::collections::{BTreeMap, HashMap};
 
 use lcserve_proto::v1::{self, generate_request::Input};
 use serde::Deserialize;
@@ -109,7 +111,8 @@ pub(crate) struct OpenAiRequest {
     pub functions: Option<serde_json::Value>,
     pub function_call: Option<serde_json::Value>,
     pub response_format: Option<serde_json::Value>,
-    pub logit_bias: Option<serde_json::Value>,
+    /// `{"token id": bias}`, the ids as strings (JSON object keys).
+    pub logit_bias: Option<BTreeMap<String, f32>>,
     /// lcserve extension: `dense`, `sparse` or `auto` prefill.
     pub prefill_mode: Option<String>,
     /// lcserve extension: `off`, `ngram`, `auto`, `draft` or `self` speculative decoding.
@@ -193,6 +196,7 @@ impl OpenAiRequest {
                 u32::try_from(k).map_err(|_| RouterError::invalid(Field::TopK, "must be >= 1, or -1 / 0 for off"))?,
             ),
         };
+        let logit_bias = logit_bias(self.logit_bias.unwrap_or_default())?;
         let stop = match self.stop {
             None => Vec::new(),
             Some(StopField::One(s)) => vec![s],
@@ -227,6 +231,7 @@ impl OpenAiRequest {
                 frequency_penalty: self.frequency_penalty,
                 seed: self.seed,
                 logprobs,
+                logit_bias,
             }),
             stop: Some(v1::StopConditions {
                 max_tokens: self.max_completion_tokens.or(self.max_tokens),
@@ -250,11 +255,10 @@ impl OpenAiRequest {
 }
 
 impl OpenAiRequest {
-    /// Refuses tool calling, structured output and logit bias, which this server does not
-    /// implement: answering such a request with plain sampled text would look like success.
-    /// Values that ask for nothing pass (`null`, `tools: []`, `tool_choice: "none"` or
-    /// `"auto"`, `response_format: {"type": "text"}`, `logit_bias: {}`), as some clients send
-    /// them by default.
+    /// Refuses tool calling and structured output, which this server does not implement:
+    /// answering such a request with plain sampled text would look like success. Values that
+    /// ask for nothing pass (`null`, `tools: []`, `tool_choice: "none"` or `"auto"`,
+    /// `response_format: {"type": "text"}`), as some clients send them by default.
     fn refuse_unimplemented_features(&self) -> Result<(), RouterError> {
         use serde_json::Value;
         type AsksNothing = fn(&Value) -> bool;
@@ -262,7 +266,7 @@ impl OpenAiRequest {
             |v| v.as_array().is_some_and(Vec::is_empty) || v.as_object().is_some_and(|o| o.is_empty());
         let no_forced_call: AsksNothing = |v| matches!(v.as_str(), Some("none" | "auto"));
         let plain_text: AsksNothing = |v| v.get("type").and_then(Value::as_str) == Some("text");
-        let features: [(&'static str, &Option<Value>, AsksNothing, &str); 6] = [
+        let features: [(&'static str, &Option<Value>, AsksNothing, &str); 5] = [
             ("tools", &self.tools, empty, "tool calling is not supported"),
             ("functions", &self.functions, empty, "function calling is not supported"),
             (
@@ -283,7 +287,6 @@ impl OpenAiRequest {
                 plain_text,
                 "structured output is not supported: only {\"type\": \"text\"}",
             ),
-            ("logit_bias", &self.logit_bias, empty, "logit_bias is not supported"),
         ];
         for (name, value, asks_nothing, reason) in features {
             if value.as_ref().is_some_and(|v| !v.is_null() && !asks_nothing(v)) {
@@ -292,6 +295,18 @@ impl OpenAiRequest {
         }
         Ok(())
     }
+}
+
+/// OpenAI's `{"token id": bias}` as the wire's map; ranges are checked with the other sampling
+/// parameters.
+fn logit_bias(field: BTreeMap<String, f32>) -> Result<HashMap<u32, f32>, RouterError> {
+    field
+        .into_iter()
+        .map(|(id, bias)| match id.trim().parse::<u32>() {
+            Ok(id) => Ok((id, bias)),
+            Err(_) => invalid(Field::LogitBias, format!("key {id:?} is not a token id")),
+        })
+        .collect()
 }
 
 fn kv_selection(field: KvSelectionField) -> Result<v1::KvSelection, RouterError> {
@@ -434,7 +449,6 @@ mod tests {
             field(r#""response_format":{"type":"json_schema","json_schema":{}}"#),
             Some(Some("response_format"))
         );
-        assert_eq!(field(r#""logit_bias":{"100":5}"#), Some(Some("logit_bias")));
         for nothing in [
             r#""tools":[]"#,
             r#""tools":null"#,
@@ -443,12 +457,21 @@ mod tests {
             r#""tool_choice":"auto""#,
             r#""function_call":"none""#,
             r#""response_format":{"type":"text"}"#,
-            r#""logit_bias":{}"#,
-            r#""logit_bias":null"#,
             r#""parallel_tool_calls":false"#,
         ] {
             assert_eq!(field(nothing), None, "{nothing}");
         }
+    }
+
+    #[test]
+    fn logit_bias_keys_are_token_ids() {
+        let bias = |json: &str| convert(json, Kind::Completion).map(|(r, _)| r.sampling.expect("sampling").logit_bias);
+        let parsed = bias(r#"{"prompt":"a","logit_bias":{"7":-100,"42":2.5}}"#).expect("valid");
+        assert_eq!(parsed, [(7, -100.0), (42, 2.5)].into());
+        assert_eq!(bias(r#"{"prompt":"a"}"#).expect("valid"), HashMap::new());
+        let not_an_id = bias(r#"{"prompt":"a","logit_bias":{"the":1}}"#).err().and_then(|e| e.field());
+        assert_eq!(not_an_id, Some(Field::LogitBias));
+        assert_eq!(parse(br#"{"logit_bias":{"7":"high"}}"#).err().and_then(|e| e.0).as_deref(), Some("logit_bias.7"));
     }
 
     #[test]
