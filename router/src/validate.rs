@@ -12,6 +12,8 @@ pub const MAX_STOP_BYTES: usize = 1024;
 pub const MAX_STOP_TOKEN_IDS: usize = 256;
 /// Most alternatives a request may ask logprobs for (the OpenAI limit).
 pub const MAX_LOGPROBS: u32 = 20;
+/// Most choices (`n`) one OpenAI request may ask for; each is a generation of its own.
+pub const MAX_CHOICES: u32 = 16;
 /// Most tokens a request may bias (the OpenAI limit).
 pub const MAX_LOGIT_BIAS_TOKENS: usize = 300;
 /// Largest logit bias magnitude (the OpenAI range).

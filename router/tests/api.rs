@@ -89,6 +89,52 @@ async fn chat_json_and_sse_with_logprobs() {
 }
 
 #[tokio::test]
+async fn n_choices_each_generate_with_their_own_seed() {
+    let (decode, router) = one_decode().await;
+    let body = json!({ "prompt": "w10 w11 w12", "max_tokens": 4, "n": 3, "temperature": 0.5, "seed": 7 });
+    let response = post(router.http, "/v1/completions", &body.to_string()).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let value = response.json();
+    let choices = value["choices"].as_array().expect("choices");
+    assert_eq!(choices.len(), 3);
+    for (index, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], index);
+        assert_eq!(choice["text"], " w1 w10 w11 w12", "the instant worker echoes the prompt");
+        assert_eq!(choice["finish_reason"], "length");
+    }
+    assert_eq!(value["usage"]["prompt_tokens"], 4, "the prompt counts once");
+    assert_eq!(value["usage"]["completion_tokens"], 12);
+    let mut seeds: Vec<Option<u64>> = decode
+        .generates()
+        .iter()
+        .map(|g| g.request.as_ref().and_then(|r| r.sampling.as_ref()).and_then(|s| s.seed))
+        .collect();
+    seeds.sort();
+    assert_eq!(seeds, [Some(7), Some(8), Some(9)]);
+
+    let body = json!({
+        "messages": [{ "role": "user", "content": "w40" }], "max_tokens": 2, "n": 2,
+        "stream": true, "stream_options": { "include_usage": true },
+    });
+    let response = post(router.http, "/v1/chat/completions", &body.to_string()).await;
+    let data = response.sse_data();
+    assert_eq!(data.iter().filter(|d| *d == "[DONE]").count(), 1);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).expect("chunk")).collect();
+    for index in 0..2 {
+        let of_choice: Vec<&Value> = chunks.iter().filter(|c| c["choices"][0]["index"] == index).collect();
+        assert_eq!(of_choice[0]["choices"][0]["delta"]["role"], "assistant", "choice {index} opens with its role");
+        let content: String = of_choice.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+        assert_eq!(content, " w4 w40", "choice {index}");
+        let finishes = of_choice.iter().filter(|c| !c["choices"][0]["finish_reason"].is_null()).count();
+        assert_eq!(finishes, 1, "choice {index} finishes once");
+    }
+    let usage = chunks.last().expect("usage chunk");
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 4);
+}
+
+#[tokio::test]
 async fn operational_endpoints() {
     let (_decode, router) = one_decode().await;
     assert_eq!(get(router.http, "/health").await.status, 200);
@@ -177,7 +223,18 @@ async fn bad_input_is_rejected_with_the_field() {
             json!("repetition_penalty"),
         ),
         ("/v1/completions", json!({"prompt": "w9", "logprobs": 21}).to_string(), 400, json!("logprobs")),
-        ("/v1/completions", json!({"prompt": "w9", "n": 2}).to_string(), 400, json!("n")),
+        ("/v1/completions", json!({"prompt": "w9", "n": 0}).to_string(), 400, json!("n")),
+        ("/v1/completions", json!({"prompt": "w9", "n": 17}).to_string(), 400, json!("n")),
+        ("/v1/completions", json!({"prompt": "w9", "logit_bias": {"5000": 1}}).to_string(), 400, json!("logit_bias")),
+        ("/v1/completions", json!({"prompt": "w9", "logit_bias": {"5": -101}}).to_string(), 400, json!("logit_bias")),
+        ("/v1/completions", json!({"prompt": "w9", "tools": [{"type": "function"}]}).to_string(), 400, json!("tools")),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "w9"}], "response_format": {"type": "json_object"}})
+                .to_string(),
+            400,
+            json!("response_format"),
+        ),
         ("/v1/completions", json!({"prompt": "w9", "prefill_mode": "fast"}).to_string(), 400, json!("prefill_mode")),
         ("/v1/completions", json!({"prompt": "w9", "speculation": "psychic"}).to_string(), 400, json!("speculation")),
         ("/v1/completions", json!({"prompt": "w9", "kv_selection": {}}).to_string(), 400, json!("kv_selection.budget")),

@@ -234,6 +234,22 @@ async fn client_disconnect_aborts_the_worker_request() {
     assert!(metric(router.http, "lcserve_router_requests_total", "status=\"cancelled\"").await >= 3.0);
 }
 
+/// With `n` choices, a client that hangs up while choice 0 still waits for its first token
+/// cancels it at once, and the other choices never start.
+#[tokio::test]
+async fn a_client_gone_before_the_first_token_cancels_every_choice() {
+    let decode = InstantWorker::start("decode").await;
+    decode.set(|w| w.token_delay = Duration::from_secs(30));
+    let router = start_router(config(&[], &[&decode])).await;
+    let body = json!({ "prompt": "w10 w11", "max_tokens": 4, "n": 3 }).to_string();
+    let addr = router.http;
+    let waiting = tokio::spawn(async move { post(addr, "/v1/completions", &body).await });
+    eventually("choice 0 to reach the worker", || !decode.generates().is_empty()).await;
+    waiting.abort();
+    eventually("the cancel to reach the worker before any token", || !decode.aborts().is_empty()).await;
+    assert_eq!(decode.generates().len(), 1, "choices 1 and 2 never started");
+}
+
 #[tokio::test]
 async fn deadlines_end_requests_and_abort_workers() {
     let decode = InstantWorker::start("decode").await;

@@ -4,7 +4,7 @@ Usage: openai_chat.py BASE_URL BANNED_IDS
 
 Asks the first model that GET /models lists one question, streamed and then not, greedily, then
 once more with `logit_bias` banning the token ids in the JSON list BANNED_IDS, and prints what
-came back as one JSON object.
+came back as one JSON object; last, samples two choices (`n`) in one request.
 """
 
 import json
@@ -31,6 +31,7 @@ def main(base_url, banned_ids):
 
     whole = client.chat.completions.create(**ask)
     banned = client.chat.completions.create(**ask, logit_bias={str(t): -100 for t in json.loads(banned_ids)})
+    several = client.chat.completions.create(**{**ask, "temperature": 0.8}, n=2, seed=5)
     print(json.dumps({
         "model": model,
         "stream": {"text": text, "chunks": chunks, "finish_reason": finish_reason, "usage": usage},
@@ -40,6 +41,11 @@ def main(base_url, banned_ids):
             "usage": whole.usage.model_dump(),
         },
         "banned": banned.choices[0].message.content,
+        "several": {
+            "indices": [choice.index for choice in several.choices],
+            "texts": [choice.message.content for choice in several.choices],
+            "completion_tokens": several.usage.completion_tokens,
+        },
     }))
 
 

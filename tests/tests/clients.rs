@@ -57,6 +57,11 @@ fn the_openai_package_streams_a_chat_completion() {
 
     let banned = got["banned"].as_str().expect("an answer with logit_bias");
     assert!(!banned.contains("Paris") && banned != whole["text"], "{paris:?} banned by logit_bias: {got}");
+
+    let several = &got["several"];
+    assert_eq!(several["indices"], json!([0, 1]), "n = 2: {got}");
+    assert!(several["texts"].as_array().is_some_and(|t| t.iter().all(|t| t.as_str().is_some_and(|t| !t.is_empty()))));
+    assert!(several["completion_tokens"].as_u64().unwrap_or_default() >= 2, "{got}");
 }
 
 /// What the grpcio client saw for one Generate stream.

@@ -1,5 +1,6 @@
 //! `POST /v1/completions` and `POST /v1/chat/completions`: authenticate, read and parse the body,
-//! start the shared flow, then answer with one JSON body or an SSE stream ending `data: [DONE]`.
+//! start the shared flow of each of the `n` choices, then answer with one JSON body or an SSE
+//! stream ending `data: [DONE]` once every choice has finished (or at the first error).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -11,10 +12,11 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use lcserve_proto::v1::generate_response::Event;
+use lcserve_proto::v1::{self, generate_response::Event};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::choices::{self, ChoiceEvent, merged_usage};
 use super::openai::{self, Kind};
 use super::response::Shaper;
 use super::{authorization, error_response, event_error_json, json_response, read_body};
@@ -58,23 +60,35 @@ async fn start(
     body: Body,
     kind: Kind,
     endpoint: Endpoint,
-) -> Result<(mpsc::Receiver<Event>, Shaper, bool), RouterError> {
+) -> Result<(mpsc::Receiver<ChoiceEvent>, Shaper, bool), RouterError> {
     let tenant = shared.auth.authenticate(authorization(headers))?;
     let bytes = read_body(headers, body, shared.config.max_body_bytes).await?;
     let parsed = openai::parse(&bytes).map_err(|(param, message)| RouterError::BadBody { param, message })?;
     let (request, options) = parsed.into_generate(kind)?;
     let model = shared.served()?;
     let shaper = Shaper::new(kind, &model.id, options, model.tokenizer.clone());
-    let events = Arc::clone(shared).start(model, &tenant, request, None, endpoint).await?;
+    let events = choices::start(shared, model, &tenant, request, options.choices, endpoint).await?;
     Ok((events, shaper, options.stream))
 }
 
-async fn collect(mut events: mpsc::Receiver<Event>, mut shaper: Shaper) -> Response {
-    let mut tokens = Vec::new();
-    while let Some(event) = events.recv().await {
+/// Every choice's finish, in choice order, once all have one.
+fn all_finished(finished: &[Option<v1::Finished>]) -> Option<Vec<&v1::Finished>> {
+    finished.iter().map(Option::as_ref).collect()
+}
+
+async fn collect(mut events: mpsc::Receiver<ChoiceEvent>, mut shaper: Shaper) -> Response {
+    let n = shaper.choices();
+    let mut tokens = vec![Vec::new(); n];
+    let mut finished = vec![None; n];
+    while let Some((index, event)) = events.recv().await {
         match event {
-            Event::Token(token) => tokens.push(token),
-            Event::Finished(finished) => return json_response(200, shaper.complete(&tokens, &finished)),
+            Event::Token(token) => tokens[index].push(token),
+            Event::Finished(done) => {
+                finished[index] = Some(done);
+                if let Some(all) = all_finished(&finished) {
+                    return json_response(200, shaper.complete(&tokens, &all));
+                }
+            }
             Event::Error(error) => {
                 let (status, body) = event_error_json(&error);
                 return json_response(status, body);
@@ -84,11 +98,13 @@ async fn collect(mut events: mpsc::Receiver<Event>, mut shaper: Shaper) -> Respo
     error_response(&RouterError::Internal("the request ended without a result".into()))
 }
 
-/// State of one SSE response: chunks ready to send, then more from the flow.
+/// State of one SSE response: chunks ready to send, then more from the choices' flows.
 struct SseState {
-    events: mpsc::Receiver<Event>,
+    events: mpsc::Receiver<ChoiceEvent>,
     shaper: Shaper,
     ready: VecDeque<SseEvent>,
+    /// Each choice's finish, once it has one.
+    finished: Vec<Option<v1::Finished>>,
     done: bool,
 }
 
@@ -103,20 +119,24 @@ impl SseState {
             return false;
         }
         match self.events.recv().await {
-            Some(Event::Token(token)) => {
-                let chunk = self.shaper.token_chunk(&token);
+            Some((index, Event::Token(token))) => {
+                let chunk = self.shaper.token_chunk(index, &token);
                 if !token.text.is_empty() || !chunk["choices"][0]["logprobs"].is_null() {
                     self.ready.push_back(data(&chunk));
                 }
             }
-            Some(Event::Finished(finished)) => {
-                self.ready.push_back(data(&self.shaper.finish_chunk(&finished)));
-                if let Some(usage) = self.shaper.usage_chunk(&finished) {
-                    self.ready.push_back(data(&usage));
+            Some((index, Event::Finished(finished))) => {
+                self.ready.push_back(data(&self.shaper.finish_chunk(index, &finished)));
+                self.finished[index] = Some(finished);
+                if let Some(all) = all_finished(&self.finished) {
+                    let usages: Vec<v1::Usage> = all.iter().map(|f| f.usage.unwrap_or_default()).collect();
+                    if let Some(usage) = self.shaper.usage_chunk(&merged_usage(&usages)) {
+                        self.ready.push_back(data(&usage));
+                    }
+                    self.finish();
                 }
-                self.finish();
             }
-            Some(Event::Error(error)) => {
+            Some((_, Event::Error(error))) => {
                 self.ready.push_back(data(&event_error_json(&error).1));
                 self.finish();
             }
@@ -137,11 +157,12 @@ impl SseState {
 
 /// The SSE response. Dropping it (client gone) drops the receiver, which cancels the flow.
 fn stream(
-    events: mpsc::Receiver<Event>,
+    events: mpsc::Receiver<ChoiceEvent>,
     shaper: Shaper,
 ) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
-    let ready: VecDeque<SseEvent> = shaper.opening_chunk().iter().map(data).collect();
-    let state = SseState { events, shaper, ready, done: false };
+    let ready: VecDeque<SseEvent> = shaper.opening_chunks().iter().map(data).collect();
+    let finished = vec![None; shaper.choices()];
+    let state = SseState { events, shaper, ready, finished, done: false };
     let chunks = futures_util::stream::unfold(state, |mut state| async move {
         loop {
             if let Some(chunk) = state.ready.pop_front() {

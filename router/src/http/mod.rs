@@ -5,6 +5,7 @@
 //! Errors use OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with the status
 //! of the error's class (400, 401, 404, 413, 429, 503, 504, ...).
 
+mod choices;
 mod generate;
 mod openai;
 mod response;

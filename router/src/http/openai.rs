@@ -4,8 +4,8 @@
 //! One struct serves both endpoints (they share almost every field); what differs — `prompt`
 //! vs `messages`, `logprobs` as a count vs a flag — is checked per endpoint in
 //! [`OpenAiRequest::into_generate`]. Unknown fields are ignored, as OpenAI clients send many;
-//! OpenAI features this server does not implement (more than one choice, echo, tool calling,
-//! structured output) are refused with an error naming the field whenever a request
+//! OpenAI features this server does not implement (`best_of`, echo, tool calling, structured
+//! output) are refused with an error naming the field whenever a request
 //! actually asks for them, rather than answered as if they had been honoured.
 
 use std::collections::{BTreeMap, HashMap};
@@ -14,7 +14,7 @@ use lcserve_proto::v1::{self, generate_request::Input};
 use serde::Deserialize;
 
 use crate::error::{Field, RouterError};
-use crate::validate::MAX_LOGPROBS;
+use crate::validate::{MAX_CHOICES, MAX_LOGPROBS};
 
 /// Which endpoint a body was sent to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,6 +138,8 @@ pub(crate) struct ResponseOptions {
     pub include_usage: bool,
     /// Whether to report logprobs at all (and with how many alternatives, in the request).
     pub logprobs: bool,
+    /// How many choices to generate (`n`), each a flow of its own.
+    pub choices: usize,
 }
 
 fn invalid<T>(field: Field, reason: impl Into<String>) -> Result<T, RouterError> {
@@ -147,9 +149,11 @@ fn invalid<T>(field: Field, reason: impl Into<String>) -> Result<T, RouterError>
 impl OpenAiRequest {
     /// Checks the endpoint-specific fields and builds the shared request.
     pub fn into_generate(self, kind: Kind) -> Result<(v1::GenerateRequest, ResponseOptions), RouterError> {
-        if self.n.is_some_and(|n| n != 1) {
-            return invalid(Field::N, "only n = 1 is supported");
-        }
+        let choices = match self.n {
+            None => 1,
+            Some(n) if (1..=MAX_CHOICES).contains(&n) => n as usize,
+            Some(n) => return invalid(Field::N, format!("{n} must be in 1..={MAX_CHOICES}")),
+        };
         if self.best_of.is_some_and(|n| n != 1) {
             return invalid(Field::Unsupported("best_of"), "only best_of = 1 is supported");
         }
@@ -250,7 +254,7 @@ impl OpenAiRequest {
         if include_usage && !stream {
             return invalid(Field::Unsupported("stream_options"), "only allowed with stream: true");
         }
-        Ok((request, ResponseOptions { stream, include_usage, logprobs: logprobs.is_some() }))
+        Ok((request, ResponseOptions { stream, include_usage, logprobs: logprobs.is_some(), choices }))
     }
 }
 
@@ -402,7 +406,7 @@ mod tests {
         let stop = request.stop.expect("stop");
         assert_eq!((stop.max_tokens, stop.stop), (Some(5), vec!["x".to_owned()]));
         assert_eq!(request.cache_salt.as_deref(), Some("s"));
-        assert_eq!(options, ResponseOptions { stream: true, include_usage: true, logprobs: true });
+        assert_eq!(options, ResponseOptions { stream: true, include_usage: true, logprobs: true, choices: 1 });
 
         let (chat, options) = convert(
             r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],
@@ -419,7 +423,8 @@ mod tests {
     #[test]
     fn endpoint_mismatches_name_the_field() {
         let field = |json: &str, kind| convert(json, kind).err().and_then(|e| e.field()).map(Field::openai_name);
-        assert_eq!(field(r#"{"prompt":"a","n":2}"#, Kind::Completion), Some("n"));
+        assert_eq!(field(r#"{"prompt":"a","n":0}"#, Kind::Completion), Some("n"));
+        assert_eq!(field(r#"{"prompt":"a","n":17}"#, Kind::Completion), Some("n"));
         assert_eq!(field(r#"{"messages":[]}"#, Kind::Completion), Some("messages"));
         assert_eq!(field(r#"{}"#, Kind::Completion), Some("prompt"));
         assert_eq!(field(r#"{"prompt":["a","b"]}"#, Kind::Completion), Some("prompt"));

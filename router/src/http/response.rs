@@ -7,6 +7,7 @@ use lcserve_text::Tokenizer;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use super::choices::merged_usage;
 use super::openai::{Kind, ResponseOptions};
 
 #[derive(Debug, Serialize)]
@@ -80,8 +81,8 @@ pub(crate) struct Shaper {
     model: String,
     options: ResponseOptions,
     tokenizer: Tokenizer,
-    /// Characters of text emitted so far (completions logprobs' `text_offset`).
-    offset: usize,
+    /// Characters of text each choice emitted so far (completions logprobs' `text_offset`).
+    offsets: Vec<usize>,
 }
 
 impl Shaper {
@@ -97,8 +98,13 @@ impl Shaper {
             model: model.to_owned(),
             options,
             tokenizer,
-            offset: 0,
+            offsets: vec![0; options.choices],
         }
+    }
+
+    /// How many choices the response carries (`n`).
+    pub fn choices(&self) -> usize {
+        self.options.choices
     }
 
     fn envelope(&self, object: &str, choices: Value) -> Value {
@@ -116,8 +122,8 @@ impl Shaper {
         self.tokenizer.decode(&[id], false).unwrap_or_default()
     }
 
-    /// Logprobs of `tokens` in the endpoint's format; `null` when not requested.
-    fn logprobs(&mut self, tokens: &[v1::Token]) -> Value {
+    /// Logprobs of choice `index`'s `tokens` in the endpoint's format; `null` when not requested.
+    fn logprobs(&mut self, index: usize, tokens: &[v1::Token]) -> Value {
         if !self.options.logprobs {
             return Value::Null;
         }
@@ -144,77 +150,90 @@ impl Shaper {
                     let top: serde_json::Map<String, Value> =
                         t.top_logprobs.iter().map(|a| (self.spell(a.id), json!(a.logprob))).collect();
                     tops.push(Value::Object(top));
-                    offsets.push(self.offset);
-                    self.offset += t.text.chars().count();
+                    offsets.push(self.offsets[index]);
+                    self.offsets[index] += t.text.chars().count();
                 }
                 json!({ "tokens": spelled, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets })
             }
         }
     }
 
-    /// The SSE chunk that opens a chat stream (the assistant role); none for completions.
-    pub fn opening_chunk(&self) -> Option<Value> {
-        (self.kind == Kind::Chat).then(|| {
-            let choice = json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null });
-            self.envelope(self.chunk_object(), json!([choice]))
-        })
+    /// The SSE chunks that open a chat stream, one per choice (the assistant role); none for
+    /// completions.
+    pub fn opening_chunks(&self) -> Vec<Value> {
+        if self.kind != Kind::Chat {
+            return Vec::new();
+        }
+        (0..self.choices())
+            .map(|index| {
+                let delta = json!({ "role": "assistant", "content": "" });
+                let choice = json!({ "index": index, "delta": delta, "logprobs": null, "finish_reason": null });
+                self.envelope(self.chunk_object(), json!([choice]))
+            })
+            .collect()
     }
 
-    /// The SSE chunk of one token event.
-    pub fn token_chunk(&mut self, token: &v1::Token) -> Value {
-        let logprobs = self.logprobs(std::slice::from_ref(token));
-        self.text_chunk(&token.text, logprobs, Value::Null)
+    /// The SSE chunk of one token event of choice `index`.
+    pub fn token_chunk(&mut self, index: usize, token: &v1::Token) -> Value {
+        let logprobs = self.logprobs(index, std::slice::from_ref(token));
+        self.text_chunk(index, &token.text, logprobs, Value::Null)
     }
 
-    fn text_chunk(&self, text: &str, logprobs: Value, finish_reason: Value) -> Value {
+    fn text_chunk(&self, index: usize, text: &str, logprobs: Value, finish_reason: Value) -> Value {
         let choice = match self.kind {
             Kind::Completion => {
-                json!({ "index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason })
+                json!({ "index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason })
             }
             Kind::Chat => {
                 let delta = if text.is_empty() { json!({}) } else { json!({ "content": text }) };
-                json!({ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason })
+                json!({ "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason })
             }
         };
         self.envelope(self.chunk_object(), json!([choice]))
     }
 
-    /// The SSE chunk carrying the finish reason (and any held-back text).
-    pub fn finish_chunk(&self, finished: &v1::Finished) -> Value {
-        self.text_chunk(&finished.text, Value::Null, json!(finish_reason(finished.reason)))
+    /// The SSE chunk carrying choice `index`'s finish reason (and any held-back text).
+    pub fn finish_chunk(&self, index: usize, finished: &v1::Finished) -> Value {
+        self.text_chunk(index, &finished.text, Value::Null, json!(finish_reason(finished.reason)))
     }
 
-    /// The trailing usage chunk of `stream_options.include_usage`.
-    pub fn usage_chunk(&self, finished: &v1::Finished) -> Option<Value> {
+    /// The trailing usage chunk of `stream_options.include_usage`, with the whole request's
+    /// `usage`.
+    pub fn usage_chunk(&self, usage: &v1::Usage) -> Option<Value> {
         self.options.include_usage.then(|| {
             let mut chunk = self.envelope(self.chunk_object(), json!([]));
-            chunk["usage"] = usage_json(&finished.usage.unwrap_or_default());
+            chunk["usage"] = usage_json(usage);
             chunk
         })
     }
 
-    /// A whole (non-streaming) response from every token event and the finish.
-    pub fn complete(&mut self, tokens: &[v1::Token], finished: &v1::Finished) -> Value {
-        let mut text: String = tokens.iter().map(|t| t.text.as_str()).collect();
-        text.push_str(&finished.text);
-        let logprobs = self.logprobs(tokens);
-        let reason = finish_reason(finished.reason);
-        let (object, choice) = match self.kind {
-            Kind::Completion => {
-                ("text_completion", json!({ "index": 0, "text": text, "logprobs": logprobs, "finish_reason": reason }))
-            }
-            Kind::Chat => (
-                "chat.completion",
-                json!({
-                    "index": 0,
+    /// A whole (non-streaming) response from every choice's token events and finish.
+    pub fn complete(&mut self, tokens: &[Vec<v1::Token>], finished: &[&v1::Finished]) -> Value {
+        let mut choices = Vec::with_capacity(finished.len());
+        for (index, (tokens, finished)) in tokens.iter().zip(finished).enumerate() {
+            let mut text: String = tokens.iter().map(|t| t.text.as_str()).collect();
+            text.push_str(&finished.text);
+            let logprobs = self.logprobs(index, tokens);
+            let reason = finish_reason(finished.reason);
+            choices.push(match self.kind {
+                Kind::Completion => {
+                    json!({ "index": index, "text": text, "logprobs": logprobs, "finish_reason": reason })
+                }
+                Kind::Chat => json!({
+                    "index": index,
                     "message": { "role": "assistant", "content": text },
                     "logprobs": logprobs,
                     "finish_reason": reason,
                 }),
-            ),
+            });
+        }
+        let object = match self.kind {
+            Kind::Completion => "text_completion",
+            Kind::Chat => "chat.completion",
         };
-        let mut body = self.envelope(object, json!([choice]));
-        body["usage"] = usage_json(&finished.usage.unwrap_or_default());
+        let mut body = self.envelope(object, Value::Array(choices));
+        let usages: Vec<v1::Usage> = finished.iter().map(|f| f.usage.unwrap_or_default()).collect();
+        body["usage"] = usage_json(&merged_usage(&usages));
         body
     }
 }
