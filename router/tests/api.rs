@@ -142,6 +142,10 @@ async fn operational_endpoints() {
     let models = get(router.http, "/v1/models").await.json();
     assert_eq!(models["data"][0]["id"], MODEL_ID);
     assert_eq!(models["data"][0]["max_model_len"], CONTEXT);
+    let one = get(router.http, &format!("/v1/models/{MODEL_ID}")).await;
+    assert_eq!((one.status, one.json()), (200, models["data"][0].clone()));
+    let other = get(router.http, "/v1/models/org/other-model").await;
+    assert_eq!((other.status, other.json()["error"]["param"].clone()), (404, json!("model")));
     let missing = get(router.http, "/v1/nothing").await;
     assert_eq!((missing.status, missing.json()["error"]["code"].clone()), (404, json!("not_found")));
     post(router.http, "/v1/completions", r#"{"prompt":"w9","max_tokens":2}"#).await;

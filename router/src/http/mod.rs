@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,6 +26,7 @@ use serde_json::json;
 
 use crate::Shared;
 use crate::error::{ErrorClass, RouterError};
+use crate::model::ServedModel;
 
 /// Serves the HTTP front on `listener` until `shutdown`, then drains open requests.
 pub(crate) async fn serve(
@@ -37,6 +38,7 @@ pub(crate) async fn serve(
         .route("/v1/completions", post(generate::completions))
         .route("/v1/chat/completions", post(generate::chat_completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{*model}", get(model))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -114,22 +116,33 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum
     }
 }
 
+fn model_json(model: &ServedModel) -> serde_json::Value {
+    json!({
+        "id": model.id, "object": "model", "created": 0, "owned_by": "lcserve",
+        "max_model_len": model.context_length, "block_size": model.block_size,
+    })
+}
+
+/// `GET /v1/models`: the served model, once a worker has described it.
 async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Err(err) = shared.auth.authenticate(authorization(&headers)) {
         return error_response(&err);
     }
-    let data: Vec<_> = shared
-        .model
-        .get()
-        .map(|model| {
-            json!({
-                "id": model.id, "object": "model", "created": 0, "owned_by": "lcserve",
-                "max_model_len": model.context_length, "block_size": model.block_size,
-            })
-        })
-        .into_iter()
-        .collect();
+    let data: Vec<_> = shared.model.get().map(|model| model_json(&model)).into_iter().collect();
     json_response(200, json!({ "object": "list", "data": data }))
+}
+
+/// `GET /v1/models/{model}` (the `openai` clients' `models.retrieve`): the served model by
+/// its id, which may contain slashes; another id is 404 naming `model`.
+async fn model(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(err) = shared.auth.authenticate(authorization(&headers)) {
+        return error_response(&err);
+    }
+    match shared.served() {
+        Ok(model) if model.id == id => json_response(200, model_json(&model)),
+        Ok(model) => error_response(&RouterError::UnknownModel { requested: id, served: model.id.clone() }),
+        Err(err) => error_response(&err),
+    }
 }
 
 async fn health() -> &'static str {
