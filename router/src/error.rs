@@ -14,6 +14,8 @@ pub enum Field {
     Text,
     /// A completion prompt given as token ids.
     TokenIds,
+    /// The token ids of `/detokenize`.
+    Tokens,
     /// Chat messages.
     Messages,
     MaxTokens,
@@ -49,6 +51,7 @@ impl Field {
             Field::Model => "model",
             Field::Text => "text",
             Field::TokenIds => "token_ids.ids",
+            Field::Tokens => "tokens",
             Field::Messages => "chat.messages",
             Field::MaxTokens => "stop.max_tokens",
             Field::Temperature => "sampling.temperature",
@@ -80,6 +83,7 @@ impl Field {
         match self {
             Field::Model => "model",
             Field::Text | Field::TokenIds => "prompt",
+            Field::Tokens => "tokens",
             Field::Messages => "messages",
             Field::MaxTokens => "max_tokens",
             Field::Temperature => "temperature",

@@ -23,6 +23,8 @@ pub(crate) enum Endpoint {
     GrpcTokenize,
     Completions,
     ChatCompletions,
+    Tokenize,
+    Detokenize,
 }
 
 impl Endpoint {
@@ -32,6 +34,8 @@ impl Endpoint {
             Endpoint::GrpcTokenize => "grpc_tokenize",
             Endpoint::Completions => "completions",
             Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Tokenize => "tokenize",
+            Endpoint::Detokenize => "detokenize",
         }
     }
 }

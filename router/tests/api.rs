@@ -135,6 +135,37 @@ async fn n_choices_each_generate_with_their_own_seed() {
 }
 
 #[tokio::test]
+async fn tokenize_counts_what_generation_sends_and_detokenize_reverses_it() {
+    let (decode, router) = one_decode().await;
+    let tokenized = post(router.http, "/tokenize", &json!({ "prompt": "w10 w11 w12" }).to_string()).await;
+    assert_eq!(tokenized.status, 200, "{}", tokenized.body);
+    assert_eq!(tokenized.json(), json!({ "count": 4, "max_model_len": CONTEXT, "tokens": [1, 10, 11, 12] }));
+
+    let messages = json!([{ "role": "system", "content": "w30" }, { "role": "user", "content": "w31" }]);
+    let chat = post(router.http, "/tokenize", &json!({ "model": MODEL_ID, "messages": messages }).to_string()).await;
+    let body = json!({ "messages": messages, "max_tokens": 1 }).to_string();
+    assert_eq!(post(router.http, "/v1/chat/completions", &body).await.status, 200);
+    let sent = decode.generates()[0].request.clone().expect("request").prompt;
+    assert_eq!(chat.json()["tokens"], json!(sent), "the template and tokenizer generation uses");
+
+    let text = post(router.http, "/detokenize", &json!({ "tokens": [10, 11, 12] }).to_string()).await;
+    assert_eq!((text.status, text.json()["prompt"].clone()), (200, json!(words([10, 11, 12]))));
+
+    let bad = [
+        ("/tokenize", json!({}), json!("prompt")),
+        ("/tokenize", json!({ "prompt": "w1", "messages": messages }), json!("prompt")),
+        ("/tokenize", json!({ "prompt": "w1", "model": "other" }), json!("model")),
+        ("/detokenize", json!({ "tokens": [5000] }), json!("tokens")),
+        ("/detokenize", json!({ "tokens": "w1" }), json!("tokens")),
+    ];
+    for (path, body, param) in bad {
+        let response = post(router.http, path, &body.to_string()).await;
+        assert!(matches!(response.status, 400 | 404), "{path} {body}: {}", response.body);
+        assert_eq!(response.json()["error"]["param"], param, "{path} {body}");
+    }
+}
+
+#[tokio::test]
 async fn operational_endpoints() {
     let (_decode, router) = one_decode().await;
     assert_eq!(get(router.http, "/health").await.status, 200);

@@ -9,6 +9,7 @@ mod choices;
 mod generate;
 mod openai;
 mod response;
+mod tokenize;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub(crate) async fn serve(
         .route("/v1/chat/completions", post(generate::chat_completions))
         .route("/v1/models", get(models))
         .route("/v1/models/{*model}", get(model))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))

@@ -336,7 +336,7 @@ fn completion_input(prompt: Option<PromptField>) -> Result<Input, RouterError> {
     })
 }
 
-fn chat_input(messages: Option<Vec<MessageField>>) -> Result<Input, RouterError> {
+pub(crate) fn chat_input(messages: Option<Vec<MessageField>>) -> Result<Input, RouterError> {
     let Some(messages) = messages else { return invalid(Field::Messages, "is required") };
     let messages = messages
         .into_iter()
@@ -369,8 +369,13 @@ fn chat_input(messages: Option<Vec<MessageField>>) -> Result<Input, RouterError>
 
 /// Parses a body, naming the JSON path of a field that fails (`top_p`, `messages[1].role`).
 pub(crate) fn parse(body: &[u8]) -> Result<OpenAiRequest, (Option<String>, String)> {
+    parse_as(body)
+}
+
+/// [`parse`] for any body type.
+pub(crate) fn parse_as<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, (Option<String>, String)> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let parsed: Result<OpenAiRequest, _> = serde_path_to_error::deserialize(&mut deserializer);
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut deserializer);
     let request = parsed.map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
