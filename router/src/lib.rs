@@ -128,6 +128,18 @@ impl Shared {
         client_timeout: Option<Duration>,
         endpoint: Endpoint,
     ) -> Result<mpsc::Receiver<Event>, RouterError> {
+        let admitted = self.admit(model, tenant, request, client_timeout).await?;
+        Ok(self.launch(admitted, endpoint))
+    }
+
+    /// Validates and tokenizes `request` within its deadline, with a decode worker to take it.
+    async fn admit(
+        &self,
+        model: Arc<ServedModel>,
+        tenant: &Tenant,
+        request: v1::GenerateRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<Admitted, RouterError> {
         let budget = client_timeout.map_or(self.config.request_timeout, |t| t.min(self.config.request_timeout));
         let received = Instant::now();
         let deadline = received + budget;
@@ -138,7 +150,35 @@ impl Shared {
         if self.registry.healthy(Role::Decode, &[]).is_empty() {
             return Err(RouterError::NoWorker { role: "decode" });
         }
-        Ok(flow::start(self, prepared, received, deadline, endpoint))
+        Ok(Admitted { prepared, received, deadline })
+    }
+
+    /// Starts an admitted request's flow.
+    fn launch(self: Arc<Self>, admitted: Admitted, endpoint: Endpoint) -> mpsc::Receiver<Event> {
+        let Admitted { prepared, received, deadline } = admitted;
+        flow::start(self, prepared, received, deadline, endpoint)
+    }
+}
+
+/// A request that passed validation: prepared for the workers, with its arrival and deadline.
+#[derive(Clone, Debug)]
+struct Admitted {
+    prepared: prepare::Prepared,
+    received: Instant,
+    deadline: Instant,
+}
+
+impl Admitted {
+    /// The same request as choice `index` of several (OpenAI `n`), sharing its deadline: a
+    /// request id of its own, and its seed, if any, advanced by the index.
+    fn choice(&self, index: usize) -> Admitted {
+        let mut choice = self.clone();
+        let request = &mut choice.prepared.request;
+        request.request_id = format!("{}-{index}", request.request_id);
+        if let Some(seed) = request.sampling.as_mut().and_then(|s| s.seed.as_mut()) {
+            *seed = seed.wrapping_add(index as u64);
+        }
+        choice
     }
 }
 

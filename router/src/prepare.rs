@@ -63,7 +63,7 @@ impl From<tokenize_request::Input> for Prompt {
 }
 
 /// A request ready for the workers.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Prepared {
     pub model: Arc<ServedModel>,
     /// What the workers receive; its `request_id` is unique to this request (see [`prepare`]).

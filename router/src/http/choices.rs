@@ -1,11 +1,12 @@
 //! A request's `n` choices (OpenAI `n`): one flow each, their events merged into one channel,
 //! each tagged with its choice's index.
 //!
-//! Choice 0 starts at once; the others start when it has produced its first event. By then its
-//! prompt's full blocks are in the KV store, so they reuse them rather than prefill the shared
-//! prompt again — what vLLM's `n` gets by sharing the prompt within one request. When the
-//! request gives a seed, choice `i` samples with `seed + i`, so sampled choices differ and the
-//! request stays reproducible.
+//! The request is validated and tokenized once. Choice 0 starts at once; the others start when
+//! it has produced its first event. By then its prompt's full blocks are in the KV store, so
+//! they reuse them rather than prefill the shared prompt again — what vLLM's `n` gets by sharing
+//! the prompt within one request. When the request gives a seed, choice `i` samples with
+//! `seed + i`, so sampled choices differ and the request stays reproducible. All choices share
+//! the request's deadline.
 //!
 //! Dropping the merged receiver (the client went away) ends every forwarder at once, even
 //! during a long prefill with no event to relay; that drops the choice's flow receiver, which
@@ -29,9 +30,8 @@ const CHANNEL_EVENTS: usize = 64;
 /// One event of choice `index`.
 pub(super) type ChoiceEvent = (usize, Event);
 
-/// Starts `n ≥ 1` choices of `request`. Errors starting choice 0 happen before any event, so
-/// the caller answers them as plain HTTP errors; a later choice that cannot start ends the
-/// response with its error event.
+/// Starts `n ≥ 1` choices of `request`. Its errors happen before any event, so the caller
+/// answers them as plain HTTP errors.
 pub(super) async fn start(
     shared: &Arc<Shared>,
     model: Arc<ServedModel>,
@@ -40,9 +40,11 @@ pub(super) async fn start(
     n: usize,
     endpoint: Endpoint,
 ) -> Result<mpsc::Receiver<ChoiceEvent>, RouterError> {
-    let mut first = Arc::clone(shared).start(Arc::clone(&model), tenant, request.clone(), None, endpoint).await?;
+    let admitted = shared.admit(model, tenant, request, None).await?;
+    let others: Vec<_> = (1..n).map(|index| admitted.choice(index)).collect();
+    let mut first = Arc::clone(shared).launch(admitted, endpoint);
     let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
-    let (shared, tenant) = (Arc::clone(shared), tenant.clone());
+    let shared = Arc::clone(shared);
     tokio::spawn(async move {
         let event = tokio::select! {
             event = first.recv() => event,
@@ -55,32 +57,14 @@ pub(super) async fn start(
             return;
         }
         tokio::spawn(forward(0, first, tx.clone()));
-        for index in 1..n {
-            if tx.is_closed() {
-                return;
-            }
-            let request = with_seed_offset(&request, index);
-            match Arc::clone(&shared).start(Arc::clone(&model), &tenant, request, None, endpoint).await {
-                Ok(events) => {
-                    tokio::spawn(forward(index, events, tx.clone()));
-                }
-                Err(err) => {
-                    let _ = tx.send((index, Event::Error(err.to_event()))).await;
-                    return;
-                }
-            }
+        if tx.is_closed() {
+            return;
+        }
+        for (index, choice) in (1..).zip(others) {
+            tokio::spawn(forward(index, Arc::clone(&shared).launch(choice, endpoint), tx.clone()));
         }
     });
     Ok(rx)
-}
-
-/// `request` for choice `index`: its seed, if any, advanced by the index.
-fn with_seed_offset(request: &v1::GenerateRequest, index: usize) -> v1::GenerateRequest {
-    let mut request = request.clone();
-    if let Some(seed) = request.sampling.as_mut().and_then(|s| s.seed.as_mut()) {
-        *seed = seed.wrapping_add(index as u64);
-    }
-    request
 }
 
 /// Relays choice `index`'s events until its flow ends or the response is gone.

@@ -64,8 +64,12 @@ pub(super) async fn detokenize(State(shared): State<Arc<Shared>>, headers: Heade
             let reason = format!("token {i} is id {id}, outside the vocabulary of {}", model.vocab_size);
             return Err(RouterError::invalid(Field::Tokens, reason));
         }
-        let text =
-            model.tokenizer.decode(&body.tokens, false).map_err(|err| RouterError::Tokenizer(err.to_string()))?;
+        // A body may hold millions of ids: decode them off the async workers, as prompts are encoded.
+        let tokens = body.tokens;
+        let text = tokio::task::spawn_blocking(move || model.tokenizer.decode(&tokens, false))
+            .await
+            .map_err(|err| RouterError::Internal(format!("tokenizer task: {err}")))?
+            .map_err(|err| RouterError::Tokenizer(err.to_string()))?;
         Ok(json!({ "prompt": text }))
     }
     .await;
