@@ -12,6 +12,10 @@
 //! the template source over RPC and rebuilds both with [`Tokenizer::from_json_bytes`] and
 //! [`ChatTemplate::new`], so both sides tokenize identically.
 //!
+//! Structured output ([`StructuredOutput`], compiled per request by a [`StructuredOutputCompiler`]
+//! into a [`TokenConstraint`]) tells the engine which tokens may come next so that the output
+//! matches a JSON schema, a regular expression, a choice list or a grammar.
+//!
 //! [`haystack`] builds synthetic long-context retrieval prompts (passkey, KV retrieval) sized
 //! with a [`Tokenizer`], and scores answers to them: the quality check of sparse prefill.
 //!
@@ -23,8 +27,13 @@
 mod chat_template;
 mod detokenizer;
 pub mod haystack;
+mod structured;
 mod tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use detokenizer::IncrementalDecoder;
+pub use structured::{
+    AllowedTokens, MAX_CHOICES, MAX_STRUCTURED_OUTPUT_BYTES, StructuredOutput, StructuredOutputCompiler,
+    StructuredOutputError, TokenConstraint,
+};
 pub use tokenizer::{SpecialTokens, Tokenizer, TokenizerError};

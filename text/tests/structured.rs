@@ -1,0 +1,139 @@
+//! Structured output over the tiny byte-level tokenizer: random walks through the allowed tokens
+//! always end in a match, and bad constraints are refused with a reason.
+
+mod support;
+
+use lcserve_text::{StructuredOutput, StructuredOutputCompiler, StructuredOutputError, TokenConstraint, Tokenizer};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use support::{BOS, ENDOFTEXT, IM_END, TestResult};
+
+fn compiler() -> (Tokenizer, StructuredOutputCompiler) {
+    let tokenizer = support::tiny(false);
+    let compiler = StructuredOutputCompiler::new(&tokenizer).expect("compiler");
+    (tokenizer, compiler)
+}
+
+/// Picks allowed tokens at random (end-of-sequence, once allowed, with probability 0.3) until the
+/// constraint ends the output or accepts end-of-sequence; returns the text.
+fn random_walk(tokenizer: &Tokenizer, mut constraint: TokenConstraint, seed: u64) -> String {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut ids = Vec::new();
+    for _ in 0..400 {
+        let allowed = constraint.allowed().expect("mask");
+        assert!(!allowed.contains(BOS), "a special token is never part of the output");
+        assert_eq!(allowed.contains(IM_END), allowed.contains(ENDOFTEXT), "every stop id ends a whole match");
+        if allowed.contains(ENDOFTEXT) && (allowed.count() == 1 || rng.random_bool(0.3)) {
+            break;
+        }
+        let choices: Vec<u32> =
+            (0..support::VOCAB_SIZE as u32).filter(|&t| allowed.contains(t) && t != ENDOFTEXT).collect();
+        let token = choices[rng.random_range(0..choices.len())];
+        constraint.accept(token).expect("an allowed token is accepted");
+        ids.push(token);
+        if constraint.is_finished() {
+            break;
+        }
+    }
+    tokenizer.decode(&ids, true).expect("decode")
+}
+
+#[test]
+fn every_walk_through_a_json_schema_yields_a_valid_document() -> TestResult {
+    let (tokenizer, compiler) = compiler();
+    let schema = r#"{"type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 4}, "age": {"type": "integer", "minimum": 0, "maximum": 150},
+                       "ok": {"type": "boolean"}, "tag": {"enum": ["a", "b"]}},
+        "required": ["name", "age", "ok", "tag"], "additionalProperties": false}"#;
+    let output = StructuredOutput::JsonSchema(schema.into());
+    for seed in 0..20 {
+        let text = random_walk(&tokenizer, compiler.compile(&output)?, seed);
+        let value: Value = serde_json::from_str(&text).map_err(|e| format!("{text:?}: {e}"))?;
+        assert!(value["name"].as_str().is_some_and(|s| s.chars().count() <= 4), "{text}");
+        assert!(value["age"].as_u64().is_some_and(|a| a <= 150), "{text}");
+        assert!(value["ok"].is_boolean(), "{text}");
+        assert!(matches!(value["tag"].as_str(), Some("a" | "b")), "{text}");
+        assert_eq!(value.as_object().map(|o| o.len()), Some(4), "{text}");
+        assert!(!text.contains('\n'), "compact separators only: {text}");
+    }
+    Ok(())
+}
+
+#[test]
+fn json_object_mode_yields_objects() -> TestResult {
+    let (tokenizer, compiler) = compiler();
+    for seed in 0..10 {
+        let text = random_walk(&tokenizer, compiler.compile(&StructuredOutput::JsonObject)?, seed);
+        if text.len() < 300 {
+            let value: Value = serde_json::from_str(&text).map_err(|e| format!("{text:?}: {e}"))?;
+            assert!(value.is_object(), "{text}");
+        } else {
+            // The walk ran out of steps inside a long string: still a prefix of an object.
+            assert!(text.starts_with('{'), "{text}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_regex_and_a_choice_list_are_matched_whole() -> TestResult {
+    let (tokenizer, compiler) = compiler();
+    let regex = StructuredOutput::Regex(r"[0-9]{3}-(he|wo)+".into());
+    for seed in 0..20 {
+        let text = random_walk(&tokenizer, compiler.compile(&regex)?, seed);
+        let (digits, rest) = text.split_at(3);
+        assert!(digits.bytes().all(|b| b.is_ascii_digit()), "{text}");
+        let word = rest.strip_prefix('-').ok_or(text.clone())?;
+        assert!(!word.is_empty() && word.len() % 2 == 0, "{text}");
+        assert!(word.as_bytes().chunks(2).all(|c| c == b"he" || c == b"wo"), "{text}");
+    }
+    let choices = vec!["yes".to_string(), "no".into(), "he said \"é\"".into()];
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..40 {
+        let text = random_walk(&tokenizer, compiler.compile(&StructuredOutput::Choice(choices.clone()))?, seed);
+        assert!(choices.contains(&text), "{text:?}");
+        seen.insert(text);
+    }
+    assert_eq!(seen.len(), 3, "every choice is reachable: {seen:?}");
+    Ok(())
+}
+
+#[test]
+fn a_finished_output_ends_without_another_token() -> TestResult {
+    let (tokenizer, compiler) = compiler();
+    let mut constraint = compiler.compile(&StructuredOutput::Choice(vec!["he".into()]))?;
+    let ids = tokenizer.encode("he", false)?;
+    for &id in &ids {
+        assert!(constraint.allowed()?.contains(id));
+        constraint.accept(id)?;
+    }
+    assert!(constraint.is_finished());
+    Ok(())
+}
+
+#[test]
+fn a_token_outside_the_mask_is_an_error_not_a_panic() -> TestResult {
+    let (tokenizer, compiler) = compiler();
+    let mut constraint = compiler.compile(&StructuredOutput::Regex("[0-9]+".into()))?;
+    let letter = tokenizer.encode("x", false)?[0];
+    assert!(!constraint.allowed()?.contains(letter));
+    assert!(matches!(constraint.accept(letter), Err(StructuredOutputError::Matcher(_))));
+    Ok(())
+}
+
+#[test]
+fn unusable_constraints_are_refused_with_the_reason() {
+    let (_, compiler) = compiler();
+    let refused = |output: StructuredOutput, needle: &str| match compiler.compile(&output) {
+        Err(StructuredOutputError::Invalid(message)) => assert!(message.contains(needle), "{message}"),
+        other => panic!("{output:?} gave {other:?}"),
+    };
+    refused(StructuredOutput::JsonSchema("{not json".into()), "not JSON");
+    refused(StructuredOutput::JsonSchema(r#"{"type": "strnig"}"#.into()), "JSON schema does not compile");
+    refused(StructuredOutput::Regex("(unclosed".into()), "regular expression does not compile");
+    refused(StructuredOutput::Grammar("start: undefined_rule".into()), "grammar does not compile");
+    refused(StructuredOutput::Choice(Vec::new()), "empty");
+    refused(StructuredOutput::Choice(vec!["x".into(); 1025]), "1025 strings");
+    refused(StructuredOutput::Regex("a".repeat(64 * 1024 + 1)), "65537 bytes");
+}
