@@ -5,12 +5,13 @@
 //! [`EventStream`]; dropping the stream cancels the sequence and frees its blocks at the next
 //! step.
 
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lcserve_model::{HeadPatterns, Model, TokenSelectAttention, TokenSelection};
+use lcserve_text::{StructuredOutput, StructuredOutputCompiler, StructuredOutputError, TokenConstraint};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 
@@ -51,6 +52,9 @@ pub struct EngineHandle {
     step_times: Arc<StepTimes>,
     /// The draft model's drafter, when one is configured.
     draft: Option<Arc<dyn Drafter>>,
+    /// Compiles structured outputs for the model's tokenizer; built by the first request that
+    /// asks for one (indexing the vocabulary takes tens of milliseconds).
+    structured_output: Arc<OnceLock<Result<StructuredOutputCompiler, StructuredOutputError>>>,
     _thread: Arc<EngineThread>,
 }
 
@@ -208,6 +212,7 @@ impl EngineHandle {
             config: Arc::new(config),
             step_times,
             draft,
+            structured_output: Arc::default(),
             _thread: Arc::new(EngineThread(Some(thread))),
         })
     }
@@ -367,12 +372,26 @@ impl EngineHandle {
         let sparse_prefill = self.prefills_sparsely(request.prefill_mode, prompt_len);
         let namespace = self.request_namespace(&request.cache_salt, request.prefill_mode, prompt_len);
         let mut text = StopText::new(self.model.tokenizer.clone(), stop.stop_strings.clone());
+        let mut constraint = request.structured_output.as_ref().map(|output| self.constraint(output)).transpose()?;
         for &token in &request.generated {
             // The text of these tokens was shown already; only the state matters.
-            if stop.stop_token_ids.contains(&token) || text.push(token)?.stopped {
+            let matched = match &mut constraint {
+                Some(constraint) => {
+                    let allowed = constraint.allowed().is_ok_and(|allowed| allowed.contains(token));
+                    if !allowed || constraint.accept(token).is_err() {
+                        return Err(EngineError::InvalidRequest {
+                            field: "generated",
+                            reason: format!("token {token} does not follow the structured output"),
+                        });
+                    }
+                    constraint.is_finished()
+                }
+                None => false,
+            };
+            if stop.stop_token_ids.contains(&token) || text.push(token)?.stopped || matched {
                 return Err(EngineError::InvalidRequest {
                     field: "generated",
-                    reason: "already ends the request (a stop token or stop string)".into(),
+                    reason: "already ends the request (a stop token, stop string or whole structured output)".into(),
                 });
             }
         }
@@ -387,6 +406,7 @@ impl EngineHandle {
             last_hash: namespace.root(),
             namespace,
             sampler,
+            constraint,
             stop,
             text,
             events,
@@ -413,6 +433,18 @@ impl EngineHandle {
             self_draft,
             spans: SequenceSpans::new(tracing::Span::current()),
         })
+    }
+
+    /// A fresh matcher for a request's structured output, compiling the vocabulary's index first
+    /// if no request has yet.
+    fn constraint(&self, output: &StructuredOutput) -> Result<TokenConstraint, EngineError> {
+        let invalid = |e: StructuredOutputError| EngineError::InvalidRequest {
+            field: "structured_output",
+            reason: e.to_string(),
+        };
+        output.check_limits().map_err(invalid)?;
+        let compiler = self.structured_output.get_or_init(|| StructuredOutputCompiler::new(&self.model.tokenizer));
+        compiler.as_ref().map_err(|e| invalid(e.clone()))?.compile(output).map_err(invalid)
     }
 
     /// The decode attention of a TokenSelect request, after checking its settings.

@@ -23,6 +23,9 @@ pub enum EngineError {
     Allocator(#[from] BlockAllocatorError),
     #[error("sampling failed: {0}")]
     Sample(#[from] SampleError),
+    /// The structured-output matcher failed mid-generation.
+    #[error(transparent)]
+    StructuredOutput(#[from] lcserve_text::StructuredOutputError),
     #[error("model failed: {0}")]
     Model(String),
     #[error("the engine's queue is full; retry later")]

@@ -27,7 +27,9 @@
 //!   speculation on the CPU: a draft's rows are verified one by one as TokenSelect decode
 //!   steps, so the tokens stay TokenSelect's.
 //! - [`Sampler`] turns logits into tokens (greedy, temperature, top-k/p, min-p, penalties,
-//!   seeds, logprobs).
+//!   seeds, logprobs), among the tokens a request's [`StructuredOutput`] allows (its
+//!   `TokenConstraint`, kept by the sequence, masks every step and follows every token
+//!   emitted, drafts verified included).
 //! - `keep_awake` (private): for the length of a CPU step the compute pool's other workers
 //!   poll for work instead of parking between the forward pass's parallel regions.
 //! - [`StepTimesSnapshot`] (`step_times`): a histogram of step durations the engine thread
@@ -56,6 +58,7 @@ pub use engine::{Completion, EngineHandle, EventStream};
 pub use error::EngineError;
 pub use kv_transfer::{ExportKv, ImportedKv, KvBlock, tail_layout};
 pub use lcserve_common::PrefillMode;
+pub use lcserve_text::StructuredOutput;
 pub use request::{
     EngineEvent, FinishReason, GenerateRequest, KvSelection, StopConditions, Timings, TokenLogprobs, Usage,
 };

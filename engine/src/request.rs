@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use lcserve_common::{PrefillMode, TokenId};
 use lcserve_model::{DEFAULT_REUSE_THRESHOLD, TokenSelection};
+use lcserve_text::StructuredOutput;
 use serde::Serialize;
 
 use crate::error::EngineError;
@@ -48,6 +49,10 @@ pub struct GenerateRequest {
     /// TokenSelect decode (opt-in, lossy): each decode step attends to a selection of the
     /// cached keys instead of all of them.
     pub kv_selection: Option<KvSelection>,
+    /// What the generated text must match (JSON schema, regex, choice list, grammar): every
+    /// sampling step draws only among the tokens that keep it a prefix of a match, and the
+    /// request ends once the match is whole.
+    pub structured_output: Option<StructuredOutput>,
 }
 
 /// Which cached keys a TokenSelect decode step attends to (algorithms.md §3): the first

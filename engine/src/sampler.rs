@@ -3,7 +3,9 @@
 //! The engine owns one [`Sampler`] per sequence (it holds that sequence's seeded RNG) and calls
 //! [`Sampler::sample`] once per decoding step. The row goes through vLLM's order of operations:
 //!
-//! 0. **logit bias**: each biased token's raw logit plus its bias (OpenAI `logit_bias`);
+//! 0. **logit bias**: each biased token's raw logit plus its bias (OpenAI `logit_bias`); then
+//!    **allowed tokens**: every token outside a structured output's mask to `-inf`
+//!    ([`Sampler::sample_among`]);
 //! 1. **penalties**: repetition (Hugging Face semantics, over prompt + generated tokens), then
 //!    frequency and presence (OpenAI semantics, over generated tokens only);
 //! 2. **temperature**: divide by `T`; `T < 1e-5` means greedy argmax, skipping steps 3–6;
@@ -164,7 +166,20 @@ impl Sampler {
         prompt_tokens: &[TokenId],
         generated: &[TokenId],
     ) -> Result<SampledToken, SampleError> {
-        let processed = self.process(logits, prompt_tokens, generated)?;
+        self.sample_among(logits, prompt_tokens, generated, None)
+    }
+
+    /// [`sample`](Self::sample) among the tokens set in `allowed`, when given: bit `t % 32` of
+    /// word `t / 32` allows token `t`; tokens past the last word are not allowed. Logprobs are
+    /// those of the masked distribution.
+    pub fn sample_among(
+        &mut self,
+        logits: &[f32],
+        prompt_tokens: &[TokenId],
+        generated: &[TokenId],
+        allowed: Option<&[u32]>,
+    ) -> Result<SampledToken, SampleError> {
+        let processed = self.process(logits, prompt_tokens, generated, allowed)?;
         let greedy = self.params.is_greedy();
         let normalizer = (!greedy || self.params.logprobs.is_some()).then(|| self.weigh(processed.max));
         let token = if greedy {
@@ -193,7 +208,7 @@ impl Sampler {
         prompt_tokens: &[TokenId],
         generated: &[TokenId],
     ) -> Result<Vec<(TokenId, f32)>, SampleError> {
-        let processed = self.process(logits, prompt_tokens, generated)?;
+        let processed = self.process(logits, prompt_tokens, generated, None)?;
         if self.params.is_greedy() {
             return Ok(vec![(processed.argmax as TokenId, 1.0)]);
         }
@@ -211,6 +226,7 @@ impl Sampler {
         raw: &[f32],
         prompt_tokens: &[TokenId],
         generated: &[TokenId],
+        allowed: Option<&[u32]>,
     ) -> Result<Processed, SampleError> {
         if raw.len() != self.vocab_size {
             return Err(SampleError::LogitsLength { expected: self.vocab_size, got: raw.len() });
@@ -220,6 +236,9 @@ impl Sampler {
         for (&token, &bias) in &self.params.logit_bias {
             // `validate` keeps every biased id inside the vocabulary.
             self.logits[token as usize] += bias;
+        }
+        if let Some(words) = allowed {
+            row::mask_disallowed(&mut self.logits, words);
         }
         self.apply_penalties(prompt_tokens, generated);
         if !self.params.is_greedy() {

@@ -16,6 +16,7 @@ use lcserve_common::{BlockId, SequenceHash, TokenId, chain_hash, sequence_hashes
 use lcserve_model::{
     AttentionBackend, DenseAttention, HeadPatterns, Logits, LogitsWanted, Model, SequenceInput, SparseAttention,
 };
+use lcserve_text::TokenConstraint;
 use rayon::prelude::*;
 
 use crate::block_allocator::BlockAllocator;
@@ -24,7 +25,7 @@ use crate::error::EngineError;
 use crate::executor::Executor;
 use crate::kv_transfer::ImportedKv;
 use crate::request::{EngineEvent, FinishReason, Timings, TokenLogprobs};
-use crate::sampler::{SampleError, SampledToken};
+use crate::sampler::SampledToken;
 use crate::sequence::Sequence;
 use crate::speculative::{DEFAULT_DRAFT_NODES, DEFAULT_DRAFT_TOKENS, DraftTree, argmax};
 
@@ -67,6 +68,9 @@ struct Slot {
     /// Draft tokens appended after the pending token for verification (speculative decoding),
     /// in node order; their logits rows follow the pending token's.
     draft: DraftTree,
+    /// The draft is the structured output's forced tokens, not the drafter's guess: `auto`
+    /// does not count its acceptance as the drafter's.
+    forced: bool,
     /// The verification rows' parents when the draft branches (hybrid tree attention) or the
     /// sequence selects its keys (TokenSelect); otherwise a chain runs as an ordinary causal run.
     tree_rows: Option<Vec<Option<usize>>>,
@@ -237,7 +241,9 @@ impl Scheduler {
                     Err(error) => finished.push((slot.seq, Err(error))),
                 }
                 if let Some(auto) = &mut seq.auto_draft {
-                    auto.observe_draft(slot.draft.len(), seq.speculative_accepted - accepted_before);
+                    if !slot.forced {
+                        auto.observe_draft(slot.draft.len(), seq.speculative_accepted - accepted_before);
+                    }
                     auto.check_shadow(&seq.tokens);
                     auto.observe_step(slot.draft.len(), elapsed.as_secs_f64(), decode_only);
                 }
@@ -279,7 +285,7 @@ impl Scheduler {
             }
             let Some(token) = sampled[batch_index].take() else { continue };
             let decoding = slot.len == 1 && slot.start >= seq.prompt_len;
-            match token.map_err(EngineError::from).and_then(|t| emit(seq, t, self.model.config.context_length)) {
+            match token.and_then(|t| emit(seq, t, self.model.config.context_length)) {
                 Ok(None) => {}
                 Ok(Some(reason)) => finished.push((slot.seq, Ok(reason))),
                 Err(error) => finished.push((slot.seq, Err(error))),
@@ -395,7 +401,7 @@ impl Scheduler {
                 continue;
             }
             let start = seq.computed;
-            let draft = if catching_up { DraftTree::chain(&[]) } else { self.propose(index) };
+            let (draft, forced) = if catching_up { (DraftTree::chain(&[]), false) } else { self.propose(index) };
             if !self.ensure_blocks(index, start + len + draft.len()) {
                 // `index` was preempted (or failed); the sequence now at `index` is another one.
                 continue;
@@ -416,7 +422,7 @@ impl Scheduler {
             // A TokenSelect sequence verifies even a chain as a draft: row by row, as it decodes.
             let as_draft = !draft.is_empty() && (!draft.is_chain() || seq.token_select.is_some());
             let tree_rows = as_draft.then(|| draft.row_parents());
-            slots.push(Slot { seq: index, start, len: len + draft.len(), logits, draft, tree_rows });
+            slots.push(Slot { seq: index, start, len: len + draft.len(), logits, draft, forced, tree_rows });
             index += 1;
         }
         slots
@@ -427,7 +433,7 @@ impl Scheduler {
     /// than it accepts), with at most [`DEFAULT_DRAFT_NODES`] nodes that fit the context, and
     /// under `auto` the chain length that pays. An `auto` sequence that does not draft keeps a
     /// shadow proposal to learn the drafter's acceptance.
-    fn propose(&mut self, index: usize) -> DraftTree {
+    fn propose(&mut self, index: usize) -> (DraftTree, bool) {
         let context_length = self.model.config.context_length;
         let seq = &mut self.running[index];
         let room_tokens = seq.stop.max_tokens.saturating_sub(seq.generated().len() + 1);
@@ -442,26 +448,39 @@ impl Scheduler {
         };
         let max = DEFAULT_DRAFT_TOKENS.min(room_tokens).min(room_context).min(room_window);
         if max == 0 {
-            return DraftTree::chain(&[]);
+            return (DraftTree::chain(&[]), false);
+        }
+        let speculating = seq.drafter.is_some() || seq.self_draft.is_some();
+        if let Some(constraint) = seq.constraint.as_mut().filter(|_| speculating) {
+            // What the structured output forces next (a key, punctuation) is a draft the model
+            // nearly always accepts, whatever the drafter would guess.
+            let mut forced = constraint.forced_tokens();
+            if !forced.is_empty() {
+                forced.truncate(max);
+                return (DraftTree::chain(&forced), true);
+            }
         }
         if seq.self_draft.is_some() {
-            return DraftTree::chain(&self.self_draft(index, max));
+            return (DraftTree::chain(&self.self_draft(index, max)), false);
         }
-        let Some(drafter) = &seq.drafter else { return DraftTree::chain(&[]) };
+        let Some(drafter) = &seq.drafter else { return (DraftTree::chain(&[]), false) };
         let Some(auto) = seq.auto_draft.as_mut() else {
             // A drafter is held to the depth it was asked for.
-            return drafter.propose_tree(&seq.tokens, max, DEFAULT_DRAFT_NODES.min(room_context)).truncated(max);
+            return (
+                drafter.propose_tree(&seq.tokens, max, DEFAULT_DRAFT_NODES.min(room_context)).truncated(max),
+                false,
+            );
         };
         let wanted = auto.draft_len(max);
         if wanted == 0 {
             if auto.wants_shadow() {
                 auto.set_shadow(seq.tokens.len(), drafter.propose(&seq.tokens, max));
             }
-            return DraftTree::chain(&[]);
+            return (DraftTree::chain(&[]), false);
         }
         let mut draft = drafter.propose(&seq.tokens, wanted);
         draft.truncate(wanted);
-        DraftTree::chain(&draft)
+        (DraftTree::chain(&draft), false)
     }
 
     /// Up to `max` greedy draft tokens from the target model itself attending through the
@@ -618,7 +637,7 @@ fn sample_rows(
     running: &mut [Sequence],
     slots: &[Slot],
     logits: &Logits,
-) -> Vec<Option<Result<SampledToken, SampleError>>> {
+) -> Vec<Option<Result<SampledToken, EngineError>>> {
     let mut batch_index_of = vec![None; running.len()];
     for (batch_index, slot) in slots.iter().enumerate() {
         if slot.draft.is_empty() {
@@ -631,8 +650,7 @@ fn sample_rows(
         .filter_map(|(seq, batch_index)| {
             let batch_index = batch_index?;
             let row = logits.last_of(batch_index)?;
-            let (prompt, generated) = seq.tokens.split_at(seq.prompt_len);
-            Some((batch_index, seq.sampler.sample(row, prompt, generated)))
+            Some((batch_index, seq.sample_next(row)))
         })
         .collect();
     let mut by_batch_index: Vec<_> = slots.iter().map(|_| None).collect();
@@ -648,8 +666,7 @@ fn sample_and_emit(
     row: &[f32],
     context_length: usize,
 ) -> Result<Option<FinishReason>, EngineError> {
-    let (prompt, generated) = seq.tokens.split_at(seq.prompt_len);
-    let sampled = seq.sampler.sample(row, prompt, generated)?;
+    let sampled = seq.sample_next(row)?;
     emit(seq, sampled, context_length)
 }
 
@@ -662,10 +679,14 @@ fn emit(seq: &mut Sequence, sampled: SampledToken, context_length: usize) -> Res
     if stop_token {
         return Ok(Some(FinishReason::Stop));
     }
+    if let Some(constraint) = &mut seq.constraint {
+        constraint.accept(sampled.token)?;
+    }
     let step = seq.text.push(sampled.token)?;
     let logprobs = sampled.logprob.map(|logprob| TokenLogprobs { logprob, top: sampled.top_logprobs });
     let _ = seq.events.send(EngineEvent::Token { id: sampled.token, text: step.delta, logprobs });
-    Ok(if step.stopped {
+    let matched = seq.constraint.as_ref().is_some_and(TokenConstraint::is_finished);
+    Ok(if step.stopped || matched {
         Some(FinishReason::Stop)
     } else if seq.generated().len() >= seq.stop.max_tokens {
         Some(FinishReason::Length)

@@ -6,11 +6,13 @@ use std::time::{Duration, Instant};
 use lcserve_common::{BlockId, Namespace, SequenceHash, TokenId};
 use lcserve_kernels::sparse::SparseStats;
 use lcserve_model::TokenSelectAttention;
+use lcserve_text::TokenConstraint;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::error::EngineError;
 use crate::kv_transfer::{Exporter, ImportedKv};
 use crate::request::{EngineEvent, StopConditions, Usage};
-use crate::sampler::Sampler;
+use crate::sampler::{SampledToken, Sampler};
 use crate::speculative::{AutoDraft, Drafter};
 use crate::stop_text::StopText;
 
@@ -27,6 +29,8 @@ pub(crate) struct Sequence {
     pub last_hash: SequenceHash,
     pub namespace: Namespace,
     pub sampler: Sampler,
+    /// The structured output the tokens must follow, at the position after the last token.
+    pub constraint: Option<TokenConstraint>,
     pub stop: StopConditions,
     pub text: StopText,
     pub events: UnboundedSender<EngineEvent>,
@@ -106,6 +110,13 @@ impl SequenceSpans {
 impl Sequence {
     pub fn generated(&self) -> &[TokenId] {
         &self.tokens[self.prompt_len..]
+    }
+
+    /// Draws the next token from `row`, among the tokens the constraint allows.
+    pub fn sample_next(&mut self, row: &[f32]) -> Result<SampledToken, EngineError> {
+        let allowed = self.constraint.as_mut().map(TokenConstraint::allowed).transpose()?;
+        let (prompt, generated) = self.tokens.split_at(self.prompt_len);
+        Ok(self.sampler.sample_among(row, prompt, generated, allowed.as_ref().map(|a| a.words()))?)
     }
 
     /// Tokens still to be run through the model.

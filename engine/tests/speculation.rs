@@ -11,21 +11,7 @@ use lcserve_engine::{
     DEFAULT_DRAFT_TOKENS, Drafter, EngineConfig, EngineError, EngineHandle, GenerateRequest, KvSelection, NgramDrafter,
     Speculation,
 };
-use support::{collect, config, greedy, tiny_model, tokens};
-
-/// Proposes the known greedy continuation: every draft is accepted.
-#[derive(Debug)]
-struct Oracle {
-    prompt_len: usize,
-    answer: Vec<u32>,
-}
-
-impl Drafter for Oracle {
-    fn propose(&self, tokens: &[u32], max: usize) -> Vec<u32> {
-        let done = tokens.len() - self.prompt_len;
-        self.answer[done.min(self.answer.len())..].iter().take(max).copied().collect()
-    }
-}
+use support::{Oracle, collect, config, greedy, tiny_model, tokens};
 
 /// A branching tree that hides the greedy continuation behind a decoy at every level: each
 /// path node's first child is a wrong token (with a wrong grandchild), its second the right

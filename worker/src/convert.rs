@@ -1,23 +1,22 @@
 //! Wire requests into engine requests, engine events into wire events.
 
-use lcserve_common::{PrefillMode, TokenId};
-use lcserve_engine::{FinishReason, KvSelection, SamplingParams, Speculation, StopConditions, TokenLogprobs, Usage};
+use lcserve_common::TokenId;
+use lcserve_engine::{
+    FinishReason, GenerateRequest, KvSelection, SamplingParams, Speculation, StopConditions, StructuredOutput,
+    TokenLogprobs, Usage,
+};
 use lcserve_proto::v1;
+use lcserve_proto::v1::structured_output::Kind;
 use tonic::Status;
 
 /// Tokens a request may generate when it does not say.
 pub(crate) const DEFAULT_MAX_TOKENS: usize = 256;
 
-/// The parts of a `WorkerRequest` the engine needs.
+/// A `WorkerRequest` as the engine takes it, before the service adds what it imports, exports
+/// or resumes from.
 pub(crate) struct Parts {
     pub request_id: String,
-    pub prompt: Vec<TokenId>,
-    pub sampling: SamplingParams,
-    pub stop: StopConditions,
-    pub cache_salt: Vec<u8>,
-    pub prefill_mode: PrefillMode,
-    pub speculation: Speculation,
-    pub kv_selection: Option<KvSelection>,
+    pub request: GenerateRequest,
 }
 
 /// Unpacks a request; range checks are the engine's (it names the field).
@@ -31,10 +30,10 @@ pub(crate) fn parts(request: Option<v1::WorkerRequest>) -> Result<Parts, Status>
         v1::Speculation::Self_ => Speculation::SelfDraft,
         v1::Speculation::Unspecified | v1::Speculation::Off => Speculation::Off,
     };
-    let sampling = request.sampling.unwrap_or_default();
+    let mut sampling = request.sampling.unwrap_or_default();
     let stop = request.stop.unwrap_or_default();
-    Ok(Parts {
-        request_id: request.request_id,
+    let structured_output = sampling.structured_output.take().map(structured_output).transpose()?;
+    let engine_request = GenerateRequest {
         prompt: request.prompt,
         sampling: SamplingParams {
             temperature: sampling.temperature.unwrap_or(0.0),
@@ -58,6 +57,21 @@ pub(crate) fn parts(request: Option<v1::WorkerRequest>) -> Result<Parts, Status>
         speculation,
         kv_selection: request.kv_selection.map(kv_selection),
         cache_salt: request.cache_salt,
+        structured_output,
+        ..GenerateRequest::default()
+    };
+    Ok(Parts { request_id: request.request_id, request: engine_request })
+}
+
+/// The wire's structured output; the engine compiles it and names the field if it cannot.
+fn structured_output(wire: v1::StructuredOutput) -> Result<StructuredOutput, Status> {
+    Ok(match wire.kind {
+        Some(Kind::JsonObject(_)) => StructuredOutput::JsonObject,
+        Some(Kind::JsonSchema(schema)) => StructuredOutput::JsonSchema(schema),
+        Some(Kind::Regex(regex)) => StructuredOutput::Regex(regex),
+        Some(Kind::Choice(v1::Choices { choices })) => StructuredOutput::Choice(choices),
+        Some(Kind::Grammar(grammar)) => StructuredOutput::Grammar(grammar),
+        None => return Err(Status::invalid_argument("structured_output: set but empty (no kind)")),
     })
 }
 

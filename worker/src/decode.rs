@@ -33,25 +33,18 @@ impl DecodeService {
         let worker = &self.0;
         let started = Instant::now();
         let v1::DecodeRequest { request, session, generated } = request.into_inner();
-        let Parts { request_id, prompt, sampling, stop, cache_salt, prefill_mode, speculation, kv_selection } =
-            convert::parts(request)?;
+        let Parts { request_id, request } = convert::parts(request)?;
         let tail = session.as_ref().and_then(|s| s.tail_block.as_deref());
-        let prepared = worker.prepare(&cache_salt, prefill_mode, &prompt, tail).await;
+        let prepared = worker.prepare(&request.cache_salt, request.prefill_mode, &request.prompt, tail).await;
         let stored = worker.bridge.stored_prefix(&prepared.hashes).await;
         let resumed = !generated.is_empty();
         let events = worker
             .engine
             .submit(GenerateRequest {
-                prompt,
-                sampling,
-                stop,
-                cache_salt,
                 generated,
                 import: prepared.import,
-                prefill_mode,
-                speculation,
-                kv_selection,
                 export: Some(ExportKv { from_block: stored, tail: false }),
+                ..request
             })
             .map_err(|e| error::status(&e))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);

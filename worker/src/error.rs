@@ -39,6 +39,7 @@ pub(crate) fn classify(error: &EngineError) -> Classified {
         EngineError::InvalidConfig { .. }
         | EngineError::Allocator(_)
         | EngineError::Sample(_)
+        | EngineError::StructuredOutput(_)
         | EngineError::Model(_) => (Code::Internal, false, String::new()),
     };
     Classified { code, retryable, field }

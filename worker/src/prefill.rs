@@ -32,25 +32,18 @@ impl PrefillService {
     async fn prefill(&self, request: Request<v1::PrefillRequest>) -> Result<Response<v1::PrefillResponse>, Status> {
         let worker = &self.0;
         let started = Instant::now();
-        let Parts { request_id, prompt, sampling, stop, cache_salt, prefill_mode, speculation, kv_selection } =
-            convert::parts(request.into_inner().request)?;
+        let Parts { request_id, request } = convert::parts(request.into_inner().request)?;
         let (_registered, aborted) = worker.track(&request_id);
-        let prepared = worker.prepare(&cache_salt, prefill_mode, &prompt, None).await;
+        let prepared = worker.prepare(&request.cache_salt, request.prefill_mode, &request.prompt, None).await;
         let shared_has = worker.bridge.shared_prefix(&prepared.hashes).await;
-        let max_tokens = stop.max_tokens;
+        let max_tokens = request.stop.max_tokens;
         let submitted = worker
             .engine
             .submit(GenerateRequest {
-                prompt,
-                sampling,
-                stop: StopConditions { max_tokens: 1, ..stop },
-                cache_salt,
-                generated: Vec::new(),
+                stop: StopConditions { max_tokens: 1, ..request.stop },
                 import: prepared.import,
-                prefill_mode,
-                speculation,
-                kv_selection,
                 export: worker.bridge.has_shared_tier().then_some(ExportKv { from_block: shared_has, tail: true }),
+                ..request
             })
             .map_err(|e| error::status(&e))?;
         let outcome = tokio::select! {

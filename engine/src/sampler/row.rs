@@ -25,6 +25,22 @@ fn larger(a: f32, b: f32) -> f32 {
     if b > a { b } else { a }
 }
 
+/// Sets every entry whose bit in `allowed` is clear to `-inf`: bit `i % 32` of word `i / 32`
+/// stands for entry `i`, and entries past the last word count as clear.
+pub(super) fn mask_disallowed(row: &mut [f32], allowed: &[u32]) {
+    let words = allowed.iter().copied().chain(std::iter::repeat(0));
+    for (chunk, word) in row.chunks_mut(32).zip(words) {
+        if word == u32::MAX {
+            continue;
+        }
+        for (bit, x) in chunk.iter_mut().enumerate() {
+            if word >> bit & 1 == 0 {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
 /// Sanitizes `row` in place and returns its maximum (`-inf` if no entry is finite).
 pub(super) fn sanitize_and_max(row: &mut [f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];

@@ -171,6 +171,43 @@ fn logit_bias_is_added_to_the_raw_logits_before_everything_else() {
 }
 
 #[test]
+fn a_mask_equals_banning_every_other_token_before_the_penalties() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let (prompt, generated) = ([0, 1, 1], [2, 0]);
+    for vocab in [1, 31, 32, 33, 63, 64, 65, 1000] {
+        for temperature in [0.0, 0.7] {
+            let logits = random_logits(&mut rng, vocab, 4.0);
+            // Random words, the first token always allowed; one word short for large rows, so
+            // the tokens past the last word are masked too.
+            let words = vocab.div_ceil(32) - usize::from(vocab > 64);
+            let mut allowed: Vec<u32> = (0..words).map(|_| rng.random()).collect();
+            allowed[0] |= 1;
+            let mut banned_row = logits.clone();
+            for (i, x) in banned_row.iter_mut().enumerate() {
+                if allowed.get(i / 32).is_none_or(|w| w >> (i % 32) & 1 == 0) {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+            let base = SamplingParams {
+                temperature,
+                repetition_penalty: 1.2,
+                presence_penalty: 0.4,
+                seed: Some(vocab as u64),
+                logprobs: Some(4),
+                ..params()
+            };
+            let (mut masked, mut plain) = (sampler(base.clone(), vocab), sampler(base, vocab));
+            for _ in 0..5 {
+                let got = masked.sample_among(&logits, &prompt, &generated, Some(&allowed)).unwrap();
+                let t = got.token as usize;
+                assert!(allowed[t / 32] >> (t % 32) & 1 == 1, "vocab {vocab}: token {t} is masked");
+                assert_eq!(got, plain.sample(&banned_row, &prompt, &generated).unwrap(), "vocab {vocab}");
+            }
+        }
+    }
+}
+
+#[test]
 fn frequency_and_presence_ignore_the_prompt() {
     let p = SamplingParams { temperature: 1.0, frequency_penalty: 1.0, presence_penalty: 1.0, ..params() };
     let mut s = sampler(p, 2);

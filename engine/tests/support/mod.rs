@@ -6,9 +6,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lcserve_engine::{
-    Completion, EngineConfig, EngineError, EngineHandle, GenerateRequest, SamplingParams, StopConditions,
+    Completion, Drafter, EngineConfig, EngineError, EngineHandle, GenerateRequest, SamplingParams, StopConditions,
 };
 use lcserve_model::Model;
+
+/// Proposes a known answer (the greedy continuation, say): every draft is accepted.
+#[derive(Debug)]
+pub struct Oracle {
+    pub prompt_len: usize,
+    pub answer: Vec<u32>,
+}
+
+impl Drafter for Oracle {
+    fn propose(&self, tokens: &[u32], max: usize) -> Vec<u32> {
+        let done = tokens.len() - self.prompt_len;
+        self.answer[done.min(self.answer.len())..].iter().take(max).copied().collect()
+    }
+}
 
 pub fn collect(engine: &EngineHandle, request: GenerateRequest) -> Result<Completion, EngineError> {
     engine.submit(request)?.blocking_collect()
