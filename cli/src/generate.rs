@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use lcserve_engine::{
     EngineEvent, EngineHandle, GenerateRequest, PrefillMode, SamplingParams, Speculation, StopConditions,
+    StructuredOutput,
 };
 use lcserve_model::{ChatMessage, Model};
 use serde::Serialize;
@@ -62,9 +63,53 @@ pub struct GenerateArgs {
     /// Stop at this string (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    #[command(flatten)]
+    structured_output: StructuredOutputArgs,
     /// Print one JSON summary at the end instead of streaming text.
     #[arg(long)]
     json: bool,
+}
+
+/// Structured output: at most one of these constrains every sampled token.
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+struct StructuredOutputArgs {
+    /// Generate one JSON object.
+    #[arg(long)]
+    json_object: bool,
+    /// Generate JSON valid against the JSON schema in this file.
+    #[arg(long, value_name = "FILE")]
+    json_schema: Option<PathBuf>,
+    /// Generate text matching this regular expression (Rust `regex` syntax) as a whole.
+    #[arg(long)]
+    regex: Option<String>,
+    /// Generate exactly one of these strings (repeatable).
+    #[arg(long)]
+    choice: Vec<String>,
+    /// Generate text derived from the grammar in this file (llguidance's Lark syntax).
+    #[arg(long, value_name = "FILE")]
+    grammar: Option<PathBuf>,
+}
+
+impl StructuredOutputArgs {
+    fn output(&self) -> anyhow::Result<Option<StructuredOutput>> {
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read_to_string(path).with_context(|| format!("{flag} {}", path.display()))
+        };
+        Ok(if self.json_object {
+            Some(StructuredOutput::JsonObject)
+        } else if let Some(path) = &self.json_schema {
+            Some(StructuredOutput::JsonSchema(read("--json-schema", path)?))
+        } else if let Some(regex) = &self.regex {
+            Some(StructuredOutput::Regex(regex.clone()))
+        } else if !self.choice.is_empty() {
+            Some(StructuredOutput::Choice(self.choice.clone()))
+        } else if let Some(path) = &self.grammar {
+            Some(StructuredOutput::Grammar(read("--grammar", path)?))
+        } else {
+            None
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -154,6 +199,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         prefill_mode: args.prefill_mode,
         speculation: args.speculation.into(),
         kv_selection: args.kv_selection.selection(),
+        structured_output: args.structured_output.output()?,
         ..GenerateRequest::default()
     };
     let mut stream = engine.submit(request)?;

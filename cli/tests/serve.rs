@@ -103,4 +103,28 @@ fn serve_answers_a_chat_exactly_as_generate_prints_it() {
     let cached = again["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().expect("cached tokens");
     let prompt_tokens = usage["prompt_tokens"].as_u64().expect("prompt tokens");
     assert_eq!(cached, (prompt_tokens - 1) / 16 * 16, "every full block but the one holding the last token");
+
+    // Structured output: the CLI's flag and the HTTP field constrain the same greedy answer.
+    let regex = "The capital of France is (Paris|Lyon|Marseille)\\.";
+    let generated = Command::new(env!("CARGO_BIN_EXE_lcserve"))
+        .args(["generate", "--chat", "--json", "--max-tokens", "40", "--threads", "2", "--prompt", QUESTION])
+        .args(["--regex", regex, "--model"])
+        .arg(model())
+        .output()
+        .expect("run lcserve generate --regex");
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    let generated: serde_json::Value = serde_json::from_slice(&generated.stdout).expect("generate --json");
+    let text = generated["text"].as_str().unwrap_or_default();
+    let city = text.strip_prefix("The capital of France is ").and_then(|t| t.strip_suffix('.'));
+    assert!(city.is_some_and(|c| ["Paris", "Lyon", "Marseille"].contains(&c)), "{generated}");
+    assert_eq!(generated["finish_reason"], "stop");
+    let body = serde_json::json!({
+        "messages": [{"role": "user", "content": QUESTION}],
+        "max_tokens": 40,
+        "temperature": 0,
+        "guided_regex": regex,
+    });
+    let answer = post(&server.http, "/v1/chat/completions", &body.to_string());
+    assert_eq!(answer["choices"][0]["message"]["content"], generated["text"], "{answer}");
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
 }

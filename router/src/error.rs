@@ -40,6 +40,9 @@ pub enum Field {
     KvSelectionBudget,
     KvSelectionWindow,
     KvSelectionReuse,
+    /// The structured output; over HTTP, the field that asked for it (`response_format`,
+    /// `structured_outputs`, `guided_json`, ...).
+    StructuredOutput(&'static str),
     /// An OpenAI field this server does not implement with a non-default value.
     Unsupported(&'static str),
 }
@@ -74,6 +77,7 @@ impl Field {
             Field::KvSelectionBudget => "kv_selection.budget",
             Field::KvSelectionWindow => "kv_selection.window",
             Field::KvSelectionReuse => "kv_selection.reuse_threshold",
+            Field::StructuredOutput(_) => "sampling.structured_output",
             Field::Unsupported(name) => name,
         }
     }
@@ -106,7 +110,7 @@ impl Field {
             Field::KvSelection | Field::KvSelectionBudget | Field::KvSelectionWindow | Field::KvSelectionReuse => {
                 self.grpc_name()
             }
-            Field::Unsupported(name) => name,
+            Field::StructuredOutput(name) | Field::Unsupported(name) => name,
         }
     }
 }
@@ -175,6 +179,17 @@ pub enum ErrorClass {
 impl RouterError {
     pub(crate) fn invalid(field: Field, reason: impl Into<String>) -> Self {
         RouterError::InvalidArgument { field, reason: reason.into() }
+    }
+
+    /// Names `openai_field` in an error about the structured output, found after the request
+    /// left the HTTP front (which knows which field asked for it).
+    pub(crate) fn naming_structured_output(self, openai_field: Option<&'static str>) -> Self {
+        match (self, openai_field) {
+            (RouterError::InvalidArgument { field: Field::StructuredOutput(_), reason }, Some(name)) => {
+                RouterError::InvalidArgument { field: Field::StructuredOutput(name), reason }
+            }
+            (other, _) => other,
+        }
     }
 
     /// The field at fault, for invalid-argument errors.

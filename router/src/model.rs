@@ -1,12 +1,12 @@
 //! The served model as the router knows it: tokenizer, chat template and the block namespace
 //! inputs, all from a worker's `GetModelInfo` — the router never loads weights.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use lcserve_common::{ModelFingerprint, Namespace, PrefillMode};
 use lcserve_proto::v1;
-use lcserve_text::{ChatTemplate, Tokenizer};
+use lcserve_text::{ChatTemplate, StructuredOutput, StructuredOutputCompiler, StructuredOutputError, Tokenizer};
 use tokio::sync::{OnceCell, watch};
 
 use crate::error::RouterError;
@@ -29,6 +29,8 @@ pub(crate) struct ServedModel {
     pub context_length: usize,
     /// Token ids at or above this are invalid input.
     pub vocab_size: usize,
+    /// Compiles structured outputs as the workers will; indexed by the first request that asks.
+    structured_output: OnceLock<Result<StructuredOutputCompiler, StructuredOutputError>>,
 }
 
 impl ServedModel {
@@ -63,7 +65,16 @@ impl ServedModel {
             block_size: info.block_size as usize,
             context_length: info.context_length as usize,
             vocab_size,
+            structured_output: OnceLock::new(),
         })
+    }
+
+    /// Compiles `output` for this model's vocabulary, as a worker would, so that a schema,
+    /// expression or grammar the workers cannot follow is the client's error here. The first
+    /// call indexes the vocabulary (tens of milliseconds): call it off the async workers.
+    pub fn check_structured_output(&self, output: &StructuredOutput) -> Result<(), StructuredOutputError> {
+        let compiler = self.structured_output.get_or_init(|| StructuredOutputCompiler::new(&self.tokenizer));
+        compiler.as_ref().map_err(Clone::clone)?.compile(output).map(drop)
     }
 
     /// Whether a worker computes the same KV bytes for the same tokens: same fingerprint, KV

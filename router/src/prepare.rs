@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use lcserve_common::{Namespace, PrefillMode, SequenceHash, sequence_hashes};
+use lcserve_proto::v1::structured_output::Kind;
 use lcserve_proto::v1::{self, generate_request, tokenize_request};
-use lcserve_text::{ChatMessage, TokenizerError};
+use lcserve_text::{ChatMessage, StructuredOutput, TokenizerError};
 
 use crate::auth::{Tenant, namespace_salt};
 use crate::error::{Field, RouterError};
@@ -130,6 +131,26 @@ pub(crate) async fn tokenize_blocking(model: Arc<ServedModel>, prompt: Prompt) -
         .map_err(|err| RouterError::Internal(format!("tokenizer task: {err}")))?
 }
 
+/// An error about the structured output (the HTTP front renames the field to the one that
+/// asked for it).
+fn structured_output_error(reason: String) -> RouterError {
+    RouterError::invalid(Field::StructuredOutput("response_format"), reason)
+}
+
+/// The wire's structured output, its sizes checked.
+fn structured_output(wire: &v1::StructuredOutput) -> Result<StructuredOutput, RouterError> {
+    let output = match wire.kind.clone() {
+        Some(Kind::JsonObject(_)) => StructuredOutput::JsonObject,
+        Some(Kind::JsonSchema(schema)) => StructuredOutput::JsonSchema(schema),
+        Some(Kind::Regex(regex)) => StructuredOutput::Regex(regex),
+        Some(Kind::Choice(v1::Choices { choices })) => StructuredOutput::Choice(choices),
+        Some(Kind::Grammar(grammar)) => StructuredOutput::Grammar(grammar),
+        None => return Err(structured_output_error("set but empty: one of its kinds is required".into())),
+    };
+    output.check_limits().map_err(|e| structured_output_error(e.to_string()))?;
+    Ok(output)
+}
+
 /// Validates, tokenizes and hashes `request` for `tenant`.
 ///
 /// The workers' request id is the client's id (or a made-up one) plus a random suffix: ids are
@@ -147,6 +168,7 @@ pub(crate) async fn prepare(
     let mode = PrefillMode::from(prefill_mode);
     let sampling = request.sampling.unwrap_or_default();
     check_sampling(&sampling, &limits)?;
+    let structured_output = sampling.structured_output.as_ref().map(structured_output).transpose()?;
     if let Some(selection) = &request.kv_selection {
         check_kv_selection(selection)?;
     }
@@ -161,9 +183,13 @@ pub(crate) async fn prepare(
     let salt = namespace_salt(tenant, request.cache_salt.as_deref());
     let hashed = Arc::clone(&model);
     let span = tracing::info_span!("tokenize", prompt_tokens = tracing::field::Empty, blocks = tracing::field::Empty);
-    let inline = prompt.bytes() <= INLINE_TOKENIZE_BYTES;
+    // Compiling a structured output may first index the vocabulary.
+    let inline = prompt.bytes() <= INLINE_TOKENIZE_BYTES && structured_output.is_none();
     let work = move || {
         let _entered = span.enter();
+        if let Some(output) = &structured_output {
+            hashed.check_structured_output(output).map_err(|e| structured_output_error(e.to_string()))?;
+        }
         if lcserve_svc_kit::log_prompts() {
             tracing::info!(?prompt, "prompt");
         }

@@ -270,6 +270,22 @@ async fn bad_input_is_rejected_with_the_field() {
             400,
             json!("response_format"),
         ),
+        // The test model's word-level vocabulary has no bytes to constrain: the error names the
+        // field that asked, whichever it was.
+        ("/v1/completions", json!({"prompt": "w9", "guided_regex": "w[0-9]+"}).to_string(), 400, json!("guided_regex")),
+        (
+            "/v1/completions",
+            json!({"prompt": "w9", "guided_regex": "x", "response_format": {"type": "json_object"}}).to_string(),
+            400,
+            json!("guided_regex"),
+        ),
+        ("/v1/completions", json!({"prompt": "w9", "guided_choice": []}).to_string(), 400, json!("guided_choice")),
+        (
+            "/v1/completions",
+            json!({"prompt": "w9", "structured_outputs": {"regex": "x", "grammar": "y"}}).to_string(),
+            400,
+            json!("structured_outputs"),
+        ),
         ("/v1/completions", json!({"prompt": "w9", "prefill_mode": "fast"}).to_string(), 400, json!("prefill_mode")),
         ("/v1/completions", json!({"prompt": "w9", "speculation": "psychic"}).to_string(), 400, json!("speculation")),
         ("/v1/completions", json!({"prompt": "w9", "kv_selection": {}}).to_string(), 400, json!("kv_selection.budget")),
@@ -447,6 +463,14 @@ async fn grpc_invalid_arguments_name_the_field() {
             sampling(v1::SamplingParams { logprobs: Some(30), ..Default::default() }),
             tonic::Code::InvalidArgument,
             "sampling.logprobs",
+        ),
+        (
+            sampling(v1::SamplingParams {
+                structured_output: Some(v1::StructuredOutput { kind: None }),
+                ..Default::default()
+            }),
+            tonic::Code::InvalidArgument,
+            "sampling.structured_output",
         ),
         (
             v1::GenerateRequest {

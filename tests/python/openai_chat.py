@@ -4,13 +4,22 @@ Usage: openai_chat.py BASE_URL BANNED_IDS
 
 Asks the first model that GET /models lists one question, streamed and then not, greedily, then
 once more with `logit_bias` banning the token ids in the JSON list BANNED_IDS, and prints what
-came back as one JSON object; last, samples two choices (`n`) in one request.
+came back as one JSON object; then samples two choices (`n`) in one request; last, asks for
+structured output: a pydantic model through `chat.completions.parse` (OpenAI's `json_schema`
+response format, which the client validates) and vLLM's `guided_choice`.
 """
 
 import json
 import sys
 
 import openai
+from pydantic import BaseModel, Field
+
+
+class Capital(BaseModel):
+    city: str = Field(max_length=24)
+    country: str = Field(max_length=24)
+    is_capital: bool
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -32,6 +41,11 @@ def main(base_url, banned_ids):
     whole = client.chat.completions.create(**ask)
     banned = client.chat.completions.create(**ask, logit_bias={str(t): -100 for t in json.loads(banned_ids)})
     several = client.chat.completions.create(**{**ask, "temperature": 0.8}, n=2, seed=5)
+    parsed = client.chat.completions.parse(**{**ask, "max_tokens": 64}, response_format=Capital)
+    yes_no = [{"role": "user", "content": "Is Paris the capital of France? Answer yes or no."}]
+    choice = client.chat.completions.create(
+        **{**ask, "messages": yes_no}, extra_body={"guided_choice": ["yes", "no"]}
+    )
     print(json.dumps({
         "model": model,
         "stream": {"text": text, "chunks": chunks, "finish_reason": finish_reason, "usage": usage},
@@ -46,6 +60,12 @@ def main(base_url, banned_ids):
             "texts": [choice.message.content for choice in several.choices],
             "completion_tokens": several.usage.completion_tokens,
         },
+        "parsed": {
+            "value": parsed.choices[0].message.parsed.model_dump(),
+            "content": parsed.choices[0].message.content,
+            "finish_reason": parsed.choices[0].finish_reason,
+        },
+        "choice": {"content": choice.choices[0].message.content, "finish_reason": choice.choices[0].finish_reason},
     }))
 
 

@@ -62,6 +62,16 @@ fn the_openai_package_streams_a_chat_completion() {
     assert_eq!(several["indices"], json!([0, 1]), "n = 2: {got}");
     assert!(several["texts"].as_array().is_some_and(|t| t.iter().all(|t| t.as_str().is_some_and(|t| !t.is_empty()))));
     assert!(several["completion_tokens"].as_u64().unwrap_or_default() >= 2, "{got}");
+
+    // Structured output: the client parsed the JSON into its pydantic model (it raises if the
+    // document does not validate), and the answer is the model's own.
+    let parsed = &got["parsed"];
+    assert_eq!(parsed["finish_reason"], "stop", "the document ended by itself: {got}");
+    assert!(parsed["value"]["city"].as_str().is_some_and(|c| c.contains("Paris")), "{got}");
+    assert!(parsed["value"]["is_capital"].is_boolean(), "{got}");
+    let choice = &got["choice"];
+    assert!(["yes", "no"].contains(&choice["content"].as_str().unwrap_or_default()), "guided_choice: {got}");
+    assert_eq!(choice["finish_reason"], "stop", "{got}");
 }
 
 /// What the grpcio client saw for one Generate stream.

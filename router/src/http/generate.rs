@@ -67,7 +67,9 @@ async fn start(
     let (request, options) = parsed.into_generate(kind)?;
     let model = shared.served()?;
     let shaper = Shaper::new(kind, &model.id, options, model.tokenizer.clone());
-    let events = choices::start(shared, model, &tenant, request, options.choices, endpoint).await?;
+    let events = choices::start(shared, model, &tenant, request, options.choices, endpoint)
+        .await
+        .map_err(|e| e.naming_structured_output(options.structured_output_field))?;
     Ok((events, shaper, options.stream))
 }
 

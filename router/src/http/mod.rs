@@ -9,6 +9,7 @@ mod choices;
 mod generate;
 mod openai;
 mod response;
+mod structured;
 mod tokenize;
 
 use std::future::Future;

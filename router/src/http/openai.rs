@@ -4,15 +4,17 @@
 //! One struct serves both endpoints (they share almost every field); what differs — `prompt`
 //! vs `messages`, `logprobs` as a count vs a flag — is checked per endpoint in
 //! [`OpenAiRequest::into_generate`]. Unknown fields are ignored, as OpenAI clients send many;
-//! OpenAI features this server does not implement (`best_of`, echo, tool calling, structured
-//! output) are refused with an error naming the field whenever a request
-//! actually asks for them, rather than answered as if they had been honoured.
+//! OpenAI features this server does not implement (`best_of`, echo, tool calling) are refused
+//! with an error naming the field whenever a request actually asks for them, rather than
+//! answered as if they had been honoured. Structured output (`response_format` and vLLM's
+//! fields) is read by [`super::structured`].
 
 use std::collections::{BTreeMap, HashMap};
 
 use lcserve_proto::v1::{self, generate_request::Input};
 use serde::Deserialize;
 
+use super::structured::{StructuredFields, StructuredOutputsField};
 use crate::error::{Field, RouterError};
 use crate::validate::{MAX_CHOICES, MAX_LOGPROBS};
 
@@ -110,7 +112,13 @@ pub(crate) struct OpenAiRequest {
     pub tool_choice: Option<serde_json::Value>,
     pub functions: Option<serde_json::Value>,
     pub function_call: Option<serde_json::Value>,
+    /// Structured output, OpenAI's way and vLLM's ([`super::structured`]).
     pub response_format: Option<serde_json::Value>,
+    pub structured_outputs: Option<StructuredOutputsField>,
+    pub guided_json: Option<serde_json::Value>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
+    pub guided_grammar: Option<String>,
     /// `{"token id": bias}`, the ids as strings (JSON object keys).
     pub logit_bias: Option<BTreeMap<String, f32>>,
     /// lcserve extension: `dense`, `sparse` or `auto` prefill.
@@ -140,6 +148,8 @@ pub(crate) struct ResponseOptions {
     pub logprobs: bool,
     /// How many choices to generate (`n`), each a flow of its own.
     pub choices: usize,
+    /// The field that asked for a structured output, which edge errors about it name.
+    pub structured_output_field: Option<&'static str>,
 }
 
 fn invalid<T>(field: Field, reason: impl Into<String>) -> Result<T, RouterError> {
@@ -201,6 +211,16 @@ impl OpenAiRequest {
             ),
         };
         let logit_bias = logit_bias(self.logit_bias.unwrap_or_default())?;
+        let structured = StructuredFields {
+            response_format: self.response_format,
+            structured_outputs: self.structured_outputs,
+            guided_json: self.guided_json,
+            guided_regex: self.guided_regex,
+            guided_choice: self.guided_choice,
+            guided_grammar: self.guided_grammar,
+        }
+        .into_wire()?;
+        let (structured_output, structured_output_field) = structured.unzip();
         let stop = match self.stop {
             None => Vec::new(),
             Some(StopField::One(s)) => vec![s],
@@ -236,6 +256,7 @@ impl OpenAiRequest {
                 seed: self.seed,
                 logprobs,
                 logit_bias,
+                structured_output,
             }),
             stop: Some(v1::StopConditions {
                 max_tokens: self.max_completion_tokens.or(self.max_tokens),
@@ -254,23 +275,24 @@ impl OpenAiRequest {
         if include_usage && !stream {
             return invalid(Field::Unsupported("stream_options"), "only allowed with stream: true");
         }
-        Ok((request, ResponseOptions { stream, include_usage, logprobs: logprobs.is_some(), choices }))
+        let options =
+            ResponseOptions { stream, include_usage, logprobs: logprobs.is_some(), choices, structured_output_field };
+        Ok((request, options))
     }
 }
 
 impl OpenAiRequest {
-    /// Refuses tool calling and structured output, which this server does not implement:
-    /// answering such a request with plain sampled text would look like success. Values that
-    /// ask for nothing pass (`null`, `tools: []`, `tool_choice: "none"` or `"auto"`,
-    /// `response_format: {"type": "text"}`), as some clients send them by default.
+    /// Refuses tool calling, which this server does not implement: answering such a request
+    /// with plain sampled text would look like success. Values that ask for nothing pass
+    /// (`null`, `tools: []`, `tool_choice: "none"` or `"auto"`), as some clients send them by
+    /// default.
     fn refuse_unimplemented_features(&self) -> Result<(), RouterError> {
         use serde_json::Value;
         type AsksNothing = fn(&Value) -> bool;
         let empty: AsksNothing =
             |v| v.as_array().is_some_and(Vec::is_empty) || v.as_object().is_some_and(|o| o.is_empty());
         let no_forced_call: AsksNothing = |v| matches!(v.as_str(), Some("none" | "auto"));
-        let plain_text: AsksNothing = |v| v.get("type").and_then(Value::as_str) == Some("text");
-        let features: [(&'static str, &Option<Value>, AsksNothing, &str); 5] = [
+        let features: [(&'static str, &Option<Value>, AsksNothing, &str); 4] = [
             ("tools", &self.tools, empty, "tool calling is not supported"),
             ("functions", &self.functions, empty, "function calling is not supported"),
             (
@@ -284,12 +306,6 @@ impl OpenAiRequest {
                 &self.function_call,
                 no_forced_call,
                 "function calling is not supported: only \"none\" or \"auto\"",
-            ),
-            (
-                "response_format",
-                &self.response_format,
-                plain_text,
-                "structured output is not supported: only {\"type\": \"text\"}",
             ),
         ];
         for (name, value, asks_nothing, reason) in features {
@@ -411,7 +427,10 @@ mod tests {
         let stop = request.stop.expect("stop");
         assert_eq!((stop.max_tokens, stop.stop), (Some(5), vec!["x".to_owned()]));
         assert_eq!(request.cache_salt.as_deref(), Some("s"));
-        assert_eq!(options, ResponseOptions { stream: true, include_usage: true, logprobs: true, choices: 1 });
+        assert_eq!(
+            options,
+            ResponseOptions { stream: true, include_usage: true, logprobs: true, choices: 1, ..Default::default() }
+        );
 
         let (chat, options) = convert(
             r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],
@@ -454,7 +473,8 @@ mod tests {
         assert_eq!(field(r#""tool_choice":"required""#), Some(Some("tool_choice")));
         assert_eq!(field(r#""tool_choice":{"type":"function","function":{"name":"f"}}"#), Some(Some("tool_choice")));
         assert_eq!(field(r#""function_call":{"name":"f"}"#), Some(Some("function_call")));
-        assert_eq!(field(r#""response_format":{"type":"json_object"}"#), Some(Some("response_format")));
+        // Structured output is served; a malformed one is refused by name.
+        assert_eq!(field(r#""response_format":{"type":"json_object"}"#), None);
         assert_eq!(
             field(r#""response_format":{"type":"json_schema","json_schema":{}}"#),
             Some(Some("response_format"))
