@@ -334,6 +334,12 @@ impl EngineHandle {
         if stop.max_tokens == 0 {
             return Err(EngineError::InvalidRequest { field: "max_tokens", reason: "must be at least 1".into() });
         }
+        if stop.min_tokens > stop.max_tokens {
+            return Err(EngineError::InvalidRequest {
+                field: "min_tokens",
+                reason: format!("{} exceeds max_tokens {}", stop.min_tokens, stop.max_tokens),
+            });
+        }
         if resumed >= stop.max_tokens {
             return Err(EngineError::InvalidRequest {
                 field: "generated",

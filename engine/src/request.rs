@@ -24,6 +24,10 @@ pub struct StopConditions {
     pub stop_strings: Vec<String>,
     /// Generate until `max_tokens` even past end-of-sequence (benchmarks).
     pub ignore_eos: bool,
+    /// No stop token (end-of-sequence or `stop_token_ids`) may be sampled before this many
+    /// tokens were generated (vLLM's `min_tokens`); at most `max_tokens`. Stop strings still
+    /// apply.
+    pub min_tokens: usize,
 }
 
 /// One generation request over an already tokenized prompt.

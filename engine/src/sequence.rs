@@ -112,11 +112,29 @@ impl Sequence {
         &self.tokens[self.prompt_len..]
     }
 
-    /// Draws the next token from `row`, among the tokens the constraint allows.
+    /// Draws the next token from `row`, among the tokens the constraint allows and, before
+    /// `min_tokens`, no stop token (unless the constraint allows nothing else).
     pub fn sample_next(&mut self, row: &[f32]) -> Result<SampledToken, EngineError> {
-        let allowed = self.constraint.as_mut().map(TokenConstraint::allowed).transpose()?;
+        let constrained = self.constraint.as_mut().map(TokenConstraint::allowed).transpose()?;
+        let constrained = constrained.as_ref().map(|a| a.words());
+        let too_early = self.generated().len() < self.stop.min_tokens;
+        let without_stops = too_early.then(|| self.without_stop_tokens(constrained, row.len()));
+        let allowed = without_stops.as_deref().or(constrained);
         let (prompt, generated) = self.tokens.split_at(self.prompt_len);
-        Ok(self.sampler.sample_among(row, prompt, generated, allowed.as_ref().map(|a| a.words()))?)
+        Ok(self.sampler.sample_among(row, prompt, generated, allowed)?)
+    }
+
+    /// `allowed` (every token of a `vocab`-token row when `None`) less the stop tokens, unless
+    /// that leaves nothing.
+    fn without_stop_tokens(&self, allowed: Option<&[u32]>, vocab: usize) -> Vec<u32> {
+        let all = allowed.map_or_else(|| vec![u32::MAX; vocab.div_ceil(32)], <[u32]>::to_vec);
+        let mut words = all.clone();
+        for &token in &self.stop.stop_token_ids {
+            if let Some(word) = words.get_mut(token as usize / 32) {
+                *word &= !(1 << (token % 32));
+            }
+        }
+        if words.iter().all(|&w| w == 0) { all } else { words }
     }
 
     /// Tokens still to be run through the model.

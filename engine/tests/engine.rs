@@ -218,3 +218,26 @@ fn devices_parse_from_their_flag_values() {
         assert!(err.contains("cpu, cuda or cuda:N"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn min_tokens_holds_back_the_stop_tokens() -> Result<(), EngineError> {
+    let (_dir, model) = tiny_model();
+    let vocab = model.config.vocab_size;
+    let engine = EngineHandle::start(model.clone(), config(16, 32, &model))?;
+    let prompt = tokens(20, vocab, 8);
+    let first = collect(&engine, greedy(prompt.clone(), 12))?.tokens[0];
+    let mut request = greedy(prompt.clone(), 12);
+    request.stop.stop_token_ids = vec![first];
+    let stopped = collect(&engine, request.clone())?;
+    // A stop token ends the stream without being streamed.
+    assert_eq!((stopped.tokens.len(), stopped.reason), (0, FinishReason::Stop), "the greedy token is a stop token");
+    request.stop.min_tokens = 4;
+    let held = collect(&engine, request.clone())?;
+    assert!(held.tokens.len() >= 4, "four tokens before the stop token at the earliest: {:?}", held.tokens);
+    assert!(!held.tokens.contains(&first), "{:?}", held.tokens);
+    request.stop.min_tokens = 13;
+    match collect(&engine, request) {
+        Err(EngineError::InvalidRequest { field: "min_tokens", .. }) => Ok(()),
+        other => panic!("min_tokens above max_tokens gave {other:?}"),
+    }
+}

@@ -19,6 +19,7 @@ pub enum Field {
     /// Chat messages.
     Messages,
     MaxTokens,
+    MinTokens,
     Temperature,
     TopP,
     TopK,
@@ -57,6 +58,7 @@ impl Field {
             Field::Tokens => "tokens",
             Field::Messages => "chat.messages",
             Field::MaxTokens => "stop.max_tokens",
+            Field::MinTokens => "stop.min_tokens",
             Field::Temperature => "sampling.temperature",
             Field::TopP => "sampling.top_p",
             Field::TopK => "sampling.top_k",
@@ -90,6 +92,7 @@ impl Field {
             Field::Tokens => "tokens",
             Field::Messages => "messages",
             Field::MaxTokens => "max_tokens",
+            Field::MinTokens => "min_tokens",
             Field::Temperature => "temperature",
             Field::TopP => "top_p",
             Field::TopK => "top_k",

@@ -141,6 +141,11 @@ pub(crate) fn check_stop(stop: &mut v1::StopConditions, prompt_len: usize, limit
             stop.max_tokens = Some(limits.default_max_tokens.min(room));
         }
     }
+    if let Some(max) = stop.max_tokens
+        && stop.min_tokens > max
+    {
+        return invalid(Field::MinTokens, format!("{} exceeds max_tokens {max}", stop.min_tokens));
+    }
     if stop.stop.len() > MAX_STOP_STRINGS {
         return invalid(Field::Stop, format!("{} stop strings; at most {MAX_STOP_STRINGS}", stop.stop.len()));
     }

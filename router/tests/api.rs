@@ -237,6 +237,12 @@ async fn bad_input_is_rejected_with_the_field() {
         ("/v1/completions", json!({"prompt": "w9", "max_tokens": -1}).to_string(), 400, json!("max_tokens")),
         ("/v1/completions", json!({"prompt": "w9", "max_tokens": 100_000}).to_string(), 400, json!("max_tokens")),
         ("/v1/completions", json!({"prompt": "w9", "max_tokens": CONTEXT}).to_string(), 400, json!("max_tokens")),
+        (
+            "/v1/completions",
+            json!({"prompt": "w9", "max_tokens": 3, "min_tokens": 4}).to_string(),
+            400,
+            json!("min_tokens"),
+        ),
         ("/v1/completions", json!({"prompt": "w9", "temperature": -1}).to_string(), 400, json!("temperature")),
         ("/v1/completions", json!({"prompt": "w9", "top_p": 0}).to_string(), 400, json!("top_p")),
         ("/v1/completions", json!({"prompt": "w9", "top_p": 1.5}).to_string(), 400, json!("top_p")),

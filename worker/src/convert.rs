@@ -52,6 +52,7 @@ pub(crate) fn parts(request: Option<v1::WorkerRequest>) -> Result<Parts, Status>
             stop_token_ids: stop.stop_token_ids,
             stop_strings: stop.stop,
             ignore_eos: stop.ignore_eos,
+            min_tokens: stop.min_tokens as usize,
         },
         prefill_mode,
         speculation,

@@ -85,6 +85,8 @@ pub(crate) struct OpenAiRequest {
     pub messages: Option<Vec<MessageField>>,
     pub max_tokens: Option<u32>,
     pub max_completion_tokens: Option<u32>,
+    /// vLLM: no stop token before this many tokens.
+    pub min_tokens: Option<u32>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     /// `-1` (vLLM) or `0` disable it.
@@ -263,6 +265,7 @@ impl OpenAiRequest {
                 stop_token_ids: self.stop_token_ids.unwrap_or_default(),
                 stop,
                 ignore_eos: self.ignore_eos.unwrap_or(false),
+                min_tokens: self.min_tokens.unwrap_or(0),
             }),
             cache_salt: self.cache_salt,
             request_id: self.request_id.unwrap_or_default(),
@@ -413,7 +416,7 @@ mod tests {
     #[test]
     fn fields_map_onto_the_shared_request() {
         let (request, options) = convert(
-            r#"{"model":"m","prompt":"hi","max_tokens":5,"temperature":0.5,"top_k":-1,"stop":"x","seed":3,
+            r#"{"model":"m","prompt":"hi","max_tokens":5,"min_tokens":2,"temperature":0.5,"top_k":-1,"stop":"x","seed":3,
                 "stream":true,"stream_options":{"include_usage":true},"logprobs":2,"user":"u","cache_salt":"s"}"#,
             Kind::Completion,
         )
@@ -425,7 +428,7 @@ mod tests {
             (Some(0.5), None, Some(3), Some(2))
         );
         let stop = request.stop.expect("stop");
-        assert_eq!((stop.max_tokens, stop.stop), (Some(5), vec!["x".to_owned()]));
+        assert_eq!((stop.max_tokens, stop.min_tokens, stop.stop), (Some(5), 2, vec!["x".to_owned()]));
         assert_eq!(request.cache_salt.as_deref(), Some("s"));
         assert_eq!(
             options,
