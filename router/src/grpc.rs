@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::Shared;
 use crate::error::{Field, RouterError};
 use crate::metrics::Endpoint;
-use crate::prepare::{Prompt, check_model, tokenize_blocking};
+use crate::prepare::{Framing, Prompt, check_model, tokenize_blocking};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::GenerateResponse, Status>> + Send>>;
 
@@ -83,7 +83,7 @@ impl Generation for GenerationService {
             check_model(&model, &request.model)?;
             let prompt: Prompt =
                 request.input.ok_or_else(|| RouterError::invalid(Field::Text, "text or chat is required"))?.into();
-            tokenize_blocking(model, prompt).await
+            tokenize_blocking(model, prompt, Framing::default()).await
         }
         .await;
         let status = result.as_ref().map_or_else(|err| err.class().label(), |_| "ok");

@@ -94,13 +94,37 @@ pub(crate) fn check_model(model: &ServedModel, requested: &str) -> Result<(), Ro
     }
 }
 
+/// How a prompt is framed into tokens; the default is what generation does, vLLM's `/tokenize`
+/// switches change it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Framing {
+    /// Add the tokenizer's special tokens (BOS): by default for text, not for chat (the template
+    /// writes its own).
+    pub special_tokens: Option<bool>,
+    /// End a chat with the template's generation prompt (the assistant turn's opening).
+    pub generation_prompt: bool,
+}
+
+impl Default for Framing {
+    fn default() -> Self {
+        Self { special_tokens: None, generation_prompt: true }
+    }
+}
+
 /// Token ids of a prompt: text with the tokenizer's special tokens (BOS), chat rendered with the
 /// model's template and a generation prompt (the template writes its own specials). CPU-heavy
 /// for long prompts: run it on a blocking thread.
 pub(crate) fn tokenize(model: &ServedModel, prompt: &Prompt) -> Result<Vec<u32>, RouterError> {
+    tokenize_framed(model, prompt, Framing::default())
+}
+
+/// [`tokenize`] with another [`Framing`].
+pub(crate) fn tokenize_framed(model: &ServedModel, prompt: &Prompt, framing: Framing) -> Result<Vec<u32>, RouterError> {
     let tokenizer_error = |err: TokenizerError| RouterError::Tokenizer(err.to_string());
     match prompt {
-        Prompt::Text(text) => model.tokenizer.encode(text, true).map_err(tokenizer_error),
+        Prompt::Text(text) => {
+            model.tokenizer.encode(text, framing.special_tokens.unwrap_or(true)).map_err(tokenizer_error)
+        }
         Prompt::Tokens(ids) => Ok(ids.clone()),
         Prompt::Chat(messages) => {
             if messages.is_empty() {
@@ -109,11 +133,12 @@ pub(crate) fn tokenize(model: &ServedModel, prompt: &Prompt) -> Result<Vec<u32>,
             let template = model.template.as_ref().ok_or_else(|| {
                 RouterError::invalid(Field::Messages, "this model has no chat template; send a prompt")
             })?;
-            let text = template.render(messages, true, &model.tokenizer).map_err(|err| match err {
-                TokenizerError::TemplateRaised { message } => RouterError::invalid(Field::Messages, message),
-                other => RouterError::Internal(format!("chat template: {other}")),
-            })?;
-            model.tokenizer.encode(&text, false).map_err(tokenizer_error)
+            let text =
+                template.render(messages, framing.generation_prompt, &model.tokenizer).map_err(|err| match err {
+                    TokenizerError::TemplateRaised { message } => RouterError::invalid(Field::Messages, message),
+                    other => RouterError::Internal(format!("chat template: {other}")),
+                })?;
+            model.tokenizer.encode(&text, framing.special_tokens.unwrap_or(false)).map_err(tokenizer_error)
         }
     }
 }
@@ -124,9 +149,13 @@ pub(crate) fn tokenize(model: &ServedModel, prompt: &Prompt) -> Result<Vec<u32>,
 /// workers.
 const INLINE_TOKENIZE_BYTES: usize = 2048;
 
-/// [`tokenize`] on a blocking thread.
-pub(crate) async fn tokenize_blocking(model: Arc<ServedModel>, prompt: Prompt) -> Result<Vec<u32>, RouterError> {
-    tokio::task::spawn_blocking(move || tokenize(&model, &prompt))
+/// [`tokenize_framed`] on a blocking thread.
+pub(crate) async fn tokenize_blocking(
+    model: Arc<ServedModel>,
+    prompt: Prompt,
+    framing: Framing,
+) -> Result<Vec<u32>, RouterError> {
+    tokio::task::spawn_blocking(move || tokenize_framed(&model, &prompt, framing))
         .await
         .map_err(|err| RouterError::Internal(format!("tokenizer task: {err}")))?
 }

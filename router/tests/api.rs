@@ -148,6 +148,15 @@ async fn tokenize_counts_what_generation_sends_and_detokenize_reverses_it() {
     let sent = decode.generates()[0].request.clone().expect("request").prompt;
     assert_eq!(chat.json()["tokens"], json!(sent), "the template and tokenizer generation uses");
 
+    // vLLM's switches: no BOS for the text; no generation prompt (`w5`) for the chat, and BOS.
+    let bare = json!({ "prompt": "w10 w11 w12", "add_special_tokens": false }).to_string();
+    assert_eq!(post(router.http, "/tokenize", &bare).await.json()["tokens"], json!([10, 11, 12]));
+    let framed = json!({ "messages": messages, "add_generation_prompt": false, "add_special_tokens": true });
+    let framed = post(router.http, "/tokenize", &framed.to_string()).await.json()["tokens"].clone();
+    let mut expected = vec![1];
+    expected.extend(&sent[..sent.len() - 1]);
+    assert_eq!(framed, json!(expected), "the chat {sent:?} framed otherwise");
+
     let text = post(router.http, "/detokenize", &json!({ "tokens": [10, 11, 12] }).to_string()).await;
     assert_eq!((text.status, text.json()["prompt"].clone()), (200, json!(words([10, 11, 12]))));
 

@@ -5,7 +5,8 @@
 //! `/tokenize` takes a `prompt` (text, tokenized with the tokenizer's special tokens, as
 //! `/v1/completions` does) or chat `messages` (rendered with the template and its generation
 //! prompt, as `/v1/chat/completions` does) and answers `{"count", "max_model_len", "tokens"}`;
-//! `/detokenize` takes `tokens` and answers `{"prompt"}`.
+//! vLLM's `add_special_tokens` and `add_generation_prompt` change that framing. `/detokenize`
+//! takes `tokens` and answers `{"prompt"}`.
 
 use std::sync::Arc;
 
@@ -21,13 +22,15 @@ use super::{authorization, error_response, json_response, read_body};
 use crate::Shared;
 use crate::error::{Field, RouterError};
 use crate::metrics::Endpoint;
-use crate::prepare::{Prompt, check_model, tokenize_blocking};
+use crate::prepare::{Framing, Prompt, check_model, tokenize_blocking};
 
 #[derive(Debug, Deserialize)]
 struct TokenizeBody {
     model: Option<String>,
     prompt: Option<String>,
     messages: Option<Vec<MessageField>>,
+    add_special_tokens: Option<bool>,
+    add_generation_prompt: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,7 +50,11 @@ pub(super) async fn tokenize(State(shared): State<Arc<Shared>>, headers: HeaderM
             (None, Some(messages)) => Prompt::from(openai::chat_input(Some(messages))?),
             _ => return Err(RouterError::invalid(Field::Text, "give either prompt or messages")),
         };
-        let tokens = tokenize_blocking(Arc::clone(&model), prompt).await?;
+        let framing = Framing {
+            special_tokens: body.add_special_tokens,
+            generation_prompt: body.add_generation_prompt.unwrap_or(true),
+        };
+        let tokens = tokenize_blocking(Arc::clone(&model), prompt, framing).await?;
         Ok(json!({ "count": tokens.len(), "max_model_len": model.context_length, "tokens": tokens }))
     }
     .await;
