@@ -39,13 +39,13 @@ impl DecodeService {
         let stored = worker.bridge.stored_prefix(&prepared.hashes).await;
         let resumed = !generated.is_empty();
         let events = worker
-            .engine
             .submit(GenerateRequest {
                 generated,
                 import: prepared.import,
                 export: Some(ExportKv { from_block: stored, tail: false }),
                 ..request
             })
+            .await
             .map_err(|e| error::status(&e))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let (registered, aborted) = worker.track(&request_id);

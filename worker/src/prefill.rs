@@ -38,13 +38,13 @@ impl PrefillService {
         let shared_has = worker.bridge.shared_prefix(&prepared.hashes).await;
         let max_tokens = request.stop.max_tokens;
         let submitted = worker
-            .engine
             .submit(GenerateRequest {
                 stop: StopConditions { max_tokens: 1, ..request.stop },
                 import: prepared.import,
                 export: worker.bridge.has_shared_tier().then_some(ExportKv { from_block: shared_has, tail: true }),
                 ..request
             })
+            .await
             .map_err(|e| error::status(&e))?;
         let outcome = tokio::select! {
             outcome = collect(submitted) => outcome?,

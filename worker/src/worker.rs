@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use lcserve_common::{PrefillMode, SequenceHash, TokenId, chain_hash, sequence_hashes};
-use lcserve_engine::{EngineHandle, ImportedKv};
+use lcserve_engine::{EngineError, EngineHandle, EventStream, GenerateRequest, ImportedKv};
 use lcserve_model::Model;
 use lcserve_proto::v1;
 use tokio::sync::oneshot;
@@ -52,6 +52,19 @@ impl Worker {
 
     pub fn config(&self) -> &WorkerConfig {
         &self.config
+    }
+
+    /// Submits `request` to the engine. A structured output is compiled at submission (and the
+    /// first one indexes the vocabulary, tens of milliseconds): that happens on a blocking
+    /// thread, not on the async worker.
+    pub(crate) async fn submit(&self, request: GenerateRequest) -> Result<EventStream, EngineError> {
+        if request.structured_output.is_none() {
+            return self.engine.submit(request);
+        }
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.submit(request))
+            .await
+            .map_err(|e| EngineError::Model(format!("submitting task: {e}")))?
     }
 
     /// Finds the prompt's KV beyond what the pool holds: the store's longest run after it, and
