@@ -165,9 +165,9 @@ pub fn encode_prompt(model: &Model, prompt: &str, chat: bool, system: Option<&st
     let template = model.chat_template.as_ref().context("--chat: the model has no chat template")?;
     let mut messages = Vec::new();
     if let Some(system) = system {
-        messages.push(ChatMessage { role: "system".into(), content: system.into() });
+        messages.push(ChatMessage::new("system", system));
     }
-    messages.push(ChatMessage { role: "user".into(), content: prompt.into() });
+    messages.push(ChatMessage::new("user", prompt));
     let text = template.render(&messages, true, &model.tokenizer)?;
     Ok(model.tokenizer.encode(&text, false)?)
 }

@@ -26,7 +26,7 @@ fn reference_model_answers_the_capital_of_france() {
     let template = model.chat_template.as_ref().expect("template");
     let text = template
         .render(
-            &[ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }],
+            &[ChatMessage::new("user", "What is the capital of France?")],
             true,
             &model.tokenizer,
         )

@@ -127,7 +127,7 @@ fn summary_prompts(model: &Model, documents: &[(usize, u64)]) -> Vec<Vec<u32>> {
             let document = generate(&spec, &model.tokenizer).expect("document").context;
             let ask = format!("{document}\n\nSummarize the text above, quoting its key sentences.");
             let text = template
-                .render(&[ChatMessage { role: "user".into(), content: ask }], true, &model.tokenizer)
+                .render(&[ChatMessage::new("user", ask)], true, &model.tokenizer)
                 .expect("chat template");
             model.tokenizer.encode(&text, false).expect("encode")
         })

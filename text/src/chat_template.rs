@@ -10,25 +10,50 @@
 //!
 //! The template is compiled once in [`ChatTemplate::new`]; rendering is then cheap and `&self`, so
 //! one instance serves all requests.
+//!
+//! Tools reach the template as transformers passes them (`tools`, and each assistant turn's
+//! `tool_calls` with their arguments as a mapping); a template that never mentions `tools` gets
+//! the conversation rewritten in the Hermes format instead ([`crate::tools`]).
 
 use minijinja::{Environment, ErrorKind, context};
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::tools::{Tool, ToolCall, hermes_fallback};
 
 const TEMPLATE_NAME: &str = "chat_template";
 
 /// One turn of a conversation, as OpenAI-style APIs and HF templates spell it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
-    /// `system`, `user`, `assistant`, ... — passed through; the template decides what is valid.
+    /// `system`, `user`, `assistant`, `tool`, ... — passed through; the template decides what is
+    /// valid.
     pub role: String,
     pub content: String,
+    /// The tools an assistant turn called.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// In a `tool` turn, the call whose result `content` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into() }
+        Self { role: role.into(), content: content.into(), tool_calls: Vec::new(), tool_call_id: None }
+    }
+
+    /// The mapping the template sees.
+    fn to_template_json(&self) -> Value {
+        let mut message = json!({ "role": self.role, "content": self.content });
+        if !self.tool_calls.is_empty() {
+            message["tool_calls"] = self.tool_calls.iter().map(ToolCall::to_template_json).collect();
+        }
+        if let Some(id) = &self.tool_call_id {
+            message["tool_call_id"] = json!(id);
+        }
+        message
     }
 }
 
@@ -82,10 +107,26 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         tokenizer: &Tokenizer,
     ) -> Result<String, TokenizerError> {
+        self.render_with_tools(messages, &[], add_generation_prompt, tokenizer)
+    }
+
+    /// [`render`](Self::render) of a conversation that offers the model `tools`.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[Tool],
+        add_generation_prompt: bool,
+        tokenizer: &Tokenizer,
+    ) -> Result<String, TokenizerError> {
         let spell = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id)).unwrap_or_default();
         let bos = spell(tokenizer.bos_id());
         let eos = spell(tokenizer.eos_id());
-        self.render_with_tokens(messages, add_generation_prompt, &bos, &eos)
+        self.render_full(messages, tools, add_generation_prompt, &bos, &eos)
+    }
+
+    /// Whether the template renders tools itself (it mentions them at all).
+    pub fn knows_tools(&self) -> bool {
+        self.source.contains("tools")
     }
 
     /// [`render`](Self::render) with explicit `bos_token` / `eos_token` template variables.
@@ -96,13 +137,35 @@ impl ChatTemplate {
         bos_token: &str,
         eos_token: &str,
     ) -> Result<String, TokenizerError> {
+        self.render_full(messages, &[], add_generation_prompt, bos_token, eos_token)
+    }
+
+    fn render_full(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[Tool],
+        add_generation_prompt: bool,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<String, TokenizerError> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| TokenizerError::TemplateRender { message: describe(&e) })?;
+        let uses_tools = !tools.is_empty() || messages.iter().any(|m| !m.tool_calls.is_empty() || m.role == "tool");
+        let fallback;
+        let messages = if uses_tools && !self.knows_tools() {
+            fallback = hermes_fallback(messages, tools);
+            &fallback[..]
+        } else {
+            messages
+        };
+        let messages: Vec<Value> = messages.iter().map(ChatMessage::to_template_json).collect();
+        let tools: Option<Vec<Value>> = (!tools.is_empty()).then(|| tools.iter().map(Tool::to_json).collect());
         template
             .render(context! {
                 messages => messages,
+                tools => tools,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => bos_token,
                 eos_token => eos_token,
@@ -158,6 +221,14 @@ fn tojson(value: minijinja::Value, kwargs: minijinja::value::Kwargs) -> Result<m
         minijinja::Error::new(ErrorKind::InvalidOperation, "tojson produced invalid UTF-8").with_source(e)
     })?;
     Ok(minijinja::Value::from_safe_string(text))
+}
+
+/// JSON as Python's `json.dumps` writes it by default (`", "` and `": "` separators).
+pub(crate) fn python_json(value: &Value) -> String {
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, PythonCompactFormatter);
+    serde::Serialize::serialize(value, &mut serializer).expect("a JSON value serializes");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
 /// serde_json's compact output with Python's default separators.

@@ -16,6 +16,9 @@
 //! into a [`TokenConstraint`]) tells the engine which tokens may come next so that the output
 //! matches a JSON schema, a regular expression, a choice list or a grammar.
 //!
+//! Tool calling ([`tools`]) renders a conversation's tools into the prompt and reads the model's
+//! calls back out of its text, streaming or whole; a forced call is a structured output.
+//!
 //! [`haystack`] builds synthetic long-context retrieval prompts (passkey, KV retrieval) sized
 //! with a [`Tokenizer`], and scores answers to them: the quality check of sparse prefill.
 //!
@@ -29,6 +32,7 @@ mod detokenizer;
 pub mod haystack;
 mod structured;
 mod tokenizer;
+pub mod tools;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use detokenizer::IncrementalDecoder;

@@ -3,6 +3,7 @@
 
 mod support;
 
+use lcserve_text::tools::{Tool, ToolCall};
 use lcserve_text::{ChatMessage, ChatTemplate, TokenizerError};
 use support::{TestResult, tiny};
 
@@ -23,6 +24,28 @@ const BLOCKY_TEMPLATE: &str = "{% for message in messages %}
 {% if add_generation_prompt %}
 [ASSISTANT]
 {% endif %}";
+
+/// A template that renders tools itself, in the Hermes format (as Qwen 2.5's does).
+const HERMES_TOOLS_TEMPLATE: &str = include_str!("fixtures/hermes_tools_template.jinja");
+
+fn weather_tool() -> Tool {
+    let parameters = r#"{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}"#;
+    Tool {
+        name: "get_weather".into(),
+        description: Some("Current weather".into()),
+        parameters: Some(serde_json::from_str(parameters).expect("a schema")),
+    }
+}
+
+/// A user question, the assistant's call of `get_weather` and the tool's answer.
+fn tool_conversation() -> Vec<ChatMessage> {
+    let call = ToolCall { id: "c1".into(), name: "get_weather".into(), arguments: r#"{"city":"Oslo"}"#.into() };
+    vec![
+        ChatMessage::new("user", "Weather in Oslo?"),
+        ChatMessage { tool_calls: vec![call], ..ChatMessage::new("assistant", "") },
+        ChatMessage { tool_call_id: Some("c1".into()), ..ChatMessage::new("tool", "-3 C") },
+    ]
+}
 
 fn conv1() -> Vec<ChatMessage> {
     vec![ChatMessage::new("user", "Hi there!")]
@@ -131,5 +154,38 @@ fn chat_message_is_serde() -> TestResult {
     let m: ChatMessage = serde_json::from_str(r#"{"role":"user","content":"hi"}"#)?;
     assert_eq!(m, ChatMessage::new("user", "hi"));
     assert_eq!(serde_json::to_string(&m)?, r#"{"role":"user","content":"hi"}"#);
+    Ok(())
+}
+
+#[test]
+fn a_template_that_knows_tools_renders_them_as_transformers_does() -> TestResult {
+    let t = ChatTemplate::new(HERMES_TOOLS_TEMPLATE)?;
+    assert!(t.knows_tools());
+    let tok = tiny(false);
+    // Expected: Python jinja2 with transformers' settings, the tools and messages as OpenAI
+    // sends them (the call's arguments parsed into a mapping, as transformers asks).
+    assert_eq!(
+        t.render_with_tools(&tool_conversation(), &[weather_tool()], true, &tok)?,
+        "<|im_start|>system\nYou are a helpful assistant.\n\n# Tools\n\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"Current weather\", \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}}, \"required\": [\"city\"]}}}\n</tools><|im_end|>\n<|im_start|>user\nWeather in Oslo?<|im_end|>\n<|im_start|>assistant\n\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>\n<|im_end|>\n<|im_start|>user\n<tool_response>\n-3 C\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_template_without_tools_gets_them_in_the_hermes_format() -> TestResult {
+    let t = ChatTemplate::new(SMOLLM_TEMPLATE)?;
+    assert!(!t.knows_tools());
+    let tok = tiny(false);
+    let text = t.render_with_tools(&tool_conversation(), &[weather_tool()], true, &tok)?;
+    assert!(text.starts_with("<|im_start|>system\n# Tools\n\nYou may call one or more functions"), "{text}");
+    assert!(text.contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\""), "{text}");
+    assert!(text.contains(
+        "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call><|im_end|>\n"
+    ));
+    assert!(
+        text.ends_with("<|im_start|>user\n<tool_response>\n-3 C\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    );
+    // No tools and no tool turns: the conversation is rendered untouched.
+    assert_eq!(t.render_with_tools(&conv2(), &[], true, &tok)?, t.render(&conv2(), true, &tok)?);
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod support;
 
+use lcserve_text::tools::{Tool, ToolChoice, parse_call_array};
 use lcserve_text::{StructuredOutput, StructuredOutputCompiler, StructuredOutputError, TokenConstraint, Tokenizer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -56,6 +57,51 @@ fn every_walk_through_a_json_schema_yields_a_valid_document() -> TestResult {
         assert!(matches!(value["tag"].as_str(), Some("a" | "b")), "{text}");
         assert_eq!(value.as_object().map(|o| o.len()), Some(4), "{text}");
         assert!(!text.contains('\n'), "compact separators only: {text}");
+    }
+    Ok(())
+}
+
+#[test]
+fn every_walk_through_a_forced_tool_choice_yields_calls_of_the_tools() -> TestResult {
+    let (tokenizer, compiler) = compiler();
+    let parameters = r#"{"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+                         "required": ["n"], "additionalProperties": false}"#;
+    let tools = [
+        Tool { name: "pick".into(), description: None, parameters: Some(serde_json::from_str(parameters)?) },
+        // Bounded: a free-form object may hold numbers no JSON parser takes (`1E+159282239`).
+        Tool {
+            name: "stop".into(),
+            description: None,
+            parameters: Some(serde_json::json!({"type": "object", "additionalProperties": false})),
+        },
+    ];
+    for parallel in [false, true] {
+        let Some(schema) = ToolChoice::Required { parallel }.forced_schema(&tools) else {
+            return Err("required is a constraint".into());
+        };
+        let output = StructuredOutput::JsonSchema(schema);
+        for seed in 0..10 {
+            let text = random_walk(&tokenizer, compiler.compile(&output)?, seed);
+            let calls = parse_call_array(&text).ok_or_else(|| format!("not an array of calls: {text}"))?;
+            assert!(!calls.is_empty() && (parallel || calls.len() == 1), "{text}");
+            for call in calls {
+                let arguments: Value = serde_json::from_str(&call.arguments)?;
+                match call.name.as_str() {
+                    "pick" => assert!(arguments["n"].as_u64().is_some_and(|n| n <= 9), "{text}"),
+                    "stop" => assert_eq!(arguments, serde_json::json!({}), "{text}"),
+                    other => panic!("{other} is not a tool: {text}"),
+                }
+            }
+        }
+    }
+    let Some(schema) = ToolChoice::Function("pick".into()).forced_schema(&tools) else {
+        return Err("a named function is a constraint".into());
+    };
+    let named = StructuredOutput::JsonSchema(schema);
+    for seed in 0..5 {
+        let text = random_walk(&tokenizer, compiler.compile(&named)?, seed);
+        let arguments: Value = serde_json::from_str(&text).map_err(|e| format!("{text:?}: {e}"))?;
+        assert!(arguments["n"].as_u64().is_some_and(|n| n <= 9), "{text}");
     }
     Ok(())
 }

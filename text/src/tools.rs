@@ -1,0 +1,435 @@
+//! Tool calling: the tools a conversation offers, the calls a model makes, and how both are
+//! written into prompts and read back out of generated text.
+//!
+//! One format throughout, Hermes' (used by Qwen 2.5/3, Hermes and many fine-tunes): a model
+//! calls a tool by writing `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`.
+//! - A chat template that knows tools renders them itself; for one that does not,
+//!   [`hermes_fallback`] rewrites the conversation so the model is told about the tools (a system
+//!   message), sees its earlier calls as `<tool_call>` blocks and their results as
+//!   `<tool_response>` blocks.
+//! - [`ToolCallStream`] splits generated text into content and calls as it streams, holding back
+//!   only what might be the start of a `<tool_call>` tag; [`parse_tool_calls`] is the same machine
+//!   run over a whole answer, so streamed and whole responses agree.
+//! - A forced call (OpenAI's `tool_choice: "required"` or a named function) is a JSON-schema
+//!   structured output ([`ToolChoice::forced_schema`]): the named function's arguments, or
+//!   an array of `{"name", "arguments"}` objects ([`parse_call_array`]).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::chat_template::ChatMessage;
+#[cfg(doc)]
+use crate::structured::StructuredOutput;
+
+const CALL_OPEN: &str = "<tool_call>";
+const CALL_CLOSE: &str = "</tool_call>";
+
+/// A function the model may call (OpenAI's `tools[].function`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON schema of the arguments; `None` accepts any object.
+    pub parameters: Option<Value>,
+}
+
+impl Tool {
+    /// The schema of the arguments: the tool's own, or any object.
+    pub fn parameters_schema(&self) -> Value {
+        self.parameters.clone().unwrap_or_else(|| json!({ "type": "object" }))
+    }
+
+    /// The `{"type": "function", "function": {...}}` object templates and prompts show.
+    pub fn to_json(&self) -> Value {
+        let mut function = json!({ "name": self.name });
+        if let Some(description) = &self.description {
+            function["description"] = json!(description);
+        }
+        function["parameters"] = self.parameters_schema();
+        json!({ "type": "function", "function": function })
+    }
+}
+
+/// A call of a tool: in a conversation's assistant turns, or read out of generated text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments as JSON text (OpenAI sends and returns them as a string).
+    pub arguments: String,
+}
+
+impl ToolCall {
+    /// The arguments as a JSON value: the parsed object, or the text when it is not JSON (a
+    /// client may send anything).
+    fn arguments_value(&self) -> Value {
+        serde_json::from_str(&self.arguments).unwrap_or_else(|_| json!(self.arguments))
+    }
+
+    /// The shape transformers' templates read (`tool_call.function.arguments` as a mapping).
+    pub(crate) fn to_template_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "type": "function",
+            "function": { "name": self.name, "arguments": self.arguments_value() },
+        })
+    }
+
+    /// The Hermes block the model writes to make this call.
+    fn hermes_block(&self) -> String {
+        let call = json!({ "name": self.name, "arguments": self.arguments_value() });
+        format!("{CALL_OPEN}\n{}\n{CALL_CLOSE}", python_json(&call))
+    }
+}
+
+/// A call the model made, before it is given an id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GeneratedCall {
+    pub name: String,
+    /// Compact JSON text of the arguments object.
+    pub arguments: String,
+}
+
+/// Whether and how the model must call a tool (OpenAI's `tool_choice`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// Never: the tools are shown, the answer is text.
+    None,
+    /// The model decides, calling with `<tool_call>` blocks.
+    Auto,
+    /// At least one call (exactly one unless `parallel`), nothing else.
+    Required { parallel: bool },
+    /// One call of this function.
+    Function(String),
+}
+
+impl ToolChoice {
+    /// The JSON schema ([`StructuredOutput::JsonSchema`]) that forces the call, for the choices
+    /// that force one.
+    pub fn forced_schema(&self, tools: &[Tool]) -> Option<String> {
+        let schema = match self {
+            ToolChoice::None | ToolChoice::Auto => return None,
+            ToolChoice::Function(name) => tools.iter().find(|t| &t.name == name)?.parameters_schema(),
+            ToolChoice::Required { parallel } => {
+                let calls: Vec<Value> = tools
+                    .iter()
+                    .map(|tool| {
+                        json!({
+                            "type": "object",
+                            "properties": { "name": { "const": tool.name }, "arguments": tool.parameters_schema() },
+                            "required": ["name", "arguments"],
+                            "additionalProperties": false,
+                        })
+                    })
+                    .collect();
+                let mut schema = json!({ "type": "array", "minItems": 1, "items": { "anyOf": calls } });
+                if !parallel {
+                    schema["maxItems"] = json!(1);
+                }
+                schema
+            }
+        };
+        Some(schema.to_string())
+    }
+}
+
+/// The calls of a `tool_choice: "required"` answer (a JSON array of `{"name", "arguments"}`);
+/// `None` when the text is not such an array (a length-cut answer).
+pub fn parse_call_array(text: &str) -> Option<Vec<GeneratedCall>> {
+    let Value::Array(items) = serde_json::from_str(text).ok()? else { return None };
+    items.into_iter().map(|item| generated_call(item, None)).collect()
+}
+
+/// A `{"name", "arguments"}` object as a call of one of `tools` (any name when `None`).
+fn generated_call(value: Value, tools: Option<&[Tool]>) -> Option<GeneratedCall> {
+    let Value::Object(mut call) = value else { return None };
+    let Some(Value::String(name)) = call.remove("name") else { return None };
+    if tools.is_some_and(|tools| !tools.iter().any(|t| t.name == name)) {
+        return None;
+    }
+    let arguments = match call.remove("arguments").or_else(|| call.remove("parameters")) {
+        Some(arguments @ Value::Object(_)) => arguments.to_string(),
+        None => "{}".to_owned(),
+        Some(_) => return None,
+    };
+    Some(GeneratedCall { name, arguments })
+}
+
+/// A piece of generated text, as [`ToolCallStream`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    Content(String),
+    Call(GeneratedCall),
+}
+
+/// Splits generated text into content and `<tool_call>` blocks as it arrives.
+///
+/// A block whose body is not a call of one of the tools (bad JSON, an unknown name) stays
+/// content, verbatim, as does an unclosed block at the end.
+#[derive(Clone, Debug)]
+pub struct ToolCallStream {
+    tools: Vec<Tool>,
+    /// Text not yet emitted: a possible start of `<tool_call>`, or an open block's body.
+    pending: String,
+    in_call: bool,
+}
+
+impl ToolCallStream {
+    pub fn new(tools: Vec<Tool>) -> Self {
+        Self { tools, pending: String::new(), in_call: false }
+    }
+
+    /// The pieces `text` completes.
+    pub fn push(&mut self, text: &str) -> Vec<Piece> {
+        self.pending.push_str(text);
+        let mut pieces = Vec::new();
+        loop {
+            if self.in_call {
+                let Some(end) = self.pending.find(CALL_CLOSE) else { break };
+                let body: String = self.pending.drain(..end + CALL_CLOSE.len()).collect();
+                let body = &body[..end];
+                let call = serde_json::from_str(body.trim()).ok().and_then(|v| generated_call(v, Some(&self.tools)));
+                pieces.push(match call {
+                    Some(call) => Piece::Call(call),
+                    None => Piece::Content(format!("{CALL_OPEN}{body}{CALL_CLOSE}")),
+                });
+                self.in_call = false;
+            } else if let Some(start) = self.pending.find(CALL_OPEN) {
+                let before: String = self.pending.drain(..start + CALL_OPEN.len()).collect();
+                push_content(&mut pieces, &before[..start]);
+                self.in_call = true;
+            } else {
+                let keep = partial_tag_len(&self.pending);
+                let ready: String = self.pending.drain(..self.pending.len() - keep).collect();
+                push_content(&mut pieces, &ready);
+                break;
+            }
+        }
+        pieces
+    }
+
+    /// What is left once the text has ended: held-back text or an unclosed block, as content.
+    pub fn finish(&mut self) -> Vec<Piece> {
+        let rest = std::mem::take(&mut self.pending);
+        let rest = if std::mem::take(&mut self.in_call) { format!("{CALL_OPEN}{rest}") } else { rest };
+        let mut pieces = Vec::new();
+        push_content(&mut pieces, &rest);
+        pieces
+    }
+}
+
+fn push_content(pieces: &mut Vec<Piece>, text: &str) {
+    if !text.is_empty() {
+        pieces.push(Piece::Content(text.to_owned()));
+    }
+}
+
+/// The length of the longest suffix of `text` that starts `<tool_call>` (0 if none).
+fn partial_tag_len(text: &str) -> usize {
+    (1..CALL_OPEN.len()).rev().find(|&n| text.ends_with(&CALL_OPEN[..n])).unwrap_or(0)
+}
+
+/// A whole answer's content (`None` when only whitespace is left) and calls.
+pub fn parse_tool_calls(text: &str, tools: &[Tool]) -> (Option<String>, Vec<GeneratedCall>) {
+    let mut stream = ToolCallStream::new(tools.to_vec());
+    let mut pieces = stream.push(text);
+    pieces.extend(stream.finish());
+    let mut content = String::new();
+    let mut calls = Vec::new();
+    for piece in pieces {
+        match piece {
+            Piece::Content(text) => content.push_str(&text),
+            Piece::Call(call) => calls.push(call),
+        }
+    }
+    let content = content.trim();
+    ((!content.is_empty()).then(|| content.to_owned()), calls)
+}
+
+/// `messages` rewritten for a template that knows no tools: the tools described in the system
+/// message (added when there is none), earlier calls as `<tool_call>` blocks in the assistant's
+/// text, tool results as user turns wrapping them in `<tool_response>`.
+pub(crate) fn hermes_fallback(messages: &[ChatMessage], tools: &[Tool]) -> Vec<ChatMessage> {
+    let mut rewritten: Vec<ChatMessage> = messages
+        .iter()
+        .map(|message| {
+            let mut content = message.content.clone();
+            for call in &message.tool_calls {
+                if !content.is_empty() {
+                    content.push('\n');
+                }
+                content.push_str(&call.hermes_block());
+            }
+            match message.role.as_str() {
+                "tool" => ChatMessage::new("user", format!("<tool_response>\n{content}\n</tool_response>")),
+                role => ChatMessage::new(role, content),
+            }
+        })
+        .collect();
+    if !tools.is_empty() {
+        let instructions = tools_system_prompt(tools);
+        match rewritten.first_mut() {
+            Some(first) if first.role == "system" => first.content = format!("{}\n\n{instructions}", first.content),
+            _ => rewritten.insert(0, ChatMessage::new("system", instructions)),
+        }
+    }
+    rewritten
+}
+
+fn tools_system_prompt(tools: &[Tool]) -> String {
+    let signatures: Vec<String> = tools.iter().map(|tool| python_json(&tool.to_json())).collect();
+    format!(
+        "# Tools\n\nYou may call one or more functions to help with the user's request. Their \
+         signatures are inside <tools></tools>, one per line:\n<tools>\n{}\n</tools>\n\nTo call a \
+         function, write a JSON object with its name and arguments inside <tool_call></tool_call> \
+         tags:\n{CALL_OPEN}\n{{\"name\": <function-name>, \"arguments\": <args-json-object>}}\n{CALL_CLOSE}",
+        signatures.join("\n")
+    )
+}
+
+/// JSON as Python's `json.dumps` writes it (`", "` and `": "`), as models saw it in training.
+fn python_json(value: &Value) -> String {
+    crate::chat_template::python_json(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weather() -> Tool {
+        Tool {
+            name: "get_weather".into(),
+            description: Some("Current weather".into()),
+            parameters: Some(json!({"type": "object", "properties": {"city": {"type": "string"}}})),
+        }
+    }
+
+    fn call(name: &str, arguments: &str) -> GeneratedCall {
+        GeneratedCall { name: name.into(), arguments: arguments.into() }
+    }
+
+    #[test]
+    fn content_and_calls_are_split_apart() {
+        let text = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n\
+                    <tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\"}}</tool_call>";
+        let (content, calls) = parse_tool_calls(text, &[weather()]);
+        assert_eq!(content.as_deref(), Some("Let me check."));
+        assert_eq!(calls, [call("get_weather", r#"{"city":"Paris"}"#), call("get_weather", r#"{"city":"Rome"}"#)]);
+    }
+
+    #[test]
+    fn blocks_that_are_not_calls_of_the_tools_stay_content() {
+        let tools = [weather()];
+        for text in [
+            "<tool_call>{\"name\": \"launch\", \"arguments\": {}}</tool_call>",
+            "<tool_call>{not json}</tool_call>",
+            "<tool_call>{\"name\": \"get_weather\", \"arguments\": 3}</tool_call>",
+            "<tool_call>{\"name\": \"get_weather\"",
+            "a <tool_ca",
+        ] {
+            let (content, calls) = parse_tool_calls(text, &tools);
+            assert!(calls.is_empty(), "{text}");
+            assert_eq!(content.as_deref(), Some(text.trim()));
+        }
+        assert_eq!(parse_tool_calls("  \n", &tools), (None, vec![]));
+    }
+
+    #[test]
+    fn streaming_agrees_with_parsing_the_whole_text_at_every_split() {
+        let text = "Sure <tool <tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}</tool_call> \
+                    done <tool_call>{bad}</tool_call> é <tool_call>";
+        let whole = parse_tool_calls(text, &[weather()]);
+        let boundaries: Vec<usize> = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect();
+        for &a in &boundaries {
+            for &b in boundaries.iter().filter(|&&b| b >= a) {
+                let mut stream = ToolCallStream::new(vec![weather()]);
+                let mut pieces = Vec::new();
+                for part in [&text[..a], &text[a..b], &text[b..]] {
+                    pieces.extend(stream.push(part));
+                }
+                pieces.extend(stream.finish());
+                let content: String = pieces
+                    .iter()
+                    .filter_map(|p| match p {
+                        Piece::Content(c) => Some(c.as_str()),
+                        Piece::Call(_) => None,
+                    })
+                    .collect();
+                let calls: Vec<_> = pieces
+                    .into_iter()
+                    .filter_map(|p| match p {
+                        Piece::Call(c) => Some(c),
+                        Piece::Content(_) => None,
+                    })
+                    .collect();
+                assert_eq!(
+                    content,
+                    text.replace(
+                        "<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}</tool_call>",
+                        ""
+                    )
+                );
+                assert_eq!((Some(content.trim().to_owned()), calls), whole, "split at {a}, {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn content_is_released_as_soon_as_it_cannot_start_a_tag() {
+        let mut stream = ToolCallStream::new(vec![weather()]);
+        assert_eq!(stream.push("Hello <tool"), [Piece::Content("Hello ".into())]);
+        assert_eq!(stream.push("s>"), [Piece::Content("<tools>".into())]);
+        assert_eq!(stream.push("<tool_call>{\"name\": \"get_weather\"}"), []);
+        assert_eq!(stream.push("</tool_call>"), [Piece::Call(call("get_weather", "{}"))]);
+        assert_eq!(stream.finish(), []);
+    }
+
+    #[test]
+    fn forced_choices_are_json_schemas() {
+        let tools = [weather(), Tool { name: "now".into(), description: None, parameters: None }];
+        assert_eq!(ToolChoice::Auto.forced_schema(&tools), None);
+        assert_eq!(ToolChoice::None.forced_schema(&tools), None);
+        assert_eq!(ToolChoice::Function("missing".into()).forced_schema(&tools), None);
+        assert_eq!(ToolChoice::Function("now".into()).forced_schema(&tools).as_deref(), Some(r#"{"type":"object"}"#));
+        let one = ToolChoice::Required { parallel: false }.forced_schema(&tools).expect("required forces a call");
+        let one: Value = serde_json::from_str(&one).expect("a schema");
+        assert_eq!(one["maxItems"], 1);
+        assert_eq!(one["items"]["anyOf"][1]["properties"]["name"]["const"], "now");
+        assert_eq!(
+            parse_call_array(
+                r#"[{"name": "now", "arguments": {}}, {"name": "get_weather", "arguments": {"city": "X"}}]"#
+            ),
+            Some(vec![call("now", "{}"), call("get_weather", r#"{"city":"X"}"#)])
+        );
+        assert_eq!(parse_call_array(r#"[{"name": "now", "argu"#), None);
+    }
+
+    #[test]
+    fn a_template_without_tools_is_told_about_them_in_hermes_format() {
+        let calling = ChatMessage {
+            tool_calls: vec![ToolCall {
+                id: "c1".into(),
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Oslo"}"#.into(),
+            }],
+            ..ChatMessage::new("assistant", "")
+        };
+        let result = ChatMessage { tool_call_id: Some("c1".into()), ..ChatMessage::new("tool", "-3 C") };
+        let messages = [ChatMessage::new("user", "Weather in Oslo?"), calling, result];
+        let rewritten = hermes_fallback(&messages, &[weather()]);
+        assert_eq!(rewritten.len(), 4);
+        assert_eq!(rewritten[0].role, "system");
+        assert!(rewritten[0].content.contains(
+            r#"{"type": "function", "function": {"name": "get_weather", "description": "Current weather", "parameters": "#
+        ));
+        assert_eq!(
+            rewritten[2].content,
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>"
+        );
+        assert_eq!(rewritten[3], ChatMessage::new("user", "<tool_response>\n-3 C\n</tool_response>"));
+        let with_system =
+            hermes_fallback(&[ChatMessage::new("system", "Be brief."), messages[0].clone()], &[weather()]);
+        assert_eq!(with_system.len(), 2);
+        assert!(with_system[0].content.starts_with("Be brief.\n\n# Tools"));
+    }
+}
