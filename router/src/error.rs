@@ -41,6 +41,11 @@ pub enum Field {
     KvSelectionBudget,
     KvSelectionWindow,
     KvSelectionReuse,
+    /// The tools a chat offers the model.
+    Tools,
+    /// Whether and which tool must be called (HTTP only; over gRPC a forced call is a
+    /// structured output).
+    ToolChoice,
     /// The structured output; over HTTP, the field that asked for it (`response_format`,
     /// `structured_outputs`, `guided_json`, ...).
     StructuredOutput(&'static str),
@@ -79,6 +84,8 @@ impl Field {
             Field::KvSelectionBudget => "kv_selection.budget",
             Field::KvSelectionWindow => "kv_selection.window",
             Field::KvSelectionReuse => "kv_selection.reuse_threshold",
+            Field::Tools => "chat.tools",
+            Field::ToolChoice => "tool_choice",
             Field::StructuredOutput(_) => "sampling.structured_output",
             Field::Unsupported(name) => name,
         }
@@ -113,6 +120,8 @@ impl Field {
             Field::KvSelection | Field::KvSelectionBudget | Field::KvSelectionWindow | Field::KvSelectionReuse => {
                 self.grpc_name()
             }
+            Field::Tools => "tools",
+            Field::ToolChoice => "tool_choice",
             Field::StructuredOutput(name) | Field::Unsupported(name) => name,
         }
     }

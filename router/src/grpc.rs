@@ -81,8 +81,9 @@ impl Generation for GenerationService {
             let model = self.shared.served()?;
             let request = request.into_inner();
             check_model(&model, &request.model)?;
-            let prompt: Prompt =
-                request.input.ok_or_else(|| RouterError::invalid(Field::Text, "text or chat is required"))?.into();
+            let prompt = Prompt::try_from(
+                request.input.ok_or_else(|| RouterError::invalid(Field::Text, "text or chat is required"))?,
+            )?;
             tokenize_blocking(model, prompt, Framing::default()).await
         }
         .await;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use lcserve_common::{Namespace, PrefillMode, SequenceHash, sequence_hashes};
 use lcserve_proto::v1::structured_output::Kind;
 use lcserve_proto::v1::{self, generate_request, tokenize_request};
+use lcserve_text::tools::{Tool, ToolCall};
 use lcserve_text::{ChatMessage, StructuredOutput, TokenizerError};
 
 use crate::auth::{Tenant, namespace_salt};
@@ -17,7 +18,7 @@ use crate::validate::{Limits, check_ids, check_kv_selection, check_prompt, check
 #[derive(Clone, Debug)]
 pub(crate) enum Prompt {
     Text(String),
-    Chat(Vec<ChatMessage>),
+    Chat { messages: Vec<ChatMessage>, tools: Vec<Tool> },
     Tokens(Vec<u32>),
 }
 
@@ -26,7 +27,12 @@ impl Prompt {
     fn bytes(&self) -> usize {
         match self {
             Prompt::Text(text) => text.len(),
-            Prompt::Chat(messages) => messages.iter().map(|m| m.role.len() + m.content.len()).sum(),
+            Prompt::Chat { messages, tools } => {
+                let calls = messages.iter().flat_map(|m| &m.tool_calls).map(|c| c.name.len() + c.arguments.len());
+                let schemas =
+                    tools.iter().map(|t| t.name.len() + t.parameters.as_ref().map_or(0, |p| p.to_string().len()));
+                messages.iter().map(|m| m.role.len() + m.content.len()).chain(calls).chain(schemas).sum()
+            }
             Prompt::Tokens(ids) => 4 * ids.len(),
         }
     }
@@ -34,30 +40,60 @@ impl Prompt {
     fn field(&self) -> Field {
         match self {
             Prompt::Text(_) => Field::Text,
-            Prompt::Chat(_) => Field::Messages,
+            Prompt::Chat { .. } => Field::Messages,
             Prompt::Tokens(_) => Field::TokenIds,
         }
     }
 }
 
-fn chat(messages: v1::ChatMessages) -> Prompt {
-    Prompt::Chat(messages.messages.into_iter().map(|m| ChatMessage::new(m.role, m.content)).collect())
+/// The wire's conversation; a tool's parameters must be a JSON object (a schema).
+fn chat(chat: v1::ChatMessages) -> Result<Prompt, RouterError> {
+    let messages = chat
+        .messages
+        .into_iter()
+        .map(|m| {
+            let tool_calls =
+                m.tool_calls.into_iter().map(|c| ToolCall { id: c.id, name: c.name, arguments: c.arguments }).collect();
+            ChatMessage { tool_calls, tool_call_id: m.tool_call_id, ..ChatMessage::new(m.role, m.content) }
+        })
+        .collect();
+    let tools = chat
+        .tools
+        .into_iter()
+        .enumerate()
+        .map(|(i, tool)| {
+            let parameters = match tool.parameters.as_deref().map(serde_json::from_str::<serde_json::Value>) {
+                None => None,
+                Some(Ok(schema)) if schema.is_object() => Some(schema),
+                Some(_) => {
+                    let reason = format!("tools[{i}].parameters: must be a JSON schema object");
+                    return Err(RouterError::invalid(Field::Tools, reason));
+                }
+            };
+            Ok(Tool { name: tool.name, description: tool.description, parameters })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Prompt::Chat { messages, tools })
 }
 
-impl From<generate_request::Input> for Prompt {
-    fn from(input: generate_request::Input) -> Self {
-        match input {
+impl TryFrom<generate_request::Input> for Prompt {
+    type Error = RouterError;
+
+    fn try_from(input: generate_request::Input) -> Result<Self, RouterError> {
+        Ok(match input {
             generate_request::Input::Text(text) => Prompt::Text(text),
-            generate_request::Input::Chat(messages) => chat(messages),
+            generate_request::Input::Chat(messages) => chat(messages)?,
             generate_request::Input::TokenIds(ids) => Prompt::Tokens(ids.ids),
-        }
+        })
     }
 }
 
-impl From<tokenize_request::Input> for Prompt {
-    fn from(input: tokenize_request::Input) -> Self {
+impl TryFrom<tokenize_request::Input> for Prompt {
+    type Error = RouterError;
+
+    fn try_from(input: tokenize_request::Input) -> Result<Self, RouterError> {
         match input {
-            tokenize_request::Input::Text(text) => Prompt::Text(text),
+            tokenize_request::Input::Text(text) => Ok(Prompt::Text(text)),
             tokenize_request::Input::Chat(messages) => chat(messages),
         }
     }
@@ -126,15 +162,16 @@ pub(crate) fn tokenize_framed(model: &ServedModel, prompt: &Prompt, framing: Fra
             model.tokenizer.encode(text, framing.special_tokens.unwrap_or(true)).map_err(tokenizer_error)
         }
         Prompt::Tokens(ids) => Ok(ids.clone()),
-        Prompt::Chat(messages) => {
+        Prompt::Chat { messages, tools } => {
             if messages.is_empty() {
                 return Err(RouterError::invalid(Field::Messages, "at least one message is required"));
             }
             let template = model.template.as_ref().ok_or_else(|| {
                 RouterError::invalid(Field::Messages, "this model has no chat template; send a prompt")
             })?;
-            let text =
-                template.render(messages, framing.generation_prompt, &model.tokenizer).map_err(|err| match err {
+            let text = template
+                .render_with_tools(messages, tools, framing.generation_prompt, &model.tokenizer)
+                .map_err(|err| match err {
                     TokenizerError::TemplateRaised { message } => RouterError::invalid(Field::Messages, message),
                     other => RouterError::Internal(format!("chat template: {other}")),
                 })?;
@@ -201,10 +238,9 @@ pub(crate) async fn prepare(
     if let Some(selection) = &request.kv_selection {
         check_kv_selection(selection)?;
     }
-    let prompt: Prompt = request
-        .input
-        .ok_or_else(|| RouterError::invalid(Field::Text, "one of text, chat or token_ids is required"))?
-        .into();
+    let prompt = Prompt::try_from(
+        request.input.ok_or_else(|| RouterError::invalid(Field::Text, "one of text, chat or token_ids is required"))?,
+    )?;
     let field = prompt.field();
     if matches!(&prompt, Prompt::Text(text) if text.is_empty()) {
         return Err(RouterError::invalid(field, "the prompt is empty"));

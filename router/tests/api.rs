@@ -157,6 +157,25 @@ async fn tokenize_counts_what_generation_sends_and_detokenize_reverses_it() {
     expected.extend(&sent[..sent.len() - 1]);
     assert_eq!(framed, json!(expected), "the chat {sent:?} framed otherwise");
 
+    // Tools, a call and its result on a template that knows no tools: the tools become a system
+    // turn (`w3`) and the result a user turn (`w4`), as generation sends them.
+    let tools = json!([{ "type": "function", "function": { "name": "lookup", "parameters": { "type": "object" } } }]);
+    let call = json!({ "id": "c1", "type": "function", "function": { "name": "lookup", "arguments": "{}" } });
+    let turns = json!([
+        { "role": "user", "content": "w31" },
+        { "role": "assistant", "content": null, "tool_calls": [call] },
+        { "role": "tool", "tool_call_id": "c1", "content": "w77" },
+    ]);
+    let tokenized = post(router.http, "/tokenize", &json!({ "messages": turns, "tools": tools }).to_string()).await;
+    assert_eq!(tokenized.status, 200, "{}", tokenized.body);
+    let body = json!({ "messages": turns, "tools": tools, "max_tokens": 1 }).to_string();
+    assert_eq!(post(router.http, "/v1/chat/completions", &body).await.status, 200);
+    let sent = decode.generates()[1].request.clone().expect("request").prompt;
+    assert_eq!(tokenized.json()["tokens"], json!(sent));
+    assert_eq!(sent[0], 3, "the tools' system turn: {sent:?}");
+    let last_user_turn = sent.iter().rposition(|&t| t == 4).expect("a user turn");
+    assert!(sent[last_user_turn..].contains(&77) && sent.ends_with(&[6, 5]), "the result: {sent:?}");
+
     let text = post(router.http, "/detokenize", &json!({ "tokens": [10, 11, 12] }).to_string()).await;
     assert_eq!((text.status, text.json()["prompt"].clone()), (200, json!(words([10, 11, 12]))));
 
@@ -277,7 +296,35 @@ async fn bad_input_is_rejected_with_the_field() {
         ("/v1/completions", json!({"prompt": "w9", "n": 17}).to_string(), 400, json!("n")),
         ("/v1/completions", json!({"prompt": "w9", "logit_bias": {"5000": 1}}).to_string(), 400, json!("logit_bias")),
         ("/v1/completions", json!({"prompt": "w9", "logit_bias": {"5": -101}}).to_string(), 400, json!("logit_bias")),
-        ("/v1/completions", json!({"prompt": "w9", "tools": [{"type": "function"}]}).to_string(), 400, json!("tools")),
+        (
+            "/v1/completions",
+            json!({"prompt": "w9", "tools": [{"type": "function", "function": {"name": "f"}}]}).to_string(),
+            400,
+            json!("tools"),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "w9"}], "tools": [{"type": "function"}]}).to_string(),
+            400,
+            json!("tools[0]"),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "w9"}],
+                   "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "always"})
+            .to_string(),
+            400,
+            json!("tool_choice"),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "w9"}],
+                   "tools": [{"type": "function", "function": {"name": "f"}}],
+                   "tool_choice": {"type": "function", "function": {"name": "g"}}})
+            .to_string(),
+            400,
+            json!("tool_choice"),
+        ),
         (
             "/v1/chat/completions",
             json!({"messages": [{"role": "user", "content": "w9"}], "response_format": {"type": "json_object"}})
@@ -449,7 +496,8 @@ async fn grpc_generate_tokenize_list_models() {
     let chat = v1::TokenizeRequest {
         model: String::new(),
         input: Some(v1::tokenize_request::Input::Chat(v1::ChatMessages {
-            messages: vec![v1::ChatMessage { role: "user".into(), content: "w50".into() }],
+            messages: vec![v1::ChatMessage { role: "user".into(), content: "w50".into(), ..Default::default() }],
+            tools: Vec::new(),
         })),
     };
     assert_eq!(client.tokenize(chat).await.expect("tokenize").into_inner().ids, vec![4, 50, 6, 5]);

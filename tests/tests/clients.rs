@@ -1,5 +1,5 @@
 //! Third-party clients against the real deployment: the official `openai` Python package on the
-//! OpenAI HTTP API, grpcio stubs generated from `proto/` on `lcserve.v1.Generation`, and grpcurl
+//! OpenAI HTTP API (chat, structured output, tool calls), grpcio stubs generated from `proto/` on `lcserve.v1.Generation`, and grpcurl
 //! on the gRPC server's reflection and health services. The clients live in the pinned virtual
 //! environment of [`lcserve_tests::python`].
 
@@ -72,6 +72,49 @@ fn the_openai_package_streams_a_chat_completion() {
     let choice = &got["choice"];
     assert!(["yes", "no"].contains(&choice["content"].as_str().unwrap_or_default()), "guided_choice: {got}");
     assert_eq!(choice["finish_reason"], "stop", "{got}");
+
+    calls_tools_through_the_openai_package(&cluster);
+}
+
+/// `openai_tools.py` on the same deployment: forced calls come back as `tool_calls` whose
+/// arguments follow the tool's schema, streamed or whole; `auto` answers either way; a tool's
+/// result handed back is answered in text.
+fn calls_tools_through_the_openai_package(cluster: &Cluster) {
+    let got = script("openai_tools.py", &[&format!("http://{}/v1", cluster.http)]);
+    let weather_call = |call: &Value| {
+        assert_eq!(call["name"], "get_weather", "{got}");
+        assert!(call["id"].as_str().is_some_and(|id| id.starts_with("call_")), "{got}");
+        let arguments: Value = serde_json::from_str(call["arguments"].as_str().expect("arguments")).expect("JSON");
+        assert!(arguments["city"].as_str().is_some_and(|c| c.chars().count() <= 20), "{got}");
+        assert!(["celsius", "fahrenheit"].contains(&arguments["unit"].as_str().unwrap_or_default()), "{got}");
+        arguments
+    };
+    let named = &got["named"];
+    assert_eq!((&named["content"], &named["finish_reason"]), (&Value::Null, &json!("tool_calls")), "{got}");
+    assert_eq!(named["calls"].as_array().map(Vec::len), Some(1), "{got}");
+    let arguments = weather_call(&named["calls"][0]);
+    let streamed = &got["named_stream"];
+    assert_eq!((&streamed["content"], &streamed["finish_reason"]), (&json!(""), &json!("tool_calls")), "{got}");
+    assert_eq!(weather_call(&streamed["calls"][0]), arguments, "greedy: the same call streamed");
+    assert_eq!(streamed["calls"][0]["arguments"], named["calls"][0]["arguments"], "the same text: {got}");
+
+    let required = &got["required"];
+    assert_eq!(required["finish_reason"], "tool_calls", "{got}");
+    let calls = required["calls"].as_array().expect("calls");
+    assert_eq!(calls.len(), 1, "parallel_tool_calls: false: {got}");
+    assert!(["get_weather", "get_time"].contains(&calls[0]["name"].as_str().unwrap_or_default()), "{got}");
+    let arguments: Value = serde_json::from_str(calls[0]["arguments"].as_str().expect("arguments")).expect("JSON");
+    assert!(arguments.is_object(), "{got}");
+
+    let auto = &got["auto"];
+    let called = auto["calls"].as_array().is_some_and(|calls| !calls.is_empty());
+    let expected_reasons: &[&str] = if called { &["tool_calls", "length"] } else { &["stop", "length"] };
+    assert!(expected_reasons.contains(&auto["finish_reason"].as_str().unwrap_or_default()), "{got}");
+    assert!(called || auto["content"].as_str().is_some_and(|c| !c.is_empty()), "{got}");
+
+    let answer = &got["answer"];
+    assert_eq!(answer["calls"], json!([]), "tool_choice none: {got}");
+    assert!(answer["content"].as_str().is_some_and(|c| !c.is_empty()), "{got}");
 }
 
 /// What the grpcio client saw for one Generate stream.

@@ -139,8 +139,13 @@ fn turn_two_of_a_chat_reuses_turn_one_and_its_answer() {
         input: Some(Input::Chat(v1::ChatMessages {
             messages: messages
                 .iter()
-                .map(|(role, content)| v1::ChatMessage { role: (*role).into(), content: (*content).into() })
+                .map(|(role, content)| v1::ChatMessage {
+                    role: (*role).into(),
+                    content: (*content).into(),
+                    ..Default::default()
+                })
                 .collect(),
+            tools: Vec::new(),
         })),
         stop: Some(v1::StopConditions { max_tokens: Some(48), ..Default::default() }),
         ..Default::default()

@@ -66,11 +66,12 @@ async fn start(
     let parsed = openai::parse(&bytes).map_err(|(param, message)| RouterError::BadBody { param, message })?;
     let (request, options) = parsed.into_generate(kind)?;
     let model = shared.served()?;
+    let (choices, stream, structured_output_field) = (options.choices, options.stream, options.structured_output_field);
     let shaper = Shaper::new(kind, &model.id, options, model.tokenizer.clone());
-    let events = choices::start(shared, model, &tenant, request, options.choices, endpoint)
+    let events = choices::start(shared, model, &tenant, request, choices, endpoint)
         .await
-        .map_err(|e| e.naming_structured_output(options.structured_output_field))?;
-    Ok((events, shaper, options.stream))
+        .map_err(|e| e.naming_structured_output(structured_output_field))?;
+    Ok((events, shaper, stream))
 }
 
 /// Every choice's finish, in choice order, once all have one.
@@ -122,13 +123,13 @@ impl SseState {
         }
         match self.events.recv().await {
             Some((index, Event::Token(token))) => {
-                let chunk = self.shaper.token_chunk(index, &token);
-                if !token.text.is_empty() || !chunk["choices"][0]["logprobs"].is_null() {
+                if let Some(chunk) = self.shaper.token_chunk(index, &token) {
                     self.ready.push_back(data(&chunk));
                 }
             }
             Some((index, Event::Finished(finished))) => {
-                self.ready.push_back(data(&self.shaper.finish_chunk(index, &finished)));
+                let chunk = self.shaper.finish_chunk(index, &finished);
+                self.ready.push_back(data(&chunk));
                 self.finished[index] = Some(finished);
                 if let Some(all) = all_finished(&self.finished) {
                     let usages: Vec<v1::Usage> = all.iter().map(|f| f.usage.unwrap_or_default()).collect();

@@ -11,6 +11,7 @@ mod openai;
 mod response;
 mod structured;
 mod tokenize;
+mod tools;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -4,10 +4,10 @@
 //! One struct serves both endpoints (they share almost every field); what differs — `prompt`
 //! vs `messages`, `logprobs` as a count vs a flag — is checked per endpoint in
 //! [`OpenAiRequest::into_generate`]. Unknown fields are ignored, as OpenAI clients send many;
-//! OpenAI features this server does not implement (`best_of`, echo, tool calling) are refused
-//! with an error naming the field whenever a request actually asks for them, rather than
-//! answered as if they had been honoured. Structured output (`response_format` and vLLM's
-//! fields) is read by [`super::structured`].
+//! OpenAI features this server does not implement (`best_of`, echo, the deprecated `functions`)
+//! are refused with an error naming the field whenever a request actually asks for them, rather
+//! than answered as if they had been honoured. Structured output (`response_format` and vLLM's
+//! fields) is read by [`super::structured`], tool calling by [`super::tools`].
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -15,6 +15,7 @@ use lcserve_proto::v1::{self, generate_request::Input};
 use serde::Deserialize;
 
 use super::structured::{StructuredFields, StructuredOutputsField};
+use super::tools::{self, ToolCallField, ToolCalling, ToolChoiceField, ToolField};
 use crate::error::{Field, RouterError};
 use crate::validate::{MAX_CHOICES, MAX_LOGPROBS};
 
@@ -69,6 +70,12 @@ pub(crate) struct MessageField {
     pub role: String,
     #[serde(default)]
     pub content: Option<ContentField>,
+    /// An assistant turn's calls.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallField>>,
+    /// A `tool` turn's call.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,9 +116,11 @@ pub(crate) struct OpenAiRequest {
     pub stream_options: Option<StreamOptions>,
     pub cache_salt: Option<String>,
     pub request_id: Option<String>,
-    /// Not implemented; see [`OpenAiRequest::refuse_unimplemented_features`].
-    pub tools: Option<serde_json::Value>,
-    pub tool_choice: Option<serde_json::Value>,
+    /// Tool calling ([`super::tools`]).
+    pub tools: Option<Vec<ToolField>>,
+    pub tool_choice: Option<ToolChoiceField>,
+    pub parallel_tool_calls: Option<bool>,
+    /// Deprecated; see [`OpenAiRequest::refuse_unimplemented_features`].
     pub functions: Option<serde_json::Value>,
     pub function_call: Option<serde_json::Value>,
     /// Structured output, OpenAI's way and vLLM's ([`super::structured`]).
@@ -142,7 +151,7 @@ pub(crate) struct KvSelectionField {
 }
 
 /// How the response is to be shaped.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct ResponseOptions {
     pub stream: bool,
     pub include_usage: bool,
@@ -152,6 +161,8 @@ pub(crate) struct ResponseOptions {
     pub choices: usize,
     /// The field that asked for a structured output, which edge errors about it name.
     pub structured_output_field: Option<&'static str>,
+    /// How tool calls are read out of a chat answer.
+    pub tool_calling: ToolCalling,
 }
 
 fn invalid<T>(field: Field, reason: impl Into<String>) -> Result<T, RouterError> {
@@ -176,6 +187,13 @@ impl OpenAiRequest {
             return invalid(Field::Unsupported("suffix"), "suffix is not supported");
         }
         self.refuse_unimplemented_features()?;
+        let tool_request = match kind {
+            Kind::Chat => tools::read(self.tools, self.tool_choice, self.parallel_tool_calls)?,
+            Kind::Completion if self.tools.as_ref().is_some_and(|t| !t.is_empty()) => {
+                return invalid(Field::Tools, "tools are for /v1/chat/completions");
+            }
+            Kind::Completion => tools::ToolRequest::default(),
+        };
         let (input, logprobs) = match kind {
             Kind::Completion => {
                 if self.messages.is_some() {
@@ -203,7 +221,7 @@ impl OpenAiRequest {
                 if logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
                     return invalid(Field::TopLogprobs, format!("at most {MAX_LOGPROBS}"));
                 }
-                (chat_input(self.messages)?, logprobs)
+                (chat_input(self.messages, tool_request.tools)?, logprobs)
             }
         };
         let top_k = match self.top_k {
@@ -222,7 +240,14 @@ impl OpenAiRequest {
             guided_grammar: self.guided_grammar,
         }
         .into_wire()?;
-        let (structured_output, structured_output_field) = structured.unzip();
+        let (structured_output, structured_output_field) = match (structured, tool_request.forced) {
+            (Some((_, field)), Some(_)) => {
+                return invalid(Field::ToolChoice, format!("a forced tool call cannot be combined with {field}"));
+            }
+            (Some((output, field)), None) => (Some(output), Some(field)),
+            (None, Some(forced)) => (Some(forced), Some("tools")),
+            (None, None) => (None, None),
+        };
         let stop = match self.stop {
             None => Vec::new(),
             Some(StopField::One(s)) => vec![s],
@@ -278,37 +303,36 @@ impl OpenAiRequest {
         if include_usage && !stream {
             return invalid(Field::Unsupported("stream_options"), "only allowed with stream: true");
         }
-        let options =
-            ResponseOptions { stream, include_usage, logprobs: logprobs.is_some(), choices, structured_output_field };
+        let options = ResponseOptions {
+            stream,
+            include_usage,
+            logprobs: logprobs.is_some(),
+            choices,
+            structured_output_field,
+            tool_calling: tool_request.calling,
+        };
         Ok((request, options))
     }
 }
 
 impl OpenAiRequest {
-    /// Refuses tool calling, which this server does not implement: answering such a request
-    /// with plain sampled text would look like success. Values that ask for nothing pass
-    /// (`null`, `tools: []`, `tool_choice: "none"` or `"auto"`), as some clients send them by
-    /// default.
+    /// Refuses the deprecated function calling (`functions`, `function_call`), which this server
+    /// does not implement (`tools` replaced it): answering such a request with plain sampled text
+    /// would look like success. Values that ask for nothing pass (`null`, `functions: []`,
+    /// `function_call: "none"` or `"auto"`), as some clients send them by default.
     fn refuse_unimplemented_features(&self) -> Result<(), RouterError> {
         use serde_json::Value;
         type AsksNothing = fn(&Value) -> bool;
         let empty: AsksNothing =
             |v| v.as_array().is_some_and(Vec::is_empty) || v.as_object().is_some_and(|o| o.is_empty());
         let no_forced_call: AsksNothing = |v| matches!(v.as_str(), Some("none" | "auto"));
-        let features: [(&'static str, &Option<Value>, AsksNothing, &str); 4] = [
-            ("tools", &self.tools, empty, "tool calling is not supported"),
-            ("functions", &self.functions, empty, "function calling is not supported"),
-            (
-                "tool_choice",
-                &self.tool_choice,
-                no_forced_call,
-                "tool calling is not supported: only \"none\" or \"auto\"",
-            ),
+        let features: [(&'static str, &Option<Value>, AsksNothing, &str); 2] = [
+            ("functions", &self.functions, empty, "deprecated function calling is not supported: use tools"),
             (
                 "function_call",
                 &self.function_call,
                 no_forced_call,
-                "function calling is not supported: only \"none\" or \"auto\"",
+                "deprecated function calling is not supported: use tool_choice",
             ),
         ];
         for (name, value, asks_nothing, reason) in features {
@@ -355,7 +379,7 @@ fn completion_input(prompt: Option<PromptField>) -> Result<Input, RouterError> {
     })
 }
 
-pub(crate) fn chat_input(messages: Option<Vec<MessageField>>) -> Result<Input, RouterError> {
+pub(crate) fn chat_input(messages: Option<Vec<MessageField>>, tools: Vec<v1::Tool>) -> Result<Input, RouterError> {
     let Some(messages) = messages else { return invalid(Field::Messages, "is required") };
     let messages = messages
         .into_iter()
@@ -380,10 +404,11 @@ pub(crate) fn chat_input(messages: Option<Vec<MessageField>>) -> Result<Input, R
                     text
                 }
             };
-            Ok(v1::ChatMessage { role: message.role, content })
+            let tool_calls = message.tool_calls.unwrap_or_default().into_iter().map(v1::ToolCall::from).collect();
+            Ok(v1::ChatMessage { role: message.role, content, tool_calls, tool_call_id: message.tool_call_id })
         })
         .collect::<Result<_, RouterError>>()?;
-    Ok(Input::Chat(v1::ChatMessages { messages }))
+    Ok(Input::Chat(v1::ChatMessages { messages, tools }))
 }
 
 /// Parses a body, naming the JSON path of a field that fails (`top_p`, `messages[1].role`).
@@ -471,11 +496,13 @@ mod tests {
             convert(&json, Kind::Chat).err().map(|e| e.field().map(Field::openai_name))
         };
         let tool = r#"[{"type":"function","function":{"name":"f","parameters":{}}}]"#;
-        assert_eq!(field(&format!(r#""tools":{tool}"#)), Some(Some("tools")));
         assert_eq!(field(&format!(r#""functions":{tool}"#)), Some(Some("functions")));
+        assert_eq!(field(r#""function_call":{"name":"f"}"#), Some(Some("function_call")));
+        // Tool calling is served; forcing a call needs a tool to call.
+        assert_eq!(field(&format!(r#""tools":{tool}"#)), None);
+        assert_eq!(field(&format!(r#""tools":{tool},"tool_choice":"required""#)), None);
         assert_eq!(field(r#""tool_choice":"required""#), Some(Some("tool_choice")));
         assert_eq!(field(r#""tool_choice":{"type":"function","function":{"name":"f"}}"#), Some(Some("tool_choice")));
-        assert_eq!(field(r#""function_call":{"name":"f"}"#), Some(Some("function_call")));
         // Structured output is served; a malformed one is refused by name.
         assert_eq!(field(r#""response_format":{"type":"json_object"}"#), None);
         assert_eq!(
@@ -494,6 +521,31 @@ mod tests {
         ] {
             assert_eq!(field(nothing), None, "{nothing}");
         }
+    }
+
+    #[test]
+    fn tools_and_tool_turns_reach_the_wire_and_a_forced_call_is_a_structured_output() {
+        let body = r#"{"messages": [
+                {"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": null,
+                 "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}],
+            "tools": [{"type": "function", "function": {"name": "w", "description": "weather"}}],
+            "tool_choice": {"type": "function", "function": {"name": "w"}}}"#;
+        let (request, options) = convert(body, Kind::Chat).expect("valid");
+        let Some(Input::Chat(chat)) = request.input else { panic!("chat input") };
+        assert_eq!(chat.tools, [v1::Tool { name: "w".into(), description: Some("weather".into()), parameters: None }]);
+        let call = v1::ToolCall { id: "c1".into(), name: "w".into(), arguments: "{}".into() };
+        assert_eq!(chat.messages[1].tool_calls, [call]);
+        assert_eq!(chat.messages[2].tool_call_id.as_deref(), Some("c1"));
+        let forced = request.sampling.and_then(|s| s.structured_output).and_then(|s| s.kind);
+        assert_eq!(forced, Some(v1::structured_output::Kind::JsonSchema(r#"{"type":"object"}"#.into())));
+        assert_eq!(options.structured_output_field, Some("tools"));
+        assert_eq!(options.tool_calling, ToolCalling::Function("w".into()));
+
+        let both = body.replace(r#""tool_choice""#, r#""response_format": {"type": "json_object"}, "tool_choice""#);
+        let refused = convert(&both, Kind::Chat).err().and_then(|e| e.field());
+        assert_eq!(refused, Some(Field::ToolChoice), "a forced call and another structured output");
     }
 
     #[test]

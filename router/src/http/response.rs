@@ -1,4 +1,5 @@
-//! Flow events → OpenAI response bodies: whole responses, SSE chunks, usage and logprobs.
+//! Flow events → OpenAI response bodies: whole responses, SSE chunks, usage and logprobs; a chat
+//! answer's tool calls are read out of its text by [`super::tools`].
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -9,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::choices::merged_usage;
 use super::openai::{Kind, ResponseOptions};
+use super::tools::{self, ToolDeltas};
 
 #[derive(Debug, Serialize)]
 struct Tiers {
@@ -72,6 +74,15 @@ pub(crate) fn finish_reason(reason: i32) -> &'static str {
     }
 }
 
+/// OpenAI's finish reason of a chat answer: `tool_calls` when it called tools and ended on its
+/// own.
+fn chat_finish_reason(reason: i32, called: bool) -> &'static str {
+    match finish_reason(reason) {
+        "stop" if called => "tool_calls",
+        other => other,
+    }
+}
+
 /// Shapes one request's events into OpenAI JSON for its endpoint.
 #[derive(Debug)]
 pub(crate) struct Shaper {
@@ -83,6 +94,8 @@ pub(crate) struct Shaper {
     tokenizer: Tokenizer,
     /// Characters of text each choice emitted so far (completions logprobs' `text_offset`).
     offsets: Vec<usize>,
+    /// Each chat choice's stream of content and tool-call deltas.
+    deltas: Vec<ToolDeltas>,
 }
 
 impl Shaper {
@@ -96,9 +109,10 @@ impl Shaper {
             id: format!("{prefix}-{:032x}", rand::random::<u128>()),
             created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             model: model.to_owned(),
+            deltas: (0..options.choices).map(|_| ToolDeltas::new(&options.tool_calling)).collect(),
+            offsets: vec![0; options.choices],
             options,
             tokenizer,
-            offsets: vec![0; options.choices],
         }
     }
 
@@ -173,28 +187,45 @@ impl Shaper {
             .collect()
     }
 
-    /// The SSE chunk of one token event of choice `index`.
-    pub fn token_chunk(&mut self, index: usize, token: &v1::Token) -> Value {
+    /// The SSE chunk of one token event of choice `index`; `None` when it has nothing to send
+    /// (no text yet, or text held back as a possible tool call, and no logprobs).
+    pub fn token_chunk(&mut self, index: usize, token: &v1::Token) -> Option<Value> {
         let logprobs = self.logprobs(index, std::slice::from_ref(token));
-        self.text_chunk(index, &token.text, logprobs, Value::Null)
-    }
-
-    fn text_chunk(&self, index: usize, text: &str, logprobs: Value, finish_reason: Value) -> Value {
         let choice = match self.kind {
             Kind::Completion => {
-                json!({ "index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason })
+                if token.text.is_empty() && logprobs.is_null() {
+                    return None;
+                }
+                json!({ "index": index, "text": token.text, "logprobs": logprobs, "finish_reason": null })
             }
             Kind::Chat => {
-                let delta = if text.is_empty() { json!({}) } else { json!({ "content": text }) };
-                json!({ "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason })
+                let delta = self.deltas[index].push(&token.text);
+                if delta.as_object().is_some_and(|d| d.is_empty()) && logprobs.is_null() {
+                    return None;
+                }
+                json!({ "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": null })
             }
         };
-        self.envelope(self.chunk_object(), json!([choice]))
+        Some(self.envelope(self.chunk_object(), json!([choice])))
     }
 
     /// The SSE chunk carrying choice `index`'s finish reason (and any held-back text).
-    pub fn finish_chunk(&self, index: usize, finished: &v1::Finished) -> Value {
-        self.text_chunk(index, &finished.text, Value::Null, json!(finish_reason(finished.reason)))
+    pub fn finish_chunk(&mut self, index: usize, finished: &v1::Finished) -> Value {
+        let choice = match self.kind {
+            Kind::Completion => json!({
+                "index": index,
+                "text": finished.text,
+                "logprobs": null,
+                "finish_reason": finish_reason(finished.reason),
+            }),
+            Kind::Chat => {
+                let deltas = &mut self.deltas[index];
+                let delta = deltas.finish(&finished.text);
+                let reason = chat_finish_reason(finished.reason, deltas.called());
+                json!({ "index": index, "delta": delta, "logprobs": null, "finish_reason": reason })
+            }
+        };
+        self.envelope(self.chunk_object(), json!([choice]))
     }
 
     /// The trailing usage chunk of `stream_options.include_usage`, with the whole request's
@@ -214,17 +245,16 @@ impl Shaper {
             let mut text: String = tokens.iter().map(|t| t.text.as_str()).collect();
             text.push_str(&finished.text);
             let logprobs = self.logprobs(index, tokens);
-            let reason = finish_reason(finished.reason);
             choices.push(match self.kind {
                 Kind::Completion => {
+                    let reason = finish_reason(finished.reason);
                     json!({ "index": index, "text": text, "logprobs": logprobs, "finish_reason": reason })
                 }
-                Kind::Chat => json!({
-                    "index": index,
-                    "message": { "role": "assistant", "content": text },
-                    "logprobs": logprobs,
-                    "finish_reason": reason,
-                }),
+                Kind::Chat => {
+                    let (message, called) = tools::message(text, &self.options.tool_calling);
+                    let reason = chat_finish_reason(finished.reason, called);
+                    json!({ "index": index, "message": message, "logprobs": logprobs, "finish_reason": reason })
+                }
             });
         }
         let object = match self.kind {

@@ -4,7 +4,8 @@
 //!
 //! `/tokenize` takes a `prompt` (text, tokenized with the tokenizer's special tokens, as
 //! `/v1/completions` does) or chat `messages` (rendered with the template and its generation
-//! prompt, as `/v1/chat/completions` does) and answers `{"count", "max_model_len", "tokens"}`;
+//! prompt, and any `tools`, as `/v1/chat/completions` does) and answers
+//! `{"count", "max_model_len", "tokens"}`;
 //! vLLM's `add_special_tokens` and `add_generation_prompt` change that framing. `/detokenize`
 //! takes `tokens` and answers `{"prompt"}`.
 
@@ -18,6 +19,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::openai::{self, MessageField};
+use super::tools::{self, ToolField};
 use super::{authorization, error_response, json_response, read_body};
 use crate::Shared;
 use crate::error::{Field, RouterError};
@@ -29,6 +31,7 @@ struct TokenizeBody {
     model: Option<String>,
     prompt: Option<String>,
     messages: Option<Vec<MessageField>>,
+    tools: Option<Vec<ToolField>>,
     add_special_tokens: Option<bool>,
     add_generation_prompt: Option<bool>,
 }
@@ -47,7 +50,10 @@ pub(super) async fn tokenize(State(shared): State<Arc<Shared>>, headers: HeaderM
         check_model(&model, body.model.as_deref().unwrap_or_default())?;
         let prompt = match (body.prompt, body.messages) {
             (Some(text), None) => Prompt::Text(text),
-            (None, Some(messages)) => Prompt::from(openai::chat_input(Some(messages))?),
+            (None, Some(messages)) => {
+                let tools = tools::read(body.tools, None, None)?.tools;
+                Prompt::try_from(openai::chat_input(Some(messages), tools)?)?
+            }
             _ => return Err(RouterError::invalid(Field::Text, "give either prompt or messages")),
         };
         let framing = Framing {
