@@ -242,7 +242,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             EngineEvent::Error(error) => return Err(error.into()),
-            EngineEvent::Kv(_) => {}
+            EngineEvent::Kv(_) | EngineEvent::PromptLogprobs(_) => {}
         }
     }
     anyhow::bail!("the engine stopped before the request finished")

@@ -21,8 +21,9 @@ use crate::config::{EngineConfig, EngineDevice};
 use crate::error::EngineError;
 use crate::keep_awake::KeepAwake;
 use crate::kv_transfer::{Exporter, ImportedKv, tail_layout};
+use crate::prompt_logprobs::PromptLogprobs;
 use crate::request::{EngineEvent, FinishReason, GenerateRequest, KvSelection, Timings, Usage};
-use crate::sampler::Sampler;
+use crate::sampler::{MAX_LOGPROBS, Sampler};
 use crate::scheduler::{EngineStats, Scheduler};
 use crate::sequence::{Sequence, SequenceSpans};
 use crate::speculative::{AutoDraft, DraftModelDrafter, Drafter, Speculation};
@@ -143,7 +144,7 @@ impl Collector {
                 self.text.push_str(&text);
                 None
             }
-            EngineEvent::Kv(_) => None,
+            EngineEvent::Kv(_) | EngineEvent::PromptLogprobs(_) => None,
             EngineEvent::Finished { reason, text, usage, timings } => {
                 self.text.push_str(&text);
                 let (tokens, text) = (std::mem::take(&mut self.tokens), std::mem::take(&mut self.text));
@@ -358,6 +359,20 @@ impl EngineHandle {
         if let Some(import) = &request.import {
             self.check_import(import, prompt_len)?;
         }
+        if let Some(top) = request.prompt_logprobs {
+            if top > MAX_LOGPROBS {
+                return Err(EngineError::InvalidRequest {
+                    field: "prompt_logprobs",
+                    reason: format!("{top} alternatives: at most {MAX_LOGPROBS}"),
+                });
+            }
+            if request.import.is_some() {
+                return Err(EngineError::InvalidRequest {
+                    field: "prompt_logprobs",
+                    reason: "the prompt must be computed here to score it, not imported".into(),
+                });
+            }
+        }
         if !stop.ignore_eos {
             stop.stop_token_ids.extend(self.model.tokenizer.eos_ids());
         }
@@ -437,6 +452,7 @@ impl EngineHandle {
             speculative_accepted: 0,
             token_select,
             self_draft,
+            prompt_logprobs: request.prompt_logprobs.map(PromptLogprobs::new),
             spans: SequenceSpans::new(tracing::Span::current()),
         })
     }

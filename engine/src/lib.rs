@@ -30,6 +30,8 @@
 //!   seeds, logprobs), among the tokens a request's [`StructuredOutput`] allows (its
 //!   `TokenConstraint`, kept by the sequence, masks every step and follows every token
 //!   emitted, drafts verified included).
+//! - `prompt_logprobs` (private): a request's [`GenerateRequest::prompt_logprobs`], scored from
+//!   its prefill's logits rows and streamed before its first token.
 //! - `keep_awake` (private): for the length of a CPU step the compute pool's other workers
 //!   poll for work instead of parking between the forward pass's parallel regions.
 //! - [`StepTimesSnapshot`] (`step_times`): a histogram of step durations the engine thread
@@ -44,6 +46,7 @@ mod error;
 mod executor;
 mod keep_awake;
 mod kv_transfer;
+mod prompt_logprobs;
 mod request;
 mod sampler;
 mod scheduler;

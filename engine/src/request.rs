@@ -57,6 +57,11 @@ pub struct GenerateRequest {
     /// sampling step draws only among the tokens that keep it a prefix of a match, and the
     /// request ends once the match is whole.
     pub structured_output: Option<StructuredOutput>,
+    /// Report the logprob of each prompt token given the ones before it, with this many most
+    /// likely alternatives (at most 20), as [`EngineEvent::PromptLogprobs`] before the first
+    /// token. The whole prompt is then computed here: no cached prefix is reused for it, and
+    /// it cannot come with [`import`](Self::import)ed KV.
+    pub prompt_logprobs: Option<usize>,
 }
 
 /// Which cached keys a TokenSelect decode step attends to (algorithms.md §3): the first
@@ -159,10 +164,14 @@ fn per_second(count: usize, time: Duration) -> f64 {
     if time.is_zero() { 0.0 } else { count as f64 / time.as_secs_f64() }
 }
 
-/// What a request's stream yields, in order: tokens (and, when exporting, KV blocks, each batch
-/// before the token of the step that filled them), then exactly one `Finished` or `Error`.
+/// What a request's stream yields, in order: the prompt's logprobs when asked for, tokens (and,
+/// when exporting, KV blocks, each batch before the token of the step that filled them), then
+/// exactly one `Finished` or `Error`.
 #[derive(Clone, Debug)]
 pub enum EngineEvent {
+    /// [`GenerateRequest::prompt_logprobs`]: entry `i` scores prompt token `i + 1` (the first
+    /// token follows nothing).
+    PromptLogprobs(Vec<TokenLogprobs>),
     /// Copies of blocks that filled up ([`GenerateRequest::export`]).
     Kv(Vec<KvBlock>),
     Token {

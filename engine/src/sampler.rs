@@ -45,6 +45,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use thiserror::Error;
 
+pub(crate) use params::MAX_LOGPROBS;
 pub use params::{InvalidSamplingParam, SamplingParams};
 use support::{Scratch, Support};
 

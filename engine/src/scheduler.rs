@@ -65,6 +65,9 @@ struct Slot {
     start: usize,
     len: usize,
     logits: LogitsWanted,
+    /// The step samples the sequence's next token from its last row (it ends the pending
+    /// tokens and verifies no draft).
+    samples: bool,
     /// Draft tokens appended after the pending token for verification (speculative decoding),
     /// in node order; their logits rows follow the pending token's.
     draft: DraftTree,
@@ -74,6 +77,13 @@ struct Slot {
     /// The verification rows' parents when the draft branches (hybrid tree attention) or the
     /// sequence selects its keys (TokenSelect); otherwise a chain runs as an ordinary causal run.
     tree_rows: Option<Vec<Option<usize>>>,
+}
+
+impl Slot {
+    /// The step ends with a token of the sequence: sampled, or the verification's bonus.
+    fn yields_token(&self) -> bool {
+        self.samples || !self.draft.is_empty()
+    }
 }
 
 impl Scheduler {
@@ -217,8 +227,7 @@ impl Scheduler {
             }
         };
         let elapsed = started.elapsed();
-        let decode_only =
-            slots.iter().all(|slot| slot.logits != LogitsWanted::None && slot.len == slot.draft.len() + 1);
+        let decode_only = slots.iter().all(|slot| slot.yields_token() && slot.len == slot.draft.len() + 1);
         let mut sampled = sample_rows(&mut self.running, &slots, &logits);
 
         let mut finished = Vec::new();
@@ -249,6 +258,14 @@ impl Scheduler {
                 }
             } else {
                 seq.computed = slot.start + slot.len;
+                if slot.logits == LogitsWanted::All
+                    && let Some(prompt_logprobs) = seq.prompt_logprobs.as_mut()
+                {
+                    prompt_logprobs.record(&seq.tokens[..seq.prompt_len], slot.start, logits.rows_of(batch_index));
+                    if let Some(scored) = prompt_logprobs.take_complete(seq.prompt_len) {
+                        let _ = seq.events.send(EngineEvent::PromptLogprobs(scored));
+                    }
+                }
             }
             if self.config.prefix_caching {
                 register_full_blocks(seq, &mut self.allocator, self.config.block_size);
@@ -257,7 +274,7 @@ impl Scheduler {
             if let Some(exporter) = &mut seq.exporter {
                 let block_size = self.config.block_size;
                 // A step that yields a token waits for the copies: blocks go out before it.
-                let yields_token = slot.logits != LogitsWanted::None;
+                let yields_token = slot.yields_token();
                 match exporter.advance(
                     &self.executor,
                     block_size,
@@ -330,8 +347,13 @@ impl Scheduler {
             } else {
                 Vec::new()
             };
+            // A prompt scored for its logprobs runs whole: cached blocks have no logits.
+            let scoring = seq.wants_prompt_logits();
+            if let Some(prompt_logprobs) = seq.prompt_logprobs.as_mut().filter(|_| scoring) {
+                prompt_logprobs.restart();
+            }
             let mut cached =
-                if self.config.prefix_caching { self.allocator.lookup_prefix(&hashes) } else { Vec::new() };
+                if self.config.prefix_caching && !scoring { self.allocator.lookup_prefix(&hashes) } else { Vec::new() };
             // The last token must run to produce logits, so its block is never reused.
             let reusable = (seq.tokens.len() - 1) / block_size;
             for extra in cached.drain(reusable.min(cached.len())..) {
@@ -394,7 +416,10 @@ impl Scheduler {
             // Prompts (and sequences recomputing after preemption) catch up in chunks from the
             // step's budget; decoding sequences run their one pending token.
             let catching_up = pending > 1;
-            let cost = if seq.sparse_prefill && seq.is_prefilling() { dense_chunk } else { sparse_chunk };
+            // A scored prompt keeps every row's logits: its chunks stay dense-sized, whatever its
+            // attention, to bound that memory (`prefill_chunk` × vocabulary floats).
+            let cheap_rows = seq.sparse_prefill && seq.is_prefilling() && !seq.wants_prompt_logits();
+            let cost = if cheap_rows { dense_chunk } else { sparse_chunk };
             let len = if catching_up { pending.min(budget / cost) } else { pending };
             if len == 0 {
                 index += 1;
@@ -409,20 +434,22 @@ impl Scheduler {
             if catching_up {
                 budget -= len * cost;
             }
-            let logits = if !draft.is_empty() {
+            let seq = &mut self.running[index];
+            let samples = draft.is_empty() && start + len == seq.tokens.len();
+            let scoring = seq.wants_prompt_logits() && start < seq.prompt_len;
+            let logits = if !draft.is_empty() || scoring {
                 LogitsWanted::All
-            } else if start + len == self.running[index].tokens.len() {
+            } else if samples {
                 LogitsWanted::Last
             } else {
                 LogitsWanted::None
             };
-            let seq = &mut self.running[index];
             seq.tokens.extend(draft.nodes().iter().map(|node| node.token));
             seq.speculative_proposed += draft.len();
             // A TokenSelect sequence verifies even a chain as a draft: row by row, as it decodes.
             let as_draft = !draft.is_empty() && (!draft.is_chain() || seq.token_select.is_some());
             let tree_rows = as_draft.then(|| draft.row_parents());
-            slots.push(Slot { seq: index, start, len: len + draft.len(), logits, draft, forced, tree_rows });
+            slots.push(Slot { seq: index, start, len: len + draft.len(), logits, samples, draft, forced, tree_rows });
             index += 1;
         }
         slots
@@ -640,7 +667,7 @@ fn sample_rows(
 ) -> Vec<Option<Result<SampledToken, EngineError>>> {
     let mut batch_index_of = vec![None; running.len()];
     for (batch_index, slot) in slots.iter().enumerate() {
-        if slot.draft.is_empty() {
+        if slot.samples {
             batch_index_of[slot.seq] = Some(batch_index);
         }
     }

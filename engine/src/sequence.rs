@@ -11,6 +11,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::EngineError;
 use crate::kv_transfer::{Exporter, ImportedKv};
+use crate::prompt_logprobs::PromptLogprobs;
 use crate::request::{EngineEvent, StopConditions, Usage};
 use crate::sampler::{SampledToken, Sampler};
 use crate::speculative::{AutoDraft, Drafter};
@@ -60,6 +61,8 @@ pub(crate) struct Sequence {
     pub token_select: Option<TokenSelectAttention>,
     /// The constant-budget attention of `Speculation::SelfDraft`'s drafting passes.
     pub self_draft: Option<TokenSelectAttention>,
+    /// The prompt's logprobs, gathered while it prefills, when the request asked for them.
+    pub prompt_logprobs: Option<PromptLogprobs>,
     pub spans: SequenceSpans,
 }
 
@@ -152,6 +155,11 @@ impl Sequence {
 
     pub fn is_prefilling(&self) -> bool {
         self.computed < self.prompt_len
+    }
+
+    /// The prompt must run with its logits rows, for its logprobs.
+    pub fn wants_prompt_logits(&self) -> bool {
+        self.prompt_logprobs.as_ref().is_some_and(PromptLogprobs::wanted)
     }
 
     /// The caller dropped its stream: cancel.

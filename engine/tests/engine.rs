@@ -25,11 +25,7 @@ fn reference_model_answers_the_capital_of_france() {
     let model = Arc::new(Model::load(&path, &mut |_| {}).expect("load"));
     let template = model.chat_template.as_ref().expect("template");
     let text = template
-        .render(
-            &[ChatMessage::new("user", "What is the capital of France?")],
-            true,
-            &model.tokenizer,
-        )
+        .render(&[ChatMessage::new("user", "What is the capital of France?")], true, &model.tokenizer)
         .expect("render");
     let prompt = model.tokenizer.encode(&text, false).expect("encode");
     let engine =
@@ -106,7 +102,7 @@ fn preemption_under_a_small_pool_keeps_outputs_exact() {
                 EngineEvent::Token { id, .. } => got.push(id),
                 EngineEvent::Finished { .. } => break,
                 EngineEvent::Error(e) => panic!("sequence {i}: {e}"),
-                EngineEvent::Kv(_) => {}
+                EngineEvent::Kv(_) | EngineEvent::PromptLogprobs(_) => {}
             }
         }
         assert_eq!(got, expected[i], "sequence {i}");

@@ -27,6 +27,7 @@ fn run_exporting(engine: &EngineHandle, request: GenerateRequest) -> (Vec<KvBloc
             EngineEvent::Token { id, .. } => generated.push(id),
             EngineEvent::Finished { .. } => break,
             EngineEvent::Error(e) => panic!("{e}"),
+            EngineEvent::PromptLogprobs(_) => panic!("prompt logprobs were not asked for"),
         }
     }
     (blocks, generated)
