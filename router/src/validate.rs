@@ -76,6 +76,11 @@ pub(crate) fn check_sampling(sampling: &v1::SamplingParams, limits: &Limits) -> 
     {
         return invalid(Field::Logprobs, format!("{n} exceeds the maximum of {MAX_LOGPROBS}"));
     }
+    if let Some(n) = sampling.prompt_logprobs
+        && n > MAX_LOGPROBS
+    {
+        return invalid(Field::PromptLogprobs, format!("{n} exceeds the maximum of {MAX_LOGPROBS}"));
+    }
     check_logit_bias(sampling, limits)
 }
 
@@ -213,6 +218,7 @@ mod tests {
             (v1::SamplingParams { presence_penalty: Some(2.5), ..ok.clone() }, Field::PresencePenalty),
             (v1::SamplingParams { frequency_penalty: Some(-3.0), ..ok.clone() }, Field::FrequencyPenalty),
             (v1::SamplingParams { logprobs: Some(21), ..ok.clone() }, Field::Logprobs),
+            (v1::SamplingParams { prompt_logprobs: Some(21), ..ok.clone() }, Field::PromptLogprobs),
             (v1::SamplingParams { logit_bias: [(50, 1.0)].into(), ..ok.clone() }, Field::LogitBias),
             (v1::SamplingParams { logit_bias: [(3, 100.5)].into(), ..ok.clone() }, Field::LogitBias),
             (v1::SamplingParams { logit_bias: [(3, f32::NAN)].into(), ..ok.clone() }, Field::LogitBias),

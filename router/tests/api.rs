@@ -628,3 +628,50 @@ async fn prefill_mode_speculation_and_kv_selection_reach_the_worker() {
     let sent = v1::KvSelection { budget: 256, window: Some(64), ..Default::default() };
     assert_eq!(selection, [None, Some(sent), None]);
 }
+
+#[tokio::test]
+async fn echo_returns_the_prompt_with_its_logprobs_scored_by_a_decode_worker() {
+    let prefill = InstantWorker::start("prefill").await;
+    let decode = InstantWorker::start("decode").await;
+    let router = start_router(config(&[&prefill], &[&decode])).await;
+    // 20 prompt tokens ≥ disagg_min_tokens (16), yet a scored prompt skips the prefill worker.
+    let prompt = words(100..119);
+    let body = json!({ "prompt": prompt, "max_tokens": 2, "echo": true, "logprobs": 1 }).to_string();
+    let response = post(router.http, "/v1/completions", &body).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let choice = &response.json()["choices"][0];
+    assert_eq!(choice["text"], format!("{prompt} w1 w100"), "the prompt, then the answer");
+    let logprobs = &choice["logprobs"];
+    assert_eq!(logprobs["tokens"].as_array().map(Vec::len), Some(22), "20 prompt tokens, 2 generated");
+    assert_eq!(logprobs["token_logprobs"][0], Value::Null, "the first token follows nothing");
+    assert_eq!(logprobs["top_logprobs"][0], Value::Null);
+    assert_eq!((&logprobs["token_logprobs"][1], &logprobs["token_logprobs"][19]), (&json!(-1.0), &json!(-19.0)));
+    assert_eq!(logprobs["top_logprobs"][1], json!({ "w100": -1.0 }));
+    assert_eq!(prefill.runs(), 0);
+    let sent = decode.generates();
+    assert!(sent[0].session.is_none());
+    assert_eq!(sent[0].request.as_ref().and_then(|r| r.sampling.as_ref()?.prompt_logprobs), Some(1));
+
+    // Streamed: the first chunk echoes the prompt with its logprobs.
+    let body = json!({ "prompt": prompt, "max_tokens": 2, "echo": true, "logprobs": 0, "stream": true });
+    let data = post(router.http, "/v1/completions", &body.to_string()).await.sse_data();
+    let first: Value = serde_json::from_str(&data[0]).expect("chunk");
+    assert_eq!(first["choices"][0]["text"], prompt);
+    assert_eq!(first["choices"][0]["logprobs"]["token_logprobs"].as_array().map(Vec::len), Some(20));
+    let text: String = data[..data.len() - 1]
+        .iter()
+        .map(|d| {
+            serde_json::from_str::<Value>(d).expect("chunk")["choices"][0]["text"].as_str().unwrap_or("").to_owned()
+        })
+        .collect();
+    assert_eq!(text, format!("{prompt} w1 w100"));
+
+    // Without logprobs nothing is scored; chat has no echo.
+    let body = json!({ "prompt": "w10 w11", "max_tokens": 1, "echo": true }).to_string();
+    assert_eq!(post(router.http, "/v1/completions", &body).await.json()["choices"][0]["text"], "w10 w11 w1");
+    let last = decode.generates().pop().and_then(|g| g.request).and_then(|r| r.sampling);
+    assert_eq!(last.map(|s| s.prompt_logprobs), Some(None));
+    let chat = json!({ "messages": [{ "role": "user", "content": "w9" }], "echo": true }).to_string();
+    let refused = post(router.http, "/v1/chat/completions", &chat).await;
+    assert_eq!((refused.status, &refused.json()["error"]["param"]), (400, &json!("echo")));
+}

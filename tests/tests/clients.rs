@@ -74,6 +74,49 @@ fn the_openai_package_streams_a_chat_completion() {
     assert_eq!(choice["finish_reason"], "stop", "{got}");
 
     calls_tools_through_the_openai_package(&cluster);
+    scores_a_prompt_through_the_openai_package(&cluster);
+}
+
+/// `openai_echo.py`: `echo` with `logprobs` scores every prompt token after the first, and the
+/// alternatives at position k are those of a request whose prompt is the first k tokens.
+fn scores_a_prompt_through_the_openai_package(cluster: &Cluster) {
+    let text = "The capital of France is Paris. The capital of Italy is Rome, and the capital of Spain is Madrid.";
+    let ids = cluster.model.tokenizer.encode(text, false).expect("encode");
+    let positions = [1, ids.len() / 2, ids.len() - 1];
+    let got = script(
+        "openai_echo.py",
+        &[
+            &format!("http://{}/v1", cluster.http),
+            &serde_json::to_string(&ids).expect("ids"),
+            &serde_json::to_string(&positions).expect("positions"),
+        ],
+    );
+    assert!(got["text"].as_str().is_some_and(|t| t.starts_with(text)), "the prompt is echoed: {got}");
+    assert_eq!(got["prompt_tokens"], ids.len(), "{got}");
+    let logprobs = got["token_logprobs"].as_array().expect("token_logprobs");
+    let generated = logprobs.len() - ids.len();
+    assert!(generated <= 1, "every prompt token, then the generated one (none if it was a stop token): {got}");
+    assert!(logprobs[0].is_null(), "the first token follows nothing: {got}");
+    assert!(logprobs[1..].iter().all(|l| l.as_f64().is_some_and(|l| l <= 0.0)), "{got}");
+    // A well-known continuation is likely: " Madrid" after "the capital of Spain is".
+    assert!(logprobs[ids.len() - 2].as_f64().is_some_and(|l| l > -2.0), "{got}");
+    for k in positions {
+        let echoed = got["top_logprobs"][k].as_object().expect("alternatives");
+        let alone = got["prefixes"][k.to_string()].as_object().expect("alternatives");
+        let best = |alternatives: &serde_json::Map<String, Value>| {
+            alternatives
+                .iter()
+                .max_by(|a, b| a.1.as_f64().partial_cmp(&b.1.as_f64()).expect("finite"))
+                .map(|(t, _)| t.clone())
+        };
+        assert_eq!(best(echoed), best(alone), "position {k}: {got}");
+        for (token, logprob) in alone {
+            if let Some(echoed) = echoed.get(token) {
+                let gap = (echoed.as_f64().unwrap_or(f64::NAN) - logprob.as_f64().unwrap_or(f64::NAN)).abs();
+                assert!(gap < 0.05, "position {k}, {token:?}: {echoed} vs {logprob}: {got}");
+            }
+        }
+    }
 }
 
 /// `openai_tools.py` on the same deployment: forced calls come back as `tool_calls` whose

@@ -35,7 +35,7 @@ async fn generate(cluster: &Cluster, request: v1::GenerateRequest) -> Result<Gen
                 return Ok(Generated { tokens, usage: finished.usage.unwrap_or_default() });
             }
             Some(Event::Error(error)) => return Err(tonic::Status::unavailable(format!("{error:?}"))),
-            None => {}
+            Some(Event::PromptLogprobs(_)) | None => {}
         }
     }
     Err(tonic::Status::internal("the stream ended without a terminal event"))
@@ -272,6 +272,7 @@ fn a_worker_killed_before_or_during_a_stream_never_fails_the_request() {
                     assert!(error.retryable, "a worker failure is retryable: {error:?}");
                     return None;
                 }
+                Some(Event::PromptLogprobs(_)) => {}
             }
             if tokens.len() == 5 && !killed {
                 for node in &mut cluster.decode {

@@ -59,6 +59,7 @@ pub(crate) fn parts(request: Option<v1::WorkerRequest>) -> Result<Parts, Status>
         kv_selection: request.kv_selection.map(kv_selection),
         cache_salt: request.cache_salt,
         structured_output,
+        prompt_logprobs: sampling.prompt_logprobs.map(|n| n as usize),
         ..GenerateRequest::default()
     };
     Ok(Parts { request_id: request.request_id, request: engine_request })
@@ -98,6 +99,13 @@ pub(crate) fn token(id: TokenId, text: String, logprobs: Option<TokenLogprobs>) 
         logprob,
         top_logprobs: top.into_iter().map(|(id, logprob)| v1::TopLogprob { id, logprob }).collect(),
     }
+}
+
+/// The prompt's tokens with the engine's logprobs of all but the first.
+pub(crate) fn prompt_logprobs(prompt: &[TokenId], scored: Vec<TokenLogprobs>) -> v1::PromptLogprobs {
+    let first = prompt.first().map(|&id| token(id, String::new(), None));
+    let rest = prompt.iter().skip(1).zip(scored).map(|(&id, logprobs)| token(id, String::new(), Some(logprobs)));
+    v1::PromptLogprobs { tokens: first.into_iter().chain(rest).collect() }
 }
 
 pub(crate) fn finish_reason(reason: FinishReason) -> v1::FinishReason {

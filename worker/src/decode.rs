@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use lcserve_common::TokenId;
 use lcserve_engine::{EngineEvent, EventStream, ExportKv, GenerateRequest};
 use lcserve_proto::v1;
 use lcserve_proto::v1::generate_response::Event;
@@ -35,9 +36,12 @@ impl DecodeService {
         let v1::DecodeRequest { request, session, generated } = request.into_inner();
         let Parts { request_id, request } = convert::parts(request)?;
         let tail = session.as_ref().and_then(|s| s.tail_block.as_deref());
-        let prepared = worker.prepare(&request.cache_salt, request.prefill_mode, &request.prompt, tail).await;
+        // A prompt scored for its logprobs is computed whole: nothing to fetch.
+        let scoring = request.prompt_logprobs.is_some();
+        let prepared = worker.prepare(&request.cache_salt, request.prefill_mode, &request.prompt, tail, !scoring).await;
         let stored = worker.bridge.stored_prefix(&prepared.hashes).await;
         let resumed = !generated.is_empty();
+        let prompt = if scoring { request.prompt.clone() } else { Vec::new() };
         let events = worker
             .submit(GenerateRequest {
                 generated,
@@ -49,7 +53,7 @@ impl DecodeService {
             .map_err(|e| error::status(&e))?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let (registered, aborted) = worker.track(&request_id);
-        let forward = Forward { worker: Arc::clone(worker), sources: prepared.sources, started, resumed };
+        let forward = Forward { worker: Arc::clone(worker), sources: prepared.sources, started, resumed, prompt };
         tokio::spawn(forward.run(events, tx, aborted, registered).instrument(tracing::info_span!("stream")));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -89,6 +93,8 @@ struct Forward {
     /// The request continues tokens streamed elsewhere: its first token here is not the
     /// client's first token.
     resumed: bool,
+    /// The prompt, when its logprobs are reported.
+    prompt: Vec<TokenId>,
 }
 
 impl Forward {
@@ -130,6 +136,9 @@ impl Forward {
                         bridge.put(encoded);
                     });
                     continue;
+                }
+                EngineEvent::PromptLogprobs(scored) => {
+                    Event::PromptLogprobs(convert::prompt_logprobs(&self.prompt, scored))
                 }
                 EngineEvent::Token { id, text, logprobs } => {
                     first_token_ms.get_or_insert_with(|| self.millis_since_start());

@@ -33,8 +33,12 @@ impl PrefillService {
         let worker = &self.0;
         let started = Instant::now();
         let Parts { request_id, request } = convert::parts(request.into_inner().request)?;
+        if request.prompt_logprobs.is_some() {
+            let reason = "prompt_logprobs: prompts are scored by a decode worker, which computes them whole";
+            return Err(Status::invalid_argument(reason));
+        }
         let (_registered, aborted) = worker.track(&request_id);
-        let prepared = worker.prepare(&request.cache_salt, request.prefill_mode, &request.prompt, None).await;
+        let prepared = worker.prepare(&request.cache_salt, request.prefill_mode, &request.prompt, None, true).await;
         let shared_has = worker.bridge.shared_prefix(&prepared.hashes).await;
         let max_tokens = request.stop.max_tokens;
         let submitted = worker
@@ -109,6 +113,8 @@ async fn collect(mut events: lcserve_engine::EventStream) -> Result<Outcome, Sta
     while let Some(event) = events.next().await {
         match event {
             EngineEvent::Kv(blocks) => outcome.blocks.extend(blocks),
+            // Refused above: a prefill worker never scores a prompt.
+            EngineEvent::PromptLogprobs(_) => {}
             EngineEvent::Token { id, text, logprobs } => outcome.first = Some(convert::token(id, text, logprobs)),
             EngineEvent::Finished { reason, text, usage, .. } => {
                 outcome.finished = Some((reason, text, usage));

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use crate::config::WorkerConfig;
 use crate::convert::Sources;
 use crate::error::WorkerError;
-use crate::kv_bridge::KvBridge;
+use crate::kv_bridge::{Found, KvBridge};
 use crate::metrics::WorkerMetrics;
 
 /// An engine serving one role, with its side of the KV store.
@@ -68,22 +68,28 @@ impl Worker {
     }
 
     /// Finds the prompt's KV beyond what the pool holds: the store's longest run after it, and
-    /// the session's inline tail when every full block is then available.
+    /// the session's inline tail when every full block is then available. Without `reuse` (the
+    /// prompt is to be computed whole) it only hashes the prompt's blocks.
     pub(crate) async fn prepare(
         &self,
         salt: &[u8],
         mode: PrefillMode,
         prompt: &[TokenId],
         tail: Option<&[u8]>,
+        reuse: bool,
     ) -> Prepared {
         let block_size = self.config.engine.block_size;
         let namespace = self.engine.request_namespace(salt, mode, prompt.len());
         let hashes = sequence_hashes(namespace, prompt, block_size);
-        let pooled = self.engine.cached_prefix_blocks(namespace, prompt).await.unwrap_or(0).min(hashes.len());
-        self.metrics.device_lookup(pooled, hashes.len());
-        let found = self.bridge.fetch(&hashes[pooled..]).await;
+        let (pooled, found) = if reuse {
+            let pooled = self.engine.cached_prefix_blocks(namespace, prompt).await.unwrap_or(0).min(hashes.len());
+            self.metrics.device_lookup(pooled, hashes.len());
+            (pooled, self.bridge.fetch(&hashes[pooled..]).await)
+        } else {
+            (0, Found::default())
+        };
         let sources = Sources { host_blocks: found.host, block_size };
-        let complete = pooled + found.blocks.len() == hashes.len();
+        let complete = reuse && pooled + found.blocks.len() == hashes.len();
         let tail = tail.filter(|_| complete && !prompt.len().is_multiple_of(block_size)).and_then(|bytes| {
             let parent = hashes.last().copied().unwrap_or(namespace.root());
             let hash = chain_hash(parent, &prompt[hashes.len() * block_size..]);

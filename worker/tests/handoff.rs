@@ -83,12 +83,26 @@ async fn connect(url: &str) -> Channel {
 
 /// Runs a decode stream to its end: tokens and the terminal usage.
 async fn decode(client: &mut DecodeClient<Channel>, request: v1::DecodeRequest) -> (Vec<u32>, v1::Usage) {
+    let (scored, tokens, usage) = decode_scored(client, request).await;
+    assert!(scored.is_none(), "prompt logprobs only when asked for");
+    (tokens, usage)
+}
+
+/// [`decode`], with the prompt logprobs the stream started with, if any.
+async fn decode_scored(
+    client: &mut DecodeClient<Channel>,
+    request: v1::DecodeRequest,
+) -> (Option<v1::PromptLogprobs>, Vec<u32>, v1::Usage) {
     let mut stream = client.generate(request).await.expect("generate").into_inner();
-    let mut tokens = Vec::new();
+    let (mut scored, mut tokens) = (None, Vec::new());
     while let Some(response) = stream.message().await.expect("stream") {
         match response.event.expect("event") {
+            Event::PromptLogprobs(prompt) => {
+                assert!(scored.is_none() && tokens.is_empty(), "once, before the first token");
+                scored = Some(prompt);
+            }
             Event::Token(token) => tokens.push(token.id),
-            Event::Finished(finished) => return (tokens, finished.usage.expect("usage")),
+            Event::Finished(finished) => return (scored, tokens, finished.usage.expect("usage")),
             Event::Error(error) => panic!("decode failed: {error:?}"),
         }
     }
@@ -206,6 +220,34 @@ async fn decode_alone_prefills_and_stores_the_answer_for_the_next_turn() {
     let mut fresh = DecodeClient::new(connect(&fresh_url).await);
     let (_, usage) = decode(&mut fresh, direct(&turn2, vec![])).await;
     assert_eq!(usage.cached.expect("tiers").shared as usize, full_blocks_done * BLOCK, "from the shared tier");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scored_prompt_is_computed_whole_by_decode_and_refused_by_prefill() {
+    let cluster = Cluster::start().await;
+    let (decode_url, _) = cluster.worker(Role::Decode).await;
+    let mut decoder = DecodeClient::new(connect(&decode_url).await);
+    let turn = prompt(3 * BLOCK + 5, cluster.model.config.vocab_size, 4);
+    let direct = |request| v1::DecodeRequest { request: Some(request), session: None, generated: vec![] };
+    let (answer, _) = decode(&mut decoder, direct(request(&turn, 4, "s"))).await;
+    let (_, usage) = decode(&mut decoder, direct(request(&turn, 4, "s"))).await;
+    assert!(usage.cached_tokens > 0, "the prompt is cached");
+
+    let mut scored_request = request(&turn, 4, "s");
+    scored_request.sampling = Some(v1::SamplingParams { prompt_logprobs: Some(2), ..Default::default() });
+    let (scored, tokens, usage) = decode_scored(&mut decoder, direct(scored_request.clone())).await;
+    assert_eq!(tokens, answer, "scoring changes no token");
+    assert_eq!(usage.cached_tokens, 0, "computed whole, none of it from the pool or the store");
+    let scored = scored.expect("prompt logprobs").tokens;
+    assert_eq!(scored.iter().map(|t| t.id).collect::<Vec<_>>(), turn);
+    assert!(scored[0].logprob.is_none() && scored[0].top_logprobs.is_empty(), "the first token follows nothing");
+    assert!(scored[1..].iter().all(|t| t.logprob.is_some_and(|l| l <= 0.0) && t.top_logprobs.len() == 2));
+
+    let (prefill_url, _) = cluster.worker(Role::Prefill).await;
+    let mut prefiller = PrefillClient::new(connect(&prefill_url).await);
+    let refused = prefiller.run(v1::PrefillRequest { request: Some(scored_request) }).await.expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("prompt_logprobs"), "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,6 +121,7 @@ impl Ctx<'_> {
                     return Ok(finished);
                 }
                 Some(Event::Error(error)) => return Err(classify_event(worker, error)),
+                Some(Event::PromptLogprobs(scored)) => self.emit_prompt_logprobs(scored).await?,
                 None => {}
             }
         }

@@ -82,6 +82,8 @@ pub(crate) fn start(
 #[derive(Debug, Default)]
 struct Progress {
     tokens: Vec<u32>,
+    /// The prompt's logprobs reached the client (a retry must not send them again).
+    prompt_logprobs_sent: bool,
     first_at: Option<Instant>,
     last_at: Option<Instant>,
 }
@@ -138,7 +140,9 @@ impl Ctx<'_> {
     async fn generate(&self) -> Result<(), Failure> {
         let mut session = None;
         let mut prefill_usage = None;
-        let prefilled = if self.prepared.prompt_len() >= self.shared.config.disagg_min_tokens {
+        // A prompt scored for its logprobs is computed whole by the decode worker.
+        let scoring = self.prepared.request.sampling.as_ref().is_some_and(|s| s.prompt_logprobs.is_some());
+        let prefilled = if !scoring && self.prepared.prompt_len() >= self.shared.config.disagg_min_tokens {
             self.prefill_phase().await?
         } else {
             None
@@ -188,10 +192,17 @@ impl Ctx<'_> {
                 let reason = if excluded.is_empty() { "no healthy decode worker" } else { "no decode worker left" };
                 return Err(Failure::Worker(reason.into()));
             };
-            let generated = lock(&self.progress).tokens.clone();
+            let (generated, scored) = {
+                let progress = lock(&self.progress);
+                (progress.tokens.clone(), progress.prompt_logprobs_sent)
+            };
             let fresh_prompt = if session.is_some() { 0 } else { self.prepared.prompt_len() as u64 };
-            let request =
-                v1::DecodeRequest { request: Some(self.prepared.request.clone()), session: session.take(), generated };
+            let mut request = self.prepared.request.clone();
+            if scored && let Some(sampling) = request.sampling.as_mut() {
+                // Sent already: the next worker need not score the prompt again.
+                sampling.prompt_logprobs = None;
+            }
+            let request = v1::DecodeRequest { request: Some(request), session: session.take(), generated };
             let mut dispatch = worker.dispatch(fresh_prompt);
             let result = self.stream_decode(&worker, request, &mut || dispatch.prefilled()).await;
             drop(dispatch);
@@ -324,6 +335,14 @@ impl Ctx<'_> {
 
     async fn emit(&self, event: Event) -> Result<(), Failure> {
         self.tx.send(event).await.map_err(|_| Failure::ClientGone)
+    }
+
+    /// Relays the prompt's logprobs the first time a worker sends them.
+    async fn emit_prompt_logprobs(&self, scored: v1::PromptLogprobs) -> Result<(), Failure> {
+        if std::mem::replace(&mut lock(&self.progress).prompt_logprobs_sent, true) {
+            return Ok(());
+        }
+        self.emit(Event::PromptLogprobs(scored)).await
     }
 
     async fn emit_token(&self, token: v1::Token) -> Result<(), Failure> {

@@ -86,6 +86,7 @@ async fn collect(mut events: mpsc::Receiver<ChoiceEvent>, mut shaper: Shaper) ->
     while let Some((index, event)) = events.recv().await {
         match event {
             Event::Token(token) => tokens[index].push(token),
+            Event::PromptLogprobs(scored) => shaper.record_prompt(index, scored),
             Event::Finished(done) => {
                 finished[index] = Some(done);
                 if let Some(all) = all_finished(&finished) {
@@ -124,6 +125,11 @@ impl SseState {
         match self.events.recv().await {
             Some((index, Event::Token(token))) => {
                 if let Some(chunk) = self.shaper.token_chunk(index, &token) {
+                    self.ready.push_back(data(&chunk));
+                }
+            }
+            Some((index, Event::PromptLogprobs(scored))) => {
+                if let Some(chunk) = self.shaper.prompt_chunk(index, &scored) {
                     self.ready.push_back(data(&chunk));
                 }
             }

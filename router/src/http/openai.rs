@@ -4,7 +4,7 @@
 //! One struct serves both endpoints (they share almost every field); what differs — `prompt`
 //! vs `messages`, `logprobs` as a count vs a flag — is checked per endpoint in
 //! [`OpenAiRequest::into_generate`]. Unknown fields are ignored, as OpenAI clients send many;
-//! OpenAI features this server does not implement (`best_of`, echo, the deprecated `functions`)
+//! OpenAI features this server does not implement (`best_of`, chat `echo`, the deprecated `functions`)
 //! are refused with an error naming the field whenever a request actually asks for them, rather
 //! than answered as if they had been honoured. Structured output (`response_format` and vLLM's
 //! fields) is read by [`super::structured`], tool calling by [`super::tools`].
@@ -111,6 +111,8 @@ pub(crate) struct OpenAiRequest {
     pub n: Option<u32>,
     pub best_of: Option<u32>,
     pub echo: Option<bool>,
+    /// vLLM's; see [`OpenAiRequest::refuse_unimplemented_features`].
+    pub prompt_logprobs: Option<serde_json::Value>,
     pub suffix: Option<String>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
@@ -150,6 +152,13 @@ pub(crate) struct KvSelectionField {
     pub reuse_threshold: Option<f32>,
 }
 
+/// The prompt a completion echoes (`echo`), as the client sent it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Echo {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
 /// How the response is to be shaped.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct ResponseOptions {
@@ -163,6 +172,8 @@ pub(crate) struct ResponseOptions {
     pub structured_output_field: Option<&'static str>,
     /// How tool calls are read out of a chat answer.
     pub tool_calling: ToolCalling,
+    /// The prompt a completion starts with (`echo`); with `logprobs`, its tokens' logprobs too.
+    pub echo: Option<Echo>,
 }
 
 fn invalid<T>(field: Field, reason: impl Into<String>) -> Result<T, RouterError> {
@@ -180,8 +191,9 @@ impl OpenAiRequest {
         if self.best_of.is_some_and(|n| n != 1) {
             return invalid(Field::Unsupported("best_of"), "only best_of = 1 is supported");
         }
-        if self.echo == Some(true) {
-            return invalid(Field::Unsupported("echo"), "echo is not supported");
+        let echo = self.echo == Some(true);
+        if echo && kind == Kind::Chat {
+            return invalid(Field::Unsupported("echo"), "echo is for /v1/completions");
         }
         if self.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
             return invalid(Field::Unsupported("suffix"), "suffix is not supported");
@@ -284,6 +296,8 @@ impl OpenAiRequest {
                 logprobs,
                 logit_bias,
                 structured_output,
+                // Echoing a prompt with logprobs reports the prompt's tokens' logprobs too.
+                prompt_logprobs: logprobs.filter(|_| echo),
             }),
             stop: Some(v1::StopConditions {
                 max_tokens: self.max_completion_tokens.or(self.max_tokens),
@@ -298,6 +312,11 @@ impl OpenAiRequest {
             speculation: speculation.into(),
             kv_selection: self.kv_selection.map(kv_selection).transpose()?,
         };
+        let echo = echo.then(|| match request.input.clone() {
+            Some(Input::TokenIds(ids)) => Echo::Tokens(ids.ids),
+            Some(Input::Text(text)) => Echo::Text(text),
+            Some(Input::Chat(_)) | None => Echo::Text(String::new()),
+        });
         let stream = self.stream.unwrap_or(false);
         let include_usage = self.stream_options.is_some_and(|o| o.include_usage);
         if include_usage && !stream {
@@ -310,15 +329,17 @@ impl OpenAiRequest {
             choices,
             structured_output_field,
             tool_calling: tool_request.calling,
+            echo,
         };
         Ok((request, options))
     }
 }
 
 impl OpenAiRequest {
-    /// Refuses the deprecated function calling (`functions`, `function_call`), which this server
-    /// does not implement (`tools` replaced it): answering such a request with plain sampled text
-    /// would look like success. Values that ask for nothing pass (`null`, `functions: []`,
+    /// Refuses what this server does not implement: the deprecated function calling
+    /// (`functions`, `function_call`; `tools` replaced it) and vLLM's `prompt_logprobs` (served
+    /// as OpenAI's `echo` with `logprobs`). Answering such a request with plain sampled text would
+    /// look like success. Values that ask for nothing pass (`null`, `functions: []`,
     /// `function_call: "none"` or `"auto"`), as some clients send them by default.
     fn refuse_unimplemented_features(&self) -> Result<(), RouterError> {
         use serde_json::Value;
@@ -326,13 +347,19 @@ impl OpenAiRequest {
         let empty: AsksNothing =
             |v| v.as_array().is_some_and(Vec::is_empty) || v.as_object().is_some_and(|o| o.is_empty());
         let no_forced_call: AsksNothing = |v| matches!(v.as_str(), Some("none" | "auto"));
-        let features: [(&'static str, &Option<Value>, AsksNothing, &str); 2] = [
+        let features: [(&'static str, &Option<Value>, AsksNothing, &str); 3] = [
             ("functions", &self.functions, empty, "deprecated function calling is not supported: use tools"),
             (
                 "function_call",
                 &self.function_call,
                 no_forced_call,
                 "deprecated function calling is not supported: use tool_choice",
+            ),
+            (
+                "prompt_logprobs",
+                &self.prompt_logprobs,
+                |_| false,
+                "not supported: use echo with logprobs on /v1/completions (or gRPC's sampling.prompt_logprobs)",
             ),
         ];
         for (name, value, asks_nothing, reason) in features {
@@ -484,7 +511,8 @@ mod tests {
         assert_eq!(field(r#"{"messages":[],"top_logprobs":2}"#, Kind::Chat), Some("top_logprobs"));
         assert_eq!(field(r#"{"messages":[],"logprobs":true,"top_logprobs":21}"#, Kind::Chat), Some("top_logprobs"));
         assert_eq!(field(r#"{"prompt":"a","top_k":-5}"#, Kind::Completion), Some("top_k"));
-        assert_eq!(field(r#"{"prompt":"a","echo":true}"#, Kind::Completion), Some("echo"));
+        assert_eq!(field(r#"{"messages":[],"echo":true}"#, Kind::Chat), Some("echo"));
+        assert_eq!(field(r#"{"prompt":"a","prompt_logprobs":1}"#, Kind::Completion), Some("prompt_logprobs"));
         let parts = r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#;
         assert_eq!(field(parts, Kind::Chat), Some("messages"));
     }
@@ -546,6 +574,19 @@ mod tests {
         let both = body.replace(r#""tool_choice""#, r#""response_format": {"type": "json_object"}, "tool_choice""#);
         let refused = convert(&both, Kind::Chat).err().and_then(|e| e.field());
         assert_eq!(refused, Some(Field::ToolChoice), "a forced call and another structured output");
+    }
+
+    #[test]
+    fn echo_with_logprobs_asks_for_the_prompt_logprobs() {
+        let scored = |json: &str| {
+            let (request, options) = convert(json, Kind::Completion).expect("valid");
+            (request.sampling.and_then(|s| s.prompt_logprobs), options.echo)
+        };
+        let text = Some(Echo::Text("a b".into()));
+        assert_eq!(scored(r#"{"prompt":"a b","echo":true,"logprobs":2}"#), (Some(2), text.clone()));
+        assert_eq!(scored(r#"{"prompt":"a b","echo":true}"#), (None, text));
+        assert_eq!(scored(r#"{"prompt":[5,6],"echo":true,"logprobs":0}"#), (Some(0), Some(Echo::Tokens(vec![5, 6]))));
+        assert_eq!(scored(r#"{"prompt":"a b","logprobs":2}"#), (None, None));
     }
 
     #[test]

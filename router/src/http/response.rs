@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::choices::merged_usage;
-use super::openai::{Kind, ResponseOptions};
+use super::openai::{Echo, Kind, ResponseOptions};
 use super::tools::{self, ToolDeltas};
 
 #[derive(Debug, Serialize)]
@@ -96,6 +96,10 @@ pub(crate) struct Shaper {
     offsets: Vec<usize>,
     /// Each chat choice's stream of content and tool-call deltas.
     deltas: Vec<ToolDeltas>,
+    /// The echoed prompt's text (`echo`).
+    echo_text: Option<String>,
+    /// Each choice's prompt logprobs, once they arrived (`echo` with `logprobs`).
+    prompts: Vec<Option<v1::PromptLogprobs>>,
 }
 
 impl Shaper {
@@ -111,6 +115,11 @@ impl Shaper {
             model: model.to_owned(),
             deltas: (0..options.choices).map(|_| ToolDeltas::new(&options.tool_calling)).collect(),
             offsets: vec![0; options.choices],
+            echo_text: options.echo.as_ref().map(|echo| match echo {
+                Echo::Text(text) => text.clone(),
+                Echo::Tokens(ids) => tokenizer.decode(ids, false).unwrap_or_default(),
+            }),
+            prompts: vec![None; options.choices],
             options,
             tokenizer,
         }
@@ -137,6 +146,7 @@ impl Shaper {
     }
 
     /// Logprobs of choice `index`'s `tokens` in the endpoint's format; `null` when not requested.
+    /// Prompt tokens (`echo`) come first, the first of them without a logprob.
     fn logprobs(&mut self, index: usize, tokens: &[v1::Token]) -> Value {
         if !self.options.logprobs {
             return Value::Null;
@@ -163,20 +173,42 @@ impl Shaper {
                     logprobs.push(t.logprob);
                     let top: serde_json::Map<String, Value> =
                         t.top_logprobs.iter().map(|a| (self.spell(a.id), json!(a.logprob))).collect();
-                    tops.push(Value::Object(top));
+                    tops.push(if t.logprob.is_some() { Value::Object(top) } else { Value::Null });
                     offsets.push(self.offsets[index]);
-                    self.offsets[index] += t.text.chars().count();
+                    // Prompt tokens carry no text: their spelling stands in for it.
+                    let text = if t.text.is_empty() { spelled.last().map_or("", String::as_str) } else { &t.text };
+                    self.offsets[index] += text.chars().count();
                 }
                 json!({ "tokens": spelled, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets })
             }
         }
     }
 
-    /// The SSE chunks that open a chat stream, one per choice (the assistant role); none for
-    /// completions.
+    /// With `echo` and `logprobs`, the SSE chunk that echoes the prompt with choice `index`'s
+    /// prompt logprobs.
+    pub fn prompt_chunk(&mut self, index: usize, scored: &v1::PromptLogprobs) -> Option<Value> {
+        let echo = self.echo_text.clone().filter(|_| self.options.logprobs)?;
+        let logprobs = self.logprobs(index, &scored.tokens);
+        let choice = json!({ "index": index, "text": echo, "logprobs": logprobs, "finish_reason": null });
+        Some(self.envelope(self.chunk_object(), json!([choice])))
+    }
+
+    /// Records choice `index`'s prompt logprobs for the whole response.
+    pub fn record_prompt(&mut self, index: usize, scored: v1::PromptLogprobs) {
+        self.prompts[index] = Some(scored);
+    }
+
+    /// The SSE chunks that open a stream, one per choice: a chat's assistant role; a
+    /// completion's echoed prompt when it has no logprobs (with them, [`Self::prompt_chunk`]).
     pub fn opening_chunks(&self) -> Vec<Value> {
         if self.kind != Kind::Chat {
-            return Vec::new();
+            let Some(echo) = self.echo_text.as_ref().filter(|_| !self.options.logprobs) else { return Vec::new() };
+            return (0..self.choices())
+                .map(|index| {
+                    let choice = json!({ "index": index, "text": echo, "logprobs": null, "finish_reason": null });
+                    self.envelope(self.chunk_object(), json!([choice]))
+                })
+                .collect();
         }
         (0..self.choices())
             .map(|index| {
@@ -242,9 +274,17 @@ impl Shaper {
     pub fn complete(&mut self, tokens: &[Vec<v1::Token>], finished: &[&v1::Finished]) -> Value {
         let mut choices = Vec::with_capacity(finished.len());
         for (index, (tokens, finished)) in tokens.iter().zip(finished).enumerate() {
-            let mut text: String = tokens.iter().map(|t| t.text.as_str()).collect();
+            let mut text = self.echo_text.clone().unwrap_or_default();
+            text.extend(tokens.iter().map(|t| t.text.as_str()));
             text.push_str(&finished.text);
-            let logprobs = self.logprobs(index, tokens);
+            let logprobs = match self.prompts[index].take() {
+                Some(prompt) => {
+                    let mut all = prompt.tokens;
+                    all.extend(tokens.iter().cloned());
+                    self.logprobs(index, &all)
+                }
+                None => self.logprobs(index, tokens),
+            };
             choices.push(match self.kind {
                 Kind::Completion => {
                     let reason = finish_reason(finished.reason);
