@@ -12,6 +12,7 @@ use lcserve_common::TokenId;
 use rayon::prelude::*;
 
 use crate::request::TokenLogprobs;
+use crate::sampler::most_likely_tokens;
 
 /// One sequence's prompt logprobs, gathered chunk by chunk.
 pub(crate) struct PromptLogprobs {
@@ -59,22 +60,15 @@ impl PromptLogprobs {
 }
 
 /// `token`'s log-softmax in `row`, and the `top` most likely tokens (ties by lower id).
-pub(crate) fn token_logprobs(row: &[f32], token: TokenId, top: usize) -> TokenLogprobs {
+fn token_logprobs(row: &[f32], token: TokenId, top: usize) -> TokenLogprobs {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = row.iter().map(|&x| f64::from(x - max).exp()).sum();
     let log_z = f64::from(max) + sum.ln();
     let logprob = |id: usize| (f64::from(row[id]) - log_z) as f32;
-    let mut best: Vec<TokenId> = (0..row.len() as TokenId).collect();
-    let by_likelihood = |a: &TokenId, b: &TokenId| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-    let top = top.min(row.len());
-    if top > 0 && top < best.len() {
-        best.select_nth_unstable_by(top - 1, by_likelihood);
-    }
-    best.truncate(top);
-    best.sort_unstable_by(by_likelihood);
+    let top = if top == 0 { Vec::new() } else { most_likely_tokens(row, top) };
     TokenLogprobs {
         logprob: logprob(token as usize),
-        top: best.into_iter().map(|id| (id, logprob(id as usize))).collect(),
+        top: top.into_iter().map(|id| (id, logprob(id as usize))).collect(),
     }
 }
 

@@ -328,3 +328,11 @@ impl Sampler {
         self.scratch.tokens.iter().map(|&t| (t, normalizer.logprob(logits[t as usize]))).collect()
     }
 }
+
+/// The `n` most likely tokens of a raw logits row that have a finite logit, most likely first
+/// (ties by lower id): the selection reported alternatives use, for callers without a sampler.
+pub(crate) fn most_likely_tokens(logits: &[f32], n: usize) -> Vec<TokenId> {
+    let mut scratch = Scratch::default();
+    support::top_finite_tokens(logits, n, &mut scratch);
+    scratch.tokens
+}

@@ -94,8 +94,6 @@ pub(super) fn by_likelihood(logits: &[f32], a: TokenId, b: TokenId) -> Ordering 
 ///
 /// O(V) plus O(m log m) for small `m`: a token below the heap's minimum costs one comparison.
 pub(super) fn top_tokens(logits: &[f32], weights: &[f32], support: Support, m: usize, scratch: &mut Scratch) {
-    let Scratch { heap, tokens } = scratch;
-    tokens.clear();
     let members = logits
         .iter()
         .zip(weights)
@@ -103,6 +101,23 @@ pub(super) fn top_tokens(logits: &[f32], weights: &[f32], support: Support, m: u
         .filter(|&(_, (&logit, &weight))| support.contains(logit, weight))
         // `i < vocab_size ≤ u32::MAX` (checked by `validate`).
         .map(|(i, (&logit, _))| Ranked { logit, id: i as TokenId });
+    top_members(logits, members, m, scratch);
+}
+
+/// [`top_tokens`] of a raw row: its `m` most likely tokens with a finite logit.
+pub(super) fn top_finite_tokens(logits: &[f32], m: usize, scratch: &mut Scratch) {
+    let members = logits
+        .iter()
+        .enumerate()
+        .filter(|&(_, &logit)| logit.is_finite())
+        .map(|(i, &logit)| Ranked { logit, id: i as TokenId });
+    top_members(logits, members, m, scratch);
+}
+
+/// Fills `scratch.tokens` with the `m` most likely of `members`, most likely first.
+fn top_members(logits: &[f32], members: impl Iterator<Item = Ranked>, m: usize, scratch: &mut Scratch) {
+    let Scratch { heap, tokens } = scratch;
+    tokens.clear();
     if m <= HEAP_LIMIT {
         heap.clear();
         // The heap's least logit once it is full: most tokens fall below it and cost one
