@@ -208,6 +208,16 @@ impl RouterError {
         }
     }
 
+    /// Says which prompt of a batch (0-based) an invalid-argument error is about.
+    pub(crate) fn in_prompt(self, index: usize) -> Self {
+        match self {
+            RouterError::InvalidArgument { field, reason } => {
+                RouterError::InvalidArgument { field, reason: format!("prompt {index} of the batch: {reason}") }
+            }
+            other => other,
+        }
+    }
+
     /// The field at fault, for invalid-argument errors.
     pub fn field(&self) -> Option<Field> {
         match self {

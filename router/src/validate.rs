@@ -14,6 +14,8 @@ pub const MAX_STOP_TOKEN_IDS: usize = 256;
 pub const MAX_LOGPROBS: u32 = 20;
 /// Most choices (`n`) one OpenAI request may ask for; each is a generation of its own.
 pub const MAX_CHOICES: u32 = 16;
+/// Most generations (prompts × `n`) one OpenAI completion request may start.
+pub const MAX_GENERATIONS: usize = 256;
 /// Most tokens a request may bias (the OpenAI limit).
 pub const MAX_LOGIT_BIAS_TOKENS: usize = 300;
 /// Largest logit bias magnitude (the OpenAI range).

@@ -675,3 +675,63 @@ async fn echo_returns_the_prompt_with_its_logprobs_scored_by_a_decode_worker() {
     let refused = post(router.http, "/v1/chat/completions", &chat).await;
     assert_eq!((refused.status, &refused.json()["error"]["param"]), (400, &json!("echo")));
 }
+
+#[tokio::test]
+async fn a_batch_of_prompts_answers_each_prompt_n_times_in_openai_order() {
+    let (decode, router) = one_decode().await;
+    let body = json!({ "prompt": ["w10 w11", "w20"], "max_tokens": 3, "n": 2, "echo": true, "seed": 5 });
+    let response = post(router.http, "/v1/completions", &body.to_string()).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let value = response.json();
+    let texts: Vec<(u64, &str)> = value["choices"]
+        .as_array()
+        .expect("choices")
+        .iter()
+        .map(|c| (c["index"].as_u64().expect("index"), c["text"].as_str().expect("text")))
+        .collect();
+    // Choice j of prompt p is p · n + j; each starts with its own prompt (echo).
+    let first = "w10 w11 w1 w10 w11";
+    let second = "w20 w1 w20 w1";
+    assert_eq!(texts, [(0, first), (1, first), (2, second), (3, second)]);
+    assert_eq!(value["usage"]["prompt_tokens"], 3 + 2, "each prompt counts once");
+    assert_eq!(value["usage"]["completion_tokens"], 12);
+    let mut seeds: Vec<(Vec<u32>, Option<u64>)> = decode
+        .generates()
+        .iter()
+        .filter_map(|g| g.request.as_ref())
+        .map(|r| (r.prompt.clone(), r.sampling.as_ref().and_then(|s| s.seed)))
+        .collect();
+    seeds.sort();
+    let expected =
+        [(vec![1, 10, 11], Some(5)), (vec![1, 10, 11], Some(6)), (vec![1, 20], Some(5)), (vec![1, 20], Some(6))];
+    assert_eq!(seeds, expected, "a prompt samples as it would alone, whatever its place in the batch");
+
+    // Streamed token lists: each choice's chunks carry its index, then one usage chunk.
+    let body = json!({
+        "prompt": [[30, 31], [40], [50]], "max_tokens": 2, "stream": true,
+        "stream_options": { "include_usage": true },
+    });
+    let data = post(router.http, "/v1/completions", &body.to_string()).await.sse_data();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).expect("chunk")).collect();
+    for (index, want) in [" w30 w31", " w40 w40", " w50 w50"].into_iter().enumerate() {
+        let of_choice: Vec<&Value> = chunks.iter().filter(|c| c["choices"][0]["index"] == index).collect();
+        let text: String = of_choice.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+        assert_eq!(text, want, "choice {index}");
+        let finishes = of_choice.iter().filter(|c| !c["choices"][0]["finish_reason"].is_null()).count();
+        assert_eq!(finishes, 1, "choice {index} finishes once");
+    }
+    let usage = &chunks.last().expect("usage chunk")["usage"];
+    assert_eq!((&usage["prompt_tokens"], &usage["completion_tokens"]), (&json!(4), &json!(6)));
+
+    // One bad prompt fails the whole batch before anything runs, naming its place.
+    let before = decode.generates().len();
+    let body = json!({ "prompt": ["w10", ""], "max_tokens": 2 }).to_string();
+    let refused = post(router.http, "/v1/completions", &body).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(refused.json()["error"]["param"], "prompt");
+    let message = refused.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("prompt 1 of the batch") && message.contains("empty"), "{message}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(decode.generates().len(), before, "nothing started");
+}

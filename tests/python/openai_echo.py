@@ -5,8 +5,10 @@ Usage: openai_echo.py BASE_URL PROMPT_IDS POSITIONS
 
 Sends the token ids in the JSON list PROMPT_IDS with `echo`, `logprobs: 5` and one greedy token;
 then, for each position k in the JSON list POSITIONS, the first k ids alone, with `logprobs: 5`,
-so that its first generated token's alternatives can be compared with the echoed prompt's at k.
-Prints what came back as one JSON object.
+so that its first generated token's alternatives can be compared with the echoed prompt's at k;
+then all those prefixes and the whole prompt as one batch with `echo` and `logprobs: 1`, as
+lm-eval's `local-completions` sends its loglikelihood requests. Prints what came back as one
+JSON object.
 """
 
 import json
@@ -25,6 +27,8 @@ def main(base_url, prompt_ids, positions):
     for k in json.loads(positions):
         prefix = client.completions.create(model=model, prompt=ids[:k], logprobs=5, max_tokens=1, temperature=0)
         prefixes[str(k)] = prefix.choices[0].logprobs.top_logprobs[0]
+    prompts = [ids[:k] for k in json.loads(positions)] + [ids]
+    batch = client.completions.create(model=model, prompt=prompts, echo=True, logprobs=1, max_tokens=1, temperature=0)
     print(json.dumps({
         "text": choice.text,
         "tokens": choice.logprobs.tokens,
@@ -32,6 +36,8 @@ def main(base_url, prompt_ids, positions):
         "top_logprobs": choice.logprobs.top_logprobs,
         "prompt_tokens": echoed.usage.prompt_tokens,
         "prefixes": prefixes,
+        "batch": [{"index": c.index, "token_logprobs": c.logprobs.token_logprobs} for c in batch.choices],
+        "batch_prompt_tokens": batch.usage.prompt_tokens,
     }))
 
 

@@ -78,7 +78,8 @@ fn the_openai_package_streams_a_chat_completion() {
 }
 
 /// `openai_echo.py`: `echo` with `logprobs` scores every prompt token after the first, and the
-/// alternatives at position k are those of a request whose prompt is the first k tokens.
+/// alternatives at position k are those of a request whose prompt is the first k tokens; a
+/// batch of prompts scores each as it would be scored alone.
 fn scores_a_prompt_through_the_openai_package(cluster: &Cluster) {
     let text = "The capital of France is Paris. The capital of Italy is Rome, and the capital of Spain is Madrid.";
     let ids = cluster.model.tokenizer.encode(text, false).expect("encode");
@@ -115,6 +116,21 @@ fn scores_a_prompt_through_the_openai_package(cluster: &Cluster) {
                 let gap = (echoed.as_f64().unwrap_or(f64::NAN) - logprob.as_f64().unwrap_or(f64::NAN)).abs();
                 assert!(gap < 0.05, "position {k}, {token:?}: {echoed} vs {logprob}: {got}");
             }
+        }
+    }
+    // The batch: each prefix, then the whole prompt, in order; a prompt token's logprob depends
+    // only on the tokens before it.
+    let batch = got["batch"].as_array().expect("batch");
+    let lengths: Vec<usize> = positions.iter().copied().chain([ids.len()]).collect();
+    assert_eq!(batch.len(), lengths.len(), "{got}");
+    assert_eq!(got["batch_prompt_tokens"], lengths.iter().sum::<usize>(), "{got}");
+    for (index, (choice, &len)) in batch.iter().zip(&lengths).enumerate() {
+        assert_eq!(choice["index"], index, "{got}");
+        let scored = choice["token_logprobs"].as_array().expect("token_logprobs");
+        assert!(scored[0].is_null() && scored.len() >= len, "{got}");
+        for (j, (a, b)) in scored[1..len].iter().zip(&logprobs[1..len]).enumerate() {
+            let gap = (a.as_f64().unwrap_or(f64::NAN) - b.as_f64().unwrap_or(f64::NAN)).abs();
+            assert!(gap < 1e-3, "prompt {index}, token {}: {a} vs {b}: {got}", j + 1);
         }
     }
 }

@@ -1,8 +1,12 @@
-//! A request's `n` choices (OpenAI `n`): one flow each, their events merged into one channel,
-//! each tagged with its choice's index.
+//! A request's choices: `n` (OpenAI `n`) for each of its prompts (a completion may send a
+//! batch), one flow each, their events merged into one channel, each tagged with its choice's
+//! index — choice `j` of prompt `p` is `p · n + j`, as OpenAI numbers them.
 //!
-//! The request is validated and tokenized once. Choice 0 starts at once; the others start when
-//! it has produced its first event. By then its prompt's full blocks are in the KV store, so
+//! Each prompt is validated and tokenized once, and every prompt is admitted before any flow
+//! starts, so a bad prompt anywhere in a batch fails the request before work is done (its error
+//! names the prompt's place in the batch). Every prompt's choice 0 starts at once — they batch
+//! together on the workers. A prompt's other choices start when its choice 0 has produced its
+//! first event. By then its prompt's full blocks are in the KV store, so
 //! they reuse them rather than prefill the shared prompt again — what vLLM's `n` gets by sharing
 //! the prompt within one request. When the request gives a seed, choice `i` samples with
 //! `seed + i`, so sampled choices differ and the request stays reproducible. All choices share
@@ -18,11 +22,11 @@ use std::sync::Arc;
 use lcserve_proto::v1::{self, generate_response::Event};
 use tokio::sync::mpsc;
 
-use crate::Shared;
 use crate::auth::Tenant;
 use crate::error::RouterError;
 use crate::metrics::Endpoint;
 use crate::model::ServedModel;
+use crate::{Admitted, Shared};
 
 /// Merged events buffered between the choices' flows and the response.
 const CHANNEL_EVENTS: usize = 64;
@@ -30,41 +34,61 @@ const CHANNEL_EVENTS: usize = 64;
 /// One event of choice `index`.
 pub(super) type ChoiceEvent = (usize, Event);
 
-/// Starts `n ≥ 1` choices of `request`. Its errors happen before any event, so the caller
-/// answers them as plain HTTP errors.
+/// Starts `n ≥ 1` choices of each of `requests` (one per prompt). Their errors happen before
+/// any event, so the caller answers them as plain HTTP errors.
 pub(super) async fn start(
     shared: &Arc<Shared>,
     model: Arc<ServedModel>,
     tenant: &Tenant,
-    request: v1::GenerateRequest,
+    requests: Vec<v1::GenerateRequest>,
     n: usize,
     endpoint: Endpoint,
 ) -> Result<mpsc::Receiver<ChoiceEvent>, RouterError> {
-    let admitted = shared.admit(model, tenant, request, None).await?;
-    let others: Vec<_> = (1..n).map(|index| admitted.choice(index)).collect();
-    let mut first = Arc::clone(shared).launch(admitted, endpoint);
-    let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
-    let shared = Arc::clone(shared);
-    tokio::spawn(async move {
-        let event = tokio::select! {
-            event = first.recv() => event,
-            () = tx.closed() => None,
-        };
-        let Some(event) = event else { return };
-        // An error ends the whole response: starting the other choices would be wasted work.
-        let failed = matches!(event, Event::Error(_));
-        if tx.send((0, event)).await.is_err() || failed {
-            return;
-        }
-        tokio::spawn(forward(0, first, tx.clone()));
-        if tx.is_closed() {
-            return;
-        }
-        for (index, choice) in (1..).zip(others) {
-            tokio::spawn(forward(index, Arc::clone(&shared).launch(choice, endpoint), tx.clone()));
+    let batch = requests.len() > 1;
+    let admissions = requests.into_iter().enumerate().map(|(prompt, request)| {
+        let model = Arc::clone(&model);
+        async move {
+            let admitted = shared.admit(model, tenant, request, None).await;
+            admitted.map_err(|e| if batch { e.in_prompt(prompt) } else { e })
         }
     });
+    let admitted = futures_util::future::try_join_all(admissions).await?;
+    let (tx, rx) = mpsc::channel(CHANNEL_EVENTS.max(admitted.len()));
+    for (prompt, admitted) in admitted.into_iter().enumerate() {
+        tokio::spawn(run_prompt(Arc::clone(shared), admitted, prompt * n, n, endpoint, tx.clone()));
+    }
     Ok(rx)
+}
+
+/// Runs one prompt's `n` choices, numbered from `first_index`: choice 0 at once, the others
+/// once it has produced its first event.
+async fn run_prompt(
+    shared: Arc<Shared>,
+    admitted: Admitted,
+    first_index: usize,
+    n: usize,
+    endpoint: Endpoint,
+    tx: mpsc::Sender<ChoiceEvent>,
+) {
+    let others: Vec<_> = (1..n).map(|index| admitted.choice(index)).collect();
+    let mut first = Arc::clone(&shared).launch(admitted, endpoint);
+    let event = tokio::select! {
+        event = first.recv() => event,
+        () = tx.closed() => None,
+    };
+    let Some(event) = event else { return };
+    // An error ends the whole response: starting the other choices would be wasted work.
+    let failed = matches!(event, Event::Error(_));
+    if tx.send((first_index, event)).await.is_err() || failed {
+        return;
+    }
+    tokio::spawn(forward(first_index, first, tx.clone()));
+    if tx.is_closed() {
+        return;
+    }
+    for (index, choice) in (first_index + 1..).zip(others) {
+        tokio::spawn(forward(index, Arc::clone(&shared).launch(choice, endpoint), tx.clone()));
+    }
 }
 
 /// Relays choice `index`'s events until its flow ends or the response is gone.
@@ -81,17 +105,104 @@ async fn forward(index: usize, mut events: mpsc::Receiver<Event>, tx: mpsc::Send
     }
 }
 
-/// The usage of a request whose choices finished with `usages` (choice 0 first): the prompt is
-/// counted once, as OpenAI does, so prompt-side figures (prompt and cached tokens, density,
-/// time to first token) are choice 0's; what each choice did on its own (completion tokens,
-/// tokens prefilled, drafts proposed and accepted) adds up.
-pub(super) fn merged_usage(usages: &[v1::Usage]) -> v1::Usage {
-    let mut merged = usages.first().cloned().unwrap_or_default();
-    for usage in usages.iter().skip(1) {
+/// The usage of a request whose choices finished with `usages`, in choice order, `n` per
+/// prompt. Within a prompt, the prompt is counted once, as OpenAI does, so prompt-side figures
+/// (prompt and cached tokens, density, time to first token) are its choice 0's; what each
+/// choice did on its own (completion tokens, tokens prefilled, drafts proposed and accepted)
+/// adds up. Across a batch's prompts every count adds up, the time to first token is the
+/// latest prompt's, and a density is the mean of those reported, weighted by the tokens it
+/// describes.
+pub(super) fn merged_usage(usages: &[v1::Usage], n: usize) -> v1::Usage {
+    let prompts: Vec<v1::Usage> = usages.chunks(n.max(1)).map(prompt_usage).collect();
+    let [one] = prompts.as_slice() else { return batch_usage(&prompts) };
+    *one
+}
+
+/// One prompt's usage from its choices' (choice 0 first).
+fn prompt_usage(choices: &[v1::Usage]) -> v1::Usage {
+    let mut merged = choices[0];
+    for usage in &choices[1..] {
         merged.completion_tokens = merged.completion_tokens.saturating_add(usage.completion_tokens);
         merged.prefill_tokens = merged.prefill_tokens.saturating_add(usage.prefill_tokens);
         merged.speculative_proposed = merged.speculative_proposed.saturating_add(usage.speculative_proposed);
         merged.speculative_accepted = merged.speculative_accepted.saturating_add(usage.speculative_accepted);
     }
     merged
+}
+
+/// A batch's usage from its prompts'.
+fn batch_usage(prompts: &[v1::Usage]) -> v1::Usage {
+    let sum = |count: fn(&v1::Usage) -> u32| prompts.iter().map(count).fold(0u32, u32::saturating_add);
+    let cached = prompts.iter().filter_map(|p| p.cached).reduce(|a, b| v1::CachedTokens {
+        device: a.device.saturating_add(b.device),
+        host: a.host.saturating_add(b.host),
+        shared: a.shared.saturating_add(b.shared),
+    });
+    v1::Usage {
+        prompt_tokens: sum(|p| p.prompt_tokens),
+        completion_tokens: sum(|p| p.completion_tokens),
+        cached_tokens: sum(|p| p.cached_tokens),
+        cached,
+        speculative_proposed: sum(|p| p.speculative_proposed),
+        speculative_accepted: sum(|p| p.speculative_accepted),
+        prefill_density: mean_density(prompts.iter().map(|p| (p.prefill_density, p.prompt_tokens))),
+        prefill_tokens: sum(|p| p.prefill_tokens),
+        time_to_first_token_ms: prompts.iter().map(|p| p.time_to_first_token_ms).max().unwrap_or(0),
+        kv_selection_budget: prompts.iter().map(|p| p.kv_selection_budget).max().unwrap_or(0),
+        kv_selection_density: mean_density(prompts.iter().map(|p| (p.kv_selection_density, p.completion_tokens))),
+    }
+}
+
+/// The mean of `(density, tokens)` pairs weighted by their tokens, over those reported (0 is
+/// "not reported"); 0 when none is.
+fn mean_density(densities: impl Iterator<Item = (f32, u32)>) -> f32 {
+    let (mut weighted, mut tokens) = (0f64, 0f64);
+    for (density, count) in densities.filter(|&(d, _)| d > 0.0) {
+        weighted += f64::from(density) * f64::from(count);
+        tokens += f64::from(count);
+    }
+    if tokens > 0.0 { (weighted / tokens) as f32 } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(prompt: u32, completion: u32, cached: u32, ttft: u32, density: f32) -> v1::Usage {
+        v1::Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            cached_tokens: cached,
+            cached: Some(v1::CachedTokens { device: cached, host: 0, shared: 0 }),
+            prefill_tokens: prompt - cached,
+            prefill_density: density,
+            time_to_first_token_ms: ttft,
+            ..v1::Usage::default()
+        }
+    }
+
+    #[test]
+    fn a_prompt_counts_once_per_prompt_and_a_batch_adds_its_prompts_up() {
+        // One prompt, three choices: the later ones reused its KV.
+        let one = merged_usage(&[usage(100, 5, 0, 40, 0.5), usage(100, 6, 96, 9, 1.0), usage(100, 7, 96, 8, 1.0)], 3);
+        assert_eq!((one.prompt_tokens, one.completion_tokens, one.cached_tokens), (100, 18, 0));
+        assert_eq!((one.prefill_tokens, one.time_to_first_token_ms, one.prefill_density), (108, 40, 0.5));
+
+        // Two prompts of two choices each; the second prompt's density is not reported.
+        let batch = [
+            usage(100, 5, 0, 40, 0.5),
+            usage(100, 5, 96, 9, 1.0),
+            usage(300, 1, 64, 70, 0.0),
+            usage(300, 2, 296, 5, 1.0),
+        ];
+        let merged = merged_usage(&batch, 2);
+        assert_eq!((merged.prompt_tokens, merged.completion_tokens, merged.cached_tokens), (400, 13, 64));
+        assert_eq!(merged.cached.map(|c| c.device), Some(64));
+        assert_eq!(merged.prefill_tokens, 100 + 4 + 236 + 4);
+        assert_eq!(merged.time_to_first_token_ms, 70, "the latest prompt's first token");
+        assert_eq!(merged.prefill_density, 0.5, "only reported densities count");
+
+        let weighted = merged_usage(&[usage(100, 1, 0, 1, 0.5), usage(300, 1, 0, 1, 0.25)], 1);
+        assert_eq!(weighted.prefill_density, (0.5 * 100.0 + 0.25 * 300.0) / 400.0);
+    }
 }

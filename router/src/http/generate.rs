@@ -16,7 +16,7 @@ use lcserve_proto::v1::{self, generate_response::Event};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::choices::{self, ChoiceEvent, merged_usage};
+use super::choices::{self, ChoiceEvent};
 use super::openai::{self, Kind};
 use super::response::Shaper;
 use super::{authorization, error_response, event_error_json, json_response, read_body};
@@ -64,11 +64,11 @@ async fn start(
     let tenant = shared.auth.authenticate(authorization(headers))?;
     let bytes = read_body(headers, body, shared.config.max_body_bytes).await?;
     let parsed = openai::parse(&bytes).map_err(|(param, message)| RouterError::BadBody { param, message })?;
-    let (request, options) = parsed.into_generate(kind)?;
+    let (requests, options) = parsed.into_generate(kind)?;
     let model = shared.served()?;
     let (choices, stream, structured_output_field) = (options.choices, options.stream, options.structured_output_field);
     let shaper = Shaper::new(kind, &model.id, options, model.tokenizer.clone());
-    let events = choices::start(shared, model, &tenant, request, choices, endpoint)
+    let events = choices::start(shared, model, &tenant, requests, choices, endpoint)
         .await
         .map_err(|e| e.naming_structured_output(structured_output_field))?;
     Ok((events, shaper, stream))
@@ -138,8 +138,7 @@ impl SseState {
                 self.ready.push_back(data(&chunk));
                 self.finished[index] = Some(finished);
                 if let Some(all) = all_finished(&self.finished) {
-                    let usages: Vec<v1::Usage> = all.iter().map(|f| f.usage.unwrap_or_default()).collect();
-                    if let Some(usage) = self.shaper.usage_chunk(&merged_usage(&usages)) {
+                    if let Some(usage) = self.shaper.usage_chunk(&all) {
                         self.ready.push_back(data(&usage));
                     }
                     self.finish();

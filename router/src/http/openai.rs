@@ -3,7 +3,8 @@
 //!
 //! One struct serves both endpoints (they share almost every field); what differs — `prompt`
 //! vs `messages`, `logprobs` as a count vs a flag — is checked per endpoint in
-//! [`OpenAiRequest::into_generate`]. Unknown fields are ignored, as OpenAI clients send many;
+//! [`OpenAiRequest::into_generate`]. A completion may carry a batch of prompts, each becoming
+//! a request of its own with the same parameters. Unknown fields are ignored, as OpenAI clients send many;
 //! OpenAI features this server does not implement (`best_of`, chat `echo`, the deprecated `functions`)
 //! are refused with an error naming the field whenever a request actually asks for them, rather
 //! than answered as if they had been honoured. Structured output (`response_format` and vLLM's
@@ -17,7 +18,7 @@ use serde::Deserialize;
 use super::structured::{StructuredFields, StructuredOutputsField};
 use super::tools::{self, ToolCallField, ToolCalling, ToolChoiceField, ToolField};
 use crate::error::{Field, RouterError};
-use crate::validate::{MAX_CHOICES, MAX_LOGPROBS};
+use crate::validate::{MAX_CHOICES, MAX_GENERATIONS, MAX_LOGPROBS};
 
 /// Which endpoint a body was sent to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,14 +167,18 @@ pub(crate) struct ResponseOptions {
     pub include_usage: bool,
     /// Whether to report logprobs at all (and with how many alternatives, in the request).
     pub logprobs: bool,
-    /// How many choices to generate (`n`), each a flow of its own.
+    /// How many choices to generate per prompt (`n`), each a flow of its own.
     pub choices: usize,
+    /// How many prompts the request carries (a completion's batch; 1 otherwise). Choice `j`
+    /// of prompt `p` is the response's choice `p · choices + j`.
+    pub prompts: usize,
     /// The field that asked for a structured output, which edge errors about it name.
     pub structured_output_field: Option<&'static str>,
     /// How tool calls are read out of a chat answer.
     pub tool_calling: ToolCalling,
-    /// The prompt a completion starts with (`echo`); with `logprobs`, its tokens' logprobs too.
-    pub echo: Option<Echo>,
+    /// Each prompt a completion's choices start with (`echo`; empty without it); with
+    /// `logprobs`, its tokens' logprobs too.
+    pub echo: Vec<Echo>,
 }
 
 fn invalid<T>(field: Field, reason: impl Into<String>) -> Result<T, RouterError> {
@@ -181,8 +186,9 @@ fn invalid<T>(field: Field, reason: impl Into<String>) -> Result<T, RouterError>
 }
 
 impl OpenAiRequest {
-    /// Checks the endpoint-specific fields and builds the shared request.
-    pub fn into_generate(self, kind: Kind) -> Result<(v1::GenerateRequest, ResponseOptions), RouterError> {
+    /// Checks the endpoint-specific fields and builds the wire request of each prompt (one,
+    /// unless a completion sends a batch), all alike but for their input.
+    pub fn into_generate(self, kind: Kind) -> Result<(Vec<v1::GenerateRequest>, ResponseOptions), RouterError> {
         let choices = match self.n {
             None => 1,
             Some(n) if (1..=MAX_CHOICES).contains(&n) => n as usize,
@@ -206,7 +212,7 @@ impl OpenAiRequest {
             }
             Kind::Completion => tools::ToolRequest::default(),
         };
-        let (input, logprobs) = match kind {
+        let (inputs, logprobs) = match kind {
             Kind::Completion => {
                 if self.messages.is_some() {
                     return invalid(Field::Messages, "use /v1/chat/completions for messages");
@@ -218,7 +224,7 @@ impl OpenAiRequest {
                         return invalid(Field::Logprobs, format!("an integer in 0..={MAX_LOGPROBS}"));
                     }
                 };
-                (completion_input(self.prompt)?, logprobs)
+                (completion_inputs(self.prompt)?, logprobs)
             }
             Kind::Chat => {
                 if self.prompt.is_some() {
@@ -233,7 +239,7 @@ impl OpenAiRequest {
                 if logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
                     return invalid(Field::TopLogprobs, format!("at most {MAX_LOGPROBS}"));
                 }
-                (chat_input(self.messages, tool_request.tools)?, logprobs)
+                (vec![chat_input(self.messages, tool_request.tools)?], logprobs)
             }
         };
         let top_k = match self.top_k {
@@ -281,9 +287,17 @@ impl OpenAiRequest {
                 return invalid(Field::Speculation, format!("{other:?} is not off, ngram, auto, draft or self"));
             }
         };
+        let generations = inputs.len() * choices;
+        if generations > MAX_GENERATIONS {
+            let reason = format!(
+                "{} prompts × n = {choices} make {generations} generations, more than {MAX_GENERATIONS}",
+                inputs.len()
+            );
+            return invalid(Field::Text, reason);
+        }
         let request = v1::GenerateRequest {
             model: self.model.unwrap_or_default(),
-            input: Some(input),
+            input: None,
             sampling: Some(v1::SamplingParams {
                 temperature: self.temperature,
                 top_p: self.top_p,
@@ -312,11 +326,18 @@ impl OpenAiRequest {
             speculation: speculation.into(),
             kv_selection: self.kv_selection.map(kv_selection).transpose()?,
         };
-        let echo = echo.then(|| match request.input.clone() {
-            Some(Input::TokenIds(ids)) => Echo::Tokens(ids.ids),
-            Some(Input::Text(text)) => Echo::Text(text),
-            Some(Input::Chat(_)) | None => Echo::Text(String::new()),
-        });
+        let echo = if echo {
+            inputs
+                .iter()
+                .map(|input| match input {
+                    Input::TokenIds(ids) => Echo::Tokens(ids.ids.clone()),
+                    Input::Text(text) => Echo::Text(text.clone()),
+                    Input::Chat(_) => Echo::Text(String::new()),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let stream = self.stream.unwrap_or(false);
         let include_usage = self.stream_options.is_some_and(|o| o.include_usage);
         if include_usage && !stream {
@@ -327,11 +348,13 @@ impl OpenAiRequest {
             include_usage,
             logprobs: logprobs.is_some(),
             choices,
+            prompts: inputs.len(),
             structured_output_field,
             tool_calling: tool_request.calling,
             echo,
         };
-        Ok((request, options))
+        let requests = inputs.into_iter().map(|input| v1::GenerateRequest { input: Some(input), ..request.clone() });
+        Ok((requests.collect(), options))
     }
 }
 
@@ -389,20 +412,17 @@ fn kv_selection(field: KvSelectionField) -> Result<v1::KvSelection, RouterError>
     Ok(v1::KvSelection { budget, sink, window, reuse_threshold })
 }
 
-fn completion_input(prompt: Option<PromptField>) -> Result<Input, RouterError> {
-    let one = "one prompt per request (batches are not supported)";
+/// A completion's prompts: one text or token list, or a batch of either (`[]` is one empty
+/// token list, refused as any empty prompt is).
+fn completion_inputs(prompt: Option<PromptField>) -> Result<Vec<Input>, RouterError> {
     Ok(match prompt {
         None => return invalid(Field::Text, "is required"),
-        Some(PromptField::Text(text)) => Input::Text(text),
-        Some(PromptField::Tokens(ids)) => Input::TokenIds(v1::TokenIds { ids }),
-        Some(PromptField::Texts(mut texts)) => match texts.len() {
-            1 => Input::Text(texts.remove(0)),
-            _ => return invalid(Field::Text, one),
-        },
-        Some(PromptField::TokenLists(mut lists)) => match lists.len() {
-            1 => Input::TokenIds(v1::TokenIds { ids: lists.remove(0) }),
-            _ => return invalid(Field::TokenIds, one),
-        },
+        Some(PromptField::Text(text)) => vec![Input::Text(text)],
+        Some(PromptField::Tokens(ids)) => vec![Input::TokenIds(v1::TokenIds { ids })],
+        Some(PromptField::Texts(texts)) => texts.into_iter().map(Input::Text).collect(),
+        Some(PromptField::TokenLists(lists)) => {
+            lists.into_iter().map(|ids| Input::TokenIds(v1::TokenIds { ids })).collect()
+        }
     })
 }
 
@@ -461,8 +481,15 @@ pub(crate) fn parse_as<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T,
 mod tests {
     use super::*;
 
-    fn convert(json: &str, kind: Kind) -> Result<(v1::GenerateRequest, ResponseOptions), RouterError> {
+    fn convert_all(json: &str, kind: Kind) -> Result<(Vec<v1::GenerateRequest>, ResponseOptions), RouterError> {
         parse(json.as_bytes()).map_err(|(_, m)| RouterError::Internal(m))?.into_generate(kind)
+    }
+
+    /// A request of one prompt.
+    fn convert(json: &str, kind: Kind) -> Result<(v1::GenerateRequest, ResponseOptions), RouterError> {
+        let (mut requests, options) = convert_all(json, kind)?;
+        assert_eq!(requests.len(), 1, "one prompt");
+        Ok((requests.remove(0), options))
     }
 
     #[test]
@@ -484,7 +511,14 @@ mod tests {
         assert_eq!(request.cache_salt.as_deref(), Some("s"));
         assert_eq!(
             options,
-            ResponseOptions { stream: true, include_usage: true, logprobs: true, choices: 1, ..Default::default() }
+            ResponseOptions {
+                stream: true,
+                include_usage: true,
+                logprobs: true,
+                choices: 1,
+                prompts: 1,
+                ..Default::default()
+            }
         );
 
         let (chat, options) = convert(
@@ -506,7 +540,6 @@ mod tests {
         assert_eq!(field(r#"{"prompt":"a","n":17}"#, Kind::Completion), Some("n"));
         assert_eq!(field(r#"{"messages":[]}"#, Kind::Completion), Some("messages"));
         assert_eq!(field(r#"{}"#, Kind::Completion), Some("prompt"));
-        assert_eq!(field(r#"{"prompt":["a","b"]}"#, Kind::Completion), Some("prompt"));
         assert_eq!(field(r#"{"prompt":"a","logprobs":true}"#, Kind::Completion), Some("logprobs"));
         assert_eq!(field(r#"{"messages":[],"top_logprobs":2}"#, Kind::Chat), Some("top_logprobs"));
         assert_eq!(field(r#"{"messages":[],"logprobs":true,"top_logprobs":21}"#, Kind::Chat), Some("top_logprobs"));
@@ -582,11 +615,40 @@ mod tests {
             let (request, options) = convert(json, Kind::Completion).expect("valid");
             (request.sampling.and_then(|s| s.prompt_logprobs), options.echo)
         };
-        let text = Some(Echo::Text("a b".into()));
+        let text = vec![Echo::Text("a b".into())];
         assert_eq!(scored(r#"{"prompt":"a b","echo":true,"logprobs":2}"#), (Some(2), text.clone()));
         assert_eq!(scored(r#"{"prompt":"a b","echo":true}"#), (None, text));
-        assert_eq!(scored(r#"{"prompt":[5,6],"echo":true,"logprobs":0}"#), (Some(0), Some(Echo::Tokens(vec![5, 6]))));
-        assert_eq!(scored(r#"{"prompt":"a b","logprobs":2}"#), (None, None));
+        assert_eq!(scored(r#"{"prompt":[5,6],"echo":true,"logprobs":0}"#), (Some(0), vec![Echo::Tokens(vec![5, 6])]));
+        assert_eq!(scored(r#"{"prompt":"a b","logprobs":2}"#), (None, vec![]));
+    }
+
+    #[test]
+    fn a_batch_of_prompts_becomes_one_request_each() {
+        let (requests, options) =
+            convert_all(r#"{"prompt":["a","b c"],"n":2,"echo":true,"temperature":0.5}"#, Kind::Completion)
+                .expect("valid");
+        let inputs: Vec<_> = requests.iter().map(|r| r.input.clone()).collect();
+        assert_eq!(inputs, [Some(Input::Text("a".into())), Some(Input::Text("b c".into()))]);
+        assert!(requests.iter().all(|r| r.sampling.as_ref().and_then(|s| s.temperature) == Some(0.5)));
+        assert_eq!((options.prompts, options.choices), (2, 2));
+        assert_eq!(options.echo, [Echo::Text("a".into()), Echo::Text("b c".into())]);
+
+        let (lists, _) = convert_all(r#"{"prompt":[[1,2],[3]]}"#, Kind::Completion).expect("valid");
+        let ids: Vec<_> = lists.into_iter().map(|r| r.input).collect();
+        assert_eq!(
+            ids,
+            [
+                Some(Input::TokenIds(v1::TokenIds { ids: vec![1, 2] })),
+                Some(Input::TokenIds(v1::TokenIds { ids: vec![3] }))
+            ]
+        );
+        // `[1, 2]` is one prompt of two tokens, not a batch.
+        assert_eq!(convert_all(r#"{"prompt":[1,2]}"#, Kind::Completion).expect("valid").0.len(), 1);
+
+        let too_many = format!(r#"{{"prompt":{},"n":2}}"#, serde_json::json!(vec!["a"; 129]));
+        let error = convert_all(&too_many, Kind::Completion).expect_err("258 generations");
+        assert_eq!(error.field().map(Field::openai_name), Some("prompt"));
+        assert!(error.to_string().contains("258 generations"), "{error}");
     }
 
     #[test]

@@ -96,8 +96,8 @@ pub(crate) struct Shaper {
     offsets: Vec<usize>,
     /// Each chat choice's stream of content and tool-call deltas.
     deltas: Vec<ToolDeltas>,
-    /// The echoed prompt's text (`echo`).
-    echo_text: Option<String>,
+    /// Each prompt's text, echoed (`echo`; empty without it).
+    echo_texts: Vec<String>,
     /// Each choice's prompt logprobs, once they arrived (`echo` with `logprobs`).
     prompts: Vec<Option<v1::PromptLogprobs>>,
 }
@@ -108,26 +108,42 @@ impl Shaper {
             Kind::Completion => "cmpl",
             Kind::Chat => "chatcmpl",
         };
+        let choices = options.prompts * options.choices;
         Shaper {
             kind,
             id: format!("{prefix}-{:032x}", rand::random::<u128>()),
             created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             model: model.to_owned(),
-            deltas: (0..options.choices).map(|_| ToolDeltas::new(&options.tool_calling)).collect(),
-            offsets: vec![0; options.choices],
-            echo_text: options.echo.as_ref().map(|echo| match echo {
-                Echo::Text(text) => text.clone(),
-                Echo::Tokens(ids) => tokenizer.decode(ids, false).unwrap_or_default(),
-            }),
-            prompts: vec![None; options.choices],
+            deltas: (0..choices).map(|_| ToolDeltas::new(&options.tool_calling)).collect(),
+            offsets: vec![0; choices],
+            echo_texts: options
+                .echo
+                .iter()
+                .map(|echo| match echo {
+                    Echo::Text(text) => text.clone(),
+                    Echo::Tokens(ids) => tokenizer.decode(ids, false).unwrap_or_default(),
+                })
+                .collect(),
+            prompts: vec![None; choices],
             options,
             tokenizer,
         }
     }
 
-    /// How many choices the response carries (`n`).
+    /// How many choices the response carries: `n` per prompt.
     pub fn choices(&self) -> usize {
-        self.options.choices
+        self.options.prompts * self.options.choices
+    }
+
+    /// The echoed text that choice `index` starts with, if the request asked for `echo`.
+    fn echo_text(&self, index: usize) -> Option<&str> {
+        self.echo_texts.get(index / self.options.choices).map(String::as_str)
+    }
+
+    /// The request's usage from every choice's, in choice order.
+    fn usage(&self, finished: &[&v1::Finished]) -> v1::Usage {
+        let usages: Vec<v1::Usage> = finished.iter().map(|f| f.usage.unwrap_or_default()).collect();
+        merged_usage(&usages, self.options.choices)
     }
 
     fn envelope(&self, object: &str, choices: Value) -> Value {
@@ -187,7 +203,7 @@ impl Shaper {
     /// With `echo` and `logprobs`, the SSE chunk that echoes the prompt with choice `index`'s
     /// prompt logprobs.
     pub fn prompt_chunk(&mut self, index: usize, scored: &v1::PromptLogprobs) -> Option<Value> {
-        let echo = self.echo_text.clone().filter(|_| self.options.logprobs)?;
+        let echo = self.echo_text(index).filter(|_| self.options.logprobs)?.to_owned();
         let logprobs = self.logprobs(index, &scored.tokens);
         let choice = json!({ "index": index, "text": echo, "logprobs": logprobs, "finish_reason": null });
         Some(self.envelope(self.chunk_object(), json!([choice])))
@@ -202,11 +218,14 @@ impl Shaper {
     /// completion's echoed prompt when it has no logprobs (with them, [`Self::prompt_chunk`]).
     pub fn opening_chunks(&self) -> Vec<Value> {
         if self.kind != Kind::Chat {
-            let Some(echo) = self.echo_text.as_ref().filter(|_| !self.options.logprobs) else { return Vec::new() };
+            if self.options.logprobs {
+                return Vec::new();
+            }
             return (0..self.choices())
-                .map(|index| {
+                .filter_map(|index| {
+                    let echo = self.echo_text(index)?;
                     let choice = json!({ "index": index, "text": echo, "logprobs": null, "finish_reason": null });
-                    self.envelope(self.chunk_object(), json!([choice]))
+                    Some(self.envelope(self.chunk_object(), json!([choice])))
                 })
                 .collect();
         }
@@ -261,11 +280,11 @@ impl Shaper {
     }
 
     /// The trailing usage chunk of `stream_options.include_usage`, with the whole request's
-    /// `usage`.
-    pub fn usage_chunk(&self, usage: &v1::Usage) -> Option<Value> {
+    /// usage from every choice's finish.
+    pub fn usage_chunk(&self, finished: &[&v1::Finished]) -> Option<Value> {
         self.options.include_usage.then(|| {
             let mut chunk = self.envelope(self.chunk_object(), json!([]));
-            chunk["usage"] = usage_json(usage);
+            chunk["usage"] = usage_json(&self.usage(finished));
             chunk
         })
     }
@@ -274,7 +293,7 @@ impl Shaper {
     pub fn complete(&mut self, tokens: &[Vec<v1::Token>], finished: &[&v1::Finished]) -> Value {
         let mut choices = Vec::with_capacity(finished.len());
         for (index, (tokens, finished)) in tokens.iter().zip(finished).enumerate() {
-            let mut text = self.echo_text.clone().unwrap_or_default();
+            let mut text = self.echo_text(index).unwrap_or_default().to_owned();
             text.extend(tokens.iter().map(|t| t.text.as_str()));
             text.push_str(&finished.text);
             let logprobs = match self.prompts[index].take() {
@@ -302,8 +321,7 @@ impl Shaper {
             Kind::Chat => "chat.completion",
         };
         let mut body = self.envelope(object, Value::Array(choices));
-        let usages: Vec<v1::Usage> = finished.iter().map(|f| f.usage.unwrap_or_default()).collect();
-        body["usage"] = usage_json(&merged_usage(&usages));
+        body["usage"] = usage_json(&self.usage(finished));
         body
     }
 }
