@@ -666,6 +666,20 @@ async fn echo_returns_the_prompt_with_its_logprobs_scored_by_a_decode_worker() {
         .collect();
     assert_eq!(text, format!("{prompt} w1 w100"));
 
+    // `max_tokens: 0` answers with the scored prompt alone, streamed or whole.
+    let body = json!({ "prompt": prompt, "max_tokens": 0, "echo": true, "logprobs": 1 }).to_string();
+    let value = post(router.http, "/v1/completions", &body).await.json();
+    let choice = &value["choices"][0];
+    assert_eq!((&choice["text"], &choice["finish_reason"]), (&json!(prompt), &json!("length")), "{value}");
+    assert_eq!(choice["logprobs"]["token_logprobs"].as_array().map(Vec::len), Some(20), "{value}");
+    assert_eq!((&value["usage"]["prompt_tokens"], &value["usage"]["completion_tokens"]), (&json!(20), &json!(0)));
+    let body = json!({ "prompt": prompt, "max_tokens": 0, "echo": true, "stream": true });
+    let data = post(router.http, "/v1/completions", &body.to_string()).await.sse_data();
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).expect("chunk")).collect();
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    assert_eq!(text, prompt);
+    assert_eq!(chunks.last().map(|c| &c["choices"][0]["finish_reason"]), Some(&json!("length")));
+
     // Without logprobs nothing is scored; chat has no echo.
     let body = json!({ "prompt": "w10 w11", "max_tokens": 1, "echo": true }).to_string();
     assert_eq!(post(router.http, "/v1/completions", &body).await.json()["choices"][0]["text"], "w10 w11 w1");

@@ -7,8 +7,8 @@ Sends the token ids in the JSON list PROMPT_IDS with `echo`, `logprobs: 5` and o
 then, for each position k in the JSON list POSITIONS, the first k ids alone, with `logprobs: 5`,
 so that its first generated token's alternatives can be compared with the echoed prompt's at k;
 then all those prefixes and the whole prompt as one batch with `echo` and `logprobs: 1`, as
-lm-eval's `local-completions` sends its loglikelihood requests. Prints what came back as one
-JSON object.
+lm-eval's `local-completions` sends its loglikelihood requests; and the whole prompt with
+`max_tokens: 0`, which scores it without generating. Prints what came back as one JSON object.
 """
 
 import json
@@ -29,6 +29,7 @@ def main(base_url, prompt_ids, positions):
         prefixes[str(k)] = prefix.choices[0].logprobs.top_logprobs[0]
     prompts = [ids[:k] for k in json.loads(positions)] + [ids]
     batch = client.completions.create(model=model, prompt=prompts, echo=True, logprobs=1, max_tokens=1, temperature=0)
+    only = client.completions.create(model=model, prompt=ids, echo=True, logprobs=1, max_tokens=0)
     print(json.dumps({
         "text": choice.text,
         "tokens": choice.logprobs.tokens,
@@ -38,6 +39,11 @@ def main(base_url, prompt_ids, positions):
         "prefixes": prefixes,
         "batch": [{"index": c.index, "token_logprobs": c.logprobs.token_logprobs} for c in batch.choices],
         "batch_prompt_tokens": batch.usage.prompt_tokens,
+        "scored_only": {
+            "text": only.choices[0].text,
+            "token_logprobs": only.choices[0].logprobs.token_logprobs,
+            "completion_tokens": only.usage.completion_tokens,
+        },
     }))
 
 

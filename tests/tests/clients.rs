@@ -79,7 +79,8 @@ fn the_openai_package_streams_a_chat_completion() {
 
 /// `openai_echo.py`: `echo` with `logprobs` scores every prompt token after the first, and the
 /// alternatives at position k are those of a request whose prompt is the first k tokens; a
-/// batch of prompts scores each as it would be scored alone.
+/// batch of prompts scores each as it would be scored alone; `max_tokens: 0` returns the scored
+/// prompt alone.
 fn scores_a_prompt_through_the_openai_package(cluster: &Cluster) {
     let text = "The capital of France is Paris. The capital of Italy is Rome, and the capital of Spain is Madrid.";
     let ids = cluster.model.tokenizer.encode(text, false).expect("encode");
@@ -133,6 +134,9 @@ fn scores_a_prompt_through_the_openai_package(cluster: &Cluster) {
             assert!(gap < 1e-3, "prompt {index}, token {}: {a} vs {b}: {got}", j + 1);
         }
     }
+    let only = &got["scored_only"];
+    assert_eq!((&only["text"], &only["completion_tokens"]), (&json!(text), &json!(0)), "{got}");
+    assert_eq!(only["token_logprobs"].as_array(), Some(&logprobs[..ids.len()].to_vec()), "{got}");
 }
 
 /// `openai_tools.py` on the same deployment: forced calls come back as `tool_calls` whose

@@ -179,6 +179,9 @@ pub(crate) struct ResponseOptions {
     /// Each prompt a completion's choices start with (`echo`; empty without it); with
     /// `logprobs`, its tokens' logprobs too.
     pub echo: Vec<Echo>,
+    /// `echo` with `max_tokens: 0`: the answer is the prompt alone (scoring it, with
+    /// `logprobs`). The workers still sample one token, which the response leaves out.
+    pub echo_only: bool,
 }
 
 fn invalid<T>(field: Field, reason: impl Into<String>) -> Result<T, RouterError> {
@@ -266,6 +269,11 @@ impl OpenAiRequest {
             (None, Some(forced)) => (Some(forced), Some("tools")),
             (None, None) => (None, None),
         };
+        let max_tokens = self.max_completion_tokens.or(self.max_tokens);
+        let echo_only = echo && max_tokens == Some(0);
+        if echo_only && self.min_tokens.is_some_and(|n| n > 0) {
+            return invalid(Field::MinTokens, "exceeds max_tokens 0");
+        }
         let stop = match self.stop {
             None => Vec::new(),
             Some(StopField::One(s)) => vec![s],
@@ -314,7 +322,8 @@ impl OpenAiRequest {
                 prompt_logprobs: logprobs.filter(|_| echo),
             }),
             stop: Some(v1::StopConditions {
-                max_tokens: self.max_completion_tokens.or(self.max_tokens),
+                // The engine answers a prompt with at least one token.
+                max_tokens: if echo_only { Some(1) } else { max_tokens },
                 stop_token_ids: self.stop_token_ids.unwrap_or_default(),
                 stop,
                 ignore_eos: self.ignore_eos.unwrap_or(false),
@@ -352,6 +361,7 @@ impl OpenAiRequest {
             structured_output_field,
             tool_calling: tool_request.calling,
             echo,
+            echo_only,
         };
         let requests = inputs.into_iter().map(|input| v1::GenerateRequest { input: Some(input), ..request.clone() });
         Ok((requests.collect(), options))
@@ -620,6 +630,14 @@ mod tests {
         assert_eq!(scored(r#"{"prompt":"a b","echo":true}"#), (None, text));
         assert_eq!(scored(r#"{"prompt":[5,6],"echo":true,"logprobs":0}"#), (Some(0), vec![Echo::Tokens(vec![5, 6])]));
         assert_eq!(scored(r#"{"prompt":"a b","logprobs":2}"#), (None, vec![]));
+
+        // `max_tokens: 0` scores the prompt alone; without `echo` it asks for nothing.
+        let (request, options) = convert(r#"{"prompt":"a","echo":true,"max_tokens":0}"#, Kind::Completion).expect("ok");
+        assert_eq!((request.stop.and_then(|s| s.max_tokens), options.echo_only), (Some(1), true));
+        let (request, options) = convert(r#"{"prompt":"a","max_tokens":0}"#, Kind::Completion).expect("checked later");
+        assert_eq!((request.stop.and_then(|s| s.max_tokens), options.echo_only), (Some(0), false));
+        let min = convert(r#"{"prompt":"a","echo":true,"max_tokens":0,"min_tokens":1}"#, Kind::Completion);
+        assert_eq!(min.err().and_then(|e| e.field()), Some(Field::MinTokens));
     }
 
     #[test]

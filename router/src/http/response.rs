@@ -140,10 +140,20 @@ impl Shaper {
         self.echo_texts.get(index / self.options.choices).map(String::as_str)
     }
 
-    /// The request's usage from every choice's, in choice order.
+    /// The request's usage from every choice's, in choice order; with `echo_only` no
+    /// completion token counts, as none is returned.
     fn usage(&self, finished: &[&v1::Finished]) -> v1::Usage {
-        let usages: Vec<v1::Usage> = finished.iter().map(|f| f.usage.unwrap_or_default()).collect();
+        let usages: Vec<v1::Usage> = finished
+            .iter()
+            .map(|f| f.usage.unwrap_or_default())
+            .map(|u| if self.options.echo_only { v1::Usage { completion_tokens: 0, ..u } } else { u })
+            .collect();
         merged_usage(&usages, self.options.choices)
+    }
+
+    /// A completion's finish reason: an `echo_only` answer ends at its `max_tokens` of 0.
+    fn completion_finish_reason(&self, finished: &v1::Finished) -> &'static str {
+        if self.options.echo_only { "length" } else { finish_reason(finished.reason) }
     }
 
     fn envelope(&self, object: &str, choices: Value) -> Value {
@@ -241,6 +251,9 @@ impl Shaper {
     /// The SSE chunk of one token event of choice `index`; `None` when it has nothing to send
     /// (no text yet, or text held back as a possible tool call, and no logprobs).
     pub fn token_chunk(&mut self, index: usize, token: &v1::Token) -> Option<Value> {
+        if self.options.echo_only {
+            return None;
+        }
         let logprobs = self.logprobs(index, std::slice::from_ref(token));
         let choice = match self.kind {
             Kind::Completion => {
@@ -265,9 +278,9 @@ impl Shaper {
         let choice = match self.kind {
             Kind::Completion => json!({
                 "index": index,
-                "text": finished.text,
+                "text": if self.options.echo_only { "" } else { &finished.text },
                 "logprobs": null,
-                "finish_reason": finish_reason(finished.reason),
+                "finish_reason": self.completion_finish_reason(finished),
             }),
             Kind::Chat => {
                 let deltas = &mut self.deltas[index];
@@ -294,8 +307,11 @@ impl Shaper {
         let mut choices = Vec::with_capacity(finished.len());
         for (index, (tokens, finished)) in tokens.iter().zip(finished).enumerate() {
             let mut text = self.echo_text(index).unwrap_or_default().to_owned();
+            let tokens: &[v1::Token] = if self.options.echo_only { &[] } else { tokens };
             text.extend(tokens.iter().map(|t| t.text.as_str()));
-            text.push_str(&finished.text);
+            if !self.options.echo_only {
+                text.push_str(&finished.text);
+            }
             let logprobs = match self.prompts[index].take() {
                 Some(prompt) => {
                     let mut all = prompt.tokens;
@@ -306,7 +322,7 @@ impl Shaper {
             };
             choices.push(match self.kind {
                 Kind::Completion => {
-                    let reason = finish_reason(finished.reason);
+                    let reason = self.completion_finish_reason(finished);
                     json!({ "index": index, "text": text, "logprobs": logprobs, "finish_reason": reason })
                 }
                 Kind::Chat => {
