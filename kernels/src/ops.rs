@@ -37,9 +37,9 @@ fn sum_sq(x: &[f32], avx2: bool) -> f32 {
 }
 
 /// `cos`/`sin` of `position × inv_freq[i]` for every position below `max_positions`, laid out
-/// `[position][pair]`. The caller computes `inv_freq` (base, scaling variants such as Llama-3
-/// or YaRN stay in the model crate); `2 × inv_freq.len()` dimensions of each head rotate,
-/// the rest pass through (partial rotary).
+/// `[position][pair]`, optionally scaled by an attention factor. The caller computes `inv_freq`
+/// (base, scaling variants such as Llama-3 or YaRN stay in the model crate); `2 ×
+/// inv_freq.len()` dimensions of each head rotate, the rest pass through (partial rotary).
 #[derive(Debug, Clone)]
 pub struct RopeTable {
     /// `cos[p * pairs + i]`.
@@ -53,14 +53,21 @@ pub struct RopeTable {
 impl RopeTable {
     /// Precomputes the table for positions `0..max_positions`.
     pub fn new(inv_freq: &[f32], max_positions: usize) -> Self {
+        Self::with_attention_factor(inv_freq, max_positions, 1.0)
+    }
+
+    /// [`Self::new`] with `cos` and `sin` multiplied by `factor`, so that rotating a vector
+    /// also scales it (YaRN's attention temperature: rotated queries and keys both carry it,
+    /// so attention logits carry its square). A factor of 1 gives exactly [`Self::new`].
+    pub fn with_attention_factor(inv_freq: &[f32], max_positions: usize, factor: f32) -> Self {
         let pairs = inv_freq.len();
         let mut cos = Vec::with_capacity(pairs * max_positions);
         let mut sin = Vec::with_capacity(pairs * max_positions);
         for p in 0..max_positions {
             for &f in inv_freq {
                 let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
+                cos.push(a.cos() * factor);
+                sin.push(a.sin() * factor);
             }
         }
         Self { cos, sin, pairs, max_positions }

@@ -139,6 +139,17 @@ fn rope_scaling_json(path: &Path, scaling: &RopeScaling) -> Result<Value> {
             "high_freq_factor": f32_json(*high_freq_factor),
             "original_max_position_embeddings": original_max_position,
         }),
+        RopeScaling::Yarn { factor, original_max_position, beta_fast, beta_slow, attention_factor, truncate } => {
+            json!({
+                "rope_type": "yarn",
+                "factor": f32_json(*factor),
+                "original_max_position_embeddings": original_max_position,
+                "beta_fast": f32_json(*beta_fast),
+                "beta_slow": f32_json(*beta_slow),
+                "attention_factor": f32_json(*attention_factor),
+                "truncate": truncate,
+            })
+        }
         RopeScaling::FreqDivisors { .. } => {
             return Err(ModelError::InvalidGguf {
                 path: path.to_owned(),

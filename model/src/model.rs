@@ -138,7 +138,7 @@ impl Model {
             fingerprint: fingerprint.to_string(),
             config: config.clone(),
         };
-        let rope = RopeTable::new(&config.rope.inv_freq(config.head_dim, config.context_length), config.context_length);
+        let rope = config.rope.table(config.head_dim, config.context_length);
         Ok(Self {
             config,
             weights,
@@ -157,7 +157,7 @@ impl Model {
     /// for long-context benchmarks of a short-context model.
     pub fn set_context_length(&mut self, positions: usize) {
         self.config.context_length = positions;
-        self.rope = RopeTable::new(&self.config.rope.inv_freq(self.config.head_dim, positions), positions);
+        self.rope = self.config.rope.table(self.config.head_dim, positions);
     }
 
     /// Keeps only the first `layers` layers (analysis and benchmarks of one layer on real

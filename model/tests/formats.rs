@@ -339,6 +339,31 @@ fn rope_scaling_variants_parse_and_unknown_ones_are_refused() {
         ),
         (json!({"rope_type": "default"}), RopeScaling::None),
         (Value::Null, RopeScaling::None),
+        // Qwen2.5's long-context setting, with the paper's defaults filled in.
+        (
+            json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 4096}),
+            RopeScaling::Yarn {
+                factor: 4.0,
+                original_max_position: 4096,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                attention_factor: 1.0 + 0.1 * 4f32.ln(),
+                truncate: true,
+            },
+        ),
+        // DeepSeek's: no factor (max_position_embeddings over the original), its own mscales.
+        (
+            json!({"rope_type": "yarn", "original_max_position_embeddings": 1024, "mscale": 0.707, "mscale_all_dim": 0.707,
+                   "beta_fast": 16, "truncate": false}),
+            RopeScaling::Yarn {
+                factor: 4.0,
+                original_max_position: 1024,
+                beta_fast: 16.0,
+                beta_slow: 1.0,
+                attention_factor: 1.0,
+                truncate: false,
+            },
+        ),
     ];
     for (i, (json, expected)) in cases.into_iter().enumerate() {
         let case = with_config(dir.path(), &hf_dir, &format!("rope{i}"), |c| {
@@ -346,10 +371,22 @@ fn rope_scaling_variants_parse_and_unknown_ones_are_refused() {
         });
         assert_eq!(HfSource::open(&case).expect("open").config().rope.scaling, expected);
     }
-    let case = with_config(dir.path(), &hf_dir, "yarn", |c| {
+    // YaRN runs on the extended context when the config states the original one.
+    let case = with_config(dir.path(), &hf_dir, "yarn-context", |c| {
         c.insert("rope_scaling".into(), json!({"rope_type": "yarn", "factor": 4.0}));
     });
-    assert_names(&open_err(&case), "config.json", &["rope_scaling", "yarn"]);
+    assert_eq!(HfSource::open(&case).expect("open").config().context_length, 4 * 4096);
+    let case = with_config(dir.path(), &hf_dir, "longrope", |c| {
+        c.insert("rope_scaling".into(), json!({"rope_type": "longrope", "factor": 4.0}));
+    });
+    assert_names(&open_err(&case), "config.json", &["rope_scaling", "longrope"]);
+    let case = with_config(dir.path(), &hf_dir, "yarn-zero", |c| {
+        c.insert(
+            "rope_scaling".into(),
+            json!({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 0}),
+        );
+    });
+    assert_names(&open_err(&case), "config.json", &["rope_scaling.original_max_position_embeddings"]);
     let case = with_config(dir.path(), &hf_dir, "llama3-partial", |c| {
         c.insert("rope_scaling".into(), json!({"rope_type": "llama3", "factor": 8.0}));
     });

@@ -11,7 +11,7 @@ use lcserve_kernels::{QuantType, WeightData};
 use memmap2::Mmap;
 
 use super::{TensorSource, WeightTensor};
-use crate::config::{Architecture, ModelConfig, RopeConfig, RopeLayout, RopeScaling};
+use crate::config::{Architecture, ModelConfig, RopeConfig, RopeLayout, RopeScaling, YARN_BETAS, yarn_mscale};
 use crate::error::{ModelError, Result};
 
 /// An opened GGUF file.
@@ -170,8 +170,9 @@ impl GgufSource {
         let embedding = self.tensor("token_embd.weight")?;
         let vocab_size = embedding.shape.first().copied().unwrap_or(0);
         let rope_theta = self.optional(&key("rope.freq_base"), Self::f32)?.unwrap_or(10_000.0);
-        let context_length = self.usize(&key("context_length"))?;
-        let scaling = self.rope_scaling(arch_name, context_length)?;
+        let stated_context = self.usize(&key("context_length"))?;
+        let scaling = self.rope_scaling(arch_name, stated_context)?;
+        let context_length = scaling.context_length(stated_context);
         let config = ModelConfig {
             architecture,
             hidden_size,
@@ -215,12 +216,41 @@ impl GgufSource {
             (None | Some("none"), _) | (_, None) => RopeScaling::None,
             (Some("linear"), Some(factor)) => RopeScaling::Linear { factor },
             (Some("dynamic"), Some(factor)) => RopeScaling::DynamicNtk { factor, original_max_position: original },
+            (Some("yarn"), Some(factor)) => self.yarn(arch, factor, original)?,
             (Some(other), _) => {
                 return Err(ModelError::InvalidMetadata {
                     key: format!("{arch}.rope.scaling.type"),
-                    reason: format!("unsupported RoPE scaling {other:?} (supported: none, linear, dynamic)"),
+                    reason: format!("unsupported RoPE scaling {other:?} (supported: none, linear, dynamic, yarn)"),
                 });
             }
+        })
+    }
+
+    /// YaRN as llama.cpp records it: its betas when given, the attention factor `0.1 ln(factor)
+    /// + 1` times `yarn_attn_factor`. DeepSeek's log multiplier and a partial ramp
+    /// (`yarn_ext_factor` other than 1) are refused rather than run wrong.
+    fn yarn(&self, arch: &str, factor: f32, original: usize) -> Result<RopeScaling> {
+        let key = |suffix: &str| format!("{arch}.rope.scaling.{suffix}");
+        for (name, neutral) in [("yarn_log_multiplier", 0.0), ("yarn_ext_factor", 1.0)] {
+            if let Some(value) = self.optional(&key(name), Self::f32)?
+                && value != neutral
+                && !(name == "yarn_ext_factor" && value < 0.0)
+            {
+                return Err(ModelError::InvalidMetadata {
+                    key: key(name),
+                    reason: format!("YaRN with {name} {value} is not supported"),
+                });
+            }
+        }
+        let attention_factor = self.optional(&key("yarn_attn_factor"), Self::f32)?.unwrap_or(1.0);
+        Ok(RopeScaling::Yarn {
+            factor,
+            original_max_position: original,
+            beta_fast: self.optional(&key("yarn_beta_fast"), Self::f32)?.unwrap_or(YARN_BETAS.0),
+            beta_slow: self.optional(&key("yarn_beta_slow"), Self::f32)?.unwrap_or(YARN_BETAS.1),
+            attention_factor: yarn_mscale(factor, 1.0) * attention_factor,
+            // llama.cpp rounds the ramp's bounds outwards.
+            truncate: true,
         })
     }
 }

@@ -21,7 +21,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::{Map, Value};
 
 use super::{TensorSource, WeightTensor};
-use crate::config::{Architecture, ModelConfig, RopeConfig, RopeLayout, RopeScaling};
+use crate::config::{Architecture, ModelConfig, RopeConfig, RopeLayout, RopeScaling, YARN_BETAS, yarn_mscale};
 use crate::error::{ModelError, Result};
 
 const CONFIG_FILE: &str = "config.json";
@@ -368,7 +368,9 @@ fn parse_config(path: &Path, map: &Map<String, Value>, tied: bool, has_qkv_bias:
     if num_heads == 0 {
         return Err(fields.error("num_attention_heads", "must be positive"));
     }
-    let context_length = fields.usize("max_position_embeddings")?;
+    let max_position = fields.usize("max_position_embeddings")?;
+    let scaling = parse_rope_scaling(&fields, max_position)?;
+    let context_length = scaling.context_length(max_position);
     let config = ModelConfig {
         architecture,
         hidden_size,
@@ -382,7 +384,7 @@ fn parse_config(path: &Path, map: &Map<String, Value>, tied: bool, has_qkv_bias:
         rms_norm_eps: fields.f32("rms_norm_eps")?,
         rope: RopeConfig {
             theta: fields.opt_f32("rope_theta")?.unwrap_or(10_000.0),
-            scaling: parse_rope_scaling(&fields, context_length)?,
+            scaling,
             layout: RopeLayout::Halves,
         },
         tie_embeddings: tied || fields.opt_bool("tie_word_embeddings")?.unwrap_or(false),
@@ -418,12 +420,44 @@ fn parse_rope_scaling(fields: &Fields<'_>, max_position: usize) -> Result<RopeSc
             high_freq_factor: scaling.f32("high_freq_factor")?,
             original_max_position: scaling.usize("original_max_position_embeddings")?,
         },
+        "yarn" => parse_yarn(&scaling, max_position)?,
         other => {
             return Err(scaling.error(
                 "rope_type",
-                format!("unsupported RoPE scaling {other:?} (supported: default, linear, dynamic, llama3)"),
+                format!("unsupported RoPE scaling {other:?} (supported: default, linear, dynamic, llama3, yarn)"),
             ));
         }
+    })
+}
+
+/// YaRN as transformers reads it: without `factor`, the ratio of `max_position_embeddings` to
+/// the original (DeepSeek's configs); without `attention_factor`, `mscale` over
+/// `mscale_all_dim` when both are given, else `0.1 ln(factor) + 1`.
+fn parse_yarn(scaling: &Fields<'_>, max_position: usize) -> Result<RopeScaling> {
+    let original = scaling.opt_usize("original_max_position_embeddings")?.unwrap_or(max_position);
+    if original == 0 {
+        return Err(scaling.error("original_max_position_embeddings", "must be positive"));
+    }
+    let factor = match scaling.opt_f32("factor")? {
+        Some(factor) => factor,
+        None => (max_position as f64 / original as f64) as f32,
+    };
+    let attention_factor = match scaling.opt_f32("attention_factor")? {
+        Some(given) => given,
+        None => match (scaling.opt_f32("mscale")?, scaling.opt_f32("mscale_all_dim")?) {
+            (Some(m), Some(all)) if m != 0.0 && all != 0.0 => yarn_mscale(factor, m) / yarn_mscale(factor, all),
+            _ => yarn_mscale(factor, 1.0),
+        },
+    };
+    // transformers treats 0 as absent here (`get("beta_fast") or 32`).
+    let beta = |name, default| Ok::<_, ModelError>(scaling.opt_f32(name)?.filter(|&b| b != 0.0).unwrap_or(default));
+    Ok(RopeScaling::Yarn {
+        factor,
+        original_max_position: original,
+        beta_fast: beta("beta_fast", YARN_BETAS.0)?,
+        beta_slow: beta("beta_slow", YARN_BETAS.1)?,
+        attention_factor,
+        truncate: scaling.opt_bool("truncate")?.unwrap_or(true),
     })
 }
 

@@ -38,7 +38,10 @@ impl Reference {
             RopeScaling::None => {
                 (0..d / 2).map(|i| (config.rope.theta as f64).powf(-2.0 * i as f64 / d as f64)).collect()
             }
-            // Scaled variants: the config's own frequencies (the reference checks the rest).
+            RopeScaling::Yarn { factor, original_max_position, beta_fast, beta_slow, truncate, .. } => {
+                yarn_inv_freq(config.rope.theta, d, factor, original_max_position, (beta_fast, beta_slow), truncate)
+            }
+            // Other scaled variants: the config's own frequencies (the reference checks the rest).
             _ => config.rope.inv_freq(d, config.context_length).into_iter().map(f64::from).collect(),
         };
         Self { config, tensors, inv_freq }
@@ -99,6 +102,8 @@ impl Reference {
     pub fn logits_from(&self, tokens: &[u32], first: usize) -> Vec<Vec<f64>> {
         let c = &self.config;
         let (d, hidden) = (c.head_dim, c.hidden_size);
+        // YaRN scales queries and keys alike: their product, the logit, by its square.
+        let logit_scale = (c.rope.attention_factor() as f64).powi(2) / (d as f64).sqrt();
         let embed = self.w("token_embd.weight");
         let mut xs: Vec<Vec<f64>> =
             tokens.iter().map(|&t| embed[t as usize * hidden..(t as usize + 1) * hidden].to_vec()).collect();
@@ -125,7 +130,7 @@ impl Reference {
                     let scores: Vec<f64> = (0..=pos)
                         .map(|j| {
                             q.iter().zip(&ks[j][kv_head * d..(kv_head + 1) * d]).map(|(a, b)| a * b).sum::<f64>()
-                                / (d as f64).sqrt()
+                                * logit_scale
                         })
                         .collect();
                     let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -150,4 +155,37 @@ impl Reference {
         let head = if c.tie_embeddings { "token_embd.weight" } else { "output.weight" };
         xs[first..].iter().map(|x| self.matvec(head, &self.rms_norm(x, "output_norm.weight"))).collect()
     }
+}
+
+/// YaRN's inverse frequencies in f64, from the paper's description: pair `i`'s frequency kept
+/// where it turns more than `beta_fast` times over the original context, divided by `factor`
+/// where it turns fewer than `beta_slow` times, linearly mixed in between.
+fn yarn_inv_freq(
+    theta: f32,
+    d: usize,
+    factor: f32,
+    original: usize,
+    (beta_fast, beta_slow): (f32, f32),
+    truncate: bool,
+) -> Vec<f64> {
+    let (theta, dim) = (theta as f64, d as f64);
+    let turning =
+        |turns: f32| dim * (original as f64 / (2.0 * std::f64::consts::PI * turns as f64)).ln() / (2.0 * theta.ln());
+    let (mut low, mut high) = (turning(beta_fast), turning(beta_slow));
+    if truncate {
+        low = low.floor();
+        high = high.ceil();
+    }
+    low = low.max(0.0);
+    high = high.min(dim - 1.0);
+    if low == high {
+        high += 0.001;
+    }
+    (0..d / 2)
+        .map(|i| {
+            let freq = theta.powf(-2.0 * i as f64 / dim);
+            let interpolated = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+            freq * (1.0 - interpolated) + freq / factor as f64 * interpolated
+        })
+        .collect()
 }
