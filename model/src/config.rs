@@ -4,13 +4,16 @@ use lcserve_kernels::ops::RopeTable;
 use serde::Serialize;
 
 /// Families the forward pass implements. They differ only in details the config captures
-/// (q/k/v bias, RoPE layout), so one forward pass serves all of them.
+/// (q/k/v bias, q/k norms, RoPE layout, head size), so one forward pass serves all of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
     Llama,
     Mistral,
     Qwen2,
+    /// Qwen3's dense models: qwen2 without q/k/v biases, with an RMSNorm over each query and
+    /// key head before RoPE, and heads not tied to `hidden_size / num_heads`.
+    Qwen3,
 }
 
 impl Architecture {
@@ -20,6 +23,7 @@ impl Architecture {
             "llama" => Some(Self::Llama),
             "mistral" => Some(Self::Mistral),
             "qwen2" => Some(Self::Qwen2),
+            "qwen3" => Some(Self::Qwen3),
             _ => None,
         }
     }
@@ -29,6 +33,7 @@ impl Architecture {
             Self::Llama => "llama",
             Self::Mistral => "mistral",
             Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
         }
     }
 }
@@ -233,6 +238,11 @@ pub struct ModelConfig {
     pub tie_embeddings: bool,
     /// q/k/v projections carry a bias (qwen2).
     pub qkv_bias: bool,
+    /// Each query and key head is RMS-normalized (its own `head_dim` weights) before RoPE
+    /// (qwen3). Left out of the serialized config when off, so the fingerprints of the other
+    /// families' models stay what they were.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub qk_norm: bool,
 }
 
 impl ModelConfig {

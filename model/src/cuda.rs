@@ -59,6 +59,8 @@ struct DeviceLayer {
     v: DeviceMatrix,
     /// q, k and v biases (qwen2).
     qkv_bias: Option<[CudaSlice<f32>; 3]>,
+    /// Query-head and key-head RMSNorm weights (qwen3).
+    qk_norm: Option<[CudaSlice<f32>; 2]>,
     attn_output: DeviceMatrix,
     ffn_norm: CudaSlice<f32>,
     gate: DeviceMatrix,
@@ -267,8 +269,14 @@ impl DeviceModel {
                 let (k_bias, v_bias) = kv_bias.split_at(kv_dim);
                 Some([device.upload(q_bias)?, device.upload(k_bias)?, device.upload(v_bias)?])
             };
+            let qk_norm = if layer.q_norm.is_empty() {
+                None
+            } else {
+                Some([device.upload(&layer.q_norm)?, device.upload(&layer.k_norm)?])
+            };
             layers.push(DeviceLayer {
                 attn_norm: device.upload(&layer.attn_norm)?,
+                qk_norm,
                 q: part(&qkv, 0..q_dim)?,
                 k: part(&qkv, q_dim..q_dim + kv_dim)?,
                 v: part(&qkv, q_dim + kv_dim..q_dim + 2 * kv_dim)?,
@@ -356,6 +364,11 @@ impl DeviceModel {
         let (mut h, mut proj) = (zeros(total * hidden)?, zeros(total * hidden)?);
         let (mut q, mut attn) = (zeros(total * q_dim)?, zeros(total * q_dim)?);
         let (mut k, mut v) = (zeros(total * kv_dim)?, zeros(total * kv_dim)?);
+        // Swapped with q and k when the model normalizes their heads.
+        let mut normed = match self.layers.first().is_some_and(|layer| layer.qk_norm.is_some()) {
+            true => Some((zeros(total * q_dim)?, zeros(total * kv_dim)?)),
+            false => None,
+        };
         let (mut gate, mut up, mut act) = (zeros(total * ffn)?, zeros(total * ffn)?, zeros(total * ffn)?);
         let mut sequences =
             batch.iter().map(|seq| SequenceBuffers::new(device, seq, q_dim, kv_dim)).collect::<Result<Vec<_>>>()?;
@@ -368,6 +381,13 @@ impl DeviceModel {
                 cuda::add_rows(device, &mut q, q_bias)?;
                 cuda::add_rows(device, &mut k, k_bias)?;
                 cuda::add_rows(device, &mut v, v_bias)?;
+            }
+            if let (Some([q_norm, k_norm]), Some((normed_q, normed_k))) = (&layer.qk_norm, &mut normed) {
+                // Rows of `head_dim`: every head of every token, normalized on its own.
+                cuda::rms_norm(device, &q, q_norm, cfg.rms_norm_eps, normed_q)?;
+                cuda::rms_norm(device, &k, k_norm, cfg.rms_norm_eps, normed_k)?;
+                std::mem::swap(&mut q, normed_q);
+                std::mem::swap(&mut k, normed_k);
             }
             cuda::rope(device, self.rope_style, &mut q, cfg.num_heads, cfg.head_dim, &positions, &self.rope)?;
             cuda::rope(device, self.rope_style, &mut k, cfg.num_kv_heads, cfg.head_dim, &positions, &self.rope)?;

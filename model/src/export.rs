@@ -93,6 +93,7 @@ fn config_json(config: &ModelConfig, rope_scaling: Value, bos: Option<u32>, eos:
         Architecture::Llama => "LlamaForCausalLM",
         Architecture::Mistral => "MistralForCausalLM",
         Architecture::Qwen2 => "Qwen2ForCausalLM",
+        Architecture::Qwen3 => "Qwen3ForCausalLM",
     };
     let mut value = json!({
         "architectures": [class],

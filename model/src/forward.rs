@@ -164,6 +164,17 @@ impl Model {
                     row.iter_mut().zip(&layer.qkv_bias).for_each(|(v, b)| *v += b);
                 }
             }
+            if !layer.q_norm.is_empty() {
+                let mut scratch = vec![0.0f32; q_dim];
+                for values in qkv.chunks_exact_mut(qkv_width) {
+                    let (q, kv) = values.split_at_mut(q_dim);
+                    for (heads, weight) in [(q, &layer.q_norm), (&mut kv[..kv_dim], &layer.k_norm)] {
+                        let unnormed = &mut scratch[..heads.len()];
+                        unnormed.copy_from_slice(heads);
+                        rms_norm(unnormed, weight, cfg.rms_norm_eps, heads)?;
+                    }
+                }
+            }
             for (values, &pos) in qkv.chunks_exact_mut(qkv_width).zip(&rows.rope_pos) {
                 let (q, kv) = values.split_at_mut(q_dim);
                 rope(q, cfg.num_heads, cfg.head_dim, &[pos], &self.rope)?;

@@ -43,19 +43,34 @@ const RMS_EPS: f32 = 1e-5;
 /// What the architectures' tiny models differ in.
 struct ArchSpec {
     kv_heads: usize,
+    head_dim: usize,
     rope_theta: f32,
     /// F32 `blk.{i}.attn_{q,k,v}.bias`.
     qkv_bias: bool,
+    /// F32 `blk.{i}.attn_{q,k}_norm.weight`.
+    qk_norm: bool,
     /// No `output.weight`: the LM head is the token embedding.
     tied: bool,
 }
 
 impl ArchSpec {
     fn of(arch: Architecture) -> Self {
+        let llama = Self {
+            kv_heads: 2,
+            head_dim: HEAD_DIM,
+            rope_theta: 10_000.0,
+            qkv_bias: false,
+            qk_norm: false,
+            tied: false,
+        };
         match arch {
-            Architecture::Llama => Self { kv_heads: 2, rope_theta: 10_000.0, qkv_bias: false, tied: false },
-            Architecture::Mistral => Self { kv_heads: 1, rope_theta: 1_000_000.0, qkv_bias: false, tied: false },
-            Architecture::Qwen2 => Self { kv_heads: 2, rope_theta: 1_000_000.0, qkv_bias: true, tied: true },
+            Architecture::Llama => llama,
+            Architecture::Mistral => Self { kv_heads: 1, rope_theta: 1_000_000.0, ..llama },
+            Architecture::Qwen2 => Self { rope_theta: 1_000_000.0, qkv_bias: true, tied: true, ..llama },
+            // Heads twice `hidden / heads`, as Qwen3-0.6B's 16 heads of 128 over 1024.
+            Architecture::Qwen3 => {
+                Self { head_dim: 2 * HEAD_DIM, rope_theta: 1_000_000.0, qk_norm: true, tied: true, ..llama }
+            }
         }
     }
 }
@@ -164,7 +179,7 @@ pub(crate) fn quantized(name: &str, values: Vec<f32>, shape: &[usize], dtype: Gg
 fn write_gguf(path: &Path, seed: u64, arch: Architecture) -> Result<()> {
     use GgmlDType::{F32, Q4_0, Q4_1, Q8_0};
     let spec = ArchSpec::of(arch);
-    let kv_heads = spec.kv_heads;
+    let (kv_heads, head_dim) = (spec.kv_heads, spec.head_dim);
     let tokens = vocabulary();
     let vocab = tokens.len();
     let mut rng = Gaussian(StdRng::seed_from_u64(seed));
@@ -180,10 +195,10 @@ fn write_gguf(path: &Path, seed: u64, arch: Architecture) -> Result<()> {
         let [q, k, v, o, gate, up, down] = *types;
         let specs = [
             ("attn_norm.weight", vec![HIDDEN], F32, 1.0, 0.05),
-            ("attn_q.weight", vec![HEADS * HEAD_DIM, HIDDEN], q, 0.0, 0.08),
-            ("attn_k.weight", vec![kv_heads * HEAD_DIM, HIDDEN], k, 0.0, 0.08),
-            ("attn_v.weight", vec![kv_heads * HEAD_DIM, HIDDEN], v, 0.0, 0.08),
-            ("attn_output.weight", vec![HIDDEN, HEADS * HEAD_DIM], o, 0.0, 0.08),
+            ("attn_q.weight", vec![HEADS * head_dim, HIDDEN], q, 0.0, 0.08),
+            ("attn_k.weight", vec![kv_heads * head_dim, HIDDEN], k, 0.0, 0.08),
+            ("attn_v.weight", vec![kv_heads * head_dim, HIDDEN], v, 0.0, 0.08),
+            ("attn_output.weight", vec![HIDDEN, HEADS * head_dim], o, 0.0, 0.08),
             ("ffn_norm.weight", vec![HIDDEN], F32, 1.0, 0.05),
             ("ffn_gate.weight", vec![FFN, HIDDEN], gate, 0.0, 0.08),
             ("ffn_up.weight", vec![FFN, HIDDEN], up, 0.0, 0.08),
@@ -200,8 +215,17 @@ fn write_gguf(path: &Path, seed: u64, arch: Architecture) -> Result<()> {
         if spec.qkv_bias {
             for (suffix, rows) in [("attn_q.bias", HEADS), ("attn_k.bias", kv_heads), ("attn_v.bias", kv_heads)] {
                 let name = format!("blk.{layer}.{suffix}");
-                let values = rng.sample(0.0, 0.3, rows * HEAD_DIM);
-                tensors.push((name.clone(), quantized(&name, values, &[rows * HEAD_DIM], F32)?));
+                let values = rng.sample(0.0, 0.3, rows * head_dim);
+                tensors.push((name.clone(), quantized(&name, values, &[rows * head_dim], F32)?));
+            }
+        }
+        // Spread as widely as real qwen3 q/k norms (which range over ~0.5–2), so dropping
+        // them visibly changes the logits.
+        if spec.qk_norm {
+            for suffix in ["attn_q_norm.weight", "attn_k_norm.weight"] {
+                let name = format!("blk.{layer}.{suffix}");
+                let values = rng.sample(1.0, 0.4, head_dim);
+                tensors.push((name.clone(), quantized(&name, values, &[head_dim], F32)?));
             }
         }
     }
@@ -227,7 +251,7 @@ fn write_gguf(path: &Path, seed: u64, arch: Architecture) -> Result<()> {
         layers: LAYERS,
         heads: HEADS,
         kv_heads,
-        head_dim: HEAD_DIM,
+        head_dim,
         ffn: FFN,
         context: CONTEXT,
         rope_theta: spec.rope_theta,

@@ -18,6 +18,10 @@ pub struct LayerWeights {
     pub qkv: Projection,
     /// Bias for the fused q‖k‖v rows (qwen2), else empty.
     pub qkv_bias: Vec<f32>,
+    /// RMSNorm weights of every query head and of every key head (`head_dim` each; qwen3),
+    /// else empty.
+    pub q_norm: Vec<f32>,
+    pub k_norm: Vec<f32>,
     pub attn_output: QMatrix,
     pub ffn_norm: Vec<f32>,
     /// Rows: gate then up (`intermediate_size` each).
@@ -142,10 +146,21 @@ impl Weights {
             } else {
                 Vec::new()
             };
+            let (q_norm, k_norm) = if config.qk_norm {
+                let head_dim = config.head_dim;
+                (
+                    source.vector(&name("attn_q_norm.weight"), head_dim)?,
+                    source.vector(&name("attn_k_norm.weight"), head_dim)?,
+                )
+            } else {
+                (Vec::new(), Vec::new())
+            };
             layers.push(LayerWeights {
                 attn_norm: source.vector(&name("attn_norm.weight"), hidden)?,
                 qkv,
                 qkv_bias,
+                q_norm,
+                k_norm,
                 attn_output: source.matrix(&name("attn_output.weight"), hidden, q_dim)?,
                 ffn_norm: source.vector(&name("ffn_norm.weight"), hidden)?,
                 gate_up: Projection::build(vec![

@@ -1,7 +1,7 @@
 //! Every architecture the loader accepts, on its tiny random model: `Model::forward` against f64
 //! reference math, the GGUF against its exported Hugging Face copy (config, tensors, logits), and
 //! the parts that set a family apart (qwen2's q/k/v biases and rotate-half RoPE on unpermuted
-//! rows, mistral's 4-to-1 GQA).
+//! rows, mistral's 4-to-1 GQA, qwen3's per-head q/k norms and heads wider than `hidden / heads`).
 
 mod support;
 
@@ -14,7 +14,7 @@ use lcserve_model::{
 use serde_json::Value;
 use support::{Session, max_rel_diff, permute_to_gguf, permuted_heads, prompt, reference::Reference};
 
-const ARCHS: [Architecture; 3] = [Architecture::Llama, Architecture::Mistral, Architecture::Qwen2];
+const ARCHS: [Architecture; 4] = [Architecture::Llama, Architecture::Mistral, Architecture::Qwen2, Architecture::Qwen3];
 
 /// Relative logit error (max |Δ| over the row / max |logit|) allowed between `Model::forward`
 /// with its default exact-f32 activations and the f64 reference, and between the GGUF and its HF
@@ -101,7 +101,7 @@ fn configs_agree_up_to_rope_layout_and_carry_each_family_trait() {
         let hf = HfSource::open(&paths.hf_dir).expect("open hf").config().clone();
         let gguf_layout = match arch {
             Architecture::Llama | Architecture::Mistral => RopeLayout::Interleaved,
-            Architecture::Qwen2 => RopeLayout::Halves,
+            Architecture::Qwen2 | Architecture::Qwen3 => RopeLayout::Halves,
         };
         assert_eq!(gguf.rope.layout, gguf_layout, "{arch:?}");
         assert_eq!(hf.rope.layout, RopeLayout::Halves, "{arch:?}");
@@ -110,14 +110,16 @@ fn configs_agree_up_to_rope_layout_and_carry_each_family_trait() {
         assert_eq!(gguf_as_halves, hf, "{arch:?}");
 
         assert_eq!(gguf.architecture, arch);
-        let (kv_heads, theta, bias, tied) = match arch {
-            Architecture::Llama => (2, 1e4, false, false),
-            Architecture::Mistral => (1, 1e6, false, false),
-            Architecture::Qwen2 => (2, 1e6, true, true),
+        let (kv_heads, head_dim, theta, bias, tied) = match arch {
+            Architecture::Llama => (2, 16, 1e4, false, false),
+            Architecture::Mistral => (1, 16, 1e6, false, false),
+            Architecture::Qwen2 => (2, 16, 1e6, true, true),
+            Architecture::Qwen3 => (2, 32, 1e6, false, true),
         };
-        assert_eq!((gguf.num_heads, gguf.num_kv_heads), (4, kv_heads), "{arch:?}");
+        assert_eq!((gguf.num_heads, gguf.num_kv_heads, gguf.head_dim), (4, kv_heads, head_dim), "{arch:?}");
         assert_eq!(gguf.rope.theta, theta, "{arch:?}");
         assert_eq!(gguf.qkv_bias, bias, "{arch:?}");
+        assert_eq!(gguf.qk_norm, arch == Architecture::Qwen3, "{arch:?}");
         assert_eq!(gguf.tie_embeddings, tied, "{arch:?}");
 
         let text = std::fs::read_to_string(paths.hf_dir.join("config.json")).expect("read config.json");
@@ -126,6 +128,7 @@ fn configs_agree_up_to_rope_layout_and_carry_each_family_trait() {
             Architecture::Llama => "LlamaForCausalLM",
             Architecture::Mistral => "MistralForCausalLM",
             Architecture::Qwen2 => "Qwen2ForCausalLM",
+            Architecture::Qwen3 => "Qwen3ForCausalLM",
         };
         assert_eq!(json["model_type"], arch.name(), "{arch:?}");
         assert_eq!(json["architectures"], serde_json::json!([class]), "{arch:?}");
@@ -146,7 +149,9 @@ fn hf_tensors_are_the_gguf_tensors_permuted_only_where_the_gguf_permuted_them() 
         assert_eq!(names, hf.tensor_names(), "{arch:?}");
         let has = |name: &str| names.iter().any(|n| n == name);
         assert_eq!(has("blk.1.attn_k.bias"), arch == Architecture::Qwen2, "{arch:?}");
-        assert_eq!(has("output.weight"), arch != Architecture::Qwen2, "{arch:?}");
+        assert_eq!(has("blk.1.attn_q_norm.weight"), arch == Architecture::Qwen3, "{arch:?}");
+        let tied = matches!(arch, Architecture::Qwen2 | Architecture::Qwen3);
+        assert_eq!(has("output.weight"), !tied, "{arch:?}");
         for name in &names {
             let (g, h) = (gguf.tensor(name).expect("gguf tensor"), hf.tensor(name).expect("hf tensor"));
             assert_eq!(g.shape, h.shape, "{arch:?} {name}");
@@ -221,6 +226,33 @@ fn qwen2_without_its_biases_is_refused() {
     let stripped = hf_copy_without(&paths.hf_dir, &dir.path().join("no-bias"), |name| name.ends_with(".bias"));
     let err = Model::load(&stripped, &mut |_| {}).expect_err("qwen2 needs its q/k/v biases");
     assert!(matches!(&err, ModelError::MissingTensor(name) if name == "blk.0.attn_q.bias"), "{err}");
+}
+
+#[test]
+fn qwen3_normalizes_each_query_and_key_head() {
+    let (dir, paths) = tiny(Architecture::Qwen3, 11);
+    let source = GgufSource::open(&paths.gguf).expect("open");
+    let config = source.config().expect("config");
+    assert!(config.q_dim() != config.hidden_size, "the test model's heads are wider than hidden / heads");
+    let model = load(&paths.gguf);
+    let tokens = prompt(40, model.config.vocab_size, 5);
+    let with = all_logits(&model, &tokens);
+    // Unit norm weights leave only the normalization itself; dropping it as well (the
+    // reference without `qk_norm`) is qwen2-style attention over raw q and k.
+    let mut unit = load(&paths.gguf);
+    for layer in &mut unit.weights.layers {
+        layer.q_norm.iter_mut().chain(&mut layer.k_norm).for_each(|w| *w = 1.0);
+    }
+    let unnormalized = Reference::with_config(&source, ModelConfig { qk_norm: false, ..config.clone() });
+    let raw = to_f32(&unnormalized.logits(&tokens));
+    for (what, logits) in [("unit norm weights", all_logits(&unit, &tokens)), ("no normalization", raw)] {
+        let effect = worst_rel_diff(&with, &logits);
+        eprintln!("qwen3: {what} changes logits by {effect:e} (relative)");
+        assert!(effect > 1e-2, "{what} barely matters ({effect:e}): is the test model exercising the norms?");
+    }
+    let stripped = hf_copy_without(&paths.hf_dir, &dir.path().join("no-k-norm"), |n| n.ends_with("k_norm.weight"));
+    let err = Model::load(&stripped, &mut |_| {}).expect_err("qwen3 needs its k norms");
+    assert!(matches!(&err, ModelError::MissingTensor(name) if name == "blk.0.attn_k_norm.weight"), "{err}");
 }
 
 #[test]

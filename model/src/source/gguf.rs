@@ -188,14 +188,15 @@ impl GgufSource {
                 theta: rope_theta,
                 scaling,
                 // llama.cpp's converter permutes llama/mistral q/k rows for its "normal" (pairwise)
-                // RoPE; qwen2 keeps the Hugging Face layout and uses NeoX-style RoPE.
+                // RoPE; qwen2 and qwen3 keep the Hugging Face layout and use NeoX-style RoPE.
                 layout: match architecture {
                     Architecture::Llama | Architecture::Mistral => RopeLayout::Interleaved,
-                    Architecture::Qwen2 => RopeLayout::Halves,
+                    Architecture::Qwen2 | Architecture::Qwen3 => RopeLayout::Halves,
                 },
             },
             tie_embeddings: !self.has_tensor("output.weight"),
             qkv_bias: self.has_tensor("blk.0.attn_q.bias"),
+            qk_norm: architecture == Architecture::Qwen3,
         };
         config.validate().map_err(|reason| ModelError::InvalidGguf { path: self.path.clone(), reason })?;
         Ok(config)

@@ -39,7 +39,7 @@ const GLOBAL_NAMES: [(&str, &str); 3] = [
 ];
 
 /// Per-layer tensors: (suffix after `model.layers.{i}.`, suffix after `blk.{i}.`).
-const LAYER_NAMES: [(&str, &str); 12] = [
+const LAYER_NAMES: [(&str, &str); 14] = [
     ("input_layernorm.weight", "attn_norm.weight"),
     ("self_attn.q_proj.weight", "attn_q.weight"),
     ("self_attn.k_proj.weight", "attn_k.weight"),
@@ -48,6 +48,8 @@ const LAYER_NAMES: [(&str, &str); 12] = [
     ("self_attn.k_proj.bias", "attn_k.bias"),
     ("self_attn.v_proj.bias", "attn_v.bias"),
     ("self_attn.o_proj.weight", "attn_output.weight"),
+    ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+    ("self_attn.k_norm.weight", "attn_k_norm.weight"),
     ("post_attention_layernorm.weight", "ffn_norm.weight"),
     ("mlp.gate_proj.weight", "ffn_gate.weight"),
     ("mlp.up_proj.weight", "ffn_up.weight"),
@@ -390,6 +392,7 @@ fn parse_config(path: &Path, map: &Map<String, Value>, tied: bool, has_qkv_bias:
         tie_embeddings: tied || fields.opt_bool("tie_word_embeddings")?.unwrap_or(false),
         // qwen2 always has q/k/v biases; any other family has them exactly when they are stored.
         qkv_bias: architecture == Architecture::Qwen2 || has_qkv_bias,
+        qk_norm: architecture == Architecture::Qwen3,
     };
     config.validate().map_err(|reason| invalid(path, reason))?;
     Ok(config)

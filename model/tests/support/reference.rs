@@ -3,9 +3,10 @@
 use lcserve_kernels::dequantize_row;
 use lcserve_model::{GgufSource, ModelConfig, RopeLayout, RopeScaling, TensorSource};
 
-/// A llama / mistral / qwen2 forward pass in f64 over dequantized weights, written for clarity,
-/// not speed. Everything that differs between the families comes from the config: GQA through
-/// `num_kv_heads`, q/k/v biases through `qkv_bias`, and which pairs RoPE rotates through
+/// A llama / mistral / qwen2 / qwen3 forward pass in f64 over dequantized weights, written for
+/// clarity, not speed. Everything that differs between the families comes from the config: GQA
+/// through `num_kv_heads`, q/k/v biases through `qkv_bias`, per-head q/k RMSNorm through
+/// `qk_norm`, and which pairs RoPE rotates through
 /// `rope.layout` (`(2i, 2i+1)` for GGUF llama/mistral, `(i, i + d/2)` for qwen2 and HF files).
 pub struct Reference {
     config: ModelConfig,
@@ -116,6 +117,10 @@ impl Reference {
                 let h = self.rms_norm(x, &name("attn_norm.weight"));
                 let mut q = self.projection(l, "attn_q", &h);
                 let mut k = self.projection(l, "attn_k", &h);
+                if c.qk_norm {
+                    q = q.chunks_exact(d).flat_map(|head| self.rms_norm(head, &name("attn_q_norm.weight"))).collect();
+                    k = k.chunks_exact(d).flat_map(|head| self.rms_norm(head, &name("attn_k_norm.weight"))).collect();
+                }
                 self.rope(&mut q, pos);
                 self.rope(&mut k, pos);
                 qs.push(q);
