@@ -45,6 +45,8 @@ pub enum Field {
     KvSelectionReuse,
     /// The tools a chat offers the model.
     Tools,
+    /// Extra chat template variables.
+    TemplateKwargs,
     /// Whether and which tool must be called (HTTP only; over gRPC a forced call is a
     /// structured output).
     ToolChoice,
@@ -88,6 +90,7 @@ impl Field {
             Field::KvSelectionWindow => "kv_selection.window",
             Field::KvSelectionReuse => "kv_selection.reuse_threshold",
             Field::Tools => "chat.tools",
+            Field::TemplateKwargs => "chat.template_kwargs",
             Field::ToolChoice => "tool_choice",
             Field::StructuredOutput(_) => "sampling.structured_output",
             Field::Unsupported(name) => name,
@@ -125,6 +128,7 @@ impl Field {
                 self.grpc_name()
             }
             Field::Tools => "tools",
+            Field::TemplateKwargs => "chat_template_kwargs",
             Field::ToolChoice => "tool_choice",
             Field::StructuredOutput(name) | Field::Unsupported(name) => name,
         }

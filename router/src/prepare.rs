@@ -7,7 +7,7 @@ use lcserve_common::{Namespace, PrefillMode, SequenceHash, sequence_hashes};
 use lcserve_proto::v1::structured_output::Kind;
 use lcserve_proto::v1::{self, generate_request, tokenize_request};
 use lcserve_text::tools::{Tool, ToolCall};
-use lcserve_text::{ChatMessage, StructuredOutput, TokenizerError};
+use lcserve_text::{ChatMessage, RESERVED_TEMPLATE_VARIABLES, StructuredOutput, TokenizerError};
 
 use crate::auth::{Tenant, namespace_salt};
 use crate::error::{Field, RouterError};
@@ -18,7 +18,7 @@ use crate::validate::{Limits, check_ids, check_kv_selection, check_prompt, check
 #[derive(Clone, Debug)]
 pub(crate) enum Prompt {
     Text(String),
-    Chat { messages: Vec<ChatMessage>, tools: Vec<Tool> },
+    Chat { messages: Vec<ChatMessage>, tools: Vec<Tool>, template_kwargs: serde_json::Map<String, serde_json::Value> },
     Tokens(Vec<u32>),
 }
 
@@ -27,11 +27,12 @@ impl Prompt {
     fn bytes(&self) -> usize {
         match self {
             Prompt::Text(text) => text.len(),
-            Prompt::Chat { messages, tools } => {
+            Prompt::Chat { messages, tools, template_kwargs } => {
                 let calls = messages.iter().flat_map(|m| &m.tool_calls).map(|c| c.name.len() + c.arguments.len());
                 let schemas =
                     tools.iter().map(|t| t.name.len() + t.parameters.as_ref().map_or(0, |p| p.to_string().len()));
-                messages.iter().map(|m| m.role.len() + m.content.len()).chain(calls).chain(schemas).sum()
+                let kwargs = template_kwargs.iter().map(|(name, value)| name.len() + value.to_string().len());
+                messages.iter().map(|m| m.role.len() + m.content.len()).chain(calls).chain(schemas).chain(kwargs).sum()
             }
             Prompt::Tokens(ids) => 4 * ids.len(),
         }
@@ -73,7 +74,15 @@ fn chat(chat: v1::ChatMessages) -> Result<Prompt, RouterError> {
             Ok(Tool { name: tool.name, description: tool.description, parameters })
         })
         .collect::<Result<_, _>>()?;
-    Ok(Prompt::Chat { messages, tools })
+    let template_kwargs = match chat.template_kwargs.as_deref().map(serde_json::from_str::<serde_json::Value>) {
+        None => serde_json::Map::new(),
+        Some(Ok(serde_json::Value::Object(kwargs))) => kwargs,
+        Some(_) => return Err(RouterError::invalid(Field::TemplateKwargs, "must be a JSON object")),
+    };
+    if let Some(name) = RESERVED_TEMPLATE_VARIABLES.iter().find(|name| template_kwargs.contains_key(**name)) {
+        return Err(RouterError::invalid(Field::TemplateKwargs, format!("may not set {name}, which the server sets")));
+    }
+    Ok(Prompt::Chat { messages, tools, template_kwargs })
 }
 
 impl TryFrom<generate_request::Input> for Prompt {
@@ -162,7 +171,7 @@ pub(crate) fn tokenize_framed(model: &ServedModel, prompt: &Prompt, framing: Fra
             model.tokenizer.encode(text, framing.special_tokens.unwrap_or(true)).map_err(tokenizer_error)
         }
         Prompt::Tokens(ids) => Ok(ids.clone()),
-        Prompt::Chat { messages, tools } => {
+        Prompt::Chat { messages, tools, template_kwargs } => {
             if messages.is_empty() {
                 return Err(RouterError::invalid(Field::Messages, "at least one message is required"));
             }
@@ -170,9 +179,14 @@ pub(crate) fn tokenize_framed(model: &ServedModel, prompt: &Prompt, framing: Fra
                 RouterError::invalid(Field::Messages, "this model has no chat template; send a prompt")
             })?;
             let text = template
-                .render_with_tools(messages, tools, framing.generation_prompt, &model.tokenizer)
+                .render_with_tools(messages, tools, template_kwargs, framing.generation_prompt, &model.tokenizer)
                 .map_err(|err| match err {
                     TokenizerError::TemplateRaised { message } => RouterError::invalid(Field::Messages, message),
+                    // Most likely the extra variables the client chose broke it.
+                    other if !template_kwargs.is_empty() => RouterError::invalid(
+                        Field::TemplateKwargs,
+                        format!("the chat template failed with them: {other}"),
+                    ),
                     other => RouterError::Internal(format!("chat template: {other}")),
                 })?;
             model.tokenizer.encode(&text, framing.special_tokens.unwrap_or(false)).map_err(tokenizer_error)

@@ -497,10 +497,16 @@ async fn grpc_generate_tokenize_list_models() {
         model: String::new(),
         input: Some(v1::tokenize_request::Input::Chat(v1::ChatMessages {
             messages: vec![v1::ChatMessage { role: "user".into(), content: "w50".into(), ..Default::default() }],
-            tools: Vec::new(),
+            ..Default::default()
         })),
     };
-    assert_eq!(client.tokenize(chat).await.expect("tokenize").into_inner().ids, vec![4, 50, 6, 5]);
+    assert_eq!(client.tokenize(chat.clone()).await.expect("tokenize").into_inner().ids, vec![4, 50, 6, 5]);
+    // Extra template variables reach the template.
+    let mut greeted = chat;
+    if let Some(v1::tokenize_request::Input::Chat(messages)) = &mut greeted.input {
+        messages.template_kwargs = Some(r#"{"greeting": 7}"#.into());
+    }
+    assert_eq!(client.tokenize(greeted).await.expect("tokenize").into_inner().ids, vec![7, 4, 50, 6, 5]);
     let plain =
         v1::TokenizeRequest { model: MODEL_ID.into(), input: Some(v1::tokenize_request::Input::Text("w7 w8".into())) };
     assert_eq!(client.tokenize(plain).await.expect("tokenize").into_inner().ids, vec![1, 7, 8]);
@@ -545,6 +551,18 @@ async fn grpc_invalid_arguments_name_the_field() {
         ),
         (v1::GenerateRequest { model: "nope".into(), ..text_request("w9", 2) }, tonic::Code::NotFound, "model"),
     ];
+    let chat = |kwargs: &str| v1::GenerateRequest {
+        input: Some(Input::Chat(v1::ChatMessages {
+            messages: vec![v1::ChatMessage { role: "user".into(), content: "w9".into(), ..Default::default() }],
+            template_kwargs: Some(kwargs.into()),
+            ..Default::default()
+        })),
+        ..text_request("", 2)
+    };
+    let cases = cases.into_iter().chain([
+        (chat("[1]"), tonic::Code::InvalidArgument, "chat.template_kwargs"),
+        (chat(r#"{"add_generation_prompt": false}"#), tonic::Code::InvalidArgument, "chat.template_kwargs"),
+    ]);
     for (request, code, field) in cases {
         let status = client.generate(request).await.expect_err("rejected before the stream");
         assert_eq!(status.code(), code, "{status:?}");
@@ -748,4 +766,30 @@ async fn a_batch_of_prompts_answers_each_prompt_n_times_in_openai_order() {
     assert!(message.contains("prompt 1 of the batch") && message.contains("empty"), "{message}");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(decode.generates().len(), before, "nothing started");
+}
+
+#[tokio::test]
+async fn chat_template_kwargs_reach_the_template() {
+    let (decode, router) = one_decode().await;
+    let messages = json!([{ "role": "user", "content": "w31" }]);
+    let body = json!({ "messages": messages, "max_tokens": 1, "chat_template_kwargs": { "greeting": 9 } });
+    let response = post(router.http, "/v1/chat/completions", &body.to_string()).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let prompt = decode.generates()[0].request.clone().expect("request").prompt;
+    assert_eq!(prompt, vec![9, 4, 31, 6, 5], "the template's greeting opens the prompt");
+    let body = json!({ "messages": messages, "chat_template_kwargs": { "greeting": 9 } });
+    let counted = post(router.http, "/tokenize", &body.to_string()).await.json();
+    assert_eq!(counted["tokens"], json!([9, 4, 31, 6, 5]), "/tokenize renders them as generation does");
+
+    let refused = |path: &'static str, body: Value| async move {
+        let response = post(router.http, path, &body.to_string()).await;
+        (response.status, response.json()["error"]["param"].clone())
+    };
+    let reserved = json!({ "messages": messages, "chat_template_kwargs": { "messages": [] } });
+    assert_eq!(refused("/v1/chat/completions", reserved).await, (400, json!("chat_template_kwargs")));
+    let completion = json!({ "prompt": "w1", "chat_template_kwargs": { "greeting": 9 } });
+    assert_eq!(refused("/v1/completions", completion).await, (400, json!("chat_template_kwargs")));
+    // A variable the template fails on is the client's error, named.
+    let broken = json!({ "messages": messages, "chat_template_kwargs": { "greeting": "hello" } });
+    assert_eq!(refused("/v1/chat/completions", broken).await, (400, json!("chat_template_kwargs")));
 }

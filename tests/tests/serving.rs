@@ -145,7 +145,7 @@ fn turn_two_of_a_chat_reuses_turn_one_and_its_answer() {
                     ..Default::default()
                 })
                 .collect(),
-            tools: Vec::new(),
+            ..Default::default()
         })),
         stop: Some(v1::StopConditions { max_tokens: Some(48), ..Default::default() }),
         ..Default::default()

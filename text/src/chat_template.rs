@@ -13,7 +13,9 @@
 //!
 //! Tools reach the template as transformers passes them (`tools`, and each assistant turn's
 //! `tool_calls` with their arguments as a mapping); a template that never mentions `tools` gets
-//! the conversation rewritten in the Hermes format instead ([`crate::tools`]).
+//! the conversation rewritten in the Hermes format instead ([`crate::tools`]). Extra template
+//! variables (vLLM's `chat_template_kwargs`, e.g. Qwen3's `enable_thinking`) reach it as
+//! transformers' `**kwargs` do; they may not redefine [`RESERVED_TEMPLATE_VARIABLES`].
 
 use minijinja::{Environment, ErrorKind, context};
 use serde::{Deserialize, Serialize};
@@ -23,6 +25,10 @@ use crate::tokenizer::{Tokenizer, TokenizerError};
 use crate::tools::{Tool, ToolCall, hermes_fallback};
 
 const TEMPLATE_NAME: &str = "chat_template";
+
+/// The variables the renderer itself defines, which extra template variables may not replace.
+pub const RESERVED_TEMPLATE_VARIABLES: [&str; 5] =
+    ["messages", "tools", "add_generation_prompt", "bos_token", "eos_token"];
 
 /// One turn of a conversation, as OpenAI-style APIs and HF templates spell it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,21 +113,23 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         tokenizer: &Tokenizer,
     ) -> Result<String, TokenizerError> {
-        self.render_with_tools(messages, &[], add_generation_prompt, tokenizer)
+        self.render_with_tools(messages, &[], &serde_json::Map::new(), add_generation_prompt, tokenizer)
     }
 
-    /// [`render`](Self::render) of a conversation that offers the model `tools`.
+    /// [`render`](Self::render) of a conversation that offers the model `tools`, with `extra`
+    /// template variables (none of [`RESERVED_TEMPLATE_VARIABLES`]).
     pub fn render_with_tools(
         &self,
         messages: &[ChatMessage],
         tools: &[Tool],
+        extra: &serde_json::Map<String, Value>,
         add_generation_prompt: bool,
         tokenizer: &Tokenizer,
     ) -> Result<String, TokenizerError> {
         let spell = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id)).unwrap_or_default();
         let bos = spell(tokenizer.bos_id());
         let eos = spell(tokenizer.eos_id());
-        self.render_full(messages, tools, add_generation_prompt, &bos, &eos)
+        self.render_full(messages, tools, extra, add_generation_prompt, (&bos, &eos))
     }
 
     /// Whether the template renders tools itself (it mentions them at all).
@@ -137,17 +145,22 @@ impl ChatTemplate {
         bos_token: &str,
         eos_token: &str,
     ) -> Result<String, TokenizerError> {
-        self.render_full(messages, &[], add_generation_prompt, bos_token, eos_token)
+        self.render_full(messages, &[], &serde_json::Map::new(), add_generation_prompt, (bos_token, eos_token))
     }
 
     fn render_full(
         &self,
         messages: &[ChatMessage],
         tools: &[Tool],
+        extra: &serde_json::Map<String, Value>,
         add_generation_prompt: bool,
-        bos_token: &str,
-        eos_token: &str,
+        (bos_token, eos_token): (&str, &str),
     ) -> Result<String, TokenizerError> {
+        if let Some(name) = RESERVED_TEMPLATE_VARIABLES.iter().find(|name| extra.contains_key(**name)) {
+            return Err(TokenizerError::TemplateRender {
+                message: format!("extra template variables may not redefine `{name}`"),
+            });
+        }
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
@@ -169,6 +182,7 @@ impl ChatTemplate {
                 add_generation_prompt => add_generation_prompt,
                 bos_token => bos_token,
                 eos_token => eos_token,
+                ..minijinja::Value::from_serialize(extra)
             })
             .map_err(|e| match raised_message(&e) {
                 Some(message) => TokenizerError::TemplateRaised { message },

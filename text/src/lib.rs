@@ -34,7 +34,7 @@ mod structured;
 mod tokenizer;
 pub mod tools;
 
-pub use chat_template::{ChatMessage, ChatTemplate};
+pub use chat_template::{ChatMessage, ChatTemplate, RESERVED_TEMPLATE_VARIABLES};
 pub use detokenizer::IncrementalDecoder;
 pub use structured::{
     AllowedTokens, MAX_CHOICES, MAX_STRUCTURED_OUTPUT_BYTES, StructuredOutput, StructuredOutputCompiler,

@@ -5,6 +5,7 @@ mod support;
 
 use lcserve_text::tools::{Tool, ToolCall};
 use lcserve_text::{ChatMessage, ChatTemplate, TokenizerError};
+use serde_json::Map;
 use support::{TestResult, tiny};
 
 /// SmolLM2-135M-Instruct's template, as its GGUF file carries it (`lcserve-model`'s tests check
@@ -27,6 +28,11 @@ const BLOCKY_TEMPLATE: &str = "{% for message in messages %}
 
 /// A template that renders tools itself, in the Hermes format (as Qwen 2.5's does).
 const HERMES_TOOLS_TEMPLATE: &str = include_str!("fixtures/hermes_tools_template.jinja");
+
+/// Qwen3's template: `namespace`, reversed slices, Python string methods, reasoning kept only
+/// after the last user turn, and the `enable_thinking` switch clients pass as
+/// `chat_template_kwargs`.
+const QWEN3_TEMPLATE: &str = include_str!("fixtures/qwen3_chat_template.jinja");
 
 fn weather_tool() -> Tool {
     let parameters = r#"{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}"#;
@@ -165,9 +171,53 @@ fn a_template_that_knows_tools_renders_them_as_transformers_does() -> TestResult
     // Expected: Python jinja2 with transformers' settings, the tools and messages as OpenAI
     // sends them (the call's arguments parsed into a mapping, as transformers asks).
     assert_eq!(
-        t.render_with_tools(&tool_conversation(), &[weather_tool()], true, &tok)?,
+        t.render_with_tools(&tool_conversation(), &[weather_tool()], &Map::new(), true, &tok)?,
         "<|im_start|>system\nYou are a helpful assistant.\n\n# Tools\n\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"Current weather\", \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}}, \"required\": [\"city\"]}}}\n</tools><|im_end|>\n<|im_start|>user\nWeather in Oslo?<|im_end|>\n<|im_start|>assistant\n\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>\n<|im_end|>\n<|im_start|>user\n<tool_response>\n-3 C\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
     );
+    Ok(())
+}
+
+#[test]
+fn qwen3_template_renders_reasoning_tools_and_enable_thinking_as_transformers_does() -> TestResult {
+    let t = ChatTemplate::new(QWEN3_TEMPLATE)?;
+    let tok = tiny(false);
+    let thinking = vec![
+        ChatMessage::new("system", "Be brief."),
+        ChatMessage::new("user", "What is 2+2?"),
+        ChatMessage::new("assistant", "<think>\nSimple sum.\n</think>\n\n4"),
+        ChatMessage::new("user", "And 3+3?"),
+    ];
+    let history =
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n";
+    let none = Map::new();
+    // Expected: Python jinja2 with transformers' settings. Reasoning before the last question
+    // is dropped; after it, kept.
+    assert_eq!(
+        t.render_with_tools(&thinking, &[], &none, true, &tok)?,
+        format!("{history}4<|im_end|>\n<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n")
+    );
+    let no_thinking: Map<String, serde_json::Value> =
+        [("enable_thinking".to_owned(), false.into())].into_iter().collect();
+    assert_eq!(
+        t.render_with_tools(&thinking, &[], &no_thinking, true, &tok)?,
+        format!(
+            "{history}4<|im_end|>\n<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        )
+    );
+    assert_eq!(
+        t.render_with_tools(&thinking[..3], &[], &none, false, &tok)?,
+        format!("{history}<think>\nSimple sum.\n</think>\n\n4<|im_end|>\n")
+    );
+    assert_eq!(
+        t.render_with_tools(&tool_conversation(), &[weather_tool()], &none, true, &tok)?,
+        "<|im_start|>system\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"Current weather\", \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}}, \"required\": [\"city\"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n<|im_start|>user\nWeather in Oslo?<|im_end|>\n<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\n-3 C\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    );
+    // Extra variables may not replace the renderer's own.
+    for name in lcserve_text::RESERVED_TEMPLATE_VARIABLES {
+        let clash: Map<String, serde_json::Value> = [(name.to_owned(), true.into())].into_iter().collect();
+        let err = t.render_with_tools(&thinking, &[], &clash, true, &tok).expect_err("reserved");
+        assert!(err.to_string().contains(name), "{err}");
+    }
     Ok(())
 }
 
@@ -176,7 +226,7 @@ fn a_template_without_tools_gets_them_in_the_hermes_format() -> TestResult {
     let t = ChatTemplate::new(SMOLLM_TEMPLATE)?;
     assert!(!t.knows_tools());
     let tok = tiny(false);
-    let text = t.render_with_tools(&tool_conversation(), &[weather_tool()], true, &tok)?;
+    let text = t.render_with_tools(&tool_conversation(), &[weather_tool()], &Map::new(), true, &tok)?;
     assert!(text.starts_with("<|im_start|>system\n# Tools\n\nYou may call one or more functions"), "{text}");
     assert!(text.contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\""), "{text}");
     assert!(text.contains(
@@ -186,6 +236,6 @@ fn a_template_without_tools_gets_them_in_the_hermes_format() -> TestResult {
         text.ends_with("<|im_start|>user\n<tool_response>\n-3 C\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
     );
     // No tools and no tool turns: the conversation is rendered untouched.
-    assert_eq!(t.render_with_tools(&conv2(), &[], true, &tok)?, t.render(&conv2(), true, &tok)?);
+    assert_eq!(t.render_with_tools(&conv2(), &[], &Map::new(), true, &tok)?, t.render(&conv2(), true, &tok)?);
     Ok(())
 }

@@ -123,6 +123,8 @@ pub(crate) struct OpenAiRequest {
     pub tools: Option<Vec<ToolField>>,
     pub tool_choice: Option<ToolChoiceField>,
     pub parallel_tool_calls: Option<bool>,
+    /// vLLM's extra chat template variables (Qwen3's `enable_thinking`, ...).
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
     /// Deprecated; see [`OpenAiRequest::refuse_unimplemented_features`].
     pub functions: Option<serde_json::Value>,
     pub function_call: Option<serde_json::Value>,
@@ -215,6 +217,9 @@ impl OpenAiRequest {
             }
             Kind::Completion => tools::ToolRequest::default(),
         };
+        if kind == Kind::Completion && self.chat_template_kwargs.as_ref().is_some_and(|k| !k.is_empty()) {
+            return invalid(Field::TemplateKwargs, "chat_template_kwargs are for /v1/chat/completions");
+        }
         let (inputs, logprobs) = match kind {
             Kind::Completion => {
                 if self.messages.is_some() {
@@ -242,7 +247,7 @@ impl OpenAiRequest {
                 if logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
                     return invalid(Field::TopLogprobs, format!("at most {MAX_LOGPROBS}"));
                 }
-                (vec![chat_input(self.messages, tool_request.tools)?], logprobs)
+                (vec![chat_input(self.messages, tool_request.tools, self.chat_template_kwargs)?], logprobs)
             }
         };
         let top_k = match self.top_k {
@@ -436,7 +441,12 @@ fn completion_inputs(prompt: Option<PromptField>) -> Result<Vec<Input>, RouterEr
     })
 }
 
-pub(crate) fn chat_input(messages: Option<Vec<MessageField>>, tools: Vec<v1::Tool>) -> Result<Input, RouterError> {
+/// The wire's conversation: its messages, the tools it offers and extra template variables.
+pub(crate) fn chat_input(
+    messages: Option<Vec<MessageField>>,
+    tools: Vec<v1::Tool>,
+    template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Input, RouterError> {
     let Some(messages) = messages else { return invalid(Field::Messages, "is required") };
     let messages = messages
         .into_iter()
@@ -465,7 +475,8 @@ pub(crate) fn chat_input(messages: Option<Vec<MessageField>>, tools: Vec<v1::Too
             Ok(v1::ChatMessage { role: message.role, content, tool_calls, tool_call_id: message.tool_call_id })
         })
         .collect::<Result<_, RouterError>>()?;
-    Ok(Input::Chat(v1::ChatMessages { messages, tools }))
+    let template_kwargs = template_kwargs.filter(|k| !k.is_empty()).map(|k| serde_json::Value::Object(k).to_string());
+    Ok(Input::Chat(v1::ChatMessages { messages, tools, template_kwargs }))
 }
 
 /// Parses a body, naming the JSON path of a field that fails (`top_p`, `messages[1].role`).

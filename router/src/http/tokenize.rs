@@ -32,6 +32,7 @@ struct TokenizeBody {
     prompt: Option<String>,
     messages: Option<Vec<MessageField>>,
     tools: Option<Vec<ToolField>>,
+    chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
     add_special_tokens: Option<bool>,
     add_generation_prompt: Option<bool>,
 }
@@ -52,7 +53,7 @@ pub(super) async fn tokenize(State(shared): State<Arc<Shared>>, headers: HeaderM
             (Some(text), None) => Prompt::Text(text),
             (None, Some(messages)) => {
                 let tools = tools::read(body.tools, None, None)?.tools;
-                Prompt::try_from(openai::chat_input(Some(messages), tools)?)?
+                Prompt::try_from(openai::chat_input(Some(messages), tools, body.chat_template_kwargs)?)?
             }
             _ => return Err(RouterError::invalid(Field::Text, "give either prompt or messages")),
         };
