@@ -132,6 +132,12 @@ impl ChatTemplate {
         self.render_full(messages, tools, extra, add_generation_prompt, (&bos, &eos))
     }
 
+    /// Whether the template writes `</think>` blocks: the model is a thinking one (Qwen3,
+    /// DeepSeek-R1), whose answers [`crate::reasoning`] splits.
+    pub fn thinks(&self) -> bool {
+        self.source.contains("</think>")
+    }
+
     /// Whether the template renders tools itself (it mentions them at all).
     pub fn knows_tools(&self) -> bool {
         self.source.contains("tools")

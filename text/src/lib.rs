@@ -18,6 +18,7 @@
 //!
 //! Tool calling ([`tools`]) renders a conversation's tools into the prompt and reads the model's
 //! calls back out of its text, streaming or whole; a forced call is a structured output.
+//! [`reasoning`] splits a thinking model's `<think>` block from its answer the same two ways.
 //!
 //! [`haystack`] builds synthetic long-context retrieval prompts (passkey, KV retrieval) sized
 //! with a [`Tokenizer`], and scores answers to them: the quality check of sparse prefill.
@@ -30,6 +31,7 @@
 mod chat_template;
 mod detokenizer;
 pub mod haystack;
+pub mod reasoning;
 mod structured;
 mod tokenizer;
 pub mod tools;

@@ -67,7 +67,8 @@ async fn start(
     let (requests, options) = parsed.into_generate(kind)?;
     let model = shared.served()?;
     let (choices, stream, structured_output_field) = (options.choices, options.stream, options.structured_output_field);
-    let shaper = Shaper::new(kind, &model.id, options, model.tokenizer.clone());
+    let thinks = model.template.as_ref().is_some_and(|t| t.thinks());
+    let shaper = Shaper::new(kind, &model.id, options, model.tokenizer.clone(), thinks);
     let events = choices::start(shared, model, &tenant, requests, choices, endpoint)
         .await
         .map_err(|e| e.naming_structured_output(structured_output_field))?;

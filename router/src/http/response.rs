@@ -5,6 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use lcserve_proto::v1;
 use lcserve_text::Tokenizer;
+use lcserve_text::reasoning::{Part, ReasoningStream, split_reasoning};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -96,6 +97,8 @@ pub(crate) struct Shaper {
     offsets: Vec<usize>,
     /// Each chat choice's stream of content and tool-call deltas.
     deltas: Vec<ToolDeltas>,
+    /// Each chat choice's reasoning splitter, when the model thinks; empty otherwise.
+    reasoning: Vec<ReasoningStream>,
     /// Each prompt's text, echoed (`echo`; empty without it).
     echo_texts: Vec<String>,
     /// Each choice's prompt logprobs, once they arrived (`echo` with `logprobs`).
@@ -103,7 +106,9 @@ pub(crate) struct Shaper {
 }
 
 impl Shaper {
-    pub fn new(kind: Kind, model: &str, options: ResponseOptions, tokenizer: Tokenizer) -> Self {
+    /// A shaper for `kind`'s responses; with `thinks`, chat answers' `<think>` blocks are
+    /// returned apart, as `reasoning_content`.
+    pub fn new(kind: Kind, model: &str, options: ResponseOptions, tokenizer: Tokenizer, thinks: bool) -> Self {
         let prefix = match kind {
             Kind::Completion => "cmpl",
             Kind::Chat => "chatcmpl",
@@ -115,6 +120,11 @@ impl Shaper {
             created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             model: model.to_owned(),
             deltas: (0..choices).map(|_| ToolDeltas::new(&options.tool_calling)).collect(),
+            reasoning: if thinks && kind == Kind::Chat {
+                (0..choices).map(|_| ReasoningStream::new()).collect()
+            } else {
+                Vec::new()
+            },
             offsets: vec![0; choices],
             echo_texts: options
                 .echo
@@ -263,7 +273,7 @@ impl Shaper {
                 json!({ "index": index, "text": token.text, "logprobs": logprobs, "finish_reason": null })
             }
             Kind::Chat => {
-                let delta = self.deltas[index].push(&token.text);
+                let delta = self.chat_delta(index, &token.text, false);
                 if delta.as_object().is_some_and(|d| d.is_empty()) && logprobs.is_null() {
                     return None;
                 }
@@ -283,13 +293,36 @@ impl Shaper {
                 "finish_reason": self.completion_finish_reason(finished),
             }),
             Kind::Chat => {
-                let deltas = &mut self.deltas[index];
-                let delta = deltas.finish(&finished.text);
-                let reason = chat_finish_reason(finished.reason, deltas.called());
+                let delta = self.chat_delta(index, &finished.text, true);
+                let reason = chat_finish_reason(finished.reason, self.deltas[index].called());
                 json!({ "index": index, "delta": delta, "logprobs": null, "finish_reason": reason })
             }
         };
         self.envelope(self.chunk_object(), json!([choice]))
+    }
+
+    /// Choice `index`'s chat delta for `text`: reasoning apart when the model thinks, the rest
+    /// through the tool-call reader; with `last`, everything held back too.
+    fn chat_delta(&mut self, index: usize, text: &str, last: bool) -> Value {
+        let Some(splitter) = self.reasoning.get_mut(index) else {
+            return if last { self.deltas[index].finish(text) } else { self.deltas[index].push(text) };
+        };
+        let mut parts = splitter.push(text);
+        if last {
+            parts.extend(splitter.finish());
+        }
+        let (mut thought, mut content) = (String::new(), String::new());
+        for part in parts {
+            match part {
+                Part::Reasoning(r) => thought.push_str(&r),
+                Part::Content(c) => content.push_str(&c),
+            }
+        }
+        let mut delta = if last { self.deltas[index].finish(&content) } else { self.deltas[index].push(&content) };
+        if !thought.is_empty() {
+            delta["reasoning_content"] = json!(thought);
+        }
+        delta
     }
 
     /// The trailing usage chunk of `stream_options.include_usage`, with the whole request's
@@ -326,7 +359,14 @@ impl Shaper {
                     json!({ "index": index, "text": text, "logprobs": logprobs, "finish_reason": reason })
                 }
                 Kind::Chat => {
-                    let (message, called) = tools::message(text, &self.options.tool_calling);
+                    let (reasoning, text) = match self.reasoning.is_empty() {
+                        true => (None, text),
+                        false => split_reasoning(&text),
+                    };
+                    let (mut message, called) = tools::message(text, &self.options.tool_calling);
+                    if let Some(reasoning) = reasoning {
+                        message["reasoning_content"] = json!(reasoning);
+                    }
                     let reason = chat_finish_reason(finished.reason, called);
                     json!({ "index": index, "message": message, "logprobs": logprobs, "finish_reason": reason })
                 }
@@ -339,5 +379,52 @@ impl Shaper {
         let mut body = self.envelope(object, Value::Array(choices));
         body["usage"] = usage_json(&self.usage(finished));
         body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat_shaper(thinks: bool) -> Shaper {
+        let tokenizer = Tokenizer::from_json_bytes(
+            br#"{"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+                "post_processor": null, "decoder": null,
+                "model": {"type": "WordLevel", "vocab": {"<unk>": 0}, "unk_token": "<unk>"}}"#,
+        )
+        .expect("tokenizer");
+        let options = ResponseOptions { choices: 1, prompts: 1, ..ResponseOptions::default() };
+        Shaper::new(Kind::Chat, "m", options, tokenizer, thinks)
+    }
+
+    const PIECES: [&str; 5] = ["<think>", "\nPlan", ".\n</th", "ink>\n\n", "Answer"];
+
+    /// The streamed deltas' reasoning and content, each joined.
+    fn streamed(shaper: &mut Shaper) -> (String, String) {
+        let finished = v1::Finished { reason: v1::FinishReason::Stop.into(), ..v1::Finished::default() };
+        let mut chunks: Vec<Value> = PIECES
+            .iter()
+            .filter_map(|text| shaper.token_chunk(0, &v1::Token { text: (*text).into(), ..v1::Token::default() }))
+            .collect();
+        chunks.push(shaper.finish_chunk(0, &finished));
+        let joined = |key: &str| chunks.iter().filter_map(|c| c["choices"][0]["delta"][key].as_str()).collect();
+        (joined("reasoning_content"), joined("content"))
+    }
+
+    #[test]
+    fn a_thinking_models_reasoning_comes_apart_streamed_or_whole() {
+        assert_eq!(streamed(&mut chat_shaper(true)), ("\nPlan.\n".into(), "Answer".into()));
+        let tokens: Vec<v1::Token> =
+            PIECES.iter().map(|t| v1::Token { text: (*t).into(), ..v1::Token::default() }).collect();
+        let finished = v1::Finished { reason: v1::FinishReason::Stop.into(), ..v1::Finished::default() };
+        let whole = chat_shaper(true).complete(std::slice::from_ref(&tokens), &[&finished]);
+        let message = &whole["choices"][0]["message"];
+        assert_eq!((&message["reasoning_content"], &message["content"]), (&json!("\nPlan.\n"), &json!("Answer")));
+
+        // A model whose template writes no think blocks keeps its text whole.
+        assert_eq!(streamed(&mut chat_shaper(false)), (String::new(), PIECES.concat()));
+        let whole = chat_shaper(false).complete(&[tokens], &[&finished]);
+        assert_eq!(whole["choices"][0]["message"]["content"], json!(PIECES.concat()));
+        assert!(whole["choices"][0]["message"].get("reasoning_content").is_none());
     }
 }

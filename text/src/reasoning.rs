@@ -1,0 +1,186 @@
+//! Reasoning models' answers split into their reasoning and their content.
+//!
+//! Qwen3, DeepSeek-R1 and their fine-tunes think first, in a `<think>…</think>` block, then
+//! answer. Clients read the two apart (OpenAI-compatible servers return the block as
+//! `reasoning_content`), so [`ReasoningStream`] splits generated text as it arrives and
+//! [`split_reasoning`] runs the same machine over a whole answer, so streamed and whole
+//! responses agree.
+//!
+//! The rule: an answer that opens with `<think>` (after any whitespace) is reasoning up to
+//! `</think>`, then content, the blank line after the tag dropped; an answer that never closes
+//! the block (cut by `max_tokens`) is all reasoning; any other answer is all content, tags and
+//! all (a model told not to think, or quoting the tags later on).
+
+const OPEN: &str = "<think>";
+const CLOSE: &str = "</think>";
+
+/// A run of an answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Part {
+    Reasoning(String),
+    Content(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Nothing but whitespace yet: the answer may still open with `<think>`.
+    Start,
+    Thinking,
+    /// Just past `</think>`: the newlines that separate it from the answer are dropped.
+    Closed,
+    Content,
+}
+
+/// Splits streamed text into [`Part`]s, holding back only what might still be a tag.
+#[derive(Clone, Debug)]
+pub struct ReasoningStream {
+    state: State,
+    pending: String,
+}
+
+impl Default for ReasoningStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReasoningStream {
+    pub fn new() -> Self {
+        Self { state: State::Start, pending: String::new() }
+    }
+
+    /// The parts `text` completes.
+    pub fn push(&mut self, text: &str) -> Vec<Part> {
+        self.pending.push_str(text);
+        let mut parts = Vec::new();
+        loop {
+            match self.state {
+                State::Start => {
+                    let opening = self.pending.trim_start();
+                    if opening.starts_with(OPEN) {
+                        let skip = self.pending.len() - opening.len() + OPEN.len();
+                        self.pending.drain(..skip);
+                        self.state = State::Thinking;
+                    } else if OPEN.starts_with(opening) {
+                        break; // whitespace, or a prefix of `<think>`: undecided
+                    } else {
+                        self.state = State::Content;
+                    }
+                }
+                State::Thinking => match self.pending.find(CLOSE) {
+                    Some(end) => {
+                        let block: String = self.pending.drain(..end + CLOSE.len()).collect();
+                        push(&mut parts, Part::Reasoning, block[..end].to_owned());
+                        self.state = State::Closed;
+                    }
+                    None => {
+                        let keep = partial_suffix(&self.pending, CLOSE);
+                        let ready: String = self.pending.drain(..self.pending.len() - keep).collect();
+                        push(&mut parts, Part::Reasoning, ready);
+                        break;
+                    }
+                },
+                State::Closed => {
+                    let answer = self.pending.trim_start_matches('\n');
+                    if answer.is_empty() {
+                        self.pending.clear();
+                        break;
+                    }
+                    self.pending.drain(..self.pending.len() - answer.len());
+                    self.state = State::Content;
+                }
+                State::Content => {
+                    push(&mut parts, Part::Content, std::mem::take(&mut self.pending));
+                    break;
+                }
+            }
+        }
+        parts
+    }
+
+    /// What is left once the answer has ended: held-back text, in the part it belongs to.
+    pub fn finish(&mut self) -> Vec<Part> {
+        let rest = std::mem::take(&mut self.pending);
+        let mut parts = Vec::new();
+        match self.state {
+            State::Thinking => push(&mut parts, Part::Reasoning, rest),
+            State::Start | State::Content => push(&mut parts, Part::Content, rest),
+            State::Closed => {}
+        }
+        parts
+    }
+}
+
+fn push(parts: &mut Vec<Part>, kind: fn(String) -> Part, text: String) {
+    if !text.is_empty() {
+        parts.push(kind(text));
+    }
+}
+
+/// The length of the longest suffix of `text` that starts `tag` (0 if none).
+fn partial_suffix(text: &str, tag: &str) -> usize {
+    (1..tag.len()).rev().find(|&n| text.ends_with(&tag[..n])).unwrap_or(0)
+}
+
+/// A whole answer's reasoning (`None` when it has none) and content, as [`ReasoningStream`]
+/// splits it.
+pub fn split_reasoning(text: &str) -> (Option<String>, String) {
+    let mut stream = ReasoningStream::new();
+    let (mut reasoning, mut content) = (None::<String>, String::new());
+    for part in stream.push(text).into_iter().chain(stream.finish()) {
+        match part {
+            Part::Reasoning(r) => reasoning.get_or_insert_with(String::new).push_str(&r),
+            Part::Content(c) => content.push_str(&c),
+        }
+    }
+    (reasoning, content)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_think_block_is_reasoning_and_the_rest_content() {
+        let split = |t: &str| split_reasoning(t);
+        assert_eq!(split("<think>\nSum.\n</think>\n\n4"), (Some("\nSum.\n".into()), "4".into()));
+        assert_eq!(split("  <think>a</think>b"), (Some("a".into()), "b".into()));
+        assert_eq!(split("<think>\n\n</think>\n\nHi"), (Some("\n\n".into()), "Hi".into()), "thinking off");
+        assert_eq!(split("<think>cut short"), (Some("cut short".into()), String::new()), "never closed");
+        assert_eq!(split("Hi <think>x</think>"), (None, "Hi <think>x</think>".into()), "not an opening");
+        assert_eq!(split("<thin"), (None, "<thin".into()), "a tag's prefix at the end is content");
+        assert_eq!(split(""), (None, String::new()));
+        assert_eq!(split("<think>a</think>"), (Some("a".into()), String::new()));
+    }
+
+    /// Streamed in two pieces at every split point (multi-byte characters included), the
+    /// parts add up to the whole split.
+    #[test]
+    fn streaming_at_any_split_agrees_with_the_whole_answer() {
+        for text in ["<think>\nPensé é.\n</think>\n\nRéponse <think>", " \n<think>x</think>y", "<thi", "é<think>"] {
+            let whole = split_reasoning(text);
+            for (a, _) in text.char_indices().chain([(text.len(), ' ')]) {
+                let mut stream = ReasoningStream::new();
+                let (mut reasoning, mut content) = (None::<String>, String::new());
+                let parts = stream.push(&text[..a]).into_iter().chain(stream.push(&text[a..])).chain(stream.finish());
+                for part in parts {
+                    match part {
+                        Part::Reasoning(r) => reasoning.get_or_insert_with(String::new).push_str(&r),
+                        Part::Content(c) => content.push_str(&c),
+                    }
+                }
+                assert_eq!((reasoning, content), whole, "{text:?} split at {a}");
+            }
+        }
+    }
+
+    #[test]
+    fn reasoning_is_released_as_soon_as_it_cannot_be_the_closing_tag() {
+        let mut stream = ReasoningStream::new();
+        assert_eq!(stream.push("<thi"), []);
+        assert_eq!(stream.push("nk>Let me see</th"), [Part::Reasoning("Let me see".into())]);
+        assert_eq!(stream.push("ink>\n"), []);
+        assert_eq!(stream.push("\nYes."), [Part::Content("Yes.".into())]);
+        assert_eq!(stream.finish(), []);
+    }
+}
