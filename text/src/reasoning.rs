@@ -7,9 +7,11 @@
 //! responses agree.
 //!
 //! The rule: an answer that opens with `<think>` (after any whitespace) is reasoning up to
-//! `</think>`, then content, the blank line after the tag dropped; an answer that never closes
-//! the block (cut by `max_tokens`) is all reasoning; any other answer is all content, tags and
-//! all (a model told not to think, or quoting the tags later on).
+//! `</think>`, then content, the blank line after the tag dropped; so is an answer whose prompt
+//! ended inside an opened `<think>` (templates that open the block for the model, as
+//! DeepSeek-R1's do: see [`ReasoningStream::opened`]). An answer that never closes the block (cut
+//! by `max_tokens`) is all reasoning; any other answer is all content, tags and all (a model
+//! told not to think, or quoting the tags later on).
 
 const OPEN: &str = "<think>";
 const CLOSE: &str = "</think>";
@@ -47,6 +49,11 @@ impl Default for ReasoningStream {
 impl ReasoningStream {
     pub fn new() -> Self {
         Self { state: State::Start, pending: String::new() }
+    }
+
+    /// A stream whose prompt already opened the `<think>` block: the answer starts inside it.
+    pub fn opened() -> Self {
+        Self { state: State::Thinking, pending: String::new() }
     }
 
     /// The parts `text` completes.
@@ -123,9 +130,9 @@ fn partial_suffix(text: &str, tag: &str) -> usize {
 }
 
 /// A whole answer's reasoning (`None` when it has none) and content, as [`ReasoningStream`]
-/// splits it.
-pub fn split_reasoning(text: &str) -> (Option<String>, String) {
-    let mut stream = ReasoningStream::new();
+/// splits it (from inside the block when the prompt `opened` it).
+pub fn split_reasoning(text: &str, opened: bool) -> (Option<String>, String) {
+    let mut stream = if opened { ReasoningStream::opened() } else { ReasoningStream::new() };
     let (mut reasoning, mut content) = (None::<String>, String::new());
     for part in stream.push(text).into_iter().chain(stream.finish()) {
         match part {
@@ -142,7 +149,7 @@ mod tests {
 
     #[test]
     fn a_think_block_is_reasoning_and_the_rest_content() {
-        let split = |t: &str| split_reasoning(t);
+        let split = |t: &str| split_reasoning(t, false);
         assert_eq!(split("<think>\nSum.\n</think>\n\n4"), (Some("\nSum.\n".into()), "4".into()));
         assert_eq!(split("  <think>a</think>b"), (Some("a".into()), "b".into()));
         assert_eq!(split("<think>\n\n</think>\n\nHi"), (Some("\n\n".into()), "Hi".into()), "thinking off");
@@ -151,16 +158,21 @@ mod tests {
         assert_eq!(split("<thin"), (None, "<thin".into()), "a tag's prefix at the end is content");
         assert_eq!(split(""), (None, String::new()));
         assert_eq!(split("<think>a</think>"), (Some("a".into()), String::new()));
+        // The prompt opened the block (DeepSeek-R1's template): no opening tag in the answer.
+        assert_eq!(split_reasoning("Sum.\n</think>\n\n4", true), (Some("Sum.\n".into()), "4".into()));
+        assert_eq!(split_reasoning("still thinking", true), (Some("still thinking".into()), String::new()));
     }
 
     /// Streamed in two pieces at every split point (multi-byte characters included), the
     /// parts add up to the whole split.
     #[test]
     fn streaming_at_any_split_agrees_with_the_whole_answer() {
-        for text in ["<think>\nPensé é.\n</think>\n\nRéponse <think>", " \n<think>x</think>y", "<thi", "é<think>"] {
-            let whole = split_reasoning(text);
+        let texts =
+            ["<think>\nPensé é.\n</think>\n\nRéponse <think>", " \n<think>x</think>y", "<thi", "é<think>", "a</thi"];
+        for (text, opened) in texts.into_iter().flat_map(|t| [(t, false), (t, true)]) {
+            let whole = split_reasoning(text, opened);
             for (a, _) in text.char_indices().chain([(text.len(), ' ')]) {
-                let mut stream = ReasoningStream::new();
+                let mut stream = if opened { ReasoningStream::opened() } else { ReasoningStream::new() };
                 let (mut reasoning, mut content) = (None::<String>, String::new());
                 let parts = stream.push(&text[..a]).into_iter().chain(stream.push(&text[a..])).chain(stream.finish());
                 for part in parts {
@@ -169,7 +181,7 @@ mod tests {
                         Part::Content(c) => content.push_str(&c),
                     }
                 }
-                assert_eq!((reasoning, content), whole, "{text:?} split at {a}");
+                assert_eq!((reasoning, content), whole, "{text:?} (opened: {opened}) split at {a}");
             }
         }
     }

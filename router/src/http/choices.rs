@@ -34,6 +34,13 @@ const CHANNEL_EVENTS: usize = 64;
 /// One event of choice `index`.
 pub(super) type ChoiceEvent = (usize, Event);
 
+/// A batch's merged events, and for each prompt whether it ended inside a `<think>` block its
+/// chat template opened (so its answers start in their reasoning).
+pub(super) struct Started {
+    pub events: mpsc::Receiver<ChoiceEvent>,
+    pub opened_reasoning: Vec<bool>,
+}
+
 /// Starts `n ≥ 1` choices of each of `requests` (one per prompt). Their errors happen before
 /// any event, so the caller answers them as plain HTTP errors.
 pub(super) async fn start(
@@ -43,7 +50,7 @@ pub(super) async fn start(
     requests: Vec<v1::GenerateRequest>,
     n: usize,
     endpoint: Endpoint,
-) -> Result<mpsc::Receiver<ChoiceEvent>, RouterError> {
+) -> Result<Started, RouterError> {
     let batch = requests.len() > 1;
     let admissions = requests.into_iter().enumerate().map(|(prompt, request)| {
         let model = Arc::clone(&model);
@@ -53,11 +60,23 @@ pub(super) async fn start(
         }
     });
     let admitted = futures_util::future::try_join_all(admissions).await?;
+    let opened_reasoning = admitted.iter().map(|a| opens_reasoning(&model, &a.prepared.request.prompt)).collect();
     let (tx, rx) = mpsc::channel(CHANNEL_EVENTS.max(admitted.len()));
     for (prompt, admitted) in admitted.into_iter().enumerate() {
         tokio::spawn(run_prompt(Arc::clone(shared), admitted, prompt * n, n, endpoint, tx.clone()));
     }
-    Ok(rx)
+    Ok(Started { events: rx, opened_reasoning })
+}
+
+/// Whether `prompt` ends with an opened `<think>` (a thinking model's template that opens the
+/// block for it, as DeepSeek-R1's does), read from its last few tokens.
+fn opens_reasoning(model: &ServedModel, prompt: &[u32]) -> bool {
+    const TAIL_TOKENS: usize = 8;
+    model.template.as_ref().is_some_and(|t| t.thinks())
+        && model
+            .tokenizer
+            .decode(&prompt[prompt.len().saturating_sub(TAIL_TOKENS)..], false)
+            .is_ok_and(|tail| tail.trim_end().ends_with("<think>"))
 }
 
 /// Runs one prompt's `n` choices, numbered from `first_index`: choice 0 at once, the others
@@ -204,5 +223,38 @@ mod tests {
 
         let weighted = merged_usage(&[usage(100, 1, 0, 1, 0.5), usage(300, 1, 0, 1, 0.25)], 1);
         assert_eq!(weighted.prefill_density, (0.5 * 100.0 + 0.25 * 300.0) / 400.0);
+    }
+}
+
+#[cfg(test)]
+mod reasoning_tests {
+    use super::*;
+
+    /// A served model whose words are `<think>`, `</think>` and `a`, with `template`.
+    fn model(template: &str) -> ServedModel {
+        let tokenizer_json = r#"{"version": "1.0", "added_tokens": [], "normalizer": null,
+            "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"<unk>": 0, "<think>": 1, "</think>": 2, "a": 3},
+                      "unk_token": "<unk>"}}"#;
+        let info = v1::ModelInfo {
+            tokenizer_json: tokenizer_json.into(),
+            chat_template: template.into(),
+            fingerprint: vec![0; 16],
+            block_size: 4,
+            context_length: 64,
+            ..v1::ModelInfo::default()
+        };
+        ServedModel::from_info(&info, None).expect("model")
+    }
+
+    #[test]
+    fn a_prompt_opens_reasoning_when_a_thinking_template_ended_it_inside_a_think_block() {
+        let thinking = model("{{ messages }}{{ '</think>' }}");
+        assert!(opens_reasoning(&thinking, &[3, 3, 1]), "ends with <think>");
+        assert!(!opens_reasoning(&thinking, &[3, 1, 2]), "the block was closed (thinking off)");
+        assert!(!opens_reasoning(&thinking, &[3]));
+        assert!(!opens_reasoning(&thinking, &[]));
+        let plain = model("{{ messages }}");
+        assert!(!opens_reasoning(&plain, &[3, 3, 1]), "a template that writes no </think> is not a thinking model's");
     }
 }

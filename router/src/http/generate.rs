@@ -68,11 +68,13 @@ async fn start(
     let model = shared.served()?;
     let (choices, stream, structured_output_field) = (options.choices, options.stream, options.structured_output_field);
     let thinks = model.template.as_ref().is_some_and(|t| t.thinks());
-    let shaper = Shaper::new(kind, &model.id, options, model.tokenizer.clone(), thinks);
-    let events = choices::start(shared, model, &tenant, requests, choices, endpoint)
+    let (id, tokenizer) = (model.id.clone(), model.tokenizer.clone());
+    let started = choices::start(shared, model, &tenant, requests, choices, endpoint)
         .await
         .map_err(|e| e.naming_structured_output(structured_output_field))?;
-    Ok((events, shaper, stream))
+    let reasoning = thinks.then_some(started.opened_reasoning.as_slice());
+    let shaper = Shaper::new(kind, &id, options, tokenizer, reasoning);
+    Ok((started.events, shaper, stream))
 }
 
 /// Every choice's finish, in choice order, once all have one.

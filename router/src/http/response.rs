@@ -99,6 +99,9 @@ pub(crate) struct Shaper {
     deltas: Vec<ToolDeltas>,
     /// Each chat choice's reasoning splitter, when the model thinks; empty otherwise.
     reasoning: Vec<ReasoningStream>,
+    /// Whether each chat choice's prompt ended inside an opened `<think>` block (empty when
+    /// `reasoning` is).
+    opened: Vec<bool>,
     /// Each prompt's text, echoed (`echo`; empty without it).
     echo_texts: Vec<String>,
     /// Each choice's prompt logprobs, once they arrived (`echo` with `logprobs`).
@@ -106,25 +109,36 @@ pub(crate) struct Shaper {
 }
 
 impl Shaper {
-    /// A shaper for `kind`'s responses; with `thinks`, chat answers' `<think>` blocks are
+    /// A shaper for `kind`'s responses. For a thinking model, `reasoning` says of each prompt
+    /// whether it ended inside an opened `<think>` block; chat answers' reasoning is then
     /// returned apart, as `reasoning_content`.
-    pub fn new(kind: Kind, model: &str, options: ResponseOptions, tokenizer: Tokenizer, thinks: bool) -> Self {
+    pub fn new(
+        kind: Kind,
+        model: &str,
+        options: ResponseOptions,
+        tokenizer: Tokenizer,
+        reasoning: Option<&[bool]>,
+    ) -> Self {
         let prefix = match kind {
             Kind::Completion => "cmpl",
             Kind::Chat => "chatcmpl",
         };
         let choices = options.prompts * options.choices;
+        let opened: Vec<bool> = match reasoning.filter(|_| kind == Kind::Chat) {
+            Some(prompts) => (0..choices).map(|i| prompts.get(i / options.choices.max(1)) == Some(&true)).collect(),
+            None => Vec::new(),
+        };
         Shaper {
             kind,
             id: format!("{prefix}-{:032x}", rand::random::<u128>()),
             created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             model: model.to_owned(),
             deltas: (0..choices).map(|_| ToolDeltas::new(&options.tool_calling)).collect(),
-            reasoning: if thinks && kind == Kind::Chat {
-                (0..choices).map(|_| ReasoningStream::new()).collect()
-            } else {
-                Vec::new()
-            },
+            reasoning: opened
+                .iter()
+                .map(|&o| if o { ReasoningStream::opened() } else { ReasoningStream::new() })
+                .collect(),
+            opened,
             offsets: vec![0; choices],
             echo_texts: options
                 .echo
@@ -361,7 +375,7 @@ impl Shaper {
                 Kind::Chat => {
                     let (reasoning, text) = match self.reasoning.is_empty() {
                         true => (None, text),
-                        false => split_reasoning(&text),
+                        false => split_reasoning(&text, self.opened[index]),
                     };
                     let (mut message, called) = tools::message(text, &self.options.tool_calling);
                     if let Some(reasoning) = reasoning {
@@ -386,7 +400,9 @@ impl Shaper {
 mod tests {
     use super::*;
 
-    fn chat_shaper(thinks: bool) -> Shaper {
+    /// A chat shaper for a model that does not think (`None`) or does, its prompt having opened
+    /// the `<think>` block or not.
+    fn chat_shaper(opened: Option<bool>) -> Shaper {
         let tokenizer = Tokenizer::from_json_bytes(
             br#"{"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
                 "post_processor": null, "decoder": null,
@@ -394,36 +410,41 @@ mod tests {
         )
         .expect("tokenizer");
         let options = ResponseOptions { choices: 1, prompts: 1, ..ResponseOptions::default() };
-        Shaper::new(Kind::Chat, "m", options, tokenizer, thinks)
+        Shaper::new(Kind::Chat, "m", options, tokenizer, opened.map(|o| if o { &[true][..] } else { &[false][..] }))
     }
 
     const PIECES: [&str; 5] = ["<think>", "\nPlan", ".\n</th", "ink>\n\n", "Answer"];
 
+    fn tokens(pieces: &[&str]) -> Vec<v1::Token> {
+        pieces.iter().map(|t| v1::Token { text: (*t).into(), ..v1::Token::default() }).collect()
+    }
+
+    fn finished() -> v1::Finished {
+        v1::Finished { reason: v1::FinishReason::Stop.into(), ..v1::Finished::default() }
+    }
+
     /// The streamed deltas' reasoning and content, each joined.
-    fn streamed(shaper: &mut Shaper) -> (String, String) {
-        let finished = v1::Finished { reason: v1::FinishReason::Stop.into(), ..v1::Finished::default() };
-        let mut chunks: Vec<Value> = PIECES
-            .iter()
-            .filter_map(|text| shaper.token_chunk(0, &v1::Token { text: (*text).into(), ..v1::Token::default() }))
-            .collect();
-        chunks.push(shaper.finish_chunk(0, &finished));
+    fn streamed(shaper: &mut Shaper, pieces: &[&str]) -> (String, String) {
+        let mut chunks: Vec<Value> = tokens(pieces).iter().filter_map(|token| shaper.token_chunk(0, token)).collect();
+        chunks.push(shaper.finish_chunk(0, &finished()));
         let joined = |key: &str| chunks.iter().filter_map(|c| c["choices"][0]["delta"][key].as_str()).collect();
         (joined("reasoning_content"), joined("content"))
     }
 
     #[test]
     fn a_thinking_models_reasoning_comes_apart_streamed_or_whole() {
-        assert_eq!(streamed(&mut chat_shaper(true)), ("\nPlan.\n".into(), "Answer".into()));
-        let tokens: Vec<v1::Token> =
-            PIECES.iter().map(|t| v1::Token { text: (*t).into(), ..v1::Token::default() }).collect();
-        let finished = v1::Finished { reason: v1::FinishReason::Stop.into(), ..v1::Finished::default() };
-        let whole = chat_shaper(true).complete(std::slice::from_ref(&tokens), &[&finished]);
-        let message = &whole["choices"][0]["message"];
-        assert_eq!((&message["reasoning_content"], &message["content"]), (&json!("\nPlan.\n"), &json!("Answer")));
+        // The model opens the block itself (Qwen3), or its prompt did (DeepSeek-R1).
+        for (opened, pieces) in [(false, &PIECES[..]), (true, &PIECES[1..])] {
+            let want = ("\nPlan.\n".to_owned(), "Answer".to_owned());
+            assert_eq!(streamed(&mut chat_shaper(Some(opened)), pieces), want, "opened: {opened}");
+            let whole = chat_shaper(Some(opened)).complete(&[tokens(pieces)], &[&finished()]);
+            let message = &whole["choices"][0]["message"];
+            assert_eq!((&message["reasoning_content"], &message["content"]), (&json!(want.0), &json!(want.1)));
+        }
 
         // A model whose template writes no think blocks keeps its text whole.
-        assert_eq!(streamed(&mut chat_shaper(false)), (String::new(), PIECES.concat()));
-        let whole = chat_shaper(false).complete(&[tokens], &[&finished]);
+        assert_eq!(streamed(&mut chat_shaper(None), &PIECES), (String::new(), PIECES.concat()));
+        let whole = chat_shaper(None).complete(&[tokens(&PIECES)], &[&finished()]);
         assert_eq!(whole["choices"][0]["message"]["content"], json!(PIECES.concat()));
         assert!(whole["choices"][0]["message"].get("reasoning_content").is_none());
     }
