@@ -10,6 +10,7 @@ use lcserve_engine::{
     StructuredOutput,
 };
 use lcserve_model::{ChatMessage, Model};
+use lcserve_text::reasoning::answer_block;
 use serde::Serialize;
 
 use crate::engine_args::{EngineArgs, KvSelectionArgs, ModelArgs};
@@ -182,6 +183,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("one of --prompt or --prompt-file is required"),
     };
     let prompt = encode_prompt(&model, &text, args.chat, args.system.as_deref())?;
+    // A thinking model's chat answer reasons first, unconstrained, as the server's does.
+    let reasoning = match (&model.chat_template, args.chat) {
+        (Some(template), true) => answer_block(template, &model.tokenizer, &prompt),
+        _ => None,
+    };
     let engine = EngineHandle::start(model, args.engine.config())?;
     let request = GenerateRequest {
         prompt,
@@ -200,6 +206,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         speculation: args.speculation.into(),
         kv_selection: args.kv_selection.selection(),
         structured_output: args.structured_output.output()?,
+        reasoning,
         ..GenerateRequest::default()
     };
     let mut stream = engine.submit(request)?;

@@ -11,7 +11,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lcserve_model::{HeadPatterns, Model, TokenSelectAttention, TokenSelection};
-use lcserve_text::{StructuredOutput, StructuredOutputCompiler, StructuredOutputError, TokenConstraint};
+use lcserve_text::{
+    ReasoningBlock, StructuredOutput, StructuredOutputCompiler, StructuredOutputError, TokenConstraint,
+};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 
@@ -393,7 +395,8 @@ impl EngineHandle {
         let sparse_prefill = self.prefills_sparsely(request.prefill_mode, prompt_len);
         let namespace = self.request_namespace(&request.cache_salt, request.prefill_mode, prompt_len);
         let mut text = StopText::new(self.model.tokenizer.clone(), stop.stop_strings.clone());
-        let mut constraint = request.structured_output.as_ref().map(|output| self.constraint(output)).transpose()?;
+        let mut constraint =
+            request.structured_output.as_ref().map(|output| self.constraint(output, request.reasoning)).transpose()?;
         for &token in &request.generated {
             // The text of these tokens was shown already; only the state matters.
             let matched = match &mut constraint {
@@ -457,16 +460,25 @@ impl EngineHandle {
         })
     }
 
-    /// A fresh matcher for a request's structured output, compiling the vocabulary's index first
-    /// if no request has yet.
-    fn constraint(&self, output: &StructuredOutput) -> Result<TokenConstraint, EngineError> {
-        let invalid = |e: StructuredOutputError| EngineError::InvalidRequest {
-            field: "structured_output",
-            reason: e.to_string(),
-        };
-        output.check_limits().map_err(invalid)?;
-        let compiler = self.structured_output.get_or_init(|| StructuredOutputCompiler::new(&self.model.tokenizer));
-        compiler.as_ref().map_err(|e| invalid(e.clone()))?.compile(output).map_err(invalid)
+    /// A fresh matcher for a request's structured output (after its reasoning block, if it
+    /// has one), compiling the vocabulary's index first if no request has yet.
+    fn constraint(
+        &self,
+        output: &StructuredOutput,
+        reasoning: Option<ReasoningBlock>,
+    ) -> Result<TokenConstraint, EngineError> {
+        let invalid = |field, e: StructuredOutputError| EngineError::InvalidRequest { field, reason: e.to_string() };
+        let compiled = self
+            .structured_output
+            .get_or_init(|| StructuredOutputCompiler::new(&self.model.tokenizer))
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|compiler| compiler.compile(output));
+        let constraint = compiled.map_err(|e| invalid("structured_output", e))?;
+        match reasoning {
+            Some(block) => constraint.after_reasoning(block).map_err(|e| invalid("reasoning", e)),
+            None => Ok(constraint),
+        }
     }
 
     /// The decode attention of a TokenSelect request, after checking its settings.

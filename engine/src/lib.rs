@@ -61,7 +61,7 @@ pub use engine::{Completion, EngineHandle, EventStream};
 pub use error::EngineError;
 pub use kv_transfer::{ExportKv, ImportedKv, KvBlock, tail_layout};
 pub use lcserve_common::PrefillMode;
-pub use lcserve_text::StructuredOutput;
+pub use lcserve_text::{ReasoningBlock, StructuredOutput};
 pub use request::{
     EngineEvent, FinishReason, GenerateRequest, KvSelection, StopConditions, Timings, TokenLogprobs, Usage,
 };

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use lcserve_common::{PrefillMode, TokenId};
 use lcserve_model::{DEFAULT_REUSE_THRESHOLD, TokenSelection};
-use lcserve_text::StructuredOutput;
+use lcserve_text::{ReasoningBlock, StructuredOutput};
 use serde::Serialize;
 
 use crate::error::EngineError;
@@ -57,6 +57,11 @@ pub struct GenerateRequest {
     /// sampling step draws only among the tokens that keep it a prefix of a match, and the
     /// request ends once the match is whole.
     pub structured_output: Option<StructuredOutput>,
+    /// A thinking model's reasoning block, which `structured_output` leaves free: the output
+    /// is constrained only after the block's end token (see
+    /// [`TokenConstraint::after_reasoning`](lcserve_text::TokenConstraint::after_reasoning)).
+    /// Ignored without a structured output.
+    pub reasoning: Option<ReasoningBlock>,
     /// Report the logprob of each prompt token given the ones before it, with this many most
     /// likely alternatives (at most 20), as [`EngineEvent::PromptLogprobs`] before the first
     /// token. The whole prompt is then computed here: no cached prefix is reused for it, and

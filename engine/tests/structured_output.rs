@@ -7,7 +7,8 @@ mod support;
 use std::sync::Arc;
 
 use lcserve_engine::{
-    Drafter, EngineError, EngineHandle, FinishReason, GenerateRequest, SamplingParams, Speculation, StructuredOutput,
+    Drafter, EngineError, EngineHandle, FinishReason, GenerateRequest, ReasoningBlock, SamplingParams, Speculation,
+    StructuredOutput,
 };
 use serde_json::Value;
 use support::{Oracle, collect, config, greedy, tiny_model, tokens};
@@ -160,6 +161,70 @@ fn a_resumed_request_continues_the_match() -> Result<(), EngineError> {
             assert!(reason.contains("structured output"), "{reason}");
         }
         other => panic!("a resume off the constraint gave {other:?}"),
+    }
+    Ok(())
+}
+
+/// A thinking model's run on the tiny model, whose delimiters are two of its own tokens: the
+/// first one the unconstrained model writes opens the block, and a later one it had not
+/// written before closes it, so the block's bounds are known. Inside, the output is the free
+/// run's; after, it is what the constraint gives a prompt that ends with the block.
+#[test]
+fn a_reasoning_block_runs_free_and_only_the_answer_after_it_is_constrained() -> Result<(), EngineError> {
+    let (_dir, engine, vocab) = engine();
+    let output = StructuredOutput::JsonSchema(SCHEMA.into());
+    let request = |prompt: &[u32], reasoning: Option<ReasoningBlock>| {
+        let mut request = greedy(prompt.to_vec(), 120);
+        request.structured_output = Some(output.clone());
+        request.reasoning = reasoning;
+        request
+    };
+    for seed in 0..4 {
+        let prompt = tokens(24, vocab, seed);
+        let free = collect(&engine, greedy(prompt.clone(), 16))?.tokens;
+        let Some(close) = (3..free.len()).find(|&i| !free[..i].contains(&free[i])) else {
+            panic!("seed {seed}: the free run {free:?} repeats itself")
+        };
+        let block = ReasoningBlock { start: free[0], end: free[close], opened: false };
+        let answer_after = |block_tokens: &[u32]| {
+            let prompt = [&prompt, block_tokens].concat();
+            collect(&engine, request(&prompt, None))
+        };
+        // The answer opens the block with its first token.
+        let thought = collect(&engine, request(&prompt, Some(block)))?;
+        let answer = answer_after(&free[..=close])?;
+        assert_eq!(thought.tokens[..=close], free[..=close], "seed {seed}: the block is written freely");
+        assert_eq!(thought.tokens[close + 1..], answer.tokens, "seed {seed}: the answer follows the block");
+        assert_eq!((thought.reason, answer.reason), (FinishReason::Stop, FinishReason::Stop));
+        check_document(&answer.text);
+        // The prompt opened it: the answer starts inside.
+        let opened = ReasoningBlock { opened: true, ..block };
+        let inside = collect(&engine, request(&prompt, Some(opened)))?;
+        assert_eq!(inside.tokens, thought.tokens, "seed {seed}: the same block, opened by the prompt");
+        // Speculation stays lossless across the block's end.
+        let oracle = Oracle { prompt_len: prompt.len(), answer: thought.tokens.clone() };
+        for speculation in [Speculation::Ngram, Speculation::Drafter(Arc::new(oracle))] {
+            let mut drafted = request(&prompt, Some(opened));
+            drafted.speculation = speculation;
+            assert_eq!(collect(&engine, drafted)?.tokens, thought.tokens, "seed {seed}, speculating");
+        }
+        // An answer that does not open the block (its start token banned) is constrained from
+        // its first token on.
+        let unopened = |reasoning| {
+            let mut request = request(&prompt, reasoning);
+            request.sampling.logit_bias = [(0, -100.0)].into();
+            collect(&engine, request)
+        };
+        let direct = unopened(Some(ReasoningBlock { start: 0, ..block }))?;
+        assert_eq!(direct.tokens, unopened(None)?.tokens, "seed {seed}");
+    }
+    // Delimiters outside the vocabulary are refused by name.
+    let outside = ReasoningBlock { start: 0, end: vocab as u32, opened: false };
+    match engine.submit(request(&tokens(8, vocab, 1), Some(outside))) {
+        Err(EngineError::InvalidRequest { field: "reasoning", reason }) => {
+            assert!(reason.contains("outside"), "{reason}")
+        }
+        other => panic!("a block ending outside the vocabulary gave {other:?}"),
     }
     Ok(())
 }

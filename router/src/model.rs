@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use lcserve_common::{ModelFingerprint, Namespace, PrefillMode};
 use lcserve_proto::v1;
-use lcserve_text::{ChatTemplate, StructuredOutput, StructuredOutputCompiler, StructuredOutputError, Tokenizer};
+use lcserve_text::{
+    ChatTemplate, ReasoningBlock, StructuredOutput, StructuredOutputCompiler, StructuredOutputError, Tokenizer,
+};
 use tokio::sync::{OnceCell, watch};
 
 use crate::error::RouterError;
@@ -69,12 +71,18 @@ impl ServedModel {
         })
     }
 
-    /// Compiles `output` for this model's vocabulary, as a worker would, so that a schema,
-    /// expression or grammar the workers cannot follow is the client's error here. The first
-    /// call indexes the vocabulary (tens of milliseconds): call it off the async workers.
-    pub fn check_structured_output(&self, output: &StructuredOutput) -> Result<(), StructuredOutputError> {
+    /// Compiles `output` (after `reasoning`, if given) for this model's vocabulary, as a worker
+    /// would, so that a schema, expression or grammar the workers cannot follow is the client's
+    /// error here. The first call indexes the vocabulary (tens of milliseconds): call it off
+    /// the async workers.
+    pub fn check_structured_output(
+        &self,
+        output: &StructuredOutput,
+        reasoning: Option<ReasoningBlock>,
+    ) -> Result<(), StructuredOutputError> {
         let compiler = self.structured_output.get_or_init(|| StructuredOutputCompiler::new(&self.tokenizer));
-        compiler.as_ref().map_err(Clone::clone)?.compile(output).map(drop)
+        let constraint = compiler.as_ref().map_err(Clone::clone)?.compile(output)?;
+        reasoning.map_or(Ok(()), |block| constraint.after_reasoning(block).map(drop))
     }
 
     /// Whether a worker computes the same KV bytes for the same tokens: same fingerprint, KV

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use lcserve_common::{Namespace, PrefillMode, SequenceHash, sequence_hashes};
 use lcserve_proto::v1::structured_output::Kind;
 use lcserve_proto::v1::{self, generate_request, tokenize_request};
+use lcserve_text::reasoning::answer_block;
 use lcserve_text::tools::{Tool, ToolCall};
-use lcserve_text::{ChatMessage, RESERVED_TEMPLATE_VARIABLES, StructuredOutput, TokenizerError};
+use lcserve_text::{ChatMessage, RESERVED_TEMPLATE_VARIABLES, ReasoningBlock, StructuredOutput, TokenizerError};
 
 use crate::auth::{Tenant, namespace_salt};
 use crate::error::{Field, RouterError};
@@ -246,9 +247,14 @@ pub(crate) async fn prepare(
     let prefill_mode = request.prefill_mode();
     let speculation = request.speculation();
     let mode = PrefillMode::from(prefill_mode);
-    let sampling = request.sampling.unwrap_or_default();
+    let mut sampling = request.sampling.unwrap_or_default();
     check_sampling(&sampling, &limits)?;
     let structured_output = sampling.structured_output.as_ref().map(structured_output).transpose()?;
+    let asked_reasoning = sampling
+        .structured_output
+        .as_ref()
+        .and_then(|output| output.reasoning.as_ref())
+        .map(|b| ReasoningBlock { start: b.start_token, end: b.end_token, opened: b.opened });
     if let Some(selection) = &request.kv_selection {
         check_kv_selection(selection)?;
     }
@@ -267,19 +273,29 @@ pub(crate) async fn prepare(
     let work = move || {
         let _entered = span.enter();
         if let Some(output) = &structured_output {
-            hashed.check_structured_output(output).map_err(|e| structured_output_error(e.to_string()))?;
+            hashed
+                .check_structured_output(output, asked_reasoning)
+                .map_err(|e| structured_output_error(e.to_string()))?;
         }
         if lcserve_svc_kit::log_prompts() {
             tracing::info!(?prompt, "prompt");
         }
         let ids = tokenize(&hashed, &prompt)?;
+        // A thinking model's answer to a chat reasons first, unconstrained.
+        let reasoning = match asked_reasoning {
+            None if structured_output.is_some() => match (&prompt, &hashed.template) {
+                (Prompt::Chat { .. }, Some(template)) => answer_block(template, &hashed.tokenizer, &ids),
+                _ => None,
+            },
+            asked => asked,
+        };
         span.record("prompt_tokens", ids.len());
         let namespace = hashed.namespace(&salt, mode, ids.len());
         let hashes = sequence_hashes(namespace, &ids, hashed.block_size);
         span.record("blocks", hashes.len());
-        Ok::<_, RouterError>((ids, hashes, salt, namespace))
+        Ok::<_, RouterError>((ids, reasoning, hashes, salt, namespace))
     };
-    let (prompt, hashes, salt, namespace) = if inline {
+    let (prompt, reasoning, hashes, salt, namespace) = if inline {
         work()?
     } else {
         tokio::task::spawn_blocking(work)
@@ -287,6 +303,13 @@ pub(crate) async fn prepare(
             .map_err(|err| RouterError::Internal(format!("tokenizer task: {err}")))??
     };
     check_prompt(&prompt, field, &limits)?;
+    if let Some(output) = sampling.structured_output.as_mut() {
+        output.reasoning = reasoning.map(|block| v1::ReasoningBlock {
+            start_token: block.start,
+            end_token: block.end,
+            opened: block.opened,
+        });
+    }
     let mut stop = request.stop.unwrap_or_default();
     check_stop(&mut stop, prompt.len(), &limits)?;
     let suffix = format!("{:016x}", rand::random::<u64>());

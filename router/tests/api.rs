@@ -535,7 +535,7 @@ async fn grpc_invalid_arguments_name_the_field() {
         ),
         (
             sampling(v1::SamplingParams {
-                structured_output: Some(v1::StructuredOutput { kind: None }),
+                structured_output: Some(v1::StructuredOutput { kind: None, reasoning: None }),
                 ..Default::default()
             }),
             tonic::Code::InvalidArgument,

@@ -39,7 +39,7 @@ pub mod tools;
 pub use chat_template::{ChatMessage, ChatTemplate, RESERVED_TEMPLATE_VARIABLES};
 pub use detokenizer::IncrementalDecoder;
 pub use structured::{
-    AllowedTokens, MAX_CHOICES, MAX_STRUCTURED_OUTPUT_BYTES, StructuredOutput, StructuredOutputCompiler,
-    StructuredOutputError, TokenConstraint,
+    AllowedTokens, MAX_CHOICES, MAX_STRUCTURED_OUTPUT_BYTES, ReasoningBlock, StructuredOutput,
+    StructuredOutputCompiler, StructuredOutputError, TokenConstraint,
 };
 pub use tokenizer::{SpecialTokens, Tokenizer, TokenizerError};

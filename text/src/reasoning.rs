@@ -12,6 +12,11 @@
 //! DeepSeek-R1's do: see [`ReasoningStream::opened`]). An answer that never closes the block (cut
 //! by `max_tokens`) is all reasoning; any other answer is all content, tags and all (a model
 //! told not to think, or quoting the tags later on).
+//!
+//! A structured output constrains only what follows the block: [`answer_block`] says which
+//! block an answer may write first (see [`crate::TokenConstraint::after_reasoning`]).
+
+use crate::{ChatTemplate, ReasoningBlock, Tokenizer};
 
 const OPEN: &str = "<think>";
 const CLOSE: &str = "</think>";
@@ -143,9 +148,48 @@ pub fn split_reasoning(text: &str, opened: bool) -> (Option<String>, String) {
     (reasoning, content)
 }
 
+/// The reasoning block the answer to the chat prompt `prompt` writes before a structured
+/// output's constrained part: a thinking template's (one that writes `</think>`) when the
+/// tokenizer spells `<think>` and `</think>` as one token each, opened when the prompt's last
+/// delimiter among its last few tokens is `<think>`. None when the prompt closed the block there
+/// (Qwen3's template with `enable_thinking: false` writes an empty one): the answer is then
+/// constrained from its first token.
+pub fn answer_block(template: &ChatTemplate, tokenizer: &Tokenizer, prompt: &[u32]) -> Option<ReasoningBlock> {
+    const TAIL_TOKENS: usize = 8;
+    if !template.thinks() {
+        return None;
+    }
+    let (start, end) = (tokenizer.token_to_id(OPEN)?, tokenizer.token_to_id(CLOSE)?);
+    let tail = &prompt[prompt.len().saturating_sub(TAIL_TOKENS)..];
+    match tail.iter().rev().find(|&&id| id == start || id == end) {
+        Some(&id) if id == end => None,
+        last => Some(ReasoningBlock { start, end, opened: last.is_some() }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_structured_output_leaves_the_reasoning_free_unless_the_prompt_closed_its_block() {
+        let tokenizer = Tokenizer::from_json_bytes(
+            br#"{"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+                "post_processor": null, "decoder": null,
+                "model": {"type": "WordLevel", "vocab": {"<unk>": 0, "<think>": 1, "</think>": 2, "a": 3},
+                          "unk_token": "<unk>"}}"#,
+        )
+        .expect("tokenizer");
+        let thinking = ChatTemplate::new("{{ messages }}{{ '</think>' }}").expect("template");
+        let answer_block = |prompt: &[u32]| answer_block(&thinking, &tokenizer, prompt);
+        let block = |opened| Some(ReasoningBlock { start: 1, end: 2, opened });
+        assert_eq!(answer_block(&[3, 3]), block(false), "the answer may open one");
+        assert_eq!(answer_block(&[3, 1, 3]), block(true), "the prompt opened one");
+        assert_eq!(answer_block(&[3, 1, 3, 2, 3]), None, "the prompt closed it: thinking is off");
+        assert_eq!(answer_block(&[1, 2, 3, 3, 3, 3, 3, 3, 3, 3]), block(false), "an earlier turn's block");
+        let plain = ChatTemplate::new("{{ messages }}").expect("template");
+        assert_eq!(super::answer_block(&plain, &tokenizer, &[3, 1]), None, "not a thinking model");
+    }
 
     #[test]
     fn a_think_block_is_reasoning_and_the_rest_content() {

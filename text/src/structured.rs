@@ -11,6 +11,9 @@
 //!   with [`TokenConstraint::accept`]. [`TokenConstraint::is_finished`] says when the output is
 //!   complete and nothing may follow; [`TokenConstraint::forced_tokens`], what any match
 //!   continues with (speculative decoding drafts them).
+//! - A thinking model's answer is free inside its reasoning block and constrained after it:
+//!   [`TokenConstraint::after_reasoning`] with the block's [`ReasoningBlock`] delimiters, as
+//!   vLLM constrains only what follows a reasoning parser's block.
 //!
 //! The matching itself is llguidance's: an Earley parser over a lazily built lexer, walked
 //! against the token trie, so a mask costs a fraction of a decoding step and the grammar needs no
@@ -193,7 +196,7 @@ impl StructuredOutputCompiler {
             .factory
             .create_parser(output.grammar()?)
             .map_err(|e| StructuredOutputError::Invalid(format!("the {} does not compile: {e}", output.kind())))?;
-        Ok(TokenConstraint { matcher: Matcher::new(Ok(parser)) })
+        Ok(TokenConstraint { matcher: Matcher::new(Ok(parser)), vocab_size: self.vocab_size(), phase: Phase::Answer })
     }
 }
 
@@ -216,14 +219,40 @@ impl TokenizerEnv for VocabularyEnv {
     }
 }
 
+/// A thinking model's reasoning block (`<think>` … `</think>`), each delimiter one token, and
+/// whether the prompt left the answer inside it (templates that open the block for the model,
+/// as DeepSeek-R1's do).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReasoningBlock {
+    pub start: u32,
+    pub end: u32,
+    pub opened: bool,
+}
+
+/// Where an output stands with respect to a reasoning block its constraint leaves free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Nothing generated yet: the first token may open the block, or start the answer.
+    MayReason { start: u32, end: u32 },
+    /// Inside the block: any token, until `end`.
+    Reasoning { end: u32 },
+    /// The constrained part.
+    Answer,
+}
+
 /// One request's position in its structured output.
 pub struct TokenConstraint {
     matcher: Matcher,
+    vocab_size: usize,
+    phase: Phase,
 }
 
 impl std::fmt::Debug for TokenConstraint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenConstraint").field("finished", &self.is_finished()).finish_non_exhaustive()
+        f.debug_struct("TokenConstraint")
+            .field("phase", &self.phase)
+            .field("finished", &self.is_finished())
+            .finish_non_exhaustive()
     }
 }
 
@@ -249,10 +278,41 @@ impl AllowedTokens {
 }
 
 impl TokenConstraint {
+    /// This constraint applied only after `block`: the answer may open the block with its first
+    /// token (or starts inside it when the prompt opened it), writes freely until the block's
+    /// end token, and is constrained from the next token on. An answer that does not open the
+    /// block is constrained from its first token.
+    pub fn after_reasoning(mut self, block: ReasoningBlock) -> Result<Self> {
+        let vocab_size = self.vocab_size;
+        let outside =
+            [("start", block.start), ("end", block.end)].into_iter().find(|&(_, id)| id as usize >= vocab_size);
+        if let Some((which, id)) = outside {
+            return Err(StructuredOutputError::Invalid(format!(
+                "the reasoning block's {which} token {id} is outside the {vocab_size}-token vocabulary"
+            )));
+        }
+        if block.start == block.end {
+            return Err(StructuredOutputError::Invalid(
+                "the reasoning block starts and ends with the same token".into(),
+            ));
+        }
+        self.phase = match block.opened {
+            true => Phase::Reasoning { end: block.end },
+            false => Phase::MayReason { start: block.start, end: block.end },
+        };
+        Ok(self)
+    }
+
     /// The tokens that may come next: those that keep the output a prefix of a match, and the
-    /// end-of-sequence ids once it is a whole match.
+    /// end-of-sequence ids once it is a whole match; any token inside a reasoning block.
     pub fn allowed(&mut self) -> Result<AllowedTokens> {
-        let mask = self.matcher.compute_mask_or_eos().map_err(|e| StructuredOutputError::Matcher(e.to_string()))?;
+        if let Phase::Reasoning { .. } = self.phase {
+            return Ok(AllowedTokens(SimpleVob::alloc_ones(self.vocab_size)));
+        }
+        let mut mask = self.matcher.compute_mask_or_eos().map_err(|e| StructuredOutputError::Matcher(e.to_string()))?;
+        if let Phase::MayReason { start, .. } = self.phase {
+            mask.allow_token(start);
+        }
         if mask.is_zero() {
             return Err(StructuredOutputError::Matcher("no token can continue the output".into()));
         }
@@ -261,20 +321,38 @@ impl TokenConstraint {
 
     /// Moves past `token`, which must be one [`allowed`](Self::allowed) returned.
     pub fn accept(&mut self, token: u32) -> Result<()> {
-        self.matcher.consume_token(token).map_err(|e| StructuredOutputError::Matcher(e.to_string()))
+        match self.phase {
+            Phase::MayReason { start, end } if token == start => {
+                self.phase = Phase::Reasoning { end };
+                Ok(())
+            }
+            Phase::Reasoning { end } => {
+                if token == end {
+                    self.phase = Phase::Answer;
+                }
+                Ok(())
+            }
+            Phase::MayReason { .. } | Phase::Answer => {
+                self.phase = Phase::Answer;
+                self.matcher.consume_token(token).map_err(|e| StructuredOutputError::Matcher(e.to_string()))
+            }
+        }
     }
 
     /// Tokens every match continues with from here (the tokenization of the bytes the
-    /// constraint forces next, such as an object's next key), possibly none. The model may
-    /// still spell those bytes with other tokens, so they suit drafts, which are verified,
-    /// not emission.
+    /// constraint forces next, such as an object's next key), possibly none; none inside a
+    /// reasoning block. The model may still spell those bytes with other tokens, so they suit
+    /// drafts, which are verified, not emission.
     pub fn forced_tokens(&mut self) -> Vec<u32> {
-        self.matcher.compute_ff_tokens()
+        match self.phase {
+            Phase::Reasoning { .. } => Vec::new(),
+            Phase::MayReason { .. } | Phase::Answer => self.matcher.compute_ff_tokens(),
+        }
     }
 
     /// The output is complete and nothing may follow it (not even an end-of-sequence token:
     /// the constraint is done).
     pub fn is_finished(&self) -> bool {
-        self.matcher.is_stopped() && !self.matcher.is_error()
+        self.phase == Phase::Answer && self.matcher.is_stopped() && !self.matcher.is_error()
     }
 }

@@ -4,11 +4,13 @@
 mod support;
 
 use lcserve_text::tools::{Tool, ToolChoice, parse_call_array};
-use lcserve_text::{StructuredOutput, StructuredOutputCompiler, StructuredOutputError, TokenConstraint, Tokenizer};
+use lcserve_text::{
+    ReasoningBlock, StructuredOutput, StructuredOutputCompiler, StructuredOutputError, TokenConstraint, Tokenizer,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use support::{BOS, ENDOFTEXT, IM_END, TestResult};
+use support::{BOS, END_THINK, ENDOFTEXT, IM_END, THINK, TestResult};
 
 fn compiler() -> (Tokenizer, StructuredOutputCompiler) {
     let tokenizer = support::tiny(false);
@@ -155,6 +157,68 @@ fn a_finished_output_ends_without_another_token() -> TestResult {
         constraint.accept(id)?;
     }
     assert!(constraint.is_finished());
+    Ok(())
+}
+
+#[test]
+fn a_reasoning_block_is_written_freely_and_only_the_answer_after_it_is_constrained() -> TestResult {
+    let tokenizer = support::thinking();
+    assert_eq!(tokenizer.encode("<think>x</think>", false)?, [THINK, tokenizer.encode("x", false)?[0], END_THINK]);
+    let compiler = StructuredOutputCompiler::new(&tokenizer)?;
+    let output = StructuredOutput::Choice(vec!["he".into(), "no".into()]);
+    let block = ReasoningBlock { start: THINK, end: END_THINK, opened: false };
+    let ids = |text: &str| tokenizer.encode(text, false);
+    let answer = |constraint: &mut TokenConstraint| -> TestResult {
+        assert!(!constraint.allowed()?.contains(ids("x")?[0]), "the answer is constrained");
+        for id in ids("no")? {
+            assert!(constraint.allowed()?.contains(id));
+            constraint.accept(id)?;
+        }
+        assert!(constraint.is_finished());
+        Ok(())
+    };
+
+    // The first token may open the block, or start the answer.
+    let mut constraint = compiler.compile(&output)?.after_reasoning(block)?;
+    let first = constraint.allowed()?;
+    assert!(first.contains(THINK) && !first.contains(END_THINK), "only the block's start");
+    assert!(first.contains(ids("n")?[0]) && !first.contains(ids("x")?[0]), "or the answer's first token");
+    constraint.accept(THINK)?;
+    // Inside it anything goes, nothing is forced, and `</think>` ends it.
+    for id in ids("x <think> maybe {]")? {
+        assert_eq!(constraint.allowed()?.count(), support::VOCAB_SIZE + 2);
+        assert!(constraint.forced_tokens().is_empty());
+        constraint.accept(id)?;
+    }
+    assert!(!constraint.is_finished());
+    constraint.accept(END_THINK)?;
+    assert!(!constraint.allowed()?.contains(THINK), "one block only");
+    answer(&mut constraint)?;
+
+    // An answer that does not open the block is constrained from its first token on.
+    let mut constraint = compiler.compile(&output)?.after_reasoning(block)?;
+    constraint.accept(ids("n")?[0])?;
+    assert!(!constraint.allowed()?.contains(THINK));
+    constraint.accept(ids("o")?[0])?;
+    assert!(constraint.is_finished());
+
+    // A prompt that opened the block leaves the answer inside it.
+    let mut constraint = compiler.compile(&output)?.after_reasoning(ReasoningBlock { opened: true, ..block })?;
+    assert!(constraint.allowed()?.contains(ids("x")?[0]));
+    constraint.accept(ids("x")?[0])?;
+    constraint.accept(END_THINK)?;
+    answer(&mut constraint)?;
+
+    // Delimiters must be two tokens of the vocabulary.
+    let refused = |block: ReasoningBlock, needle: &str| match compiler.compile(&output)?.after_reasoning(block) {
+        Err(StructuredOutputError::Invalid(message)) => {
+            assert!(message.contains(needle), "{message}");
+            Ok::<_, Box<dyn std::error::Error>>(())
+        }
+        other => panic!("{block:?} was not refused: {other:?}"),
+    };
+    refused(ReasoningBlock { end: 263, ..block }, "end token 263 is outside the 263-token vocabulary")?;
+    refused(ReasoningBlock { start: END_THINK, ..block }, "the same token")?;
     Ok(())
 }
 

@@ -2,8 +2,8 @@
 
 use lcserve_common::TokenId;
 use lcserve_engine::{
-    FinishReason, GenerateRequest, KvSelection, SamplingParams, Speculation, StopConditions, StructuredOutput,
-    TokenLogprobs, Usage,
+    FinishReason, GenerateRequest, KvSelection, ReasoningBlock, SamplingParams, Speculation, StopConditions,
+    StructuredOutput, TokenLogprobs, Usage,
 };
 use lcserve_proto::v1;
 use lcserve_proto::v1::structured_output::Kind;
@@ -32,6 +32,11 @@ pub(crate) fn parts(request: Option<v1::WorkerRequest>) -> Result<Parts, Status>
     };
     let mut sampling = request.sampling.unwrap_or_default();
     let stop = request.stop.unwrap_or_default();
+    let reasoning = sampling
+        .structured_output
+        .as_mut()
+        .and_then(|output| output.reasoning.take())
+        .map(|block| ReasoningBlock { start: block.start_token, end: block.end_token, opened: block.opened });
     let structured_output = sampling.structured_output.take().map(structured_output).transpose()?;
     let engine_request = GenerateRequest {
         prompt: request.prompt,
@@ -59,6 +64,7 @@ pub(crate) fn parts(request: Option<v1::WorkerRequest>) -> Result<Parts, Status>
         kv_selection: request.kv_selection.map(kv_selection),
         cache_salt: request.cache_salt,
         structured_output,
+        reasoning,
         prompt_logprobs: sampling.prompt_logprobs.map(|n| n as usize),
         ..GenerateRequest::default()
     };
@@ -150,4 +156,21 @@ pub(crate) fn usage(usage: &Usage, sources: Sources, time_to_first_token_ms: u32
 
 pub(crate) fn event(event: v1::generate_response::Event) -> v1::GenerateResponse {
     v1::GenerateResponse { event: Some(event) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_structured_outputs_reasoning_block_reaches_the_engine() -> Result<(), Status> {
+        let block = v1::ReasoningBlock { start_token: 7, end_token: 8, opened: true };
+        let output = v1::StructuredOutput { kind: Some(Kind::JsonObject(true)), reasoning: Some(block) };
+        let sampling = v1::SamplingParams { structured_output: Some(output), ..v1::SamplingParams::default() };
+        let wire = v1::WorkerRequest { prompt: vec![1, 2], sampling: Some(sampling), ..v1::WorkerRequest::default() };
+        let request = parts(Some(wire))?.request;
+        assert_eq!(request.structured_output, Some(StructuredOutput::JsonObject));
+        assert_eq!(request.reasoning, Some(ReasoningBlock { start: 7, end: 8, opened: true }));
+        Ok(())
+    }
 }

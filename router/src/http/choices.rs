@@ -34,8 +34,8 @@ const CHANNEL_EVENTS: usize = 64;
 /// One event of choice `index`.
 pub(super) type ChoiceEvent = (usize, Event);
 
-/// A batch's merged events, and for each prompt whether it ended inside a `<think>` block its
-/// chat template opened (so its answers start in their reasoning).
+/// A batch's merged events, and for each prompt whether its answers start inside a `<think>`
+/// block its chat template opened.
 pub(super) struct Started {
     pub events: mpsc::Receiver<ChoiceEvent>,
     pub opened_reasoning: Vec<bool>,
@@ -60,12 +60,22 @@ pub(super) async fn start(
         }
     });
     let admitted = futures_util::future::try_join_all(admissions).await?;
-    let opened_reasoning = admitted.iter().map(|a| opens_reasoning(&model, &a.prepared.request.prompt)).collect();
+    let opened_reasoning = admitted.iter().map(|a| starts_reasoning(&model, &a.prepared.request)).collect();
     let (tx, rx) = mpsc::channel(CHANNEL_EVENTS.max(admitted.len()));
     for (prompt, admitted) in admitted.into_iter().enumerate() {
         tokio::spawn(run_prompt(Arc::clone(shared), admitted, prompt * n, n, endpoint, tx.clone()));
     }
     Ok(Started { events: rx, opened_reasoning })
+}
+
+/// Whether the answer to `request` starts inside a `<think>` block its prompt opened. With a
+/// structured output, its reasoning block says (without one, the output is constrained from
+/// its first token, outside any block); otherwise [`opens_reasoning`] reads the prompt.
+fn starts_reasoning(model: &ServedModel, request: &v1::WorkerRequest) -> bool {
+    match request.sampling.as_ref().and_then(|s| s.structured_output.as_ref()) {
+        Some(output) => output.reasoning.as_ref().is_some_and(|block| block.opened),
+        None => opens_reasoning(model, &request.prompt),
+    }
 }
 
 /// Whether `prompt` ends with an opened `<think>` (a thinking model's template that opens the
@@ -228,6 +238,8 @@ mod tests {
 
 #[cfg(test)]
 mod reasoning_tests {
+    use lcserve_proto::v1::structured_output::Kind;
+
     use super::*;
 
     /// A served model whose words are `<think>`, `</think>` and `a`, with `template`.
@@ -256,5 +268,21 @@ mod reasoning_tests {
         assert!(!opens_reasoning(&thinking, &[]));
         let plain = model("{{ messages }}");
         assert!(!opens_reasoning(&plain, &[3, 3, 1]), "a template that writes no </think> is not a thinking model's");
+    }
+
+    #[test]
+    fn a_structured_output_says_where_the_answer_starts_else_the_prompt_does() {
+        let thinking = model("{{ messages }}{{ '</think>' }}");
+        let request = |reasoning: Option<v1::ReasoningBlock>| {
+            let output = v1::StructuredOutput { kind: Some(Kind::JsonObject(true)), reasoning };
+            let sampling = v1::SamplingParams { structured_output: Some(output), ..v1::SamplingParams::default() };
+            v1::WorkerRequest { prompt: vec![3, 1], sampling: Some(sampling), ..v1::WorkerRequest::default() }
+        };
+        let wire = |opened| v1::ReasoningBlock { start_token: 1, end_token: 2, opened };
+        assert!(starts_reasoning(&thinking, &request(Some(wire(true)))));
+        assert!(!starts_reasoning(&thinking, &request(Some(wire(false)))));
+        assert!(!starts_reasoning(&thinking, &request(None)), "constrained from the first token");
+        let free = v1::WorkerRequest { sampling: None, ..request(None) };
+        assert!(starts_reasoning(&thinking, &free));
     }
 }

@@ -110,8 +110,8 @@ pub(crate) struct Shaper {
 
 impl Shaper {
     /// A shaper for `kind`'s responses. For a thinking model, `reasoning` says of each prompt
-    /// whether it ended inside an opened `<think>` block; chat answers' reasoning is then
-    /// returned apart, as `reasoning_content`.
+    /// whether its answers start inside a `<think>` block it opened; chat answers' reasoning
+    /// is then returned apart, as `reasoning_content`.
     pub fn new(
         kind: Kind,
         model: &str,
@@ -124,13 +124,8 @@ impl Shaper {
             Kind::Chat => "chatcmpl",
         };
         let choices = options.prompts * options.choices;
-        // A structured output constrains the answer from its first token, so it starts outside
-        // any block the prompt opened.
-        let constrained = options.structured_output_field.is_some();
         let opened: Vec<bool> = match reasoning.filter(|_| kind == Kind::Chat) {
-            Some(prompts) => {
-                (0..choices).map(|i| !constrained && prompts.get(i / options.choices.max(1)) == Some(&true)).collect()
-            }
+            Some(prompts) => (0..choices).map(|i| prompts.get(i / options.choices.max(1)) == Some(&true)).collect(),
             None => Vec::new(),
         };
         Shaper {
@@ -408,10 +403,7 @@ mod tests {
     /// A chat shaper for a model that does not think (`None`) or does, its prompt having opened
     /// the `<think>` block or not.
     fn chat_shaper(opened: Option<bool>) -> Shaper {
-        shaper_with(opened, ResponseOptions { choices: 1, prompts: 1, ..ResponseOptions::default() })
-    }
-
-    fn shaper_with(opened: Option<bool>, options: ResponseOptions) -> Shaper {
+        let options = ResponseOptions { choices: 1, prompts: 1, ..ResponseOptions::default() };
         let tokenizer = Tokenizer::from_json_bytes(
             br#"{"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
                 "post_processor": null, "decoder": null,
@@ -449,17 +441,6 @@ mod tests {
             let message = &whole["choices"][0]["message"];
             assert_eq!((&message["reasoning_content"], &message["content"]), (&json!(want.0), &json!(want.1)));
         }
-
-        // A structured output constrains the answer from its first token: it is all content,
-        // whatever the prompt opened.
-        let json = ResponseOptions {
-            choices: 1,
-            prompts: 1,
-            structured_output_field: Some("response_format"),
-            ..ResponseOptions::default()
-        };
-        let whole = shaper_with(Some(true), json).complete(&[tokens(&["{\"a\"", ": 1}"])], &[&finished()]);
-        assert_eq!(whole["choices"][0]["message"]["content"], json!("{\"a\": 1}"));
 
         // A model whose template writes no think blocks keeps its text whole.
         assert_eq!(streamed(&mut chat_shaper(None), &PIECES), (String::new(), PIECES.concat()));

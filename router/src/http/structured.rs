@@ -57,7 +57,7 @@ impl StructuredFields {
         asked.extend(guided_grammar.map(|grammar| ("guided_grammar", Kind::Grammar(grammar))));
         match asked.len() {
             0 => Ok(None),
-            1 => Ok(asked.pop().map(|(name, kind)| (v1::StructuredOutput { kind: Some(kind) }, name))),
+            1 => Ok(asked.pop().map(|(name, kind)| (v1::StructuredOutput { kind: Some(kind), reasoning: None }, name))),
             _ => {
                 let names: Vec<&str> = asked.iter().map(|(name, _)| *name).collect();
                 invalid(asked[1].0, format!("only one structured output per request; got {}", names.join(", ")))

@@ -158,7 +158,7 @@ pub(crate) fn read(
     }
     let forced = choice
         .forced_schema(&definitions)
-        .map(|schema| v1::StructuredOutput { kind: Some(WireKind::JsonSchema(schema)) });
+        .map(|schema| v1::StructuredOutput { kind: Some(WireKind::JsonSchema(schema)), reasoning: None });
     let calling = match choice {
         ToolChoice::None => ToolCalling::Off,
         _ if definitions.is_empty() => ToolCalling::Off,

@@ -56,3 +56,18 @@ pub fn tiny(add_bos: bool) -> Tokenizer {
     let special = SpecialTokens { bos_id: Some(BOS), eos_id: Some(ENDOFTEXT), extra_stop_ids: Vec::new(), add_bos };
     Tokenizer::from_parts(tiny_inner(add_bos), VOCAB_SIZE, special).expect("tiny tokenizer")
 }
+
+/// A thinking model's delimiters, added to [`thinking`]'s vocabulary after the others.
+pub const THINK: u32 = 261;
+pub const END_THINK: u32 = 262;
+
+/// [`tiny`] (without BOS) and the special tokens `<think>` and `</think>`.
+pub fn thinking() -> Tokenizer {
+    let mut inner = tiny_inner(false);
+    inner
+        .add_special_tokens(["<think>", "</think>"].map(|t| AddedToken::from(t, true).normalized(false)))
+        .expect("thinking tokens");
+    let special =
+        SpecialTokens { bos_id: Some(BOS), eos_id: Some(ENDOFTEXT), extra_stop_ids: Vec::new(), add_bos: false };
+    Tokenizer::from_parts(inner, VOCAB_SIZE + 2, special).expect("thinking tokenizer")
+}
