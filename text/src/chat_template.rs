@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::tokenizer::{Tokenizer, TokenizerError};
-use crate::tools::{Tool, ToolCall, hermes_fallback};
+use crate::tools::{CallFormat, Tool, ToolCall, hermes_fallback};
 
 const TEMPLATE_NAME: &str = "chat_template";
 
@@ -141,6 +141,16 @@ impl ChatTemplate {
     /// Whether the template renders tools itself (it mentions them at all).
     pub fn knows_tools(&self) -> bool {
         self.source.contains("tools")
+    }
+
+    /// How the model writes the tool calls it makes on its own: as Llama 3.1–3.3's templates
+    /// ask (`Respond in the format {"name": function name, "parameters": dictionary of argument
+    /// name and its value}`), or else in Hermes' `<tool_call>` blocks.
+    pub fn call_format(&self) -> CallFormat {
+        match self.source.contains(r#""parameters": dictionary of argument name"#) {
+            true => CallFormat::Llama3Json,
+            false => CallFormat::Hermes,
+        }
     }
 
     /// [`render`](Self::render) with explicit `bos_token` / `eos_token` template variables.

@@ -1,15 +1,18 @@
 //! Tool calling: the tools a conversation offers, the calls a model makes, and how both are
 //! written into prompts and read back out of generated text.
 //!
-//! One format throughout, Hermes' (used by Qwen 2.5/3, Hermes and many fine-tunes): a model
-//! calls a tool by writing `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`.
+//! Two formats of calls a model makes on its own ([`CallFormat`]): Hermes' (Qwen 2.5/3, Hermes
+//! and many fine-tunes), `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks among
+//! the text, and Llama 3's, an answer that is nothing but `{"name": ..., "parameters": {...}}`
+//! objects. The template says which ([`crate::ChatTemplate::call_format`]).
 //! - A chat template that knows tools renders them itself; for one that does not,
 //!   [`hermes_fallback`] rewrites the conversation so the model is told about the tools (a system
 //!   message), sees its earlier calls as `<tool_call>` blocks and their results as
 //!   `<tool_response>` blocks.
 //! - [`ToolCallStream`] splits generated text into content and calls as it streams, holding back
-//!   only what might be the start of a `<tool_call>` tag; [`parse_tool_calls`] is the same machine
-//!   run over a whole answer, so streamed and whole responses agree.
+//!   only what might be the start of a `<tool_call>` tag (or, in Llama 3's format, an answer
+//!   that opens as a call); [`parse_tool_calls`] is the same machine run over a whole answer, so
+//!   streamed and whole responses agree.
 //! - A forced call (OpenAI's `tool_choice: "required"` or a named function) is a JSON-schema
 //!   structured output ([`ToolChoice::forced_schema`]): the named function's arguments, or
 //!   an array of `{"name", "arguments"}` objects ([`parse_call_array`]).
@@ -20,6 +23,10 @@ use serde_json::{Value, json};
 use crate::chat_template::ChatMessage;
 #[cfg(doc)]
 use crate::structured::StructuredOutput;
+
+mod json_answer;
+
+use json_answer::{JsonAnswer, parse_calls};
 
 const CALL_OPEN: &str = "<tool_call>";
 const CALL_CLOSE: &str = "</tool_call>";
@@ -155,6 +162,18 @@ fn generated_call(value: Value, tools: Option<&[Tool]>) -> Option<GeneratedCall>
     Some(GeneratedCall { name, arguments })
 }
 
+/// How a model writes the calls it makes on its own (`tool_choice: "auto"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CallFormat {
+    /// `<tool_call>{"name", "arguments"}</tool_call>` blocks among its text: Hermes' and Qwen
+    /// 2.5/3's, and what a template that knows no tools is taught.
+    #[default]
+    Hermes,
+    /// An answer that is nothing but `{"name", "parameters"}` objects, after `<|python_tag|>`
+    /// or not, `;` between them: Llama 3.1–3.3's.
+    Llama3Json,
+}
+
 /// A piece of generated text, as [`ToolCallStream`] reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Piece {
@@ -162,59 +181,95 @@ pub enum Piece {
     Call(GeneratedCall),
 }
 
-/// Splits generated text into content and `<tool_call>` blocks as it arrives.
+/// Splits generated text into content and calls as it arrives.
 ///
 /// A block whose body is not a call of one of the tools (bad JSON, an unknown name) stays
-/// content, verbatim, as does an unclosed block at the end.
+/// content, verbatim, as does an unclosed block at the end; so does a Llama 3 answer that is
+/// not all calls.
 #[derive(Clone, Debug)]
 pub struct ToolCallStream {
     tools: Vec<Tool>,
-    /// Text not yet emitted: a possible start of `<tool_call>`, or an open block's body.
+    /// Text not yet emitted: a possible start of `<tool_call>`, an open block's body, or a Llama
+    /// 3 answer that may be calls.
     pending: String,
-    in_call: bool,
+    reader: Reader,
+}
+
+/// Where a [`ToolCallStream`] stands in its format.
+#[derive(Clone, Copy, Debug)]
+enum Reader {
+    Hermes { in_call: bool },
+    Llama3Json(JsonAnswer),
 }
 
 impl ToolCallStream {
-    pub fn new(tools: Vec<Tool>) -> Self {
-        Self { tools, pending: String::new(), in_call: false }
+    pub fn new(tools: Vec<Tool>, format: CallFormat) -> Self {
+        let reader = match format {
+            CallFormat::Hermes => Reader::Hermes { in_call: false },
+            CallFormat::Llama3Json => Reader::Llama3Json(JsonAnswer::Undecided),
+        };
+        Self { tools, pending: String::new(), reader }
     }
 
     /// The pieces `text` completes.
     pub fn push(&mut self, text: &str) -> Vec<Piece> {
         self.pending.push_str(text);
         let mut pieces = Vec::new();
-        loop {
-            if self.in_call {
-                let Some(end) = self.pending.find(CALL_CLOSE) else { break };
-                let body: String = self.pending.drain(..end + CALL_CLOSE.len()).collect();
-                let body = &body[..end];
-                let call = serde_json::from_str(body.trim()).ok().and_then(|v| generated_call(v, Some(&self.tools)));
-                pieces.push(match call {
-                    Some(call) => Piece::Call(call),
-                    None => Piece::Content(format!("{CALL_OPEN}{body}{CALL_CLOSE}")),
-                });
-                self.in_call = false;
-            } else if let Some(start) = self.pending.find(CALL_OPEN) {
-                let before: String = self.pending.drain(..start + CALL_OPEN.len()).collect();
-                push_content(&mut pieces, &before[..start]);
-                self.in_call = true;
-            } else {
-                let keep = partial_tag_len(&self.pending);
-                let ready: String = self.pending.drain(..self.pending.len() - keep).collect();
-                push_content(&mut pieces, &ready);
-                break;
+        match &mut self.reader {
+            Reader::Hermes { in_call } => {
+                self.pending = hermes_pieces(&self.pending, in_call, &self.tools, &mut pieces)
+            }
+            Reader::Llama3Json(answer) => {
+                *answer = answer.read(&self.pending);
+                if *answer == JsonAnswer::Content {
+                    push_content(&mut pieces, &std::mem::take(&mut self.pending));
+                }
             }
         }
         pieces
     }
 
-    /// What is left once the text has ended: held-back text or an unclosed block, as content.
+    /// What is left once the text has ended: held-back text or an unclosed block, as content;
+    /// a held Llama 3 answer, as its calls if it is all calls.
     pub fn finish(&mut self) -> Vec<Piece> {
         let rest = std::mem::take(&mut self.pending);
-        let rest = if std::mem::take(&mut self.in_call) { format!("{CALL_OPEN}{rest}") } else { rest };
         let mut pieces = Vec::new();
-        push_content(&mut pieces, &rest);
+        match self.reader {
+            Reader::Hermes { in_call: true } => push_content(&mut pieces, &format!("{CALL_OPEN}{rest}")),
+            Reader::Llama3Json(JsonAnswer::Calls) => match parse_calls(&rest, &self.tools) {
+                Some(calls) => pieces.extend(calls.into_iter().map(Piece::Call)),
+                None => push_content(&mut pieces, &rest),
+            },
+            Reader::Hermes { .. } | Reader::Llama3Json(_) => push_content(&mut pieces, &rest),
+        }
         pieces
+    }
+}
+
+/// Reads `<tool_call>` blocks out of `pending` into `pieces`; returns what must wait for more
+/// text (a possible start of the tag, or an open block's body).
+fn hermes_pieces(pending: &str, in_call: &mut bool, tools: &[Tool], pieces: &mut Vec<Piece>) -> String {
+    let mut pending = pending;
+    loop {
+        if *in_call {
+            let Some(end) = pending.find(CALL_CLOSE) else { return pending.to_owned() };
+            let body = &pending[..end];
+            let call = serde_json::from_str(body.trim()).ok().and_then(|v| generated_call(v, Some(tools)));
+            pieces.push(match call {
+                Some(call) => Piece::Call(call),
+                None => Piece::Content(format!("{CALL_OPEN}{body}{CALL_CLOSE}")),
+            });
+            pending = &pending[end + CALL_CLOSE.len()..];
+            *in_call = false;
+        } else if let Some(start) = pending.find(CALL_OPEN) {
+            push_content(pieces, &pending[..start]);
+            pending = &pending[start + CALL_OPEN.len()..];
+            *in_call = true;
+        } else {
+            let ready = pending.len() - partial_tag_len(pending);
+            push_content(pieces, &pending[..ready]);
+            return pending[ready..].to_owned();
+        }
     }
 }
 
@@ -230,8 +285,8 @@ fn partial_tag_len(text: &str) -> usize {
 }
 
 /// A whole answer's content (`None` when only whitespace is left) and calls.
-pub fn parse_tool_calls(text: &str, tools: &[Tool]) -> (Option<String>, Vec<GeneratedCall>) {
-    let mut stream = ToolCallStream::new(tools.to_vec());
+pub fn parse_tool_calls(text: &str, tools: &[Tool], format: CallFormat) -> (Option<String>, Vec<GeneratedCall>) {
+    let mut stream = ToolCallStream::new(tools.to_vec(), format);
     let mut pieces = stream.push(text);
     pieces.extend(stream.finish());
     let mut content = String::new();
@@ -312,7 +367,7 @@ mod tests {
     fn content_and_calls_are_split_apart() {
         let text = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n\
                     <tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\"}}</tool_call>";
-        let (content, calls) = parse_tool_calls(text, &[weather()]);
+        let (content, calls) = parse_tool_calls(text, &[weather()], CallFormat::Hermes);
         assert_eq!(content.as_deref(), Some("Let me check."));
         assert_eq!(calls, [call("get_weather", r#"{"city":"Paris"}"#), call("get_weather", r#"{"city":"Rome"}"#)]);
     }
@@ -327,22 +382,22 @@ mod tests {
             "<tool_call>{\"name\": \"get_weather\"",
             "a <tool_ca",
         ] {
-            let (content, calls) = parse_tool_calls(text, &tools);
+            let (content, calls) = parse_tool_calls(text, &tools, CallFormat::Hermes);
             assert!(calls.is_empty(), "{text}");
             assert_eq!(content.as_deref(), Some(text.trim()));
         }
-        assert_eq!(parse_tool_calls("  \n", &tools), (None, vec![]));
+        assert_eq!(parse_tool_calls("  \n", &tools, CallFormat::Hermes), (None, vec![]));
     }
 
     #[test]
     fn streaming_agrees_with_parsing_the_whole_text_at_every_split() {
         let text = "Sure <tool <tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}</tool_call> \
                     done <tool_call>{bad}</tool_call> é <tool_call>";
-        let whole = parse_tool_calls(text, &[weather()]);
+        let whole = parse_tool_calls(text, &[weather()], CallFormat::Hermes);
         let boundaries: Vec<usize> = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect();
         for &a in &boundaries {
             for &b in boundaries.iter().filter(|&&b| b >= a) {
-                let mut stream = ToolCallStream::new(vec![weather()]);
+                let mut stream = ToolCallStream::new(vec![weather()], CallFormat::Hermes);
                 let mut pieces = Vec::new();
                 for part in [&text[..a], &text[a..b], &text[b..]] {
                     pieces.extend(stream.push(part));
@@ -376,12 +431,52 @@ mod tests {
 
     #[test]
     fn content_is_released_as_soon_as_it_cannot_start_a_tag() {
-        let mut stream = ToolCallStream::new(vec![weather()]);
+        let mut stream = ToolCallStream::new(vec![weather()], CallFormat::Hermes);
         assert_eq!(stream.push("Hello <tool"), [Piece::Content("Hello ".into())]);
         assert_eq!(stream.push("s>"), [Piece::Content("<tools>".into())]);
         assert_eq!(stream.push("<tool_call>{\"name\": \"get_weather\"}"), []);
         assert_eq!(stream.push("</tool_call>"), [Piece::Call(call("get_weather", "{}"))]);
         assert_eq!(stream.finish(), []);
+    }
+
+    #[test]
+    fn a_llama3_answer_of_json_calls_is_calls_and_any_other_is_content() {
+        let tools = [weather(), Tool { name: "now".into(), description: None, parameters: None }];
+        let llama = |text: &str| parse_tool_calls(text, &tools, CallFormat::Llama3Json);
+        let paris = call("get_weather", r#"{"city":"Paris"}"#);
+        assert_eq!(llama(r#"{"name": "get_weather", "parameters": {"city": "Paris"}}"#), (None, vec![paris.clone()]));
+        let two = r#"<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}; {"name": "now", "parameters": {}}"#;
+        assert_eq!(llama(two), (None, vec![paris, call("now", "{}")]));
+        let spaced = "\n {\"name\": \"now\", \"arguments\": {}}\n{\"name\": \"now\"}";
+        assert_eq!(llama(spaced), (None, vec![call("now", "{}"), call("now", "{}")]));
+        for text in [
+            "The weather is fine.",
+            "{not json}",
+            r#"{"name": "launch", "parameters": {}}"#,
+            r#"{"name": "now", "parameters": {}} and more"#,
+            r#"{"name": "now""#,
+            "<|python_",
+            "<tool_call>{\"name\": \"now\", \"arguments\": {}}</tool_call>",
+        ] {
+            assert_eq!(llama(text), (Some(text.to_owned()), vec![]), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_llama3_answer_streams_as_content_at_once_or_is_held_whole_as_calls() {
+        let mut content = ToolCallStream::new(vec![weather()], CallFormat::Llama3Json);
+        assert_eq!(content.push("  "), []);
+        assert_eq!(content.push("<|py"), []);
+        assert_eq!(content.push("x"), [Piece::Content("  <|pyx".into())]);
+        assert_eq!(content.push(" {}"), [Piece::Content(" {}".into())]);
+        assert_eq!(content.finish(), []);
+        let text = r#" <|python_tag|>{"name": "get_weather", "parameters": {"city": "Oslo"}}"#;
+        for split in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+            let mut calls = ToolCallStream::new(vec![weather()], CallFormat::Llama3Json);
+            assert_eq!(calls.push(&text[..split]), []);
+            assert_eq!(calls.push(&text[split..]), []);
+            assert_eq!(calls.finish(), [Piece::Call(call("get_weather", r#"{"city":"Oslo"}"#))], "split at {split}");
+        }
     }
 
     #[test]

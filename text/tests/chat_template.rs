@@ -3,7 +3,7 @@
 
 mod support;
 
-use lcserve_text::tools::{Tool, ToolCall};
+use lcserve_text::tools::{CallFormat, Tool, ToolCall};
 use lcserve_text::{ChatMessage, ChatTemplate, TokenizerError};
 use serde_json::Map;
 use support::{TestResult, tiny};
@@ -217,6 +217,17 @@ fn qwen3_template_renders_reasoning_tools_and_enable_thinking_as_transformers_do
         let clash: Map<String, serde_json::Value> = [(name.to_owned(), true.into())].into_iter().collect();
         let err = t.render_with_tools(&thinking, &[], &clash, true, &tok).expect_err("reserved");
         assert!(err.to_string().contains(name), "{err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_template_says_how_the_model_writes_its_calls() -> TestResult {
+    // The instruction Llama 3.1–3.3's templates give with tools.
+    let llama3 = r#"{%- if tools %}{{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}{%- endif %}{% for m in messages %}{{ m.content }}{% endfor %}"#;
+    assert_eq!(ChatTemplate::new(llama3)?.call_format(), CallFormat::Llama3Json);
+    for hermes in [HERMES_TOOLS_TEMPLATE, QWEN3_TEMPLATE, SMOLLM_TEMPLATE, LLAMA3_TEMPLATE] {
+        assert_eq!(ChatTemplate::new(hermes)?.call_format(), CallFormat::Hermes);
     }
     Ok(())
 }

@@ -64,8 +64,11 @@ async fn start(
     let tenant = shared.auth.authenticate(authorization(headers))?;
     let bytes = read_body(headers, body, shared.config.max_body_bytes).await?;
     let parsed = openai::parse(&bytes).map_err(|(param, message)| RouterError::BadBody { param, message })?;
-    let (requests, options) = parsed.into_generate(kind)?;
+    let (requests, mut options) = parsed.into_generate(kind)?;
     let model = shared.served()?;
+    if let Some(template) = &model.template {
+        options.tool_calling = options.tool_calling.in_format(template.call_format());
+    }
     let (choices, stream, structured_output_field) = (options.choices, options.stream, options.structured_output_field);
     let thinks = model.template.as_ref().is_some_and(|t| t.thinks());
     let (id, tokenizer) = (model.id.clone(), model.tokenizer.clone());

@@ -14,7 +14,9 @@
 use std::sync::Arc;
 
 use lcserve_proto::v1::{self, structured_output::Kind as WireKind};
-use lcserve_text::tools::{GeneratedCall, Piece, Tool, ToolCallStream, ToolChoice, parse_call_array, parse_tool_calls};
+use lcserve_text::tools::{
+    CallFormat, GeneratedCall, Piece, Tool, ToolCallStream, ToolChoice, parse_call_array, parse_tool_calls,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -86,12 +88,22 @@ pub(crate) enum ToolCalling {
     /// No tools, or `tool_choice: "none"`: the text is the content.
     #[default]
     Off,
-    /// `<tool_call>` blocks of these tools are calls, the rest is content.
-    Auto(Arc<[Tool]>),
+    /// Calls of these tools, written in this format, are calls; the rest is content.
+    Auto(Arc<[Tool]>, CallFormat),
     /// The text is a JSON array of `{"name", "arguments"}`.
     Required,
     /// The text is the arguments of this function.
     Function(String),
+}
+
+impl ToolCalling {
+    /// This reading for a model whose template has it write its calls in `format`.
+    pub fn in_format(self, format: CallFormat) -> Self {
+        match self {
+            ToolCalling::Auto(tools, _) => ToolCalling::Auto(tools, format),
+            other => other,
+        }
+    }
 }
 
 /// A request's tools, read.
@@ -162,7 +174,8 @@ pub(crate) fn read(
     let calling = match choice {
         ToolChoice::None => ToolCalling::Off,
         _ if definitions.is_empty() => ToolCalling::Off,
-        ToolChoice::Auto => ToolCalling::Auto(definitions.clone().into()),
+        // Hermes' until the served model's template says otherwise (`ToolCalling::in_format`).
+        ToolChoice::Auto => ToolCalling::Auto(definitions.clone().into(), CallFormat::Hermes),
         ToolChoice::Required { .. } => ToolCalling::Required,
         ToolChoice::Function(name) => ToolCalling::Function(name),
     };
@@ -202,7 +215,7 @@ fn call_json(call: &GeneratedCall, index: Option<usize>) -> Value {
 pub(crate) fn message(text: String, calling: &ToolCalling) -> (Value, bool) {
     let (content, calls) = match calling {
         ToolCalling::Off => (Some(text), Vec::new()),
-        ToolCalling::Auto(tools) => match parse_tool_calls(&text, tools) {
+        ToolCalling::Auto(tools, format) => match parse_tool_calls(&text, tools, *format) {
             (_, calls) if calls.is_empty() => (Some(text), calls),
             parsed => parsed,
         },
@@ -234,7 +247,7 @@ pub(crate) struct ToolDeltas {
 impl ToolDeltas {
     pub fn new(calling: &ToolCalling) -> Self {
         let parser = match calling {
-            ToolCalling::Auto(tools) => Some(ToolCallStream::new(tools.to_vec())),
+            ToolCalling::Auto(tools, format) => Some(ToolCallStream::new(tools.to_vec(), *format)),
             _ => None,
         };
         Self { calling: calling.clone(), parser, held: String::new(), calls: 0 }
@@ -265,7 +278,7 @@ impl ToolDeltas {
                 };
                 json!({ "tool_calls": [call] })
             }
-            ToolCalling::Auto(_) => {
+            ToolCalling::Auto(..) => {
                 let pieces = self.parser.as_mut().map(|p| p.push(text)).unwrap_or_default();
                 self.pieces_delta(pieces)
             }
@@ -276,7 +289,7 @@ impl ToolDeltas {
     pub fn finish(&mut self, text: &str) -> Value {
         let mut delta = self.push(text);
         let rest = match &self.calling {
-            ToolCalling::Auto(_) => {
+            ToolCalling::Auto(..) => {
                 let pieces = self.parser.as_mut().map(ToolCallStream::finish).unwrap_or_default();
                 self.pieces_delta(pieces)
             }
@@ -349,7 +362,7 @@ mod tests {
         let auto = read(tools(WEATHER), None, None)?;
         assert_eq!(auto.tools.len(), 1);
         assert!(auto.forced.is_none());
-        assert!(matches!(auto.calling, ToolCalling::Auto(ref t) if t[0].name == "get_weather"));
+        assert!(matches!(auto.calling, ToolCalling::Auto(ref t, CallFormat::Hermes) if t[0].name == "get_weather"));
         let none = read(tools(WEATHER), choice(r#""none""#), None)?;
         assert!(none.forced.is_none() && matches!(none.calling, ToolCalling::Off));
         assert_eq!(none.tools.len(), 1, "the tools are still shown");
@@ -392,10 +405,32 @@ mod tests {
         vec![Tool { name: "get_weather".into(), description: None, parameters: None }].into()
     }
 
+    fn hermes(tools: Arc<[Tool]>) -> ToolCalling {
+        ToolCalling::Auto(tools, CallFormat::Hermes)
+    }
+
+    #[test]
+    fn a_llama3_templates_json_answer_is_a_call_whole_or_streamed() {
+        let llama = hermes(weather()).in_format(CallFormat::Llama3Json);
+        let answer = r#"{"name": "get_weather", "parameters": {"city": "Oslo"}}"#;
+        let (whole, called) = message(answer.into(), &llama);
+        assert!(called && whole["content"].is_null());
+        assert_eq!(
+            whole["tool_calls"][0]["function"],
+            json!({"name": "get_weather", "arguments": r#"{"city":"Oslo"}"#})
+        );
+        let parts = ["<|python_tag|>", r#"{"name": "get_weather", "#, r#""parameters": {"city": "Oslo"}}"#, ""];
+        assert_eq!(fold(&llama, &parts), (String::new(), vec![("get_weather".into(), r#"{"city":"Oslo"}"#.into())]));
+        assert_eq!(fold(&llama, &["It is ", "sunny."]), ("It is sunny.".into(), vec![]));
+        let (plain, called) = message(answer.into(), &hermes(weather()));
+        assert!(!called && plain["content"] == answer, "Hermes' reader leaves a bare object as content");
+        assert_eq!(ToolCalling::Required.in_format(CallFormat::Llama3Json), ToolCalling::Required);
+    }
+
     #[test]
     fn whole_answers_become_messages_with_calls() {
         let call = r#"<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>"#;
-        let (whole, called) = message(format!("Checking.\n{call}"), &ToolCalling::Auto(weather()));
+        let (whole, called) = message(format!("Checking.\n{call}"), &hermes(weather()));
         assert!(called);
         assert_eq!(whole["content"], "Checking.");
         assert_eq!(
@@ -403,7 +438,7 @@ mod tests {
             json!({"name": "get_weather", "arguments": r#"{"city":"Oslo"}"#})
         );
         assert!(whole["tool_calls"][0]["id"].as_str().is_some_and(|id| id.starts_with("call_")));
-        let (plain, called) = message(" Hi ".into(), &ToolCalling::Auto(weather()));
+        let (plain, called) = message(" Hi ".into(), &hermes(weather()));
         assert!(!called);
         assert_eq!(plain["content"], " Hi ");
         let (named, _) = message(r#"{"city": "Rome"}"#.into(), &ToolCalling::Function("get_weather".into()));
@@ -442,7 +477,7 @@ mod tests {
     #[test]
     fn streamed_deltas_fold_into_the_whole_message() {
         let oslo = r#"{"city":"Oslo"}"#;
-        let auto = ToolCalling::Auto(weather());
+        let auto = hermes(weather());
         let parts = [
             "Sure <tool_",
             "call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}</tool",
