@@ -145,11 +145,16 @@ impl ChatTemplate {
 
     /// How the model writes the tool calls it makes on its own: as Llama 3.1–3.3's templates
     /// ask (`Respond in the format {"name": function name, "parameters": dictionary of argument
-    /// name and its value}`), or else in Hermes' `<tool_call>` blocks.
+    /// name and its value}`), as Mistral's v3 templates show earlier calls (`[TOOL_CALLS]` and a
+    /// JSON array; later ones, which write `[ARGS]`, are not read), or else in Hermes'
+    /// `<tool_call>` blocks.
     pub fn call_format(&self) -> CallFormat {
-        match self.source.contains(r#""parameters": dictionary of argument name"#) {
-            true => CallFormat::Llama3Json,
-            false => CallFormat::Hermes,
+        if self.source.contains(r#""parameters": dictionary of argument name"#) {
+            CallFormat::Llama3Json
+        } else if self.source.contains("[TOOL_CALLS]") && !self.source.contains("[ARGS]") {
+            CallFormat::MistralJson
+        } else {
+            CallFormat::Hermes
         }
     }
 

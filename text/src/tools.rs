@@ -1,17 +1,18 @@
 //! Tool calling: the tools a conversation offers, the calls a model makes, and how both are
 //! written into prompts and read back out of generated text.
 //!
-//! Two formats of calls a model makes on its own ([`CallFormat`]): Hermes' (Qwen 2.5/3, Hermes
-//! and many fine-tunes), `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks among
-//! the text, and Llama 3's, an answer that is nothing but `{"name": ..., "parameters": {...}}`
-//! objects. The template says which ([`crate::ChatTemplate::call_format`]).
+//! Three formats of calls a model makes on its own ([`CallFormat`]): Hermes' (Qwen 2.5/3,
+//! Hermes and many fine-tunes), `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
+//! blocks among the text; Llama 3's, an answer that is nothing but `{"name": ...,
+//! "parameters": {...}}` objects; Mistral's, an answer that is a JSON array of calls. The
+//! template says which ([`crate::ChatTemplate::call_format`]).
 //! - A chat template that knows tools renders them itself; for one that does not,
 //!   [`hermes_fallback`] rewrites the conversation so the model is told about the tools (a system
 //!   message), sees its earlier calls as `<tool_call>` blocks and their results as
 //!   `<tool_response>` blocks.
 //! - [`ToolCallStream`] splits generated text into content and calls as it streams, holding back
-//!   only what might be the start of a `<tool_call>` tag (or, in Llama 3's format, an answer
-//!   that opens as a call); [`parse_tool_calls`] is the same machine run over a whole answer, so
+//!   only what might be the start of a `<tool_call>` tag (or, in the JSON formats, an answer
+//!   that opens as calls); [`parse_tool_calls`] is the same machine run over a whole answer, so
 //!   streamed and whole responses agree.
 //! - A forced call (OpenAI's `tool_choice: "required"` or a named function) is a JSON-schema
 //!   structured output ([`ToolChoice::forced_schema`]): the named function's arguments, or
@@ -26,7 +27,7 @@ use crate::structured::StructuredOutput;
 
 mod json_answer;
 
-use json_answer::{JsonAnswer, parse_calls};
+use json_answer::{JsonAnswer, LLAMA3, MISTRAL, Opening, parse_calls};
 
 const CALL_OPEN: &str = "<tool_call>";
 const CALL_CLOSE: &str = "</tool_call>";
@@ -172,6 +173,9 @@ pub enum CallFormat {
     /// An answer that is nothing but `{"name", "parameters"}` objects, after `<|python_tag|>`
     /// or not, `;` between them: Llama 3.1–3.3's.
     Llama3Json,
+    /// An answer that is a JSON array of `{"name", "arguments"}` objects, after `[TOOL_CALLS]`
+    /// or not: Mistral's v3 templates'.
+    MistralJson,
 }
 
 /// A piece of generated text, as [`ToolCallStream`] reads it.
@@ -184,13 +188,13 @@ pub enum Piece {
 /// Splits generated text into content and calls as it arrives.
 ///
 /// A block whose body is not a call of one of the tools (bad JSON, an unknown name) stays
-/// content, verbatim, as does an unclosed block at the end; so does a Llama 3 answer that is
-/// not all calls.
+/// content, verbatim, as does an unclosed block at the end; so does a JSON-format answer that
+/// is not all calls.
 #[derive(Clone, Debug)]
 pub struct ToolCallStream {
     tools: Vec<Tool>,
-    /// Text not yet emitted: a possible start of `<tool_call>`, an open block's body, or a Llama
-    /// 3 answer that may be calls.
+    /// Text not yet emitted: a possible start of `<tool_call>`, an open block's body, or a
+    /// JSON-format answer that may be calls.
     pending: String,
     reader: Reader,
 }
@@ -199,14 +203,15 @@ pub struct ToolCallStream {
 #[derive(Clone, Copy, Debug)]
 enum Reader {
     Hermes { in_call: bool },
-    Llama3Json(JsonAnswer),
+    Json(JsonAnswer, Opening),
 }
 
 impl ToolCallStream {
     pub fn new(tools: Vec<Tool>, format: CallFormat) -> Self {
         let reader = match format {
             CallFormat::Hermes => Reader::Hermes { in_call: false },
-            CallFormat::Llama3Json => Reader::Llama3Json(JsonAnswer::Undecided),
+            CallFormat::Llama3Json => Reader::Json(JsonAnswer::Undecided, LLAMA3),
+            CallFormat::MistralJson => Reader::Json(JsonAnswer::Undecided, MISTRAL),
         };
         Self { tools, pending: String::new(), reader }
     }
@@ -219,8 +224,8 @@ impl ToolCallStream {
             Reader::Hermes { in_call } => {
                 self.pending = hermes_pieces(&self.pending, in_call, &self.tools, &mut pieces)
             }
-            Reader::Llama3Json(answer) => {
-                *answer = answer.read(&self.pending);
+            Reader::Json(answer, opening) => {
+                *answer = answer.read(&self.pending, *opening);
                 if *answer == JsonAnswer::Content {
                     push_content(&mut pieces, &std::mem::take(&mut self.pending));
                 }
@@ -230,17 +235,17 @@ impl ToolCallStream {
     }
 
     /// What is left once the text has ended: held-back text or an unclosed block, as content;
-    /// a held Llama 3 answer, as its calls if it is all calls.
+    /// a held JSON-format answer, as its calls if it is all calls.
     pub fn finish(&mut self) -> Vec<Piece> {
         let rest = std::mem::take(&mut self.pending);
         let mut pieces = Vec::new();
         match self.reader {
             Reader::Hermes { in_call: true } => push_content(&mut pieces, &format!("{CALL_OPEN}{rest}")),
-            Reader::Llama3Json(JsonAnswer::Calls) => match parse_calls(&rest, &self.tools) {
+            Reader::Json(JsonAnswer::Calls, opening) => match parse_calls(&rest, opening, &self.tools) {
                 Some(calls) => pieces.extend(calls.into_iter().map(Piece::Call)),
                 None => push_content(&mut pieces, &rest),
             },
-            Reader::Hermes { .. } | Reader::Llama3Json(_) => push_content(&mut pieces, &rest),
+            Reader::Hermes { .. } | Reader::Json(..) => push_content(&mut pieces, &rest),
         }
         pieces
     }
@@ -459,6 +464,21 @@ mod tests {
             "<tool_call>{\"name\": \"now\", \"arguments\": {}}</tool_call>",
         ] {
             assert_eq!(llama(text), (Some(text.to_owned()), vec![]), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_mistral_answer_that_is_an_array_of_calls_is_calls() {
+        let tools = [weather()];
+        let mistral = |text: &str| parse_tool_calls(text, &tools, CallFormat::MistralJson);
+        let oslo = call("get_weather", r#"{"city":"Oslo"}"#);
+        let array =
+            r#" [{"name": "get_weather", "arguments": {"city": "Oslo"}}, {"name": "get_weather", "arguments": {}}]"#;
+        assert_eq!(mistral(array), (None, vec![oslo.clone(), call("get_weather", "{}")]));
+        let tagged = r#"[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Oslo"}}]"#;
+        assert_eq!(mistral(tagged), (None, vec![oslo]));
+        for text in ["[1] is the source.", r#"[{"name": "launch", "arguments": {}}]"#, "Sunny.", "[TOOL_CA"] {
+            assert_eq!(mistral(text), (Some(text.to_owned()), vec![]), "{text}");
         }
     }
 

@@ -226,6 +226,11 @@ fn the_template_says_how_the_model_writes_its_calls() -> TestResult {
     // The instruction Llama 3.1–3.3's templates give with tools.
     let llama3 = r#"{%- if tools %}{{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}{%- endif %}{% for m in messages %}{{ m.content }}{% endfor %}"#;
     assert_eq!(ChatTemplate::new(llama3)?.call_format(), CallFormat::Llama3Json);
+    // How Mistral's v3 templates show an earlier call.
+    let mistral = r#"{% for m in messages %}{% if m.tool_calls %}{{ '[TOOL_CALLS] ' + m.tool_calls | tojson }}{% else %}{{ m.content }}{% endif %}{% endfor %}"#;
+    assert_eq!(ChatTemplate::new(mistral)?.call_format(), CallFormat::MistralJson);
+    let later_mistral = r#"{% for m in messages %}{% for c in m.tool_calls %}{{ '[TOOL_CALLS]' + c.name + '[ARGS]' }}{% endfor %}{% endfor %}"#;
+    assert_eq!(ChatTemplate::new(later_mistral)?.call_format(), CallFormat::Hermes);
     for hermes in [HERMES_TOOLS_TEMPLATE, QWEN3_TEMPLATE, SMOLLM_TEMPLATE, LLAMA3_TEMPLATE] {
         assert_eq!(ChatTemplate::new(hermes)?.call_format(), CallFormat::Hermes);
     }
