@@ -23,6 +23,7 @@ pub(crate) enum Endpoint {
     GrpcTokenize,
     Completions,
     ChatCompletions,
+    Responses,
     Tokenize,
     Detokenize,
 }
@@ -34,6 +35,7 @@ impl Endpoint {
             Endpoint::GrpcTokenize => "grpc_tokenize",
             Endpoint::Completions => "completions",
             Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Responses => "responses",
             Endpoint::Tokenize => "tokenize",
             Endpoint::Detokenize => "detokenize",
         }

@@ -75,6 +75,40 @@ fn the_openai_package_streams_a_chat_completion() {
 
     calls_tools_through_the_openai_package(&cluster);
     scores_a_prompt_through_the_openai_package(&cluster);
+    responds_through_the_openai_package(&cluster);
+}
+
+/// `openai_responses.py`: the Responses API gives the chat endpoint's greedy answer, whole and
+/// as the events the client reads; `responses.parse` validates a structured answer; a forced
+/// call comes back as a `function_call` item and goes back in as input items.
+fn responds_through_the_openai_package(cluster: &Cluster) {
+    let got = script("openai_responses.py", &[&format!("http://{}/v1", cluster.http)]);
+    let chat = &got["chat"];
+    let whole = &got["whole"];
+    assert!(whole["text"].as_str().is_some_and(|t| t.contains("Paris")), "{got}");
+    assert_eq!(whole["text"], chat["text"], "greedy: the chat endpoint's answer: {got}");
+    assert_eq!(whole["usage"]["input_tokens"], chat["usage"]["prompt_tokens"], "{got}");
+    assert_eq!(whole["usage"]["output_tokens"], chat["usage"]["completion_tokens"], "{got}");
+    let stream = &got["stream"];
+    assert_eq!((&stream["text"], &stream["final_text"]), (&whole["text"], &whole["text"]), "{got}");
+    assert_eq!(stream["status"], whole["status"], "{got}");
+    let kinds: Vec<&str> = stream["kinds"].as_array().expect("kinds").iter().filter_map(Value::as_str).collect();
+    assert_eq!(kinds[..2], ["response.created", "response.in_progress"], "{got}");
+    assert!(kinds.contains(&"response.output_text.done"), "{got}");
+    assert!(["response.completed", "response.incomplete"].contains(kinds.last().expect("events")), "{got}");
+
+    let parsed = &got["parsed"];
+    assert_eq!(parsed["status"], "completed", "the document ended by itself: {got}");
+    assert!(parsed["value"]["city"].as_str().is_some_and(|c| c.contains("Paris")), "{got}");
+
+    let call = &got["call"];
+    assert_eq!((&call["name"], &call["status"]), (&json!("get_weather"), &json!("completed")), "{got}");
+    let arguments: Value = serde_json::from_str(call["arguments"].as_str().expect("arguments")).expect("JSON");
+    assert!(arguments["city"].as_str().is_some_and(|c| c.chars().count() <= 20), "{got}");
+    assert!(call["call_id"].as_str().is_some_and(|id| id.starts_with("call_")), "{got}");
+    let answered = &got["answered"];
+    assert!(["completed", "incomplete"].contains(&answered["status"].as_str().unwrap_or_default()), "{got}");
+    assert!(answered["text"].as_str().is_some_and(|t| !t.is_empty()), "an answer after the call's output: {got}");
 }
 
 /// `openai_echo.py`: `echo` with `logprobs` scores every prompt token after the first, and the

@@ -1,31 +1,34 @@
 //! `POST /v1/completions` and `POST /v1/chat/completions`: authenticate, read and parse the body,
 //! start the shared flow of each of the `n` choices, then answer with one JSON body or an SSE
 //! stream ending `data: [DONE]` once every choice has finished (or at the first error).
+//! [`super::responses`] runs the same steps and reshapes what they answer.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use lcserve_proto::v1::{self, generate_response::Event};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::choices::{self, ChoiceEvent};
 use super::openai::{self, Kind};
 use super::response::Shaper;
-use super::{authorization, error_response, event_error_json, json_response, read_body};
+use super::{authorization, error_json, error_response, event_error_json, json_response, read_body};
 use crate::Shared;
 use crate::error::RouterError;
 use crate::metrics::Endpoint;
 
 /// SSE comment lines keep idle connections (a long prefill) open through proxies.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
+pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub(super) async fn completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
     respond(shared, headers, body, Kind::Completion).await
@@ -43,9 +46,12 @@ async fn respond(shared: Arc<Shared>, headers: HeaderMap, body: Body, kind: Kind
     // The request's root span, or a child of the caller's when it sent a `traceparent`.
     let span = tracing::info_span!("http.request", otel.name = endpoint.as_str(), otel.kind = "server");
     lcserve_svc_kit::propagation::continue_trace(&span, &headers);
-    match start(&shared, &headers, body, kind, endpoint).instrument(span).await {
-        Ok((events, shaper, true)) => stream(events, shaper).into_response(),
-        Ok((events, shaper, false)) => collect(events, shaper).await,
+    match start(&shared, &headers, body, kind, endpoint, Ok).instrument(span).await {
+        Ok(started) if started.stream => stream(started.events, started.shaper).into_response(),
+        Ok(started) => {
+            let (status, body) = collect(started.events, started.shaper).await;
+            json_response(status, body)
+        }
         Err(err) => {
             shared.metrics.request(endpoint, err.class().label());
             error_response(&err)
@@ -53,16 +59,26 @@ async fn respond(shared: Arc<Shared>, headers: HeaderMap, body: Body, kind: Kind
     }
 }
 
-/// Everything before the first event; errors here are plain HTTP errors.
-async fn start(
+/// A started request: its choices' merged events, the shaper of their chunks, and whether the
+/// client asked for a stream.
+pub(super) struct Started {
+    pub events: mpsc::Receiver<ChoiceEvent>,
+    pub shaper: Shaper,
+    pub stream: bool,
+}
+
+/// Everything before the first event; errors here are plain HTTP errors. `adapt` turns the
+/// body read into the endpoint's own (the identity but for [`super::responses`]).
+pub(super) async fn start(
     shared: &Arc<Shared>,
     headers: &HeaderMap,
     body: Body,
     kind: Kind,
     endpoint: Endpoint,
-) -> Result<(mpsc::Receiver<ChoiceEvent>, Shaper, bool), RouterError> {
+    adapt: impl FnOnce(Bytes) -> Result<Bytes, RouterError>,
+) -> Result<Started, RouterError> {
     let tenant = shared.auth.authenticate(authorization(headers))?;
-    let bytes = read_body(headers, body, shared.config.max_body_bytes).await?;
+    let bytes = adapt(read_body(headers, body, shared.config.max_body_bytes).await?)?;
     let parsed = openai::parse(&bytes).map_err(|(param, message)| RouterError::BadBody { param, message })?;
     let (requests, mut options) = parsed.into_generate(kind)?;
     let model = shared.served()?;
@@ -77,7 +93,7 @@ async fn start(
         .map_err(|e| e.naming_structured_output(structured_output_field))?;
     let reasoning = thinks.then_some(started.opened_reasoning.as_slice());
     let shaper = Shaper::new(kind, &id, options, tokenizer, reasoning);
-    Ok((started.events, shaper, stream))
+    Ok(Started { events: started.events, shaper, stream })
 }
 
 /// Every choice's finish, in choice order, once all have one.
@@ -85,7 +101,8 @@ fn all_finished(finished: &[Option<v1::Finished>]) -> Option<Vec<&v1::Finished>>
     finished.iter().map(Option::as_ref).collect()
 }
 
-async fn collect(mut events: mpsc::Receiver<ChoiceEvent>, mut shaper: Shaper) -> Response {
+/// The whole (non-streaming) answer: its HTTP status and body.
+pub(super) async fn collect(mut events: mpsc::Receiver<ChoiceEvent>, mut shaper: Shaper) -> (u16, Value) {
     let n = shaper.choices();
     let mut tokens = vec![Vec::new(); n];
     let mut finished = vec![None; n];
@@ -96,96 +113,85 @@ async fn collect(mut events: mpsc::Receiver<ChoiceEvent>, mut shaper: Shaper) ->
             Event::Finished(done) => {
                 finished[index] = Some(done);
                 if let Some(all) = all_finished(&finished) {
-                    return json_response(200, shaper.complete(&tokens, &all));
+                    return (200, shaper.complete(&tokens, &all));
                 }
             }
-            Event::Error(error) => {
-                let (status, body) = event_error_json(&error);
-                return json_response(status, body);
-            }
+            Event::Error(error) => return event_error_json(&error),
         }
     }
-    error_response(&RouterError::Internal("the request ended without a result".into()))
+    error_json(&RouterError::Internal("the request ended without a result".into()))
 }
 
-/// State of one SSE response: chunks ready to send, then more from the choices' flows.
-struct SseState {
+/// State of one response's chunks: those ready to send, then more from the choices' flows.
+struct ChunkState {
     events: mpsc::Receiver<ChoiceEvent>,
     shaper: Shaper,
-    ready: VecDeque<SseEvent>,
+    ready: VecDeque<Value>,
     /// Each choice's finish, once it has one.
     finished: Vec<Option<v1::Finished>>,
     done: bool,
 }
 
-fn data(value: &serde_json::Value) -> SseEvent {
-    SseEvent::default().data(value.to_string())
-}
-
-impl SseState {
-    /// Turns the next flow event into chunks; false once the stream is over.
+impl ChunkState {
+    /// Turns the next flow event into chunks; false once there are no more.
     async fn advance(&mut self) -> bool {
         if self.done {
             return false;
         }
         match self.events.recv().await {
-            Some((index, Event::Token(token))) => {
-                if let Some(chunk) = self.shaper.token_chunk(index, &token) {
-                    self.ready.push_back(data(&chunk));
-                }
-            }
+            Some((index, Event::Token(token))) => self.ready.extend(self.shaper.token_chunk(index, &token)),
             Some((index, Event::PromptLogprobs(scored))) => {
-                if let Some(chunk) = self.shaper.prompt_chunk(index, &scored) {
-                    self.ready.push_back(data(&chunk));
-                }
+                self.ready.extend(self.shaper.prompt_chunk(index, &scored));
             }
             Some((index, Event::Finished(finished))) => {
                 let chunk = self.shaper.finish_chunk(index, &finished);
-                self.ready.push_back(data(&chunk));
+                self.ready.push_back(chunk);
                 self.finished[index] = Some(finished);
                 if let Some(all) = all_finished(&self.finished) {
-                    if let Some(usage) = self.shaper.usage_chunk(&all) {
-                        self.ready.push_back(data(&usage));
-                    }
-                    self.finish();
+                    self.ready.extend(self.shaper.usage_chunk(&all));
+                    self.done = true;
                 }
             }
             Some((_, Event::Error(error))) => {
-                self.ready.push_back(data(&event_error_json(&error).1));
-                self.finish();
+                self.ready.push_back(event_error_json(&error).1);
+                self.done = true;
             }
             None => {
                 let error = RouterError::Internal("the request ended without a result".into()).to_event();
-                self.ready.push_back(data(&event_error_json(&error).1));
-                self.finish();
+                self.ready.push_back(event_error_json(&error).1);
+                self.done = true;
             }
         }
         true
     }
-
-    fn finish(&mut self) {
-        self.ready.push_back(SseEvent::default().data("[DONE]"));
-        self.done = true;
-    }
 }
 
-/// The SSE response. Dropping it (client gone) drops the receiver, which cancels the flow.
-fn stream(
-    events: mpsc::Receiver<ChoiceEvent>,
-    shaper: Shaper,
-) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
-    let ready: VecDeque<SseEvent> = shaper.opening_chunks().iter().map(data).collect();
+/// A streamed answer's chunks, as chat and completion SSE `data` carry them: the opening
+/// chunks, tokens, each choice's finish, the usage chunk when asked for, or an `{"error"}`
+/// object that ends them. Dropping the stream (client gone) drops the receiver, which cancels
+/// the flow.
+pub(super) fn chunks(events: mpsc::Receiver<ChoiceEvent>, shaper: Shaper) -> impl futures_util::Stream<Item = Value> {
+    let ready: VecDeque<Value> = shaper.opening_chunks().into_iter().collect();
     let finished = vec![None; shaper.choices()];
-    let state = SseState { events, shaper, ready, finished, done: false };
-    let chunks = futures_util::stream::unfold(state, |mut state| async move {
+    let state = ChunkState { events, shaper, ready, finished, done: false };
+    futures_util::stream::unfold(state, |mut state| async move {
         loop {
             if let Some(chunk) = state.ready.pop_front() {
-                return Some((Ok(chunk), state));
+                return Some((chunk, state));
             }
             if !state.advance().await {
                 return None;
             }
         }
-    });
-    Sse::new(chunks).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+    })
+}
+
+/// The SSE response: every chunk, then `data: [DONE]`.
+fn stream(
+    events: mpsc::Receiver<ChoiceEvent>,
+    shaper: Shaper,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
+    let data = |chunk: Value| Ok(SseEvent::default().data(chunk.to_string()));
+    let done = futures_util::stream::once(async { Ok(SseEvent::default().data("[DONE]")) });
+    Sse::new(chunks(events, shaper).map(data).chain(done)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }

@@ -1,6 +1,7 @@
 //! The OpenAI-compatible HTTP front (axum on the hyper 1 stack tonic already uses):
-//! `POST /v1/completions`, `POST /v1/chat/completions` (JSON or SSE), `GET /v1/models`, and the
-//! operational `/health`, `/ready`, `/metrics`.
+//! `POST /v1/completions`, `POST /v1/chat/completions`, `POST /v1/responses` (JSON or SSE),
+//! `GET /v1/models`, vLLM's `/tokenize` and `/detokenize`, and the operational `/health`,
+//! `/ready`, `/metrics`.
 //!
 //! Errors use OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with the status
 //! of the error's class (400, 401, 404, 413, 429, 503, 504, ...).
@@ -9,6 +10,7 @@ mod choices;
 mod generate;
 mod openai;
 mod response;
+mod responses;
 mod structured;
 mod tokenize;
 mod tools;
@@ -40,6 +42,7 @@ pub(crate) async fn serve(
     let app = Router::new()
         .route("/v1/completions", post(generate::completions))
         .route("/v1/chat/completions", post(generate::chat_completions))
+        .route("/v1/responses", post(responses::responses))
         .route("/v1/models", get(models))
         .route("/v1/models/{*model}", get(model))
         .route("/tokenize", post(tokenize::tokenize))
@@ -79,6 +82,12 @@ fn error_type(class: ErrorClass) -> &'static str {
 
 /// The OpenAI error body of `err`, and its status.
 pub(crate) fn error_response(err: &RouterError) -> Response {
+    let (status, body) = error_json(err);
+    json_response(status, body)
+}
+
+/// [`error_response`]'s status and body.
+pub(crate) fn error_json(err: &RouterError) -> (u16, serde_json::Value) {
     let class = err.class();
     let (param, message) = match err {
         RouterError::BadBody { param, message } => (param.clone(), format!("invalid request body: {message}")),
@@ -89,7 +98,7 @@ pub(crate) fn error_response(err: &RouterError) -> Response {
     };
     let code = if class == ErrorClass::NotFound { "model_not_found" } else { class.label() };
     let body = json!({ "error": { "message": message, "type": error_type(class), "param": param, "code": code } });
-    json_response(class.http_status(), body)
+    (class.http_status(), body)
 }
 
 /// The OpenAI error body of a terminal error event (an error after the request was accepted).

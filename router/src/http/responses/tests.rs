@@ -1,0 +1,267 @@
+//! The Responses API's translation: request bodies into chat bodies, chat answers and chunks
+//! into response objects and events.
+
+use serde_json::{Value, json};
+
+use super::{EventStream, Shape, chat_body, renamed};
+use crate::error::RouterError;
+
+fn chat(body: Value) -> Value {
+    chat_body(body.to_string().as_bytes()).expect("translates").0
+}
+
+fn refused(body: Value) -> (Option<String>, String) {
+    match chat_body(body.to_string().as_bytes()) {
+        Err(RouterError::BadBody { param, message }) => (param, message),
+        other => panic!("{body} was not refused: {other:?}"),
+    }
+}
+
+#[test]
+fn a_responses_body_becomes_the_chat_body_it_means() {
+    let body = json!({
+        "model": "m", "instructions": "Be brief.", "max_output_tokens": 9, "temperature": 0, "stream": true,
+        "top_k": 5, "metadata": {"a": "b"}, "store": true, "previous_response_id": null,
+        "input": [
+            {"role": "developer", "content": "Use tools."},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather "}, {"type": "input_text", "text": "in Oslo?"}]},
+            {"type": "reasoning", "id": "rs_1", "summary": []},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"},
+            {"type": "function_call", "call_id": "c2", "name": "get_time", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "-3 C"},
+        ],
+        "tools": [{"type": "function", "name": "get_weather", "description": "Weather", "parameters": {"type": "object"}, "strict": true}],
+        "tool_choice": {"type": "function", "name": "get_weather"},
+        "text": {"format": {"type": "json_schema", "name": "w", "schema": {"type": "object"}, "strict": true}},
+    });
+    let (chat, echoed) = chat_body(body.to_string().as_bytes()).expect("translates");
+    assert_eq!(
+        chat["messages"],
+        json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "system", "content": "Use tools."},
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}},
+                {"id": "c2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+            ]},
+            {"role": "tool", "tool_call_id": "c1", "content": "-3 C"},
+        ])
+    );
+    assert_eq!((&chat["max_completion_tokens"], &chat["top_k"], &chat["model"]), (&json!(9), &json!(5), &json!("m")));
+    assert_eq!((&chat["stream"], &chat["stream_options"]), (&json!(true), &json!({"include_usage": true})));
+    assert_eq!(
+        chat["tools"],
+        json!([{"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": {"type": "object"}}}])
+    );
+    assert_eq!(chat["tool_choice"], json!({"type": "function", "function": {"name": "get_weather"}}));
+    assert_eq!(
+        chat["response_format"],
+        json!({"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}, "strict": true}})
+    );
+    assert!(chat.get("metadata").is_none() && chat.get("store").is_none() && chat.get("input").is_none());
+    assert_eq!(echoed["instructions"], "Be brief.");
+    assert_eq!(echoed["max_output_tokens"], 9);
+
+    let plain = self::chat(json!({
+        "input": "Hi", "text": {"format": {"type": "text"}}, "reasoning": {"effort": null}, "truncation": "disabled",
+    }));
+    assert_eq!(plain, json!({"messages": [{"role": "user", "content": "Hi"}]}));
+}
+
+#[test]
+fn what_the_server_cannot_honour_is_refused_by_its_field() {
+    let cases = [
+        (json!({"input": "Hi", "previous_response_id": "resp_1"}), "previous_response_id"),
+        (json!({"input": "Hi", "conversation": "conv_1"}), "conversation"),
+        (json!({"input": "Hi", "background": true}), "background"),
+        (json!({"input": "Hi", "reasoning": {"effort": "high"}}), "reasoning"),
+        (json!({"input": "Hi", "top_logprobs": 2}), "top_logprobs"),
+        (json!({"input": "Hi", "truncation": "auto"}), "truncation"),
+        (json!({"input": "Hi", "max_tool_calls": 1}), "max_tool_calls"),
+        (json!({}), "input"),
+        (json!({"input": 3}), "input"),
+        (json!({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}), "input"),
+        (json!({"input": [{"type": "file_search_call"}]}), "input"),
+        (json!({"input": [{"type": "function_call", "name": "f"}]}), "input"),
+        (json!({"input": "Hi", "tools": [{"type": "web_search"}]}), "tools"),
+        (json!({"input": "Hi", "tool_choice": {"type": "web_search"}}), "tool_choice"),
+        (json!({"input": "Hi", "text": {"format": {"type": "grammar"}}}), "text.format"),
+        (json!({"input": "Hi", "instructions": 3}), "instructions"),
+    ];
+    for (body, field) in cases {
+        assert_eq!(refused(body.clone()).0.as_deref(), Some(field), "{body}");
+    }
+    assert!(refused(json!({"input": [{"type": "function_call", "name": "f"}]})).1.contains("input[0]: call_id"));
+}
+
+#[test]
+fn errors_name_the_responses_field() {
+    let error = |param: &str| json!({"error": {"param": param, "message": format!("{param}: must be at least 1")}});
+    assert_eq!(
+        renamed(error("max_completion_tokens")),
+        json!({"error": {"param": "max_output_tokens", "message": "max_output_tokens: must be at least 1"}})
+    );
+    assert_eq!(renamed(error("messages"))["error"]["param"], "input");
+    assert_eq!(renamed(error("response_format"))["error"]["param"], "text.format");
+    assert_eq!(renamed(error("temperature")), error("temperature"));
+}
+
+fn shape() -> Shape {
+    let echoed = [("instructions".to_owned(), json!("Be brief."))].into_iter().collect();
+    Shape::new("m".into(), echoed)
+}
+
+#[test]
+fn a_whole_chat_answer_becomes_a_response_object() {
+    let answer = json!({
+        "model": "m",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": "Checking.", "reasoning_content": "Think.",
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}],
+        }}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12, "prompt_tokens_details": {"cached_tokens": 4}},
+    });
+    let response = shape().whole(&answer);
+    assert_eq!(
+        (&response["object"], &response["status"], &response["model"]),
+        (&json!("response"), &json!("completed"), &json!("m"))
+    );
+    assert!(response["id"].as_str().is_some_and(|id| id.starts_with("resp_")));
+    assert_eq!(response["instructions"], "Be brief.");
+    let output = response["output"].as_array().expect("output");
+    let kinds: Vec<&str> = output.iter().filter_map(|item| item["type"].as_str()).collect();
+    assert_eq!(kinds, ["reasoning", "message", "function_call"]);
+    assert_eq!(output[0]["content"][0]["text"], "Think.");
+    assert_eq!(
+        output[1]["content"][0],
+        json!({"type": "output_text", "text": "Checking.", "annotations": [], "logprobs": []})
+    );
+    assert_eq!(
+        (&output[2]["call_id"], &output[2]["name"], &output[2]["arguments"]),
+        (&json!("call_1"), &json!("get_weather"), &json!("{}"))
+    );
+    assert_eq!(
+        response["usage"],
+        json!({"input_tokens": 7, "input_tokens_details": {"cached_tokens": 4}, "output_tokens": 5, "total_tokens": 12})
+    );
+
+    let cut =
+        json!({"model": "m", "choices": [{"finish_reason": "length", "message": {"content": "Par"}}], "usage": null});
+    let response = shape().whole(&cut);
+    assert_eq!(
+        (&response["status"], &response["incomplete_details"]),
+        (&json!("incomplete"), &json!({"reason": "max_output_tokens"}))
+    );
+}
+
+/// Event types, and the final response, of `chunks` streamed.
+fn stream(chunks: &[Value]) -> (Vec<&'static str>, Value, Vec<Value>) {
+    let mut events = EventStream::new(shape());
+    let mut all = events.opening();
+    for chunk in chunks {
+        all.extend(events.chunk(chunk));
+    }
+    all.extend(events.finish());
+    let sequence: Vec<u64> = all.iter().filter_map(|(_, body)| body["sequence_number"].as_u64()).collect();
+    assert_eq!(sequence, (0..all.len() as u64).collect::<Vec<_>>(), "numbered in order");
+    let last = all.last().map(|(_, body)| body["response"].clone()).unwrap_or_default();
+    let kinds = all.iter().map(|(kind, _)| *kind).collect();
+    (kinds, last, all.into_iter().map(|(_, body)| body).collect())
+}
+
+fn delta(delta: Value) -> Value {
+    json!({"model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": null}]})
+}
+
+#[test]
+fn streamed_chunks_become_the_apis_events_and_the_same_response() {
+    let call = |index: u64, id: Option<&str>, name: Option<&str>, arguments: &str| {
+        let mut function = json!({"arguments": arguments});
+        if let Some(name) = name {
+            function["name"] = json!(name);
+        }
+        let mut call = json!({"index": index, "function": function});
+        if let Some(id) = id {
+            call["id"] = json!(id);
+        }
+        delta(json!({"tool_calls": [call]}))
+    };
+    let chunks = [
+        delta(json!({"role": "assistant", "content": ""})),
+        delta(json!({"reasoning_content": "Th"})),
+        delta(json!({"reasoning_content": "ink."})),
+        delta(json!({"content": "Let me "})),
+        delta(json!({"content": "check."})),
+        call(0, Some("call_1"), Some("get_weather"), "{\"city\":"),
+        call(0, None, None, " \"Oslo\"}"),
+        call(1, Some("call_2"), Some("get_time"), "{}"),
+        json!({"model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+        json!({"model": "m", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 9}}),
+    ];
+    let (kinds, response, bodies) = stream(&chunks);
+    assert_eq!(
+        kinds,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.reasoning_text.delta",
+            "response.reasoning_text.delta",
+            "response.reasoning_text.done",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    assert_eq!(bodies[0]["response"]["status"], "in_progress");
+    assert_eq!(bodies[11]["text"], "Let me check.");
+    assert_eq!((&bodies[17]["arguments"], &bodies[17]["output_index"]), (&json!("{\"city\": \"Oslo\"}"), &json!(2)));
+    let whole = shape().whole(&json!({
+        "model": "m",
+        "choices": [{"finish_reason": "tool_calls", "message": {
+            "content": "Let me check.", "reasoning_content": "Think.",
+            "tool_calls": [
+                {"id": "call_1", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}},
+                {"id": "call_2", "function": {"name": "get_time", "arguments": "{}"}},
+            ],
+        }}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 9},
+    }));
+    let without_ids = |response: &Value| {
+        let mut response = response.clone();
+        for item in response["output"].as_array_mut().into_iter().flatten() {
+            item["id"] = Value::Null;
+        }
+        (response["output"].clone(), response["usage"].clone(), response["status"].clone())
+    };
+    assert_eq!(without_ids(&response), without_ids(&whole), "streamed or whole, the same response");
+
+    // Cut by max_output_tokens; an error ends the events.
+    let (kinds, response, _) =
+        stream(&[delta(json!({"content": "Par"})), json!({"choices": [{"delta": {}, "finish_reason": "length"}]})]);
+    assert_eq!(kinds.last(), Some(&"response.incomplete"));
+    assert_eq!(response["incomplete_details"]["reason"], "max_output_tokens");
+    let failure = json!({"error": {"param": "max_completion_tokens", "message": "max_completion_tokens: too many", "code": "invalid_argument"}});
+    let (kinds, _, bodies) = stream(&[failure]);
+    assert_eq!(kinds, ["response.created", "response.in_progress", "error"]);
+    assert_eq!(
+        (&bodies[2]["param"], &bodies[2]["message"]),
+        (&json!("max_output_tokens"), &json!("max_output_tokens: too many"))
+    );
+}

@@ -1,0 +1,83 @@
+"""Talks to an OpenAI-compatible server through the official `openai` package's Responses API.
+
+Usage: openai_responses.py BASE_URL
+
+Asks one question greedily through chat completions and through `responses.create`, whole and
+streamed; asks for a pydantic model through `responses.parse` (the client validates the
+document); forces a tool call, then sends it back with its output as input items; prints what
+came back as one JSON object.
+"""
+
+import json
+import sys
+
+import openai
+from pydantic import BaseModel, Field
+
+
+class Capital(BaseModel):
+    city: str = Field(max_length=24)
+    country: str = Field(max_length=24)
+    is_capital: bool
+
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather in a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+}
+QUESTION = "What is the capital of France?"
+INSTRUCTIONS = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
+def main(base_url):
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
+    model = client.models.list().data[0].id
+    messages = [{"role": "system", "content": INSTRUCTIONS}, {"role": "user", "content": QUESTION}]
+    chat = client.chat.completions.create(model=model, messages=messages, max_tokens=24, temperature=0)
+
+    ask = dict(model=model, instructions=INSTRUCTIONS, input=QUESTION, max_output_tokens=24, temperature=0)
+    whole = client.responses.create(**ask)
+    kinds, deltas, final = [], "", None
+    for event in client.responses.create(**ask, stream=True):
+        kinds.append(event.type)
+        if event.type == "response.output_text.delta":
+            deltas += event.delta
+        if event.type in ("response.completed", "response.incomplete"):
+            final = event.response
+
+    parsed = client.responses.parse(model=model, input=QUESTION, text_format=Capital, max_output_tokens=64, temperature=0)
+
+    weather = "What is the weather in Paris?"
+    called = client.responses.create(
+        model=model, input=weather, tools=[WEATHER], tool_choice="required", max_output_tokens=48, temperature=0
+    )
+    call = next(item for item in called.output if item.type == "function_call")
+    answered = client.responses.create(
+        model=model,
+        input=[
+            {"role": "user", "content": weather},
+            {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 21 C"},
+        ],
+        max_output_tokens=32,
+        temperature=0,
+    )
+    print(json.dumps({
+        "chat": {"text": chat.choices[0].message.content, "usage": chat.usage.model_dump()},
+        "whole": {"text": whole.output_text, "status": whole.status, "usage": whole.usage.model_dump()},
+        "stream": {"kinds": kinds, "text": deltas, "final_text": final.output_text, "status": final.status},
+        "parsed": {"value": parsed.output_parsed.model_dump(), "status": parsed.status},
+        "call": {"name": call.name, "arguments": call.arguments, "call_id": call.call_id, "status": called.status},
+        "answered": {"text": answered.output_text, "status": answered.status},
+    }))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
