@@ -21,7 +21,9 @@ async fn a_response_is_the_chat_answer_reshaped_whole_or_streamed() {
     let sent_prompt = || decode.generates().last().and_then(|g| g.request.clone()).expect("request").prompt;
     let chat_prompt = sent_prompt();
 
-    let ask = json!({ "model": MODEL_ID, "instructions": "w40", "input": "w10 w11", "max_output_tokens": 4 });
+    let ask = json!({
+        "model": MODEL_ID, "instructions": "w40", "input": "w10 w11", "max_output_tokens": 4, "stream": false,
+    });
     let response = post(router.http, "/v1/responses", &ask.to_string()).await;
     assert_eq!(response.status, 200, "{}", response.body);
     assert_eq!(sent_prompt(), chat_prompt, "instructions and input rendered as the chat's messages");

@@ -198,9 +198,11 @@ pub(super) fn chat_body(bytes: &[u8]) -> Result<(Value, Map<String, Value>), Rou
         chat.insert("max_completion_tokens".into(), max);
     }
     if let Some(stream) = request.remove("stream") {
+        if stream == true {
+            // The final event reports usage.
+            chat.insert("stream_options".into(), json!({ "include_usage": true }));
+        }
         chat.insert("stream".into(), stream);
-        // The final event reports usage.
-        chat.insert("stream_options".into(), json!({ "include_usage": true }));
     }
     if let Some(tools) = request.remove("tools") {
         chat.insert("tools".into(), chat_tools(tools)?);
