@@ -12,6 +12,7 @@ use lcserve_engine::{
 use lcserve_model::{ChatMessage, Model};
 use lcserve_text::reasoning::answer_block;
 use serde::Serialize;
+use serde_json::{Map, Value};
 
 use crate::engine_args::{EngineArgs, KvSelectionArgs, ModelArgs};
 
@@ -46,6 +47,10 @@ pub struct GenerateArgs {
     /// System message for --chat (the template's default when absent).
     #[arg(long, requires = "chat")]
     system: Option<String>,
+    /// Extra variables for the chat template, a JSON object (vLLM's `chat_template_kwargs`,
+    /// such as Qwen3's `{"enable_thinking": false}`).
+    #[arg(long, requires = "chat", value_parser = template_kwargs)]
+    chat_template_kwargs: Option<Map<String, Value>>,
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
     /// 0 = greedy.
@@ -158,8 +163,28 @@ struct Summary {
     decode_tokens_per_s: f64,
 }
 
+/// `--chat-template-kwargs`: a JSON object.
+fn template_kwargs(text: &str) -> Result<Map<String, Value>, String> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(kwargs)) => Ok(kwargs),
+        Ok(_) => Err("must be a JSON object".into()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
+}
+
 /// Tokenizes `prompt`, through the chat template when asked.
 pub fn encode_prompt(model: &Model, prompt: &str, chat: bool, system: Option<&str>) -> anyhow::Result<Vec<u32>> {
+    encode_with_kwargs(model, prompt, chat, system, &Map::new())
+}
+
+/// [`encode_prompt`] with extra chat template variables.
+fn encode_with_kwargs(
+    model: &Model,
+    prompt: &str,
+    chat: bool,
+    system: Option<&str>,
+    template_kwargs: &Map<String, Value>,
+) -> anyhow::Result<Vec<u32>> {
     if !chat {
         return Ok(model.tokenizer.encode(prompt, true)?);
     }
@@ -169,7 +194,9 @@ pub fn encode_prompt(model: &Model, prompt: &str, chat: bool, system: Option<&st
         messages.push(ChatMessage::new("system", system));
     }
     messages.push(ChatMessage::new("user", prompt));
-    let text = template.render(&messages, true, &model.tokenizer)?;
+    let text = template
+        .render_with_tools(&messages, &[], template_kwargs, true, &model.tokenizer)
+        .context("rendering the chat template")?;
     Ok(model.tokenizer.encode(&text, false)?)
 }
 
@@ -182,7 +209,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("one of --prompt or --prompt-file is required"),
     };
-    let prompt = encode_prompt(&model, &text, args.chat, args.system.as_deref())?;
+    let kwargs = args.chat_template_kwargs.unwrap_or_default();
+    let prompt = encode_with_kwargs(&model, &text, args.chat, args.system.as_deref(), &kwargs)?;
     // A thinking model's chat answer reasons first, unconstrained, as the server's does.
     let reasoning = match (&model.chat_template, args.chat) {
         (Some(template), true) => answer_block(template, &model.tokenizer, &prompt),
