@@ -201,6 +201,13 @@ fn a_reasoning_block_runs_free_and_only_the_answer_after_it_is_constrained() -> 
         let opened = ReasoningBlock { opened: true, ..block };
         let inside = collect(&engine, request(&prompt, Some(opened)))?;
         assert_eq!(inside.tokens, thought.tokens, "seed {seed}: the same block, opened by the prompt");
+        // A request resumed inside the block, at its end or after it (another worker took over)
+        // continues as the whole one did.
+        for cut in [1, close, close + 1, close + 3] {
+            let mut resumed = request(&prompt, Some(block));
+            resumed.generated = thought.tokens[..cut].to_vec();
+            assert_eq!(collect(&engine, resumed)?.tokens, thought.tokens[cut..], "seed {seed}: resumed after {cut}");
+        }
         // Speculation stays lossless across the block's end.
         let oracle = Oracle { prompt_len: prompt.len(), answer: thought.tokens.clone() };
         for speculation in [Speculation::Ngram, Speculation::Drafter(Arc::new(oracle))] {
