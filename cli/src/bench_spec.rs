@@ -30,7 +30,7 @@ pub struct SpeculationBenchArgs {
     /// Speculation modes to compare; the first is the baseline of the ratios.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "off,ngram")]
     modes: Vec<SpeculationArg>,
-    /// Tokens of the document the summary task reads.
+    /// Tokens of the document the summary and question tasks read.
     #[arg(long, default_value_t = 3000)]
     document_tokens: usize,
     /// Tokens generated per task.
@@ -142,16 +142,24 @@ pub fn run(args: SpeculationBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The three workloads: reading a document, rewriting a text (the answer copies its input),
-/// free chat (nothing to copy).
+/// The four workloads: summarizing and answering a question about a long document, rewriting
+/// a text (the answer copies its input), free chat (nothing to copy).
 fn tasks(model: &Model, document_tokens: usize) -> anyhow::Result<Vec<(&'static str, String)>> {
     let spec =
         SampleSpec { task: Task::Passkey, seed: 1, depth: 0.5, target_tokens: document_tokens, overhead_tokens: 0 };
-    let document = generate(&spec, &model.tokenizer)?.context;
+    let sample = generate(&spec, &model.tokenizer)?;
+    let document = &sample.context;
     let short = SampleSpec { target_tokens: 300, ..spec };
     let passage = generate(&short, &model.tokenizer)?.context;
     Ok(vec![
         ("summary", format!("{document}\n\nSummarize the text above, quoting its key sentences.")),
+        (
+            "qa",
+            format!(
+                "{document}\n\n{} Quote the sentence of the text that gives the answer, then explain it.",
+                sample.question
+            ),
+        ),
         ("rewrite", format!("Rewrite the following text with every sentence on its own line:\n\n{passage}")),
         ("chat", "Write a short story about a lighthouse keeper who finds a message in a bottle.".to_owned()),
     ])
