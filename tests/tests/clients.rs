@@ -54,6 +54,9 @@ fn the_openai_package_streams_a_chat_completion() {
     assert_eq!(whole["finish_reason"], stream["finish_reason"]);
     assert_eq!(whole["usage"]["prompt_tokens"], usage["prompt_tokens"]);
     assert_eq!(whole["usage"]["completion_tokens"], usage["completion_tokens"]);
+    // The typed usage reads the reasoning tokens, none for a model that does not think.
+    let reasoning = |usage: &Value| usage["completion_tokens_details"]["reasoning_tokens"].clone();
+    assert_eq!((reasoning(usage), reasoning(&whole["usage"])), (json!(0), json!(0)), "{got}");
 
     let banned = got["banned"].as_str().expect("an answer with logit_bias");
     assert!(!banned.contains("Paris") && banned != whole["text"], "{paris:?} banned by logit_bias: {got}");
@@ -89,6 +92,7 @@ fn responds_through_the_openai_package(cluster: &Cluster) {
     assert_eq!(whole["text"], chat["text"], "greedy: the chat endpoint's answer: {got}");
     assert_eq!(whole["usage"]["input_tokens"], chat["usage"]["prompt_tokens"], "{got}");
     assert_eq!(whole["usage"]["output_tokens"], chat["usage"]["completion_tokens"], "{got}");
+    assert_eq!(whole["usage"]["output_tokens_details"]["reasoning_tokens"], 0, "{got}");
     let stream = &got["stream"];
     assert_eq!((&stream["text"], &stream["final_text"]), (&whole["text"], &whole["text"]), "{got}");
     assert_eq!(stream["status"], whole["status"], "{got}");

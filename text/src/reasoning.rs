@@ -43,6 +43,9 @@ enum State {
 pub struct ReasoningStream {
     state: State,
     pending: String,
+    /// Tokens counted as reasoning so far, and those pushed while it was undecided.
+    reasoning_tokens: usize,
+    undecided: usize,
 }
 
 impl Default for ReasoningStream {
@@ -53,12 +56,16 @@ impl Default for ReasoningStream {
 
 impl ReasoningStream {
     pub fn new() -> Self {
-        Self { state: State::Start, pending: String::new() }
+        Self::starting_in(State::Start)
     }
 
     /// A stream whose prompt already opened the `<think>` block: the answer starts inside it.
     pub fn opened() -> Self {
-        Self { state: State::Thinking, pending: String::new() }
+        Self::starting_in(State::Thinking)
+    }
+
+    fn starting_in(state: State) -> Self {
+        Self { state, pending: String::new(), reasoning_tokens: 0, undecided: 0 }
     }
 
     /// The parts `text` completes.
@@ -110,6 +117,29 @@ impl ReasoningStream {
         parts
     }
 
+    /// [`Self::push`] of one generated token's text, counting it in
+    /// [`Self::reasoning_tokens`] when it belongs to the block.
+    pub fn push_token(&mut self, text: &str) -> Vec<Part> {
+        let inside = self.state == State::Thinking;
+        let parts = self.push(text);
+        match self.state {
+            State::Start => self.undecided += 1,
+            State::Thinking | State::Closed => self.reasoning_tokens += std::mem::take(&mut self.undecided) + 1,
+            State::Content => {
+                self.undecided = 0;
+                self.reasoning_tokens += usize::from(inside);
+            }
+        }
+        parts
+    }
+
+    /// The tokens pushed with [`Self::push_token`] that belong to the reasoning block: those
+    /// that opened it (with any whitespace before), were inside it, closed it, or are the
+    /// blank line after `</think>`. An answer without a block has none.
+    pub fn reasoning_tokens(&self) -> usize {
+        self.reasoning_tokens
+    }
+
     /// What is left once the answer has ended: held-back text, in the part it belongs to.
     pub fn finish(&mut self) -> Vec<Part> {
         let rest = std::mem::take(&mut self.pending);
@@ -146,6 +176,16 @@ pub fn split_reasoning(text: &str, opened: bool) -> (Option<String>, String) {
         }
     }
     (reasoning, content)
+}
+
+/// How many of an answer's tokens, given by their texts, are reasoning tokens (see
+/// [`ReasoningStream::reasoning_tokens`]; from inside the block when the prompt `opened` it).
+pub fn reasoning_tokens<'a>(tokens: impl IntoIterator<Item = &'a str>, opened: bool) -> usize {
+    let mut stream = if opened { ReasoningStream::opened() } else { ReasoningStream::new() };
+    for text in tokens {
+        stream.push_token(text);
+    }
+    stream.reasoning_tokens()
 }
 
 /// The reasoning block the answer to the chat prompt `prompt` writes before a structured
@@ -228,6 +268,17 @@ mod tests {
                 assert_eq!((reasoning, content), whole, "{text:?} (opened: {opened}) split at {a}");
             }
         }
+    }
+
+    #[test]
+    fn reasoning_tokens_are_those_of_the_block() {
+        let count = |tokens: &[&str], opened| reasoning_tokens(tokens.iter().copied(), opened);
+        assert_eq!(count(&["<think>", "Plan", ".", "</think>", "\n\n", "Yes"], false), 5);
+        assert_eq!(count(&[" ", "<thi", "nk>", "a</think>b", "c"], false), 4, "whitespace, a split tag");
+        assert_eq!(count(&["Plan", "</think>\n\nYes", "."], true), 2, "the prompt opened it");
+        assert_eq!(count(&["<think>", "cut", " short"], false), 3, "never closed");
+        assert_eq!(count(&[" ", "<thi", "s", "<think>"], false), 0, "no block");
+        assert_eq!(count(&[], false), 0);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use lcserve_proto::v1;
 use lcserve_text::Tokenizer;
-use lcserve_text::reasoning::{Part, ReasoningStream, split_reasoning};
+use lcserve_text::reasoning::{Part, ReasoningStream, reasoning_tokens, split_reasoning};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -39,21 +39,29 @@ struct PromptDetails {
 }
 
 #[derive(Debug, Serialize)]
+struct CompletionDetails {
+    /// Completion tokens a thinking model spent in its `<think>` block.
+    reasoning_tokens: u32,
+}
+
+#[derive(Debug, Serialize)]
 struct UsageBody {
     prompt_tokens: u32,
     completion_tokens: u32,
     total_tokens: u32,
     prompt_tokens_details: PromptDetails,
+    completion_tokens_details: CompletionDetails,
     lcserve: UsageExtra,
 }
 
-fn usage_json(usage: &v1::Usage) -> Value {
+fn usage_json(usage: &v1::Usage, reasoning: usize) -> Value {
     let cached = usage.cached.unwrap_or_default();
     let body = UsageBody {
         prompt_tokens: usage.prompt_tokens,
         completion_tokens: usage.completion_tokens,
         total_tokens: usage.prompt_tokens.saturating_add(usage.completion_tokens),
         prompt_tokens_details: PromptDetails { cached_tokens: usage.cached_tokens },
+        completion_tokens_details: CompletionDetails { reasoning_tokens: u32::try_from(reasoning).unwrap_or(u32::MAX) },
         lcserve: UsageExtra {
             cached_tokens_by_tier: Tiers { device: cached.device, host: cached.host, shared: cached.shared },
             prefill_tokens: usage.prefill_tokens,
@@ -321,7 +329,9 @@ impl Shaper {
         let Some(splitter) = self.reasoning.get_mut(index) else {
             return if last { self.deltas[index].finish(text) } else { self.deltas[index].push(text) };
         };
-        let mut parts = splitter.push(text);
+        // Before the last call, each call is one token's text; the last one's is the text held
+        // back, no token.
+        let mut parts = if last { splitter.push(text) } else { splitter.push_token(text) };
         if last {
             parts.extend(splitter.finish());
         }
@@ -344,7 +354,8 @@ impl Shaper {
     pub fn usage_chunk(&self, finished: &[&v1::Finished]) -> Option<Value> {
         self.options.include_usage.then(|| {
             let mut chunk = self.envelope(self.chunk_object(), json!([]));
-            chunk["usage"] = usage_json(&self.usage(finished));
+            let reasoning = self.reasoning.iter().map(ReasoningStream::reasoning_tokens).sum();
+            chunk["usage"] = usage_json(&self.usage(finished), reasoning);
             chunk
         })
     }
@@ -352,6 +363,7 @@ impl Shaper {
     /// A whole (non-streaming) response from every choice's token events and finish.
     pub fn complete(&mut self, tokens: &[Vec<v1::Token>], finished: &[&v1::Finished]) -> Value {
         let mut choices = Vec::with_capacity(finished.len());
+        let mut reasoning_total = 0;
         for (index, (tokens, finished)) in tokens.iter().zip(finished).enumerate() {
             let mut text = self.echo_text(index).unwrap_or_default().to_owned();
             let tokens: &[v1::Token] = if self.options.echo_only { &[] } else { tokens };
@@ -375,7 +387,11 @@ impl Shaper {
                 Kind::Chat => {
                     let (reasoning, text) = match self.reasoning.is_empty() {
                         true => (None, text),
-                        false => split_reasoning(&text, self.opened[index]),
+                        false => {
+                            let texts = tokens.iter().map(|t| t.text.as_str());
+                            reasoning_total += reasoning_tokens(texts, self.opened[index]);
+                            split_reasoning(&text, self.opened[index])
+                        }
                     };
                     let (mut message, called) = tools::message(text, &self.options.tool_calling);
                     if let Some(reasoning) = reasoning {
@@ -391,7 +407,7 @@ impl Shaper {
             Kind::Chat => "chat.completion",
         };
         let mut body = self.envelope(object, Value::Array(choices));
-        body["usage"] = usage_json(&self.usage(finished));
+        body["usage"] = usage_json(&self.usage(finished), reasoning_total);
         body
     }
 }
@@ -403,7 +419,7 @@ mod tests {
     /// A chat shaper for a model that does not think (`None`) or does, its prompt having opened
     /// the `<think>` block or not.
     fn chat_shaper(opened: Option<bool>) -> Shaper {
-        let options = ResponseOptions { choices: 1, prompts: 1, ..ResponseOptions::default() };
+        let options = ResponseOptions { choices: 1, prompts: 1, include_usage: true, ..ResponseOptions::default() };
         let tokenizer = Tokenizer::from_json_bytes(
             br#"{"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
                 "post_processor": null, "decoder": null,
@@ -423,29 +439,39 @@ mod tests {
         v1::Finished { reason: v1::FinishReason::Stop.into(), ..v1::Finished::default() }
     }
 
-    /// The streamed deltas' reasoning and content, each joined.
-    fn streamed(shaper: &mut Shaper, pieces: &[&str]) -> (String, String) {
+    /// The streamed deltas' reasoning and content, each joined, and the reasoning tokens of
+    /// the usage chunk.
+    fn streamed(shaper: &mut Shaper, pieces: &[&str]) -> (String, String, Value) {
         let mut chunks: Vec<Value> = tokens(pieces).iter().filter_map(|token| shaper.token_chunk(0, token)).collect();
         chunks.push(shaper.finish_chunk(0, &finished()));
         let joined = |key: &str| chunks.iter().filter_map(|c| c["choices"][0]["delta"][key].as_str()).collect();
-        (joined("reasoning_content"), joined("content"))
+        let usage = shaper.usage_chunk(&[&finished()]).expect("usage chunk");
+        (joined("reasoning_content"), joined("content"), reasoning_tokens(&usage))
+    }
+
+    fn reasoning_tokens(body: &Value) -> Value {
+        body["usage"]["completion_tokens_details"]["reasoning_tokens"].clone()
     }
 
     #[test]
     fn a_thinking_models_reasoning_comes_apart_streamed_or_whole() {
         // The model opens the block itself (Qwen3), or its prompt did (DeepSeek-R1).
-        for (opened, pieces) in [(false, &PIECES[..]), (true, &PIECES[1..])] {
-            let want = ("\nPlan.\n".to_owned(), "Answer".to_owned());
+        // The block's tokens: `<think>` when the model wrote it, the three inside, the closing one.
+        for (opened, pieces, thought) in [(false, &PIECES[..], 4), (true, &PIECES[1..], 3)] {
+            let want = ("\nPlan.\n".to_owned(), "Answer".to_owned(), json!(thought));
             assert_eq!(streamed(&mut chat_shaper(Some(opened)), pieces), want, "opened: {opened}");
             let whole = chat_shaper(Some(opened)).complete(&[tokens(pieces)], &[&finished()]);
             let message = &whole["choices"][0]["message"];
             assert_eq!((&message["reasoning_content"], &message["content"]), (&json!(want.0), &json!(want.1)));
+            assert_eq!(reasoning_tokens(&whole), json!(thought), "opened: {opened}");
         }
 
         // A model whose template writes no think blocks keeps its text whole.
-        assert_eq!(streamed(&mut chat_shaper(None), &PIECES), (String::new(), PIECES.concat()));
+        let whole_text = (String::new(), PIECES.concat(), json!(0));
+        assert_eq!(streamed(&mut chat_shaper(None), &PIECES), whole_text);
         let whole = chat_shaper(None).complete(&[tokens(&PIECES)], &[&finished()]);
         assert_eq!(whole["choices"][0]["message"]["content"], json!(PIECES.concat()));
         assert!(whole["choices"][0]["message"].get("reasoning_content").is_none());
+        assert_eq!(reasoning_tokens(&whole), json!(0));
     }
 }

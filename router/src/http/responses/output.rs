@@ -53,10 +53,12 @@ impl Shape {
             let input = usage["prompt_tokens"].as_u64().unwrap_or(0);
             let output = usage["completion_tokens"].as_u64().unwrap_or(0);
             let cached = usage["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0);
+            let reasoning = usage["completion_tokens_details"]["reasoning_tokens"].as_u64().unwrap_or(0);
             response["usage"] = json!({
                 "input_tokens": input,
                 "input_tokens_details": { "cached_tokens": cached },
                 "output_tokens": output,
+                "output_tokens_details": { "reasoning_tokens": reasoning },
                 "total_tokens": input + output,
             });
         }

@@ -120,7 +120,8 @@ fn a_whole_chat_answer_becomes_a_response_object() {
             "role": "assistant", "content": "Checking.", "reasoning_content": "Think.",
             "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}],
         }}],
-        "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12, "prompt_tokens_details": {"cached_tokens": 4}},
+        "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12, "prompt_tokens_details": {"cached_tokens": 4},
+                  "completion_tokens_details": {"reasoning_tokens": 3}},
     });
     let response = shape().whole(&answer);
     assert_eq!(
@@ -143,7 +144,8 @@ fn a_whole_chat_answer_becomes_a_response_object() {
     );
     assert_eq!(
         response["usage"],
-        json!({"input_tokens": 7, "input_tokens_details": {"cached_tokens": 4}, "output_tokens": 5, "total_tokens": 12})
+        json!({"input_tokens": 7, "input_tokens_details": {"cached_tokens": 4}, "output_tokens": 5,
+               "output_tokens_details": {"reasoning_tokens": 3}, "total_tokens": 12})
     );
 
     let cut =
