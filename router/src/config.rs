@@ -45,6 +45,9 @@ pub struct RouterConfig {
     pub max_body_bytes: usize,
     /// Largest `max_tokens` a request may ask for.
     pub max_tokens_limit: u32,
+    /// Bytes of Responses API answers kept in memory for `previous_response_id` and
+    /// `GET /v1/responses/{id}`, the oldest dropped first; 0 keeps none.
+    pub responses_store_bytes: usize,
     /// `max_tokens` of requests that give none (clamped to what the context leaves).
     pub default_max_tokens: u32,
     /// Wall-clock budget of one request, first byte to last; gRPC `grpc-timeout` may shorten it.
@@ -76,6 +79,7 @@ impl Default for RouterConfig {
             api_keys: None,
             max_body_bytes: 32 << 20,
             max_tokens_limit: 32_768,
+            responses_store_bytes: 64 << 20,
             default_max_tokens: 256,
             request_timeout: Duration::from_secs(600),
             model_id: None,
@@ -175,6 +179,10 @@ pub struct RouterArgs {
     /// Largest max_tokens a request may ask for.
     #[arg(long, env = "LCSERVE_ROUTER_MAX_TOKENS_LIMIT", default_value_t = 32_768)]
     pub max_tokens_limit: u32,
+    /// Bytes of Responses API answers kept for `previous_response_id` (oldest dropped first;
+    /// 0 keeps none).
+    #[arg(long, env = "LCSERVE_ROUTER_RESPONSES_STORE_BYTES", default_value_t = 64 << 20)]
+    pub responses_store_bytes: usize,
     /// max_tokens of requests that set none.
     #[arg(long, env = "LCSERVE_ROUTER_DEFAULT_MAX_TOKENS", default_value_t = 256)]
     pub default_max_tokens: u32,
@@ -211,6 +219,7 @@ impl TryFrom<RouterArgs> for RouterConfig {
             api_keys: args.api_keys,
             max_body_bytes: args.max_body_bytes,
             max_tokens_limit: args.max_tokens_limit,
+            responses_store_bytes: args.responses_store_bytes,
             default_max_tokens: args.default_max_tokens,
             request_timeout: args.request_timeout,
             model_id: args.model_id,

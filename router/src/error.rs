@@ -165,6 +165,10 @@ pub enum RouterError {
     BadBody { param: Option<String>, message: String },
     #[error("model {requested:?} is not served here (this router serves {served:?})")]
     UnknownModel { requested: String, served: String },
+    /// A response id that names no response this tenant stored here; `param` is the request
+    /// field that gave it, if any.
+    #[error("no response with id {id:?} is stored here")]
+    UnknownResponse { id: String, param: Option<&'static str> },
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("the router is starting: no worker has described the model yet")]
@@ -235,7 +239,7 @@ impl RouterError {
         match self {
             RouterError::InvalidArgument { .. } | RouterError::BadBody { .. } => ErrorClass::InvalidArgument,
             RouterError::Unauthenticated => ErrorClass::Unauthenticated,
-            RouterError::UnknownModel { .. } => ErrorClass::NotFound,
+            RouterError::UnknownModel { .. } | RouterError::UnknownResponse { .. } => ErrorClass::NotFound,
             RouterError::BodyTooLarge { .. } => ErrorClass::PayloadTooLarge,
             RouterError::Overloaded(_) => ErrorClass::Overloaded,
             RouterError::NotReady | RouterError::NoWorker { .. } | RouterError::Worker(_) => ErrorClass::Unavailable,

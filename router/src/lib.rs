@@ -55,6 +55,7 @@ pub use error::{ErrorClass, Field, RouterError};
 pub use policy::{DEVICE_CREDIT, SHARED_CREDIT};
 
 use crate::auth::{Auth, Tenant};
+use crate::http::ResponseStore;
 use crate::index::PrefixIndex;
 use crate::metrics::{Endpoint, Metrics};
 use crate::model::{ModelSlot, ServedModel};
@@ -76,6 +77,7 @@ pub(crate) struct Shared {
     pub registry: Registry,
     pub index: PrefixIndex,
     pub metrics: Metrics,
+    pub responses: ResponseStore,
 }
 
 /// The router's metrics for OTLP export (the HTTP front serves the same on `/metrics`).
@@ -96,7 +98,8 @@ impl Shared {
         let index = PrefixIndex::new(registry.workers.len(), config.worker_index_blocks);
         let model = Arc::new(ModelSlot::new(config.model_id.clone()));
         let metrics = Metrics::new(&index.subscriber);
-        Ok(Shared { config, auth, model, registry, index, metrics })
+        let responses = ResponseStore::new(config.responses_store_bytes);
+        Ok(Shared { config, auth, model, registry, index, metrics, responses })
     }
 
     /// The served model, or [`RouterError::NotReady`] before a worker has described it.

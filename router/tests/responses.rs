@@ -1,12 +1,14 @@
 //! `POST /v1/responses` against an instant worker: the same answer as the chat endpoint gives,
-//! whole and as the Responses API's events, and errors that name the Responses field.
+//! whole and as the Responses API's events; stored answers continued by `previous_response_id`,
+//! read and deleted, each tenant's apart; errors that name the Responses field.
 
 mod support;
 
+use lcserve_router::RouterConfig;
 use serde_json::{Value, json};
 use support::model::MODEL_ID;
 use support::worker::InstantWorker;
-use support::{config, post, start_router};
+use support::{config, post, post_as, read, send, start_router};
 
 #[tokio::test]
 async fn a_response_is_the_chat_answer_reshaped_whole_or_streamed() {
@@ -82,11 +84,73 @@ async fn a_bad_response_request_names_the_responses_field() {
     assert_eq!((status, param), (400, json!("max_output_tokens")), "{message}");
     assert!(message.starts_with("max_output_tokens:"), "{message}");
     let (status, param, _) = refused(json!({ "input": "w10", "previous_response_id": "resp_1" })).await;
-    assert_eq!((status, param), (400, json!("previous_response_id")));
+    assert_eq!((status, param), (404, json!("previous_response_id")));
     let (status, param, _) = refused(json!({ "input": [] })).await;
     assert_eq!((status, param), (400, json!("input")));
     let (status, param, _) =
         refused(json!({ "input": "w10", "text": { "format": { "type": "json_schema", "schema": 3 } } })).await;
     assert_eq!((status, param), (400, json!("text.format")));
     assert!(decode.generates().is_empty(), "nothing ran");
+}
+
+/// `method path` as tenant `key`'s request.
+async fn call(router: &support::TestRouter, method: &str, path: &str, body: Option<&Value>, key: &str) -> (u16, Value) {
+    let response = match body {
+        Some(body) => post_as(router.http, path, &body.to_string(), key).await,
+        None => read(send(router.http, method, path, "", &[("authorization", &format!("Bearer {key}"))]).await).await,
+    };
+    let body = serde_json::from_str(&response.body).unwrap_or(Value::Null);
+    (response.status, body)
+}
+
+#[tokio::test]
+async fn a_stored_response_is_continued_read_and_deleted_by_its_tenant_only() {
+    let decode = InstantWorker::start("decode").await;
+    let mut keys = tempfile::NamedTempFile::new().expect("temp file");
+    std::io::Write::write_all(&mut keys, b"sk-alice alice\nsk-bob bob\n").expect("write keys");
+    let router = start_router(RouterConfig { api_keys: Some(keys.path().to_owned()), ..config(&[], &[&decode]) }).await;
+    let sent_prompt = || decode.generates().last().and_then(|g| g.request.clone()).expect("request").prompt;
+
+    // Turn 1, streamed: the final event's response is what is stored.
+    let first = json!({ "model": MODEL_ID, "input": "w10 w11", "max_output_tokens": 3, "stream": true });
+    let response = post_as(router.http, "/v1/responses", &first.to_string(), "sk-alice").await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let last: Value = serde_json::from_str(response.sse_data().last().expect("events")).expect("event");
+    let first = &last["response"];
+    let (id, answer) = (first["id"].as_str().expect("id"), first["output"][0]["content"][0]["text"].clone());
+    assert_eq!(first["store"], true);
+    let (status, stored) = call(&router, "GET", &format!("/v1/responses/{id}"), None, "sk-alice").await;
+    assert_eq!((status, &stored), (200, first));
+
+    // Turn 2 names turn 1: the prompt is the chat of both turns.
+    let second = json!({ "previous_response_id": id, "input": "w12", "max_output_tokens": 2, "stream": false });
+    let (status, follow_up) = call(&router, "POST", "/v1/responses", Some(&second), "sk-alice").await;
+    assert_eq!(status, 200, "{follow_up}");
+    assert_eq!(follow_up["previous_response_id"], id);
+    let whole_chat = json!({ "max_tokens": 2, "messages": [
+        { "role": "user", "content": "w10 w11" },
+        { "role": "assistant", "content": answer },
+        { "role": "user", "content": "w12" },
+    ]});
+    let continued = sent_prompt();
+    assert_eq!(call(&router, "POST", "/v1/chat/completions", Some(&whole_chat), "sk-alice").await.0, 200);
+    assert_eq!(continued, sent_prompt(), "the stored conversation, then the new input");
+
+    // Another tenant sees none of it.
+    let path = format!("/v1/responses/{id}");
+    assert_eq!(call(&router, "GET", &path, None, "sk-bob").await.0, 404);
+    assert_eq!(call(&router, "DELETE", &path, None, "sk-bob").await.0, 404);
+    let (status, error) = call(&router, "POST", "/v1/responses", Some(&second), "sk-bob").await;
+    assert_eq!((status, &error["error"]["param"]), (404, &json!("previous_response_id")), "{error}");
+
+    // Deleted, it is gone; an unstored answer never was there.
+    let (status, deleted) = call(&router, "DELETE", &path, None, "sk-alice").await;
+    assert_eq!((status, deleted), (200, json!({ "id": id, "object": "response", "deleted": true })));
+    assert_eq!(call(&router, "GET", &path, None, "sk-alice").await.0, 404);
+    let unstored = json!({ "input": "w10", "max_output_tokens": 1, "store": false });
+    let (_, unstored) = call(&router, "POST", "/v1/responses", Some(&unstored), "sk-alice").await;
+    assert_eq!(unstored["store"], false);
+    let path = format!("/v1/responses/{}", unstored["id"].as_str().expect("id"));
+    let (status, error) = call(&router, "GET", &path, None, "sk-alice").await;
+    assert_eq!((status, &error["error"]["code"]), (404, &json!("response_not_found")), "{error}");
 }

@@ -4,8 +4,9 @@ Usage: openai_responses.py BASE_URL
 
 Asks one question greedily through chat completions and through `responses.create`, whole and
 streamed; asks for a pydantic model through `responses.parse` (the client validates the
-document); forces a tool call, then sends it back with its output as input items; prints what
-came back as one JSON object.
+document); forces a tool call, then sends it back with its output as input items, and again
+as a follow-up naming the stored call by `previous_response_id`; retrieves and deletes the
+stored response; prints what came back as one JSON object.
 """
 
 import json
@@ -69,6 +70,20 @@ def main(base_url):
         max_output_tokens=32,
         temperature=0,
     )
+    followed = client.responses.create(
+        model=model,
+        previous_response_id=called.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 21 C"}],
+        max_output_tokens=32,
+        temperature=0,
+    )
+    retrieved = client.responses.retrieve(called.id)
+    client.responses.delete(called.id)
+    try:
+        client.responses.retrieve(called.id)
+        gone = False
+    except openai.NotFoundError:
+        gone = True
     print(json.dumps({
         "chat": {"text": chat.choices[0].message.content, "usage": chat.usage.model_dump()},
         "whole": {"text": whole.output_text, "status": whole.status, "usage": whole.usage.model_dump()},
@@ -76,6 +91,8 @@ def main(base_url):
         "parsed": {"value": parsed.output_parsed.model_dump(), "status": parsed.status},
         "call": {"name": call.name, "arguments": call.arguments, "call_id": call.call_id, "status": called.status},
         "answered": {"text": answered.output_text, "status": answered.status},
+        "followed": {"text": followed.output_text, "previous": followed.previous_response_id},
+        "stored": {"same": retrieved.model_dump() == called.model_dump(), "gone_once_deleted": gone},
     }))
 
 

@@ -83,7 +83,8 @@ fn the_openai_package_streams_a_chat_completion() {
 
 /// `openai_responses.py`: the Responses API gives the chat endpoint's greedy answer, whole and
 /// as the events the client reads; `responses.parse` validates a structured answer; a forced
-/// call comes back as a `function_call` item and goes back in as input items.
+/// call comes back as a `function_call` item and goes back in as input items or by
+/// `previous_response_id`; the stored call is retrieved as answered, then deleted.
 fn responds_through_the_openai_package(cluster: &Cluster) {
     let got = script("openai_responses.py", &[&format!("http://{}/v1", cluster.http)]);
     let chat = &got["chat"];
@@ -113,6 +114,11 @@ fn responds_through_the_openai_package(cluster: &Cluster) {
     let answered = &got["answered"];
     assert!(["completed", "incomplete"].contains(&answered["status"].as_str().unwrap_or_default()), "{got}");
     assert!(answered["text"].as_str().is_some_and(|t| !t.is_empty()), "an answer after the call's output: {got}");
+    // Naming the stored call continues the same conversation: the same greedy answer.
+    let followed = &got["followed"];
+    assert_eq!(followed["text"], answered["text"], "previous_response_id: {got}");
+    assert!(followed["previous"].as_str().is_some_and(|id| id.starts_with("resp_")), "{got}");
+    assert_eq!(got["stored"], json!({"same": true, "gone_once_deleted": true}), "{got}");
 }
 
 /// `openai_echo.py`: `echo` with `logprobs` scores every prompt token after the first, and the

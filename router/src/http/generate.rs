@@ -24,6 +24,7 @@ use super::openai::{self, Kind};
 use super::response::Shaper;
 use super::{authorization, error_json, error_response, event_error_json, json_response, read_body};
 use crate::Shared;
+use crate::auth::Tenant;
 use crate::error::RouterError;
 use crate::metrics::Endpoint;
 
@@ -46,7 +47,7 @@ async fn respond(shared: Arc<Shared>, headers: HeaderMap, body: Body, kind: Kind
     // The request's root span, or a child of the caller's when it sent a `traceparent`.
     let span = tracing::info_span!("http.request", otel.name = endpoint.as_str(), otel.kind = "server");
     lcserve_svc_kit::propagation::continue_trace(&span, &headers);
-    match start(&shared, &headers, body, kind, endpoint, Ok).instrument(span).await {
+    match start(&shared, &headers, body, kind, endpoint, |_, bytes| Ok(bytes)).instrument(span).await {
         Ok(started) if started.stream => stream(started.events, started.shaper).into_response(),
         Ok(started) => {
             let (status, body) = collect(started.events, started.shaper).await;
@@ -59,26 +60,27 @@ async fn respond(shared: Arc<Shared>, headers: HeaderMap, body: Body, kind: Kind
     }
 }
 
-/// A started request: its choices' merged events, the shaper of their chunks, and whether the
-/// client asked for a stream.
+/// A started request: its choices' merged events, the shaper of their chunks, whether the
+/// client asked for a stream, and whose request it is.
 pub(super) struct Started {
     pub events: mpsc::Receiver<ChoiceEvent>,
     pub shaper: Shaper,
     pub stream: bool,
+    pub tenant: Tenant,
 }
 
 /// Everything before the first event; errors here are plain HTTP errors. `adapt` turns the
-/// body read into the endpoint's own (the identity but for [`super::responses`]).
+/// tenant's body into the endpoint's own (the identity but for [`super::responses`]).
 pub(super) async fn start(
     shared: &Arc<Shared>,
     headers: &HeaderMap,
     body: Body,
     kind: Kind,
     endpoint: Endpoint,
-    adapt: impl FnOnce(Bytes) -> Result<Bytes, RouterError>,
+    adapt: impl FnOnce(&Tenant, Bytes) -> Result<Bytes, RouterError>,
 ) -> Result<Started, RouterError> {
     let tenant = shared.auth.authenticate(authorization(headers))?;
-    let bytes = adapt(read_body(headers, body, shared.config.max_body_bytes).await?)?;
+    let bytes = adapt(&tenant, read_body(headers, body, shared.config.max_body_bytes).await?)?;
     let parsed = openai::parse(&bytes).map_err(|(param, message)| RouterError::BadBody { param, message })?;
     let (requests, mut options) = parsed.into_generate(kind)?;
     let model = shared.served()?;
@@ -93,7 +95,7 @@ pub(super) async fn start(
         .map_err(|e| e.naming_structured_output(structured_output_field))?;
     let reasoning = thinks.then_some(started.opened_reasoning.as_slice());
     let shaper = Shaper::new(kind, &id, options, tokenizer, reasoning);
-    Ok(Started { events: started.events, shaper, stream })
+    Ok(Started { events: started.events, shaper, stream, tenant })
 }
 
 /// Every choice's finish, in choice order, once all have one.

@@ -1,5 +1,6 @@
 //! The OpenAI-compatible HTTP front (axum on the hyper 1 stack tonic already uses):
-//! `POST /v1/completions`, `POST /v1/chat/completions`, `POST /v1/responses` (JSON or SSE),
+//! `POST /v1/completions`, `POST /v1/chat/completions`, `POST /v1/responses` (JSON or SSE;
+//! `GET` and `DELETE /v1/responses/{id}` for the stored ones),
 //! `GET /v1/models`, vLLM's `/tokenize` and `/detokenize`, and the operational `/health`,
 //! `/ready`, `/metrics`.
 //!
@@ -33,6 +34,8 @@ use crate::Shared;
 use crate::error::{ErrorClass, RouterError};
 use crate::model::ServedModel;
 
+pub(crate) use responses::ResponseStore;
+
 /// Serves the HTTP front on `listener` until `shutdown`, then drains open requests.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
@@ -43,6 +46,7 @@ pub(crate) async fn serve(
         .route("/v1/completions", post(generate::completions))
         .route("/v1/chat/completions", post(generate::chat_completions))
         .route("/v1/responses", post(responses::responses))
+        .route("/v1/responses/{id}", get(responses::retrieve).delete(responses::delete))
         .route("/v1/models", get(models))
         .route("/v1/models/{*model}", get(model))
         .route("/tokenize", post(tokenize::tokenize))
@@ -94,9 +98,14 @@ pub(crate) fn error_json(err: &RouterError) -> (u16, serde_json::Value) {
         RouterError::InvalidArgument { field, reason } => {
             (Some(field.openai_name().to_owned()), format!("{}: {reason}", field.openai_name()))
         }
+        RouterError::UnknownResponse { param, .. } => (param.map(str::to_owned), err.to_string()),
         other => (other.field().map(|f| f.openai_name().to_owned()), other.to_string()),
     };
-    let code = if class == ErrorClass::NotFound { "model_not_found" } else { class.label() };
+    let code = match err {
+        RouterError::UnknownModel { .. } => "model_not_found",
+        RouterError::UnknownResponse { .. } => "response_not_found",
+        _ => class.label(),
+    };
     let body = json!({ "error": { "message": message, "type": error_type(class), "param": param, "code": code } });
     (class.http_status(), body)
 }

@@ -8,15 +8,17 @@
 //! call; streamed, the API's typed events ([`EventStream`]: `response.created`, …,
 //! `response.output_text.delta`, …, `response.completed`). Errors name the Responses field.
 //!
-//! Responses are not stored, so `previous_response_id` is refused, as are what else the server
-//! cannot honour: OpenAI's built-in tools, non-text inputs, `reasoning` settings,
-//! `top_logprobs`, `truncation: "auto"` and `max_tool_calls`. Fields that change nothing in the
-//! answer (`store`, `metadata`, `user`, `include`, …) are ignored.
+//! Answers are stored unless `store` is false ([`store`]): a follow-up names one as its
+//! `previous_response_id` and continues that conversation, and `GET`/`DELETE
+//! /v1/responses/{id}` read and forget one. Refused, as the server cannot honour them: the
+//! `conversation` object, OpenAI's built-in tools, non-text inputs, `reasoning` settings,
+//! `top_logprobs`, `truncation: "auto"`, `max_tool_calls` and `background`. Fields that change
+//! nothing in the answer (`metadata`, `user`, `include`, …) are ignored.
 
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -25,11 +27,13 @@ use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
 use output::{EventStream, Shape, sse};
+pub(crate) use store::ResponseStore;
 
 use super::generate::{self, KEEP_ALIVE};
 use super::openai::Kind;
-use super::{error_json, json_response};
+use super::{authorization, error_json, json_response};
 use crate::Shared;
+use crate::auth::Tenant;
 use crate::error::RouterError;
 use crate::metrics::Endpoint;
 
@@ -79,15 +83,15 @@ pub(super) async fn responses(State(shared): State<Arc<Shared>>, headers: Header
     let endpoint = Endpoint::Responses;
     let span = tracing::info_span!("http.request", otel.name = endpoint.as_str(), otel.kind = "server");
     lcserve_svc_kit::propagation::continue_trace(&span, &headers);
-    let mut echoed = None;
-    let adapt = |bytes: Bytes| {
-        let (chat, echo) = chat_body(&bytes)?;
-        echoed = Some(echo);
+    let mut rewritten = None;
+    let adapt = |tenant: &Tenant, bytes: Bytes| {
+        let (chat, rest) = chat_body(&bytes, &shared.responses, tenant)?;
+        rewritten = Some(rest);
         Ok(Bytes::from(chat.to_string()))
     };
     let started = generate::start(&shared, &headers, body, Kind::Chat, endpoint, adapt).instrument(span).await;
-    let (started, echoed) = match (started, echoed) {
-        (Ok(started), Some(echoed)) => (started, echoed),
+    let (started, Rewritten { echoed, context }) = match (started, rewritten) {
+        (Ok(started), Some(rewritten)) => (started, rewritten),
         (Ok(_), None) => return answer_error(&RouterError::Internal("the body was not rewritten".into())),
         (Err(err), _) => {
             shared.metrics.request(endpoint, err.class().label());
@@ -96,6 +100,11 @@ pub(super) async fn responses(State(shared): State<Arc<Shared>>, headers: Header
     };
     let model = shared.served().map_or_else(|_| String::new(), |model| model.id.clone());
     let shape = Shape::new(model, echoed);
+    // Stores the answer, once whole, when the request asked for it.
+    let mut keep = context.map(|context| {
+        let tenant = started.tenant.clone();
+        move |response: &Value| shared.responses.put(&tenant, response.clone(), context)
+    });
     if started.stream {
         let mut events = EventStream::new(shape);
         let opening = futures_util::stream::iter(events.opening());
@@ -105,7 +114,13 @@ pub(super) async fn responses(State(shared): State<Arc<Shared>>, headers: Header
             .flat_map(move |chunk| {
                 futures_util::stream::iter(match chunk {
                     Some(chunk) => events.chunk(&chunk),
-                    None => events.finish(),
+                    None => {
+                        let closing = events.finish();
+                        if let (Some(keep), Some((_, last))) = (keep.take(), closing.last()) {
+                            keep(&last["response"]);
+                        }
+                        closing
+                    }
                 })
             });
         return Sse::new(opening.chain(body).map(sse))
@@ -113,8 +128,43 @@ pub(super) async fn responses(State(shared): State<Arc<Shared>>, headers: Header
             .into_response();
     }
     match generate::collect(started.events, started.shaper).await {
-        (200, chat) => json_response(200, shape.whole(&chat)),
+        (200, chat) => {
+            let response = shape.whole(&chat);
+            if let Some(keep) = keep.take() {
+                keep(&response);
+            }
+            json_response(200, response)
+        }
         (status, error) => json_response(status, renamed(error)),
+    }
+}
+
+/// `GET /v1/responses/{id}`: a stored response of the caller's.
+pub(super) async fn retrieve(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let tenant = match shared.auth.authenticate(authorization(&headers)) {
+        Ok(tenant) => tenant,
+        Err(err) => return answer_error(&err),
+    };
+    match shared.responses.get(&tenant, &id) {
+        Some(stored) => json_response(200, stored.response.clone()),
+        None => answer_error(&RouterError::UnknownResponse { id, param: None }),
+    }
+}
+
+/// `DELETE /v1/responses/{id}`: forgets a stored response of the caller's.
+pub(super) async fn delete(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let tenant = match shared.auth.authenticate(authorization(&headers)) {
+        Ok(tenant) => tenant,
+        Err(err) => return answer_error(&err),
+    };
+    if shared.responses.delete(&tenant, &id) {
+        json_response(200, json!({ "id": id, "object": "response", "deleted": true }))
+    } else {
+        answer_error(&RouterError::UnknownResponse { id, param: None })
     }
 }
 
@@ -146,17 +196,31 @@ fn refused(field: &'static str, reason: &str) -> RouterError {
     RouterError::BadBody { param: Some(field.into()), message: format!("{field}: {reason}") }
 }
 
-/// A Responses API body as a chat completion body, and the fields its answer repeats.
-pub(super) fn chat_body(bytes: &[u8]) -> Result<(Value, Map<String, Value>), RouterError> {
+/// What a Responses body leaves beside its chat body.
+#[derive(Debug)]
+pub(super) struct Rewritten {
+    /// The fields its answer repeats.
+    echoed: Map<String, Value>,
+    /// When the answer is to be stored: the input items it follows, the previous response's
+    /// conversation first.
+    context: Option<Vec<Value>>,
+}
+
+/// A Responses API body of `tenant`'s as a chat completion body, its `previous_response_id`
+/// read from `store`.
+pub(super) fn chat_body(
+    bytes: &[u8],
+    store: &ResponseStore,
+    tenant: &Tenant,
+) -> Result<(Value, Rewritten), RouterError> {
     let Value::Object(mut request) =
         serde_json::from_slice(bytes).map_err(|e| RouterError::BadBody { param: None, message: e.to_string() })?
     else {
         return Err(RouterError::BadBody { param: None, message: "the body must be a JSON object".into() });
     };
     request.retain(|_, value| !value.is_null());
-    if request.contains_key("previous_response_id") || request.contains_key("conversation") {
-        let field = if request.contains_key("conversation") { "conversation" } else { "previous_response_id" };
-        return Err(refused(field, "responses are not stored here; send the whole conversation as input"));
+    if request.contains_key("conversation") {
+        return Err(refused("conversation", "conversations are not stored here; use previous_response_id"));
     }
     if request.get("background").is_some_and(|b| b != &json!(false)) {
         return Err(refused("background", "responses run in the foreground only"));
@@ -173,8 +237,29 @@ pub(super) fn chat_body(bytes: &[u8]) -> Result<(Value, Map<String, Value>), Rou
     if request.contains_key("max_tool_calls") {
         return Err(refused("max_tool_calls", "a limit on calls is not implemented"));
     }
-    let echoed: Map<String, Value> =
+    let mut echoed: Map<String, Value> =
         ECHOED.iter().filter_map(|&key| Some((key.to_owned(), request.get(key)?.clone()))).collect();
+    let keep = match request.remove("store") {
+        None => store.enabled(),
+        Some(Value::Bool(keep)) => keep && store.enabled(),
+        Some(_) => return Err(bad("store", "store: must be a boolean")),
+    };
+    echoed.insert("store".into(), json!(keep));
+    let previous = match request.remove("previous_response_id") {
+        None => Vec::new(),
+        Some(Value::String(id)) => {
+            if !store.enabled() {
+                return Err(refused(
+                    "previous_response_id",
+                    "this router stores no responses; send the whole conversation",
+                ));
+            }
+            let stored = store.get(tenant, &id);
+            echoed.insert("previous_response_id".into(), json!(id));
+            stored.ok_or(RouterError::UnknownResponse { id, param: Some("previous_response_id") })?.conversation()
+        }
+        Some(_) => return Err(bad("previous_response_id", "previous_response_id: must be a string")),
+    };
     let mut chat: Map<String, Value> =
         SHARED_FIELDS.iter().filter_map(|&key| Some((key.to_owned(), request.get(key)?.clone()))).collect();
     let mut messages = Vec::new();
@@ -183,15 +268,18 @@ pub(super) fn chat_body(bytes: &[u8]) -> Result<(Value, Map<String, Value>), Rou
         Some(Value::String(instructions)) => messages.push(json!({ "role": "system", "content": instructions })),
         Some(_) => return Err(bad("instructions", "instructions: must be a string")),
     }
-    match request.remove("input") {
-        Some(Value::String(text)) => messages.push(json!({ "role": "user", "content": text })),
-        Some(Value::Array(items)) => {
-            for (index, item) in items.into_iter().enumerate() {
-                push_item(&mut messages, index, item)?;
-            }
-        }
+    let input = match request.remove("input") {
+        Some(Value::String(text)) => vec![json!({ "type": "message", "role": "user", "content": text })],
+        Some(Value::Array(items)) => items,
         Some(_) => return Err(bad("input", "input: must be a string or a list of items")),
         None => return Err(bad("input", "input: is required")),
+    };
+    // The stored conversation was read when it was stored: indexes name the request's items.
+    for item in &previous {
+        push_item(&mut messages, 0, item)?;
+    }
+    for (index, item) in input.iter().enumerate() {
+        push_item(&mut messages, index, item)?;
     }
     chat.insert("messages".into(), Value::Array(messages));
     if let Some(max) = request.remove("max_output_tokens") {
@@ -214,13 +302,14 @@ pub(super) fn chat_body(bytes: &[u8]) -> Result<(Value, Map<String, Value>), Rou
     if let Some(response_format) = format.map(response_format).transpose()?.flatten() {
         chat.insert("response_format".into(), response_format);
     }
-    Ok((Value::Object(chat), echoed))
+    let context = keep.then(|| previous.into_iter().chain(input).collect());
+    Ok((Value::Object(chat), Rewritten { echoed, context }))
 }
 
 /// One `input` item as chat messages: a message, a call the model made (joined to the
 /// assistant turn before it), a call's output; earlier reasoning is dropped, as chat templates
 /// drop it.
-fn push_item(messages: &mut Vec<Value>, index: usize, item: Value) -> Result<(), RouterError> {
+fn push_item(messages: &mut Vec<Value>, index: usize, item: &Value) -> Result<(), RouterError> {
     let text_field = |name: &str| item.get(name).and_then(Value::as_str).map(str::to_owned);
     let missing = |name: &str| bad("input", format!("input[{index}]: {name} is required"));
     match item.get("type").and_then(Value::as_str).unwrap_or("message") {
@@ -241,8 +330,11 @@ fn push_item(messages: &mut Vec<Value>, index: usize, item: Value) -> Result<(),
                     "arguments": text_field("arguments").unwrap_or_else(|| "{}".into()),
                 },
             });
-            match messages.last_mut().and_then(|last| last.get_mut("tool_calls")).and_then(Value::as_array_mut) {
-                Some(calls) => calls.push(call),
+            match messages.last_mut().filter(|last| last["role"] == "assistant") {
+                Some(turn) => match turn.get_mut("tool_calls").and_then(Value::as_array_mut) {
+                    Some(calls) => calls.push(call),
+                    None => turn["tool_calls"] = json!([call]),
+                },
                 None => messages.push(json!({ "role": "assistant", "content": null, "tool_calls": [call] })),
             }
         }
@@ -324,5 +416,6 @@ fn response_format(format: &Value) -> Result<Option<Value>, RouterError> {
 }
 
 mod output;
+mod store;
 #[cfg(test)]
 mod tests;

@@ -3,15 +3,25 @@
 
 use serde_json::{Value, json};
 
-use super::{EventStream, Shape, chat_body, renamed};
+use super::{EventStream, ResponseStore, Rewritten, Shape, chat_body, renamed};
+use crate::auth::Tenant;
 use crate::error::RouterError;
 
+/// `body` translated by a router that stores responses in `store`.
+fn translate_with(body: &Value, store: &ResponseStore) -> Result<(Value, Rewritten), RouterError> {
+    chat_body(body.to_string().as_bytes(), store, &Tenant::anonymous())
+}
+
+fn translate(body: &Value) -> Result<(Value, Rewritten), RouterError> {
+    translate_with(body, &ResponseStore::new(1 << 20))
+}
+
 fn chat(body: Value) -> Value {
-    chat_body(body.to_string().as_bytes()).expect("translates").0
+    translate(&body).expect("translates").0
 }
 
 fn refused(body: Value) -> (Option<String>, String) {
-    match chat_body(body.to_string().as_bytes()) {
+    match translate(&body) {
         Err(RouterError::BadBody { param, message }) => (param, message),
         other => panic!("{body} was not refused: {other:?}"),
     }
@@ -34,7 +44,7 @@ fn a_responses_body_becomes_the_chat_body_it_means() {
         "tool_choice": {"type": "function", "name": "get_weather"},
         "text": {"format": {"type": "json_schema", "name": "w", "schema": {"type": "object"}, "strict": true}},
     });
-    let (chat, echoed) = chat_body(body.to_string().as_bytes()).expect("translates");
+    let (chat, Rewritten { echoed, context }) = translate(&body).expect("translates");
     assert_eq!(
         chat["messages"],
         json!([
@@ -62,6 +72,8 @@ fn a_responses_body_becomes_the_chat_body_it_means() {
     assert!(chat.get("metadata").is_none() && chat.get("store").is_none() && chat.get("input").is_none());
     assert_eq!(echoed["instructions"], "Be brief.");
     assert_eq!(echoed["max_output_tokens"], 9);
+    assert_eq!(echoed["store"], true);
+    assert_eq!(context.as_deref(), body["input"].as_array().map(Vec::as_slice), "stored with its input");
 
     let plain = self::chat(json!({
         "input": "Hi", "text": {"format": {"type": "text"}}, "reasoning": {"effort": null}, "truncation": "disabled",
@@ -72,7 +84,8 @@ fn a_responses_body_becomes_the_chat_body_it_means() {
 #[test]
 fn what_the_server_cannot_honour_is_refused_by_its_field() {
     let cases = [
-        (json!({"input": "Hi", "previous_response_id": "resp_1"}), "previous_response_id"),
+        (json!({"input": "Hi", "previous_response_id": 1}), "previous_response_id"),
+        (json!({"input": "Hi", "store": "yes"}), "store"),
         (json!({"input": "Hi", "conversation": "conv_1"}), "conversation"),
         (json!({"input": "Hi", "background": true}), "background"),
         (json!({"input": "Hi", "reasoning": {"effort": "high"}}), "reasoning"),
@@ -93,6 +106,57 @@ fn what_the_server_cannot_honour_is_refused_by_its_field() {
         assert_eq!(refused(body.clone()).0.as_deref(), Some(field), "{body}");
     }
     assert!(refused(json!({"input": [{"type": "function_call", "name": "f"}]})).1.contains("input[0]: call_id"));
+}
+
+#[test]
+fn a_follow_up_continues_the_stored_conversation_it_names() {
+    let store = ResponseStore::new(1 << 20);
+    let (_, first) =
+        translate_with(&json!({"input": "Weather in Oslo?", "instructions": "Be brief."}), &store).expect("translates");
+    let asked = json!({"type": "message", "role": "user", "content": "Weather in Oslo?"});
+    assert_eq!(first.context, Some(vec![asked.clone()]), "instructions are not part of the conversation");
+    let answer = json!({"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                        "content": [{"type": "output_text", "text": "Checking.", "annotations": []}]});
+    let call =
+        json!({"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "get_weather", "arguments": "{}"});
+    let reasoning = json!({"type": "reasoning", "id": "rs_1", "summary": []});
+    let response = json!({"id": "resp_1", "object": "response", "output": [reasoning, answer, call]});
+    store.put(&Tenant::anonymous(), response, first.context.expect("stored"));
+
+    let follow_up = json!({"previous_response_id": "resp_1", "input": [
+        {"type": "function_call_output", "call_id": "c1", "output": "-3 C"},
+    ]});
+    let (chat, rewritten) = translate_with(&follow_up, &store).expect("translates");
+    assert_eq!(
+        chat["messages"],
+        json!([
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": "Checking.", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}},
+            ]},
+            {"role": "tool", "tool_call_id": "c1", "content": "-3 C"},
+        ])
+    );
+    assert_eq!(rewritten.echoed["previous_response_id"], "resp_1");
+    assert_eq!(rewritten.context.as_ref().map(Vec::len), Some(5), "the whole conversation, to continue in turn");
+
+    let not_kept = translate_with(&json!({"input": "Hi", "store": false}), &store).expect("translates").1;
+    assert_eq!((not_kept.context, &not_kept.echoed["store"]), (None, &json!(false)));
+
+    match translate_with(&json!({"previous_response_id": "resp_2", "input": "Hi"}), &store) {
+        Err(RouterError::UnknownResponse { id, param }) => {
+            assert_eq!((id.as_str(), param), ("resp_2", Some("previous_response_id")))
+        }
+        other => panic!("an unknown response was not refused: {other:?}"),
+    }
+    let elsewhere = chat_body(follow_up.to_string().as_bytes(), &store, &Tenant("other".into()));
+    assert!(matches!(elsewhere, Err(RouterError::UnknownResponse { .. })), "another tenant's response");
+    match translate_with(&follow_up, &ResponseStore::new(0)) {
+        Err(RouterError::BadBody { param, .. }) => assert_eq!(param.as_deref(), Some("previous_response_id")),
+        other => panic!("a router that stores nothing took previous_response_id: {other:?}"),
+    }
+    let unstored = translate_with(&json!({"input": "Hi"}), &ResponseStore::new(0)).expect("translates").1;
+    assert_eq!((unstored.context, &unstored.echoed["store"]), (None, &json!(false)));
 }
 
 #[test]

@@ -1,0 +1,141 @@
+//! Stored responses, for `previous_response_id` and `GET`/`DELETE /v1/responses/{id}`.
+//!
+//! A response is kept with the conversation that led to it, so a follow-up names it instead of
+//! resending the whole history. Entries live in this router's memory, each visible only to the
+//! tenant that created it, the oldest dropped once their total size passes the byte budget
+//! (`--responses-store-bytes`; 0 stores nothing). Several router replicas do not share them: a
+//! deployment that spreads one conversation over replicas sends the whole history instead.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use crate::auth::Tenant;
+use crate::lock;
+
+/// One stored response.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    tenant: Tenant,
+    /// The `response` object, as it was answered.
+    pub response: Value,
+    /// Every input item the answer followed, oldest first: its predecessors' conversation,
+    /// then its own request's `input`.
+    pub context: Vec<Value>,
+    /// Approximate bytes held: the JSON text of the response and the context.
+    bytes: usize,
+}
+
+impl Stored {
+    /// The conversation a follow-up continues: the context, then this response's output.
+    pub fn conversation(&self) -> Vec<Value> {
+        let output = self.response["output"].as_array().into_iter().flatten();
+        self.context.iter().chain(output).cloned().collect()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    by_id: HashMap<String, Arc<Stored>>,
+    /// Ids in the order they were stored (deleted ones may linger until they reach the front).
+    order: VecDeque<String>,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct ResponseStore {
+    budget: usize,
+    entries: Mutex<Entries>,
+}
+
+impl ResponseStore {
+    /// A store holding up to `budget` bytes of responses; 0 stores none.
+    pub fn new(budget: usize) -> Self {
+        Self { budget, entries: Mutex::default() }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.budget > 0
+    }
+
+    /// Keeps `response` (whose `id` names it) for `tenant`, dropping the oldest entries to make
+    /// room. One larger than the whole budget is not kept.
+    pub fn put(&self, tenant: &Tenant, response: Value, context: Vec<Value>) {
+        let Some(id) = response["id"].as_str().map(str::to_owned) else { return };
+        let bytes = response.to_string().len() + context.iter().map(|item| item.to_string().len()).sum::<usize>();
+        if bytes > self.budget {
+            tracing::debug!(id, bytes, budget = self.budget, "response larger than the store's budget; not stored");
+            return;
+        }
+        let mut entries = lock(&self.entries);
+        while entries.bytes + bytes > self.budget {
+            let Some(oldest) = entries.order.pop_front() else { break };
+            if let Some(dropped) = entries.by_id.remove(&oldest) {
+                entries.bytes -= dropped.bytes;
+            }
+        }
+        let stored = Arc::new(Stored { tenant: tenant.clone(), response, context, bytes });
+        entries.bytes += bytes;
+        entries.order.push_back(id.clone());
+        if let Some(replaced) = entries.by_id.insert(id, stored) {
+            entries.bytes -= replaced.bytes;
+        }
+    }
+
+    /// `tenant`'s response `id`, if stored.
+    pub fn get(&self, tenant: &Tenant, id: &str) -> Option<Arc<Stored>> {
+        lock(&self.entries).by_id.get(id).filter(|stored| stored.tenant == *tenant).cloned()
+    }
+
+    /// Forgets `tenant`'s response `id`; false if there was none.
+    pub fn delete(&self, tenant: &Tenant, id: &str) -> bool {
+        let mut entries = lock(&self.entries);
+        if !entries.by_id.get(id).is_some_and(|stored| stored.tenant == *tenant) {
+            return false;
+        }
+        if let Some(dropped) = entries.by_id.remove(id) {
+            entries.bytes -= dropped.bytes;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn response(id: &str, text: &str) -> Value {
+        json!({ "id": id, "object": "response", "output": [{ "type": "message", "content": text }] })
+    }
+
+    #[test]
+    fn responses_are_kept_per_tenant_and_the_oldest_dropped_past_the_budget() {
+        let (alice, bob) = (Tenant(Arc::from("alice")), Tenant(Arc::from("bob")));
+        let one = response("resp_1", "one");
+        let size = one.to_string().len() + json!("hi").to_string().len();
+        let store = ResponseStore::new(2 * size + 1);
+        store.put(&alice, one.clone(), vec![json!("hi")]);
+        let stored = store.get(&alice, "resp_1").expect("stored");
+        assert_eq!(stored.conversation(), [json!("hi"), one["output"][0].clone()]);
+        assert!(store.get(&bob, "resp_1").is_none(), "another tenant's");
+        assert!(!store.delete(&bob, "resp_1"), "another tenant's");
+
+        store.put(&alice, response("resp_2", "two"), vec![json!("hi")]);
+        store.put(&alice, response("resp_3", "six"), vec![json!("hi")]);
+        assert!(store.get(&alice, "resp_1").is_none(), "the oldest made room");
+        assert!(store.get(&alice, "resp_2").is_some() && store.get(&alice, "resp_3").is_some());
+
+        assert!(store.delete(&alice, "resp_2"));
+        assert!(store.get(&alice, "resp_2").is_none() && !store.delete(&alice, "resp_2"));
+        store.put(&alice, response("resp_4", "for"), vec![json!("hi")]);
+        assert!(store.get(&alice, "resp_3").is_some(), "a deletion freed its room");
+
+        let huge = ResponseStore::new(8);
+        huge.put(&alice, one, Vec::new());
+        assert!(huge.get(&alice, "resp_1").is_none(), "larger than the budget");
+        assert!(!ResponseStore::new(0).enabled());
+    }
+}
