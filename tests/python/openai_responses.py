@@ -3,7 +3,7 @@
 Usage: openai_responses.py BASE_URL
 
 Asks one question greedily through chat completions and through `responses.create`, whole and
-streamed; asks for a pydantic model through `responses.parse` (the client validates the
+streamed, and with the text's logprobs; asks for a pydantic model through `responses.parse` (the client validates the
 document); forces a tool call, then sends it back with its output as input items, and again
 as a follow-up naming the stored call by `previous_response_id`; retrieves and deletes the
 stored response; prints what came back as one JSON object.
@@ -53,6 +53,14 @@ def main(base_url):
         if event.type in ("response.completed", "response.incomplete"):
             final = event.response
 
+    scored = client.responses.create(**ask, include=["message.output_text.logprobs"], top_logprobs=2)
+    chat_scored = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=24, temperature=0, logprobs=True, top_logprobs=2
+    )
+
+    def entries(logprobs):
+        return [[lp.token, lp.logprob, [top.token for top in lp.top_logprobs]] for lp in logprobs]
+
     parsed = client.responses.parse(model=model, input=QUESTION, text_format=Capital, max_output_tokens=64, temperature=0)
 
     weather = "What is the weather in Paris?"
@@ -92,6 +100,10 @@ def main(base_url):
         "call": {"name": call.name, "arguments": call.arguments, "call_id": call.call_id, "status": called.status},
         "answered": {"text": answered.output_text, "status": answered.status},
         "followed": {"text": followed.output_text, "previous": followed.previous_response_id},
+        "logprobs": {
+            "response": entries(scored.output[0].content[0].logprobs),
+            "chat": entries(chat_scored.choices[0].logprobs.content),
+        },
         "stored": {"same": retrieved.model_dump() == called.model_dump(), "gone_once_deleted": gone},
     }))
 

@@ -82,7 +82,7 @@ fn the_openai_package_streams_a_chat_completion() {
 }
 
 /// `openai_responses.py`: the Responses API gives the chat endpoint's greedy answer, whole and
-/// as the events the client reads; `responses.parse` validates a structured answer; a forced
+/// as the events the client reads, with the chat's logprobs; `responses.parse` validates a structured answer; a forced
 /// call comes back as a `function_call` item and goes back in as input items or by
 /// `previous_response_id`; the stored call is retrieved as answered, then deleted.
 fn responds_through_the_openai_package(cluster: &Cluster) {
@@ -101,6 +101,17 @@ fn responds_through_the_openai_package(cluster: &Cluster) {
     assert_eq!(kinds[..2], ["response.created", "response.in_progress"], "{got}");
     assert!(kinds.contains(&"response.output_text.done"), "{got}");
     assert!(["response.completed", "response.incomplete"].contains(kinds.last().expect("events")), "{got}");
+
+    // The text's logprobs are the chat endpoint's: same tokens and alternatives, same values
+    // (up to the float noise of a prompt prefilled cold or from cache).
+    let scored = |key: &str| got["logprobs"][key].as_array().cloned().unwrap_or_default();
+    let (response, chat) = (scored("response"), scored("chat"));
+    assert!(!response.is_empty() && response.len() == chat.len(), "{got}");
+    for (ours, theirs) in response.iter().zip(&chat) {
+        assert_eq!((&ours[0], &ours[2]), (&theirs[0], &theirs[2]), "{got}");
+        let (a, b) = (ours[1].as_f64().unwrap_or(f64::NAN), theirs[1].as_f64().unwrap_or(f64::NAN));
+        assert!((a - b).abs() < 1e-3, "{a} vs {b}: {got}");
+    }
 
     let parsed = &got["parsed"];
     assert_eq!(parsed["status"], "completed", "the document ended by itself: {got}");

@@ -12,8 +12,9 @@
 //! `previous_response_id` and continues that conversation, and `GET`/`DELETE
 //! /v1/responses/{id}` read and forget one. Refused, as the server cannot honour them: the
 //! `conversation` object, OpenAI's built-in tools, non-text inputs, `reasoning` settings,
-//! `top_logprobs`, `truncation: "auto"`, `max_tool_calls` and `background`. Fields that change
-//! nothing in the answer (`metadata`, `user`, `include`, …) are ignored.
+//! `truncation: "auto"`, `max_tool_calls` and `background`. `include:
+//! ["message.output_text.logprobs"]` or `top_logprobs` return the text's logprobs. Fields that
+//! change nothing in the answer (`metadata`, `user`, other `include` values, …) are ignored.
 
 use std::sync::Arc;
 
@@ -37,8 +38,11 @@ use crate::auth::Tenant;
 use crate::error::RouterError;
 use crate::metrics::Endpoint;
 
+/// The `include` value that asks for the text's logprobs.
+const LOGPROBS: &str = "message.output_text.logprobs";
+
 /// Request fields a response object repeats back.
-const ECHOED: [&str; 8] = [
+const ECHOED: [&str; 9] = [
     "instructions",
     "max_output_tokens",
     "temperature",
@@ -47,6 +51,7 @@ const ECHOED: [&str; 8] = [
     "tool_choice",
     "parallel_tool_calls",
     "text",
+    "top_logprobs",
 ];
 
 /// Fields whose meaning is the chat endpoint's: sampling, lcserve's and vLLM's extensions.
@@ -228,9 +233,6 @@ pub(super) fn chat_body(
     if request.get("reasoning").and_then(Value::as_object).is_some_and(|r| r.values().any(|v| !v.is_null())) {
         return Err(refused("reasoning", "reasoning effort and summaries are not implemented"));
     }
-    if request.get("top_logprobs").is_some_and(|n| n != &json!(0)) {
-        return Err(refused("top_logprobs", "logprobs are served by /v1/chat/completions"));
-    }
     if request.get("truncation").is_some_and(|t| t != "disabled") {
         return Err(refused("truncation", "input is never truncated; a prompt too long is refused"));
     }
@@ -282,6 +284,16 @@ pub(super) fn chat_body(
         push_item(&mut messages, index, item)?;
     }
     chat.insert("messages".into(), Value::Array(messages));
+    let include = match request.remove("include") {
+        None => Vec::new(),
+        Some(Value::Array(include)) => include,
+        Some(_) => return Err(bad("include", "include: must be a list")),
+    };
+    let top_logprobs = request.remove("top_logprobs");
+    if include.contains(&json!(LOGPROBS)) || top_logprobs.as_ref().is_some_and(|n| n != &json!(0)) {
+        chat.insert("logprobs".into(), json!(true));
+        chat.extend(top_logprobs.map(|n| ("top_logprobs".to_owned(), n)));
+    }
     if let Some(max) = request.remove("max_output_tokens") {
         chat.insert("max_completion_tokens".into(), max);
     }

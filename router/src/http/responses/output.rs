@@ -74,7 +74,7 @@ impl Shape {
             output.push(reasoning_item(&random_id("rs"), reasoning, "completed"));
         }
         if let Some(text) = message["content"].as_str().filter(|t| !t.is_empty()) {
-            output.push(message_item(&random_id("msg"), text, "completed"));
+            output.push(message_item(&random_id("msg"), text, &text_logprobs(chat), "completed"));
         }
         for call in message["tool_calls"].as_array().into_iter().flatten() {
             let function = &call["function"];
@@ -90,6 +90,19 @@ impl Shape {
     }
 }
 
+/// The logprobs of a whole chat answer's text, when it was asked for them: those of the
+/// tokens after a thinking model's reasoning block (usage counts the block's); none when the
+/// answer also called tools, whose tokens are not told apart from the text's.
+fn text_logprobs(chat: &Value) -> Vec<Value> {
+    let choice = &chat["choices"][0];
+    let Some(all) = choice["logprobs"]["content"].as_array() else { return Vec::new() };
+    if choice["message"]["tool_calls"].as_array().is_some_and(|calls| !calls.is_empty()) {
+        return Vec::new();
+    }
+    let reasoning = chat["usage"]["completion_tokens_details"]["reasoning_tokens"].as_u64().unwrap_or(0);
+    all.iter().skip(usize::try_from(reasoning).unwrap_or(usize::MAX)).cloned().collect()
+}
+
 fn status(finish_reason: Option<&str>) -> &'static str {
     if finish_reason == Some("length") { "incomplete" } else { "completed" }
 }
@@ -101,12 +114,13 @@ fn reasoning_item(id: &str, text: &str, status: &str) -> Value {
     })
 }
 
-fn output_text(text: &str) -> Value {
-    json!({ "type": "output_text", "text": text, "annotations": [], "logprobs": [] })
+fn output_text(text: &str, logprobs: &[Value]) -> Value {
+    json!({ "type": "output_text", "text": text, "annotations": [], "logprobs": logprobs })
 }
 
-fn message_item(id: &str, text: &str, status: &str) -> Value {
-    json!({ "type": "message", "id": id, "status": status, "role": "assistant", "content": [output_text(text)] })
+fn message_item(id: &str, text: &str, logprobs: &[Value], status: &str) -> Value {
+    let content = [output_text(text, logprobs)];
+    json!({ "type": "message", "id": id, "status": status, "role": "assistant", "content": content })
 }
 
 fn call_item(id: &str, call_id: &Value, name: &Value, arguments: &Value, status: &str) -> Value {
@@ -129,6 +143,8 @@ enum Open {
     Message {
         id: String,
         text: String,
+        /// Its tokens' logprobs, when asked for.
+        logprobs: Vec<Value>,
     },
     /// Call `index` of the chat answer.
     Call {
@@ -150,11 +166,26 @@ pub(super) struct EventStream {
     finish_reason: Option<String>,
     usage: Option<Value>,
     failed: bool,
+    /// Logprobs of tokens whose text has not come yet (held back as a possible tool call, or
+    /// closing a reasoning block).
+    pending_logprobs: Vec<Value>,
+    /// Whether reasoning came and no text since: the pending logprobs are the block's.
+    after_reasoning: bool,
 }
 
 impl EventStream {
     pub fn new(shape: Shape) -> Self {
-        Self { shape, sequence: 0, output: Vec::new(), open: None, finish_reason: None, usage: None, failed: false }
+        Self {
+            shape,
+            sequence: 0,
+            output: Vec::new(),
+            open: None,
+            finish_reason: None,
+            usage: None,
+            failed: false,
+            pending_logprobs: Vec::new(),
+            after_reasoning: false,
+        }
     }
 
     fn event(&mut self, kind: &'static str, mut body: Value) -> Emitted {
@@ -188,11 +219,20 @@ impl EventStream {
         }
         let Some(choice) = chunk["choices"].get(0) else { return events };
         let delta = &choice["delta"];
+        let logprobs = choice["logprobs"]["content"].as_array().map_or(&[][..], Vec::as_slice);
         if let Some(text) = delta["reasoning_content"].as_str().filter(|t| !t.is_empty()) {
-            self.text(&mut events, true, text);
-        }
-        if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
-            self.text(&mut events, false, text);
+            self.text(&mut events, true, text, Vec::new());
+            self.pending_logprobs.clear();
+            self.after_reasoning = true;
+        } else if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+            if std::mem::take(&mut self.after_reasoning) {
+                self.pending_logprobs.clear();
+            }
+            self.pending_logprobs.extend_from_slice(logprobs);
+            let logprobs = std::mem::take(&mut self.pending_logprobs);
+            self.text(&mut events, false, text, logprobs);
+        } else {
+            self.pending_logprobs.extend_from_slice(logprobs);
         }
         for call in delta["tool_calls"].as_array().into_iter().flatten() {
             self.call(&mut events, call);
@@ -203,8 +243,9 @@ impl EventStream {
         events
     }
 
-    /// Reasoning or message text: opens its item unless it is the one open, then its delta.
-    fn text(&mut self, events: &mut Vec<Emitted>, reasoning: bool, text: &str) {
+    /// Reasoning or message text: opens its item unless it is the one open, then its delta;
+    /// message text carries its tokens' `logprobs`.
+    fn text(&mut self, events: &mut Vec<Emitted>, reasoning: bool, text: &str, logprobs: Vec<Value>) {
         let same = matches!(
             (&self.open, reasoning),
             (Some(Open::Reasoning { .. }), true) | (Some(Open::Message { .. }), false)
@@ -226,10 +267,11 @@ impl EventStream {
                 events.push(
                     self.event("response.output_item.added", json!({ "output_index": output_index, "item": item })),
                 );
-                let part =
-                    json!({ "item_id": id, "output_index": output_index, "content_index": 0, "part": output_text("") });
+                let part = json!({
+                    "item_id": id, "output_index": output_index, "content_index": 0, "part": output_text("", &[]),
+                });
                 events.push(self.event("response.content_part.added", part));
-                self.open = Some(Open::Message { id, text: String::new() });
+                self.open = Some(Open::Message { id, text: String::new(), logprobs: Vec::new() });
             }
         }
         let output_index = self.output.len();
@@ -238,15 +280,16 @@ impl EventStream {
                 all.push_str(text);
                 ("response.reasoning_text.delta", id.clone())
             }
-            Some(Open::Message { id, text: all }) => {
+            Some(Open::Message { id, text: all, logprobs: all_logprobs }) => {
                 all.push_str(text);
+                all_logprobs.extend_from_slice(&logprobs);
                 ("response.output_text.delta", id.clone())
             }
             _ => return,
         };
         let mut body = json!({ "item_id": id, "output_index": output_index, "content_index": 0, "delta": text });
         if !reasoning {
-            body["logprobs"] = json!([]);
+            body["logprobs"] = json!(logprobs);
         }
         events.push(self.event(kind, body));
     }
@@ -282,12 +325,16 @@ impl EventStream {
                 events.push(self.event("response.reasoning_text.done", done));
                 reasoning_item(&id, &text, "completed")
             }
-            Some(Open::Message { id, text }) => {
-                let done = json!({ "item_id": id, "output_index": output_index, "content_index": 0, "text": text, "logprobs": [] });
+            Some(Open::Message { id, text, logprobs }) => {
+                let done = json!({
+                    "item_id": id, "output_index": output_index, "content_index": 0, "text": text, "logprobs": logprobs,
+                });
                 events.push(self.event("response.output_text.done", done));
-                let part = json!({ "item_id": id, "output_index": output_index, "content_index": 0, "part": output_text(&text) });
+                let part = json!({
+                    "item_id": id, "output_index": output_index, "content_index": 0, "part": output_text(&text, &logprobs),
+                });
                 events.push(self.event("response.content_part.done", part));
-                message_item(&id, &text, "completed")
+                message_item(&id, &text, &logprobs, "completed")
             }
             Some(Open::Call { id, call_id, name, arguments, .. }) => {
                 let done = json!({ "item_id": id, "output_index": output_index, "name": name, "arguments": arguments });

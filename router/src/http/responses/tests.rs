@@ -89,7 +89,7 @@ fn what_the_server_cannot_honour_is_refused_by_its_field() {
         (json!({"input": "Hi", "conversation": "conv_1"}), "conversation"),
         (json!({"input": "Hi", "background": true}), "background"),
         (json!({"input": "Hi", "reasoning": {"effort": "high"}}), "reasoning"),
-        (json!({"input": "Hi", "top_logprobs": 2}), "top_logprobs"),
+        (json!({"input": "Hi", "include": "message.output_text.logprobs"}), "include"),
         (json!({"input": "Hi", "truncation": "auto"}), "truncation"),
         (json!({"input": "Hi", "max_tool_calls": 1}), "max_tool_calls"),
         (json!({}), "input"),
@@ -330,4 +330,42 @@ fn streamed_chunks_become_the_apis_events_and_the_same_response() {
         (&bodies[2]["param"], &bodies[2]["message"]),
         (&json!("max_output_tokens"), &json!("max_output_tokens: too many"))
     );
+}
+
+#[test]
+fn the_texts_logprobs_come_back_when_asked_for() {
+    let include = json!({"input": "Hi", "include": ["message.output_text.logprobs", "reasoning.encrypted_content"]});
+    let with_top = json!({"input": "Hi", "top_logprobs": 3});
+    let (include, with_top) = (chat(include), chat(with_top));
+    assert_eq!((&include["logprobs"], &include["top_logprobs"]), (&json!(true), &Value::Null));
+    assert_eq!((&with_top["logprobs"], &with_top["top_logprobs"]), (&json!(true), &json!(3)));
+    assert!(chat(json!({"input": "Hi", "top_logprobs": 0})).get("logprobs").is_none());
+
+    // Whole: the tokens after the reasoning block's three are the text's.
+    let entry = |token: &str| json!({"token": token, "logprob": -0.5, "bytes": token.as_bytes(), "top_logprobs": []});
+    let tokens: Vec<Value> = ["<think>", "Hm", "</think>", "Par", "is"].map(entry).into();
+    let answer = json!({
+        "model": "m",
+        "choices": [{"finish_reason": "stop", "logprobs": {"content": tokens},
+                     "message": {"content": "Paris", "reasoning_content": "Hm"}}],
+        "usage": {"prompt_tokens": 2, "completion_tokens": 5, "completion_tokens_details": {"reasoning_tokens": 3}},
+    });
+    let response = shape().whole(&answer);
+    assert_eq!(response["output"][1]["content"][0]["logprobs"], json!(tokens[3..]));
+
+    // Streamed: each text delta carries its tokens', the block's and held-back ones sorted out.
+    let chunk = |delta: Value, token: &Value| json!({"choices": [{"index": 0, "delta": delta, "logprobs": {"content": [token]}, "finish_reason": null}]});
+    let chunks = [
+        chunk(json!({}), &tokens[0]),
+        chunk(json!({"reasoning_content": "Hm"}), &tokens[1]),
+        chunk(json!({}), &tokens[2]),
+        chunk(json!({"content": "Par"}), &tokens[3]),
+        chunk(json!({}), &tokens[4]),
+        json!({"choices": [{"index": 0, "delta": {"content": "is"}, "finish_reason": "stop"}]}),
+    ];
+    let (_, response, bodies) = stream(&chunks);
+    let deltas: Vec<&Value> =
+        bodies.iter().filter(|b| b["type"] == "response.output_text.delta").map(|b| &b["logprobs"]).collect();
+    assert_eq!(deltas, [&json!([tokens[3]]), &json!([tokens[4]])]);
+    assert_eq!(response["output"][1]["content"][0]["logprobs"], json!(tokens[3..]));
 }
