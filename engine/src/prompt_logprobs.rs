@@ -59,16 +59,19 @@ impl PromptLogprobs {
     }
 }
 
-/// `token`'s log-softmax in `row`, and the `top` most likely tokens (ties by lower id).
+/// `token`'s log-softmax in `row`, its rank, and the `top` most likely tokens (ties by lower
+/// id).
 fn token_logprobs(row: &[f32], token: TokenId, top: usize) -> TokenLogprobs {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = row.iter().map(|&x| f64::from(x - max).exp()).sum();
     let log_z = f64::from(max) + sum.ln();
     let logprob = |id: usize| (f64::from(row[id]) - log_z) as f32;
     let top = if top == 0 { Vec::new() } else { most_likely_tokens(row, top) };
+    let more_likely = row.iter().filter(|&&x| x > row[token as usize]).count();
     TokenLogprobs {
         logprob: logprob(token as usize),
         top: top.into_iter().map(|id| (id, logprob(id as usize))).collect(),
+        rank: Some(u32::try_from(more_likely + 1).unwrap_or(u32::MAX)),
     }
 }
 
@@ -87,6 +90,8 @@ mod tests {
         assert_eq!(ids, [1, 2, 0]);
         assert!(got.top.iter().all(|&(id, lp)| (lp - expected(id as usize)).abs() < 1e-6));
         assert!(token_logprobs(&row, 0, 0).top.is_empty());
+        let ranks = [0, 1, 2, 3, 4].map(|token| token_logprobs(&row, token, 0).rank);
+        assert_eq!(ranks, [3, 1, 1, 5, 4].map(Some), "1 + the tokens strictly more likely");
         assert_eq!(token_logprobs(&row, 0, 9).top.len(), 5, "at most the vocabulary");
     }
 

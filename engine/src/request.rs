@@ -101,6 +101,8 @@ pub struct TokenLogprobs {
     pub logprob: f32,
     /// Most likely alternatives, most likely first.
     pub top: Vec<(TokenId, f32)>,
+    /// Of a prompt token: 1 + how many tokens were more likely (vLLM's rank).
+    pub rank: Option<u32>,
 }
 
 /// Why a sequence ended.

@@ -710,7 +710,7 @@ fn emit(seq: &mut Sequence, sampled: SampledToken, context_length: usize) -> Res
         constraint.accept(sampled.token)?;
     }
     let step = seq.text.push(sampled.token)?;
-    let logprobs = sampled.logprob.map(|logprob| TokenLogprobs { logprob, top: sampled.top_logprobs });
+    let logprobs = sampled.logprob.map(|logprob| TokenLogprobs { logprob, top: sampled.top_logprobs, rank: None });
     let _ = seq.events.send(EngineEvent::Token { id: sampled.token, text: step.delta, logprobs });
     let matched = seq.constraint.as_ref().is_some_and(TokenConstraint::is_finished);
     Ok(if step.stopped || matched {

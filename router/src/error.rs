@@ -29,7 +29,8 @@ pub enum Field {
     FrequencyPenalty,
     Logprobs,
     TopLogprobs,
-    /// Prompt logprobs: over HTTP, asked for by `echo` with `logprobs`.
+    /// Prompt logprobs: over HTTP, vLLM's `prompt_logprobs`, or `echo` with `logprobs` (whose
+    /// own limit is checked first).
     PromptLogprobs,
     LogitBias,
     Stop,
@@ -115,7 +116,7 @@ impl Field {
             Field::FrequencyPenalty => "frequency_penalty",
             Field::Logprobs => "logprobs",
             Field::TopLogprobs => "top_logprobs",
-            Field::PromptLogprobs => "logprobs",
+            Field::PromptLogprobs => "prompt_logprobs",
             Field::LogitBias => "logit_bias",
             Field::Stop => "stop",
             Field::StopTokenIds => "stop_token_ids",

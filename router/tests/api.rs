@@ -709,6 +709,34 @@ async fn echo_returns_the_prompt_with_its_logprobs_scored_by_a_decode_worker() {
 }
 
 #[tokio::test]
+async fn vllms_prompt_logprobs_come_in_vllms_shape_for_completions_and_chats() {
+    let (decode, router) = one_decode().await;
+    let body = json!({ "prompt": "w10 w11", "max_tokens": 1, "prompt_logprobs": 1 }).to_string();
+    let value = post(router.http, "/v1/completions", &body).await.json();
+    let choice = &value["choices"][0];
+    // [<s>, 10, 11]: the first follows nothing; token `i` scores `-i` with rank 1.
+    let expected = json!([
+        null,
+        { "10": { "logprob": -1.0, "rank": 1, "decoded_token": "w10" } },
+        { "11": { "logprob": -2.0, "rank": 1, "decoded_token": "w11" } },
+    ]);
+    assert_eq!(choice["prompt_logprobs"], expected, "{value}");
+    assert_eq!((&choice["text"], &choice["logprobs"]), (&json!(" w1"), &Value::Null), "no echo, no logprobs");
+    let sent = decode.generates().pop().and_then(|g| g.request).and_then(|r| r.sampling);
+    assert_eq!(sent.and_then(|s| s.prompt_logprobs), Some(1));
+
+    let chat = json!({ "messages": [{ "role": "user", "content": "w9" }], "max_tokens": 1, "prompt_logprobs": 0 });
+    let value = post(router.http, "/v1/chat/completions", &chat.to_string()).await.json();
+    let scored = value["prompt_logprobs"].as_array().expect("beside the choices");
+    assert_eq!(scored[0], Value::Null);
+    assert!(scored[1..].iter().all(|p| p.as_object().is_some_and(|p| p.len() == 1)), "the token alone: {value}");
+
+    let streamed = json!({ "prompt": "w10", "prompt_logprobs": 1, "stream": true }).to_string();
+    let refused = post(router.http, "/v1/completions", &streamed).await;
+    assert_eq!((refused.status, &refused.json()["error"]["param"]), (400, &json!("prompt_logprobs")));
+}
+
+#[tokio::test]
 async fn a_batch_of_prompts_answers_each_prompt_n_times_in_openai_order() {
     let (decode, router) = one_decode().await;
     let body = json!({ "prompt": ["w10 w11", "w20"], "max_tokens": 3, "n": 2, "echo": true, "seed": 5 });

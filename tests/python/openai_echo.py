@@ -8,7 +8,9 @@ then, for each position k in the JSON list POSITIONS, the first k ids alone, wit
 so that its first generated token's alternatives can be compared with the echoed prompt's at k;
 then all those prefixes and the whole prompt as one batch with `echo` and `logprobs: 1`, as
 lm-eval's `local-completions` sends its loglikelihood requests; and the whole prompt with
-`max_tokens: 0`, which scores it without generating. Prints what came back as one JSON object.
+`max_tokens: 0`, which scores it without generating; and the whole prompt with vLLM's
+`prompt_logprobs: 5` (through `extra_body`) and no echo. Prints what came back as one JSON
+object.
 """
 
 import json
@@ -30,6 +32,7 @@ def main(base_url, prompt_ids, positions):
     prompts = [ids[:k] for k in json.loads(positions)] + [ids]
     batch = client.completions.create(model=model, prompt=prompts, echo=True, logprobs=1, max_tokens=1, temperature=0)
     only = client.completions.create(model=model, prompt=ids, echo=True, logprobs=1, max_tokens=0)
+    vllm = client.completions.create(model=model, prompt=ids, max_tokens=1, extra_body={"prompt_logprobs": 5})
     print(json.dumps({
         "text": choice.text,
         "tokens": choice.logprobs.tokens,
@@ -44,6 +47,7 @@ def main(base_url, prompt_ids, positions):
             "token_logprobs": only.choices[0].logprobs.token_logprobs,
             "completion_tokens": only.usage.completion_tokens,
         },
+        "vllm_prompt_logprobs": vllm.choices[0].model_extra["prompt_logprobs"],
     }))
 
 

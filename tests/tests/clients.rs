@@ -192,6 +192,22 @@ fn scores_a_prompt_through_the_openai_package(cluster: &Cluster) {
     let only = &got["scored_only"];
     assert_eq!((&only["text"], &only["completion_tokens"]), (&json!(text), &json!(0)), "{got}");
     assert_eq!(only["token_logprobs"].as_array(), Some(&logprobs[..ids.len()].to_vec()), "{got}");
+
+    // vLLM's `prompt_logprobs`: per prompt token, the token and the 5 most likely by id, each
+    // with the echoed logprob, and a rank of 1 exactly for the echo's most likely token.
+    let vllm = got["vllm_prompt_logprobs"].as_array().expect("prompt_logprobs");
+    assert!(vllm.len() == ids.len() && vllm[0].is_null(), "{got}");
+    for (k, (position, &id)) in vllm.iter().zip(&ids).enumerate().skip(1) {
+        let entries = position.as_object().expect("a map of ids");
+        let own = &entries[&id.to_string()];
+        assert!((5..=6).contains(&entries.len()), "position {k}: {got}");
+        let gap = (own["logprob"].as_f64().unwrap_or(f64::NAN) - logprobs[k].as_f64().unwrap_or(f64::NAN)).abs();
+        assert!(gap < 1e-3, "position {k}: {got}");
+        let spelled = own["decoded_token"].as_str().expect("decoded_token");
+        let echoed = got["top_logprobs"][k].as_object().expect("alternatives");
+        let most_likely = echoed.iter().all(|(_, lp)| lp.as_f64() <= echoed.get(spelled).and_then(Value::as_f64));
+        assert_eq!(own["rank"] == 1, most_likely, "position {k}, {spelled:?}: {got}");
+    }
 }
 
 /// `openai_tools.py` on the same deployment: forced calls come back as `tool_calls` whose

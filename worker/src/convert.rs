@@ -95,15 +95,16 @@ fn kv_selection(wire: v1::KvSelection) -> KvSelection {
 }
 
 pub(crate) fn token(id: TokenId, text: String, logprobs: Option<TokenLogprobs>) -> v1::Token {
-    let (logprob, top) = match logprobs {
-        Some(lp) => (Some(lp.logprob), lp.top),
-        None => (None, Vec::new()),
+    let (logprob, top, rank) = match logprobs {
+        Some(lp) => (Some(lp.logprob), lp.top, lp.rank),
+        None => (None, Vec::new(), None),
     };
     v1::Token {
         id,
         text,
         logprob,
         top_logprobs: top.into_iter().map(|(id, logprob)| v1::TopLogprob { id, logprob }).collect(),
+        rank,
     }
 }
 

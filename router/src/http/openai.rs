@@ -112,8 +112,8 @@ pub(crate) struct OpenAiRequest {
     pub n: Option<u32>,
     pub best_of: Option<u32>,
     pub echo: Option<bool>,
-    /// vLLM's; see [`OpenAiRequest::refuse_unimplemented_features`].
-    pub prompt_logprobs: Option<serde_json::Value>,
+    /// vLLM's: the prompt tokens' logprobs with this many alternatives each.
+    pub prompt_logprobs: Option<i64>,
     pub suffix: Option<String>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
@@ -184,6 +184,9 @@ pub(crate) struct ResponseOptions {
     /// `echo` with `max_tokens: 0`: the answer is the prompt alone (scoring it, with
     /// `logprobs`). The workers still sample one token, which the response leaves out.
     pub echo_only: bool,
+    /// vLLM's `prompt_logprobs`: the prompt tokens' logprobs, with this many alternatives,
+    /// in vLLM's shape.
+    pub prompt_logprobs: Option<u32>,
 }
 
 fn invalid<T>(field: Field, reason: impl Into<String>) -> Result<T, RouterError> {
@@ -210,6 +213,14 @@ impl OpenAiRequest {
             return invalid(Field::Unsupported("suffix"), "suffix is not supported");
         }
         self.refuse_unimplemented_features()?;
+        let prompt_logprobs = match self.prompt_logprobs {
+            None => None,
+            Some(n) if (0..=i64::from(MAX_LOGPROBS)).contains(&n) => Some(n as u32),
+            Some(n) => return invalid(Field::PromptLogprobs, format!("{n} must be in 0..={MAX_LOGPROBS}")),
+        };
+        if prompt_logprobs.is_some() && self.stream == Some(true) {
+            return invalid(Field::PromptLogprobs, "not with stream: true");
+        }
         let tool_request = match kind {
             Kind::Chat => tools::read(self.tools, self.tool_choice, self.parallel_tool_calls)?,
             Kind::Completion if self.tools.as_ref().is_some_and(|t| !t.is_empty()) => {
@@ -324,7 +335,7 @@ impl OpenAiRequest {
                 logit_bias,
                 structured_output,
                 // Echoing a prompt with logprobs reports the prompt's tokens' logprobs too.
-                prompt_logprobs: logprobs.filter(|_| echo),
+                prompt_logprobs: logprobs.filter(|_| echo).max(prompt_logprobs),
             }),
             stop: Some(v1::StopConditions {
                 // The engine answers a prompt with at least one token.
@@ -367,6 +378,7 @@ impl OpenAiRequest {
             tool_calling: tool_request.calling,
             echo,
             echo_only,
+            prompt_logprobs,
         };
         let requests = inputs.into_iter().map(|input| v1::GenerateRequest { input: Some(input), ..request.clone() });
         Ok((requests.collect(), options))
@@ -375,29 +387,23 @@ impl OpenAiRequest {
 
 impl OpenAiRequest {
     /// Refuses what this server does not implement: the deprecated function calling
-    /// (`functions`, `function_call`; `tools` replaced it) and vLLM's `prompt_logprobs` (served
-    /// as OpenAI's `echo` with `logprobs`). Answering such a request with plain sampled text would
-    /// look like success. Values that ask for nothing pass (`null`, `functions: []`,
-    /// `function_call: "none"` or `"auto"`), as some clients send them by default.
+    /// (`functions`, `function_call`; `tools` replaced it). Answering such a request with plain
+    /// sampled text would look like success. Values that ask for nothing pass (`null`,
+    /// `functions: []`, `function_call: "none"` or `"auto"`), as some clients send them by
+    /// default.
     fn refuse_unimplemented_features(&self) -> Result<(), RouterError> {
         use serde_json::Value;
         type AsksNothing = fn(&Value) -> bool;
         let empty: AsksNothing =
             |v| v.as_array().is_some_and(Vec::is_empty) || v.as_object().is_some_and(|o| o.is_empty());
         let no_forced_call: AsksNothing = |v| matches!(v.as_str(), Some("none" | "auto"));
-        let features: [(&'static str, &Option<Value>, AsksNothing, &str); 3] = [
+        let features: [(&'static str, &Option<Value>, AsksNothing, &str); 2] = [
             ("functions", &self.functions, empty, "deprecated function calling is not supported: use tools"),
             (
                 "function_call",
                 &self.function_call,
                 no_forced_call,
                 "deprecated function calling is not supported: use tool_choice",
-            ),
-            (
-                "prompt_logprobs",
-                &self.prompt_logprobs,
-                |_| false,
-                "not supported: use echo with logprobs on /v1/completions (or gRPC's sampling.prompt_logprobs)",
             ),
         ];
         for (name, value, asks_nothing, reason) in features {
@@ -566,7 +572,6 @@ mod tests {
         assert_eq!(field(r#"{"messages":[],"logprobs":true,"top_logprobs":21}"#, Kind::Chat), Some("top_logprobs"));
         assert_eq!(field(r#"{"prompt":"a","top_k":-5}"#, Kind::Completion), Some("top_k"));
         assert_eq!(field(r#"{"messages":[],"echo":true}"#, Kind::Chat), Some("echo"));
-        assert_eq!(field(r#"{"prompt":"a","prompt_logprobs":1}"#, Kind::Completion), Some("prompt_logprobs"));
         let parts = r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#;
         assert_eq!(field(parts, Kind::Chat), Some("messages"));
     }
@@ -649,6 +654,23 @@ mod tests {
         assert_eq!((request.stop.and_then(|s| s.max_tokens), options.echo_only), (Some(0), false));
         let min = convert(r#"{"prompt":"a","echo":true,"max_tokens":0,"min_tokens":1}"#, Kind::Completion);
         assert_eq!(min.err().and_then(|e| e.field()), Some(Field::MinTokens));
+    }
+
+    #[test]
+    fn vllms_prompt_logprobs_ask_for_the_prompt_logprobs_with_or_without_echo() {
+        let asked = |json: &str, kind| {
+            let (request, options) = convert(json, kind).expect("valid");
+            (request.sampling.and_then(|s| s.prompt_logprobs), options.prompt_logprobs)
+        };
+        assert_eq!(asked(r#"{"prompt":"a","prompt_logprobs":0}"#, Kind::Completion), (Some(0), Some(0)));
+        let chat = r#"{"messages":[{"role":"user","content":"a"}],"prompt_logprobs":3}"#;
+        assert_eq!(asked(chat, Kind::Chat), (Some(3), Some(3)));
+        let both = r#"{"prompt":"a","echo":true,"logprobs":5,"prompt_logprobs":1}"#;
+        assert_eq!(asked(both, Kind::Completion), (Some(5), Some(1)), "the wire asks for the most alternatives");
+        for bad in [r#""prompt_logprobs":-1"#, r#""prompt_logprobs":21"#, r#""prompt_logprobs":1,"stream":true"#] {
+            let refused = convert(&format!(r#"{{"prompt":"a",{bad}}}"#), Kind::Completion);
+            assert_eq!(refused.err().and_then(|e| e.field()), Some(Field::PromptLogprobs), "{bad}");
+        }
     }
 
     #[test]

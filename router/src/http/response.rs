@@ -251,6 +251,29 @@ impl Shaper {
         Some(self.envelope(self.chunk_object(), json!([choice])))
     }
 
+    /// vLLM's `prompt_logprobs` of `tokens`: `null` for the first, then for each token a map
+    /// from token id to its logprob, rank and spelling, holding the token and the `top` most
+    /// likely ones.
+    fn vllm_prompt_logprobs(&self, tokens: &[v1::Token], top: usize) -> Value {
+        let entry = |id: u32, logprob: f32, rank: Option<u32>| {
+            (id.to_string(), json!({ "logprob": logprob, "rank": rank, "decoded_token": self.spell(id) }))
+        };
+        let positions = tokens.iter().map(|token| {
+            let Some(logprob) = token.logprob else { return Value::Null };
+            let mut entries: serde_json::Map<String, Value> = token
+                .top_logprobs
+                .iter()
+                .take(top)
+                .zip(1..)
+                .map(|(alternative, rank)| entry(alternative.id, alternative.logprob, Some(rank)))
+                .collect();
+            let (id, own) = entry(token.id, logprob, token.rank);
+            entries.insert(id, own);
+            Value::Object(entries)
+        });
+        Value::Array(positions.collect())
+    }
+
     /// Records choice `index`'s prompt logprobs for the whole response.
     pub fn record_prompt(&mut self, index: usize, scored: v1::PromptLogprobs) {
         self.prompts[index] = Some(scored);
@@ -364,6 +387,8 @@ impl Shaper {
     pub fn complete(&mut self, tokens: &[Vec<v1::Token>], finished: &[&v1::Finished]) -> Value {
         let mut choices = Vec::with_capacity(finished.len());
         let mut reasoning_total = 0;
+        // vLLM answers a chat's prompt logprobs once, beside the choices.
+        let mut chat_prompt_logprobs = None;
         for (index, (tokens, finished)) in tokens.iter().zip(finished).enumerate() {
             let mut text = self.echo_text(index).unwrap_or_default().to_owned();
             let tokens: &[v1::Token] = if self.options.echo_only { &[] } else { tokens };
@@ -371,7 +396,12 @@ impl Shaper {
             if !self.options.echo_only {
                 text.push_str(&finished.text);
             }
-            let logprobs = match self.prompts[index].take() {
+            let prompt = self.prompts[index].take();
+            let vllm_prompt_logprobs = self
+                .options
+                .prompt_logprobs
+                .map(|top| self.vllm_prompt_logprobs(prompt.as_ref().map_or(&[], |p| &p.tokens), top as usize));
+            let logprobs = match prompt.filter(|_| !self.options.echo.is_empty()) {
                 Some(prompt) => {
                     let mut all = prompt.tokens;
                     all.extend(tokens.iter().cloned());
@@ -382,7 +412,12 @@ impl Shaper {
             choices.push(match self.kind {
                 Kind::Completion => {
                     let reason = self.completion_finish_reason(finished);
-                    json!({ "index": index, "text": text, "logprobs": logprobs, "finish_reason": reason })
+                    let mut choice =
+                        json!({ "index": index, "text": text, "logprobs": logprobs, "finish_reason": reason });
+                    if let Some(prompt_logprobs) = vllm_prompt_logprobs {
+                        choice["prompt_logprobs"] = prompt_logprobs;
+                    }
+                    choice
                 }
                 Kind::Chat => {
                     let (reasoning, text) = match self.reasoning.is_empty() {
@@ -398,6 +433,9 @@ impl Shaper {
                         message["reasoning_content"] = json!(reasoning);
                     }
                     let reason = chat_finish_reason(finished.reason, called);
+                    if index == 0 {
+                        chat_prompt_logprobs = vllm_prompt_logprobs;
+                    }
                     json!({ "index": index, "message": message, "logprobs": logprobs, "finish_reason": reason })
                 }
             });
@@ -408,6 +446,9 @@ impl Shaper {
         };
         let mut body = self.envelope(object, Value::Array(choices));
         body["usage"] = usage_json(&self.usage(finished), reasoning_total);
+        if let Some(prompt_logprobs) = chat_prompt_logprobs {
+            body["prompt_logprobs"] = prompt_logprobs;
+        }
         body
     }
 }

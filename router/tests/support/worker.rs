@@ -146,6 +146,7 @@ fn token(prompt: &[u32], position: usize) -> v1::Token {
         text: format!(" w{id}"),
         logprob: Some(-0.5),
         top_logprobs: vec![v1::TopLogprob { id, logprob: -0.5 }],
+        rank: None,
     }
 }
 
@@ -245,14 +246,14 @@ impl Service {
         let send = |event| tx.send(Ok(v1::GenerateResponse { event: Some(event) }));
         let mut position = message.generated.len();
         let mut sent = 0;
-        // Prompt logprobs: token `i` scores `-i`, with itself as its one alternative.
+        // Prompt logprobs: token `i` scores `-i`, ranks 1, with itself as its one alternative.
         if request.sampling.as_ref().is_some_and(|s| s.prompt_logprobs.is_some()) {
             let tokens = (0u8..)
                 .zip(&request.prompt)
                 .map(|(i, &id)| {
                     let logprob = (i > 0).then_some(-f32::from(i));
                     let top_logprobs = logprob.map(|logprob| v1::TopLogprob { id, logprob }).into_iter().collect();
-                    v1::Token { id, text: String::new(), logprob, top_logprobs }
+                    v1::Token { id, text: String::new(), logprob, top_logprobs, rank: logprob.map(|_| 1) }
                 })
                 .collect();
             let _ = send(Event::PromptLogprobs(v1::PromptLogprobs { tokens })).await;
