@@ -1,6 +1,7 @@
 //! `POST /v1/responses` against an instant worker: the same answer as the chat endpoint gives,
 //! whole and as the Responses API's events; stored answers continued by `previous_response_id`,
-//! read and deleted, each tenant's apart; errors that name the Responses field.
+//! read (with their input items) and deleted, each tenant's apart; errors that name the
+//! Responses field.
 
 mod support;
 
@@ -135,6 +136,16 @@ async fn a_stored_response_is_continued_read_and_deleted_by_its_tenant_only() {
     let continued = sent_prompt();
     assert_eq!(call(&router, "POST", "/v1/chat/completions", Some(&whole_chat), "sk-alice").await.0, 200);
     assert_eq!(continued, sent_prompt(), "the stored conversation, then the new input");
+    let items = format!("/v1/responses/{}/input_items", follow_up["id"].as_str().expect("id"));
+    let (status, list) = call(&router, "GET", &items, None, "sk-alice").await;
+    assert_eq!((status, &list["object"], &list["has_more"]), (200, &json!("list"), &json!(false)), "{list}");
+    let data = list["data"].as_array().expect("data");
+    assert_eq!(data.len(), 1, "its own input only: {list}");
+    assert_eq!((&data[0]["role"], &data[0]["content"]), (&json!("user"), &json!("w12")));
+    assert!(data[0]["id"].as_str().is_some_and(|id| id.starts_with("msg_")), "{list}");
+    assert_eq!(call(&router, "GET", &items, None, "sk-bob").await.0, 404);
+    let (status, error) = call(&router, "GET", &format!("{items}?limit=x"), None, "sk-alice").await;
+    assert_eq!((status, &error["error"]["param"]), (400, &json!("query")), "{error}");
 
     // Another tenant sees none of it.
     let path = format!("/v1/responses/{id}");

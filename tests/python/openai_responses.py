@@ -2,11 +2,12 @@
 
 Usage: openai_responses.py BASE_URL
 
-Asks one question greedily through chat completions and through `responses.create`, whole and
-streamed, and with the text's logprobs; asks for a pydantic model through `responses.parse` (the client validates the
-document); forces a tool call, then sends it back with its output as input items, and again
-as a follow-up naming the stored call by `previous_response_id`; retrieves and deletes the
-stored response; prints what came back as one JSON object.
+Asks one question greedily through chat completions and through `responses.create`, whole,
+streamed and with the text's logprobs; asks for a pydantic model through `responses.parse`
+(the client validates the document); forces a tool call, then sends it back with its output
+as input items, and again as a follow-up naming the stored call by `previous_response_id`
+(listing its input items); retrieves and deletes the stored response; prints what came back
+as one JSON object.
 """
 
 import json
@@ -86,6 +87,7 @@ def main(base_url):
         temperature=0,
     )
     retrieved = client.responses.retrieve(called.id)
+    followed_input = [item.type for item in client.responses.input_items.list(followed.id).data]
     client.responses.delete(called.id)
     try:
         client.responses.retrieve(called.id)
@@ -99,7 +101,11 @@ def main(base_url):
         "parsed": {"value": parsed.output_parsed.model_dump(), "status": parsed.status},
         "call": {"name": call.name, "arguments": call.arguments, "call_id": call.call_id, "status": called.status},
         "answered": {"text": answered.output_text, "status": answered.status},
-        "followed": {"text": followed.output_text, "previous": followed.previous_response_id},
+        "followed": {
+            "text": followed.output_text,
+            "previous": followed.previous_response_id,
+            "input_items": followed_input,
+        },
         "logprobs": {
             "response": entries(scored.output[0].content[0].logprobs),
             "chat": entries(chat_scored.choices[0].logprobs.content),

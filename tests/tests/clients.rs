@@ -129,6 +129,7 @@ fn responds_through_the_openai_package(cluster: &Cluster) {
     let followed = &got["followed"];
     assert_eq!(followed["text"], answered["text"], "previous_response_id: {got}");
     assert!(followed["previous"].as_str().is_some_and(|id| id.starts_with("resp_")), "{got}");
+    assert_eq!(followed["input_items"], json!(["function_call_output"]), "its own input: {got}");
     assert_eq!(got["stored"], json!({"same": true, "gone_once_deleted": true}), "{got}");
 }
 

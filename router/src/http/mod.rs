@@ -1,6 +1,6 @@
 //! The OpenAI-compatible HTTP front (axum on the hyper 1 stack tonic already uses):
 //! `POST /v1/completions`, `POST /v1/chat/completions`, `POST /v1/responses` (JSON or SSE;
-//! `GET` and `DELETE /v1/responses/{id}` for the stored ones),
+//! `GET` and `DELETE /v1/responses/{id}` and `GET …/input_items` for the stored ones),
 //! `GET /v1/models`, vLLM's `/tokenize` and `/detokenize`, and the operational `/health`,
 //! `/ready`, `/metrics`.
 //!
@@ -47,6 +47,7 @@ pub(crate) async fn serve(
         .route("/v1/chat/completions", post(generate::chat_completions))
         .route("/v1/responses", post(responses::responses))
         .route("/v1/responses/{id}", get(responses::retrieve).delete(responses::delete))
+        .route("/v1/responses/{id}/input_items", get(responses::input_items))
         .route("/v1/models", get(models))
         .route("/v1/models/{*model}", get(model))
         .route("/tokenize", post(tokenize::tokenize))

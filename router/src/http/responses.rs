@@ -19,7 +19,8 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -28,6 +29,7 @@ use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
 use output::{EventStream, Shape, sse};
+use store::Context;
 pub(crate) use store::ResponseStore;
 
 use super::generate::{self, KEEP_ALIVE};
@@ -160,6 +162,71 @@ pub(super) async fn retrieve(
     }
 }
 
+/// `GET /v1/responses/{id}/input_items`: the items of a stored response's own `input`, as
+/// OpenAI lists them: `order` `desc` (the default) or `asc`, `limit` 1..=100 (20), `after`
+/// an item id.
+pub(super) async fn input_items(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    page: Result<Query<Page>, QueryRejection>,
+) -> Response {
+    let tenant = match shared.auth.authenticate(authorization(&headers)) {
+        Ok(tenant) => tenant,
+        Err(err) => return answer_error(&err),
+    };
+    let Query(page) = match page {
+        Ok(page) => page,
+        Err(rejection) => return answer_error(&bad("query", rejection.body_text())),
+    };
+    let Some(stored) = shared.responses.get(&tenant, &id) else {
+        return answer_error(&RouterError::UnknownResponse { id, param: None });
+    };
+    match page.of(stored.input_items()) {
+        Ok(list) => json_response(200, list),
+        Err(err) => answer_error(&err),
+    }
+}
+
+/// A page of a list endpoint's query.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct Page {
+    after: Option<String>,
+    limit: Option<usize>,
+    order: Option<String>,
+}
+
+impl Page {
+    /// `items` (oldest first) paged as an OpenAI `list` object.
+    fn of(&self, items: &[Value]) -> Result<Value, RouterError> {
+        let limit = self.limit.unwrap_or(20);
+        if !(1..=100).contains(&limit) {
+            return Err(bad("limit", "limit: must be in 1..=100"));
+        }
+        let mut ordered: Vec<&Value> = match self.order.as_deref() {
+            None | Some("desc") => items.iter().rev().collect(),
+            Some("asc") => items.iter().collect(),
+            Some(_) => return Err(bad("order", "order: must be asc or desc")),
+        };
+        if let Some(after) = &self.after {
+            let Some(at) = ordered.iter().position(|item| item["id"] == after.as_str()) else {
+                return Err(bad("after", format!("after: no input item has id {after:?}")));
+            };
+            ordered.drain(..=at);
+        }
+        let has_more = ordered.len() > limit;
+        ordered.truncate(limit);
+        let id = |item: Option<&&Value>| item.map_or(Value::Null, |item| item["id"].clone());
+        Ok(json!({
+            "object": "list",
+            "data": ordered,
+            "first_id": id(ordered.first()),
+            "last_id": id(ordered.last()),
+            "has_more": has_more,
+        }))
+    }
+}
+
 /// `DELETE /v1/responses/{id}`: forgets a stored response of the caller's.
 pub(super) async fn delete(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let tenant = match shared.auth.authenticate(authorization(&headers)) {
@@ -208,7 +275,7 @@ pub(super) struct Rewritten {
     echoed: Map<String, Value>,
     /// When the answer is to be stored: the input items it follows, the previous response's
     /// conversation first.
-    context: Option<Vec<Value>>,
+    context: Option<Context>,
 }
 
 /// A Responses API body of `tenant`'s as a chat completion body, its `previous_response_id`
@@ -314,7 +381,8 @@ pub(super) fn chat_body(
     if let Some(response_format) = format.map(response_format).transpose()?.flatten() {
         chat.insert("response_format".into(), response_format);
     }
-    let context = keep.then(|| previous.into_iter().chain(input).collect());
+    let context =
+        keep.then(|| Context { input_from: previous.len(), items: previous.into_iter().chain(input).collect() });
     Ok((Value::Object(chat), Rewritten { echoed, context }))
 }
 

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{EventStream, ResponseStore, Rewritten, Shape, chat_body, renamed};
+use super::{Context, EventStream, Page, ResponseStore, Rewritten, Shape, chat_body, renamed};
 use crate::auth::Tenant;
 use crate::error::RouterError;
 
@@ -73,7 +73,8 @@ fn a_responses_body_becomes_the_chat_body_it_means() {
     assert_eq!(echoed["instructions"], "Be brief.");
     assert_eq!(echoed["max_output_tokens"], 9);
     assert_eq!(echoed["store"], true);
-    assert_eq!(context.as_deref(), body["input"].as_array().map(Vec::as_slice), "stored with its input");
+    let context = context.expect("stored");
+    assert_eq!((Some(&context.items), context.input_from), (body["input"].as_array(), 0), "stored with its input");
 
     let plain = self::chat(json!({
         "input": "Hi", "text": {"format": {"type": "text"}}, "reasoning": {"effort": null}, "truncation": "disabled",
@@ -114,14 +115,19 @@ fn a_follow_up_continues_the_stored_conversation_it_names() {
     let (_, first) =
         translate_with(&json!({"input": "Weather in Oslo?", "instructions": "Be brief."}), &store).expect("translates");
     let asked = json!({"type": "message", "role": "user", "content": "Weather in Oslo?"});
-    assert_eq!(first.context, Some(vec![asked.clone()]), "instructions are not part of the conversation");
+    let first = first.context.expect("stored");
+    assert_eq!(
+        first,
+        Context { items: vec![asked.clone()], input_from: 0 },
+        "instructions are not in the conversation"
+    );
     let answer = json!({"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
                         "content": [{"type": "output_text", "text": "Checking.", "annotations": []}]});
     let call =
         json!({"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "get_weather", "arguments": "{}"});
     let reasoning = json!({"type": "reasoning", "id": "rs_1", "summary": []});
     let response = json!({"id": "resp_1", "object": "response", "output": [reasoning, answer, call]});
-    store.put(&Tenant::anonymous(), response, first.context.expect("stored"));
+    store.put(&Tenant::anonymous(), response, first);
 
     let follow_up = json!({"previous_response_id": "resp_1", "input": [
         {"type": "function_call_output", "call_id": "c1", "output": "-3 C"},
@@ -138,7 +144,8 @@ fn a_follow_up_continues_the_stored_conversation_it_names() {
         ])
     );
     assert_eq!(rewritten.echoed["previous_response_id"], "resp_1");
-    assert_eq!(rewritten.context.as_ref().map(Vec::len), Some(5), "the whole conversation, to continue in turn");
+    let context = rewritten.context.expect("stored");
+    assert_eq!((context.items.len(), context.input_from), (5, 4), "the whole conversation, to continue in turn");
 
     let not_kept = translate_with(&json!({"input": "Hi", "store": false}), &store).expect("translates").1;
     assert_eq!((not_kept.context, &not_kept.echoed["store"]), (None, &json!(false)));
@@ -368,4 +375,33 @@ fn the_texts_logprobs_come_back_when_asked_for() {
         bodies.iter().filter(|b| b["type"] == "response.output_text.delta").map(|b| &b["logprobs"]).collect();
     assert_eq!(deltas, [&json!([tokens[3]]), &json!([tokens[4]])]);
     assert_eq!(response["output"][1]["content"][0]["logprobs"], json!(tokens[3..]));
+}
+
+#[test]
+fn input_items_are_paged_as_openai_lists_them() {
+    let items: Vec<Value> = (1..=5).map(|i| json!({"id": format!("msg_{i}")})).collect();
+    let page = |after: Option<&str>, limit, order: Option<&str>| {
+        let page = Page { after: after.map(str::to_owned), limit, order: order.map(str::to_owned) };
+        page.of(&items).map(|list| {
+            let ids: Vec<String> = list["data"].as_array().into_iter().flatten().map(|i| i["id"].to_string()).collect();
+            (ids.join(" "), list["has_more"].clone(), list["first_id"].clone(), list["last_id"].clone())
+        })
+    };
+    let (ids, more, first, last) = page(None, None, None).expect("a page");
+    assert_eq!(
+        (ids.as_str(), more, first, last),
+        (r#""msg_5" "msg_4" "msg_3" "msg_2" "msg_1""#, json!(false), json!("msg_5"), json!("msg_1"))
+    );
+    let (ids, more, ..) = page(Some("msg_2"), Some(2), Some("asc")).expect("a page");
+    assert_eq!((ids.as_str(), more), (r#""msg_3" "msg_4""#, json!(true)));
+    let (ids, more, first, _) = page(Some("msg_1"), None, None).expect("the end");
+    assert_eq!((ids.as_str(), more, first), ("", json!(false), Value::Null));
+    for (after, limit, order, field) in
+        [(Some("msg_9"), None, None, "after"), (None, Some(0), None, "limit"), (None, None, Some("up"), "order")]
+    {
+        match page(after, limit, order) {
+            Err(RouterError::BadBody { param, .. }) => assert_eq!(param.as_deref(), Some(field)),
+            other => panic!("{field} was not refused: {other:?}"),
+        }
+    }
 }
