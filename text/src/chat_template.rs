@@ -145,13 +145,15 @@ impl ChatTemplate {
 
     /// How the model writes the tool calls it makes on its own: as Llama 3.1–3.3's templates
     /// ask (`Respond in the format {"name": function name, "parameters": dictionary of argument
-    /// name and its value}`), as Mistral's v3 templates show earlier calls (`[TOOL_CALLS]` and a
-    /// JSON array; later ones, which write `[ARGS]`, are not read), or else in Hermes'
+    /// name and its value}`), as Mistral's templates show earlier calls (`[TOOL_CALLS]` and a
+    /// JSON array in v3's, `[TOOL_CALLS]name[ARGS]` in later ones), or else in Hermes'
     /// `<tool_call>` blocks.
     pub fn call_format(&self) -> CallFormat {
         if self.source.contains(r#""parameters": dictionary of argument name"#) {
             CallFormat::Llama3Json
-        } else if self.source.contains("[TOOL_CALLS]") && !self.source.contains("[ARGS]") {
+        } else if self.source.contains("[TOOL_CALLS]") && self.source.contains("[ARGS]") {
+            CallFormat::MistralArgs
+        } else if self.source.contains("[TOOL_CALLS]") {
             CallFormat::MistralJson
         } else {
             CallFormat::Hermes
@@ -187,10 +189,13 @@ impl ChatTemplate {
             .get_template(TEMPLATE_NAME)
             .map_err(|e| TokenizerError::TemplateRender { message: describe(&e) })?;
         let uses_tools = !tools.is_empty() || messages.iter().any(|m| !m.tool_calls.is_empty() || m.role == "tool");
-        let fallback;
+        let rewritten;
         let messages = if uses_tools && !self.knows_tools() {
-            fallback = hermes_fallback(messages, tools);
-            &fallback[..]
+            rewritten = hermes_fallback(messages, tools);
+            &rewritten[..]
+        } else if uses_tools && matches!(self.call_format(), CallFormat::MistralJson | CallFormat::MistralArgs) {
+            rewritten = with_mistral_call_ids(messages);
+            &rewritten[..]
         } else {
             messages
         };
@@ -376,6 +381,27 @@ fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
     era * 146_097 + doe - 719_468
 }
 
+/// `messages` with every tool call id as Mistral's templates demand (they raise on any other):
+/// nine alphanumeric characters, here the id's last nine, zero-padded. The same id always maps
+/// to the same, so a call and its result still match.
+fn with_mistral_call_ids(messages: &[ChatMessage]) -> Vec<ChatMessage> {
+    let nine = |id: &str| {
+        let kept: Vec<char> = id.chars().filter(char::is_ascii_alphanumeric).collect();
+        let last: String = kept[kept.len().saturating_sub(9)..].iter().collect();
+        format!("{last:0>9}")
+    };
+    messages
+        .iter()
+        .map(|message| {
+            let mut message = message.clone();
+            for call in &mut message.tool_calls {
+                call.id = nine(&call.id);
+            }
+            message.tool_call_id = message.tool_call_id.as_deref().map(nine);
+            message
+        })
+        .collect()
+}
 #[cfg(test)]
 mod tests {
     use super::format_utc;

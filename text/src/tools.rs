@@ -1,11 +1,12 @@
 //! Tool calling: the tools a conversation offers, the calls a model makes, and how both are
 //! written into prompts and read back out of generated text.
 //!
-//! Three formats of calls a model makes on its own ([`CallFormat`]): Hermes' (Qwen 2.5/3,
+//! Four formats of calls a model makes on its own ([`CallFormat`]): Hermes' (Qwen 2.5/3,
 //! Hermes and many fine-tunes), `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
 //! blocks among the text; Llama 3's, an answer that is nothing but `{"name": ...,
-//! "parameters": {...}}` objects; Mistral's, an answer that is a JSON array of calls. The
-//! template says which ([`crate::ChatTemplate::call_format`]).
+//! "parameters": {...}}` objects; Mistral's v3, an answer that is a JSON array of calls; and
+//! Mistral's since v11, `[TOOL_CALLS]name[ARGS]{...}` calls. The template says which
+//! ([`crate::ChatTemplate::call_format`]).
 //! - A chat template that knows tools renders them itself; for one that does not,
 //!   [`hermes_fallback`] rewrites the conversation so the model is told about the tools (a system
 //!   message), sees its earlier calls as `<tool_call>` blocks and their results as
@@ -26,6 +27,7 @@ use crate::chat_template::ChatMessage;
 use crate::structured::StructuredOutput;
 
 mod json_answer;
+mod mistral_args;
 
 use json_answer::{JsonAnswer, LLAMA3, MISTRAL, Opening, parse_calls};
 
@@ -176,6 +178,9 @@ pub enum CallFormat {
     /// An answer that is a JSON array of `{"name", "arguments"}` objects, after `[TOOL_CALLS]`
     /// or not: Mistral's v3 templates'.
     MistralJson,
+    /// An answer that is nothing but `[TOOL_CALLS]name[ARGS]{...}` calls, the tags (special
+    /// tokens) written or not: Mistral's templates since its v11 tokenizer.
+    MistralArgs,
 }
 
 /// A piece of generated text, as [`ToolCallStream`] reads it.
@@ -204,6 +209,7 @@ pub struct ToolCallStream {
 enum Reader {
     Hermes { in_call: bool },
     Json(JsonAnswer, Opening),
+    MistralArgs(JsonAnswer),
 }
 
 impl ToolCallStream {
@@ -212,6 +218,7 @@ impl ToolCallStream {
             CallFormat::Hermes => Reader::Hermes { in_call: false },
             CallFormat::Llama3Json => Reader::Json(JsonAnswer::Undecided, LLAMA3),
             CallFormat::MistralJson => Reader::Json(JsonAnswer::Undecided, MISTRAL),
+            CallFormat::MistralArgs => Reader::MistralArgs(JsonAnswer::Undecided),
         };
         Self { tools, pending: String::new(), reader }
     }
@@ -226,6 +233,12 @@ impl ToolCallStream {
             }
             Reader::Json(answer, opening) => {
                 *answer = answer.read(&self.pending, *opening);
+                if *answer == JsonAnswer::Content {
+                    push_content(&mut pieces, &std::mem::take(&mut self.pending));
+                }
+            }
+            Reader::MistralArgs(answer) => {
+                *answer = mistral_args::read(*answer, &self.pending, &self.tools);
                 if *answer == JsonAnswer::Content {
                     push_content(&mut pieces, &std::mem::take(&mut self.pending));
                 }
@@ -245,7 +258,11 @@ impl ToolCallStream {
                 Some(calls) => pieces.extend(calls.into_iter().map(Piece::Call)),
                 None => push_content(&mut pieces, &rest),
             },
-            Reader::Hermes { .. } | Reader::Json(..) => push_content(&mut pieces, &rest),
+            Reader::MistralArgs(JsonAnswer::Calls) => match mistral_args::parse_calls(&rest, &self.tools) {
+                Some(calls) => pieces.extend(calls.into_iter().map(Piece::Call)),
+                None => push_content(&mut pieces, &rest),
+            },
+            Reader::Hermes { .. } | Reader::Json(..) | Reader::MistralArgs(_) => push_content(&mut pieces, &rest),
         }
         pieces
     }

@@ -230,7 +230,7 @@ fn the_template_says_how_the_model_writes_its_calls() -> TestResult {
     let mistral = r#"{% for m in messages %}{% if m.tool_calls %}{{ '[TOOL_CALLS] ' + m.tool_calls | tojson }}{% else %}{{ m.content }}{% endif %}{% endfor %}"#;
     assert_eq!(ChatTemplate::new(mistral)?.call_format(), CallFormat::MistralJson);
     let later_mistral = r#"{% for m in messages %}{% for c in m.tool_calls %}{{ '[TOOL_CALLS]' + c.name + '[ARGS]' }}{% endfor %}{% endfor %}"#;
-    assert_eq!(ChatTemplate::new(later_mistral)?.call_format(), CallFormat::Hermes);
+    assert_eq!(ChatTemplate::new(later_mistral)?.call_format(), CallFormat::MistralArgs);
     for hermes in [HERMES_TOOLS_TEMPLATE, QWEN3_TEMPLATE, SMOLLM_TEMPLATE, LLAMA3_TEMPLATE] {
         assert_eq!(ChatTemplate::new(hermes)?.call_format(), CallFormat::Hermes);
     }
@@ -253,5 +253,23 @@ fn a_template_without_tools_gets_them_in_the_hermes_format() -> TestResult {
     );
     // No tools and no tool turns: the conversation is rendered untouched.
     assert_eq!(t.render_with_tools(&conv2(), &[], &Map::new(), true, &tok)?, t.render(&conv2(), true, &tok)?);
+    Ok(())
+}
+
+#[test]
+fn mistral_templates_get_the_nine_character_call_ids_they_demand() -> TestResult {
+    // As Mistral's templates check ids, then a short rendering of the calls and results.
+    let template = r#"{%- if tools %}{%- endif %}{%- for m in messages %}{%- for c in m.tool_calls or [] %}{%- if c.id|length != 9 %}{{ raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}{%- endif %}{{ '[TOOL_CALLS]' + c.function.name + '[ARGS]' + c.id }}{%- endfor %}{%- if m.role == 'tool' %}{{ '[TOOL_RESULTS]' + m.tool_call_id + '[/TOOL_RESULTS]' }}{%- endif %}{%- endfor %}"#;
+    let t = ChatTemplate::new(template)?;
+    assert_eq!(t.call_format(), CallFormat::MistralArgs);
+    let mut conversation = tool_conversation();
+    let rendered = t.render_with_tools(&conversation, &[weather_tool()], &Map::new(), false, &tiny(false))?;
+    assert_eq!(rendered, "[TOOL_CALLS]get_weather[ARGS]0000000c1[TOOL_RESULTS]0000000c1[/TOOL_RESULTS]");
+    for message in &mut conversation {
+        message.tool_calls.iter_mut().for_each(|call| call.id = "call_0123456789abcdef".into());
+        message.tool_call_id = message.tool_call_id.as_ref().map(|_| "call_0123456789abcdef".into());
+    }
+    let rendered = t.render_with_tools(&conversation, &[weather_tool()], &Map::new(), false, &tiny(false))?;
+    assert_eq!(rendered, "[TOOL_CALLS]get_weather[ARGS]789abcdef[TOOL_RESULTS]789abcdef[/TOOL_RESULTS]");
     Ok(())
 }
