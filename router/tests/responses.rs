@@ -141,7 +141,8 @@ async fn a_stored_response_is_continued_read_and_deleted_by_its_tenant_only() {
     assert_eq!((status, &list["object"], &list["has_more"]), (200, &json!("list"), &json!(false)), "{list}");
     let data = list["data"].as_array().expect("data");
     assert_eq!(data.len(), 1, "its own input only: {list}");
-    assert_eq!((&data[0]["role"], &data[0]["content"]), (&json!("user"), &json!("w12")));
+    let text = json!([{ "type": "input_text", "text": "w12" }]);
+    assert_eq!((&data[0]["role"], &data[0]["content"]), (&json!("user"), &text));
     assert!(data[0]["id"].as_str().is_some_and(|id| id.starts_with("msg_")), "{list}");
     assert_eq!(call(&router, "GET", &items, None, "sk-bob").await.0, 404);
     let (status, error) = call(&router, "GET", &format!("{items}?limit=x"), None, "sk-alice").await;

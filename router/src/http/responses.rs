@@ -9,8 +9,8 @@
 //! `response.output_text.delta`, …, `response.completed`). Errors name the Responses field.
 //!
 //! Answers are stored unless `store` is false ([`store`]): a follow-up names one as its
-//! `previous_response_id` and continues that conversation, and `GET`/`DELETE
-//! /v1/responses/{id}` read and forget one. Refused, as the server cannot honour them: the
+//! `previous_response_id` and continues that conversation; [`by_id`] reads, lists the input
+//! of and forgets one. Refused, as the server cannot honour them: the
 //! `conversation` object, OpenAI's built-in tools, non-text inputs, `reasoning` settings,
 //! `truncation: "auto"`, `max_tool_calls` and `background`. `include:
 //! ["message.output_text.logprobs"]` or `top_logprobs` return the text's logprobs. Fields that
@@ -19,8 +19,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -28,13 +27,14 @@ use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
+pub(super) use by_id::{delete, input_items, retrieve};
 use output::{EventStream, Shape, sse};
 use store::Context;
 pub(crate) use store::ResponseStore;
 
 use super::generate::{self, KEEP_ALIVE};
 use super::openai::Kind;
-use super::{authorization, error_json, json_response};
+use super::{error_json, json_response};
 use crate::Shared;
 use crate::auth::Tenant;
 use crate::error::RouterError;
@@ -143,100 +143,6 @@ pub(super) async fn responses(State(shared): State<Arc<Shared>>, headers: Header
             json_response(200, response)
         }
         (status, error) => json_response(status, renamed(error)),
-    }
-}
-
-/// `GET /v1/responses/{id}`: a stored response of the caller's.
-pub(super) async fn retrieve(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let tenant = match shared.auth.authenticate(authorization(&headers)) {
-        Ok(tenant) => tenant,
-        Err(err) => return answer_error(&err),
-    };
-    match shared.responses.get(&tenant, &id) {
-        Some(stored) => json_response(200, stored.response.clone()),
-        None => answer_error(&RouterError::UnknownResponse { id, param: None }),
-    }
-}
-
-/// `GET /v1/responses/{id}/input_items`: the items of a stored response's own `input`, as
-/// OpenAI lists them: `order` `desc` (the default) or `asc`, `limit` 1..=100 (20), `after`
-/// an item id.
-pub(super) async fn input_items(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    page: Result<Query<Page>, QueryRejection>,
-) -> Response {
-    let tenant = match shared.auth.authenticate(authorization(&headers)) {
-        Ok(tenant) => tenant,
-        Err(err) => return answer_error(&err),
-    };
-    let Query(page) = match page {
-        Ok(page) => page,
-        Err(rejection) => return answer_error(&bad("query", rejection.body_text())),
-    };
-    let Some(stored) = shared.responses.get(&tenant, &id) else {
-        return answer_error(&RouterError::UnknownResponse { id, param: None });
-    };
-    match page.of(stored.input_items()) {
-        Ok(list) => json_response(200, list),
-        Err(err) => answer_error(&err),
-    }
-}
-
-/// A page of a list endpoint's query.
-#[derive(Debug, serde::Deserialize)]
-pub(super) struct Page {
-    after: Option<String>,
-    limit: Option<usize>,
-    order: Option<String>,
-}
-
-impl Page {
-    /// `items` (oldest first) paged as an OpenAI `list` object.
-    fn of(&self, items: &[Value]) -> Result<Value, RouterError> {
-        let limit = self.limit.unwrap_or(20);
-        if !(1..=100).contains(&limit) {
-            return Err(bad("limit", "limit: must be in 1..=100"));
-        }
-        let mut ordered: Vec<&Value> = match self.order.as_deref() {
-            None | Some("desc") => items.iter().rev().collect(),
-            Some("asc") => items.iter().collect(),
-            Some(_) => return Err(bad("order", "order: must be asc or desc")),
-        };
-        if let Some(after) = &self.after {
-            let Some(at) = ordered.iter().position(|item| item["id"] == after.as_str()) else {
-                return Err(bad("after", format!("after: no input item has id {after:?}")));
-            };
-            ordered.drain(..=at);
-        }
-        let has_more = ordered.len() > limit;
-        ordered.truncate(limit);
-        let id = |item: Option<&&Value>| item.map_or(Value::Null, |item| item["id"].clone());
-        Ok(json!({
-            "object": "list",
-            "data": ordered,
-            "first_id": id(ordered.first()),
-            "last_id": id(ordered.last()),
-            "has_more": has_more,
-        }))
-    }
-}
-
-/// `DELETE /v1/responses/{id}`: forgets a stored response of the caller's.
-pub(super) async fn delete(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let tenant = match shared.auth.authenticate(authorization(&headers)) {
-        Ok(tenant) => tenant,
-        Err(err) => return answer_error(&err),
-    };
-    if shared.responses.delete(&tenant, &id) {
-        json_response(200, json!({ "id": id, "object": "response", "deleted": true }))
-    } else {
-        answer_error(&RouterError::UnknownResponse { id, param: None })
     }
 }
 
@@ -495,6 +401,7 @@ fn response_format(format: &Value) -> Result<Option<Value>, RouterError> {
     })
 }
 
+mod by_id;
 mod output;
 mod store;
 #[cfg(test)]

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::auth::Tenant;
 use crate::lock;
@@ -41,7 +41,7 @@ impl Stored {
         self.context.items.iter().chain(output).cloned().collect()
     }
 
-    /// The items of the request's own `input`, each with an id.
+    /// The items of the request's own `input`, each with an id, a message's text as a part.
     pub fn input_items(&self) -> &[Value] {
         &self.context.items[self.context.input_from.min(self.context.items.len())..]
     }
@@ -86,10 +86,16 @@ impl ResponseStore {
     /// room. One larger than the whole budget is not kept.
     pub fn put(&self, tenant: &Tenant, response: Value, mut context: Context) {
         let Some(id) = response["id"].as_str().map(str::to_owned) else { return };
-        for item in context.items.iter_mut().skip(context.input_from).filter(|item| item.get("id").is_none()) {
-            if let Some(fields) = item.as_object_mut() {
+        for fields in context.items.iter_mut().skip(context.input_from).filter_map(Value::as_object_mut) {
+            if !fields.contains_key("id") {
                 let id = item_id(fields.get("type").and_then(Value::as_str));
                 fields.insert("id".into(), Value::String(id));
+            }
+            if let Some(Value::String(text)) = fields.get("content") {
+                let kind =
+                    if fields.get("role").is_some_and(|r| r == "assistant") { "output_text" } else { "input_text" };
+                let parts = json!([{ "type": kind, "text": text }]);
+                fields.insert("content".into(), parts);
             }
         }
         let bytes = response.to_string().len() + context.items.iter().map(|item| item.to_string().len()).sum::<usize>();
@@ -132,8 +138,6 @@ impl ResponseStore {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
 
     /// A context of one earlier item.
@@ -179,6 +183,7 @@ mod tests {
         let earlier = json!({ "type": "message", "role": "user", "content": "Weather?" });
         let output = json!({ "type": "function_call_output", "call_id": "c1", "output": "-3 C" });
         let named = json!({ "type": "message", "id": "msg_mine", "role": "user", "content": "Thanks" });
+        let thanks = json!([{ "type": "input_text", "text": "Thanks" }]);
         let store = ResponseStore::new(1 << 20);
         let items = vec![earlier.clone(), output, named.clone()];
         store.put(&tenant, response("resp_1", "ok"), Context { items, input_from: 1 });
@@ -186,7 +191,7 @@ mod tests {
         let input = stored.input_items();
         assert_eq!(input.len(), 2);
         assert!(input[0]["id"].as_str().is_some_and(|id| id.starts_with("fco_")), "{}", input[0]);
-        assert_eq!(input[1], named, "an id the client gave is kept");
+        assert_eq!((&input[1]["id"], &input[1]["content"]), (&named["id"], &thanks), "an id the client gave is kept");
         assert_eq!(stored.conversation()[0], earlier, "the earlier conversation is as it was stored");
     }
 }

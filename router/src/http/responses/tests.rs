@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Context, EventStream, Page, ResponseStore, Rewritten, Shape, chat_body, renamed};
+use super::{Context, EventStream, ResponseStore, Rewritten, Shape, chat_body, renamed};
 use crate::auth::Tenant;
 use crate::error::RouterError;
 
@@ -375,33 +375,4 @@ fn the_texts_logprobs_come_back_when_asked_for() {
         bodies.iter().filter(|b| b["type"] == "response.output_text.delta").map(|b| &b["logprobs"]).collect();
     assert_eq!(deltas, [&json!([tokens[3]]), &json!([tokens[4]])]);
     assert_eq!(response["output"][1]["content"][0]["logprobs"], json!(tokens[3..]));
-}
-
-#[test]
-fn input_items_are_paged_as_openai_lists_them() {
-    let items: Vec<Value> = (1..=5).map(|i| json!({"id": format!("msg_{i}")})).collect();
-    let page = |after: Option<&str>, limit, order: Option<&str>| {
-        let page = Page { after: after.map(str::to_owned), limit, order: order.map(str::to_owned) };
-        page.of(&items).map(|list| {
-            let ids: Vec<String> = list["data"].as_array().into_iter().flatten().map(|i| i["id"].to_string()).collect();
-            (ids.join(" "), list["has_more"].clone(), list["first_id"].clone(), list["last_id"].clone())
-        })
-    };
-    let (ids, more, first, last) = page(None, None, None).expect("a page");
-    assert_eq!(
-        (ids.as_str(), more, first, last),
-        (r#""msg_5" "msg_4" "msg_3" "msg_2" "msg_1""#, json!(false), json!("msg_5"), json!("msg_1"))
-    );
-    let (ids, more, ..) = page(Some("msg_2"), Some(2), Some("asc")).expect("a page");
-    assert_eq!((ids.as_str(), more), (r#""msg_3" "msg_4""#, json!(true)));
-    let (ids, more, first, _) = page(Some("msg_1"), None, None).expect("the end");
-    assert_eq!((ids.as_str(), more, first), ("", json!(false), Value::Null));
-    for (after, limit, order, field) in
-        [(Some("msg_9"), None, None, "after"), (None, Some(0), None, "limit"), (None, None, Some("up"), "order")]
-    {
-        match page(after, limit, order) {
-            Err(RouterError::BadBody { param, .. }) => assert_eq!(param.as_deref(), Some(field)),
-            other => panic!("{field} was not refused: {other:?}"),
-        }
-    }
 }
