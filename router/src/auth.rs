@@ -61,15 +61,20 @@ impl Auth {
 
     /// The tenant of a request from its `Authorization` header value.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Tenant, RouterError> {
-        let Some(keys) = &self.keys else {
-            return Ok(Tenant::anonymous());
-        };
         let key = authorization
             .and_then(|value| value.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, key)| key.trim())
-            .ok_or(RouterError::Unauthenticated)?;
-        keys.get(&digest(key)).cloned().ok_or(RouterError::Unauthenticated)
+            .map(|(_, key)| key.trim());
+        self.authenticate_key(key)
+    }
+
+    /// The tenant of a request from its bare key (Anthropic's clients send `x-api-key`).
+    pub fn authenticate_key(&self, key: Option<&str>) -> Result<Tenant, RouterError> {
+        let Some(keys) = &self.keys else {
+            return Ok(Tenant::anonymous());
+        };
+        let key = key.ok_or(RouterError::Unauthenticated)?;
+        keys.get(&digest(key.trim())).cloned().ok_or(RouterError::Unauthenticated)
     }
 }
 
@@ -102,6 +107,8 @@ mod tests {
         let auth = Auth::parse("# keys\nsk-a alice\n\nsk-b bob # second\n").expect("parses");
         assert_eq!(auth.authenticate(Some("Bearer sk-a")).ok(), Some(Tenant(Arc::from("alice"))));
         assert_eq!(auth.authenticate(Some("bearer sk-b")).ok(), Some(Tenant(Arc::from("bob"))));
+        assert_eq!(auth.authenticate_key(Some("sk-b")).ok(), Some(Tenant(Arc::from("bob"))), "a bare key");
+        assert!(matches!(auth.authenticate_key(None), Err(RouterError::Unauthenticated)));
         for bad in [None, Some("Bearer sk-c"), Some("sk-a"), Some("Basic sk-a")] {
             assert!(matches!(auth.authenticate(bad), Err(RouterError::Unauthenticated)), "{bad:?}");
         }

@@ -24,6 +24,7 @@ pub(crate) enum Endpoint {
     Completions,
     ChatCompletions,
     Responses,
+    Messages,
     Tokenize,
     Detokenize,
 }
@@ -36,6 +37,7 @@ impl Endpoint {
             Endpoint::Completions => "completions",
             Endpoint::ChatCompletions => "chat_completions",
             Endpoint::Responses => "responses",
+            Endpoint::Messages => "messages",
             Endpoint::Tokenize => "tokenize",
             Endpoint::Detokenize => "detokenize",
         }

@@ -78,14 +78,17 @@ fn the_openai_package_streams_a_chat_completion() {
 
     calls_tools_through_the_openai_package(&cluster);
     scores_a_prompt_through_the_openai_package(&cluster);
-    responds_through_the_openai_package(&cluster);
+    let answer = responds_through_the_openai_package(&cluster);
+    let model = got["model"].as_str().expect("model id");
+    answers_through_the_anthropic_package(&cluster, model, &answer);
 }
 
 /// `openai_responses.py`: the Responses API gives the chat endpoint's greedy answer, whole and
 /// as the events the client reads, with the chat's logprobs; `responses.parse` validates a structured answer; a forced
 /// call comes back as a `function_call` item and goes back in as input items or by
-/// `previous_response_id`; the stored call is retrieved as answered, then deleted.
-fn responds_through_the_openai_package(cluster: &Cluster) {
+/// `previous_response_id`; the stored call is retrieved as answered, then deleted. Returns the
+/// chat endpoint's greedy answer.
+fn responds_through_the_openai_package(cluster: &Cluster) -> String {
     let got = script("openai_responses.py", &[&format!("http://{}/v1", cluster.http)]);
     let chat = &got["chat"];
     let whole = &got["whole"];
@@ -131,6 +134,27 @@ fn responds_through_the_openai_package(cluster: &Cluster) {
     assert!(followed["previous"].as_str().is_some_and(|id| id.starts_with("resp_")), "{got}");
     assert_eq!(followed["input_items"], json!(["function_call_output"]), "its own input: {got}");
     assert_eq!(got["stored"], json!({"same": true, "gone_once_deleted": true}), "{got}");
+    got["chat"]["text"].as_str().expect("chat text").to_owned()
+}
+
+/// `anthropic_messages.py`: Anthropic's Messages API gives `answer`, the chat endpoint's greedy
+/// answer to the same system prompt and question, whole and streamed as the events the SDK
+/// assembles; a forced call comes back as a `tool_use` block and its `tool_result` is answered.
+fn answers_through_the_anthropic_package(cluster: &Cluster, model: &str, answer: &str) {
+    let got = script("anthropic_messages.py", &[&format!("http://{}", cluster.http), model]);
+    let whole = &got["whole"];
+    assert_eq!(whole["text"], answer, "greedy: the chat endpoint's answer: {got}");
+    assert!(["end_turn", "max_tokens"].contains(&whole["stop_reason"].as_str().unwrap_or_default()), "{got}");
+    assert!(whole["usage"]["input_tokens"].as_u64().is_some_and(|n| n > 0), "{got}");
+    assert!(whole["usage"]["output_tokens"].as_u64().is_some_and(|n| n > 0), "{got}");
+    let stream = &got["stream"];
+    assert_eq!((&stream["text"], &stream["final_text"]), (&json!(answer), &json!(answer)), "{got}");
+    assert_eq!(stream["stop_reason"], whole["stop_reason"], "{got}");
+    let call = &got["call"];
+    assert_eq!((&call["name"], &call["stop_reason"]), (&json!("get_weather"), &json!("tool_use")), "{got}");
+    assert!(call["input"]["city"].as_str().is_some_and(|c| c.chars().count() <= 20), "{got}");
+    let answered = &got["answered"];
+    assert!(answered["text"].as_str().is_some_and(|t| !t.is_empty()), "an answer after the tool's result: {got}");
 }
 
 /// `openai_echo.py`: `echo` with `logprobs` scores every prompt token after the first, and the

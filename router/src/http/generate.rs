@@ -1,7 +1,8 @@
 //! `POST /v1/completions` and `POST /v1/chat/completions`: authenticate, read and parse the body,
 //! start the shared flow of each of the `n` choices, then answer with one JSON body or an SSE
 //! stream ending `data: [DONE]` once every choice has finished (or at the first error).
-//! [`super::responses`] runs the same steps and reshapes what they answer.
+//! [`super::responses`] and [`super::messages`] run the same steps and reshape what they
+//! answer ([`typed_sse`] for their streams).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -22,14 +23,14 @@ use tracing::Instrument;
 use super::choices::{self, ChoiceEvent};
 use super::openai::{self, Kind};
 use super::response::Shaper;
-use super::{authorization, error_json, error_response, event_error_json, json_response, read_body};
+use super::{error_json, error_response, event_error_json, json_response, read_body};
 use crate::Shared;
 use crate::auth::Tenant;
 use crate::error::RouterError;
 use crate::metrics::Endpoint;
 
 /// SSE comment lines keep idle connections (a long prefill) open through proxies.
-pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(15);
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub(super) async fn completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
     respond(shared, headers, body, Kind::Completion).await
@@ -79,7 +80,7 @@ pub(super) async fn start(
     endpoint: Endpoint,
     adapt: impl FnOnce(&Tenant, Bytes) -> Result<Bytes, RouterError>,
 ) -> Result<Started, RouterError> {
-    let tenant = shared.auth.authenticate(authorization(headers))?;
+    let tenant = super::tenant(&shared.auth, headers)?;
     let bytes = adapt(&tenant, read_body(headers, body, shared.config.max_body_bytes).await?)?;
     let parsed = openai::parse(&bytes).map_err(|(param, message)| RouterError::BadBody { param, message })?;
     let (requests, mut options) = parsed.into_generate(kind)?;
@@ -172,7 +173,7 @@ impl ChunkState {
 /// chunks, tokens, each choice's finish, the usage chunk when asked for, or an `{"error"}`
 /// object that ends them. Dropping the stream (client gone) drops the receiver, which cancels
 /// the flow.
-pub(super) fn chunks(events: mpsc::Receiver<ChoiceEvent>, shaper: Shaper) -> impl futures_util::Stream<Item = Value> {
+fn chunks(events: mpsc::Receiver<ChoiceEvent>, shaper: Shaper) -> impl futures_util::Stream<Item = Value> {
     let ready: VecDeque<Value> = shaper.opening_chunks().into_iter().collect();
     let finished = vec![None; shaper.choices()];
     let state = ChunkState { events, shaper, ready, finished, done: false };
@@ -196,4 +197,25 @@ fn stream(
     let data = |chunk: Value| Ok(SseEvent::default().data(chunk.to_string()));
     let done = futures_util::stream::once(async { Ok(SseEvent::default().data("[DONE]")) });
     Sse::new(chunks(events, shaper).map(data).chain(done)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+}
+
+/// An event of an API whose stream is typed events (the Responses and Messages APIs): its
+/// type, the SSE event's name, and its body.
+pub(super) type TypedEvent = (&'static str, Value);
+
+/// The SSE answer of such an API: `opening`, then the events `reshape` makes of each chat
+/// chunk, then of the end (`None`).
+pub(super) fn typed_sse(
+    started: Started,
+    opening: Vec<TypedEvent>,
+    mut reshape: impl FnMut(Option<&Value>) -> Vec<TypedEvent> + Send + 'static,
+) -> Response {
+    let reshaped = chunks(started.events, started.shaper)
+        .map(Some)
+        .chain(futures_util::stream::once(async { None }))
+        .flat_map(move |chunk| futures_util::stream::iter(reshape(chunk.as_ref())));
+    let events = futures_util::stream::iter(opening)
+        .chain(reshaped)
+        .map(|(kind, body)| Ok::<_, Infallible>(SseEvent::default().event(kind).data(body.to_string())));
+    Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
 }

@@ -1,6 +1,7 @@
 //! The OpenAI-compatible HTTP front (axum on the hyper 1 stack tonic already uses):
 //! `POST /v1/completions`, `POST /v1/chat/completions`, `POST /v1/responses` (JSON or SSE;
 //! `GET` and `DELETE /v1/responses/{id}` and `GET …/input_items` for the stored ones),
+//! Anthropic's `POST /v1/messages`,
 //! `GET /v1/models`, vLLM's `/tokenize` and `/detokenize`, and the operational `/health`,
 //! `/ready`, `/metrics`.
 //!
@@ -9,6 +10,7 @@
 
 mod choices;
 mod generate;
+mod messages;
 mod openai;
 mod response;
 mod responses;
@@ -31,6 +33,7 @@ use lcserve_proto::v1;
 use serde_json::json;
 
 use crate::Shared;
+use crate::auth::{Auth, Tenant};
 use crate::error::{ErrorClass, RouterError};
 use crate::model::ServedModel;
 
@@ -46,6 +49,7 @@ pub(crate) async fn serve(
         .route("/v1/completions", post(generate::completions))
         .route("/v1/chat/completions", post(generate::chat_completions))
         .route("/v1/responses", post(responses::responses))
+        .route("/v1/messages", post(messages::messages))
         .route("/v1/responses/{id}", get(responses::retrieve).delete(responses::delete))
         .route("/v1/responses/{id}/input_items", get(responses::input_items))
         .route("/v1/models", get(models))
@@ -121,8 +125,14 @@ pub(crate) fn event_error_json(error: &v1::Error) -> (u16, serde_json::Value) {
     (class.http_status(), body)
 }
 
-fn authorization(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok())
+/// The tenant of an HTTP request: its `Authorization: Bearer KEY`, or else its `x-api-key`
+/// (what Anthropic's clients send).
+fn tenant(auth: &Auth, headers: &HeaderMap) -> Result<Tenant, RouterError> {
+    let value = |name| headers.get(name).and_then(|value: &header::HeaderValue| value.to_str().ok());
+    match value(header::AUTHORIZATION) {
+        Some(authorization) => auth.authenticate(Some(authorization)),
+        None => auth.authenticate_key(value(header::HeaderName::from_static("x-api-key"))),
+    }
 }
 
 /// The body, at most `limit` bytes: 413 beyond (checked against `Content-Length` first, so an
@@ -149,7 +159,7 @@ fn model_json(model: &ServedModel) -> serde_json::Value {
 
 /// `GET /v1/models`: the served model, once a worker has described it.
 async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Err(err) = shared.auth.authenticate(authorization(&headers)) {
+    if let Err(err) = tenant(&shared.auth, &headers) {
         return error_response(&err);
     }
     let data: Vec<_> = shared.model.get().map(|model| model_json(&model)).into_iter().collect();
@@ -159,7 +169,7 @@ async fn models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
 /// `GET /v1/models/{model}` (the `openai` clients' `models.retrieve`): the served model by
 /// its id, which may contain slashes; another id is 404 naming `model`.
 async fn model(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(err) = shared.auth.authenticate(authorization(&headers)) {
+    if let Err(err) = tenant(&shared.auth, &headers) {
         return error_response(&err);
     }
     match shared.served() {

@@ -189,6 +189,11 @@ pub(crate) struct ResponseOptions {
     pub prompt_logprobs: Option<u32>,
 }
 
+/// lcserve's and vLLM's extension fields, which the Responses and Messages APIs pass on to the
+/// chat request they become.
+pub(super) const EXTENSION_FIELDS: [&str; 6] =
+    ["cache_salt", "chat_template_kwargs", "prefill_mode", "speculation", "kv_selection", "request_id"];
+
 fn invalid<T>(field: Field, reason: impl Into<String>) -> Result<T, RouterError> {
     Err(RouterError::invalid(field, reason))
 }

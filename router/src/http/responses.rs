@@ -21,19 +21,17 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::sse::{KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
+use axum::response::Response;
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
 pub(super) use by_id::{delete, input_items, retrieve};
-use output::{EventStream, Shape, sse};
+use output::{EventStream, Shape};
 use store::Context;
 pub(crate) use store::ResponseStore;
 
-use super::generate::{self, KEEP_ALIVE};
-use super::openai::Kind;
+use super::generate;
+use super::openai::{EXTENSION_FIELDS, Kind};
 use super::{error_json, json_response};
 use crate::Shared;
 use crate::auth::Tenant;
@@ -56,8 +54,8 @@ const ECHOED: [&str; 9] = [
     "top_logprobs",
 ];
 
-/// Fields whose meaning is the chat endpoint's: sampling, lcserve's and vLLM's extensions.
-const SHARED_FIELDS: [&str; 18] = [
+/// Fields whose meaning is the chat endpoint's (with [`EXTENSION_FIELDS`]).
+const SHARED_FIELDS: [&str; 12] = [
     "model",
     "temperature",
     "top_p",
@@ -70,12 +68,6 @@ const SHARED_FIELDS: [&str; 18] = [
     "stop",
     "logit_bias",
     "parallel_tool_calls",
-    "cache_salt",
-    "chat_template_kwargs",
-    "prefill_mode",
-    "speculation",
-    "kv_selection",
-    "request_id",
 ];
 
 /// The chat fields errors may name, and the Responses field each came from.
@@ -114,25 +106,17 @@ pub(super) async fn responses(State(shared): State<Arc<Shared>>, headers: Header
     });
     if started.stream {
         let mut events = EventStream::new(shape);
-        let opening = futures_util::stream::iter(events.opening());
-        let body = generate::chunks(started.events, started.shaper)
-            .map(Some)
-            .chain(futures_util::stream::once(async { None }))
-            .flat_map(move |chunk| {
-                futures_util::stream::iter(match chunk {
-                    Some(chunk) => events.chunk(&chunk),
-                    None => {
-                        let closing = events.finish();
-                        if let (Some(keep), Some((_, last))) = (keep.take(), closing.last()) {
-                            keep(&last["response"]);
-                        }
-                        closing
-                    }
-                })
-            });
-        return Sse::new(opening.chain(body).map(sse))
-            .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
-            .into_response();
+        let opening = events.opening();
+        return generate::typed_sse(started, opening, move |chunk| match chunk {
+            Some(chunk) => events.chunk(chunk),
+            None => {
+                let closing = events.finish();
+                if let (Some(keep), Some((_, last))) = (keep.take(), closing.last()) {
+                    keep(&last["response"]);
+                }
+                closing
+            }
+        });
     }
     match generate::collect(started.events, started.shaper).await {
         (200, chat) => {
@@ -235,8 +219,11 @@ pub(super) fn chat_body(
         }
         Some(_) => return Err(bad("previous_response_id", "previous_response_id: must be a string")),
     };
-    let mut chat: Map<String, Value> =
-        SHARED_FIELDS.iter().filter_map(|&key| Some((key.to_owned(), request.get(key)?.clone()))).collect();
+    let mut chat: Map<String, Value> = SHARED_FIELDS
+        .iter()
+        .chain(&EXTENSION_FIELDS)
+        .filter_map(|&key| Some((key.to_owned(), request.get(key)?.clone())))
+        .collect();
     let mut messages = Vec::new();
     match request.remove("instructions") {
         None => {}

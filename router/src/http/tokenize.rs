@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::openai::{self, MessageField};
 use super::tools::{self, ToolField};
-use super::{authorization, error_response, json_response, read_body};
+use super::{error_response, json_response, read_body, tenant};
 use crate::Shared;
 use crate::error::{Field, RouterError};
 use crate::metrics::Endpoint;
@@ -95,7 +95,7 @@ async fn read_authenticated(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<axum::body::Bytes, RouterError> {
-    shared.auth.authenticate(authorization(headers))?;
+    tenant(&shared.auth, headers)?;
     read_body(headers, body, shared.config.max_body_bytes).await
 }
 

@@ -14,7 +14,7 @@ use super::store::Stored;
 use super::{answer_error, bad};
 use crate::Shared;
 use crate::error::RouterError;
-use crate::http::{authorization, json_response};
+use crate::http::{json_response, tenant};
 
 /// `GET /v1/responses/{id}`: a stored response of the caller's.
 pub(in crate::http) async fn retrieve(
@@ -46,17 +46,15 @@ pub(in crate::http) async fn delete(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    answer(shared.auth.authenticate(authorization(&headers)).and_then(|tenant| {
-        match shared.responses.delete(&tenant, &id) {
-            true => Ok(json!({ "id": id, "object": "response", "deleted": true })),
-            false => Err(RouterError::UnknownResponse { id, param: None }),
-        }
+    answer(tenant(&shared.auth, &headers).and_then(|tenant| match shared.responses.delete(&tenant, &id) {
+        true => Ok(json!({ "id": id, "object": "response", "deleted": true })),
+        false => Err(RouterError::UnknownResponse { id, param: None }),
     }))
 }
 
 /// The caller's stored response `id`.
 fn stored(shared: &Shared, headers: &HeaderMap, id: String) -> Result<Arc<Stored>, RouterError> {
-    let tenant = shared.auth.authenticate(authorization(headers))?;
+    let tenant = tenant(&shared.auth, headers)?;
     shared.responses.get(&tenant, &id).ok_or(RouterError::UnknownResponse { id, param: None })
 }
 

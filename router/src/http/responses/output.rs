@@ -4,10 +4,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::response::sse::Event as SseEvent;
 use serde_json::{Map, Value, json};
 
 use super::renamed;
+use crate::http::generate::TypedEvent;
 
 /// What every shape of the answer shares: its id, time and the request's echoed fields.
 pub(super) struct Shape {
@@ -127,13 +127,6 @@ fn call_item(id: &str, call_id: &Value, name: &Value, arguments: &Value, status:
     json!({ "type": "function_call", "id": id, "call_id": call_id, "name": name, "arguments": arguments, "status": status })
 }
 
-/// An event: its type and body.
-pub(super) type Emitted = (&'static str, Value);
-
-pub(super) fn sse((kind, body): Emitted) -> Result<SseEvent, std::convert::Infallible> {
-    Ok(SseEvent::default().event(kind).data(body.to_string()))
-}
-
 /// The output item being streamed.
 enum Open {
     Reasoning {
@@ -188,7 +181,7 @@ impl EventStream {
         }
     }
 
-    fn event(&mut self, kind: &'static str, mut body: Value) -> Emitted {
+    fn event(&mut self, kind: &'static str, mut body: Value) -> TypedEvent {
         body["type"] = json!(kind);
         body["sequence_number"] = json!(self.sequence);
         self.sequence += 1;
@@ -196,7 +189,7 @@ impl EventStream {
     }
 
     /// `response.created` and `response.in_progress`.
-    pub fn opening(&mut self) -> Vec<Emitted> {
+    pub fn opening(&mut self) -> Vec<TypedEvent> {
         let response = self.shape.object("in_progress", Vec::new(), None);
         vec![
             self.event("response.created", json!({ "response": response })),
@@ -205,7 +198,7 @@ impl EventStream {
     }
 
     /// The events of one chat chunk.
-    pub fn chunk(&mut self, chunk: &Value) -> Vec<Emitted> {
+    pub fn chunk(&mut self, chunk: &Value) -> Vec<TypedEvent> {
         let mut events = Vec::new();
         if let Some(error) = chunk.get("error") {
             self.failed = true;
@@ -245,7 +238,7 @@ impl EventStream {
 
     /// Reasoning or message text: opens its item unless it is the one open, then its delta;
     /// message text carries its tokens' `logprobs`.
-    fn text(&mut self, events: &mut Vec<Emitted>, reasoning: bool, text: &str, logprobs: Vec<Value>) {
+    fn text(&mut self, events: &mut Vec<TypedEvent>, reasoning: bool, text: &str, logprobs: Vec<Value>) {
         let same = matches!(
             (&self.open, reasoning),
             (Some(Open::Reasoning { .. }), true) | (Some(Open::Message { .. }), false)
@@ -295,7 +288,7 @@ impl EventStream {
     }
 
     /// A tool-call delta: a new call opens its item, arguments stream as deltas.
-    fn call(&mut self, events: &mut Vec<Emitted>, call: &Value) {
+    fn call(&mut self, events: &mut Vec<TypedEvent>, call: &Value) {
         let index = call["index"].as_u64().unwrap_or(0);
         if !matches!(&self.open, Some(Open::Call { index: open, .. }) if *open == index) {
             self.close(events);
@@ -316,7 +309,7 @@ impl EventStream {
     }
 
     /// Closes the open item: its `done` events, and it joins the output.
-    fn close(&mut self, events: &mut Vec<Emitted>) {
+    fn close(&mut self, events: &mut Vec<TypedEvent>) {
         let output_index = self.output.len();
         let item = match self.open.take() {
             None => return,
@@ -349,7 +342,7 @@ impl EventStream {
     /// The closing events once the chunks have ended: the last item's, then
     /// `response.completed` (`response.incomplete` when cut by `max_output_tokens`). Nothing
     /// after an error.
-    pub fn finish(&mut self) -> Vec<Emitted> {
+    pub fn finish(&mut self) -> Vec<TypedEvent> {
         if self.failed {
             return Vec::new();
         }
