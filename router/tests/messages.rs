@@ -3,17 +3,14 @@
 
 mod support;
 
-use lcserve_router::RouterConfig;
 use serde_json::{Value, json};
 use support::worker::InstantWorker;
-use support::{config, read, send, start_router};
+use support::{read, send, start_router_with_keys};
 
 #[tokio::test]
 async fn anthropics_clients_are_authenticated_by_x_api_key_and_told_errors_in_their_shape() {
     let decode = InstantWorker::start("decode").await;
-    let mut keys = tempfile::NamedTempFile::new().expect("temp file");
-    std::io::Write::write_all(&mut keys, b"sk-alice alice\n").expect("write keys");
-    let router = start_router(RouterConfig { api_keys: Some(keys.path().to_owned()), ..config(&[], &[&decode]) }).await;
+    let router = start_router_with_keys(&decode, "sk-alice alice\n").await;
     let ask = |body: Value, key: &'static str| {
         let body = body.to_string();
         async move {

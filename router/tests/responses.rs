@@ -5,11 +5,10 @@
 
 mod support;
 
-use lcserve_router::RouterConfig;
 use serde_json::{Value, json};
 use support::model::MODEL_ID;
 use support::worker::InstantWorker;
-use support::{config, post, post_as, read, send, start_router};
+use support::{config, post, post_as, read, send, start_router, start_router_with_keys};
 
 #[tokio::test]
 async fn a_response_is_the_chat_answer_reshaped_whole_or_streamed() {
@@ -107,9 +106,7 @@ async fn call(router: &support::TestRouter, method: &str, path: &str, body: Opti
 #[tokio::test]
 async fn a_stored_response_is_continued_read_and_deleted_by_its_tenant_only() {
     let decode = InstantWorker::start("decode").await;
-    let mut keys = tempfile::NamedTempFile::new().expect("temp file");
-    std::io::Write::write_all(&mut keys, b"sk-alice alice\nsk-bob bob\n").expect("write keys");
-    let router = start_router(RouterConfig { api_keys: Some(keys.path().to_owned()), ..config(&[], &[&decode]) }).await;
+    let router = start_router_with_keys(&decode, "sk-alice alice\nsk-bob bob\n").await;
     let sent_prompt = || decode.generates().last().and_then(|g| g.request.clone()).expect("request").prompt;
 
     // Turn 1, streamed: the final event's response is what is stored.

@@ -79,6 +79,21 @@ impl Drop for TestRouter {
     }
 }
 
+/// A router over one instant decode worker, and that worker.
+pub async fn one_decode() -> (InstantWorker, TestRouter) {
+    let decode = InstantWorker::start("decode").await;
+    let router = start_router(config(&[], &[&decode])).await;
+    (decode, router)
+}
+
+/// A router over `decode` that admits the keys of `keys`, a keys file's text (`KEY TENANT`
+/// lines; the router reads the file as it starts).
+pub async fn start_router_with_keys(decode: &InstantWorker, keys: &str) -> TestRouter {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    std::io::Write::write_all(&mut file, keys.as_bytes()).expect("write keys");
+    start_router(RouterConfig { api_keys: Some(file.path().to_owned()), ..config(&[], &[decode]) }).await
+}
+
 /// Starts the router and waits until every configured worker is healthy.
 pub async fn start_router(config: RouterConfig) -> TestRouter {
     let workers = (config.prefill.len() + config.decode.len()) as f64;
