@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use lcserve_engine::{
-    EngineEvent, EngineHandle, GenerateRequest, PrefillMode, SamplingParams, Speculation, StopConditions,
+    EngineEvent, EngineHandle, GenerateRequest, MatchedStop, PrefillMode, SamplingParams, Speculation, StopConditions,
     StructuredOutput,
 };
 use lcserve_model::{ChatMessage, Model};
@@ -145,6 +145,8 @@ impl From<SpeculationArg> for Speculation {
 struct Summary {
     text: String,
     finish_reason: String,
+    /// The `--stop` string that ended the text, if one did (vLLM's `stop_reason`).
+    stop_reason: Option<MatchedStop>,
     prompt_tokens: usize,
     generated_tokens: usize,
     cached_tokens: usize,
@@ -249,13 +251,14 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 }
                 text.push_str(&piece);
             }
-            EngineEvent::Finished { reason, text: rest, usage, timings } => {
+            EngineEvent::Finished { reason, matched, text: rest, usage, timings } => {
                 text.push_str(&rest);
                 if args.json {
                     let computed = usage.prompt_tokens - usage.cached_tokens;
                     let summary = Summary {
                         text,
                         finish_reason: serde_json::to_value(reason)?.as_str().unwrap_or_default().to_owned(),
+                        stop_reason: matched,
                         prompt_tokens: usage.prompt_tokens,
                         generated_tokens: usage.completion_tokens,
                         cached_tokens: usage.cached_tokens,

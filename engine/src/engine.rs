@@ -24,7 +24,7 @@ use crate::error::EngineError;
 use crate::keep_awake::KeepAwake;
 use crate::kv_transfer::{Exporter, ImportedKv, tail_layout};
 use crate::prompt_logprobs::PromptLogprobs;
-use crate::request::{EngineEvent, FinishReason, GenerateRequest, KvSelection, Timings, Usage};
+use crate::request::{EngineEvent, FinishReason, GenerateRequest, KvSelection, MatchedStop, Timings, Usage};
 use crate::sampler::{MAX_LOGPROBS, Sampler};
 use crate::scheduler::{EngineStats, Scheduler};
 use crate::sequence::{Sequence, SequenceSpans};
@@ -126,6 +126,8 @@ pub struct Completion {
     /// The text shown to a client, held-back text included.
     pub text: String,
     pub reason: FinishReason,
+    /// The request's stop token or string that ended it, if one did.
+    pub matched: Option<MatchedStop>,
     pub usage: Usage,
     pub timings: Timings,
 }
@@ -147,10 +149,10 @@ impl Collector {
                 None
             }
             EngineEvent::Kv(_) | EngineEvent::PromptLogprobs(_) => None,
-            EngineEvent::Finished { reason, text, usage, timings } => {
+            EngineEvent::Finished { reason, matched, text, usage, timings } => {
                 self.text.push_str(&text);
                 let (tokens, text) = (std::mem::take(&mut self.tokens), std::mem::take(&mut self.text));
-                Some(Ok(Completion { tokens, text, reason, usage, timings }))
+                Some(Ok(Completion { tokens, text, reason, matched, usage, timings }))
             }
             EngineEvent::Error(error) => Some(Err(error)),
         }
@@ -375,6 +377,7 @@ impl EngineHandle {
                 });
             }
         }
+        let requested_stop_tokens = stop.stop_token_ids.len();
         if !stop.ignore_eos {
             stop.stop_token_ids.extend(self.model.tokenizer.eos_ids());
         }
@@ -412,7 +415,7 @@ impl EngineHandle {
                 }
                 None => false,
             };
-            if stop.stop_token_ids.contains(&token) || text.push(token)?.stopped || matched {
+            if stop.stop_token_ids.contains(&token) || text.push(token)?.matched.is_some() || matched {
                 return Err(EngineError::InvalidRequest {
                     field: "generated",
                     reason: "already ends the request (a stop token, stop string or whole structured output)".into(),
@@ -432,6 +435,8 @@ impl EngineHandle {
             sampler,
             constraint,
             stop,
+            requested_stop_tokens,
+            matched_stop: None,
             text,
             events,
             cached_tokens: None,

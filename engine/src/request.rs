@@ -117,6 +117,18 @@ pub enum FinishReason {
     ContextFull,
 }
 
+/// What ended a [`FinishReason::Stop`] finish, when it was something the request asked for —
+/// vLLM's `stop_reason`. The model's own end-of-sequence token and a completed structured
+/// output are neither. Serializes as vLLM does: the token id, or the string.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum MatchedStop {
+    /// One of the request's `stop_token_ids`.
+    Token(TokenId),
+    /// One of the request's stop strings.
+    String(String),
+}
+
 /// Token counts of a finished request.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Usage {
@@ -190,6 +202,9 @@ pub enum EngineEvent {
     },
     Finished {
         reason: FinishReason,
+        /// The stop token or string that ended a [`FinishReason::Stop`] finish, if the request
+        /// named it.
+        matched: Option<MatchedStop>,
         /// Text held back at the end (an incomplete stop-string prefix that turned out not to be
         /// one, or a trailing partial character).
         text: String,

@@ -24,7 +24,7 @@ use crate::config::EngineConfig;
 use crate::error::EngineError;
 use crate::executor::Executor;
 use crate::kv_transfer::ImportedKv;
-use crate::request::{EngineEvent, FinishReason, Timings, TokenLogprobs};
+use crate::request::{EngineEvent, FinishReason, MatchedStop, Timings, TokenLogprobs};
 use crate::sampler::SampledToken;
 use crate::sequence::Sequence;
 use crate::speculative::{DEFAULT_DRAFT_NODES, DEFAULT_DRAFT_TOKENS, DraftTree, argmax};
@@ -702,8 +702,8 @@ fn emit(seq: &mut Sequence, sampled: SampledToken, context_length: usize) -> Res
     seq.tokens.push(sampled.token);
     let now = Instant::now();
     seq.first_token_at.get_or_insert(now);
-    let stop_token = seq.stop.stop_token_ids.contains(&sampled.token);
-    if stop_token {
+    if let Some(at) = seq.stop.stop_token_ids.iter().position(|&t| t == sampled.token) {
+        seq.matched_stop = (at < seq.requested_stop_tokens).then_some(MatchedStop::Token(sampled.token));
         return Ok(Some(FinishReason::Stop));
     }
     if let Some(constraint) = &mut seq.constraint {
@@ -713,7 +713,9 @@ fn emit(seq: &mut Sequence, sampled: SampledToken, context_length: usize) -> Res
     let logprobs = sampled.logprob.map(|logprob| TokenLogprobs { logprob, top: sampled.top_logprobs, rank: None });
     let _ = seq.events.send(EngineEvent::Token { id: sampled.token, text: step.delta, logprobs });
     let matched = seq.constraint.as_ref().is_some_and(TokenConstraint::is_finished);
-    Ok(if step.stopped || matched {
+    let stopped = step.matched.is_some();
+    seq.matched_stop = step.matched.map(MatchedStop::String);
+    Ok(if stopped || matched {
         Some(FinishReason::Stop)
     } else if seq.generated().len() >= seq.stop.max_tokens {
         Some(FinishReason::Length)
@@ -777,7 +779,8 @@ fn finish(mut seq: Sequence, reason: FinishReason) {
     let first = seq.first_token_at.unwrap_or(now);
     let timings =
         Timings { time_to_first_token: first - seq.submitted, prefill: seq.prefill_time, decode: now - first };
-    let _ = seq.events.send(EngineEvent::Finished { reason, text, usage, timings });
+    let matched = seq.matched_stop.take();
+    let _ = seq.events.send(EngineEvent::Finished { reason, matched, text, usage, timings });
 }
 
 fn fail(mut seq: Sequence, error: EngineError) {

@@ -12,7 +12,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::error::EngineError;
 use crate::kv_transfer::{Exporter, ImportedKv};
 use crate::prompt_logprobs::PromptLogprobs;
-use crate::request::{EngineEvent, StopConditions, Usage};
+use crate::request::{EngineEvent, MatchedStop, StopConditions, Usage};
 use crate::sampler::{SampledToken, Sampler};
 use crate::speculative::{AutoDraft, Drafter};
 use crate::stop_text::StopText;
@@ -33,6 +33,11 @@ pub(crate) struct Sequence {
     /// The structured output the tokens must follow, at the position after the last token.
     pub constraint: Option<TokenConstraint>,
     pub stop: StopConditions,
+    /// The first this many of `stop.stop_token_ids` are the request's own; the rest are the
+    /// model's end-of-sequence tokens.
+    pub requested_stop_tokens: usize,
+    /// The request's stop token or string that ended the sequence.
+    pub matched_stop: Option<MatchedStop>,
     pub text: StopText,
     pub events: UnboundedSender<EngineEvent>,
     /// Prompt tokens served from the prefix cache at (first) admission.

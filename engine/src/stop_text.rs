@@ -28,8 +28,8 @@ struct StopMatcher {
 pub(crate) struct TextStep {
     /// Text the caller may show now.
     pub delta: String,
-    /// A stop string matched; `delta` ends right before it.
-    pub stopped: bool,
+    /// The stop string that matched; `delta` ends right before it.
+    pub matched: Option<String>,
 }
 
 impl StopText {
@@ -60,7 +60,7 @@ impl StopMatcher {
 
     fn finish(&mut self, rest: &str) -> String {
         let step = self.append(rest);
-        if step.stopped {
+        if step.matched.is_some() {
             return step.delta;
         }
         let mut out = step.delta;
@@ -76,19 +76,20 @@ impl StopMatcher {
         let found = self
             .stop_strings
             .iter()
-            .filter_map(|stop| self.text[search_from..].find(stop.as_str()).map(|at| search_from + at))
-            .min();
-        if let Some(at) = found {
+            .filter_map(|stop| self.text[search_from..].find(stop.as_str()).map(|at| (search_from + at, stop)))
+            .min_by_key(|&(at, _)| at);
+        if let Some((at, stop)) = found {
+            let matched = Some(stop.clone());
             let delta = self.text[self.emitted..at].to_owned();
             self.text.truncate(at);
             self.emitted = at;
-            return TextStep { delta, stopped: true };
+            return TextStep { delta, matched };
         }
         let held = self.longest_stop_prefix_suffix();
         let safe_end = self.text.len() - held;
         let delta = self.text[self.emitted..safe_end].to_owned();
         self.emitted = safe_end;
-        TextStep { delta, stopped: false }
+        TextStep { delta, matched: None }
     }
 
     /// Length of the longest suffix of `text` (after `emitted`) that is a proper prefix of a
@@ -114,28 +115,29 @@ impl StopMatcher {
 mod tests {
     use super::*;
 
-    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+    /// The text shown and the stop string that ended it.
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, Option<String>) {
         let mut matcher = StopMatcher::new(stops.iter().map(|s| s.to_string()).collect());
         let mut out = String::new();
         for piece in pieces {
             let step = matcher.append(piece);
             out.push_str(&step.delta);
-            if step.stopped {
-                return (out, true);
+            if step.matched.is_some() {
+                return (out, step.matched);
             }
         }
         out.push_str(&matcher.finish(""));
-        (out, false)
+        (out, None)
     }
 
     #[test]
     fn no_stop_strings_pass_text_through() {
-        assert_eq!(run(&[], &["Hel", "lo"]), ("Hello".into(), false));
+        assert_eq!(run(&[], &["Hel", "lo"]), ("Hello".into(), None));
     }
 
     #[test]
     fn stop_split_across_pieces_is_cut() {
-        assert_eq!(run(&["END"], &["abc E", "N", "D more"]), ("abc ".into(), true));
+        assert_eq!(run(&["END"], &["abc E", "N", "D more"]), ("abc ".into(), Some("END".into())));
     }
 
     #[test]
@@ -147,17 +149,17 @@ mod tests {
 
     #[test]
     fn earliest_of_several_stops_wins() {
-        assert_eq!(run(&["cd", "b"], &["abcd"]), ("a".into(), true));
+        assert_eq!(run(&["cd", "b"], &["abcd"]), ("a".into(), Some("b".into())));
     }
 
     #[test]
     fn held_tail_is_flushed_at_the_end() {
-        assert_eq!(run(&["END"], &["fin E"]), ("fin E".into(), false));
+        assert_eq!(run(&["END"], &["fin E"]), ("fin E".into(), None));
     }
 
     #[test]
     fn multibyte_text_is_never_split() {
-        assert_eq!(run(&["é!"], &["café", "?"]), ("café?".into(), false));
-        assert_eq!(run(&["é!"], &["café", "!"]), ("caf".into(), true));
+        assert_eq!(run(&["é!"], &["café", "?"]), ("café?".into(), None));
+        assert_eq!(run(&["é!"], &["café", "!"]), ("caf".into(), Some("é!".into())));
     }
 }

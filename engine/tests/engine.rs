@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use lcserve_engine::{
     EngineConfig, EngineDevice, EngineError, EngineEvent, EngineHandle, FinishReason, GenerateRequest, GpuWeights,
-    SamplingParams,
+    MatchedStop, SamplingParams,
 };
 use lcserve_model::{ChatMessage, Model};
 
@@ -137,7 +137,8 @@ fn stop_strings_cut_the_text() {
     let mut request = greedy(tokens(20, model.config.vocab_size, 6), 30);
     request.stop.stop_strings = vec![stop.clone()];
     let stopped = collect(&engine, request).expect("stopped");
-    assert_eq!(stopped.reason, FinishReason::Stop);
+    assert_eq!((stopped.reason, stopped.matched), (FinishReason::Stop, Some(MatchedStop::String(stop.clone()))));
+    assert_eq!(plain.matched, None, "{:?} ended on its own", plain.reason);
     let cut = plain.text.find(&stop).expect("stop occurs");
     assert_eq!(stopped.text, plain.text[..cut]);
 }
@@ -225,8 +226,9 @@ fn min_tokens_holds_back_the_stop_tokens() -> Result<(), EngineError> {
     let mut request = greedy(prompt.clone(), 12);
     request.stop.stop_token_ids = vec![first];
     let stopped = collect(&engine, request.clone())?;
-    // A stop token ends the stream without being streamed.
+    // A stop token ends the stream without being streamed, and is named.
     assert_eq!((stopped.tokens.len(), stopped.reason), (0, FinishReason::Stop), "the greedy token is a stop token");
+    assert_eq!(stopped.matched, Some(MatchedStop::Token(first)));
     request.stop.min_tokens = 4;
     let held = collect(&engine, request.clone())?;
     assert!(held.tokens.len() >= 4, "four tokens before the stop token at the earliest: {:?}", held.tokens);

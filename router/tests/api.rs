@@ -24,6 +24,7 @@ async fn completion_json_and_sse() {
     assert_eq!(value["model"], MODEL_ID);
     assert_eq!(value["choices"][0]["text"], " w1 w10 w11 w12 w1 w10");
     assert_eq!(value["choices"][0]["finish_reason"], "length");
+    assert_eq!(value["choices"][0]["stop_reason"], Value::Null);
     assert_eq!(value["usage"]["prompt_tokens"], 4);
     assert_eq!(value["usage"]["completion_tokens"], 6);
     assert_eq!(value["usage"]["total_tokens"], 10);
@@ -49,6 +50,30 @@ async fn completion_json_and_sse() {
     let usage = chunks.last().expect("usage chunk");
     assert_eq!(usage["choices"], json!([]));
     assert_eq!(usage["usage"]["completion_tokens"], 3);
+}
+
+/// vLLM's `stop_reason` names the request's stop token that ended a choice, whole and streamed.
+#[tokio::test]
+async fn stop_reason_names_the_stop_token() {
+    let (_decode, router) = one_decode().await;
+    for stream in [false, true] {
+        let body = json!({ "prompt": "w10 w11 w12", "max_tokens": 6, "stop_token_ids": [11], "stream": stream });
+        let response = post(router.http, "/v1/completions", &body.to_string()).await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        let choice = match stream {
+            false => response.json()["choices"][0].clone(),
+            true => {
+                let data = response.sse_data();
+                let chunks = data[..data.len() - 1].iter().map(|d| serde_json::from_str::<Value>(d).expect("chunk"));
+                chunks.map(|c| c["choices"][0].clone()).find(|c| !c["finish_reason"].is_null()).expect("finish chunk")
+            }
+        };
+        assert_eq!((&choice["finish_reason"], &choice["stop_reason"]), (&json!("stop"), &json!(11)), "{choice}");
+    }
+    let body = json!({ "messages": [{ "role": "user", "content": "w10" }], "max_tokens": 9, "stop_token_ids": [10] });
+    let response = post(router.http, "/v1/chat/completions", &body.to_string()).await;
+    let choice = &response.json()["choices"][0];
+    assert_eq!((&choice["finish_reason"], &choice["stop_reason"]), (&json!("stop"), &json!(10)), "{choice}");
 }
 
 #[tokio::test]

@@ -4,8 +4,9 @@ Usage: anthropic_messages.py BASE_URL MODEL
 
 Asks one question greedily (`temperature: 0` as an extra field: this SDK has no sampling
 settings) through `messages.create` and through `messages.stream` (the SDK assembles the events
-into the same message); forces a tool call with `tool_choice: any`, then sends its
-`tool_result` back; prints what came back as one JSON object.
+into the same message); asks again with the answer's third word as a stop sequence, whole and
+streamed; forces a tool call with `tool_choice: any`, then sends its `tool_result` back; prints
+what came back as one JSON object.
 """
 
 import json
@@ -37,6 +38,11 @@ def main(base_url, model):
         deltas = "".join(stream.text_stream)
         final = stream.get_final_message()
 
+    sequence = whole.content[0].text.split()[2]
+    stopped = client.messages.create(**ask, messages=question, stop_sequences=[sequence])
+    with client.messages.stream(**ask, messages=question, stop_sequences=[sequence]) as stream:
+        stopped_stream = stream.get_final_message()
+
     weather = [{"role": "user", "content": "What is the weather in Paris?"}]
     called = client.messages.create(
         model=model, max_tokens=48, extra_body=greedy, messages=weather, tools=[WEATHER], tool_choice={"type": "any"}
@@ -59,6 +65,11 @@ def main(base_url, model):
             "usage": whole.usage.model_dump(),
         },
         "stream": {"text": deltas, "final_text": final.content[0].text, "stop_reason": final.stop_reason},
+        "stopped": {
+            "sequence": sequence,
+            "whole": [stopped.content[0].text, stopped.stop_reason, stopped.stop_sequence],
+            "stream": [stopped_stream.content[0].text, stopped_stream.stop_reason, stopped_stream.stop_sequence],
+        },
         "call": {"name": use.name, "input": use.input, "id": use.id, "stop_reason": called.stop_reason},
         "answered": {"text": answered.content[0].text if answered.content else "", "stop_reason": answered.stop_reason},
     }))

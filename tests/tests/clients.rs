@@ -139,7 +139,8 @@ fn responds_through_the_openai_package(cluster: &Cluster) -> String {
 
 /// `anthropic_messages.py`: Anthropic's Messages API gives `answer`, the chat endpoint's greedy
 /// answer to the same system prompt and question, whole and streamed as the events the SDK
-/// assembles; a forced call comes back as a `tool_use` block and its `tool_result` is answered.
+/// assembles; a stop sequence cuts it there and is named; a forced call comes back as a
+/// `tool_use` block and its `tool_result` is answered.
 fn answers_through_the_anthropic_package(cluster: &Cluster, model: &str, answer: &str) {
     let got = script("anthropic_messages.py", &[&format!("http://{}", cluster.http), model]);
     let whole = &got["whole"];
@@ -150,6 +151,11 @@ fn answers_through_the_anthropic_package(cluster: &Cluster, model: &str, answer:
     let stream = &got["stream"];
     assert_eq!((&stream["text"], &stream["final_text"]), (&json!(answer), &json!(answer)), "{got}");
     assert_eq!(stream["stop_reason"], whole["stop_reason"], "{got}");
+    let stopped = &got["stopped"];
+    let sequence = stopped["sequence"].as_str().expect("a stop sequence");
+    let before = &answer[..answer.find(sequence).expect("a word of the answer")];
+    let expected = json!([before, "stop_sequence", sequence]);
+    assert_eq!((&stopped["whole"], &stopped["stream"]), (&expected, &expected), "{got}");
     let call = &got["call"];
     assert_eq!((&call["name"], &call["stop_reason"]), (&json!("get_weather"), &json!("tool_use")), "{got}");
     assert!(call["input"]["city"].as_str().is_some_and(|c| c.chars().count() <= 20), "{got}");

@@ -2,8 +2,8 @@
 
 use lcserve_common::TokenId;
 use lcserve_engine::{
-    FinishReason, GenerateRequest, KvSelection, ReasoningBlock, SamplingParams, Speculation, StopConditions,
-    StructuredOutput, TokenLogprobs, Usage,
+    FinishReason, GenerateRequest, KvSelection, MatchedStop, ReasoningBlock, SamplingParams, Speculation,
+    StopConditions, StructuredOutput, TokenLogprobs, Usage,
 };
 use lcserve_proto::v1;
 use lcserve_proto::v1::structured_output::Kind;
@@ -115,12 +115,24 @@ pub(crate) fn prompt_logprobs(prompt: &[TokenId], scored: Vec<TokenLogprobs>) ->
     v1::PromptLogprobs { tokens: first.into_iter().chain(rest).collect() }
 }
 
-pub(crate) fn finish_reason(reason: FinishReason) -> v1::FinishReason {
-    match reason {
+/// The terminal event of a request that ended for `reason` (`matched` naming the stop), with
+/// the text held back till then.
+pub(crate) fn finished(
+    reason: FinishReason,
+    matched: Option<MatchedStop>,
+    text: String,
+    usage: v1::Usage,
+) -> v1::Finished {
+    let reason = match reason {
         FinishReason::Stop => v1::FinishReason::Stop,
         FinishReason::Length => v1::FinishReason::Length,
         FinishReason::ContextFull => v1::FinishReason::ContextFull,
-    }
+    };
+    let matched_stop = matched.map(|stop| match stop {
+        MatchedStop::Token(id) => v1::finished::MatchedStop::StopToken(id),
+        MatchedStop::String(text) => v1::finished::MatchedStop::StopString(text),
+    });
+    v1::Finished { reason: reason as i32, text, usage: Some(usage), matched_stop }
 }
 
 /// Where a request's reused prompt KV came from, in blocks fetched from the store.

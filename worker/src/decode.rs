@@ -144,13 +144,12 @@ impl Forward {
                     first_token_ms.get_or_insert_with(|| self.millis_since_start());
                     Event::Token(convert::token(id, text, logprobs))
                 }
-                EngineEvent::Finished { reason, text, usage, .. } => {
+                EngineEvent::Finished { reason, matched, text, usage, .. } => {
                     let ttft =
                         if self.resumed { 0 } else { first_token_ms.unwrap_or_else(|| self.millis_since_start()) };
                     self.worker.metrics.finished(&usage);
                     let usage = convert::usage(&usage, self.sources, ttft);
-                    let finished =
-                        v1::Finished { reason: convert::finish_reason(reason) as i32, text, usage: Some(usage) };
+                    let finished = convert::finished(reason, matched, text, usage);
                     let _ = tx.send(Ok(convert::event(Event::Finished(finished)))).await;
                     return "ok";
                 }

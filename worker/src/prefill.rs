@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use lcserve_engine::{EngineEvent, ExportKv, FinishReason, GenerateRequest, KvBlock, StopConditions};
+use lcserve_engine::{EngineEvent, ExportKv, FinishReason, GenerateRequest, KvBlock, MatchedStop, StopConditions};
 use lcserve_proto::{hash_to_bytes, v1};
 use tonic::{Request, Response, Status};
 
@@ -25,7 +25,15 @@ pub(crate) struct PrefillService(pub Arc<Worker>);
 struct Outcome {
     blocks: Vec<KvBlock>,
     first: Option<v1::Token>,
-    finished: Option<(FinishReason, String, lcserve_engine::Usage)>,
+    finished: Option<Ended>,
+}
+
+/// The engine's terminal event.
+struct Ended {
+    reason: FinishReason,
+    matched: Option<MatchedStop>,
+    held_back: String,
+    usage: lcserve_engine::Usage,
 }
 
 impl PrefillService {
@@ -54,7 +62,7 @@ impl PrefillService {
             outcome = collect(submitted) => outcome?,
             Ok(()) = aborted => return Err(Status::cancelled("aborted")),
         };
-        let Some((reason, held_back, usage)) = outcome.finished else {
+        let Some(Ended { reason, matched, held_back, usage }) = outcome.finished else {
             return Err(Status::internal("the engine ended the prefill without a terminal event"));
         };
         worker.metrics.finished(&usage);
@@ -76,11 +84,7 @@ impl PrefillService {
                 tail_block,
             }),
             first_token: outcome.first,
-            finished: done.then(|| v1::Finished {
-                reason: convert::finish_reason(reason) as i32,
-                text: held_back,
-                usage: Some(usage),
-            }),
+            finished: done.then(|| convert::finished(reason, matched, held_back, usage)),
             usage: Some(usage),
         }))
     }
@@ -116,8 +120,8 @@ async fn collect(mut events: lcserve_engine::EventStream) -> Result<Outcome, Sta
             // Refused above: a prefill worker never scores a prompt.
             EngineEvent::PromptLogprobs(_) => {}
             EngineEvent::Token { id, text, logprobs } => outcome.first = Some(convert::token(id, text, logprobs)),
-            EngineEvent::Finished { reason, text, usage, .. } => {
-                outcome.finished = Some((reason, text, usage));
+            EngineEvent::Finished { reason, matched, text, usage, .. } => {
+                outcome.finished = Some(Ended { reason, matched, held_back: text, usage });
                 break;
             }
             EngineEvent::Error(e) => return Err(error::status(&e)),

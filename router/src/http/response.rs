@@ -4,6 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lcserve_proto::v1;
+use lcserve_proto::v1::finished::MatchedStop;
 use lcserve_text::Tokenizer;
 use lcserve_text::reasoning::{Part, ReasoningStream, reasoning_tokens, split_reasoning};
 use serde::Serialize;
@@ -80,6 +81,16 @@ pub(crate) fn finish_reason(reason: i32) -> &'static str {
     match v1::FinishReason::try_from(reason) {
         Ok(v1::FinishReason::Length | v1::FinishReason::ContextFull) => "length",
         _ => "stop",
+    }
+}
+
+/// vLLM's `stop_reason`: the request's stop token id or stop string that ended the choice,
+/// else null.
+pub(crate) fn stop_reason(finished: &v1::Finished) -> Value {
+    match &finished.matched_stop {
+        Some(MatchedStop::StopToken(id)) => json!(id),
+        Some(MatchedStop::StopString(stop)) => json!(stop),
+        None => Value::Null,
     }
 }
 
@@ -336,11 +347,13 @@ impl Shaper {
                 "text": if self.options.echo_only { "" } else { &finished.text },
                 "logprobs": null,
                 "finish_reason": self.completion_finish_reason(finished),
+                "stop_reason": stop_reason(finished),
             }),
             Kind::Chat => {
                 let delta = self.chat_delta(index, &finished.text, true);
                 let reason = chat_finish_reason(finished.reason, self.deltas[index].called());
-                json!({ "index": index, "delta": delta, "logprobs": null, "finish_reason": reason })
+                let stop = stop_reason(finished);
+                json!({ "index": index, "delta": delta, "logprobs": null, "finish_reason": reason, "stop_reason": stop })
             }
         };
         self.envelope(self.chunk_object(), json!([choice]))
@@ -412,8 +425,10 @@ impl Shaper {
             choices.push(match self.kind {
                 Kind::Completion => {
                     let reason = self.completion_finish_reason(finished);
-                    let mut choice =
-                        json!({ "index": index, "text": text, "logprobs": logprobs, "finish_reason": reason });
+                    let stop = stop_reason(finished);
+                    let mut choice = json!({
+                        "index": index, "text": text, "logprobs": logprobs, "finish_reason": reason, "stop_reason": stop,
+                    });
                     if let Some(prompt_logprobs) = vllm_prompt_logprobs {
                         choice["prompt_logprobs"] = prompt_logprobs;
                     }
@@ -436,7 +451,10 @@ impl Shaper {
                     if index == 0 {
                         chat_prompt_logprobs = vllm_prompt_logprobs;
                     }
-                    json!({ "index": index, "message": message, "logprobs": logprobs, "finish_reason": reason })
+                    let stop = stop_reason(finished);
+                    json!({
+                        "index": index, "message": message, "logprobs": logprobs, "finish_reason": reason, "stop_reason": stop,
+                    })
                 }
             });
         }

@@ -163,17 +163,25 @@ fn usage(request: &v1::WorkerRequest, completion: usize, cached: u32) -> v1::Usa
     }
 }
 
+/// Why generation ends: the finish reason and, as a worker reports it, the request's own stop
+/// token that matched.
+type End = (FinishReason, Option<u32>);
+
 /// Whether generation ends after the token at `position` (0-based, counting `generated`).
-fn ends_after(request: &v1::WorkerRequest, id: u32, position: usize) -> Option<FinishReason> {
+fn ends_after(request: &v1::WorkerRequest, id: u32, position: usize) -> Option<End> {
     let stop = request.stop.clone().unwrap_or_default();
-    if id == EOS && !stop.ignore_eos || stop.stop_token_ids.contains(&id) {
-        return Some(FinishReason::Stop);
+    if stop.stop_token_ids.contains(&id) {
+        return Some((FinishReason::Stop, Some(id)));
     }
-    (position + 1 >= stop.max_tokens.unwrap_or(256) as usize).then_some(FinishReason::Length)
+    if id == EOS && !stop.ignore_eos {
+        return Some((FinishReason::Stop, None));
+    }
+    (position + 1 >= stop.max_tokens.unwrap_or(256) as usize).then_some((FinishReason::Length, None))
 }
 
-fn finished(reason: FinishReason, usage: v1::Usage) -> v1::Finished {
-    v1::Finished { reason: reason as i32, text: String::new(), usage: Some(usage) }
+fn finished((reason, stop_token): End, usage: v1::Usage) -> v1::Finished {
+    let matched_stop = stop_token.map(v1::finished::MatchedStop::StopToken);
+    v1::Finished { reason: reason as i32, text: String::new(), usage: Some(usage), matched_stop }
 }
 
 type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::GenerateResponse, Status>> + Send>>;
@@ -193,7 +201,7 @@ impl Prefill for Service {
         let request = message.request.ok_or_else(|| Status::invalid_argument("request: missing"))?;
         let first = token(&request.prompt, 0);
         let usage = usage(&request, 1, behaviour.cached_tokens);
-        let finished = ends_after(&request, first.id, 0).map(|reason| finished(reason, usage));
+        let finished = ends_after(&request, first.id, 0).map(|end| finished(end, usage));
         let session = v1::KvSession { block_size: self.0.info.block_size, block_hashes: Vec::new(), tail_block: None };
         Ok(Response::new(v1::PrefillResponse {
             session: Some(session),
@@ -276,9 +284,8 @@ impl Service {
             }
             sent += 1;
             position += 1;
-            if let Some(reason) = end {
-                break send(Event::Finished(finished(reason, usage(&request, position, behaviour.cached_tokens))))
-                    .await;
+            if let Some(end) = end {
+                break send(Event::Finished(finished(end, usage(&request, position, behaviour.cached_tokens)))).await;
             }
         };
         if outcome.is_err() {

@@ -12,12 +12,14 @@ fn message_id() -> String {
     format!("msg_{:032x}", rand::random::<u128>())
 }
 
-/// Anthropic's stop reason for a chat finish reason.
-fn stop_reason(finish_reason: Option<&str>) -> &'static str {
-    match finish_reason {
-        Some("length") => "max_tokens",
-        Some("tool_calls") => "tool_use",
-        _ => "end_turn",
+/// Anthropic's stop reason and stop sequence for a chat choice's finish (its `finish_reason`,
+/// and vLLM's `stop_reason` naming the stop string that matched).
+fn stop(choice: &Value) -> (&'static str, Value) {
+    match (choice["finish_reason"].as_str(), choice["stop_reason"].as_str()) {
+        (Some("length"), _) => ("max_tokens", Value::Null),
+        (Some("tool_calls"), _) => ("tool_use", Value::Null),
+        (_, Some(sequence)) => ("stop_sequence", json!(sequence)),
+        _ => ("end_turn", Value::Null),
     }
 }
 
@@ -55,14 +57,15 @@ pub(super) fn whole(model: &str, chat: &Value) -> Value {
             json!({ "type": "tool_use", "id": call["id"], "name": function["name"], "input": input(&function["arguments"]) }),
         );
     }
+    let (stop_reason, stop_sequence) = stop(choice);
     json!({
         "id": message_id(),
         "type": "message",
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": stop_reason(choice["finish_reason"].as_str()),
-        "stop_sequence": null,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
         "usage": usage(&chat["usage"]),
     })
 }
@@ -82,14 +85,15 @@ pub(super) struct EventStream {
     /// Blocks opened so far; the last one is open unless `open` is false.
     blocks: usize,
     open: Option<Block>,
-    finish_reason: Option<String>,
+    /// The stop reason and sequence, once the finish arrived.
+    stop: Option<(&'static str, Value)>,
     usage: Option<Value>,
     failed: bool,
 }
 
 impl EventStream {
     pub fn new(model: String) -> Self {
-        Self { model, blocks: 0, open: None, finish_reason: None, usage: None, failed: false }
+        Self { model, blocks: 0, open: None, stop: None, usage: None, failed: false }
     }
 
     fn event(kind: &'static str, mut body: Value) -> TypedEvent {
@@ -140,8 +144,8 @@ impl EventStream {
                 events.push(self.delta(json!({ "type": "input_json_delta", "partial_json": partial })));
             }
         }
-        if let Some(reason) = choice["finish_reason"].as_str() {
-            self.finish_reason = Some(reason.to_owned());
+        if choice["finish_reason"].is_string() {
+            self.stop = Some(stop(choice));
         }
         events
     }
@@ -176,7 +180,8 @@ impl EventStream {
         }
         let mut events = Vec::new();
         self.close(&mut events);
-        let delta = json!({ "stop_reason": stop_reason(self.finish_reason.as_deref()), "stop_sequence": null });
+        let (stop_reason, stop_sequence) = self.stop.take().unwrap_or(("end_turn", Value::Null));
+        let delta = json!({ "stop_reason": stop_reason, "stop_sequence": stop_sequence });
         let usage = usage(self.usage.as_ref().unwrap_or(&Value::Null));
         events.push(Self::event("message_delta", json!({ "delta": delta, "usage": usage })));
         events.push(Self::event("message_stop", json!({})));

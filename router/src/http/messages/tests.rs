@@ -114,6 +114,25 @@ fn a_whole_chat_answer_becomes_a_message() {
     );
     let cut = json!({"choices": [{"finish_reason": "length", "message": {"content": "Par"}}]});
     assert_eq!(whole("m", &cut)["stop_reason"], "max_tokens");
+    let stopped = json!({"choices": [{"finish_reason": "stop", "stop_reason": "\n\n", "message": {"content": "Par"}}]});
+    let stopped = whole("m", &stopped);
+    assert_eq!((&stopped["stop_reason"], &stopped["stop_sequence"]), (&json!("stop_sequence"), &json!("\n\n")));
+    let ended = json!({"choices": [{"finish_reason": "stop", "stop_reason": null, "message": {"content": "Par."}}]});
+    let ended = whole("m", &ended);
+    assert_eq!((&ended["stop_reason"], &ended["stop_sequence"]), (&json!("end_turn"), &Value::Null));
+}
+
+#[test]
+fn a_matched_stop_string_ends_the_stream_as_a_stop_sequence() {
+    let mut events = EventStream::new("m".into());
+    let mut all = events.opening();
+    all.extend(events.chunk(&json!({"choices": [{"index": 0, "delta": {"content": "Par"}, "finish_reason": null}]})));
+    let finish = json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "END"}]});
+    all.extend(events.chunk(&finish));
+    all.extend(events.finish());
+    let (kind, closing) = &all[all.len() - 2];
+    assert_eq!(*kind, "message_delta");
+    assert_eq!(closing["delta"], json!({"stop_reason": "stop_sequence", "stop_sequence": "END"}));
 }
 
 #[test]
