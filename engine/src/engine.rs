@@ -24,6 +24,7 @@ use crate::error::EngineError;
 use crate::keep_awake::KeepAwake;
 use crate::kv_transfer::{Exporter, ImportedKv, tail_layout};
 use crate::prompt_logprobs::PromptLogprobs;
+use crate::reasoning_cap::ReasoningCap;
 use crate::request::{EngineEvent, FinishReason, GenerateRequest, KvSelection, MatchedStop, Timings, Usage};
 use crate::sampler::{MAX_LOGPROBS, Sampler};
 use crate::scheduler::{EngineStats, Scheduler};
@@ -397,6 +398,16 @@ impl EngineHandle {
             .transpose()?;
         let sparse_prefill = self.prefills_sparsely(request.prefill_mode, prompt_len);
         let namespace = self.request_namespace(&request.cache_salt, request.prefill_mode, prompt_len);
+        if let Some(budget) = &request.reasoning_budget {
+            let block = budget.block;
+            if let Some(id) = [block.start, block.end].into_iter().find(|&id| id as usize >= model_config.vocab_size) {
+                return Err(EngineError::InvalidRequest {
+                    field: "reasoning_budget",
+                    reason: format!("block token {id} is outside the vocabulary of {}", model_config.vocab_size),
+                });
+            }
+        }
+        let mut reasoning_cap = request.reasoning_budget.map(ReasoningCap::new);
         let mut text = StopText::new(self.model.tokenizer.clone(), stop.stop_strings.clone());
         let mut constraint =
             request.structured_output.as_ref().map(|output| self.constraint(output, request.reasoning)).transpose()?;
@@ -415,6 +426,9 @@ impl EngineHandle {
                 }
                 None => false,
             };
+            if let Some(cap) = &mut reasoning_cap {
+                cap.advance(token);
+            }
             if stop.stop_token_ids.contains(&token) || text.push(token)?.matched.is_some() || matched {
                 return Err(EngineError::InvalidRequest {
                     field: "generated",
@@ -437,6 +451,7 @@ impl EngineHandle {
             stop,
             requested_stop_tokens,
             matched_stop: None,
+            reasoning_cap,
             text,
             events,
             cached_tokens: None,

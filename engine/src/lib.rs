@@ -47,6 +47,7 @@ mod executor;
 mod keep_awake;
 mod kv_transfer;
 mod prompt_logprobs;
+mod reasoning_cap;
 mod request;
 mod sampler;
 mod scheduler;
@@ -63,7 +64,7 @@ pub use kv_transfer::{ExportKv, ImportedKv, KvBlock, tail_layout};
 pub use lcserve_common::PrefillMode;
 pub use lcserve_text::{ReasoningBlock, StructuredOutput};
 pub use request::{
-    EngineEvent, FinishReason, GenerateRequest, KvSelection, MatchedStop, StopConditions, Timings, TokenLogprobs, Usage,
+    EngineEvent, FinishReason, GenerateRequest, KvSelection, MatchedStop, ReasoningBudget, StopConditions, Timings, TokenLogprobs, Usage,
 };
 pub use sampler::{InvalidSamplingParam, SampleError, SampledToken, Sampler, SamplingParams};
 pub use scheduler::EngineStats;

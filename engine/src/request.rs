@@ -67,6 +67,16 @@ pub struct GenerateRequest {
     /// token. The whole prompt is then computed here: no cached prefix is reused for it, and
     /// it cannot come with [`import`](Self::import)ed KV.
     pub prompt_logprobs: Option<usize>,
+    /// A cap on a thinking model's reasoning block (vLLM's `thinking_token_budget`).
+    pub reasoning_budget: Option<ReasoningBudget>,
+}
+
+/// At most `max_tokens` tokens inside `block`: once the block holds them, the next token is
+/// its end token, whatever the model would sample, and the answer follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReasoningBudget {
+    pub block: ReasoningBlock,
+    pub max_tokens: usize,
 }
 
 /// Which cached keys a TokenSelect decode step attends to (algorithms.md §3): the first

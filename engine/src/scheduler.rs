@@ -700,6 +700,9 @@ fn sample_and_emit(
 /// Appends the sampled token, streams it, and says whether the sequence is done.
 fn emit(seq: &mut Sequence, sampled: SampledToken, context_length: usize) -> Result<Option<FinishReason>, EngineError> {
     seq.tokens.push(sampled.token);
+    if let Some(cap) = &mut seq.reasoning_cap {
+        cap.advance(sampled.token);
+    }
     let now = Instant::now();
     seq.first_token_at.get_or_insert(now);
     if let Some(at) = seq.stop.stop_token_ids.iter().position(|&t| t == sampled.token) {

@@ -12,6 +12,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::error::EngineError;
 use crate::kv_transfer::{Exporter, ImportedKv};
 use crate::prompt_logprobs::PromptLogprobs;
+use crate::reasoning_cap::ReasoningCap;
 use crate::request::{EngineEvent, MatchedStop, StopConditions, Usage};
 use crate::sampler::{SampledToken, Sampler};
 use crate::speculative::{AutoDraft, Drafter};
@@ -38,6 +39,8 @@ pub(crate) struct Sequence {
     pub requested_stop_tokens: usize,
     /// The request's stop token or string that ended the sequence.
     pub matched_stop: Option<MatchedStop>,
+    /// The request's reasoning budget, following the answer through its reasoning block.
+    pub reasoning_cap: Option<ReasoningCap>,
     pub text: StopText,
     pub events: UnboundedSender<EngineEvent>,
     /// Prompt tokens served from the prefix cache at (first) admission.
@@ -125,9 +128,11 @@ impl Sequence {
     pub fn sample_next(&mut self, row: &[f32]) -> Result<SampledToken, EngineError> {
         let constrained = self.constraint.as_mut().map(TokenConstraint::allowed).transpose()?;
         let constrained = constrained.as_ref().map(|a| a.words());
-        let too_early = self.generated().len() < self.stop.min_tokens;
+        // A spent reasoning budget closes the block, whatever else holds.
+        let forced = self.reasoning_cap.as_ref().and_then(ReasoningCap::forced).map(|end| only(end, row.len()));
+        let too_early = forced.is_none() && self.generated().len() < self.stop.min_tokens;
         let without_stops = too_early.then(|| self.without_stop_tokens(constrained, row.len()));
-        let allowed = without_stops.as_deref().or(constrained);
+        let allowed = forced.as_deref().or(without_stops.as_deref()).or(constrained);
         let (prompt, generated) = self.tokens.split_at(self.prompt_len);
         Ok(self.sampler.sample_among(row, prompt, generated, allowed)?)
     }
@@ -201,4 +206,14 @@ impl Sequence {
             attention.reset();
         }
     }
+}
+
+/// The allowed-token words (one bit per token id) of a `vocab`-token row that allow `token`
+/// alone.
+fn only(token: TokenId, vocab: usize) -> Vec<u32> {
+    let mut words = vec![0; vocab.div_ceil(32)];
+    if let Some(word) = words.get_mut(token as usize / 32) {
+        *word |= 1 << (token % 32);
+    }
+    words
 }

@@ -33,6 +33,8 @@ pub enum Field {
     /// own limit is checked first).
     PromptLogprobs,
     LogitBias,
+    /// A thinking model's reasoning budget (vLLM's `thinking_token_budget`).
+    ReasoningBudget,
     Stop,
     StopTokenIds,
     N,
@@ -79,6 +81,7 @@ impl Field {
             Field::Logprobs | Field::TopLogprobs => "sampling.logprobs",
             Field::PromptLogprobs => "sampling.prompt_logprobs",
             Field::LogitBias => "sampling.logit_bias",
+            Field::ReasoningBudget => "sampling.reasoning_budget",
             Field::Stop => "stop.stop",
             Field::StopTokenIds => "stop.stop_token_ids",
             Field::N => "n",
@@ -118,6 +121,7 @@ impl Field {
             Field::TopLogprobs => "top_logprobs",
             Field::PromptLogprobs => "prompt_logprobs",
             Field::LogitBias => "logit_bias",
+            Field::ReasoningBudget => "thinking_token_budget",
             Field::Stop => "stop",
             Field::StopTokenIds => "stop_token_ids",
             Field::N => "n",

@@ -232,6 +232,14 @@ fn structured_output(wire: &v1::StructuredOutput) -> Result<StructuredOutput, Ro
     Ok(output)
 }
 
+fn block_from_wire(block: &v1::ReasoningBlock) -> ReasoningBlock {
+    ReasoningBlock { start: block.start_token, end: block.end_token, opened: block.opened }
+}
+
+fn block_to_wire(block: ReasoningBlock) -> v1::ReasoningBlock {
+    v1::ReasoningBlock { start_token: block.start, end_token: block.end, opened: block.opened }
+}
+
 /// Validates, tokenizes and hashes `request` for `tenant`.
 ///
 /// The workers' request id is the client's id (or a made-up one) plus a random suffix: ids are
@@ -250,11 +258,11 @@ pub(crate) async fn prepare(
     let mut sampling = request.sampling.unwrap_or_default();
     check_sampling(&sampling, &limits)?;
     let structured_output = sampling.structured_output.as_ref().map(structured_output).transpose()?;
-    let asked_reasoning = sampling
-        .structured_output
-        .as_ref()
-        .and_then(|output| output.reasoning.as_ref())
-        .map(|b| ReasoningBlock { start: b.start_token, end: b.end_token, opened: b.opened });
+    let asked_reasoning =
+        sampling.structured_output.as_ref().and_then(|output| output.reasoning.as_ref()).map(block_from_wire);
+    // `Some(None)`: a budget for the block the router is to find.
+    let asked_budget_block =
+        sampling.reasoning_budget.as_ref().map(|budget| budget.block.as_ref().map(block_from_wire));
     if let Some(selection) = &request.kv_selection {
         check_kv_selection(selection)?;
     }
@@ -281,21 +289,23 @@ pub(crate) async fn prepare(
             tracing::info!(?prompt, "prompt");
         }
         let ids = tokenize(&hashed, &prompt)?;
-        // A thinking model's answer to a chat reasons first, unconstrained.
-        let reasoning = match asked_reasoning {
-            None if structured_output.is_some() => match (&prompt, &hashed.template) {
-                (Prompt::Chat { .. }, Some(template)) => answer_block(template, &hashed.tokenizer, &ids),
-                _ => None,
-            },
-            asked => asked,
+        // A thinking model's answer to a chat reasons first: unconstrained by a structured
+        // output, within a reasoning budget.
+        let needs_block =
+            structured_output.is_some() && asked_reasoning.is_none() || matches!(asked_budget_block, Some(None));
+        let chat_block = match (&prompt, &hashed.template) {
+            (Prompt::Chat { .. }, Some(template)) if needs_block => answer_block(template, &hashed.tokenizer, &ids),
+            _ => None,
         };
+        let reasoning = asked_reasoning.or(chat_block.filter(|_| structured_output.is_some()));
+        let budget_block = asked_budget_block.and_then(|asked| asked.or(chat_block));
         span.record("prompt_tokens", ids.len());
         let namespace = hashed.namespace(&salt, mode, ids.len());
         let hashes = sequence_hashes(namespace, &ids, hashed.block_size);
         span.record("blocks", hashes.len());
-        Ok::<_, RouterError>((ids, reasoning, hashes, salt, namespace))
+        Ok::<_, RouterError>((ids, [reasoning, budget_block], hashes, salt, namespace))
     };
-    let (prompt, reasoning, hashes, salt, namespace) = if inline {
+    let (prompt, [reasoning, budget_block], hashes, salt, namespace) = if inline {
         work()?
     } else {
         tokio::task::spawn_blocking(work)
@@ -304,12 +314,14 @@ pub(crate) async fn prepare(
     };
     check_prompt(&prompt, field, &limits)?;
     if let Some(output) = sampling.structured_output.as_mut() {
-        output.reasoning = reasoning.map(|block| v1::ReasoningBlock {
-            start_token: block.start,
-            end_token: block.end,
-            opened: block.opened,
-        });
+        output.reasoning = reasoning.map(block_to_wire);
     }
+    // Without a block there is nothing to cap.
+    sampling.reasoning_budget = sampling
+        .reasoning_budget
+        .take()
+        .zip(budget_block)
+        .map(|(budget, block)| v1::ReasoningBudget { block: Some(block_to_wire(block)), ..budget });
     let mut stop = request.stop.unwrap_or_default();
     check_stop(&mut stop, prompt.len(), &limits)?;
     let suffix = format!("{:016x}", rand::random::<u64>());

@@ -83,6 +83,14 @@ pub(crate) fn check_sampling(sampling: &v1::SamplingParams, limits: &Limits) -> 
     {
         return invalid(Field::PromptLogprobs, format!("{n} exceeds the maximum of {MAX_LOGPROBS}"));
     }
+    if let Some(block) = sampling.reasoning_budget.as_ref().and_then(|budget| budget.block.as_ref())
+        && let Some(id) = [block.start_token, block.end_token].into_iter().find(|&id| id as usize >= limits.vocab_size)
+    {
+        return invalid(
+            Field::ReasoningBudget,
+            format!("block token {id} is outside the vocabulary of {}", limits.vocab_size),
+        );
+    }
     check_logit_bias(sampling, limits)
 }
 
@@ -225,6 +233,7 @@ mod tests {
             (v1::SamplingParams { logit_bias: [(3, 100.5)].into(), ..ok.clone() }, Field::LogitBias),
             (v1::SamplingParams { logit_bias: [(3, f32::NAN)].into(), ..ok.clone() }, Field::LogitBias),
             (v1::SamplingParams { logit_bias: (0..301).map(|id| (id, 1.0)).collect(), ..ok.clone() }, Field::LogitBias),
+            (v1::SamplingParams { reasoning_budget: Some(budget(49, 50)), ..ok.clone() }, Field::ReasoningBudget),
         ];
         for (params, expected) in cases {
             assert_eq!(field(check_sampling(&params, &LIMITS)), Some(expected), "{params:?}");
@@ -232,6 +241,13 @@ mod tests {
         let logit_bias = [(0, -100.0), (49, 100.0)].into();
         let edge = v1::SamplingParams { top_p: Some(1.0), top_k: Some(50), logprobs: Some(20), logit_bias, ..ok };
         assert!(check_sampling(&edge, &LIMITS).is_ok());
+        let budget = v1::SamplingParams { reasoning_budget: Some(budget(48, 49)), ..edge };
+        assert!(check_sampling(&budget, &LIMITS).is_ok());
+    }
+
+    fn budget(start_token: u32, end_token: u32) -> v1::ReasoningBudget {
+        let block = v1::ReasoningBlock { start_token, end_token, opened: false };
+        v1::ReasoningBudget { max_tokens: 8, block: Some(block) }
     }
 
     #[test]

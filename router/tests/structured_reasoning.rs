@@ -1,8 +1,10 @@
-//! A thinking model's structured answers: the router asks the workers to constrain only what
-//! follows the reasoning block, starting where the prompt left the answer.
+//! A thinking model's structured answers and reasoning budgets: the router asks the workers to
+//! constrain only what follows the reasoning block, or to cap the block, starting where the
+//! prompt left the answer.
 
 mod support;
 
+use std::net::SocketAddr;
 use std::str::FromStr;
 
 use lcserve_proto::v1::{self, structured_output::Kind};
@@ -34,6 +36,13 @@ fn thinking_model() -> v1::ModelInfo {
     info
 }
 
+/// Posts `body` to `path`, and returns the request the decode worker received for it.
+async fn worker_request(router: SocketAddr, decode: &InstantWorker, path: &str, body: Value) -> v1::WorkerRequest {
+    let response = post(router, path, &body.to_string()).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    decode.generates().last().and_then(|g| g.request.clone()).expect("a decode request")
+}
+
 #[tokio::test]
 async fn a_thinking_models_structured_answer_is_constrained_after_its_reasoning() {
     let decode = InstantWorker::start_with(thinking_model()).await;
@@ -42,9 +51,7 @@ async fn a_thinking_models_structured_answer_is_constrained_after_its_reasoning(
     let sent = |path: &'static str, body: Value| {
         let decode = &decode;
         async move {
-            let response = post(router.http, path, &body.to_string()).await;
-            assert_eq!(response.status, 200, "{}", response.body);
-            let request = decode.generates().last().and_then(|g| g.request.clone()).expect("a decode request");
+            let request = worker_request(router.http, decode, path, body).await;
             let output = request.sampling.and_then(|s| s.structured_output).expect("the structured output");
             (request.prompt, output.reasoning)
         }
@@ -81,4 +88,38 @@ async fn a_thinking_models_structured_answer_is_constrained_after_its_reasoning(
     let refused = grpc(&router).await.generate(request).await.expect_err("a block outside the vocabulary");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("end token 5000 is outside"), "{}", refused.message());
+}
+
+#[tokio::test]
+async fn a_reasoning_budget_caps_the_block_the_router_finds() {
+    let decode = InstantWorker::start_with(thinking_model()).await;
+    let router = start_router(config(&[], &[&decode])).await;
+    let budget = |max_tokens, opened| {
+        let block = v1::ReasoningBlock { start_token: THINK, end_token: END_THINK, opened };
+        Some(v1::ReasoningBudget { max_tokens, block: Some(block) })
+    };
+    let sent = |path: &'static str, body: Value| {
+        let decode = &decode;
+        async move { worker_request(router.http, decode, path, body).await.sampling.and_then(|s| s.reasoning_budget) }
+    };
+    let chat = |thinking: &str| {
+        json!({
+            "messages": [{ "role": "user", "content": "w31" }],
+            "max_tokens": 2,
+            "thinking_token_budget": 5,
+            "chat_template_kwargs": { "thinking": thinking },
+        })
+    };
+    assert_eq!(sent("/v1/chat/completions", chat("free")).await, budget(5, false), "the answer may open it");
+    assert_eq!(sent("/v1/chat/completions", chat("opened")).await, budget(5, true), "the prompt opened it");
+    assert_eq!(sent("/v1/chat/completions", chat("off")).await, None, "closed in the prompt: nothing to cap");
+    let completion = json!({ "prompt": "w5 <think>", "max_tokens": 2, "thinking_token_budget": 5 });
+    assert_eq!(sent("/v1/completions", completion).await, None, "a completion's text is the client's");
+    // Anthropic's thinking budget is the same cap.
+    let message = json!({
+        "max_tokens": 2,
+        "messages": [{ "role": "user", "content": "w31" }],
+        "thinking": { "type": "enabled", "budget_tokens": 7 },
+    });
+    assert_eq!(sent("/v1/messages", message).await, budget(7, false));
 }

@@ -2,8 +2,8 @@
 
 use lcserve_common::TokenId;
 use lcserve_engine::{
-    FinishReason, GenerateRequest, KvSelection, MatchedStop, ReasoningBlock, SamplingParams, Speculation,
-    StopConditions, StructuredOutput, TokenLogprobs, Usage,
+    FinishReason, GenerateRequest, KvSelection, MatchedStop, ReasoningBlock, ReasoningBudget, SamplingParams,
+    Speculation, StopConditions, StructuredOutput, TokenLogprobs, Usage,
 };
 use lcserve_proto::v1;
 use lcserve_proto::v1::structured_output::Kind;
@@ -32,11 +32,11 @@ pub(crate) fn parts(request: Option<v1::WorkerRequest>) -> Result<Parts, Status>
     };
     let mut sampling = request.sampling.unwrap_or_default();
     let stop = request.stop.unwrap_or_default();
-    let reasoning = sampling
-        .structured_output
-        .as_mut()
-        .and_then(|output| output.reasoning.take())
-        .map(|block| ReasoningBlock { start: block.start_token, end: block.end_token, opened: block.opened });
+    let reasoning = sampling.structured_output.as_mut().and_then(|output| output.reasoning.take()).map(reasoning_block);
+    let reasoning_budget = sampling.reasoning_budget.take().and_then(|budget| {
+        let block = reasoning_block(budget.block?);
+        Some(ReasoningBudget { block, max_tokens: budget.max_tokens as usize })
+    });
     let structured_output = sampling.structured_output.take().map(structured_output).transpose()?;
     let engine_request = GenerateRequest {
         prompt: request.prompt,
@@ -66,9 +66,14 @@ pub(crate) fn parts(request: Option<v1::WorkerRequest>) -> Result<Parts, Status>
         structured_output,
         reasoning,
         prompt_logprobs: sampling.prompt_logprobs.map(|n| n as usize),
+        reasoning_budget,
         ..GenerateRequest::default()
     };
     Ok(Parts { request_id: request.request_id, request: engine_request })
+}
+
+fn reasoning_block(wire: v1::ReasoningBlock) -> ReasoningBlock {
+    ReasoningBlock { start: wire.start_token, end: wire.end_token, opened: wire.opened }
 }
 
 /// The wire's structured output; the engine compiles it and names the field if it cannot.

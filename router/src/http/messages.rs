@@ -9,8 +9,9 @@
 //! holds a `thinking` block (a thinking model's reasoning), a `text` block and a `tool_use`
 //! block per call; streamed, as Anthropic's events ([`EventStream`]). Errors take Anthropic's
 //! shape, `{"type": "error", "error": {"type", "message"}}`, with the HTTP status of the chat
-//! endpoint's. Refused: image and document blocks and Anthropic's server tools. `thinking`
-//! settings and `metadata` change nothing here and are ignored.
+//! endpoint's. `thinking` maps onto a thinking model's controls ([`thinking`]). Refused: image
+//! and document blocks and Anthropic's server tools. `metadata` changes nothing here and is
+//! ignored.
 
 use std::sync::Arc;
 
@@ -104,6 +105,9 @@ pub(super) fn chat_body(bytes: &[u8]) -> Result<Value, RouterError> {
     if let Some(stop) = request.remove("stop_sequences") {
         chat.insert("stop".into(), stop);
     }
+    if let Some(setting) = request.remove("thinking") {
+        thinking(&mut chat, &setting)?;
+    }
     let mut messages = Vec::new();
     match request.remove("system") {
         None => {}
@@ -125,6 +129,29 @@ pub(super) fn chat_body(bytes: &[u8]) -> Result<Value, RouterError> {
         chat.extend(parallel.map(|parallel| ("parallel_tool_calls".to_owned(), json!(parallel))));
     }
     Ok(Value::Object(chat))
+}
+
+/// Anthropic's `thinking` setting on a thinking model: `enabled` caps its reasoning block at
+/// `budget_tokens` (vLLM's `thinking_token_budget`); `disabled` asks its template not to think
+/// (Qwen3's `enable_thinking: false`); `adaptive` leaves it to the model. The client's own
+/// `thinking_token_budget` or `enable_thinking` win.
+fn thinking(chat: &mut Map<String, Value>, setting: &Value) -> Result<(), RouterError> {
+    match setting["type"].as_str() {
+        Some("enabled") => {
+            let budget = setting["budget_tokens"].as_u64().filter(|&n| n <= u64::from(u32::MAX));
+            let budget = budget.ok_or_else(|| bad("thinking.budget_tokens", "must be a non-negative integer"))?;
+            chat.entry("thinking_token_budget").or_insert(json!(budget));
+        }
+        Some("disabled") => {
+            let kwargs = chat.entry("chat_template_kwargs").or_insert_with(|| json!({}));
+            if let Some(kwargs) = kwargs.as_object_mut() {
+                kwargs.entry("enable_thinking").or_insert(json!(false));
+            }
+        }
+        Some("adaptive") => {}
+        _ => return Err(bad("thinking.type", "must be enabled, disabled or adaptive")),
+    }
+    Ok(())
 }
 
 /// One turn as chat messages: a user turn's `tool_result` blocks become `tool` messages (before

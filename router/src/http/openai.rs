@@ -114,6 +114,8 @@ pub(crate) struct OpenAiRequest {
     pub echo: Option<bool>,
     /// vLLM's: the prompt tokens' logprobs with this many alternatives each.
     pub prompt_logprobs: Option<i64>,
+    /// vLLM's: at most this many tokens in a thinking model's reasoning block.
+    pub thinking_token_budget: Option<u32>,
     pub suffix: Option<String>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
@@ -191,8 +193,15 @@ pub(crate) struct ResponseOptions {
 
 /// lcserve's and vLLM's extension fields, which the Responses and Messages APIs pass on to the
 /// chat request they become.
-pub(super) const EXTENSION_FIELDS: [&str; 6] =
-    ["cache_salt", "chat_template_kwargs", "prefill_mode", "speculation", "kv_selection", "request_id"];
+pub(super) const EXTENSION_FIELDS: [&str; 7] = [
+    "cache_salt",
+    "chat_template_kwargs",
+    "prefill_mode",
+    "speculation",
+    "kv_selection",
+    "request_id",
+    "thinking_token_budget",
+];
 
 fn invalid<T>(field: Field, reason: impl Into<String>) -> Result<T, RouterError> {
     Err(RouterError::invalid(field, reason))
@@ -341,6 +350,10 @@ impl OpenAiRequest {
                 structured_output,
                 // Echoing a prompt with logprobs reports the prompt's tokens' logprobs too.
                 prompt_logprobs: logprobs.filter(|_| echo).max(prompt_logprobs),
+                // The router finds the block in the chat's prompt.
+                reasoning_budget: self
+                    .thinking_token_budget
+                    .map(|max_tokens| v1::ReasoningBudget { max_tokens, block: None }),
             }),
             stop: Some(v1::StopConditions {
                 // The engine answers a prompt with at least one token.

@@ -62,6 +62,30 @@ fn a_messages_body_becomes_the_chat_body_it_means() {
 }
 
 #[test]
+fn thinking_settings_become_the_budget_or_the_templates_switch() {
+    let with = |thinking: Value| {
+        let body = json!({"max_tokens": 9, "messages": [], "thinking": thinking});
+        chat_body(body.to_string().as_bytes()).expect("translates")
+    };
+    let enabled = with(json!({"type": "enabled", "budget_tokens": 2048}));
+    assert_eq!((&enabled["thinking_token_budget"], enabled.get("chat_template_kwargs")), (&json!(2048), None));
+    let disabled = with(json!({"type": "disabled"}));
+    assert_eq!(
+        (disabled.get("thinking_token_budget"), &disabled["chat_template_kwargs"]),
+        (None, &json!({"enable_thinking": false}))
+    );
+    let adaptive = with(json!({"type": "adaptive"}));
+    assert!(adaptive.get("thinking_token_budget").is_none() && adaptive.get("chat_template_kwargs").is_none());
+    // The client's own settings win.
+    let body = json!({
+        "max_tokens": 9, "messages": [], "thinking": {"type": "disabled"},
+        "chat_template_kwargs": {"enable_thinking": true, "x": 1},
+    });
+    let own = chat_body(body.to_string().as_bytes()).expect("translates");
+    assert_eq!(own["chat_template_kwargs"], json!({"enable_thinking": true, "x": 1}));
+}
+
+#[test]
 fn what_the_server_cannot_honour_is_refused_by_its_field() {
     let user = |content: Value| json!({"max_tokens": 1, "messages": [{"role": "user", "content": content}]});
     let image = json!([{"type": "image", "source": {"type": "base64", "data": "x"}}]);
@@ -78,6 +102,8 @@ fn what_the_server_cannot_honour_is_refused_by_its_field() {
         ),
         (json!({"max_tokens": 1, "messages": [], "tool_choice": {"type": "tool"}}), "tool_choice"),
         (json!({"max_tokens": 1, "messages": [], "system": 3}), "system"),
+        (json!({"max_tokens": 1, "messages": [], "thinking": {"type": "on"}}), "thinking.type"),
+        (json!({"max_tokens": 1, "messages": [], "thinking": {"type": "enabled"}}), "thinking.budget_tokens"),
     ];
     for (body, field) in cases {
         assert_eq!(refused(body.clone()).as_deref(), Some(field), "{body}");
