@@ -25,6 +25,8 @@ pub(crate) enum Endpoint {
     ChatCompletions,
     Responses,
     Messages,
+    /// `/v1/messages/count_tokens`.
+    CountTokens,
     Tokenize,
     Detokenize,
 }
@@ -38,6 +40,7 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat_completions",
             Endpoint::Responses => "responses",
             Endpoint::Messages => "messages",
+            Endpoint::CountTokens => "count_tokens",
             Endpoint::Tokenize => "tokenize",
             Endpoint::Detokenize => "detokenize",
         }

@@ -4,7 +4,7 @@ Usage: anthropic_messages.py BASE_URL MODEL
 
 Asks one question greedily (`temperature: 0` as an extra field: this SDK has no sampling
 settings) through `messages.create` and through `messages.stream` (the SDK assembles the events
-into the same message); asks again with the answer's third word as a stop sequence, whole and
+into the same message); counts the question's tokens with `messages.count_tokens`; asks again with the answer's third word as a stop sequence, whole and
 streamed; forces a tool call with `tool_choice: any`, then sends its `tool_result` back; prints
 what came back as one JSON object.
 """
@@ -38,6 +38,8 @@ def main(base_url, model):
         deltas = "".join(stream.text_stream)
         final = stream.get_final_message()
 
+    counted = client.messages.count_tokens(model=model, system=SYSTEM, messages=question)
+
     sequence = whole.content[0].text.split()[2]
     stopped = client.messages.create(**ask, messages=question, stop_sequences=[sequence])
     with client.messages.stream(**ask, messages=question, stop_sequences=[sequence]) as stream:
@@ -63,6 +65,7 @@ def main(base_url, model):
             "text": whole.content[0].text,
             "stop_reason": whole.stop_reason,
             "usage": whole.usage.model_dump(),
+            "counted": counted.input_tokens,
         },
         "stream": {"text": deltas, "final_text": final.content[0].text, "stop_reason": final.stop_reason},
         "stopped": {

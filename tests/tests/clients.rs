@@ -139,7 +139,8 @@ fn responds_through_the_openai_package(cluster: &Cluster) -> String {
 
 /// `anthropic_messages.py`: Anthropic's Messages API gives `answer`, the chat endpoint's greedy
 /// answer to the same system prompt and question, whole and streamed as the events the SDK
-/// assembles; a stop sequence cuts it there and is named; a forced call comes back as a
+/// assembles; `count_tokens` counts the prompt tokens it was charged; a stop sequence cuts it
+/// there and is named; a forced call comes back as a
 /// `tool_use` block and its `tool_result` is answered.
 fn answers_through_the_anthropic_package(cluster: &Cluster, model: &str, answer: &str) {
     let got = script("anthropic_messages.py", &[&format!("http://{}", cluster.http), model]);
@@ -148,6 +149,8 @@ fn answers_through_the_anthropic_package(cluster: &Cluster, model: &str, answer:
     assert!(["end_turn", "max_tokens"].contains(&whole["stop_reason"].as_str().unwrap_or_default()), "{got}");
     assert!(whole["usage"]["input_tokens"].as_u64().is_some_and(|n| n > 0), "{got}");
     assert!(whole["usage"]["output_tokens"].as_u64().is_some_and(|n| n > 0), "{got}");
+    let charged = whole["usage"]["input_tokens"].as_u64().zip(whole["usage"]["cache_read_input_tokens"].as_u64());
+    assert_eq!(whole["counted"].as_u64(), charged.map(|(input, cached)| input + cached), "{got}");
     let stream = &got["stream"];
     assert_eq!((&stream["text"], &stream["final_text"]), (&json!(answer), &json!(answer)), "{got}");
     assert_eq!(stream["stop_reason"], whole["stop_reason"], "{got}");

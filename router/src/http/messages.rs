@@ -9,7 +9,8 @@
 //! holds a `thinking` block (a thinking model's reasoning), a `text` block and a `tool_use`
 //! block per call; streamed, as Anthropic's events ([`EventStream`]). Errors take Anthropic's
 //! shape, `{"type": "error", "error": {"type", "message"}}`, with the HTTP status of the chat
-//! endpoint's. `thinking` maps onto a thinking model's controls ([`thinking`]). Refused: image
+//! endpoint's. `POST /v1/messages/count_tokens` answers `{"input_tokens"}`, the prompt such a
+//! body comes to ([`count_tokens`]). `thinking` maps onto a thinking model's controls ([`thinking`]). Refused: image
 //! and document blocks and Anthropic's server tools. `metadata` changes nothing here and is
 //! ignored.
 
@@ -24,9 +25,9 @@ use tracing::Instrument;
 
 use output::{EventStream, whole};
 
-use super::generate;
 use super::openai::{EXTENSION_FIELDS, Kind};
 use super::{error_json, json_response};
+use super::{generate, tokenize};
 use crate::Shared;
 use crate::error::RouterError;
 use crate::metrics::Endpoint;
@@ -82,17 +83,51 @@ fn bad(param: &str, message: impl Into<String>) -> RouterError {
     RouterError::BadBody { param: Some(param.to_owned()), message: format!("{param}: {message}") }
 }
 
+/// `POST /v1/messages/count_tokens`: the input tokens of a Messages request (which needs no
+/// `max_tokens` here), rendered with the chat template, its tools and the generation prompt
+/// as `/v1/messages` renders them — what Anthropic's `messages.count_tokens` asks, and agents
+/// use to keep their conversations within the context.
+pub(super) async fn count_tokens(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        let bytes = tokenize::read_authenticated(&shared, &headers, body).await?;
+        let chat = chat_request(body_object(&bytes)?)?;
+        let body =
+            serde_json::from_value(chat).map_err(|e| RouterError::BadBody { param: None, message: e.to_string() })?;
+        tokenize::tokens_of(&shared, body).await
+    }
+    .await;
+    tokenize::record(&shared, Endpoint::CountTokens, &result);
+    match result {
+        Ok(tokens) => json_response(200, json!({ "input_tokens": tokens.len() })),
+        Err(err) => {
+            let (status, body) = error_json(&err);
+            json_response(status, anthropic_error(&body))
+        }
+    }
+}
+
 /// A Messages API body as a chat completion body.
 pub(super) fn chat_body(bytes: &[u8]) -> Result<Value, RouterError> {
+    let request = body_object(bytes)?;
+    if !request.contains_key("max_tokens") {
+        return Err(bad("max_tokens", "is required"));
+    }
+    chat_request(request)
+}
+
+/// The body's fields, those set to null left out.
+fn body_object(bytes: &[u8]) -> Result<Map<String, Value>, RouterError> {
     let Value::Object(mut request) =
         serde_json::from_slice(bytes).map_err(|e| RouterError::BadBody { param: None, message: e.to_string() })?
     else {
         return Err(RouterError::BadBody { param: None, message: "the body must be a JSON object".into() });
     };
     request.retain(|_, value| !value.is_null());
-    if !request.contains_key("max_tokens") {
-        return Err(bad("max_tokens", "is required"));
-    }
+    Ok(request)
+}
+
+/// The chat body a Messages request's fields mean.
+fn chat_request(mut request: Map<String, Value>) -> Result<Value, RouterError> {
     let mut chat: Map<String, Value> = SHARED_FIELDS
         .iter()
         .chain(&EXTENSION_FIELDS)

@@ -50,6 +50,7 @@ pub(crate) async fn serve(
         .route("/v1/chat/completions", post(generate::chat_completions))
         .route("/v1/responses", post(responses::responses))
         .route("/v1/messages", post(messages::messages))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/responses/{id}", get(responses::retrieve).delete(responses::delete))
         .route("/v1/responses/{id}/input_items", get(responses::input_items))
         .route("/v1/models", get(models))

@@ -26,8 +26,9 @@ use crate::error::{Field, RouterError};
 use crate::metrics::Endpoint;
 use crate::prepare::{Framing, Prompt, check_model, tokenize_blocking};
 
+/// What `/tokenize` reads (and `/v1/messages/count_tokens`, from the chat body it becomes).
 #[derive(Debug, Deserialize)]
-struct TokenizeBody {
+pub(super) struct TokenizeBody {
     model: Option<String>,
     prompt: Option<String>,
     messages: Option<Vec<MessageField>>,
@@ -48,24 +49,30 @@ pub(super) async fn tokenize(State(shared): State<Arc<Shared>>, headers: HeaderM
         let bytes = read_authenticated(&shared, &headers, body).await?;
         let body: TokenizeBody = parse(&bytes)?;
         let model = shared.served()?;
-        check_model(&model, body.model.as_deref().unwrap_or_default())?;
-        let prompt = match (body.prompt, body.messages) {
-            (Some(text), None) => Prompt::Text(text),
-            (None, Some(messages)) => {
-                let tools = tools::read(body.tools, None, None)?.tools;
-                Prompt::try_from(openai::chat_input(Some(messages), tools, body.chat_template_kwargs)?)?
-            }
-            _ => return Err(RouterError::invalid(Field::Text, "give either prompt or messages")),
-        };
-        let framing = Framing {
-            special_tokens: body.add_special_tokens,
-            generation_prompt: body.add_generation_prompt.unwrap_or(true),
-        };
-        let tokens = tokenize_blocking(Arc::clone(&model), prompt, framing).await?;
+        let tokens = tokens_of(&shared, body).await?;
         Ok(json!({ "count": tokens.len(), "max_model_len": model.context_length, "tokens": tokens }))
     }
     .await;
     respond(&shared, Endpoint::Tokenize, result)
+}
+
+/// The tokens `body`'s prompt or chat comes to, framed as it asks.
+pub(super) async fn tokens_of(shared: &Shared, body: TokenizeBody) -> Result<Vec<u32>, RouterError> {
+    let model = shared.served()?;
+    check_model(&model, body.model.as_deref().unwrap_or_default())?;
+    let prompt = match (body.prompt, body.messages) {
+        (Some(text), None) => Prompt::Text(text),
+        (None, Some(messages)) => {
+            let tools = tools::read(body.tools, None, None)?.tools;
+            Prompt::try_from(openai::chat_input(Some(messages), tools, body.chat_template_kwargs)?)?
+        }
+        _ => return Err(RouterError::invalid(Field::Text, "give either prompt or messages")),
+    };
+    let framing = Framing {
+        special_tokens: body.add_special_tokens,
+        generation_prompt: body.add_generation_prompt.unwrap_or(true),
+    };
+    tokenize_blocking(model, prompt, framing).await
 }
 
 pub(super) async fn detokenize(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
@@ -90,7 +97,7 @@ pub(super) async fn detokenize(State(shared): State<Arc<Shared>>, headers: Heade
     respond(&shared, Endpoint::Detokenize, result)
 }
 
-async fn read_authenticated(
+pub(super) async fn read_authenticated(
     shared: &Shared,
     headers: &HeaderMap,
     body: Body,
@@ -104,10 +111,15 @@ fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, RouterError>
 }
 
 fn respond(shared: &Shared, endpoint: Endpoint, result: Result<serde_json::Value, RouterError>) -> Response {
-    let status = result.as_ref().map_or_else(|err| err.class().label(), |_| "ok");
-    shared.metrics.request(endpoint, status);
+    record(shared, endpoint, &result);
     match result {
         Ok(body) => json_response(200, body),
         Err(err) => error_response(&err),
     }
+}
+
+/// Counts the request in the router's metrics.
+pub(super) fn record<T>(shared: &Shared, endpoint: Endpoint, result: &Result<T, RouterError>) {
+    let status = result.as_ref().map_or_else(|err| err.class().label(), |_| "ok");
+    shared.metrics.request(endpoint, status);
 }
