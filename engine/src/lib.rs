@@ -64,7 +64,8 @@ pub use kv_transfer::{ExportKv, ImportedKv, KvBlock, tail_layout};
 pub use lcserve_common::PrefillMode;
 pub use lcserve_text::{ReasoningBlock, StructuredOutput};
 pub use request::{
-    EngineEvent, FinishReason, GenerateRequest, KvSelection, MatchedStop, ReasoningBudget, StopConditions, Timings, TokenLogprobs, Usage,
+    EngineEvent, FinishReason, GenerateRequest, KvSelection, MatchedStop, ReasoningBudget, StopConditions, Timings,
+    TokenLogprobs, Usage,
 };
 pub use sampler::{InvalidSamplingParam, SampleError, SampledToken, Sampler, SamplingParams};
 pub use scheduler::EngineStats;

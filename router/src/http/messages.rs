@@ -9,10 +9,12 @@
 //! holds a `thinking` block (a thinking model's reasoning), a `text` block and a `tool_use`
 //! block per call; streamed, as Anthropic's events ([`EventStream`]). Errors take Anthropic's
 //! shape, `{"type": "error", "error": {"type", "message"}}`, with the HTTP status of the chat
-//! endpoint's. `POST /v1/messages/count_tokens` answers `{"input_tokens"}`, the prompt such a
-//! body comes to ([`count_tokens`]). `thinking` maps onto a thinking model's controls ([`thinking`]). Refused: image
+//! endpoint's. `thinking` maps onto a thinking model's controls ([`thinking`]). Refused: image
 //! and document blocks and Anthropic's server tools. `metadata` changes nothing here and is
 //! ignored.
+//!
+//! `POST /v1/messages/count_tokens` answers `{"input_tokens"}`, the prompt tokens such a body
+//! comes to ([`count_tokens`]).
 
 use std::sync::Arc;
 
