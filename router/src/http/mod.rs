@@ -1,13 +1,15 @@
 //! The OpenAI-compatible HTTP front (axum on the hyper 1 stack tonic already uses):
 //! `POST /v1/completions`, `POST /v1/chat/completions`, `POST /v1/responses` (JSON or SSE;
 //! `GET` and `DELETE /v1/responses/{id}` and `GET …/input_items` for the stored ones),
-//! Anthropic's `POST /v1/messages`,
+//! Anthropic's `POST /v1/messages` (and `…/count_tokens`),
 //! `GET /v1/models`, vLLM's `/tokenize` and `/detokenize`, and the operational `/health`,
 //! `/ready`, `/metrics`.
 //!
 //! Errors use OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with the status
 //! of the error's class (400, 401, 404, 413, 429, 503, 504, ...).
 
+#[cfg(test)]
+mod chat_chunks;
 mod choices;
 mod generate;
 mod messages;

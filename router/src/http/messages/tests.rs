@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use super::output::{EventStream, whole};
 use super::{anthropic_error, chat_body};
 use crate::error::RouterError;
+use crate::http::chat_chunks::reasoning_text_and_two_calls;
 
 fn refused(body: Value) -> Option<String> {
     match chat_body(body.to_string().as_bytes()) {
@@ -163,27 +164,7 @@ fn a_matched_stop_string_ends_the_stream_as_a_stop_sequence() {
 
 #[test]
 fn streamed_chunks_become_anthropics_events() {
-    let delta = |delta: Value| json!({"choices": [{"index": 0, "delta": delta, "finish_reason": null}]});
-    let call = |index: u64, id: Option<&str>, arguments: &str| {
-        let mut call = json!({"index": index, "function": {"arguments": arguments}});
-        if let Some(id) = id {
-            call["id"] = json!(id);
-            call["function"]["name"] = json!("get_weather");
-        }
-        delta(json!({"tool_calls": [call]}))
-    };
-    let chunks = [
-        delta(json!({"role": "assistant", "content": ""})),
-        delta(json!({"reasoning_content": "Th"})),
-        delta(json!({"reasoning_content": "ink."})),
-        delta(json!({"content": "Let me "})),
-        delta(json!({"content": "check."})),
-        call(0, Some("call_1"), "{\"city\": "),
-        call(0, None, "\"Oslo\"}"),
-        call(1, Some("call_2"), "{}"),
-        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
-        json!({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 9}}),
-    ];
+    let chunks = reasoning_text_and_two_calls();
     let mut events = EventStream::new("m".into());
     let mut all = events.opening();
     for chunk in &chunks {

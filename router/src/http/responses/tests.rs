@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use super::{Context, EventStream, ResponseStore, Rewritten, Shape, chat_body, renamed};
 use crate::auth::Tenant;
 use crate::error::RouterError;
+use crate::http::chat_chunks::{delta, reasoning_text_and_two_calls};
 
 /// `body` translated by a router that stores responses in `store`.
 fn translate_with(body: &Value, store: &ResponseStore) -> Result<(Value, Rewritten), RouterError> {
@@ -243,35 +244,9 @@ fn stream(chunks: &[Value]) -> (Vec<&'static str>, Value, Vec<Value>) {
     (kinds, last, all.into_iter().map(|(_, body)| body).collect())
 }
 
-fn delta(delta: Value) -> Value {
-    json!({"model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": null}]})
-}
-
 #[test]
 fn streamed_chunks_become_the_apis_events_and_the_same_response() {
-    let call = |index: u64, id: Option<&str>, name: Option<&str>, arguments: &str| {
-        let mut function = json!({"arguments": arguments});
-        if let Some(name) = name {
-            function["name"] = json!(name);
-        }
-        let mut call = json!({"index": index, "function": function});
-        if let Some(id) = id {
-            call["id"] = json!(id);
-        }
-        delta(json!({"tool_calls": [call]}))
-    };
-    let chunks = [
-        delta(json!({"role": "assistant", "content": ""})),
-        delta(json!({"reasoning_content": "Th"})),
-        delta(json!({"reasoning_content": "ink."})),
-        delta(json!({"content": "Let me "})),
-        delta(json!({"content": "check."})),
-        call(0, Some("call_1"), Some("get_weather"), "{\"city\":"),
-        call(0, None, None, " \"Oslo\"}"),
-        call(1, Some("call_2"), Some("get_time"), "{}"),
-        json!({"model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
-        json!({"model": "m", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 9}}),
-    ];
+    let chunks = reasoning_text_and_two_calls();
     let (kinds, response, bodies) = stream(&chunks);
     assert_eq!(
         kinds,
