@@ -57,7 +57,7 @@ pub use block::{
 };
 pub use error::Error;
 pub use host_cache::{BlockRemoved, HostCache, InsertOutcome, Inserted, PinGuard, Rejection, RemovalCause, Stats};
-pub use redis_tier::{RedisStats, RedisTier, RedisTierConfig, RedisTierError, validate};
+pub use redis_tier::{RedisStats, RedisTier, RedisTierConfig, RedisTierError, redis_client, validate};
 pub use remote_tier::{RemoteStats, RemoteTier, RemoteTierConfig, RemoteTierError};
 pub use service::{KvStoreConfig, MESSAGE_OVERHEAD_BYTES, ServiceError, run, run_with_metrics};
 pub use tenant_quota::TenantQuotas;

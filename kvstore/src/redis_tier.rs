@@ -97,13 +97,12 @@ pub enum RedisTierError {
     Zero { field: &'static str },
 }
 
-/// The client of `config.url`; `rediss://` verifies Redis with the configured CA (else the
-/// system's roots) and presents the configured certificate.
-fn client(config: &RedisTierConfig) -> Result<redis::Client, RedisTierError> {
-    let tls = config.tls.as_deref().filter(|_| config.url.starts_with("rediss://"));
-    let Some(tls) = tls else {
+/// The client of `url`; `rediss://` verifies Redis with `tls`'s CA (else the system's roots)
+/// and presents its certificate. Shared with the router, which keeps stored responses in Redis.
+pub fn redis_client(url: &str, tls: Option<&Tls>) -> Result<redis::Client, redis::RedisError> {
+    let Some(tls) = tls.filter(|_| url.starts_with("rediss://")) else {
         lcserve_svc_kit::tls::install_crypto_provider();
-        return redis::Client::open(config.url.as_str()).map_err(RedisTierError::InvalidUrl);
+        return redis::Client::open(url);
     };
     let certificates = redis::TlsCertificates {
         client_tls: tls
@@ -111,7 +110,7 @@ fn client(config: &RedisTierConfig) -> Result<redis::Client, RedisTierError> {
             .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.to_vec(), client_key: key.to_vec() }),
         root_cert: tls.ca_pem().map(<[u8]>::to_vec),
     };
-    redis::Client::build_with_tls(config.url.as_str(), certificates).map_err(RedisTierError::InvalidUrl)
+    redis::Client::build_with_tls(url, certificates)
 }
 
 /// Counters of a [`RedisTier`]; `corrupt` values were also deleted.
@@ -147,7 +146,7 @@ impl RedisTier {
         if config.op_timeout.is_zero() {
             return Err(RedisTierError::Zero { field: "op_timeout" });
         }
-        let client = client(config)?;
+        let client = redis_client(&config.url, config.tls.as_deref()).map_err(RedisTierError::InvalidUrl)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.op_timeout))
             .set_response_timeout(Some(config.op_timeout))

@@ -46,8 +46,16 @@ pub struct RouterConfig {
     /// Largest `max_tokens` a request may ask for.
     pub max_tokens_limit: u32,
     /// Bytes of Responses API answers kept in memory for `previous_response_id` and
-    /// `GET /v1/responses/{id}`, the oldest dropped first; 0 keeps none.
+    /// `GET /v1/responses/{id}`, the oldest dropped first; 0 keeps none. Unused with
+    /// `responses_redis_url`.
     pub responses_store_bytes: usize,
+    /// Keep Responses API answers in this Redis instead (`redis://[user:password@]host[:port][/db]`,
+    /// or `rediss://` verified with `tls`'s CA), where every router replica finds them.
+    pub responses_redis_url: Option<String>,
+    /// How long Redis keeps a stored response.
+    pub responses_ttl: Duration,
+    /// Prepended to the Redis keys of stored responses: one per deployment sharing a Redis.
+    pub responses_key_prefix: String,
     /// `max_tokens` of requests that give none (clamped to what the context leaves).
     pub default_max_tokens: u32,
     /// Wall-clock budget of one request, first byte to last; gRPC `grpc-timeout` may shorten it.
@@ -80,6 +88,9 @@ impl Default for RouterConfig {
             max_body_bytes: 32 << 20,
             max_tokens_limit: 32_768,
             responses_store_bytes: 64 << 20,
+            responses_redis_url: None,
+            responses_ttl: Duration::from_secs(30 * 24 * 3600),
+            responses_key_prefix: "lcserve:responses:".to_owned(),
             default_max_tokens: 256,
             request_timeout: Duration::from_secs(600),
             model_id: None,
@@ -125,6 +136,7 @@ impl RouterConfig {
             ("request_timeout", self.request_timeout),
             ("startup_timeout", self.startup_timeout),
             ("poll_interval", self.poll_interval),
+            ("responses_ttl", self.responses_ttl),
         ];
         if let Some((field, _)) = durations.iter().find(|(_, value)| value.is_zero()) {
             return bad(field, "must be > 0");
@@ -183,6 +195,16 @@ pub struct RouterArgs {
     /// 0 keeps none).
     #[arg(long, env = "LCSERVE_ROUTER_RESPONSES_STORE_BYTES", default_value_t = 64 << 20)]
     pub responses_store_bytes: usize,
+    /// Keep stored Responses API answers in this Redis, shared by every router replica
+    /// (instead of this router's memory).
+    #[arg(long, env = "LCSERVE_ROUTER_RESPONSES_REDIS_URL")]
+    pub responses_redis_url: Option<String>,
+    /// How long Redis keeps a stored response (`720h`: 30 days, as OpenAI keeps them).
+    #[arg(long, env = "LCSERVE_ROUTER_RESPONSES_TTL", default_value = "720h", value_parser = parse_duration)]
+    pub responses_ttl: Duration,
+    /// Prefix of the Redis keys of stored responses, one per deployment sharing a Redis.
+    #[arg(long, env = "LCSERVE_ROUTER_RESPONSES_KEY_PREFIX", default_value = "lcserve:responses:")]
+    pub responses_key_prefix: String,
     /// max_tokens of requests that set none.
     #[arg(long, env = "LCSERVE_ROUTER_DEFAULT_MAX_TOKENS", default_value_t = 256)]
     pub default_max_tokens: u32,
@@ -220,6 +242,9 @@ impl TryFrom<RouterArgs> for RouterConfig {
             max_body_bytes: args.max_body_bytes,
             max_tokens_limit: args.max_tokens_limit,
             responses_store_bytes: args.responses_store_bytes,
+            responses_redis_url: args.responses_redis_url,
+            responses_ttl: args.responses_ttl,
+            responses_key_prefix: args.responses_key_prefix,
             default_max_tokens: args.default_max_tokens,
             request_timeout: args.request_timeout,
             model_id: args.model_id,

@@ -174,6 +174,9 @@ pub enum RouterError {
     /// field that gave it, if any.
     #[error("no response with id {id:?} is stored here")]
     UnknownResponse { id: String, param: Option<&'static str> },
+    /// The store of responses (Redis) failed or timed out.
+    #[error("the response store is unavailable: {0}")]
+    ResponseStore(String),
     #[error("request body is larger than {limit} bytes")]
     BodyTooLarge { limit: usize },
     #[error("the router is starting: no worker has described the model yet")]
@@ -247,7 +250,10 @@ impl RouterError {
             RouterError::UnknownModel { .. } | RouterError::UnknownResponse { .. } => ErrorClass::NotFound,
             RouterError::BodyTooLarge { .. } => ErrorClass::PayloadTooLarge,
             RouterError::Overloaded(_) => ErrorClass::Overloaded,
-            RouterError::NotReady | RouterError::NoWorker { .. } | RouterError::Worker(_) => ErrorClass::Unavailable,
+            RouterError::NotReady
+            | RouterError::NoWorker { .. }
+            | RouterError::Worker(_)
+            | RouterError::ResponseStore(_) => ErrorClass::Unavailable,
             RouterError::DeadlineExceeded(_) => ErrorClass::DeadlineExceeded,
             _ => ErrorClass::Internal,
         }

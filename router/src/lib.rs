@@ -98,7 +98,10 @@ impl Shared {
         let index = PrefixIndex::new(registry.workers.len(), config.worker_index_blocks);
         let model = Arc::new(ModelSlot::new(config.model_id.clone()));
         let metrics = Metrics::new(&index.subscriber);
-        let responses = ResponseStore::new(config.responses_store_bytes);
+        let responses = match &config.responses_redis_url {
+            Some(url) => ResponseStore::in_redis(url, &config)?,
+            None => ResponseStore::in_memory(config.responses_store_bytes),
+        };
         Ok(Shared { config, auth, model, registry, index, metrics, responses })
     }
 

@@ -1,14 +1,23 @@
 //! `POST /v1/responses` against an instant worker: the same answer as the chat endpoint gives,
 //! whole and as the Responses API's events; stored answers continued by `previous_response_id`,
-//! read (with their input items) and deleted, each tenant's apart; errors that name the
-//! Responses field.
+//! read (with their input items) and deleted, each tenant's apart, in one router's memory or in
+//! a Redis that two router replicas share; errors that name the Responses field.
 
 mod support;
 
+use std::time::Duration;
+
+use lcserve_router::RouterConfig;
 use serde_json::{Value, json};
 use support::model::MODEL_ID;
 use support::worker::InstantWorker;
 use support::{config, post, post_as, read, send, start_router, start_router_with_keys};
+
+/// The workspace's one `redis-server` launcher (shared with the end-to-end harness).
+#[allow(dead_code)] // TLS and restarts are for other tests
+#[path = "../../tests/src/redis.rs"]
+mod redis_server;
+use redis_server::RedisServer;
 
 #[tokio::test]
 async fn a_response_is_the_chat_answer_reshaped_whole_or_streamed() {
@@ -162,4 +171,70 @@ async fn a_stored_response_is_continued_read_and_deleted_by_its_tenant_only() {
     let path = format!("/v1/responses/{}", unstored["id"].as_str().expect("id"));
     let (status, error) = call(&router, "GET", &path, None, "sk-alice").await;
     assert_eq!((status, &error["error"]["code"]), (404, &json!("response_not_found")), "{error}");
+}
+
+#[tokio::test]
+async fn router_replicas_share_the_responses_stored_in_redis() {
+    let redis = RedisServer::start();
+    let decode = InstantWorker::start("decode").await;
+    let mut keys = tempfile::NamedTempFile::new().expect("temp file");
+    std::io::Write::write_all(&mut keys, b"sk-alice alice\nsk-bob bob\n").expect("write keys");
+    let replica = || RouterConfig {
+        api_keys: Some(keys.path().to_owned()),
+        responses_redis_url: Some(redis.url()),
+        responses_ttl: Duration::from_secs(60),
+        responses_key_prefix: "test:responses:".into(),
+        // Nothing in memory: whatever a replica finds, it found in Redis.
+        responses_store_bytes: 0,
+        ..config(&[], &[&decode])
+    };
+    let (a, b) = (start_router(replica()).await, start_router(replica()).await);
+    let sent_prompt = || decode.generates().last().and_then(|g| g.request.clone()).expect("request").prompt;
+
+    // Turn 1 on replica a, streamed; b reads it back as a answered it.
+    let first = json!({ "model": MODEL_ID, "input": "w10 w11", "max_output_tokens": 3, "stream": true });
+    let response = post_as(a.http, "/v1/responses", &first.to_string(), "sk-alice").await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let last: Value = serde_json::from_str(response.sse_data().last().expect("events")).expect("event");
+    let first = &last["response"];
+    let id = first["id"].as_str().expect("id");
+    let path = format!("/v1/responses/{id}");
+    assert_eq!(call(&b, "GET", &path, None, "sk-alice").await, (200, first.clone()));
+
+    // Redis holds it under alice's key, with the deployment's prefix, for the configured time.
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+    let ttl: i64 =
+        redis::cmd("PTTL").arg(format!("test:responses:alice:{id}")).query_async(&mut conn).await.expect("PTTL");
+    assert!((1..=60_000).contains(&ttl), "time to live {ttl} ms");
+
+    // Turn 2 on b continues it exactly as a would.
+    let second = json!({ "previous_response_id": id, "input": "w12", "max_output_tokens": 2 });
+    let (status, on_b) = call(&b, "POST", "/v1/responses", Some(&second), "sk-alice").await;
+    assert_eq!((status, &on_b["previous_response_id"]), (200, &json!(id)), "{on_b}");
+    let continued_on_b = sent_prompt();
+    assert_eq!(call(&a, "POST", "/v1/responses", Some(&second), "sk-alice").await.0, 200);
+    assert_eq!(continued_on_b, sent_prompt(), "both replicas continue the same conversation");
+    let items = format!("/v1/responses/{}/input_items", on_b["id"].as_str().expect("id"));
+    let (status, list) = call(&a, "GET", &items, None, "sk-alice").await;
+    assert_eq!((status, list["data"].as_array().map(Vec::len)), (200, Some(1)), "{list}");
+
+    // Another tenant finds nothing on either replica; a deletion on one holds on the other.
+    assert_eq!(call(&b, "GET", &path, None, "sk-bob").await.0, 404);
+    let (status, error) = call(&b, "POST", "/v1/responses", Some(&second), "sk-bob").await;
+    assert_eq!((status, &error["error"]["param"]), (404, &json!("previous_response_id")), "{error}");
+    assert_eq!(call(&a, "DELETE", &path, None, "sk-bob").await.0, 404);
+    assert_eq!(call(&a, "DELETE", &path, None, "sk-alice").await.0, 200);
+    assert_eq!(call(&b, "GET", &path, None, "sk-alice").await.0, 404);
+
+    // Redis gone: reads are a clear 503, and an answer is still given (only its storing fails).
+    redis.kill();
+    let (status, error) = call(&a, "GET", &items.replace("/input_items", ""), None, "sk-alice").await;
+    assert_eq!(status, 503, "{error}");
+    assert!(error["error"]["message"].as_str().is_some_and(|m| m.contains("response store")), "{error}");
+    let (status, error) = call(&b, "POST", "/v1/responses", Some(&second), "sk-alice").await;
+    assert_eq!(status, 503, "a follow-up cannot be continued without its predecessor: {error}");
+    let fresh = json!({ "input": "w10", "max_output_tokens": 1 });
+    let (status, answered) = call(&a, "POST", "/v1/responses", Some(&fresh), "sk-alice").await;
+    assert_eq!((status, &answered["status"]), (200, &json!("incomplete")), "{answered}");
 }

@@ -148,12 +148,23 @@ fn the_helm_chart_lints_renders_and_validates_with_its_defaults() {
     let router = container(&rendered, "lcserve-router");
     assert_eq!(router["readinessProbe"]["httpGet"]["path"], "/ready");
     assert_eq!(router["livenessProbe"]["httpGet"]["path"], "/health");
+    // Every router replica keeps and finds stored responses in the bundled Redis.
+    let responses_redis = env_entry(router, "LCSERVE_ROUTER_RESPONSES_REDIS_URL");
+    assert_eq!(responses_redis["value"], "redis://lcserve-redis:6379/0", "{router}");
 
     // The router reaches every worker by its own Service.
     let config = &rendered["ConfigMap"][0]["data"];
     assert_eq!(config["LCSERVE_ROUTER_PREFILL"], "http://lcserve-prefill-0:50061,http://lcserve-prefill-1:50061");
     assert_eq!(config["LCSERVE_ROUTER_DECODE"], "http://lcserve-decode-0:50061,http://lcserve-decode-1:50061");
     assert_eq!(config["LCSERVE_KVSTORE"], "http://lcserve-kvstore:50052");
+    assert_eq!(config["LCSERVE_ROUTER_RESPONSES_KEY_PREFIX"], "lcserve:responses:");
+    assert_eq!(config["LCSERVE_ROUTER_RESPONSES_TTL"], "720h");
+}
+
+/// The env entry `name` of `container`.
+fn env_entry<'a>(container: &'a Value, name: &str) -> &'a Value {
+    let list = container["env"].as_array().expect("env");
+    list.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("no {name} in {container}"))
 }
 
 #[test]
@@ -189,6 +200,12 @@ fn the_helm_chart_lints_renders_and_validates_with_every_option_on() {
     };
     let router = container(&rendered, "lcserve-router");
     assert_eq!(env(router)["LCSERVE_ROUTER_API_KEYS"], "/etc/lcserve/api-keys/api-keys");
+    for name in ["lcserve-router", "lcserve-kvstore"] {
+        let variable =
+            if name == "lcserve-router" { "LCSERVE_ROUTER_RESPONSES_REDIS_URL" } else { "LCSERVE_REDIS_URL" };
+        let reference = &env_entry(container(&rendered, name), variable)["valueFrom"]["secretKeyRef"];
+        assert_eq!((&reference["name"], &reference["key"]), (&json!("lcserve"), &json!("redis-url")), "{name}");
+    }
     for name in ["lcserve-router", "lcserve-prefill-1", "lcserve-kvstore"] {
         let env = env(container(&rendered, name));
         assert_eq!(env["LCSERVE_TLS_CA"], "/etc/lcserve/tls/ca.crt", "{name}");

@@ -48,7 +48,7 @@ async fn respond(shared: Arc<Shared>, headers: HeaderMap, body: Body, kind: Kind
     // The request's root span, or a child of the caller's when it sent a `traceparent`.
     let span = tracing::info_span!("http.request", otel.name = endpoint.as_str(), otel.kind = "server");
     lcserve_svc_kit::propagation::continue_trace(&span, &headers);
-    match start(&shared, &headers, body, kind, endpoint, |_, bytes| Ok(bytes)).instrument(span).await {
+    match start(&shared, &headers, body, kind, endpoint, async |_, bytes| Ok(bytes)).instrument(span).await {
         Ok(started) if started.stream => stream(started.events, started.shaper).into_response(),
         Ok(started) => {
             let (status, body) = collect(started.events, started.shaper).await;
@@ -78,10 +78,10 @@ pub(super) async fn start(
     body: Body,
     kind: Kind,
     endpoint: Endpoint,
-    adapt: impl FnOnce(&Tenant, Bytes) -> Result<Bytes, RouterError>,
+    adapt: impl AsyncFnOnce(&Tenant, Bytes) -> Result<Bytes, RouterError>,
 ) -> Result<Started, RouterError> {
     let tenant = super::tenant(&shared.auth, headers)?;
-    let bytes = adapt(&tenant, read_body(headers, body, shared.config.max_body_bytes).await?)?;
+    let bytes = adapt(&tenant, read_body(headers, body, shared.config.max_body_bytes).await?).await?;
     let parsed = openai::parse(&bytes).map_err(|(param, message)| RouterError::BadBody { param, message })?;
     let (requests, mut options) = parsed.into_generate(kind)?;
     let model = shared.served()?;
@@ -204,16 +204,21 @@ fn stream(
 pub(super) type TypedEvent = (&'static str, Value);
 
 /// The SSE answer of such an API: `opening`, then the events `reshape` makes of each chat
-/// chunk, then of the end (`None`).
-pub(super) fn typed_sse(
+/// chunk, then of the end (`None`); each chunk's are sent once its future is ready (the end's
+/// may first store the answer).
+pub(super) fn typed_sse<Reshaped>(
     started: Started,
     opening: Vec<TypedEvent>,
-    mut reshape: impl FnMut(Option<&Value>) -> Vec<TypedEvent> + Send + 'static,
-) -> Response {
+    mut reshape: impl FnMut(Option<&Value>) -> Reshaped + Send + 'static,
+) -> Response
+where
+    Reshaped: Future<Output = Vec<TypedEvent>> + Send + 'static,
+{
     let reshaped = chunks(started.events, started.shaper)
         .map(Some)
         .chain(futures_util::stream::once(async { None }))
-        .flat_map(move |chunk| futures_util::stream::iter(reshape(chunk.as_ref())));
+        .then(move |chunk| reshape(chunk.as_ref()))
+        .flat_map(futures_util::stream::iter);
     let events = futures_util::stream::iter(opening)
         .chain(reshaped)
         .map(|(kind, body)| Ok::<_, Infallible>(SseEvent::default().event(kind).data(body.to_string())));

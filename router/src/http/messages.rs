@@ -41,7 +41,7 @@ pub(super) async fn messages(State(shared): State<Arc<Shared>>, headers: HeaderM
     let endpoint = Endpoint::Messages;
     let span = tracing::info_span!("http.request", otel.name = endpoint.as_str(), otel.kind = "server");
     lcserve_svc_kit::propagation::continue_trace(&span, &headers);
-    let adapt = |_: &_, bytes: Bytes| Ok(Bytes::from(chat_body(&bytes)?.to_string()));
+    let adapt = async |_: &_, bytes: Bytes| Ok(Bytes::from(chat_body(&bytes)?.to_string()));
     let started = match generate::start(&shared, &headers, body, Kind::Chat, endpoint, adapt).instrument(span).await {
         Ok(started) => started,
         Err(err) => {
@@ -54,9 +54,11 @@ pub(super) async fn messages(State(shared): State<Arc<Shared>>, headers: HeaderM
     if started.stream {
         let mut events = EventStream::new(model);
         let opening = events.opening();
-        return generate::typed_sse(started, opening, move |chunk| match chunk {
-            Some(chunk) => events.chunk(chunk),
-            None => events.finish(),
+        return generate::typed_sse(started, opening, move |chunk| {
+            std::future::ready(match chunk {
+                Some(chunk) => events.chunk(chunk),
+                None => events.finish(),
+            })
         });
     }
     match generate::collect(started.events, started.shaper).await {

@@ -83,8 +83,8 @@ pub(super) async fn responses(State(shared): State<Arc<Shared>>, headers: Header
     let span = tracing::info_span!("http.request", otel.name = endpoint.as_str(), otel.kind = "server");
     lcserve_svc_kit::propagation::continue_trace(&span, &headers);
     let mut rewritten = None;
-    let adapt = |tenant: &Tenant, bytes: Bytes| {
-        let (chat, rest) = chat_body(&bytes, &shared.responses, tenant)?;
+    let adapt = async |tenant: &Tenant, bytes: Bytes| {
+        let (chat, rest) = chat_body(&bytes, &shared.responses, tenant).await?;
         rewritten = Some(rest);
         Ok(Bytes::from(chat.to_string()))
     };
@@ -99,22 +99,29 @@ pub(super) async fn responses(State(shared): State<Arc<Shared>>, headers: Header
     };
     let model = shared.served().map_or_else(|_| String::new(), |model| model.id.clone());
     let shape = Shape::new(model, echoed);
-    // Stores the answer, once whole, when the request asked for it.
+    // Stores the answer, once whole, when the request asked for it: before the client hears
+    // of it, so a follow-up at once finds it.
     let mut keep = context.map(|context| {
         let tenant = started.tenant.clone();
-        move |response: &Value| shared.responses.put(&tenant, response.clone(), context)
+        move |response: &Value| store_answer(shared, tenant, response.clone(), context)
     });
     if started.stream {
         let mut events = EventStream::new(shape);
         let opening = events.opening();
-        return generate::typed_sse(started, opening, move |chunk| match chunk {
-            Some(chunk) => events.chunk(chunk),
-            None => {
-                let closing = events.finish();
-                if let (Some(keep), Some((_, last))) = (keep.take(), closing.last()) {
-                    keep(&last["response"]);
+        return generate::typed_sse(started, opening, move |chunk| {
+            let (events, kept) = match chunk {
+                Some(chunk) => (events.chunk(chunk), None),
+                None => {
+                    let closing = events.finish();
+                    let kept = keep.take().zip(closing.last()).map(|(keep, (_, last))| keep(&last["response"]));
+                    (closing, kept)
                 }
-                closing
+            };
+            async move {
+                if let Some(kept) = kept {
+                    kept.await;
+                }
+                events
             }
         });
     }
@@ -122,11 +129,19 @@ pub(super) async fn responses(State(shared): State<Arc<Shared>>, headers: Header
         (200, chat) => {
             let response = shape.whole(&chat);
             if let Some(keep) = keep.take() {
-                keep(&response);
+                keep(&response).await;
             }
             json_response(200, response)
         }
         (status, error) => json_response(status, renamed(error)),
+    }
+}
+
+/// Stores `tenant`'s `response`. A failure leaves the answer as it is (it was generated; the
+/// client gets it) and is logged: a follow-up naming it will be told it is unknown.
+async fn store_answer(shared: Arc<Shared>, tenant: Tenant, response: Value, context: Context) {
+    if let Err(err) = shared.responses.put(&tenant, response, context).await {
+        tracing::error!(error = %err, "a response was not stored");
     }
 }
 
@@ -170,7 +185,7 @@ pub(super) struct Rewritten {
 
 /// A Responses API body of `tenant`'s as a chat completion body, its `previous_response_id`
 /// read from `store`.
-pub(super) fn chat_body(
+pub(super) async fn chat_body(
     bytes: &[u8],
     store: &ResponseStore,
     tenant: &Tenant,
@@ -213,7 +228,7 @@ pub(super) fn chat_body(
                     "this router stores no responses; send the whole conversation",
                 ));
             }
-            let stored = store.get(tenant, &id);
+            let stored = store.get(tenant, &id).await?;
             echoed.insert("previous_response_id".into(), json!(id));
             stored.ok_or(RouterError::UnknownResponse { id, param: Some("previous_response_id") })?.conversation()
         }

@@ -41,6 +41,20 @@ app.kubernetes.io/component: {{ .component }}
 {{ include "lcserve.scheme" . }}://{{ include "lcserve.fullname" . }}-kvstore:50052
 {{- end }}
 
+{{/* An env entry `name` holding the Redis URL: the bundled Redis's, else the one in the chart's
+Secret. Call with (dict "root" $ "name" "LCSERVE_REDIS_URL"). */}}
+{{- define "lcserve.redisUrlEnv" -}}
+- name: {{ .name }}
+  {{- if .root.Values.redis.enabled }}
+  value: {{ printf "redis://%s-redis:6379/0" (include "lcserve.fullname" .root) | quote }}
+  {{- else }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "lcserve.fullname" .root }}
+      key: redis-url
+  {{- end }}
+{{- end }}
+
 {{/* Comma-separated URLs of the workers of one role: call with (dict "root" $ "role" "prefill"). */}}
 {{- define "lcserve.workerUrls" -}}
 {{- $root := .root }}

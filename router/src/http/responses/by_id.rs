@@ -22,7 +22,7 @@ pub(in crate::http) async fn retrieve(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    answer(stored(&shared, &headers, id).map(|stored| stored.response.clone()))
+    answer(stored(&shared, &headers, id).await.map(|stored| stored.response.clone()))
 }
 
 /// `GET /v1/responses/{id}/input_items`: the items of a stored response's own `input`, as
@@ -34,7 +34,7 @@ pub(in crate::http) async fn input_items(
     Path(id): Path<String>,
     page: Result<Query<Page>, QueryRejection>,
 ) -> Response {
-    answer(stored(&shared, &headers, id).and_then(|stored| {
+    answer(stored(&shared, &headers, id).await.and_then(|stored| {
         let Query(page) = page.map_err(|rejection| bad("query", rejection.body_text()))?;
         page.of(stored.input_items())
     }))
@@ -46,16 +46,20 @@ pub(in crate::http) async fn delete(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    answer(tenant(&shared.auth, &headers).and_then(|tenant| match shared.responses.delete(&tenant, &id) {
+    let deleted = match tenant(&shared.auth, &headers) {
+        Ok(tenant) => shared.responses.delete(&tenant, &id).await,
+        Err(err) => Err(err),
+    };
+    answer(deleted.and_then(|deleted| match deleted {
         true => Ok(json!({ "id": id, "object": "response", "deleted": true })),
         false => Err(RouterError::UnknownResponse { id, param: None }),
     }))
 }
 
 /// The caller's stored response `id`.
-fn stored(shared: &Shared, headers: &HeaderMap, id: String) -> Result<Arc<Stored>, RouterError> {
+async fn stored(shared: &Shared, headers: &HeaderMap, id: String) -> Result<Arc<Stored>, RouterError> {
     let tenant = tenant(&shared.auth, headers)?;
-    shared.responses.get(&tenant, &id).ok_or(RouterError::UnknownResponse { id, param: None })
+    shared.responses.get(&tenant, &id).await?.ok_or(RouterError::UnknownResponse { id, param: None })
 }
 
 /// A JSON body, or the error's.

@@ -2,33 +2,39 @@
 //! its `input_items`).
 //!
 //! A response is kept with the conversation that led to it, so a follow-up names it instead of
-//! resending the whole history. Entries live in this router's memory, each visible only to the
-//! tenant that created it, the oldest dropped once their total size passes the byte budget
-//! (`--responses-store-bytes`; 0 stores nothing). Several router replicas do not share them: a
-//! deployment that spreads one conversation over replicas sends the whole history instead.
+//! resending the whole history; each is visible only to the tenant that created it. Two
+//! places to keep them:
+//! - [`memory`]: this router's memory, the oldest dropped once their total size passes the
+//!   byte budget (`--responses-store-bytes`; 0 stores nothing). Enough for one router.
+//! - [`redis`]: a Redis that every replica of the router reads (`--responses-redis-url`),
+//!   each response kept for `--responses-ttl` under `--responses-key-prefix`. Behind a load balancer over several replicas a
+//!   follow-up lands anywhere, and only this finds its predecessor.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+mod memory;
+mod redis;
 
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::RouterConfig;
 use crate::auth::Tenant;
-use crate::lock;
+use crate::error::RouterError;
+use memory::MemoryStore;
+use redis::RedisStore;
 
 /// One stored response.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Stored {
-    tenant: Tenant,
     /// The `response` object, as it was answered.
     pub response: Value,
     context: Context,
-    /// Approximate bytes held: the JSON text of the response and the context.
-    bytes: usize,
 }
 
 /// Every input item an answer followed, oldest first: its predecessors' conversation, then
 /// its own request's `input`, from `input_from` on.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Context {
     pub items: Vec<Value>,
     pub input_from: usize,
@@ -58,81 +64,81 @@ fn item_id(kind: Option<&str>) -> String {
     format!("{prefix}_{:032x}", rand::random::<u128>())
 }
 
-#[derive(Debug, Default)]
-struct Entries {
-    by_id: HashMap<String, Arc<Stored>>,
-    /// Ids in the order they were stored (deleted ones may linger until they reach the front).
-    order: VecDeque<String>,
-    bytes: usize,
+/// Gives each of the request's own input items an id, and a message's text the parts form, as
+/// OpenAI lists them.
+fn with_item_ids(mut context: Context) -> Context {
+    for fields in context.items.iter_mut().skip(context.input_from).filter_map(Value::as_object_mut) {
+        if !fields.contains_key("id") {
+            let id = item_id(fields.get("type").and_then(Value::as_str));
+            fields.insert("id".into(), Value::String(id));
+        }
+        if let Some(Value::String(text)) = fields.get("content") {
+            let kind = if fields.get("role").is_some_and(|r| r == "assistant") { "output_text" } else { "input_text" };
+            let parts = json!([{ "type": kind, "text": text }]);
+            fields.insert("content".into(), parts);
+        }
+    }
+    context
 }
 
+/// Where responses are kept.
 #[derive(Debug)]
-pub(crate) struct ResponseStore {
-    budget: usize,
-    entries: Mutex<Entries>,
+pub(crate) struct ResponseStore(Backend);
+
+#[derive(Debug)]
+enum Backend {
+    Memory(MemoryStore),
+    Redis(RedisStore),
 }
 
 impl ResponseStore {
-    /// A store holding up to `budget` bytes of responses; 0 stores none.
-    pub fn new(budget: usize) -> Self {
-        Self { budget, entries: Mutex::default() }
+    /// A store in this router's memory holding up to `budget` bytes of responses; 0 stores none.
+    pub fn in_memory(budget: usize) -> Self {
+        ResponseStore(Backend::Memory(MemoryStore::new(budget)))
+    }
+
+    /// A store in the Redis at `url`, as `config` sets it (TLS, time to live, key prefix).
+    /// Needs a Tokio runtime; Redis need not be up yet.
+    pub fn in_redis(url: &str, config: &RouterConfig) -> Result<Self, RouterError> {
+        Ok(ResponseStore(Backend::Redis(RedisStore::new(url, config)?)))
     }
 
     pub fn enabled(&self) -> bool {
-        self.budget > 0
+        match &self.0 {
+            Backend::Memory(memory) => memory.enabled(),
+            Backend::Redis(_) => true,
+        }
     }
 
-    /// Keeps `response` (whose `id` names it) for `tenant`, dropping the oldest entries to make
-    /// room. One larger than the whole budget is not kept.
-    pub fn put(&self, tenant: &Tenant, response: Value, mut context: Context) {
-        let Some(id) = response["id"].as_str().map(str::to_owned) else { return };
-        for fields in context.items.iter_mut().skip(context.input_from).filter_map(Value::as_object_mut) {
-            if !fields.contains_key("id") {
-                let id = item_id(fields.get("type").and_then(Value::as_str));
-                fields.insert("id".into(), Value::String(id));
+    /// Keeps `response` (whose `id` names it) for `tenant`, with the `context` it followed.
+    pub async fn put(&self, tenant: &Tenant, response: Value, context: Context) -> Result<(), RouterError> {
+        let Some(id) = response["id"].as_str().map(str::to_owned) else {
+            return Err(RouterError::Internal("a response to store has no id".into()));
+        };
+        let stored = Stored { response, context: with_item_ids(context) };
+        match &self.0 {
+            Backend::Memory(memory) => {
+                memory.put(tenant, id, stored);
+                Ok(())
             }
-            if let Some(Value::String(text)) = fields.get("content") {
-                let kind =
-                    if fields.get("role").is_some_and(|r| r == "assistant") { "output_text" } else { "input_text" };
-                let parts = json!([{ "type": kind, "text": text }]);
-                fields.insert("content".into(), parts);
-            }
-        }
-        let bytes = response.to_string().len() + context.items.iter().map(|item| item.to_string().len()).sum::<usize>();
-        if bytes > self.budget {
-            tracing::debug!(id, bytes, budget = self.budget, "response larger than the store's budget; not stored");
-            return;
-        }
-        let mut entries = lock(&self.entries);
-        while entries.bytes + bytes > self.budget {
-            let Some(oldest) = entries.order.pop_front() else { break };
-            if let Some(dropped) = entries.by_id.remove(&oldest) {
-                entries.bytes -= dropped.bytes;
-            }
-        }
-        let stored = Arc::new(Stored { tenant: tenant.clone(), response, context, bytes });
-        entries.bytes += bytes;
-        entries.order.push_back(id.clone());
-        if let Some(replaced) = entries.by_id.insert(id, stored) {
-            entries.bytes -= replaced.bytes;
+            Backend::Redis(redis) => redis.put(tenant, &id, &stored).await,
         }
     }
 
     /// `tenant`'s response `id`, if stored.
-    pub fn get(&self, tenant: &Tenant, id: &str) -> Option<Arc<Stored>> {
-        lock(&self.entries).by_id.get(id).filter(|stored| stored.tenant == *tenant).cloned()
+    pub async fn get(&self, tenant: &Tenant, id: &str) -> Result<Option<Arc<Stored>>, RouterError> {
+        match &self.0 {
+            Backend::Memory(memory) => Ok(memory.get(tenant, id)),
+            Backend::Redis(redis) => redis.get(tenant, id).await,
+        }
     }
 
     /// Forgets `tenant`'s response `id`; false if there was none.
-    pub fn delete(&self, tenant: &Tenant, id: &str) -> bool {
-        let mut entries = lock(&self.entries);
-        if !entries.by_id.get(id).is_some_and(|stored| stored.tenant == *tenant) {
-            return false;
+    pub async fn delete(&self, tenant: &Tenant, id: &str) -> Result<bool, RouterError> {
+        match &self.0 {
+            Backend::Memory(memory) => Ok(memory.delete(tenant, id)),
+            Backend::Redis(redis) => redis.delete(tenant, id).await,
         }
-        if let Some(dropped) = entries.by_id.remove(id) {
-            entries.bytes -= dropped.bytes;
-        }
-        true
     }
 }
 
@@ -149,45 +155,57 @@ mod tests {
         json!({ "id": id, "object": "response", "output": [{ "type": "message", "content": text }] })
     }
 
-    #[test]
-    fn responses_are_kept_per_tenant_and_the_oldest_dropped_past_the_budget() {
+    async fn put(store: &ResponseStore, tenant: &Tenant, response: Value, context: Context) {
+        store.put(tenant, response, context).await.expect("a memory store never fails");
+    }
+
+    async fn get(store: &ResponseStore, tenant: &Tenant, id: &str) -> Option<Arc<Stored>> {
+        store.get(tenant, id).await.expect("a memory store never fails")
+    }
+
+    async fn delete(store: &ResponseStore, tenant: &Tenant, id: &str) -> bool {
+        store.delete(tenant, id).await.expect("a memory store never fails")
+    }
+
+    #[tokio::test]
+    async fn responses_are_kept_per_tenant_and_the_oldest_dropped_past_the_budget() {
         let (alice, bob) = (Tenant(Arc::from("alice")), Tenant(Arc::from("bob")));
         let one = response("resp_1", "one");
         let size = one.to_string().len() + json!("hi").to_string().len();
-        let store = ResponseStore::new(2 * size + 1);
-        store.put(&alice, one.clone(), hi());
-        let stored = store.get(&alice, "resp_1").expect("stored");
+        let store = ResponseStore::in_memory(2 * size + 1);
+        put(&store, &alice, one.clone(), hi()).await;
+        let stored = get(&store, &alice, "resp_1").await.expect("stored");
         assert_eq!(stored.conversation(), [json!("hi"), one["output"][0].clone()]);
-        assert!(store.get(&bob, "resp_1").is_none(), "another tenant's");
-        assert!(!store.delete(&bob, "resp_1"), "another tenant's");
+        assert!(get(&store, &bob, "resp_1").await.is_none(), "another tenant's");
+        assert!(!delete(&store, &bob, "resp_1").await, "another tenant's");
 
-        store.put(&alice, response("resp_2", "two"), hi());
-        store.put(&alice, response("resp_3", "six"), hi());
-        assert!(store.get(&alice, "resp_1").is_none(), "the oldest made room");
-        assert!(store.get(&alice, "resp_2").is_some() && store.get(&alice, "resp_3").is_some());
+        put(&store, &alice, response("resp_2", "two"), hi()).await;
+        put(&store, &alice, response("resp_3", "six"), hi()).await;
+        assert!(get(&store, &alice, "resp_1").await.is_none(), "the oldest made room");
+        assert!(get(&store, &alice, "resp_2").await.is_some() && get(&store, &alice, "resp_3").await.is_some());
 
-        assert!(store.delete(&alice, "resp_2"));
-        assert!(store.get(&alice, "resp_2").is_none() && !store.delete(&alice, "resp_2"));
-        store.put(&alice, response("resp_4", "for"), hi());
-        assert!(store.get(&alice, "resp_3").is_some(), "a deletion freed its room");
+        assert!(delete(&store, &alice, "resp_2").await);
+        assert!(get(&store, &alice, "resp_2").await.is_none() && !delete(&store, &alice, "resp_2").await);
+        put(&store, &alice, response("resp_4", "for"), hi()).await;
+        assert!(get(&store, &alice, "resp_3").await.is_some(), "a deletion freed its room");
 
-        let huge = ResponseStore::new(8);
-        huge.put(&alice, one, Context::default());
-        assert!(huge.get(&alice, "resp_1").is_none(), "larger than the budget");
-        assert!(!ResponseStore::new(0).enabled());
+        let huge = ResponseStore::in_memory(8);
+        put(&huge, &alice, one, Context::default()).await;
+        assert!(get(&huge, &alice, "resp_1").await.is_none(), "larger than the budget");
+        assert!(!ResponseStore::in_memory(0).enabled());
     }
 
-    #[test]
-    fn a_responses_own_input_items_get_ids() {
+    #[tokio::test]
+    async fn a_responses_own_input_items_get_ids() {
         let tenant = Tenant::anonymous();
         let earlier = json!({ "type": "message", "role": "user", "content": "Weather?" });
         let output = json!({ "type": "function_call_output", "call_id": "c1", "output": "-3 C" });
         let named = json!({ "type": "message", "id": "msg_mine", "role": "user", "content": "Thanks" });
         let thanks = json!([{ "type": "input_text", "text": "Thanks" }]);
-        let store = ResponseStore::new(1 << 20);
+        let store = ResponseStore::in_memory(1 << 20);
         let items = vec![earlier.clone(), output, named.clone()];
-        store.put(&tenant, response("resp_1", "ok"), Context { items, input_from: 1 });
-        let stored = store.get(&tenant, "resp_1").expect("stored");
+        put(&store, &tenant, response("resp_1", "ok"), Context { items, input_from: 1 }).await;
+        let stored = get(&store, &tenant, "resp_1").await.expect("stored");
         let input = stored.input_items();
         assert_eq!(input.len(), 2);
         assert!(input[0]["id"].as_str().is_some_and(|id| id.starts_with("fco_")), "{}", input[0]);

@@ -1,6 +1,7 @@
 //! The Responses API's translation: request bodies into chat bodies, chat answers and chunks
 //! into response objects and events.
 
+use futures_util::FutureExt;
 use serde_json::{Value, json};
 
 use super::{Context, EventStream, ResponseStore, Rewritten, Shape, chat_body, renamed};
@@ -8,13 +9,18 @@ use crate::auth::Tenant;
 use crate::error::RouterError;
 use crate::http::chat_chunks::{delta, reasoning_text_and_two_calls};
 
-/// `body` translated by a router that stores responses in `store`.
+/// `body` translated by `tenant`'s router that stores responses in `store`, a memory store
+/// (which answers at once).
+fn translate_as(tenant: &Tenant, body: &Value, store: &ResponseStore) -> Result<(Value, Rewritten), RouterError> {
+    chat_body(body.to_string().as_bytes(), store, tenant).now_or_never().expect("a memory store answers at once")
+}
+
 fn translate_with(body: &Value, store: &ResponseStore) -> Result<(Value, Rewritten), RouterError> {
-    chat_body(body.to_string().as_bytes(), store, &Tenant::anonymous())
+    translate_as(&Tenant::anonymous(), body, store)
 }
 
 fn translate(body: &Value) -> Result<(Value, Rewritten), RouterError> {
-    translate_with(body, &ResponseStore::new(1 << 20))
+    translate_with(body, &ResponseStore::in_memory(1 << 20))
 }
 
 fn chat(body: Value) -> Value {
@@ -112,7 +118,7 @@ fn what_the_server_cannot_honour_is_refused_by_its_field() {
 
 #[test]
 fn a_follow_up_continues_the_stored_conversation_it_names() {
-    let store = ResponseStore::new(1 << 20);
+    let store = ResponseStore::in_memory(1 << 20);
     let (_, first) =
         translate_with(&json!({"input": "Weather in Oslo?", "instructions": "Be brief."}), &store).expect("translates");
     let asked = json!({"type": "message", "role": "user", "content": "Weather in Oslo?"});
@@ -128,7 +134,8 @@ fn a_follow_up_continues_the_stored_conversation_it_names() {
         json!({"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "get_weather", "arguments": "{}"});
     let reasoning = json!({"type": "reasoning", "id": "rs_1", "summary": []});
     let response = json!({"id": "resp_1", "object": "response", "output": [reasoning, answer, call]});
-    store.put(&Tenant::anonymous(), response, first);
+    let kept = store.put(&Tenant::anonymous(), response, first).now_or_never();
+    kept.expect("a memory store answers at once").expect("stored");
 
     let follow_up = json!({"previous_response_id": "resp_1", "input": [
         {"type": "function_call_output", "call_id": "c1", "output": "-3 C"},
@@ -157,13 +164,13 @@ fn a_follow_up_continues_the_stored_conversation_it_names() {
         }
         other => panic!("an unknown response was not refused: {other:?}"),
     }
-    let elsewhere = chat_body(follow_up.to_string().as_bytes(), &store, &Tenant("other".into()));
+    let elsewhere = translate_as(&Tenant("other".into()), &follow_up, &store);
     assert!(matches!(elsewhere, Err(RouterError::UnknownResponse { .. })), "another tenant's response");
-    match translate_with(&follow_up, &ResponseStore::new(0)) {
+    match translate_with(&follow_up, &ResponseStore::in_memory(0)) {
         Err(RouterError::BadBody { param, .. }) => assert_eq!(param.as_deref(), Some("previous_response_id")),
         other => panic!("a router that stores nothing took previous_response_id: {other:?}"),
     }
-    let unstored = translate_with(&json!({"input": "Hi"}), &ResponseStore::new(0)).expect("translates").1;
+    let unstored = translate_with(&json!({"input": "Hi"}), &ResponseStore::in_memory(0)).expect("translates").1;
     assert_eq!((unstored.context, &unstored.echoed["store"]), (None, &json!(false)));
 }
 
