@@ -50,6 +50,8 @@ pub enum Field {
     Tools,
     /// Extra chat template variables.
     TemplateKwargs,
+    /// OpenAI's `reasoning_effort`: a template variable (over gRPC, one of `template_kwargs`).
+    ReasoningEffort,
     /// Whether and which tool must be called (HTTP only; over gRPC a forced call is a
     /// structured output).
     ToolChoice,
@@ -94,7 +96,7 @@ impl Field {
             Field::KvSelectionWindow => "kv_selection.window",
             Field::KvSelectionReuse => "kv_selection.reuse_threshold",
             Field::Tools => "chat.tools",
-            Field::TemplateKwargs => "chat.template_kwargs",
+            Field::TemplateKwargs | Field::ReasoningEffort => "chat.template_kwargs",
             Field::ToolChoice => "tool_choice",
             Field::StructuredOutput(_) => "sampling.structured_output",
             Field::Unsupported(name) => name,
@@ -134,6 +136,7 @@ impl Field {
             }
             Field::Tools => "tools",
             Field::TemplateKwargs => "chat_template_kwargs",
+            Field::ReasoningEffort => "reasoning_effort",
             Field::ToolChoice => "tool_choice",
             Field::StructuredOutput(name) | Field::Unsupported(name) => name,
         }

@@ -749,3 +749,37 @@ async fn chat_template_kwargs_reach_the_template() {
     let broken = json!({ "messages": messages, "chat_template_kwargs": { "greeting": "hello" } });
     assert_eq!(refused("/v1/chat/completions", broken).await, (400, json!("chat_template_kwargs")));
 }
+
+#[tokio::test]
+async fn reasoning_effort_reaches_the_template() {
+    let (decode, router) = one_decode().await;
+    let messages = json!([{ "role": "user", "content": "w31" }]);
+    let prompt_of = async |path: &str, body: Value| {
+        let response = post(router.http, path, &body.to_string()).await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        decode.generates().last().and_then(|g| g.request.clone()).expect("request").prompt
+    };
+    let high = json!({ "messages": messages, "max_tokens": 1, "reasoning_effort": "high" });
+    assert_eq!(prompt_of("/v1/chat/completions", high).await, [33, 4, 31, 6, 5]);
+    let low = json!({ "messages": messages, "max_tokens": 1, "reasoning_effort": "low" });
+    assert_eq!(prompt_of("/v1/chat/completions", low).await, [32, 4, 31, 6, 5]);
+    let both = json!({
+        "messages": messages, "max_tokens": 1, "reasoning_effort": "high",
+        "chat_template_kwargs": { "reasoning_effort": "low" },
+    });
+    assert_eq!(prompt_of("/v1/chat/completions", both).await, [32, 4, 31, 6, 5], "the client's template kwargs win");
+    let responses =
+        json!({ "input": "w31", "max_output_tokens": 1, "reasoning": { "effort": "high", "summary": "auto" } });
+    assert_eq!(prompt_of("/v1/responses", responses).await, [33, 4, 31, 6, 5], "the Responses API's effort");
+
+    let refused = |path: &'static str, body: Value| async move {
+        let response = post(router.http, path, &body.to_string()).await;
+        (response.status, response.json()["error"]["param"].clone())
+    };
+    let unknown = json!({ "messages": messages, "reasoning_effort": "extreme" });
+    assert_eq!(refused("/v1/chat/completions", unknown).await, (400, json!("reasoning_effort")));
+    let completion = json!({ "prompt": "w1", "reasoning_effort": "high" });
+    assert_eq!(refused("/v1/completions", completion).await, (400, json!("reasoning_effort")));
+    let responses = json!({ "input": "w31", "reasoning": { "effort": "extreme" } });
+    assert_eq!(refused("/v1/responses", responses).await, (400, json!("reasoning.effort")));
+}

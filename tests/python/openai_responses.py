@@ -6,7 +6,8 @@ Asks one question greedily through chat completions and through `responses.creat
 streamed and with the text's logprobs; asks for a pydantic model through `responses.parse`
 (the client validates the document); forces a tool call, then sends it back with its output
 as input items, and again as a follow-up naming the stored call by `previous_response_id`
-(listing its input items); retrieves and deletes the stored response; prints what came back
+(listing its input items); retrieves and deletes the stored response; sends a reasoning effort
+to both endpoints; prints what came back
 as one JSON object.
 """
 
@@ -46,6 +47,11 @@ def main(base_url):
 
     ask = dict(model=model, instructions=INSTRUCTIONS, input=QUESTION, max_output_tokens=24, temperature=0)
     whole = client.responses.create(**ask)
+    # A reasoning effort reaches the template, which (SmolLM2's) does not read it.
+    effort = client.responses.create(**ask, reasoning={"effort": "low", "summary": "auto"})
+    chat_effort = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=24, temperature=0, reasoning_effort="low"
+    )
     kinds, deltas, final = [], "", None
     for event in client.responses.create(**ask, stream=True):
         kinds.append(event.type)
@@ -97,6 +103,11 @@ def main(base_url):
     print(json.dumps({
         "chat": {"text": chat.choices[0].message.content, "usage": chat.usage.model_dump()},
         "whole": {"text": whole.output_text, "status": whole.status, "usage": whole.usage.model_dump()},
+        "effort": {
+            "text": effort.output_text,
+            "reasoning": effort.reasoning.model_dump(exclude_none=True),
+            "chat_text": chat_effort.choices[0].message.content,
+        },
         "stream": {"kinds": kinds, "text": deltas, "final_text": final.output_text, "status": final.status},
         "parsed": {"value": parsed.output_parsed.model_dump(), "status": parsed.status},
         "call": {"name": call.name, "arguments": call.arguments, "call_id": call.call_id, "status": called.status},

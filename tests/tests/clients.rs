@@ -86,8 +86,9 @@ fn the_openai_package_streams_a_chat_completion() {
 /// `openai_responses.py`: the Responses API gives the chat endpoint's greedy answer, whole and
 /// as the events the client reads, with the chat's logprobs; `responses.parse` validates a structured answer; a forced
 /// call comes back as a `function_call` item and goes back in as input items or by
-/// `previous_response_id`; the stored call is retrieved as answered, then deleted. Returns the
-/// chat endpoint's greedy answer.
+/// `previous_response_id`; the stored call is retrieved as answered, then deleted; a reasoning
+/// effort, which the reference model's template does not read, changes neither endpoint's
+/// answer. Returns the chat endpoint's greedy answer.
 fn responds_through_the_openai_package(cluster: &Cluster) -> String {
     let got = script("openai_responses.py", &[&format!("http://{}/v1", cluster.http)]);
     let chat = &got["chat"];
@@ -97,6 +98,9 @@ fn responds_through_the_openai_package(cluster: &Cluster) -> String {
     assert_eq!(whole["usage"]["input_tokens"], chat["usage"]["prompt_tokens"], "{got}");
     assert_eq!(whole["usage"]["output_tokens"], chat["usage"]["completion_tokens"], "{got}");
     assert_eq!(whole["usage"]["output_tokens_details"]["reasoning_tokens"], 0, "{got}");
+    let effort = &got["effort"];
+    assert_eq!((&effort["text"], &effort["chat_text"]), (&whole["text"], &chat["text"]), "{got}");
+    assert_eq!(effort["reasoning"], json!({"effort": "low", "summary": "auto"}), "echoed: {got}");
     let stream = &got["stream"];
     assert_eq!((&stream["text"], &stream["final_text"]), (&whole["text"], &whole["text"]), "{got}");
     assert_eq!(stream["status"], whole["status"], "{got}");

@@ -127,6 +127,9 @@ pub(crate) struct OpenAiRequest {
     pub parallel_tool_calls: Option<bool>,
     /// vLLM's extra chat template variables (Qwen3's `enable_thinking`, ...).
     pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// OpenAI's: how hard a reasoning model thinks. Templates that know it (gpt-oss's, ...)
+    /// read it as the variable `reasoning_effort`, as vLLM and SGLang pass it.
+    pub reasoning_effort: Option<String>,
     /// Deprecated; see [`OpenAiRequest::refuse_unimplemented_features`].
     pub functions: Option<serde_json::Value>,
     pub function_call: Option<serde_json::Value>,
@@ -245,6 +248,7 @@ impl OpenAiRequest {
         if kind == Kind::Completion && self.chat_template_kwargs.as_ref().is_some_and(|k| !k.is_empty()) {
             return invalid(Field::TemplateKwargs, "chat_template_kwargs are for /v1/chat/completions");
         }
+        let template_kwargs = with_reasoning_effort(self.chat_template_kwargs, self.reasoning_effort, kind)?;
         let (inputs, logprobs) = match kind {
             Kind::Completion => {
                 if self.messages.is_some() {
@@ -272,7 +276,7 @@ impl OpenAiRequest {
                 if logprobs.is_some_and(|n| n > MAX_LOGPROBS) {
                     return invalid(Field::TopLogprobs, format!("at most {MAX_LOGPROBS}"));
                 }
-                (vec![chat_input(self.messages, tool_request.tools, self.chat_template_kwargs)?], logprobs)
+                (vec![chat_input(self.messages, tool_request.tools, template_kwargs)?], logprobs)
             }
         };
         let top_k = match self.top_k {
@@ -463,6 +467,28 @@ fn completion_inputs(prompt: Option<PromptField>) -> Result<Vec<Input>, RouterEr
             lists.into_iter().map(|ids| Input::TokenIds(v1::TokenIds { ids })).collect()
         }
     })
+}
+
+/// The reasoning efforts OpenAI's API names.
+const REASONING_EFFORTS: [&str; 6] = ["none", "minimal", "low", "medium", "high", "xhigh"];
+
+/// A chat's template variables with `reasoning_effort` among them, unless they set it
+/// themselves (theirs wins, as in SGLang).
+fn with_reasoning_effort(
+    template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    effort: Option<String>,
+    kind: Kind,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, RouterError> {
+    let Some(effort) = effort else { return Ok(template_kwargs) };
+    if kind == Kind::Completion {
+        return invalid(Field::ReasoningEffort, "reasoning_effort is for /v1/chat/completions");
+    }
+    if !REASONING_EFFORTS.contains(&effort.as_str()) {
+        return invalid(Field::ReasoningEffort, format!("{effort:?} is not one of {}", REASONING_EFFORTS.join(", ")));
+    }
+    let mut template_kwargs = template_kwargs.unwrap_or_default();
+    template_kwargs.entry("reasoning_effort").or_insert(serde_json::Value::String(effort));
+    Ok(Some(template_kwargs))
 }
 
 /// The wire's conversation: its messages, the tools it offers and extra template variables.

@@ -2,7 +2,8 @@
 //!
 //! The body is rewritten into a chat completion request ([`chat_body`]: `instructions` and
 //! `input` into `messages`, `max_output_tokens`, `text.format`, function `tools` and
-//! `tool_choice`; sampling fields and lcserve's extensions as they are), which runs as any chat
+//! `tool_choice`, `reasoning.effort` into `reasoning_effort`; sampling fields and lcserve's
+//! extensions as they are), which runs as any chat
 //! does. Its answer comes back reshaped: a `response` object whose `output` holds a `reasoning`
 //! item (a thinking model's), a `message` item with the text and a `function_call` item per
 //! call; streamed, the API's typed events ([`EventStream`]: `response.created`, …,
@@ -11,10 +12,11 @@
 //! Answers are stored unless `store` is false ([`store`]): a follow-up names one as its
 //! `previous_response_id` and continues that conversation; [`by_id`] reads, lists the input
 //! of and forgets one. Refused, as the server cannot honour them: the
-//! `conversation` object, OpenAI's built-in tools, non-text inputs, `reasoning` settings,
-//! `truncation: "auto"`, `max_tool_calls` and `background`. `include:
-//! ["message.output_text.logprobs"]` or `top_logprobs` return the text's logprobs. Fields that
-//! change nothing in the answer (`metadata`, `user`, other `include` values, …) are ignored.
+//! `conversation` object, OpenAI's built-in tools, non-text inputs, `truncation: "auto"`,
+//! `max_tool_calls` and `background`. `include: ["message.output_text.logprobs"]` or
+//! `top_logprobs` return the text's logprobs. Fields that change nothing in the answer
+//! (`metadata`, `user`, other `include` values, `reasoning.summary`: the `reasoning` item holds
+//! the whole reasoning, …) are ignored.
 
 use std::sync::Arc;
 
@@ -42,8 +44,9 @@ use crate::metrics::Endpoint;
 const LOGPROBS: &str = "message.output_text.logprobs";
 
 /// Request fields a response object repeats back.
-const ECHOED: [&str; 9] = [
+const ECHOED: [&str; 10] = [
     "instructions",
+    "reasoning",
     "max_output_tokens",
     "temperature",
     "top_p",
@@ -71,10 +74,11 @@ const SHARED_FIELDS: [&str; 12] = [
 ];
 
 /// The chat fields errors may name, and the Responses field each came from.
-const RENAMED: [(&str, &str); 4] = [
+const RENAMED: [(&str, &str); 5] = [
     ("max_completion_tokens", "max_output_tokens"),
     ("max_tokens", "max_output_tokens"),
     ("messages", "input"),
+    ("reasoning_effort", "reasoning.effort"),
     ("response_format", "text.format"),
 ];
 
@@ -202,9 +206,6 @@ pub(super) async fn chat_body(
     if request.get("background").is_some_and(|b| b != &json!(false)) {
         return Err(refused("background", "responses run in the foreground only"));
     }
-    if request.get("reasoning").and_then(Value::as_object).is_some_and(|r| r.values().any(|v| !v.is_null())) {
-        return Err(refused("reasoning", "reasoning effort and summaries are not implemented"));
-    }
     if request.get("truncation").is_some_and(|t| t != "disabled") {
         return Err(refused("truncation", "input is never truncated; a prompt too long is refused"));
     }
@@ -268,6 +269,17 @@ pub(super) async fn chat_body(
     if include.contains(&json!(LOGPROBS)) || top_logprobs.as_ref().is_some_and(|n| n != &json!(0)) {
         chat.insert("logprobs".into(), json!(true));
         chat.extend(top_logprobs.map(|n| ("top_logprobs".to_owned(), n)));
+    }
+    // The effort reaches the template as the chat's `reasoning_effort`. A summary is not
+    // written: the `reasoning` item carries the whole reasoning.
+    match request.remove("reasoning") {
+        None => {}
+        Some(Value::Object(reasoning)) => {
+            chat.extend(
+                reasoning.get("effort").filter(|e| !e.is_null()).map(|e| ("reasoning_effort".into(), e.clone())),
+            );
+        }
+        Some(_) => return Err(bad("reasoning", "reasoning: must be an object")),
     }
     if let Some(max) = request.remove("max_output_tokens") {
         chat.insert("max_completion_tokens".into(), max);

@@ -19,8 +19,10 @@ pub const MODEL_ID: &str = "tiny-echo";
 /// Roles become words (`w3` system, `w4` user, `w5` assistant), each turn ends with `w6`, and
 /// the generation prompt is `w5`. Unknown roles are rejected, as real templates do. An extra
 /// template variable `greeting` (a number; anything else fails the render) opens the prompt with
-/// its word.
-pub const CHAT_TEMPLATE: &str = "{% if greeting is defined %}w{{ greeting + 0 }} {% endif %}{% for m in messages %}\
+/// its word; `reasoning_effort` opens it with `w33` when `high`, else `w32`.
+pub const CHAT_TEMPLATE: &str = "{% if greeting is defined %}w{{ greeting + 0 }} {% endif %}\
+{% if reasoning_effort is defined %}{% if reasoning_effort == 'high' %}w33{% else %}w32{% endif %} {% endif %}\
+{% for m in messages %}\
 {% if m.role == 'system' %}w3{% elif m.role == 'user' %}w4{% elif m.role == 'assistant' %}w5\
 {% else %}{{ raise_exception('unknown role ' + m.role) }}{% endif %} {{ m.content }} w6 \
 {% endfor %}{% if add_generation_prompt %}w5{% endif %}";

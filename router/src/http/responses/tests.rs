@@ -39,6 +39,7 @@ fn a_responses_body_becomes_the_chat_body_it_means() {
     let body = json!({
         "model": "m", "instructions": "Be brief.", "max_output_tokens": 9, "temperature": 0, "stream": true,
         "top_k": 5, "metadata": {"a": "b"}, "store": true, "previous_response_id": null,
+        "reasoning": {"effort": "high", "summary": "auto"},
         "input": [
             {"role": "developer", "content": "Use tools."},
             {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Weather "}, {"type": "input_text", "text": "in Oslo?"}]},
@@ -66,6 +67,7 @@ fn a_responses_body_becomes_the_chat_body_it_means() {
         ])
     );
     assert_eq!((&chat["max_completion_tokens"], &chat["top_k"], &chat["model"]), (&json!(9), &json!(5), &json!("m")));
+    assert_eq!(chat["reasoning_effort"], "high", "the effort reaches the template as the chat's");
     assert_eq!((&chat["stream"], &chat["stream_options"]), (&json!(true), &json!({"include_usage": true})));
     assert_eq!(
         chat["tools"],
@@ -80,6 +82,7 @@ fn a_responses_body_becomes_the_chat_body_it_means() {
     assert_eq!(echoed["instructions"], "Be brief.");
     assert_eq!(echoed["max_output_tokens"], 9);
     assert_eq!(echoed["store"], true);
+    assert_eq!(echoed["reasoning"], body["reasoning"]);
     let context = context.expect("stored");
     assert_eq!((Some(&context.items), context.input_from), (body["input"].as_array(), 0), "stored with its input");
 
@@ -96,7 +99,7 @@ fn what_the_server_cannot_honour_is_refused_by_its_field() {
         (json!({"input": "Hi", "store": "yes"}), "store"),
         (json!({"input": "Hi", "conversation": "conv_1"}), "conversation"),
         (json!({"input": "Hi", "background": true}), "background"),
-        (json!({"input": "Hi", "reasoning": {"effort": "high"}}), "reasoning"),
+        (json!({"input": "Hi", "reasoning": "high"}), "reasoning"),
         (json!({"input": "Hi", "include": "message.output_text.logprobs"}), "include"),
         (json!({"input": "Hi", "truncation": "auto"}), "truncation"),
         (json!({"input": "Hi", "max_tool_calls": 1}), "max_tool_calls"),
@@ -183,6 +186,7 @@ fn errors_name_the_responses_field() {
     );
     assert_eq!(renamed(error("messages"))["error"]["param"], "input");
     assert_eq!(renamed(error("response_format"))["error"]["param"], "text.format");
+    assert_eq!(renamed(error("reasoning_effort"))["error"]["param"], "reasoning.effort");
     assert_eq!(renamed(error("temperature")), error("temperature"));
 }
 
