@@ -5,9 +5,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use lcserve_kvstore::{KvStoreConfig, RedisTierConfig};
-use lcserve_svc_kit::{Tls, TlsArgs};
+use lcserve_svc_kit::{Tls, TlsArgs, shutdown};
 
-use crate::worker_cmd::{MetricsArgs, ctrl_c};
+use crate::worker_cmd::MetricsArgs;
 
 #[derive(Debug, Args)]
 pub struct KvStoreArgs {
@@ -74,7 +74,7 @@ pub fn run(args: KvStoreArgs) -> anyhow::Result<()> {
             .with_context(|| format!("binding --listen {}", args.listen))?;
         eprintln!("kvstore listening on {}", listener.local_addr()?);
         let metrics = args.metrics.bind().await?;
-        lcserve_kvstore::run_with_metrics(config, listener, metrics, ctrl_c()).await?;
+        lcserve_kvstore::run_with_metrics(config, listener, metrics, shutdown::signal()).await?;
         Ok(())
     })
 }

@@ -3,8 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 use lcserve_router::{RouterArgs, RouterConfig};
-
-use crate::worker_cmd::ctrl_c;
+use lcserve_svc_kit::shutdown;
 
 #[derive(Debug, Args)]
 pub struct RouterCmdArgs {
@@ -27,7 +26,7 @@ pub fn run(args: RouterCmdArgs) -> anyhow::Result<()> {
         let grpc =
             tokio::net::TcpListener::bind(&args.grpc).await.with_context(|| format!("binding --grpc {}", args.grpc))?;
         eprintln!("router: OpenAI HTTP http://{}/v1, gRPC {}", http.local_addr()?, grpc.local_addr()?);
-        lcserve_router::run(config, http, grpc, ctrl_c()).await?;
+        lcserve_router::run(config, http, grpc, shutdown::signal()).await?;
         Ok(())
     })
 }

@@ -9,10 +9,11 @@ use anyhow::Context;
 use clap::Args;
 use lcserve_kvstore::{KvStoreConfig, RedisTierConfig};
 use lcserve_router::{RouterArgs, RouterConfig};
+use lcserve_svc_kit::shutdown;
 use lcserve_worker::{Role, Worker};
 use tokio::net::TcpListener;
 
-use crate::worker_cmd::{WorkerFlags, ctrl_c};
+use crate::worker_cmd::WorkerFlags;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -52,7 +53,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             ..KvStoreConfig::default()
         };
         kvstore_config.validate()?;
-        let kvstore = tokio::spawn(lcserve_kvstore::run(kvstore_config, kvstore_listener, ctrl_c()));
+        // The internal services stop after the router has drained (below), not on the signal:
+        // the router's requests in flight still need them.
+        let kvstore = tokio::spawn(lcserve_kvstore::run(kvstore_config, kvstore_listener, std::future::pending()));
 
         let mut router_args = args.router.clone();
         router_args.kvstore = Some(kvstore_url.clone());
@@ -67,13 +70,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 Role::Prefill => router_args.prefill.insert(0, url),
                 Role::Decode => router_args.decode.insert(0, url),
             }
-            workers.push(tokio::spawn(lcserve_worker::run(worker, listener, ctrl_c())));
+            workers.push(tokio::spawn(lcserve_worker::run(worker, listener, std::future::pending())));
         }
         let router_config = RouterConfig::try_from(router_args)?;
         eprintln!("lcserve serving {model_id}");
         eprintln!("  OpenAI HTTP  http://{}/v1", http.local_addr()?);
         eprintln!("  gRPC         {}", grpc.local_addr()?);
-        lcserve_router::run(router_config, http, grpc, ctrl_c()).await?;
+        lcserve_router::run(router_config, http, grpc, shutdown::signal()).await?;
         kvstore.abort();
         for worker in workers {
             worker.abort();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use lcserve_kvstore::{Codec, RawDtype, RemoteTierConfig};
-use lcserve_svc_kit::{Tls, TlsArgs};
+use lcserve_svc_kit::{Tls, TlsArgs, shutdown};
 use lcserve_worker::{Role, Worker, WorkerConfig};
 
 use crate::engine_args::{EngineArgs, ModelArgs};
@@ -125,12 +125,14 @@ pub fn run(role: Role, args: WorkerArgs) -> anyhow::Result<()> {
         let metrics = args.metrics.bind().await?;
         let serving = {
             let worker = Arc::clone(&worker);
-            async move { lcserve_worker::run(worker, listener, ctrl_c()).await.map_err(anyhow::Error::from) }
+            async move { lcserve_worker::run(worker, listener, shutdown::signal()).await.map_err(anyhow::Error::from) }
         };
         match metrics {
             Some(metrics) => {
                 let metrics = async {
-                    lcserve_svc_kit::metrics::serve_metrics(metrics, worker, ctrl_c()).await.context("serving /metrics")
+                    lcserve_svc_kit::metrics::serve_metrics(metrics, worker, shutdown::signal())
+                        .await
+                        .context("serving /metrics")
                 };
                 tokio::try_join!(serving, metrics)?;
             }
@@ -138,11 +140,4 @@ pub fn run(role: Role, args: WorkerArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
-}
-
-/// Completes on Ctrl-C (or if the signal cannot be watched, never).
-pub async fn ctrl_c() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await;
-    }
 }

@@ -1,6 +1,7 @@
 //! The `lcserve` binary itself: `serve` (router, prefill, decode and kvstore in one process)
 //! answers a chat over OpenAI HTTP exactly as `generate` prints it, with the prompt going
-//! through the prefill worker and the KV store (raw codec) to the decode worker.
+//! through the prefill worker and the KV store (raw codec) to the decode worker; on SIGTERM it
+//! finishes the answers in flight, then exits cleanly.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -127,4 +128,53 @@ fn serve_answers_a_chat_exactly_as_generate_prints_it() {
     let answer = post(&server.http, "/v1/chat/completions", &body.to_string());
     assert_eq!(answer["choices"][0]["message"]["content"], generated["text"], "{answer}");
     assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+}
+
+#[test]
+fn a_sigterm_lets_the_answers_in_flight_finish_then_serve_exits_cleanly() {
+    let mut server = start_serve();
+    let body = |stream: bool| {
+        let messages = [serde_json::json!({"role": "user", "content": QUESTION})];
+        serde_json::json!({ "messages": messages, "max_tokens": 48, "temperature": 0, "ignore_eos": true, "stream": stream })
+            .to_string()
+    };
+    let whole = post(&server.http, "/v1/chat/completions", &body(false));
+
+    // A streamed answer under way...
+    let mut stream = TcpStream::connect(&server.http).expect("connect");
+    let request = body(true);
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{request}",
+        request.len()
+    )
+    .expect("send");
+    let mut reader = BufReader::new(stream);
+    let mut received = String::new();
+    while !received.contains("data: {") {
+        assert_ne!(reader.read_line(&mut received).expect("read"), 0, "the stream ended early: {received}");
+    }
+    // ...when Kubernetes (or `docker stop`) asks the process to stop.
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("run kill").success());
+    reader.read_to_string(&mut received).expect("read the rest of the stream");
+    assert!(received.contains("data: [DONE]"), "the answer in flight was cut: {received}");
+    let text: String = received
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+        .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, whole["choices"][0]["message"]["content"].as_str().expect("text"), "the whole answer");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "a clean exit, not death by the signal: {status:?}");
+    assert!(TcpStream::connect(&server.http).is_err(), "nothing listens any more");
 }

@@ -11,6 +11,7 @@
 //! - [`metrics`]: `GET /metrics` (Prometheus text) for workers and kvstore, and the helpers
 //!   their metric families share (status labels, families read at scrape time);
 //!   [`otlp_metrics`] pushes the same registries to the OTLP collector.
+//! - [`shutdown`]: the signals (SIGTERM, SIGINT) on which a service drains and stops.
 //! - [`tls`]: rustls certificates from `--tls-cert/--tls-key/--tls-ca` for gRPC servers (mTLS
 //!   between services), the router's HTTPS, and clients of `https://` URLs.
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@
 pub mod metrics;
 pub mod otlp_metrics;
 pub mod propagation;
+pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 

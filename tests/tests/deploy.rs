@@ -147,6 +147,10 @@ fn the_helm_chart_lints_renders_and_validates_with_its_defaults() {
     assert_eq!(worker["readinessProbe"]["grpc"]["port"], 50061, "{worker}");
     let router = container(&rendered, "lcserve-router");
     assert_eq!(router["readinessProbe"]["httpGet"]["path"], "/ready");
+    for deployment in &rendered["Deployment"] {
+        let grace = &deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"];
+        assert_eq!(grace, 120, "time to drain on SIGTERM: {}", deployment["metadata"]["name"]);
+    }
     assert_eq!(router["livenessProbe"]["httpGet"]["path"], "/health");
     // Every router replica keeps and finds stored responses in the bundled Redis.
     let responses_redis = env_entry(router, "LCSERVE_ROUTER_RESPONSES_REDIS_URL");

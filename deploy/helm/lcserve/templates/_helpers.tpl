@@ -75,6 +75,7 @@ Secret. Call with (dict "root" $ "name" "LCSERVE_REDIS_URL"). */}}
 
 {{/* Pod-level settings every lcserve pod shares. */}}
 {{- define "lcserve.podSpecCommon" -}}
+terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
