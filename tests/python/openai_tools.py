@@ -3,7 +3,8 @@
 Usage: openai_tools.py BASE_URL
 
 Offers two tools and asks, greedily: with a named `tool_choice` (whole, then streamed), with
-`tool_choice: "required"` and `parallel_tool_calls: false` (streamed), with `"auto"`, and last
+`tool_choice: "required"` and `parallel_tool_calls: false` (streamed), with `"auto"` (whole, then
+streamed), and last
 hands a call's result back as a `tool` message with `tool_choice: "none"`. Prints what came back
 as one JSON object, stream deltas folded the way clients fold them.
 """
@@ -76,6 +77,7 @@ def main(base_url):
         client.chat.completions.create(**ask, tool_choice="required", parallel_tool_calls=False, stream=True)
     )
     auto = client.chat.completions.create(**ask, tool_choice="auto")
+    auto_stream = fold(client.chat.completions.create(**ask, tool_choice="auto", stream=True))
 
     call = named.choices[0].message.tool_calls[0]
     turn_two = QUESTION + [
@@ -102,6 +104,7 @@ def main(base_url):
             "calls": calls_of(auto.choices[0].message),
             "finish_reason": auto.choices[0].finish_reason,
         },
+        "auto_stream": auto_stream,
         "answer": {
             "content": answer.choices[0].message.content,
             "calls": calls_of(answer.choices[0].message),

@@ -249,8 +249,8 @@ fn scores_a_prompt_through_the_openai_package(cluster: &Cluster) {
 }
 
 /// `openai_tools.py` on the same deployment: forced calls come back as `tool_calls` whose
-/// arguments follow the tool's schema, streamed or whole; `auto` answers either way; a tool's
-/// result handed back is answered in text.
+/// arguments follow the tool's schema, streamed or whole; `auto` answers either way, the same
+/// streamed as whole; a tool's result handed back is answered in text.
 fn calls_tools_through_the_openai_package(cluster: &Cluster) {
     let got = script("openai_tools.py", &[&format!("http://{}/v1", cluster.http)]);
     let weather_call = |call: &Value| {
@@ -283,6 +283,15 @@ fn calls_tools_through_the_openai_package(cluster: &Cluster) {
     let expected_reasons: &[&str] = if called { &["tool_calls", "length"] } else { &["stop", "length"] };
     assert!(expected_reasons.contains(&auto["finish_reason"].as_str().unwrap_or_default()), "{got}");
     assert!(called || auto["content"].as_str().is_some_and(|c| !c.is_empty()), "{got}");
+    // Streamed, the same answer: its text, and each call's name and arguments as they grew.
+    let auto_stream = &got["auto_stream"];
+    let without_ids = |calls: &Value| -> Vec<(Value, Value)> {
+        let calls = calls.as_array().cloned().unwrap_or_default();
+        calls.iter().map(|c| (c["name"].clone(), c["arguments"].clone())).collect()
+    };
+    assert_eq!(without_ids(&auto_stream["calls"]), without_ids(&auto["calls"]), "{got}");
+    assert_eq!(auto_stream["content"].as_str(), Some(auto["content"].as_str().unwrap_or_default()), "{got}");
+    assert_eq!(auto_stream["finish_reason"], auto["finish_reason"], "{got}");
 
     let answer = &got["answer"];
     assert_eq!(answer["calls"], json!([]), "tool_choice none: {got}");

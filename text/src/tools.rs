@@ -8,12 +8,13 @@
 //! Mistral's since v11, `[TOOL_CALLS]name[ARGS]{...}` calls. The template says which
 //! ([`crate::ChatTemplate::call_format`]).
 //! - A chat template that knows tools renders them itself; for one that does not,
-//!   [`hermes_fallback`] rewrites the conversation so the model is told about the tools (a system
+//!   `hermes_fallback` rewrites the conversation so the model is told about the tools (a system
 //!   message), sees its earlier calls as `<tool_call>` blocks and their results as
 //!   `<tool_response>` blocks.
 //! - [`ToolCallStream`] splits generated text into content and calls as it streams, holding back
 //!   only what might be the start of a `<tool_call>` tag (or, in the JSON formats, an answer
-//!   that opens as calls); [`parse_tool_calls`] is the same machine run over a whole answer, so
+//!   that opens as calls); a Hermes block's call streams its arguments as they come
+//!   (`tools/hermes.rs`). [`parse_tool_calls`] is the same machine run over a whole answer, so
 //!   streamed and whole responses agree.
 //! - A forced call (OpenAI's `tool_choice: "required"` or a named function) is a JSON-schema
 //!   structured output ([`ToolChoice::forced_schema`]): the named function's arguments, or
@@ -26,9 +27,11 @@ use crate::chat_template::ChatMessage;
 #[cfg(doc)]
 use crate::structured::StructuredOutput;
 
+mod hermes;
 mod json_answer;
 mod mistral_args;
 
+use hermes::Hermes;
 use json_answer::{JsonAnswer, LLAMA3, MISTRAL, Opening, parse_calls};
 
 const CALL_OPEN: &str = "<tool_call>";
@@ -187,14 +190,22 @@ pub enum CallFormat {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Piece {
     Content(String),
+    /// A whole call.
     Call(GeneratedCall),
+    /// A call whose arguments follow as they are generated (Hermes blocks).
+    CallStart {
+        name: String,
+    },
+    /// The next characters of the arguments of the call last started.
+    Arguments(String),
 }
 
 /// Splits generated text into content and calls as it arrives.
 ///
-/// A block whose body is not a call of one of the tools (bad JSON, an unknown name) stays
-/// content, verbatim, as does an unclosed block at the end; so does a JSON-format answer that
-/// is not all calls.
+/// A Hermes block streams its call once its opening names one of the tools (`tools/hermes.rs`);
+/// any other block whose body is not a call of one of the tools (bad JSON, an unknown name)
+/// stays content, verbatim, as does such a block left unclosed at the end; so does a
+/// JSON-format answer that is not all calls.
 #[derive(Clone, Debug)]
 pub struct ToolCallStream {
     tools: Vec<Tool>,
@@ -207,7 +218,7 @@ pub struct ToolCallStream {
 /// Where a [`ToolCallStream`] stands in its format.
 #[derive(Clone, Copy, Debug)]
 enum Reader {
-    Hermes { in_call: bool },
+    Hermes(Hermes),
     Json(JsonAnswer, Opening),
     MistralArgs(JsonAnswer),
 }
@@ -215,7 +226,7 @@ enum Reader {
 impl ToolCallStream {
     pub fn new(tools: Vec<Tool>, format: CallFormat) -> Self {
         let reader = match format {
-            CallFormat::Hermes => Reader::Hermes { in_call: false },
+            CallFormat::Hermes => Reader::Hermes(Hermes::Outside),
             CallFormat::Llama3Json => Reader::Json(JsonAnswer::Undecided, LLAMA3),
             CallFormat::MistralJson => Reader::Json(JsonAnswer::Undecided, MISTRAL),
             CallFormat::MistralArgs => Reader::MistralArgs(JsonAnswer::Undecided),
@@ -228,9 +239,7 @@ impl ToolCallStream {
         self.pending.push_str(text);
         let mut pieces = Vec::new();
         match &mut self.reader {
-            Reader::Hermes { in_call } => {
-                self.pending = hermes_pieces(&self.pending, in_call, &self.tools, &mut pieces)
-            }
+            Reader::Hermes(hermes) => self.pending = hermes.read(&self.pending, &self.tools, &mut pieces),
             Reader::Json(answer, opening) => {
                 *answer = answer.read(&self.pending, *opening);
                 if *answer == JsonAnswer::Content {
@@ -247,13 +256,14 @@ impl ToolCallStream {
         pieces
     }
 
-    /// What is left once the text has ended: held-back text or an unclosed block, as content;
-    /// a held JSON-format answer, as its calls if it is all calls.
+    /// What is left once the text has ended: held-back text or an unclosed block, as content
+    /// (a streaming call's, as its arguments); a held JSON-format answer, as its calls if it
+    /// is all calls.
     pub fn finish(&mut self) -> Vec<Piece> {
         let rest = std::mem::take(&mut self.pending);
         let mut pieces = Vec::new();
         match self.reader {
-            Reader::Hermes { in_call: true } => push_content(&mut pieces, &format!("{CALL_OPEN}{rest}")),
+            Reader::Hermes(hermes) => hermes.finish(rest, &mut pieces),
             Reader::Json(JsonAnswer::Calls, opening) => match parse_calls(&rest, opening, &self.tools) {
                 Some(calls) => pieces.extend(calls.into_iter().map(Piece::Call)),
                 None => push_content(&mut pieces, &rest),
@@ -262,36 +272,9 @@ impl ToolCallStream {
                 Some(calls) => pieces.extend(calls.into_iter().map(Piece::Call)),
                 None => push_content(&mut pieces, &rest),
             },
-            Reader::Hermes { .. } | Reader::Json(..) | Reader::MistralArgs(_) => push_content(&mut pieces, &rest),
+            Reader::Json(..) | Reader::MistralArgs(_) => push_content(&mut pieces, &rest),
         }
         pieces
-    }
-}
-
-/// Reads `<tool_call>` blocks out of `pending` into `pieces`; returns what must wait for more
-/// text (a possible start of the tag, or an open block's body).
-fn hermes_pieces(pending: &str, in_call: &mut bool, tools: &[Tool], pieces: &mut Vec<Piece>) -> String {
-    let mut pending = pending;
-    loop {
-        if *in_call {
-            let Some(end) = pending.find(CALL_CLOSE) else { return pending.to_owned() };
-            let body = &pending[..end];
-            let call = serde_json::from_str(body.trim()).ok().and_then(|v| generated_call(v, Some(tools)));
-            pieces.push(match call {
-                Some(call) => Piece::Call(call),
-                None => Piece::Content(format!("{CALL_OPEN}{body}{CALL_CLOSE}")),
-            });
-            pending = &pending[end + CALL_CLOSE.len()..];
-            *in_call = false;
-        } else if let Some(start) = pending.find(CALL_OPEN) {
-            push_content(pieces, &pending[..start]);
-            pending = &pending[start + CALL_OPEN.len()..];
-            *in_call = true;
-        } else {
-            let ready = pending.len() - partial_tag_len(pending);
-            push_content(pieces, &pending[..ready]);
-            return pending[ready..].to_owned();
-        }
     }
 }
 
@@ -301,26 +284,34 @@ fn push_content(pieces: &mut Vec<Piece>, text: &str) {
     }
 }
 
-/// The length of the longest suffix of `text` that starts `<tool_call>` (0 if none).
-fn partial_tag_len(text: &str) -> usize {
-    (1..CALL_OPEN.len()).rev().find(|&n| text.ends_with(&CALL_OPEN[..n])).unwrap_or(0)
-}
-
 /// A whole answer's content (`None` when only whitespace is left) and calls.
 pub fn parse_tool_calls(text: &str, tools: &[Tool], format: CallFormat) -> (Option<String>, Vec<GeneratedCall>) {
     let mut stream = ToolCallStream::new(tools.to_vec(), format);
     let mut pieces = stream.push(text);
     pieces.extend(stream.finish());
+    let (content, calls) = assemble(pieces);
+    let content = content.trim();
+    ((!content.is_empty()).then(|| content.to_owned()), calls)
+}
+
+/// The content and calls `pieces` make, a streaming call's arguments joined (the reader never
+/// sends arguments before a call's start).
+fn assemble(pieces: impl IntoIterator<Item = Piece>) -> (String, Vec<GeneratedCall>) {
     let mut content = String::new();
-    let mut calls = Vec::new();
+    let mut calls: Vec<GeneratedCall> = Vec::new();
     for piece in pieces {
         match piece {
             Piece::Content(text) => content.push_str(&text),
             Piece::Call(call) => calls.push(call),
+            Piece::CallStart { name } => calls.push(GeneratedCall { name, arguments: String::new() }),
+            Piece::Arguments(text) => {
+                if let Some(call) = calls.last_mut() {
+                    call.arguments.push_str(&text);
+                }
+            }
         }
     }
-    let content = content.trim();
-    ((!content.is_empty()).then(|| content.to_owned()), calls)
+    (content, calls)
 }
 
 /// `messages` rewritten for a template that knows no tools: the tools described in the system
@@ -385,6 +376,10 @@ mod tests {
         GeneratedCall { name: name.into(), arguments: arguments.into() }
     }
 
+    fn args(text: &str) -> Piece {
+        Piece::Arguments(text.into())
+    }
+
     #[test]
     fn content_and_calls_are_split_apart() {
         let text = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n\
@@ -402,6 +397,7 @@ mod tests {
             "<tool_call>{not json}</tool_call>",
             "<tool_call>{\"name\": \"get_weather\", \"arguments\": 3}</tool_call>",
             "<tool_call>{\"name\": \"get_weather\"",
+            "<tool_call>{\"name\": \"get_weather\", \"arguments\"</tool_call>",
             "a <tool_ca",
         ] {
             let (content, calls) = parse_tool_calls(text, &tools, CallFormat::Hermes);
@@ -413,9 +409,12 @@ mod tests {
 
     #[test]
     fn streaming_agrees_with_parsing_the_whole_text_at_every_split() {
-        let text = "Sure <tool <tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}</tool_call> \
-                    done <tool_call>{bad}</tool_call> é <tool_call>";
-        let whole = parse_tool_calls(text, &[weather()], CallFormat::Hermes);
+        let oslo = "<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"O s</tool_call>\"}}</tool_call>";
+        let whole_block = "<tool_call>{\"arguments\": {}, \"name\": \"get_weather\"}</tool_call>";
+        let text = format!("Sure <tool {oslo} done <tool_call>{{bad}}</tool_call> é {whole_block}<tool_call>");
+        let whole = parse_tool_calls(&text, &[weather()], CallFormat::Hermes);
+        let expected = [call("get_weather", r#"{"city":"O s</tool_call>"}"#), call("get_weather", "{}")];
+        assert_eq!(whole.1, expected, "a streamed call, then one read whole");
         let boundaries: Vec<usize> = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect();
         for &a in &boundaries {
             for &b in boundaries.iter().filter(|&&b| b >= a) {
@@ -425,30 +424,33 @@ mod tests {
                     pieces.extend(stream.push(part));
                 }
                 pieces.extend(stream.finish());
-                let content: String = pieces
-                    .iter()
-                    .filter_map(|p| match p {
-                        Piece::Content(c) => Some(c.as_str()),
-                        Piece::Call(_) => None,
-                    })
-                    .collect();
-                let calls: Vec<_> = pieces
-                    .into_iter()
-                    .filter_map(|p| match p {
-                        Piece::Call(c) => Some(c),
-                        Piece::Content(_) => None,
-                    })
-                    .collect();
-                assert_eq!(
-                    content,
-                    text.replace(
-                        "<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}</tool_call>",
-                        ""
-                    )
-                );
+                let (content, calls) = assemble(pieces);
+                assert_eq!(content, text.replace(oslo, "").replace(whole_block, ""));
                 assert_eq!((Some(content.trim().to_owned()), calls), whole, "split at {a}, {b}");
             }
         }
+    }
+
+    #[test]
+    fn a_hermes_call_streams_its_arguments_as_they_come() {
+        let mut stream = ToolCallStream::new(vec![weather()], CallFormat::Hermes);
+        assert_eq!(stream.push("Checking. <tool_call>\n{\"name\": \"get_wea"), [Piece::Content("Checking. ".into())]);
+        assert_eq!(stream.push("ther\", \"arguments\""), []);
+        assert_eq!(stream.push(": {\"city\": "), [Piece::CallStart { name: "get_weather".into() }, args("{\"city\":")]);
+        assert_eq!(stream.push("\"Os"), [args("\"Os")]);
+        assert_eq!(stream.push("lo\"}}\n</tool"), [args("lo\"}")]);
+        assert_eq!(stream.push("_call> Done"), [Piece::Content(" Done".into())]);
+        assert_eq!(stream.finish(), []);
+
+        // Cut short (max_tokens), the call stands with what came.
+        let cut = "<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Par";
+        assert_eq!(
+            parse_tool_calls(cut, &[weather()], CallFormat::Hermes),
+            (None, vec![call("get_weather", "{\"city\":\"Par")])
+        );
+        let mut stream = ToolCallStream::new(vec![weather()], CallFormat::Hermes);
+        assert_eq!(stream.push("<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"a\": 1</tool").len(), 2);
+        assert_eq!(stream.finish(), [args("</tool")], "held as maybe the closing tag, then arguments after all");
     }
 
     #[test]

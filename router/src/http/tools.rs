@@ -308,7 +308,7 @@ impl ToolDeltas {
 
     fn pieces_delta(&mut self, pieces: Vec<Piece>) -> Value {
         let mut content = String::new();
-        let mut calls = Vec::new();
+        let mut calls: Vec<Value> = Vec::new();
         for piece in pieces {
             match piece {
                 Piece::Content(text) => content.push_str(&text),
@@ -316,6 +316,22 @@ impl ToolDeltas {
                     calls.push(call_json(&call, Some(self.calls)));
                     self.calls += 1;
                 }
+                Piece::CallStart { name } => {
+                    calls.push(call_json(&GeneratedCall { name, arguments: String::new() }, Some(self.calls)));
+                    self.calls += 1;
+                }
+                // The next characters of the call last started: into its entry when this delta
+                // has one, else an entry of their own, as OpenAI streams arguments.
+                Piece::Arguments(text) => match calls.last_mut() {
+                    Some(call) if call["index"] == self.calls - 1 => {
+                        if let Some(Value::String(arguments)) = call.pointer_mut("/function/arguments") {
+                            arguments.push_str(&text);
+                        }
+                    }
+                    _ => {
+                        calls.push(json!({ "index": self.calls.saturating_sub(1), "function": { "arguments": text } }))
+                    }
+                },
             }
         }
         let mut delta = content_delta(&content);
@@ -499,5 +515,32 @@ mod tests {
         assert_eq!(content, "");
         assert_eq!(calls, [("get_weather".into(), oslo.into()), ("get_weather".into(), "{}".into())]);
         assert_eq!(fold(&ToolCalling::Off, &["a", "b"]), ("ab".into(), vec![]));
+    }
+
+    #[test]
+    fn a_hermes_calls_arguments_stream_before_its_block_closes() {
+        let mut deltas = ToolDeltas::new(&hermes(weather()));
+        let first = deltas.push("<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"ci");
+        let call = &first["tool_calls"][0];
+        assert!(call["id"].as_str().is_some_and(|id| id.starts_with("call_")), "{first}");
+        assert_eq!(
+            (&call["index"], &call["function"]),
+            (&json!(0), &json!({"name": "get_weather", "arguments": "{\"ci"}))
+        );
+        let next = deltas.push("ty\": \"Oslo\"}}");
+        assert_eq!(next, json!({"tool_calls": [{"index": 0, "function": {"arguments": "ty\":\"Oslo\"}"}}]}));
+        assert_eq!(deltas.finish("</tool_call>"), json!({}));
+        assert!(deltas.called());
+
+        // Two calls in one delta: each its own entry, its arguments in it.
+        let two = r#"<tool_call>{"name": "get_weather", "arguments": {}}</tool_call><tool_call>{"name": "get_weather", "arguments": {"a": 1}}</tool_call>"#;
+        let delta = ToolDeltas::new(&hermes(weather())).finish(two);
+        let entries: Vec<_> = delta["tool_calls"]
+            .as_array()
+            .expect("calls")
+            .iter()
+            .map(|c| (c["index"].clone(), c["function"]["arguments"].clone()))
+            .collect();
+        assert_eq!(entries, [(json!(0), json!("{}")), (json!(1), json!(r#"{"a":1}"#))]);
     }
 }
