@@ -147,6 +147,8 @@ fn the_helm_chart_lints_renders_and_validates_with_its_defaults() {
     assert_eq!(worker["readinessProbe"]["grpc"]["port"], 50061, "{worker}");
     let router = container(&rendered, "lcserve-router");
     assert_eq!(router["readinessProbe"]["httpGet"]["path"], "/ready");
+    let pre_stop = &router["lifecycle"]["preStop"]["exec"]["command"];
+    assert_eq!(pre_stop, &json!(["sleep", "5"]), "proxies forget the router before it stops accepting");
     for deployment in &rendered["Deployment"] {
         let grace = &deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"];
         assert_eq!(grace, 120, "time to drain on SIGTERM: {}", deployment["metadata"]["name"]);
