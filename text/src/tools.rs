@@ -18,7 +18,8 @@
 //!   streamed and whole responses agree.
 //! - A forced call (OpenAI's `tool_choice: "required"` or a named function) is a JSON-schema
 //!   structured output ([`ToolChoice::forced_schema`]): the named function's arguments, or
-//!   an array of `{"name", "arguments"}` objects ([`parse_call_array`]).
+//!   an array of `{"name", "arguments"}` objects ([`parse_forced_calls`], streamed as a
+//!   Hermes block's calls are).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -27,10 +28,12 @@ use crate::chat_template::ChatMessage;
 #[cfg(doc)]
 use crate::structured::StructuredOutput;
 
+mod call_array;
 mod hermes;
 mod json_answer;
 mod mistral_args;
 
+use call_array::CallArray;
 use hermes::Hermes;
 use json_answer::{JsonAnswer, LLAMA3, MISTRAL, Opening, parse_calls};
 
@@ -146,13 +149,6 @@ impl ToolChoice {
     }
 }
 
-/// The calls of a `tool_choice: "required"` answer (a JSON array of `{"name", "arguments"}`);
-/// `None` when the text is not such an array (a length-cut answer).
-pub fn parse_call_array(text: &str) -> Option<Vec<GeneratedCall>> {
-    let Value::Array(items) = serde_json::from_str(text).ok()? else { return None };
-    items.into_iter().map(|item| generated_call(item, None)).collect()
-}
-
 /// A `{"name", "arguments"}` object as a call of one of `tools` (any name when `None`).
 fn generated_call(value: Value, tools: Option<&[Tool]>) -> Option<GeneratedCall> {
     let Value::Object(mut call) = value else { return None };
@@ -219,11 +215,19 @@ pub struct ToolCallStream {
 #[derive(Clone, Copy, Debug)]
 enum Reader {
     Hermes(Hermes),
+    /// A forced call's answer.
+    Array(CallArray),
     Json(JsonAnswer, Opening),
     MistralArgs(JsonAnswer),
 }
 
 impl ToolCallStream {
+    /// The reader of a forced call's answer (`tool_choice: "required"`): a JSON array of
+    /// `{"name", "arguments"}` objects, each call streamed as it is written (`tools/call_array.rs`).
+    pub fn forced_calls() -> Self {
+        Self { tools: Vec::new(), pending: String::new(), reader: Reader::Array(CallArray::Start) }
+    }
+
     pub fn new(tools: Vec<Tool>, format: CallFormat) -> Self {
         let reader = match format {
             CallFormat::Hermes => Reader::Hermes(Hermes::Outside),
@@ -240,6 +244,7 @@ impl ToolCallStream {
         let mut pieces = Vec::new();
         match &mut self.reader {
             Reader::Hermes(hermes) => self.pending = hermes.read(&self.pending, &self.tools, &mut pieces),
+            Reader::Array(array) => self.pending = array.read(&self.pending, &mut pieces),
             Reader::Json(answer, opening) => {
                 *answer = answer.read(&self.pending, *opening);
                 if *answer == JsonAnswer::Content {
@@ -264,6 +269,7 @@ impl ToolCallStream {
         let mut pieces = Vec::new();
         match self.reader {
             Reader::Hermes(hermes) => hermes.finish(rest, &mut pieces),
+            Reader::Array(array) => array.finish(rest, &mut pieces),
             Reader::Json(JsonAnswer::Calls, opening) => match parse_calls(&rest, opening, &self.tools) {
                 Some(calls) => pieces.extend(calls.into_iter().map(Piece::Call)),
                 None => push_content(&mut pieces, &rest),
@@ -286,7 +292,16 @@ fn push_content(pieces: &mut Vec<Piece>, text: &str) {
 
 /// A whole answer's content (`None` when only whitespace is left) and calls.
 pub fn parse_tool_calls(text: &str, tools: &[Tool], format: CallFormat) -> (Option<String>, Vec<GeneratedCall>) {
-    let mut stream = ToolCallStream::new(tools.to_vec(), format);
+    read_whole(ToolCallStream::new(tools.to_vec(), format), text)
+}
+
+/// A whole forced call's answer ([`ToolCallStream::forced_calls`]): its calls, or, cut before
+/// any, its content.
+pub fn parse_forced_calls(text: &str) -> (Option<String>, Vec<GeneratedCall>) {
+    read_whole(ToolCallStream::forced_calls(), text)
+}
+
+fn read_whole(mut stream: ToolCallStream, text: &str) -> (Option<String>, Vec<GeneratedCall>) {
     let mut pieces = stream.push(text);
     pieces.extend(stream.finish());
     let (content, calls) = assemble(pieces);
@@ -529,13 +544,28 @@ mod tests {
         let one: Value = serde_json::from_str(&one).expect("a schema");
         assert_eq!(one["maxItems"], 1);
         assert_eq!(one["items"]["anyOf"][1]["properties"]["name"]["const"], "now");
-        assert_eq!(
-            parse_call_array(
-                r#"[{"name": "now", "arguments": {}}, {"name": "get_weather", "arguments": {"city": "X"}}]"#
-            ),
-            Some(vec![call("now", "{}"), call("get_weather", r#"{"city":"X"}"#)])
-        );
-        assert_eq!(parse_call_array(r#"[{"name": "now", "argu"#), None);
+    }
+
+    #[test]
+    fn a_forced_answer_streams_each_call_as_it_is_written() {
+        let two = "\n[ {\"name\": \"now\", \"arguments\": {}} ,{\"name\":\"get_weather\",\"arguments\":{ \"city\": \"X Y\" }}]";
+        let expected = (None, vec![call("now", "{}"), call("get_weather", r#"{"city":"X Y"}"#)]);
+        assert_eq!(parse_forced_calls(two), expected);
+        for split in (0..=two.len()).filter(|&i| two.is_char_boundary(i)) {
+            let mut stream = ToolCallStream::forced_calls();
+            let mut pieces = stream.push(&two[..split]);
+            pieces.extend(stream.push(&two[split..]));
+            pieces.extend(stream.finish());
+            assert_eq!(assemble(pieces), (String::new(), expected.1.clone()), "split at {split}");
+        }
+        let mut stream = ToolCallStream::forced_calls();
+        assert_eq!(stream.push("[{\"name\": \"get_weather\", \"arguments\""), []);
+        assert_eq!(stream.push(": {\"ci"), [Piece::CallStart { name: "get_weather".into() }, args("{\"ci")]);
+        // Cut short: before any call it is content, verbatim; after, the calls stand.
+        let cut = r#"[{"name": "now", "argu"#;
+        assert_eq!(parse_forced_calls(cut), (Some(cut.to_owned()), vec![]));
+        let cut = r#"[{"name": "now", "arguments": {}}, {"name": "get_weather", "arguments": {"ci"#;
+        assert_eq!(parse_forced_calls(cut), (None, vec![call("now", "{}"), call("get_weather", r#"{"ci"#)]));
     }
 
     #[test]

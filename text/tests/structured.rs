@@ -3,7 +3,7 @@
 
 mod support;
 
-use lcserve_text::tools::{Tool, ToolChoice, parse_call_array};
+use lcserve_text::tools::{Tool, ToolChoice, parse_forced_calls};
 use lcserve_text::{
     ReasoningBlock, StructuredOutput, StructuredOutputCompiler, StructuredOutputError, TokenConstraint, Tokenizer,
 };
@@ -84,7 +84,8 @@ fn every_walk_through_a_forced_tool_choice_yields_calls_of_the_tools() -> TestRe
         let output = StructuredOutput::JsonSchema(schema);
         for seed in 0..10 {
             let text = random_walk(&tokenizer, compiler.compile(&output)?, seed);
-            let calls = parse_call_array(&text).ok_or_else(|| format!("not an array of calls: {text}"))?;
+            let (content, calls) = parse_forced_calls(&text);
+            assert_eq!(content, None, "an array of calls: {text}");
             assert!(!calls.is_empty() && (parallel || calls.len() == 1), "{text}");
             for call in calls {
                 let arguments: Value = serde_json::from_str(&call.arguments)?;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use lcserve_proto::v1::{self, structured_output::Kind as WireKind};
 use lcserve_text::tools::{
-    CallFormat, GeneratedCall, Piece, Tool, ToolCallStream, ToolChoice, parse_call_array, parse_tool_calls,
+    CallFormat, GeneratedCall, Piece, Tool, ToolCallStream, ToolChoice, parse_forced_calls, parse_tool_calls,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -219,9 +219,9 @@ pub(crate) fn message(text: String, calling: &ToolCalling) -> (Value, bool) {
             (_, calls) if calls.is_empty() => (Some(text), calls),
             parsed => parsed,
         },
-        ToolCalling::Required => match parse_call_array(&text) {
-            Some(calls) => (None, calls),
-            None => (Some(text), Vec::new()),
+        ToolCalling::Required => match parse_forced_calls(&text) {
+            (_, calls) if calls.is_empty() => (Some(text), calls),
+            parsed => parsed,
         },
         ToolCalling::Function(name) => (None, vec![GeneratedCall { name: name.clone(), arguments: text }]),
     };
@@ -236,10 +236,8 @@ pub(crate) fn message(text: String, calling: &ToolCalling) -> (Value, bool) {
 #[derive(Debug)]
 pub(crate) struct ToolDeltas {
     calling: ToolCalling,
-    /// Auto: the parser of `<tool_call>` blocks.
+    /// Auto and Required: the reader of the calls in the text.
     parser: Option<ToolCallStream>,
-    /// Required: the whole text, parsed at the end.
-    held: String,
     /// Calls emitted so far (the next call's `index`).
     calls: usize,
 }
@@ -248,9 +246,10 @@ impl ToolDeltas {
     pub fn new(calling: &ToolCalling) -> Self {
         let parser = match calling {
             ToolCalling::Auto(tools, format) => Some(ToolCallStream::new(tools.to_vec(), *format)),
-            _ => None,
+            ToolCalling::Required => Some(ToolCallStream::forced_calls()),
+            ToolCalling::Off | ToolCalling::Function(_) => None,
         };
-        Self { calling: calling.clone(), parser, held: String::new(), calls: 0 }
+        Self { calling: calling.clone(), parser, calls: 0 }
     }
 
     /// Whether any call was emitted.
@@ -262,10 +261,6 @@ impl ToolDeltas {
     pub fn push(&mut self, text: &str) -> Value {
         match &self.calling {
             ToolCalling::Off => content_delta(text),
-            ToolCalling::Required => {
-                self.held.push_str(text);
-                json!({})
-            }
             ToolCalling::Function(name) => {
                 if text.is_empty() {
                     return json!({});
@@ -278,7 +273,7 @@ impl ToolDeltas {
                 };
                 json!({ "tool_calls": [call] })
             }
-            ToolCalling::Auto(..) => {
+            ToolCalling::Auto(..) | ToolCalling::Required => {
                 let pieces = self.parser.as_mut().map(|p| p.push(text)).unwrap_or_default();
                 self.pieces_delta(pieces)
             }
@@ -289,16 +284,9 @@ impl ToolDeltas {
     pub fn finish(&mut self, text: &str) -> Value {
         let mut delta = self.push(text);
         let rest = match &self.calling {
-            ToolCalling::Auto(..) => {
+            ToolCalling::Auto(..) | ToolCalling::Required => {
                 let pieces = self.parser.as_mut().map(ToolCallStream::finish).unwrap_or_default();
                 self.pieces_delta(pieces)
-            }
-            ToolCalling::Required => {
-                let held = std::mem::take(&mut self.held);
-                match parse_call_array(&held) {
-                    Some(calls) => self.pieces_delta(calls.into_iter().map(Piece::Call).collect()),
-                    None => content_delta(&held),
-                }
             }
             ToolCalling::Off | ToolCalling::Function(_) => json!({}),
         };
@@ -518,7 +506,7 @@ mod tests {
     }
 
     #[test]
-    fn a_hermes_calls_arguments_stream_before_its_block_closes() {
+    fn calls_stream_their_arguments_before_they_end() {
         let mut deltas = ToolDeltas::new(&hermes(weather()));
         let first = deltas.push("<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"ci");
         let call = &first["tool_calls"][0];
@@ -542,5 +530,14 @@ mod tests {
             .map(|c| (c["index"].clone(), c["function"]["arguments"].clone()))
             .collect();
         assert_eq!(entries, [(json!(0), json!("{}")), (json!(1), json!(r#"{"a":1}"#))]);
+
+        // A forced call's array too.
+        let mut forced = ToolDeltas::new(&ToolCalling::Required);
+        let first = forced.push(r#"[{"name": "get_weather", "arguments": {"ci"#);
+        assert_eq!(first["tool_calls"][0]["function"], json!({"name": "get_weather", "arguments": "{\"ci"}));
+        assert_eq!(
+            forced.finish(r#"ty": "Oslo"}}]"#),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "ty\":\"Oslo\"}"}}]})
+        );
     }
 }

@@ -55,7 +55,7 @@ impl Hermes {
                     pending = &pending[start + CALL_OPEN.len()..];
                     *self = Hermes::Opening;
                 }
-                Hermes::Opening => match opening(pending, tools) {
+                Hermes::Opening => match opening(pending, Some(tools)) {
                     Opening::Call { name, arguments_at } => {
                         pieces.push(Piece::CallStart { name });
                         pending = &pending[arguments_at..];
@@ -76,25 +76,18 @@ impl Hermes {
                     pending = &pending[end + CALL_CLOSE.len()..];
                     *self = Hermes::Outside;
                 }
-                Hermes::Arguments(scan) => {
-                    let mut arguments = String::new();
-                    let end = scan.feed(pending, &mut arguments);
-                    if !arguments.is_empty() {
-                        pieces.push(Piece::Arguments(arguments));
+                Hermes::Arguments(scan) => match scan.arguments(pending, pieces) {
+                    ScanEnd::NeedMore => return String::new(),
+                    ScanEnd::MaybeClose(at) => return pending[at..].to_owned(),
+                    ScanEnd::Balanced(at) => {
+                        pending = &pending[at..];
+                        *self = Hermes::Closing;
                     }
-                    match end {
-                        ScanEnd::NeedMore => return String::new(),
-                        ScanEnd::MaybeClose(at) => return pending[at..].to_owned(),
-                        ScanEnd::Balanced(at) => {
-                            pending = &pending[at..];
-                            *self = Hermes::Closing;
-                        }
-                        ScanEnd::Closed(at) => {
-                            pending = &pending[at + CALL_CLOSE.len()..];
-                            *self = Hermes::Outside;
-                        }
+                    ScanEnd::Closed(at) => {
+                        pending = &pending[at + CALL_CLOSE.len()..];
+                        *self = Hermes::Outside;
                     }
-                }
+                },
                 Hermes::Closing => {
                     let Some(end) = pending.find(CALL_CLOSE) else {
                         return pending[pending.len() - partial_len(pending, CALL_CLOSE)..].to_owned();
@@ -123,9 +116,9 @@ pub(super) fn partial_len(text: &str, tag: &str) -> usize {
     (1..tag.len()).rev().find(|&n| text.ends_with(&tag[..n])).unwrap_or(0)
 }
 
-/// What a block's body so far says about it.
+/// What a call object's text so far says about it.
 #[derive(Debug, PartialEq, Eq)]
-enum Opening {
+pub(super) enum Opening {
     /// `{"name": "<a tool>", "arguments": ` read: the arguments object starts at this byte.
     Call { name: String, arguments_at: usize },
     /// Not a streaming call, whatever follows.
@@ -134,8 +127,9 @@ enum Opening {
     Undecided,
 }
 
-/// Reads the opening of a block's `body`: `{"name": "<one of tools>", "arguments" | "parameters": {`.
-fn opening(body: &str, tools: &[Tool]) -> Opening {
+/// Reads the opening of a call object, `body`: `{"name": "<one of tools>", "arguments" |
+/// "parameters": {` (any name without `tools`).
+pub(super) fn opening(body: &str, tools: Option<&[Tool]>) -> Opening {
     let mut cursor = Cursor { text: body, at: 0 };
     for expected in [&["{"][..], &["\"name\""], &[":"]] {
         if let Some(stop) = cursor.literal(expected) {
@@ -143,7 +137,7 @@ fn opening(body: &str, tools: &[Tool]) -> Opening {
         }
     }
     let name = match cursor.string() {
-        Ok(name) if tools.iter().any(|tool| tool.name == name) => name,
+        Ok(name) if tools.is_none_or(|tools| tools.iter().any(|tool| tool.name == name)) => name,
         Ok(_) => return Opening::Other,
         Err(stop) => return stop,
     };
@@ -214,7 +208,7 @@ fn is_json_whitespace(c: char) -> bool {
 
 /// Where [`Scan::feed`] stopped in its text.
 #[derive(Debug, PartialEq, Eq)]
-enum ScanEnd {
+pub(super) enum ScanEnd {
     /// All of it read; the value goes on.
     NeedMore,
     /// The value ended just before this byte.
@@ -226,6 +220,16 @@ enum ScanEnd {
 }
 
 impl Scan {
+    /// Reads `text`, a call's arguments' next characters, into a [`Piece::Arguments`].
+    pub(super) fn arguments(&mut self, text: &str, pieces: &mut Vec<Piece>) -> ScanEnd {
+        let mut arguments = String::new();
+        let end = self.feed(text, &mut arguments);
+        if !arguments.is_empty() {
+            pieces.push(Piece::Arguments(arguments));
+        }
+        end
+    }
+
     /// Reads `text`, a JSON value's next characters, appending them to `out` without the
     /// whitespace outside strings, up to the end of the value (its closing bracket, or the
     /// closing quote of a string value).
@@ -290,7 +294,7 @@ mod tests {
             } else {
                 Opening::Undecided
             };
-            assert_eq!(opening(&call[..end], &tools), expected, "{:?}", &call[..end]);
+            assert_eq!(opening(&call[..end], Some(&tools)), expected, "{:?}", &call[..end]);
         }
         for other in [
             "{\"name\": \"launch\", \"arguments\": {",
@@ -300,11 +304,11 @@ mod tests {
             "[",
             "{\"name\": \"get_weather\", \"argument\": {",
         ] {
-            assert_eq!(opening(other, &tools), Opening::Other, "{other}");
+            assert_eq!(opening(other, Some(&tools)), Opening::Other, "{other}");
         }
         let escaped = "{\"name\": \"get_\\u0077eather\", \"parameters\":{";
         assert_eq!(
-            opening(escaped, &tools),
+            opening(escaped, Some(&tools)),
             Opening::Call { name: "get_weather".into(), arguments_at: escaped.len() - 1 }
         );
     }
