@@ -112,6 +112,16 @@ async fn call(router: &support::TestRouter, method: &str, path: &str, body: Opti
     (response.status, body)
 }
 
+/// Turn 1 of alice's conversation, streamed to the router at `http`: the final event's
+/// response, which is what is stored.
+async fn streamed_first_turn(http: std::net::SocketAddr) -> Value {
+    let first = json!({ "model": MODEL_ID, "input": "w10 w11", "max_output_tokens": 3, "stream": true });
+    let response = post_as(http, "/v1/responses", &first.to_string(), "sk-alice").await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    let last: Value = serde_json::from_str(response.sse_data().last().expect("events")).expect("event");
+    last["response"].clone()
+}
+
 #[tokio::test]
 async fn a_stored_response_is_continued_read_and_deleted_by_its_tenant_only() {
     let decode = InstantWorker::start("decode").await;
@@ -119,11 +129,7 @@ async fn a_stored_response_is_continued_read_and_deleted_by_its_tenant_only() {
     let sent_prompt = || decode.generates().last().and_then(|g| g.request.clone()).expect("request").prompt;
 
     // Turn 1, streamed: the final event's response is what is stored.
-    let first = json!({ "model": MODEL_ID, "input": "w10 w11", "max_output_tokens": 3, "stream": true });
-    let response = post_as(router.http, "/v1/responses", &first.to_string(), "sk-alice").await;
-    assert_eq!(response.status, 200, "{}", response.body);
-    let last: Value = serde_json::from_str(response.sse_data().last().expect("events")).expect("event");
-    let first = &last["response"];
+    let first = &streamed_first_turn(router.http).await;
     let (id, answer) = (first["id"].as_str().expect("id"), first["output"][0]["content"][0]["text"].clone());
     assert_eq!(first["store"], true);
     let (status, stored) = call(&router, "GET", &format!("/v1/responses/{id}"), None, "sk-alice").await;
@@ -192,11 +198,7 @@ async fn router_replicas_share_the_responses_stored_in_redis() {
     let sent_prompt = || decode.generates().last().and_then(|g| g.request.clone()).expect("request").prompt;
 
     // Turn 1 on replica a, streamed; b reads it back as a answered it.
-    let first = json!({ "model": MODEL_ID, "input": "w10 w11", "max_output_tokens": 3, "stream": true });
-    let response = post_as(a.http, "/v1/responses", &first.to_string(), "sk-alice").await;
-    assert_eq!(response.status, 200, "{}", response.body);
-    let last: Value = serde_json::from_str(response.sse_data().last().expect("events")).expect("event");
-    let first = &last["response"];
+    let first = &streamed_first_turn(a.http).await;
     let id = first["id"].as_str().expect("id");
     let path = format!("/v1/responses/{id}");
     assert_eq!(call(&b, "GET", &path, None, "sk-alice").await, (200, first.clone()));
