@@ -102,7 +102,8 @@ impl ToolCall {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GeneratedCall {
     pub name: String,
-    /// Compact JSON text of the arguments object.
+    /// JSON text of the arguments object without whitespace outside strings: re-serialized
+    /// when the call was parsed whole, as the model wrote it otherwise (a streamed call's).
     pub arguments: String,
 }
 
