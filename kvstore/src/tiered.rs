@@ -20,6 +20,9 @@
 //!   request on this worker does not cross the network.
 //! - **Host-tier removals are reported**, never swallowed: evictions caused by a `put` or a
 //!   promotion come back to the caller as [`BlockRemoved`] records, to publish as KV events.
+//! - **Flush before stopping.** `flush` waits until the shared tier has taken every batch
+//!   queued before it: a worker that stops writes out the blocks of its last answers, the ones
+//!   their next turns reuse, instead of dropping them with the queue.
 //! - **Without a shared tier** (one machine, `lcserve serve`) the store is the host tier alone,
 //!   with no task and no queue.
 
@@ -29,7 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use lcserve_common::SequenceHash;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -164,10 +167,17 @@ struct Batch {
     queued_by: tracing::Span,
 }
 
+/// What the write queue carries.
+enum Queued {
+    Batch(Batch),
+    /// Answered once every batch queued before it has been written.
+    Flush(oneshot::Sender<()>),
+}
+
 /// The shared tier and the sending half of its write queue.
 struct Shared<S> {
     tier: Arc<S>,
-    queue: mpsc::Sender<Batch>,
+    queue: mpsc::Sender<Queued>,
 }
 
 /// The tiered KV block store: host tier first, then the optional shared tier `S`.
@@ -282,7 +292,8 @@ impl<S: Tier> TieredStore<S> {
             && !blocks.is_empty()
         {
             let n = blocks.len();
-            match shared.queue.try_send(Batch { tenant: tenant.into(), blocks, queued_by: tracing::Span::current() }) {
+            let batch = Batch { tenant: tenant.into(), blocks, queued_by: tracing::Span::current() };
+            match shared.queue.try_send(Queued::Batch(batch)) {
                 Ok(()) => {
                     add(&self.stats.shared_queued, n);
                     stored.queued = true;
@@ -291,6 +302,19 @@ impl<S: Tier> TieredStore<S> {
             }
         }
         stored
+    }
+
+    /// Waits until the shared tier has been sent every batch queued before this call, each
+    /// write bounded by the tier's own timeout (a batch it refused or timed out on counts as
+    /// done: the host tier still has it). Returns at once without a shared tier. Waits for room
+    /// in a full queue, so a caller that must stop bounds it with a timeout of its own.
+    pub async fn flush(&self) {
+        let Some(shared) = &self.shared else { return };
+        let (done, flushed) = oneshot::channel();
+        if shared.queue.send(Queued::Flush(done)).await.is_ok() {
+            // The writer stops only with the last handle, and this one is alive.
+            let _ = flushed.await;
+        }
     }
 
     /// Stores blocks in the host tier now, then writes them to the shared tier and waits for
@@ -350,9 +374,16 @@ impl<S: Tier> TieredStore<S> {
 }
 
 /// Drains the write queue into the shared tier, one batch at a time (each bounded by the tier's
-/// own timeout), until every sender is gone.
-async fn write_behind<S: Tier>(tier: Arc<S>, mut queue: mpsc::Receiver<Batch>, stats: Arc<Counters>) {
-    while let Some(Batch { tenant, blocks, queued_by }) = queue.recv().await {
+/// own timeout), until every sender is gone; answers a flush when it reaches it.
+async fn write_behind<S: Tier>(tier: Arc<S>, mut queue: mpsc::Receiver<Queued>, stats: Arc<Counters>) {
+    while let Some(queued) = queue.recv().await {
+        let Batch { tenant, blocks, queued_by } = match queued {
+            Queued::Batch(batch) => batch,
+            Queued::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
         let n = blocks.len();
         let span = tracing::info_span!(parent: &queued_by, "kv.put.shared", blocks = n, acknowledged = Empty);
         let acknowledged = tier.put_many_for(&tenant, blocks).instrument(span.clone()).await;

@@ -69,6 +69,51 @@ async fn blocks_put_through_the_service_land_in_redis_and_a_fresh_service_reads_
     assert_eq!((again.shared_hits, again.host_hits), (4, 4));
 }
 
+/// A process's runtime: `shutdown_background` ends its tasks as the process's exit would.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+#[test]
+fn a_stopping_service_writes_every_accepted_block_to_redis_first() {
+    let redis = RedisServer::start();
+    let (service_runtime, client_runtime) = (runtime(), runtime());
+    let listener = service_runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("binds");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut config = config(&redis);
+    if let Some(redis) = &mut config.redis {
+        redis.op_timeout = Duration::from_secs(5);
+    }
+    let served = service_runtime.spawn(lcserve_kvstore::run(config, listener, async move {
+        let _ = stopped.await;
+    }));
+
+    // Redis holds writes back for a while: the blocks are accepted into the RAM tier and wait
+    // in the write-behind queue when the stop comes.
+    let runs: Vec<_> = (0..16).map(|seed| hashes("tenant", 4, 500 + seed)).collect();
+    client_runtime.block_on(async {
+        let mut conn = raw(&redis).await;
+        let _: () =
+            redis::cmd("CLIENT").arg("PAUSE").arg(300).arg("WRITE").query_async(&mut conn).await.expect("pause");
+        let tier = RemoteTier::new(&RemoteTierConfig::new(endpoint)).expect("valid config");
+        for run in &runs {
+            assert_eq!(tier.put_many(blocks(run)).await, 4);
+        }
+    });
+    drop(stop);
+    service_runtime.block_on(served).expect("joins").expect("ran without error");
+    service_runtime.shutdown_background();
+
+    client_runtime.block_on(async {
+        let mut conn = raw(&redis).await;
+        for hash in runs.iter().flatten() {
+            let stored: Option<Vec<u8>> = conn.get(format!("{PREFIX}{hash}")).await.expect("get");
+            assert!(stored.as_deref() == Some(&block(*hash)[..]), "block {hash} was accepted, then lost on stop");
+        }
+    });
+}
+
 #[tokio::test]
 async fn with_redis_down_the_service_still_serves_its_ram_tier() {
     let redis = RedisServer::start();

@@ -129,3 +129,31 @@ async fn put_through_awaits_redis() {
     let written = writer.put_through(blocks(&hashes("tenant", 2, 6))).await;
     assert_eq!(written.shared.map(|shared| (shared.sent, shared.acknowledged)), Some((2, 0)));
 }
+
+#[tokio::test]
+async fn flush_returns_once_every_queued_batch_is_in_redis() {
+    let server = RedisServer::start();
+    let (writer, reader) = (store(server.url(), 64), store(server.url(), 64));
+    let runs: Vec<_> = (0..20).map(|seed| hashes("tenant", 3, 100 + seed)).collect();
+    for run in &runs {
+        assert!(writer.put(blocks(run)).queued);
+    }
+    writer.flush().await;
+    assert_eq!(writer.stats().shared_put, 60, "every queued block was sent before flush returned");
+    for run in &runs {
+        assert_eq!(reader.lookup(run).await, vec![TierKind::Shared; 3], "readable elsewhere at once");
+    }
+
+    // With Redis gone each write gives up after the op timeout, and so does the flush.
+    server.kill();
+    writer.put(blocks(&hashes("tenant", 2, 200)));
+    let started = Instant::now();
+    writer.flush().await;
+    assert!(started.elapsed() < Duration::from_secs(2), "flush is bounded by the writes' timeout");
+    assert_eq!(writer.stats().shared_put, 62);
+
+    let alone: TieredStore<RedisTier> =
+        TieredStore::new(HostCache::new(1 << 20), None, TieredConfig::default(), &tokio::runtime::Handle::current());
+    alone.put(blocks(&hashes("tenant", 1, 300)));
+    alone.flush().await;
+}

@@ -130,7 +130,12 @@ pub enum ServiceError {
     Tls(#[from] TlsError),
 }
 
-/// Serves the kvstore on `listener` until `shutdown` completes (then drains in-flight calls).
+/// How long a stopping kvstore waits for its queued writes to reach Redis.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the kvstore on `listener` until `shutdown` completes, then drains in-flight calls and
+/// writes what is still queued for Redis (at most `FLUSH_TIMEOUT`), so blocks it accepted
+/// outlive it.
 pub async fn run(
     config: KvStoreConfig,
     listener: tokio::net::TcpListener,
@@ -165,7 +170,7 @@ pub async fn run_with_metrics(
         tokio::spawn(lcserve_svc_kit::metrics::serve_metrics(listener, Arc::clone(&metrics), stopped))
     });
     let service = grpc::KvStoreService {
-        store,
+        store: Arc::clone(&store),
         max_block_bytes: config.max_block_bytes,
         max_pin_lease: config.max_pin_lease,
         stopping,
@@ -197,6 +202,9 @@ pub async fn run_with_metrics(
             stop.send_replace(());
         })
         .await?;
+    if tokio::time::timeout(FLUSH_TIMEOUT, store.tiered.flush()).await.is_err() {
+        tracing::warn!(timeout = ?FLUSH_TIMEOUT, "stopping before every queued block reached Redis");
+    }
     if let Some(server) = metrics_server {
         server.await.map_err(|e| ServiceError::Metrics(std::io::Error::other(e)))?.map_err(ServiceError::Metrics)?;
     }
