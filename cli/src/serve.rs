@@ -2,6 +2,10 @@
 //! and the router — each the same library code the separate services run, talking real gRPC
 //! over loopback. The shared tier is the in-process kvstore's RAM (over Redis with
 //! `--redis-url`).
+//!
+//! On SIGTERM or Ctrl-C it stops outside in: the router drains (its requests in flight still
+//! need the workers), then the workers (each sends its last blocks to the kvstore), then the
+//! kvstore (it writes what it still holds for Redis).
 
 use std::sync::Arc;
 
@@ -12,6 +16,7 @@ use lcserve_router::{RouterArgs, RouterConfig};
 use lcserve_svc_kit::shutdown;
 use lcserve_worker::{Role, Worker};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::worker_cmd::WorkerFlags;
 
@@ -55,7 +60,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         kvstore_config.validate()?;
         // The internal services stop after the router has drained (below), not on the signal:
         // the router's requests in flight still need them.
-        let kvstore = tokio::spawn(lcserve_kvstore::run(kvstore_config, kvstore_listener, std::future::pending()));
+        let (stop_kvstore, stop_workers) = (CancellationToken::new(), CancellationToken::new());
+        let kvstore = tokio::spawn(lcserve_kvstore::run(
+            kvstore_config,
+            kvstore_listener,
+            stop_kvstore.clone().cancelled_owned(),
+        ));
 
         let mut router_args = args.router.clone();
         router_args.kvstore = Some(kvstore_url.clone());
@@ -70,17 +80,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 Role::Prefill => router_args.prefill.insert(0, url),
                 Role::Decode => router_args.decode.insert(0, url),
             }
-            workers.push(tokio::spawn(lcserve_worker::run(worker, listener, std::future::pending())));
+            workers.push(tokio::spawn(lcserve_worker::run(worker, listener, stop_workers.clone().cancelled_owned())));
         }
         let router_config = RouterConfig::try_from(router_args)?;
         eprintln!("lcserve serving {model_id}");
         eprintln!("  OpenAI HTTP  http://{}/v1", http.local_addr()?);
         eprintln!("  gRPC         {}", grpc.local_addr()?);
         lcserve_router::run(router_config, http, grpc, shutdown::signal()).await?;
-        kvstore.abort();
+        stop_workers.cancel();
         for worker in workers {
-            worker.abort();
+            worker.await.context("joining a worker")??;
         }
+        stop_kvstore.cancel();
+        kvstore.await.context("joining the kvstore")??;
         Ok(())
     })
 }

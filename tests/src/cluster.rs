@@ -12,8 +12,10 @@ use lcserve_kvstore::{Codec, KvStoreConfig, RawDtype, RedisTierConfig, RemoteTie
 use lcserve_model::Model;
 use lcserve_proto::v1::generation_client::GenerationClient;
 use lcserve_router::{Policy, RouterConfig};
-use lcserve_worker::{Role, Worker, WorkerConfig};
+use lcserve_worker::{Role, Worker, WorkerConfig, WorkerError};
 use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use crate::redis::RedisServer;
@@ -62,9 +64,28 @@ pub struct Node {
     pub metrics: SocketAddr,
     pub worker: Arc<Worker>,
     runtime: Option<Runtime>,
+    /// Its server's shutdown signal (what SIGTERM is to `lcserve decode`).
+    stop: Option<oneshot::Sender<()>>,
+    served: Option<JoinHandle<Result<(), WorkerError>>>,
 }
 
 impl Node {
+    /// Sends the worker the shutdown signal SIGTERM sends `lcserve prefill|decode`: it takes no
+    /// new requests and finishes those in flight (see [`Node::stopped`]).
+    pub fn drain(&mut self) {
+        self.stop.take();
+    }
+
+    /// Waits at most `timeout` for the worker's `run` to return after [`Node::drain`], then
+    /// ends its runtime as the process's exit would; `run`'s result, `None` if it was still
+    /// running.
+    pub fn stopped(&mut self, timeout: Duration) -> Option<Result<(), WorkerError>> {
+        let (runtime, served) = (self.runtime.as_ref()?, self.served.take()?);
+        let result = runtime.block_on(async { tokio::time::timeout(timeout, served).await.ok() });
+        self.kill();
+        result.map(|joined| joined.expect("the worker's run does not panic"))
+    }
+
     /// Stops the worker like a crash: its runtime is torn down with every connection on it.
     pub fn kill(&mut self) {
         if let Some(runtime) = self.runtime.take() {
@@ -140,13 +161,16 @@ impl Cluster {
             });
             let url = format!("http://{}", listener.local_addr().expect("addr"));
             let metrics = metrics_listener.local_addr().expect("addr");
-            rt.spawn(lcserve_worker::run(Arc::clone(&worker), listener, std::future::pending()));
+            let (stop, stopped) = oneshot::channel::<()>();
+            let served = rt.spawn(lcserve_worker::run(Arc::clone(&worker), listener, async move {
+                let _ = stopped.await;
+            }));
             rt.spawn(lcserve_svc_kit::metrics::serve_metrics(
                 metrics_listener,
                 Arc::clone(&worker),
                 std::future::pending(),
             ));
-            Node { url, metrics, worker, runtime: Some(rt) }
+            Node { url, metrics, worker, runtime: Some(rt), stop: Some(stop), served: Some(served) }
         };
         let prefill: Vec<Node> = (0..config.prefill_workers).map(|_| start_node(Role::Prefill)).collect();
         let decode: Vec<Node> = (0..config.decode_workers).map(|_| start_node(Role::Decode)).collect();

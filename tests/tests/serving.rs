@@ -292,6 +292,67 @@ fn a_worker_killed_before_or_during_a_stream_never_fails_the_request() {
     }
 }
 
+/// The value of the router's `lcserve_router_retries_total{kind}` counter.
+fn router_retries(cluster: &Cluster, kind: &str) -> f64 {
+    let (_, metrics) = Cluster::http_get(cluster.http, "/metrics").expect("router metrics");
+    let series = format!("lcserve_router_retries_total{{kind=\"{kind}\"}} ");
+    let line = metrics.lines().find_map(|line| line.strip_prefix(&series)).expect("the retries series");
+    line.trim().parse().expect("a number")
+}
+
+#[test]
+fn a_decode_worker_stopped_mid_stream_finishes_it_and_leaves_its_blocks_in_the_store() {
+    let mut cluster = Cluster::start(ClusterConfig { decode_workers: 2, ..ClusterConfig::default() });
+    let rt = cluster.client_runtime();
+    let first = prompt(&cluster, 40, 30);
+    let expected = reference(&cluster, &first, 120);
+    let mut client = rt.block_on(cluster.generation());
+    let mut stream = rt.block_on(client.generate(request(&first, 120))).expect("generate").into_inner();
+    let next = |stream: &mut tonic::Streaming<v1::GenerateResponse>| {
+        let response = rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), stream.message()).await });
+        response.expect("the stream never hangs").expect("stream").and_then(|r| r.event)
+    };
+    let mut tokens = Vec::new();
+    while tokens.len() < 5 {
+        if let Some(Event::Token(token)) = next(&mut stream) {
+            tokens.push(token.id);
+        }
+    }
+    let serving = (0..2)
+        .find(|&i| rt.block_on(cluster.decode[i].worker.engine().stats()).is_ok_and(|s| s.running > 0))
+        .expect("a decode worker runs the stream");
+    cluster.decode[serving].drain();
+
+    // While it drains, new requests are served by the other worker.
+    let other = prompt(&cluster, 40, 31);
+    rt.block_on(generate(&cluster, request(&other, 8))).expect("served while a worker drains");
+    loop {
+        match next(&mut stream) {
+            Some(Event::Token(token)) => tokens.push(token.id),
+            Some(Event::Finished(_)) => break,
+            Some(Event::Error(error)) => panic!("the draining worker cut its stream: {error:?}"),
+            Some(Event::PromptLogprobs(_)) => {}
+            None => panic!("the stream ended without a terminal event"),
+        }
+    }
+    assert_eq!(tokens, expected, "the stream in flight is finished whole");
+    assert_eq!(router_retries(&cluster, "migration"), 0.0, "finished by the draining worker, not migrated");
+    let stopped = cluster.decode[serving].stopped(Duration::from_secs(20));
+    stopped.expect("the worker stops once its stream has ended").expect("and stops cleanly");
+
+    // The worker is gone, process and all: the next turn finds the first one's prompt and
+    // answer in the shared tier (its KV covers all but the last token).
+    let mut turn2 = first.clone();
+    turn2.extend(&expected);
+    turn2.extend(prompt(&cluster, 20, 32));
+    let block = cluster.config.block_size;
+    let answered = (first.len() + expected.len() - 1) / block * block;
+    let usage = rt.block_on(generate(&cluster, request(&turn2, 4))).expect("turn 2").usage;
+    let tiers = usage.cached.unwrap_or_default();
+    assert_eq!(usage.cached_tokens as usize, answered, "turn 2 reuses turn 1 whole: {usage:?}");
+    assert!(tiers.shared as usize >= answered - first.len(), "the answer's blocks came from the store: {tiers:?}");
+}
+
 #[test]
 fn bad_requests_are_refused_naming_the_field_and_serving_goes_on() {
     let cluster = Cluster::start(ClusterConfig::default());

@@ -130,11 +130,7 @@ impl Forward {
             let Some(event) = event else { return "unavailable" };
             let out = match event {
                 EngineEvent::Kv(blocks) => {
-                    let bridge = Arc::clone(&self.worker.bridge);
-                    tokio::spawn(async move {
-                        let encoded = bridge.encode(blocks).await;
-                        bridge.put(encoded);
-                    });
+                    self.worker.bridge.export(blocks);
                     continue;
                 }
                 EngineEvent::PromptLogprobs(scored) => {

@@ -2,9 +2,13 @@
 //!
 //! The worker's [`TieredStore`] is its host tier (encoded blocks in RAM) in front of the kvstore
 //! service (the shared tier, when configured). Encoding and decoding run on tokio's blocking
-//! pool: a block of the reference model is ~3 MB of f32, milliseconds of work.
+//! pool: a block of the reference model is ~3 MB of f32, milliseconds of work. Exports run in
+//! the background, tracked, so a worker that stops can [`KvBridge::flush`] them first.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio_util::task::TaskTracker;
 
 use lcserve_common::{KvLayout, ModelFingerprint, SequenceHash};
 use lcserve_engine::{KvBlock, tail_layout};
@@ -30,6 +34,8 @@ pub(crate) struct KvBridge {
     layout: KvLayout,
     fingerprint: ModelFingerprint,
     codec: Codec,
+    /// Exports still encoding.
+    exports: TaskTracker,
 }
 
 impl KvBridge {
@@ -44,7 +50,7 @@ impl KvBridge {
             .map_err(|e| WorkerError::Config { field: "kvstore", reason: e.to_string() })?;
         let host = HostCache::new(config.host_cache_bytes);
         let store = TieredStore::new(host, shared, TieredConfig::default(), &runtime);
-        Ok(Self { store, layout, fingerprint, codec: config.codec })
+        Ok(Self { store, layout, fingerprint, codec: config.codec, exports: TaskTracker::new() })
     }
 
     /// The store itself, for its counters.
@@ -99,6 +105,26 @@ impl KvBridge {
         Found { host: sources.iter().filter(|s| **s == TierKind::Host).count(), blocks: decoded }
     }
 
+    /// Encodes exported blocks and stores them (host tier, then the shared tier's write
+    /// queue), in the background.
+    pub fn export(self: &Arc<Self>, blocks: Vec<KvBlock>) {
+        let bridge = Arc::clone(self);
+        self.exports.spawn(async move {
+            let encoded = bridge.encode(blocks).await;
+            bridge.store.put(encoded);
+        });
+    }
+
+    /// Waits until every export started so far is encoded and has been sent to the shared
+    /// tier: what a worker that stops does last, so the blocks of its last answers (what their
+    /// next turns reuse) outlive it. Exports started later are still taken.
+    pub async fn flush(&self) {
+        self.exports.close();
+        self.exports.wait().await;
+        self.exports.reopen();
+        self.store.flush().await;
+    }
+
     /// Encodes exported blocks (full ones only) for the store, off the async workers.
     pub async fn encode(&self, blocks: Vec<KvBlock>) -> Blocks {
         let (layout, fingerprint, codec) = (self.layout, self.fingerprint, self.codec);
@@ -115,11 +141,6 @@ impl KvBridge {
         })
         .await
         .unwrap_or_default()
-    }
-
-    /// Stores blocks now in the host tier and, in the background, in the shared tier.
-    pub fn put(&self, blocks: Blocks) {
-        self.store.put(blocks);
     }
 
     /// Stores blocks and waits until the shared tier holds them (or `timeout` passes).

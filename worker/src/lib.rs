@@ -22,7 +22,8 @@
 //!   terminal events.
 //! - `metrics`: the `lcserve_worker_*` Prometheus series; a [`Worker`] is a
 //!   [`MetricsSource`](lcserve_svc_kit::metrics::MetricsSource) for `lcserve_svc_kit::metrics::serve_metrics`.
-//! - [`run`]: serves a worker's role with health and reflection until shutdown.
+//! - [`run`]: serves a worker's role with health and reflection until shutdown, then sends the
+//!   blocks it computed last to the shared tier before it returns.
 #![forbid(unsafe_code)]
 
 mod config;
@@ -36,6 +37,7 @@ mod worker;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lcserve_proto::v1::decode_server::DecodeServer;
 use lcserve_proto::v1::prefill_server::PrefillServer;
@@ -49,7 +51,12 @@ pub use worker::Worker;
 /// block inline as raw f32 (up to one block: 16 MB for a Llama-3-8B-sized model).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
-/// Serves `worker`'s role on `listener` until `shutdown` completes.
+/// How long a stopping worker waits for its last blocks to reach the shared tier.
+const EXPORT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `worker`'s role on `listener` until `shutdown` completes and the requests in flight
+/// have ended, then flushes the worker's KV exports to the shared tier (at most
+/// `EXPORT_FLUSH_TIMEOUT`): the blocks of its last answers, which the next turns reuse.
 pub async fn run(
     worker: Arc<Worker>,
     listener: tokio::net::TcpListener,
@@ -71,7 +78,7 @@ pub async fn run(
         Role::Prefill => {
             health.set_serving::<PrefillServer<prefill::PrefillService>>().await;
             router.add_service(
-                PrefillServer::new(prefill::PrefillService(worker))
+                PrefillServer::new(prefill::PrefillService(Arc::clone(&worker)))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
@@ -79,7 +86,7 @@ pub async fn run(
         Role::Decode => {
             health.set_serving::<DecodeServer<decode::DecodeService>>().await;
             router.add_service(
-                DecodeServer::new(decode::DecodeService(worker))
+                DecodeServer::new(decode::DecodeService(Arc::clone(&worker)))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             )
@@ -87,5 +94,8 @@ pub async fn run(
     };
     // Nagle off: a stream sends one small message per token.
     router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown).await?;
+    if !worker.flush_exports(EXPORT_FLUSH_TIMEOUT).await {
+        tracing::warn!(timeout = ?EXPORT_FLUSH_TIMEOUT, "stopping before every exported block reached the shared tier");
+    }
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use lcserve_common::{PrefillMode, SequenceHash, TokenId, chain_hash, sequence_hashes};
 use lcserve_engine::{EngineError, EngineHandle, EventStream, GenerateRequest, ImportedKv};
@@ -117,6 +118,14 @@ impl Worker {
             None => Some(tx),
         };
         (AbortGuard { aborts: Arc::clone(&self.aborts), key, _unreachable: unreachable }, rx)
+    }
+
+    /// Waits, at most `timeout`, until the blocks this worker computed have been sent to the
+    /// shared tier (`KvBridge::flush`); whether that finished in time. For a worker whose
+    /// server has stopped: the next turns of its last conversations, served elsewhere, then
+    /// find their prompts and answers instead of computing them again.
+    pub async fn flush_exports(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.bridge.flush()).await.is_ok()
     }
 
     pub(crate) fn abort(&self, request_id: &str) -> bool {

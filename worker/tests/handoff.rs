@@ -300,3 +300,70 @@ async fn decode_speculates_when_asked_and_streams_the_same_tokens() {
     assert!(usage.speculative_proposed > 0, "{usage:?}");
     assert!(usage.speculative_accepted <= usage.speculative_proposed);
 }
+
+/// A TCP relay to `target` that holds every chunk back `delay` before passing it on: a slow
+/// network between a worker and its kvstore.
+async fn slow_relay(target: &str, delay: std::time::Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        delay: std::time::Duration,
+    ) {
+        let mut buf = vec![0; 64 << 10];
+        while let Ok(n @ 1..) = from.read(&mut buf).await {
+            tokio::time::sleep(delay).await;
+            if to.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    }
+    let target = target.trim_start_matches("http://").to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let relay = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else { continue };
+            let ((inbound_read, inbound_write), (outbound_read, outbound_write)) =
+                (inbound.into_split(), outbound.into_split());
+            tokio::spawn(pipe(inbound_read, outbound_write, delay));
+            tokio::spawn(pipe(outbound_read, inbound_write, delay));
+        }
+    });
+    relay
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_decode_worker_first_sends_its_last_answer_to_the_store() {
+    let cluster = Cluster::start().await;
+    let mut config = WorkerConfig::new(Role::Decode, "tiny", cluster.engine_config());
+    let slow = slow_relay(&cluster.kvstore, std::time::Duration::from_millis(150)).await;
+    config.kvstore =
+        Some(RemoteTierConfig { op_timeout: std::time::Duration::from_secs(10), ..RemoteTierConfig::new(&slow) });
+    config.codec = Codec::Raw(RawDtype::F32);
+    let worker = Worker::start(Arc::clone(&cluster.model), config).expect("worker");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(lcserve_worker::run(worker, listener, async move {
+        let _ = stopped.await;
+    }));
+
+    let turn1 = prompt(3 * BLOCK + 5, cluster.model.config.vocab_size, 3);
+    let direct =
+        v1::DecodeRequest { request: Some(request(&turn1, 2 * BLOCK as u32, "t")), session: None, generated: vec![] };
+    let mut decoder = DecodeClient::new(connect(&url).await);
+    let (answer, _) = decode(&mut decoder, direct).await;
+    drop(decoder);
+    drop(stop);
+    served.await.expect("joins").expect("stops cleanly");
+
+    // No waiting: a process exits once `run` returns.
+    let full_blocks_done = ((turn1.len() + answer.len() - 1) / BLOCK) as u64;
+    let mut store = v1::kv_store_client::KvStoreClient::new(connect(&cluster.kvstore).await);
+    let stats = store.stats(v1::StatsRequest {}).await.expect("stats").into_inner();
+    assert_eq!(
+        stats.blocks, full_blocks_done,
+        "the prompt and answer blocks reached the store before the worker stopped"
+    );
+}
