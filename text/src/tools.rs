@@ -12,10 +12,11 @@
 //!   message), sees its earlier calls as `<tool_call>` blocks and their results as
 //!   `<tool_response>` blocks.
 //! - [`ToolCallStream`] splits generated text into content and calls as it streams, holding back
-//!   only what might be the start of a `<tool_call>` tag (or, in the JSON formats, an answer
-//!   that opens as calls); a Hermes block's call streams its arguments as they come
-//!   (`tools/hermes.rs`). [`parse_tool_calls`] is the same machine run over a whole answer, so
-//!   streamed and whole responses agree.
+//!   only what might be the start of a `<tool_call>` tag or of a call; a call written the usual
+//!   way streams its arguments as they come (`tools/hermes.rs`, `tools/json_calls.rs`), one
+//!   written otherwise is held and parsed whole (`tools/json_answer.rs`,
+//!   `tools/mistral_args.rs`). [`parse_tool_calls`] is the same machine run over a whole
+//!   answer, so streamed and whole responses agree.
 //! - A forced call (OpenAI's `tool_choice: "required"` or a named function) is a JSON-schema
 //!   structured output ([`ToolChoice::forced_schema`]): the named function's arguments, or
 //!   an array of `{"name", "arguments"}` objects ([`parse_forced_calls`], streamed as a
@@ -31,11 +32,12 @@ use crate::structured::StructuredOutput;
 mod call_array;
 mod hermes;
 mod json_answer;
+mod json_calls;
 mod mistral_args;
 
 use call_array::CallArray;
 use hermes::Hermes;
-use json_answer::{JsonAnswer, LLAMA3, MISTRAL, Opening, parse_calls};
+use json_calls::{JsonCalls, JsonFormat};
 
 const CALL_OPEN: &str = "<tool_call>";
 const CALL_CLOSE: &str = "</tool_call>";
@@ -189,7 +191,7 @@ pub enum Piece {
     Content(String),
     /// A whole call.
     Call(GeneratedCall),
-    /// A call whose arguments follow as they are generated (Hermes blocks).
+    /// A call whose arguments follow as they are generated.
     CallStart {
         name: String,
     },
@@ -199,15 +201,15 @@ pub enum Piece {
 
 /// Splits generated text into content and calls as it arrives.
 ///
-/// A Hermes block streams its call once its opening names one of the tools (`tools/hermes.rs`);
-/// any other block whose body is not a call of one of the tools (bad JSON, an unknown name)
-/// stays content, verbatim, as does such a block left unclosed at the end; so does a
-/// JSON-format answer that is not all calls.
+/// A call streams once its opening names one of the tools (`tools/hermes.rs`,
+/// `tools/json_calls.rs`); any other Hermes block whose body is not a call of one of the tools
+/// (bad JSON, an unknown name) stays content, verbatim, as does such a block left unclosed at
+/// the end; so does JSON-format text held whole that is not all calls.
 #[derive(Clone, Debug)]
 pub struct ToolCallStream {
     tools: Vec<Tool>,
-    /// Text not yet emitted: a possible start of `<tool_call>`, an open block's body, or a
-    /// JSON-format answer that may be calls.
+    /// Text not yet emitted: a possible start of `<tool_call>` or of a call, an open block's
+    /// body, or JSON-format text held whole.
     pending: String,
     reader: Reader,
 }
@@ -218,8 +220,7 @@ enum Reader {
     Hermes(Hermes),
     /// A forced call's answer.
     Array(CallArray),
-    Json(JsonAnswer, Opening),
-    MistralArgs(JsonAnswer),
+    Json(JsonCalls, JsonFormat),
 }
 
 impl ToolCallStream {
@@ -232,9 +233,9 @@ impl ToolCallStream {
     pub fn new(tools: Vec<Tool>, format: CallFormat) -> Self {
         let reader = match format {
             CallFormat::Hermes => Reader::Hermes(Hermes::Outside),
-            CallFormat::Llama3Json => Reader::Json(JsonAnswer::Undecided, LLAMA3),
-            CallFormat::MistralJson => Reader::Json(JsonAnswer::Undecided, MISTRAL),
-            CallFormat::MistralArgs => Reader::MistralArgs(JsonAnswer::Undecided),
+            CallFormat::Llama3Json => Reader::Json(JsonCalls::Start, JsonFormat::Llama3),
+            CallFormat::MistralJson => Reader::Json(JsonCalls::Start, JsonFormat::MistralArray),
+            CallFormat::MistralArgs => Reader::Json(JsonCalls::Start, JsonFormat::MistralArgs),
         };
         Self { tools, pending: String::new(), reader }
     }
@@ -246,40 +247,21 @@ impl ToolCallStream {
         match &mut self.reader {
             Reader::Hermes(hermes) => self.pending = hermes.read(&self.pending, &self.tools, &mut pieces),
             Reader::Array(array) => self.pending = array.read(&self.pending, &mut pieces),
-            Reader::Json(answer, opening) => {
-                *answer = answer.read(&self.pending, *opening);
-                if *answer == JsonAnswer::Content {
-                    push_content(&mut pieces, &std::mem::take(&mut self.pending));
-                }
-            }
-            Reader::MistralArgs(answer) => {
-                *answer = mistral_args::read(*answer, &self.pending, &self.tools);
-                if *answer == JsonAnswer::Content {
-                    push_content(&mut pieces, &std::mem::take(&mut self.pending));
-                }
-            }
+            Reader::Json(calls, format) => self.pending = calls.read(*format, &self.pending, &self.tools, &mut pieces),
         }
         pieces
     }
 
     /// What is left once the text has ended: held-back text or an unclosed block, as content
-    /// (a streaming call's, as its arguments); a held JSON-format answer, as its calls if it
-    /// is all calls.
+    /// (a streaming call's, as its arguments); held JSON-format text, as its calls if it is
+    /// all calls.
     pub fn finish(&mut self) -> Vec<Piece> {
         let rest = std::mem::take(&mut self.pending);
         let mut pieces = Vec::new();
         match self.reader {
             Reader::Hermes(hermes) => hermes.finish(rest, &mut pieces),
             Reader::Array(array) => array.finish(rest, &mut pieces),
-            Reader::Json(JsonAnswer::Calls, opening) => match parse_calls(&rest, opening, &self.tools) {
-                Some(calls) => pieces.extend(calls.into_iter().map(Piece::Call)),
-                None => push_content(&mut pieces, &rest),
-            },
-            Reader::MistralArgs(JsonAnswer::Calls) => match mistral_args::parse_calls(&rest, &self.tools) {
-                Some(calls) => pieces.extend(calls.into_iter().map(Piece::Call)),
-                None => push_content(&mut pieces, &rest),
-            },
-            Reader::Json(..) | Reader::MistralArgs(_) => push_content(&mut pieces, &rest),
+            Reader::Json(calls, format) => calls.finish(format, rest, &self.tools, &mut pieces),
         }
         pieces
     }
@@ -489,11 +471,17 @@ mod tests {
         assert_eq!(llama(two), (None, vec![paris, call("now", "{}")]));
         let spaced = "\n {\"name\": \"now\", \"arguments\": {}}\n{\"name\": \"now\"}";
         assert_eq!(llama(spaced), (None, vec![call("now", "{}"), call("now", "{}")]));
+        let streamed_then_prose = r#"{"name": "now", "parameters": {}} and more"#;
+        assert_eq!(
+            llama(streamed_then_prose),
+            (Some("and more".into()), vec![call("now", "{}")]),
+            "a streamed call stands"
+        );
         for text in [
             "The weather is fine.",
             "{not json}",
             r#"{"name": "launch", "parameters": {}}"#,
-            r#"{"name": "now", "parameters": {}} and more"#,
+            r#"{"parameters": {}, "name": "now"} and more"#,
             r#"{"name": "now""#,
             "<|python_",
             "<tool_call>{\"name\": \"now\", \"arguments\": {}}</tool_call>",
@@ -518,19 +506,62 @@ mod tests {
     }
 
     #[test]
-    fn a_llama3_answer_streams_as_content_at_once_or_is_held_whole_as_calls() {
+    fn a_llama3_answer_streams_as_content_or_as_calls() {
         let mut content = ToolCallStream::new(vec![weather()], CallFormat::Llama3Json);
         assert_eq!(content.push("  "), []);
         assert_eq!(content.push("<|py"), []);
         assert_eq!(content.push("x"), [Piece::Content("  <|pyx".into())]);
         assert_eq!(content.push(" {}"), [Piece::Content(" {}".into())]);
         assert_eq!(content.finish(), []);
-        let text = r#" <|python_tag|>{"name": "get_weather", "parameters": {"city": "Oslo"}}"#;
-        for split in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
-            let mut calls = ToolCallStream::new(vec![weather()], CallFormat::Llama3Json);
-            assert_eq!(calls.push(&text[..split]), []);
-            assert_eq!(calls.push(&text[split..]), []);
-            assert_eq!(calls.finish(), [Piece::Call(call("get_weather", r#"{"city":"Oslo"}"#))], "split at {split}");
+
+        let mut calls = ToolCallStream::new(vec![weather()], CallFormat::Llama3Json);
+        assert_eq!(calls.push(" <|python_tag|>{\"name\": \"get_weather\", \"parameters\""), []);
+        let start = Piece::CallStart { name: "get_weather".into() };
+        assert_eq!(calls.push(": {\"city\": \"Os"), [start, args("{\"city\":\"Os")]);
+        assert_eq!(calls.push("lo\"}}"), [args("lo\"}")]);
+        assert_eq!(calls.finish(), []);
+
+        // Keys in another order: held to the end, then a call.
+        let mut held = ToolCallStream::new(vec![weather()], CallFormat::Llama3Json);
+        assert_eq!(held.push(r#"{"parameters": {"city": "Oslo"}, "name": "get_weather"}"#), []);
+        assert_eq!(held.finish(), [Piece::Call(call("get_weather", r#"{"city":"Oslo"}"#))]);
+    }
+
+    #[test]
+    fn json_format_calls_stream_as_the_whole_answer_reads_at_every_split() {
+        let tools = [weather(), Tool { name: "now".into(), description: None, parameters: None }];
+        let answers = [
+            (
+                CallFormat::Llama3Json,
+                "<|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"O;s}é\"}}; \
+                 {\"name\": \"now\", \"parameters\": {}}\n{\"parameters\": {}, \"name\": \"now\"}",
+                vec![call("get_weather", r#"{"city":"O;s}é"}"#), call("now", "{}"), call("now", "{}")],
+            ),
+            (
+                CallFormat::MistralJson,
+                "[TOOL_CALLS] [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"a]b\"}}, {\"name\": \"now\", \"arguments\": {}}]",
+                vec![call("get_weather", r#"{"city":"a]b"}"#), call("now", "{}")],
+            ),
+            (
+                CallFormat::MistralArgs,
+                "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"x{\"}now{}",
+                vec![call("get_weather", r#"{"city":"x{"}"#), call("now", "{}")],
+            ),
+        ];
+        for (format, text, expected) in answers {
+            assert_eq!(parse_tool_calls(text, &tools, format), (None, expected.clone()), "{format:?}");
+            let boundaries: Vec<usize> = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect();
+            for &a in &boundaries {
+                for &b in boundaries.iter().filter(|&&b| b >= a) {
+                    let mut stream = ToolCallStream::new(tools.to_vec(), format);
+                    let mut pieces = Vec::new();
+                    for part in [&text[..a], &text[a..b], &text[b..]] {
+                        pieces.extend(stream.push(part));
+                    }
+                    pieces.extend(stream.finish());
+                    assert_eq!(assemble(pieces), (String::new(), expected.clone()), "{format:?} split at {a}, {b}");
+                }
+            }
         }
     }
 

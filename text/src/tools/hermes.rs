@@ -202,7 +202,7 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn is_json_whitespace(c: char) -> bool {
+pub(super) fn is_json_whitespace(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\n' | '\r')
 }
 
@@ -220,6 +220,11 @@ pub(super) enum ScanEnd {
 }
 
 impl Scan {
+    /// A scan that starts inside an object, to read up to the `}` that closes it.
+    pub(super) fn inside_object() -> Self {
+        Scan { depth: 1, ..Scan::default() }
+    }
+
     /// Reads `text`, a call's arguments' next characters, into a [`Piece::Arguments`].
     pub(super) fn arguments(&mut self, text: &str, pieces: &mut Vec<Piece>) -> ScanEnd {
         let mut arguments = String::new();
@@ -233,7 +238,7 @@ impl Scan {
     /// Reads `text`, a JSON value's next characters, appending them to `out` without the
     /// whitespace outside strings, up to the end of the value (its closing bracket, or the
     /// closing quote of a string value).
-    fn feed(&mut self, text: &str, out: &mut String) -> ScanEnd {
+    pub(super) fn feed(&mut self, text: &str, out: &mut String) -> ScanEnd {
         for (at, c) in text.char_indices() {
             if self.in_string {
                 out.push(c);

@@ -1,46 +1,46 @@
 //! Tool calls in the format of Mistral's templates since its v11 tokenizer (Mistral Small 3.1
 //! and later, Devstral, Magistral): `[TOOL_CALLS]name[ARGS]{...}` per call, one after the
 //! other. Both tags are special tokens, usually left out of the text, which then reads
-//! `name{...}`; so the reader accepts either, a name being one of the tools'. As in the other
-//! JSON formats ([`super::json_answer`]) the answer is calls or content as a whole: one that
-//! opens as a call is held to its end, and stays content, verbatim, unless it is nothing but
-//! calls of the tools.
+//! `name{...}`; so the reader accepts either, a name being one of the tools'. Calls stream
+//! as the other JSON formats' do (`super::json_calls`): [`opening`] reads one up to its
+//! arguments, [`parse_calls`] what is held whole.
 
 use serde_json::{Value, json};
 
-use super::json_answer::JsonAnswer;
+use super::hermes::Opening;
 use super::{GeneratedCall, Tool, generated_call};
 
-const CALLS_TAG: &str = "[TOOL_CALLS]";
+pub(super) const CALLS_TAG: &str = "[TOOL_CALLS]";
 const ARGS_TAG: &str = "[ARGS]";
 
-/// What an answer is once it reads `text` (all of it so far).
-pub(super) fn read(answer: JsonAnswer, text: &str, tools: &[Tool]) -> JsonAnswer {
-    if answer != JsonAnswer::Undecided {
-        return answer;
-    }
+/// Reads the opening of one call, `[TOOL_CALLS]<one of tools>[ARGS]{`, either tag left out.
+pub(super) fn opening(text: &str, tools: &[Tool]) -> Opening {
     let head = text.trim_start();
+    let mut at = text.len() - head.len();
     if head.starts_with(CALLS_TAG) {
-        return JsonAnswer::Calls;
+        at += CALLS_TAG.len();
+    } else if CALLS_TAG.starts_with(head) {
+        return Opening::Undecided;
     }
-    if head.is_empty() || CALLS_TAG.starts_with(head) {
-        return JsonAnswer::Undecided;
-    }
+    let rest = &text[at..];
     let mut undecided = false;
     for tool in tools {
-        match head.strip_prefix(tool.name.as_str()) {
-            Some(rest) if rest.starts_with('{') || rest.starts_with(ARGS_TAG) => return JsonAnswer::Calls,
-            // The name, or the start of its `[ARGS]`: what follows decides.
-            Some(rest) if ARGS_TAG.starts_with(rest) => undecided = true,
-            Some(_) => {}
-            None => undecided |= tool.name.starts_with(head),
+        let Some(after_name) = rest.strip_prefix(tool.name.as_str()) else {
+            undecided |= tool.name.starts_with(rest);
+            continue;
+        };
+        let arguments_at = at + tool.name.len() + if after_name.starts_with(ARGS_TAG) { ARGS_TAG.len() } else { 0 };
+        if text[arguments_at..].starts_with('{') {
+            return Opening::Call { name: tool.name.clone(), arguments_at };
         }
+        // The name, or it and the start of its `[ARGS]`: what follows decides.
+        undecided |= ARGS_TAG.starts_with(after_name);
     }
-    if undecided { JsonAnswer::Undecided } else { JsonAnswer::Content }
+    if undecided { Opening::Undecided } else { Opening::Other }
 }
 
-/// The calls of a whole [`JsonAnswer::Calls`] answer; `None` unless it is nothing but calls of
-/// `tools`, each a name and an object of arguments.
+/// The calls of held text; `None` unless it is nothing but calls of `tools`, each a name and
+/// an object of arguments.
 pub(super) fn parse_calls(text: &str, tools: &[Tool]) -> Option<Vec<GeneratedCall>> {
     let mut rest = text.trim();
     let mut calls = Vec::new();
@@ -84,34 +84,30 @@ mod tests {
         assert_eq!(read(r#"get_weather{"city": "Oslo"}"#), (None, vec![oslo.clone()]));
         let tagged = r#"[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo"}[TOOL_CALLS]now[ARGS]{}"#;
         assert_eq!(read(tagged), (None, vec![oslo.clone(), call("now", "{}")]));
-        assert_eq!(read(" get_weather{\"city\": \"Oslo\"}\nget{}"), (None, vec![oslo, call("get", "{}")]));
-        for text in [
-            "get ready",
-            "Sunny.",
-            "get_weather{bad",
-            "launch{}",
-            r#"get_weather{"city": "Oslo"} and more"#,
-            r#"get_weather["Oslo"]"#,
-            "[TOOL_CA",
-            "get_weather",
-        ] {
+        assert_eq!(read(" get_weather{\"city\": \"Oslo\"}\nget{}"), (None, vec![oslo.clone(), call("get", "{}")]));
+        // A call that streamed stands: cut short, with what came; followed by prose, beside it.
+        assert_eq!(read("get_weather{bad"), (None, vec![call("get_weather", "{bad")]));
+        assert_eq!(read(r#"get_weather{"city": "Oslo"} and more"#), (Some("and more".into()), vec![oslo]));
+        for text in ["get ready", "Sunny.", "launch{}", r#"get_weather["Oslo"]"#, "[TOOL_CA", "get_weather"] {
             assert_eq!(read(text), (Some(text.to_owned()), vec![]), "{text}");
         }
     }
 
     #[test]
-    fn content_streams_once_it_cannot_be_a_call_and_calls_are_held_whole() {
+    fn content_streams_once_it_cannot_be_a_call_and_calls_stream_their_arguments() {
         let mut content = ToolCallStream::new(tools(), CallFormat::MistralArgs);
         assert_eq!(content.push(" g"), []);
         assert_eq!(content.push("et_"), [], "a prefix of get_weather");
         assert_eq!(content.push("x"), [Piece::Content(" get_x".into())]);
         assert_eq!(content.push("{}"), [Piece::Content("{}".into())]);
-        let text = r#"[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo"}"#;
-        for split in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
-            let mut calls = ToolCallStream::new(tools(), CallFormat::MistralArgs);
-            assert_eq!(calls.push(&text[..split]), []);
-            assert_eq!(calls.push(&text[split..]), []);
-            assert_eq!(calls.finish(), [Piece::Call(call("get_weather", r#"{"city":"Oslo"}"#))], "split at {split}");
-        }
+
+        let mut calls = ToolCallStream::new(tools(), CallFormat::MistralArgs);
+        assert_eq!(calls.push("[TOOL_CALLS]get"), [], "get, or get_weather");
+        assert_eq!(calls.push("_weather[AR"), []);
+        let start = Piece::CallStart { name: "get_weather".into() };
+        assert_eq!(calls.push("GS]{\"city\": \"Os"), [start, Piece::Arguments("{\"city\":\"Os".into())]);
+        assert_eq!(calls.push("lo\"}[TOOL_CALLS]now"), [Piece::Arguments("lo\"}".into())]);
+        assert_eq!(calls.push("{}"), [Piece::CallStart { name: "now".into() }, Piece::Arguments("{}".into())]);
+        assert_eq!(calls.finish(), []);
     }
 }
