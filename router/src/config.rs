@@ -52,7 +52,7 @@ pub struct RouterConfig {
     /// Keep Responses API answers in this Redis instead (`redis://[user:password@]host[:port][/db]`,
     /// or `rediss://` verified with `tls`'s CA), where every router replica finds them.
     pub responses_redis_url: Option<String>,
-    /// How long Redis keeps a stored response.
+    /// How long a stored response is kept (in memory or in Redis).
     pub responses_ttl: Duration,
     /// Prepended to the Redis keys of stored responses: one per deployment sharing a Redis.
     pub responses_key_prefix: String,
@@ -199,7 +199,8 @@ pub struct RouterArgs {
     /// (instead of this router's memory).
     #[arg(long, env = "LCSERVE_ROUTER_RESPONSES_REDIS_URL")]
     pub responses_redis_url: Option<String>,
-    /// How long Redis keeps a stored response (`720h`: 30 days, as OpenAI keeps them).
+    /// How long a stored response is kept, in memory or in Redis (`720h`: 30 days, as OpenAI
+    /// keeps them).
     #[arg(long, env = "LCSERVE_ROUTER_RESPONSES_TTL", default_value = "720h", value_parser = parse_duration)]
     pub responses_ttl: Duration,
     /// Prefix of the Redis keys of stored responses, one per deployment sharing a Redis.

@@ -100,7 +100,7 @@ impl Shared {
         let metrics = Metrics::new(&index.subscriber);
         let responses = match &config.responses_redis_url {
             Some(url) => ResponseStore::in_redis(url, &config)?,
-            None => ResponseStore::in_memory(config.responses_store_bytes),
+            None => ResponseStore::in_memory(config.responses_store_bytes, config.responses_ttl),
         };
         Ok(Shared { config, auth, model, registry, index, metrics, responses })
     }

@@ -4,8 +4,9 @@
 //! A response is kept with the conversation that led to it, so a follow-up names it instead of
 //! resending the whole history; each is visible only to the tenant that created it. Two
 //! places to keep them:
-//! - [`memory`]: this router's memory, the oldest dropped once their total size passes the
-//!   byte budget (`--responses-store-bytes`; 0 stores nothing). Enough for one router.
+//! - [`memory`]: this router's memory, each kept for `--responses-ttl`, the oldest dropped
+//!   sooner once their total size passes the byte budget (`--responses-store-bytes`; 0 stores
+//!   nothing). Enough for one router.
 //! - [`redis`]: a Redis that every replica of the router reads (`--responses-redis-url`),
 //!   each response kept for `--responses-ttl` under `--responses-key-prefix`. Behind a load balancer over several replicas a
 //!   follow-up lands anywhere, and only this finds its predecessor.
@@ -14,6 +15,7 @@ mod memory;
 mod redis;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -92,9 +94,10 @@ enum Backend {
 }
 
 impl ResponseStore {
-    /// A store in this router's memory holding up to `budget` bytes of responses; 0 stores none.
-    pub fn in_memory(budget: usize) -> Self {
-        ResponseStore(Backend::Memory(MemoryStore::new(budget)))
+    /// A store in this router's memory holding up to `budget` bytes of responses (0 stores
+    /// none), each for `ttl`.
+    pub fn in_memory(budget: usize, ttl: Duration) -> Self {
+        ResponseStore(Backend::Memory(MemoryStore::new(budget, ttl)))
     }
 
     /// A store in the Redis at `url`, as `config` sets it (TLS, time to live, key prefix).
@@ -146,6 +149,8 @@ impl ResponseStore {
 mod tests {
     use super::*;
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
     /// A context of one earlier item.
     fn hi() -> Context {
         Context { items: vec![json!("hi")], input_from: 1 }
@@ -172,7 +177,7 @@ mod tests {
         let (alice, bob) = (Tenant(Arc::from("alice")), Tenant(Arc::from("bob")));
         let one = response("resp_1", "one");
         let size = one.to_string().len() + json!("hi").to_string().len();
-        let store = ResponseStore::in_memory(2 * size + 1);
+        let store = ResponseStore::in_memory(2 * size + 1, HOUR);
         put(&store, &alice, one.clone(), hi()).await;
         let stored = get(&store, &alice, "resp_1").await.expect("stored");
         assert_eq!(stored.conversation(), [json!("hi"), one["output"][0].clone()]);
@@ -189,10 +194,30 @@ mod tests {
         put(&store, &alice, response("resp_4", "for"), hi()).await;
         assert!(get(&store, &alice, "resp_3").await.is_some(), "a deletion freed its room");
 
-        let huge = ResponseStore::in_memory(8);
+        let huge = ResponseStore::in_memory(8, HOUR);
         put(&huge, &alice, one, Context::default()).await;
         assert!(get(&huge, &alice, "resp_1").await.is_none(), "larger than the budget");
-        assert!(!ResponseStore::in_memory(0).enabled());
+        assert!(!ResponseStore::in_memory(0, HOUR).enabled());
+    }
+
+    #[tokio::test]
+    async fn a_response_is_gone_once_its_time_to_live_has_passed() {
+        let alice = Tenant(Arc::from("alice"));
+        let one = response("resp_1", "one");
+        let size = one.to_string().len() + json!("hi").to_string().len();
+        let store = ResponseStore::in_memory(2 * size + 1, Duration::from_millis(200));
+        put(&store, &alice, one, hi()).await;
+        assert!(get(&store, &alice, "resp_1").await.is_some());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(get(&store, &alice, "resp_1").await.is_none(), "expired");
+        assert!(!delete(&store, &alice, "resp_1").await, "nothing left to delete");
+
+        put(&store, &alice, response("resp_2", "two"), hi()).await;
+        put(&store, &alice, response("resp_3", "six"), hi()).await;
+        assert!(
+            get(&store, &alice, "resp_2").await.is_some() && get(&store, &alice, "resp_3").await.is_some(),
+            "the expired response made room, not the live ones"
+        );
     }
 
     #[tokio::test]
@@ -202,7 +227,7 @@ mod tests {
         let output = json!({ "type": "function_call_output", "call_id": "c1", "output": "-3 C" });
         let named = json!({ "type": "message", "id": "msg_mine", "role": "user", "content": "Thanks" });
         let thanks = json!([{ "type": "input_text", "text": "Thanks" }]);
-        let store = ResponseStore::in_memory(1 << 20);
+        let store = ResponseStore::in_memory(1 << 20, HOUR);
         let items = vec![earlier.clone(), output, named.clone()];
         put(&store, &tenant, response("resp_1", "ok"), Context { items, input_from: 1 }).await;
         let stored = get(&store, &tenant, "resp_1").await.expect("stored");

@@ -1,6 +1,8 @@
 //! The Responses API's translation: request bodies into chat bodies, chat answers and chunks
 //! into response objects and events.
 
+use std::time::Duration;
+
 use futures_util::FutureExt;
 use serde_json::{Value, json};
 
@@ -11,6 +13,8 @@ use crate::http::chat_chunks::{delta, reasoning_text_and_two_calls};
 
 /// `body` translated by `tenant`'s router that stores responses in `store`, a memory store
 /// (which answers at once).
+const HOUR: Duration = Duration::from_secs(3600);
+
 fn translate_as(tenant: &Tenant, body: &Value, store: &ResponseStore) -> Result<(Value, Rewritten), RouterError> {
     chat_body(body.to_string().as_bytes(), store, tenant).now_or_never().expect("a memory store answers at once")
 }
@@ -20,7 +24,7 @@ fn translate_with(body: &Value, store: &ResponseStore) -> Result<(Value, Rewritt
 }
 
 fn translate(body: &Value) -> Result<(Value, Rewritten), RouterError> {
-    translate_with(body, &ResponseStore::in_memory(1 << 20))
+    translate_with(body, &ResponseStore::in_memory(1 << 20, HOUR))
 }
 
 fn chat(body: Value) -> Value {
@@ -121,7 +125,7 @@ fn what_the_server_cannot_honour_is_refused_by_its_field() {
 
 #[test]
 fn a_follow_up_continues_the_stored_conversation_it_names() {
-    let store = ResponseStore::in_memory(1 << 20);
+    let store = ResponseStore::in_memory(1 << 20, HOUR);
     let (_, first) =
         translate_with(&json!({"input": "Weather in Oslo?", "instructions": "Be brief."}), &store).expect("translates");
     let asked = json!({"type": "message", "role": "user", "content": "Weather in Oslo?"});
@@ -169,11 +173,11 @@ fn a_follow_up_continues_the_stored_conversation_it_names() {
     }
     let elsewhere = translate_as(&Tenant("other".into()), &follow_up, &store);
     assert!(matches!(elsewhere, Err(RouterError::UnknownResponse { .. })), "another tenant's response");
-    match translate_with(&follow_up, &ResponseStore::in_memory(0)) {
+    match translate_with(&follow_up, &ResponseStore::in_memory(0, HOUR)) {
         Err(RouterError::BadBody { param, .. }) => assert_eq!(param.as_deref(), Some("previous_response_id")),
         other => panic!("a router that stores nothing took previous_response_id: {other:?}"),
     }
-    let unstored = translate_with(&json!({"input": "Hi"}), &ResponseStore::in_memory(0)).expect("translates").1;
+    let unstored = translate_with(&json!({"input": "Hi"}), &ResponseStore::in_memory(0, HOUR)).expect("translates").1;
     assert_eq!((unstored.context, &unstored.echoed["store"]), (None, &json!(false)));
 }
 
