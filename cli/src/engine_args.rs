@@ -100,6 +100,10 @@ pub struct EngineArgs {
     /// Most sequences decoded together.
     #[arg(long, env = "LCSERVE_MAX_RUNNING", default_value_t = 32)]
     pub max_running: usize,
+    /// Most requests waiting beyond those the next step runs; past it new requests are refused
+    /// as overloaded (retryable: the router tries another worker) instead of queueing.
+    #[arg(long, env = "LCSERVE_MAX_WAITING", default_value_t = lcserve_engine::DEFAULT_MAX_WAITING)]
+    pub max_waiting: usize,
     /// Compute threads [default: all cores].
     #[arg(long, env = "LCSERVE_THREADS")]
     pub threads: Option<usize>,
@@ -145,6 +149,7 @@ impl EngineArgs {
             kv_dtype: self.kv_dtype,
             prefill_chunk: self.prefill_chunk,
             max_running: self.max_running,
+            max_waiting: self.max_waiting,
             threads: self.threads.unwrap_or(defaults.threads),
             prefix_caching: defaults.prefix_caching,
             sparse_patterns: self.patterns.clone(),

@@ -14,6 +14,9 @@ pub const DEFAULT_SPARSE_MIN_TOKENS: usize = 8192;
 /// Default `draft_window`: enough recent text for a small model's next few tokens.
 pub const DEFAULT_DRAFT_WINDOW: usize = 128;
 
+/// Default `max_waiting`: minutes of work for a CPU engine, never reached in normal operation.
+pub const DEFAULT_MAX_WAITING: usize = 1024;
+
 /// Where an engine runs its model and keeps its KV pool.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,6 +86,10 @@ pub struct EngineConfig {
     pub prefill_chunk: usize,
     /// Most sequences decoded together in one step.
     pub max_running: usize,
+    /// Most requests waiting beyond those the next step can run; past it a new request is
+    /// refused at once ([`EngineError::Overloaded`], retryable) instead of queueing without
+    /// bound, so a router sends it elsewhere and an overloaded fleet answers promptly.
+    pub max_waiting: usize,
     /// Compute threads (rayon pool owned by the engine thread).
     pub threads: usize,
     /// Keep finished sequences' full blocks findable by hash until evicted.
@@ -114,6 +121,7 @@ impl Default for EngineConfig {
             kv_dtype: None,
             prefill_chunk: 512,
             max_running: 32,
+            max_waiting: DEFAULT_MAX_WAITING,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             prefix_caching: true,
             sparse_patterns: None,
@@ -145,6 +153,7 @@ impl EngineConfig {
             ("prefill_chunk", self.prefill_chunk),
             ("sparse_prefill_chunk", self.sparse_prefill_chunk),
             ("max_running", self.max_running),
+            ("max_waiting", self.max_waiting),
             ("threads", self.threads),
         ];
         if let Some((field, _)) = positive.iter().find(|(_, v)| *v == 0) {

@@ -57,7 +57,9 @@ mod step_times;
 mod stop_text;
 
 pub use block_allocator::{BlockAllocator, BlockAllocatorError, PoolExhausted};
-pub use config::{DEFAULT_DRAFT_WINDOW, DEFAULT_SPARSE_MIN_TOKENS, EngineConfig, EngineDevice, GpuWeights};
+pub use config::{
+    DEFAULT_DRAFT_WINDOW, DEFAULT_MAX_WAITING, DEFAULT_SPARSE_MIN_TOKENS, EngineConfig, EngineDevice, GpuWeights,
+};
 pub use engine::{Completion, EngineHandle, EventStream};
 pub use error::EngineError;
 pub use kv_transfer::{ExportKv, ImportedKv, KvBlock, tail_layout};

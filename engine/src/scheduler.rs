@@ -115,6 +115,13 @@ impl Scheduler {
     }
 
     pub fn enqueue(&mut self, seq: Sequence) {
+        // Past the queue's bound (beyond what the next step admits) the engine is overloaded:
+        // refused now, a router tries another worker.
+        let admissible = self.config.max_running.saturating_sub(self.running.len());
+        if self.waiting.len() >= self.config.max_waiting + admissible {
+            fail(seq, EngineError::Overloaded);
+            return;
+        }
         // A sequence that could never fit, even alone at its longest, is refused up front rather
         // than preempting everything and failing later.
         let longest = seq.prompt_len + seq.stop.max_tokens;

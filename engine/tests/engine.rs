@@ -178,6 +178,21 @@ fn a_prompt_larger_than_the_pool_is_refused_clearly() {
 }
 
 #[test]
+fn past_its_queue_bound_the_engine_refuses_new_requests_as_overloaded() {
+    let (_dir, model) = tiny_model();
+    let config = EngineConfig { max_running: 1, max_waiting: 1, ..config(16, 64, &model) };
+    let engine = EngineHandle::start(model.clone(), config).expect("engine");
+    let vocab = model.config.vocab_size;
+    // One runs (or is about to), one waits, the third is one too many.
+    let streams: Vec<_> =
+        (0..3).map(|seed| engine.submit(greedy(tokens(20, vocab, seed), 200)).expect("queued")).collect();
+    let outcomes: Vec<_> = streams.into_iter().map(|stream| stream.blocking_collect()).collect();
+    assert!(outcomes[0].is_ok() && outcomes[1].is_ok(), "{outcomes:?}");
+    assert!(matches!(outcomes[2], Err(EngineError::Overloaded)), "{:?}", outcomes[2]);
+    assert!(collect(&engine, greedy(tokens(20, vocab, 9), 4)).is_ok(), "served again once the queue drained");
+}
+
+#[test]
 fn invalid_config_is_refused() {
     let (_dir, model) = tiny_model();
     let mut bad = config(16, 64, &model);

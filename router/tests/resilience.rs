@@ -184,6 +184,35 @@ async fn a_crashed_worker_mid_stream_migrates_too() {
 }
 
 #[tokio::test]
+async fn an_overloaded_worker_sends_the_request_elsewhere_and_stays_in_rotation() {
+    let (a, b) = (InstantWorker::start("decode").await, InstantWorker::start("decode").await);
+    a.set(|w| w.overloaded = true);
+    let router = start_router(RouterConfig { policy: Policy::RoundRobin, ..config(&[], &[&a, &b]) }).await;
+    for _ in 0..2 {
+        let (ids, end) = generate(&router, "w10 w11", 5).await;
+        assert_eq!(ids, echo(&[1, 10, 11], 5));
+        assert!(matches!(end, Event::Finished(_)), "{end:?}");
+    }
+    let asked = a.generates().len();
+    assert!(asked >= 1 && b.generates().len() == 2, "each asked {asked} time(s) of `a` went on to `b`");
+    a.set(|w| w.overloaded = false);
+    for _ in 0..2 {
+        generate(&router, "w10 w11", 5).await;
+    }
+    assert!(a.generates().len() > asked, "busy is not broken: it is still in rotation");
+
+    // The whole fleet overloaded: a retryable error, 503 over HTTP.
+    a.set(|w| w.overloaded = true);
+    b.set(|w| w.overloaded = true);
+    let (ids, end) = generate(&router, "w10 w11", 5).await;
+    assert!(ids.is_empty());
+    let Event::Error(error) = end else { panic!("expected an error, got {end:?}") };
+    assert!(error.retryable && error.message.contains("queue is full"), "{error:?}");
+    let response = post(router.http, "/v1/completions", r#"{"prompt":"w10","max_tokens":2}"#).await;
+    assert_eq!(response.status, 503, "{}", response.body);
+}
+
+#[tokio::test]
 async fn with_no_worker_left_the_stream_ends_with_a_retryable_error() {
     let decode = InstantWorker::start("decode").await;
     decode.set(|w| w.fail_after = Some(2));

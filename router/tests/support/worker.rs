@@ -32,6 +32,9 @@ pub struct Behaviour {
     pub fail_run: bool,
     /// `Decode.Generate` fails with UNAVAILABLE before its first token.
     pub fail_before_first: bool,
+    /// `Decode.Generate` ends at once with an OVERLOADED error event, as an engine past its
+    /// queue bound answers.
+    pub overloaded: bool,
     /// `Decode.Generate` breaks (UNAVAILABLE status) after streaming this many tokens.
     pub fail_after: Option<usize>,
     /// Pause before each decode token.
@@ -265,6 +268,16 @@ impl Service {
                 })
                 .collect();
             let _ = send(Event::PromptLogprobs(v1::PromptLogprobs { tokens })).await;
+        }
+        if behaviour.overloaded {
+            let error = v1::Error {
+                code: v1::ErrorCode::Overloaded.into(),
+                retryable: true,
+                message: "the engine's queue is full; retry later".into(),
+                field: String::new(),
+            };
+            let _ = send(Event::Error(error)).await;
+            return;
         }
         let outcome = loop {
             if aborted.load(Ordering::Relaxed) {
