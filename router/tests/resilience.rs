@@ -210,6 +210,7 @@ async fn an_overloaded_worker_sends_the_request_elsewhere_and_stays_in_rotation(
     assert!(error.retryable && error.message.contains("queue is full"), "{error:?}");
     let response = post(router.http, "/v1/completions", r#"{"prompt":"w10","max_tokens":2}"#).await;
     assert_eq!(response.status, 503, "{}", response.body);
+    assert_eq!(response.retry_after.as_deref(), Some("1"), "clients are told when to come back");
 }
 
 #[tokio::test]

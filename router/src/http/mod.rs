@@ -78,9 +78,17 @@ pub(crate) async fn serve(
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(RouterError::Http)
 }
 
+/// Seconds a client should wait before retrying a request refused as overloaded (429) or
+/// unavailable (503); OpenAI's and Anthropic's SDKs read `Retry-After` for their backoff.
+const RETRY_AFTER_SECONDS: &str = "1";
+
 fn json_response(status: u16, body: serde_json::Value) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+    if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    }
+    response
 }
 
 fn error_type(class: ErrorClass) -> &'static str {

@@ -133,6 +133,7 @@ pub async fn spawn_router(config: RouterConfig) -> TestRouter {
 pub struct HttpResponse {
     pub status: u16,
     pub content_type: String,
+    pub retry_after: Option<String>,
     pub body: String,
 }
 
@@ -179,10 +180,10 @@ pub async fn send(
 
 pub async fn read(response: hyper::Response<Incoming>) -> HttpResponse {
     let status = response.status().as_u16();
-    let content_type =
-        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (content_type, retry_after) = (header("content-type").unwrap_or_default(), header("retry-after"));
     let bytes = response.into_body().collect().await.expect("body").to_bytes();
-    HttpResponse { status, content_type, body: String::from_utf8_lossy(&bytes).into_owned() }
+    HttpResponse { status, content_type, retry_after, body: String::from_utf8_lossy(&bytes).into_owned() }
 }
 
 pub async fn post(addr: SocketAddr, path: &str, body: &str) -> HttpResponse {
