@@ -28,7 +28,7 @@ use crate::reasoning_cap::ReasoningCap;
 use crate::request::{EngineEvent, FinishReason, GenerateRequest, KvSelection, MatchedStop, Timings, Usage};
 use crate::sampler::{MAX_LOGPROBS, Sampler};
 use crate::scheduler::{EngineStats, Scheduler};
-use crate::sequence::{Sequence, SequenceSpans};
+use crate::sequence::{Rank, Sequence, SequenceSpans};
 use crate::speculative::{AutoDraft, DraftModelDrafter, Drafter, Speculation};
 use crate::step_times::{StepTimes, StepTimesSnapshot};
 use crate::stop_text::StopText;
@@ -439,6 +439,7 @@ impl EngineHandle {
         let mut tokens = request.prompt;
         tokens.extend_from_slice(&request.generated);
         Ok(Sequence {
+            rank: Rank { priority: request.priority, arrival: 0 },
             tokens,
             prompt_len,
             computed: 0,

@@ -4,7 +4,8 @@
 //!   requests; each request's [`EventStream`] yields tokens and one terminal event.
 //! - The scheduler (private) runs steps: admit waiting sequences after reusing their longest
 //!   cached prefix, stack decode tokens and prefill chunks into one forward pass, sample, stream,
-//!   retire. When the pool is full it preempts by recompute. A prompt whose [`PrefillMode`]
+//!   retire. When the pool is full it preempts by recompute. Everything goes in
+//!   [`GenerateRequest::priority`] order, first come, first served within a priority. A prompt whose [`PrefillMode`]
 //!   resolves to sparse prefills with the model's `SparseAttention` (MInference head patterns
 //!   from [`EngineConfig::sparse_patterns`]), in larger chunks, under its own block namespace
 //!   ([`EngineHandle::request_namespace`]).

@@ -69,6 +69,13 @@ pub struct GenerateRequest {
     pub prompt_logprobs: Option<usize>,
     /// A cap on a thinking model's reasoning block (vLLM's `thinking_token_budget`).
     pub reasoning_budget: Option<ReasoningBudget>,
+    /// Scheduling priority, lower first (vLLM's convention; 0 by default). Requests of equal
+    /// priority are served first come, first served. A request is admitted before any waiting
+    /// one of worse priority, gets each step's prefill budget first, and when the batch or the
+    /// KV pool is full it preempts (by recompute) the running request of worst priority, if
+    /// that is worse than its own. A full queue refuses the waiting request of worst priority
+    /// rather than a better one.
+    pub priority: i32,
 }
 
 /// At most `max_tokens` tokens inside `block`: once the block holds them, the next token is

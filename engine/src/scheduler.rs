@@ -4,9 +4,17 @@
 //! `prefill_chunk` prompt tokens of prefilling sequences into a single forward pass (chunked
 //! prefill mixed with continuous batching), so long prompts never stall running streams.
 //! Blocks for a prompt are allocated at admission after reusing the longest cached prefix;
-//! decode allocates a block at each boundary and, when the pool is full, preempts the most
-//! recently admitted sequence by recompute (its blocks are released, it re-queues at the front
-//! and later recomputes — usually from its own now-cached prefix).
+//! decode allocates a block at each boundary and, when the pool is full, preempts the last
+//! running sequence by recompute (its blocks are released, it re-queues in its place and later
+//! recomputes — usually from its own now-cached prefix).
+//!
+//! **Priorities.** Both queues are kept in [`Rank`] order: priority (lower first), then
+//! arrival. So a waiting sequence is admitted before any of worse priority, the step's prefill
+//! budget goes to the best-ranked prompts first (an interactive prompt is not stuck behind a
+//! batch job's long one), and the last running sequence, the one preempted when blocks run out,
+//! is the worst-ranked. A waiting sequence that finds the batch or the pool full preempts a
+//! running one of strictly worse priority; equal priorities never preempt each other, so with
+//! one priority the engine is first come, first served.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -26,7 +34,7 @@ use crate::executor::Executor;
 use crate::kv_transfer::ImportedKv;
 use crate::request::{EngineEvent, FinishReason, MatchedStop, Timings, TokenLogprobs};
 use crate::sampler::SampledToken;
-use crate::sequence::Sequence;
+use crate::sequence::{Rank, Sequence};
 use crate::speculative::{DEFAULT_DRAFT_NODES, DEFAULT_DRAFT_TOKENS, DraftTree, argmax};
 
 /// Pool and queue occupancy, for metrics and tests.
@@ -57,6 +65,8 @@ pub(crate) struct Scheduler {
     prefill_tokens: u64,
     /// Head patterns of sparse prefill.
     patterns: HeadPatterns,
+    /// The arrival number the next enqueued sequence gets.
+    next_arrival: u64,
 }
 
 /// What one sequence contributes to a step.
@@ -107,6 +117,7 @@ impl Scheduler {
             running: Vec::new(),
             prefill_tokens: 0,
             patterns,
+            next_arrival: 0,
         })
     }
 
@@ -114,13 +125,25 @@ impl Scheduler {
         self.waiting.is_empty() && self.running.is_empty()
     }
 
-    pub fn enqueue(&mut self, seq: Sequence) {
+    pub fn enqueue(&mut self, mut seq: Sequence) {
+        seq.rank.arrival = self.next_arrival;
+        self.next_arrival += 1;
         // Past the queue's bound (beyond what the next step admits) the engine is overloaded:
-        // refused now, a router tries another worker.
+        // refused now, a router tries another worker. A better priority than the worst waiting
+        // request's, one that has not run yet, takes its place instead.
         let admissible = self.config.max_running.saturating_sub(self.running.len());
         if self.waiting.len() >= self.config.max_waiting + admissible {
-            fail(seq, EngineError::Overloaded);
-            return;
+            let displaceable = self
+                .waiting
+                .back()
+                .is_some_and(|worst| worst.rank.priority > seq.rank.priority && !worst.was_admitted());
+            if !displaceable {
+                fail(seq, EngineError::Overloaded);
+                return;
+            }
+            if let Some(worst) = self.waiting.pop_back() {
+                fail(worst, EngineError::Overloaded);
+            }
         }
         // A sequence that could never fit, even alone at its longest, is refused up front rather
         // than preempting everything and failing later.
@@ -133,7 +156,26 @@ impl Scheduler {
             );
             return;
         }
-        self.waiting.push_back(seq);
+        self.insert_waiting(seq);
+    }
+
+    /// Queues `seq` behind every waiting sequence of better or equal rank.
+    fn insert_waiting(&mut self, seq: Sequence) {
+        let at = self.waiting.partition_point(|other| other.rank <= seq.rank);
+        self.waiting.insert(at, seq);
+    }
+
+    /// Preempts the last running sequence, the worst-ranked, if its priority is worse than
+    /// `rank`'s; returns whether it did.
+    fn preempt_worse_than(&mut self, rank: Rank) -> bool {
+        if self.running.last().is_none_or(|last| last.rank.priority <= rank.priority) {
+            return false;
+        }
+        let Some(mut victim) = self.running.pop() else { return false };
+        self.release_blocks(&mut victim);
+        victim.reset_kv();
+        self.insert_waiting(victim);
+        true
     }
 
     pub fn stats(&self) -> EngineStats {
@@ -343,10 +385,18 @@ impl Scheduler {
         self.waiting.retain(|seq| !seq.is_abandoned());
     }
 
-    /// Moves waiting sequences to running while blocks allow, reusing cached prefixes.
+    /// Moves waiting sequences to running, best-ranked first, while the batch and the blocks
+    /// allow (preempting running sequences of worse priority when they do not), reusing cached
+    /// prefixes.
     fn admit(&mut self) {
         let block_size = self.config.block_size;
-        while self.running.len() < self.config.max_running {
+        while let Some(rank) = self.waiting.front().map(|seq| seq.rank) {
+            if self.running.len() >= self.config.max_running {
+                if self.preempt_worse_than(rank) {
+                    continue;
+                }
+                break;
+            }
             let Some(mut seq) = self.waiting.pop_front() else { break };
             let importing = seq.import.is_some();
             let hashes = if self.config.prefix_caching || importing {
@@ -391,16 +441,21 @@ impl Scheduler {
                             register_full_blocks(&mut seq, &mut self.allocator, block_size);
                         }
                     }
-                    self.running.push(seq);
+                    let at = self.running.partition_point(|other| other.rank <= seq.rank);
+                    self.running.insert(at, seq);
                 }
                 Err(exhausted) => {
                     for block in cached {
                         self.release_or_log(block);
                     }
+                    if self.preempt_worse_than(seq.rank) {
+                        self.insert_waiting(seq);
+                        continue;
+                    }
                     if self.running.is_empty() {
                         fail(seq, exhausted.into());
                     } else {
-                        self.waiting.push_front(seq);
+                        self.insert_waiting(seq);
                     }
                     break;
                 }
@@ -562,8 +617,9 @@ impl Scheduler {
         draft
     }
 
-    /// Grows sequence `index`'s block table to cover `positions`, preempting later-admitted
-    /// sequences when the pool is full. Returns false if `index` itself had to leave.
+    /// Grows sequence `index`'s block table to cover `positions`, preempting the last running
+    /// sequences (the worst-ranked) when the pool is full. Returns false if `index` itself had
+    /// to leave.
     fn ensure_blocks(&mut self, index: usize, positions: usize) -> bool {
         let needed = positions.div_ceil(self.config.block_size);
         while self.running[index].blocks.len() < needed {
@@ -577,7 +633,7 @@ impl Scheduler {
                         fail(seq, exhausted.into());
                     } else {
                         seq.reset_kv();
-                        self.waiting.push_front(seq);
+                        self.insert_waiting(seq);
                     }
                     if victim == index {
                         return false;

@@ -18,7 +18,17 @@ use crate::sampler::{SampledToken, Sampler};
 use crate::speculative::{AutoDraft, Drafter};
 use crate::stop_text::StopText;
 
+/// Where a sequence stands in the scheduler's queues: better (lower) priority first, then
+/// earlier arrival. Both queues are kept in this order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Rank {
+    pub priority: i32,
+    /// Order of arrival at the scheduler, which sets it.
+    pub arrival: u64,
+}
+
 pub(crate) struct Sequence {
+    pub rank: Rank,
     /// Prompt followed by generated tokens.
     pub tokens: Vec<TokenId>,
     pub prompt_len: usize,
@@ -194,6 +204,11 @@ impl Sequence {
             kv_selection_density: self.token_select.as_ref().map_or(0.0, |t| t.stats().density()),
             kv_selection_reuse: self.token_select.as_ref().map_or(0.0, |t| t.stats().reuse()),
         }
+    }
+
+    /// The sequence was admitted before (it has been preempted since if it waits).
+    pub fn was_admitted(&self) -> bool {
+        self.cached_tokens.is_some()
     }
 
     /// Forgets all KV (after preemption): the caller has released `blocks`.
