@@ -66,6 +66,10 @@ pub struct ServeBenchArgs {
     /// Let requests stop at the end-of-sequence token (by default each generates `--max-tokens`).
     #[arg(long, env = "LCSERVE_BENCH_STOP_AT_EOS")]
     stop_at_eos: bool,
+    /// Scheduling priority sent with each request (lower runs first): run two benches at once,
+    /// a batch load and an interactive one, to see what priorities buy.
+    #[arg(long, env = "LCSERVE_BENCH_PRIORITY", allow_hyphen_values = true)]
+    priority: Option<i32>,
     /// Length in tokens of the one document that shared-prefix requests start with. The
     /// document derives from `--seed`: rerun with another seed for a cold first request.
     #[arg(long, env = "LCSERVE_BENCH_SHARED_PREFIX_TOKENS", default_value_t = 0)]
@@ -232,6 +236,7 @@ struct Target {
     model: String,
     max_tokens: u32,
     stop_at_eos: bool,
+    priority: Option<i32>,
     turns: usize,
     prompt_tokens: PromptTokens,
     timeout: Duration,
@@ -286,6 +291,9 @@ impl Target {
         body["stream_options"] = json!({ "include_usage": true });
         if !self.stop_at_eos {
             body["ignore_eos"] = json!(true);
+        }
+        if let Some(priority) = self.priority {
+            body["priority"] = json!(priority);
         }
         let request = self.request(Method::POST, path, Some(body)).map_err(|e| format!("{e:#}"))?;
         let sent = Instant::now();
@@ -464,6 +472,7 @@ async fn bench(args: ServeBenchArgs) -> anyhow::Result<()> {
         model: String::new(),
         max_tokens: args.max_tokens,
         stop_at_eos: args.stop_at_eos,
+        priority: args.priority,
         turns: args.turns,
         prompt_tokens: args.prompt_tokens,
         timeout: Duration::from_secs_f64(args.timeout_s),

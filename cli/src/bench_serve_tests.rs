@@ -91,6 +91,7 @@ fn prompts_are_deterministic_and_share_only_the_document() {
         prompt_tokens: PromptTokens::Fixed(16),
         max_tokens: 1,
         stop_at_eos: false,
+        priority: None,
         shared_prefix_tokens: 32,
         shared_prefix_fraction: 0.5,
         turns: 1,

@@ -335,6 +335,7 @@ pub(crate) async fn prepare(
         prefill_mode: prefill_mode.into(),
         speculation: speculation.into(),
         kv_selection: request.kv_selection,
+        priority: request.priority,
     };
     Ok(Prepared { model, request, hashes, namespace })
 }

@@ -369,6 +369,8 @@ async fn bad_input_is_rejected_with_the_field() {
         ),
         ("/v1/completions", json!({"prompt": "w9", "prefill_mode": "fast"}).to_string(), 400, json!("prefill_mode")),
         ("/v1/completions", json!({"prompt": "w9", "speculation": "psychic"}).to_string(), 400, json!("speculation")),
+        ("/v1/completions", json!({"prompt": "w9", "priority": "high"}).to_string(), 400, json!("priority")),
+        ("/v1/completions", json!({"prompt": "w9", "priority": 3_000_000_000u64}).to_string(), 400, json!("priority")),
         ("/v1/completions", json!({"prompt": "w9", "kv_selection": {}}).to_string(), 400, json!("kv_selection.budget")),
         (
             "/v1/completions",
@@ -643,13 +645,17 @@ where
 }
 
 #[tokio::test]
-async fn prefill_mode_speculation_and_kv_selection_reach_the_worker() {
+async fn prefill_mode_speculation_kv_selection_and_priority_reach_the_worker() {
     let decode = InstantWorker::start("decode").await;
     let router = start_router(config(&[], &[&decode])).await;
     for (mode, speculation) in [("dense", "ngram"), ("sparse", "off"), ("auto", "ngram")] {
         let mut body = json!({"prompt": "w9", "max_tokens": 1, "prefill_mode": mode, "speculation": speculation});
         if mode == "sparse" {
             body["kv_selection"] = json!({"budget": 256, "window": 64});
+            body["priority"] = json!(-3);
+        }
+        if mode == "auto" {
+            body["priority"] = json!(7);
         }
         assert_eq!(post(router.http, "/v1/completions", &body.to_string()).await.status, 200, "{mode}");
     }
@@ -662,6 +668,8 @@ async fn prefill_mode_speculation_and_kv_selection_reach_the_worker() {
     let selection: Vec<Option<v1::KvSelection>> = requests.iter().map(|r| r.kv_selection).collect();
     let sent = v1::KvSelection { budget: 256, window: Some(64), ..Default::default() };
     assert_eq!(selection, [None, Some(sent), None]);
+    let priorities: Vec<i32> = requests.iter().map(|r| r.priority).collect();
+    assert_eq!(priorities, [0, -3, 7], "absent means 0");
 }
 
 #[tokio::test]

@@ -67,6 +67,7 @@ pub(crate) fn parts(request: Option<v1::WorkerRequest>) -> Result<Parts, Status>
         reasoning,
         prompt_logprobs: sampling.prompt_logprobs.map(|n| n as usize),
         reasoning_budget,
+        priority: request.priority,
         ..GenerateRequest::default()
     };
     Ok(Parts { request_id: request.request_id, request: engine_request })

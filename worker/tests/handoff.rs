@@ -74,6 +74,7 @@ fn request(prompt: &[u32], max_tokens: u32, salt: &str) -> v1::WorkerRequest {
         prefill_mode: v1::PrefillMode::Unspecified.into(),
         speculation: v1::Speculation::Unspecified.into(),
         kv_selection: None,
+        priority: 0,
     }
 }
 

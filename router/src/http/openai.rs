@@ -148,6 +148,8 @@ pub(crate) struct OpenAiRequest {
     pub speculation: Option<String>,
     /// lcserve extension: TokenSelect decode.
     pub kv_selection: Option<KvSelectionField>,
+    /// vLLM's scheduling priority: lower runs first (default 0).
+    pub priority: Option<i32>,
 }
 
 /// `kv_selection`: `{"budget": N, "sink": N, "window": N, "reuse_threshold": x}`, budget required.
@@ -196,8 +198,9 @@ pub(crate) struct ResponseOptions {
 
 /// lcserve's and vLLM's extension fields, which the Responses and Messages APIs pass on to the
 /// chat request they become.
-pub(super) const EXTENSION_FIELDS: [&str; 7] = [
+pub(super) const EXTENSION_FIELDS: [&str; 8] = [
     "cache_salt",
+    "priority",
     "chat_template_kwargs",
     "prefill_mode",
     "speculation",
@@ -372,6 +375,7 @@ impl OpenAiRequest {
             prefill_mode: prefill_mode.into(),
             speculation: speculation.into(),
             kv_selection: self.kv_selection.map(kv_selection).transpose()?,
+            priority: self.priority.unwrap_or(0),
         };
         let echo = if echo {
             inputs
