@@ -39,7 +39,7 @@ pub struct RouterConfig {
     pub disagg_min_tokens: usize,
     /// Kv-aware cost of one queued prefill token, relative to one uncached prompt token.
     pub queue_weight: f64,
-    /// File of `KEY TENANT` lines; when set, every request needs a key.
+    /// File of `KEY TENANT [min_priority=N]` lines; when set, every request needs a key.
     pub api_keys: Option<PathBuf>,
     /// Largest HTTP body and gRPC message accepted.
     pub max_body_bytes: usize,
@@ -182,7 +182,8 @@ pub struct RouterArgs {
     /// kv-aware: cost of one queued prefill token relative to one uncached prompt token.
     #[arg(long, env = "LCSERVE_ROUTER_QUEUE_WEIGHT", default_value_t = 1.0)]
     pub queue_weight: f64,
-    /// File of `KEY TENANT` lines; when given, requests need `Authorization: Bearer KEY`.
+    /// File of `KEY TENANT [min_priority=N]` lines; when given, requests need `Authorization:
+    /// Bearer KEY`, and may ask for no better scheduling priority than their key's (0 by default).
     #[arg(long, env = "LCSERVE_ROUTER_API_KEYS")]
     pub api_keys: Option<PathBuf>,
     /// Largest request body (HTTP) or message (gRPC), in bytes.

@@ -46,6 +46,8 @@ pub enum Field {
     KvSelectionBudget,
     KvSelectionWindow,
     KvSelectionReuse,
+    /// The scheduling priority, better than the caller's API key allows.
+    Priority,
     /// The tools a chat offers the model.
     Tools,
     /// Extra chat template variables.
@@ -95,6 +97,7 @@ impl Field {
             Field::KvSelectionBudget => "kv_selection.budget",
             Field::KvSelectionWindow => "kv_selection.window",
             Field::KvSelectionReuse => "kv_selection.reuse_threshold",
+            Field::Priority => "priority",
             Field::Tools => "chat.tools",
             Field::TemplateKwargs | Field::ReasoningEffort => "chat.template_kwargs",
             Field::ToolChoice => "tool_choice",
@@ -131,6 +134,7 @@ impl Field {
             Field::RequestId => "request_id",
             Field::PrefillMode => "prefill_mode",
             Field::Speculation => "speculation",
+            Field::Priority => "priority",
             Field::KvSelection | Field::KvSelectionBudget | Field::KvSelectionWindow | Field::KvSelectionReuse => {
                 self.grpc_name()
             }

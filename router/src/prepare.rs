@@ -266,6 +266,11 @@ pub(crate) async fn prepare(
     if let Some(selection) = &request.kv_selection {
         check_kv_selection(selection)?;
     }
+    if request.priority < tenant.min_priority {
+        let reason =
+            format!("{} is better than this API key may ask for (at least {})", request.priority, tenant.min_priority);
+        return Err(RouterError::invalid(Field::Priority, reason));
+    }
     let prompt = Prompt::try_from(
         request.input.ok_or_else(|| RouterError::invalid(Field::Text, "one of text, chat or token_ids is required"))?,
     )?;

@@ -485,6 +485,33 @@ async fn api_keys_gate_both_fronts_and_salt_by_tenant() {
 }
 
 #[tokio::test]
+async fn an_api_key_asks_only_for_the_priorities_it_was_granted() {
+    let decode = InstantWorker::start("decode").await;
+    let router = start_router_with_keys(&decode, "sk-alice alice\nsk-ops ops min_priority=-10\n").await;
+    let ask = |key: &'static str, priority: i32| async move {
+        let body = json!({"prompt": "w9", "max_tokens": 1, "priority": priority}).to_string();
+        post_as(router.http, "/v1/completions", &body, key).await
+    };
+    assert_eq!(ask("sk-alice", 5).await.status, 200, "a worse priority is anyone's");
+    assert_eq!(ask("sk-alice", 0).await.status, 200);
+    let refused = ask("sk-alice", -1).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(refused.json()["error"]["param"], "priority");
+    assert_eq!(ask("sk-ops", -10).await.status, 200, "a key granted better priorities");
+    assert_eq!(ask("sk-ops", -11).await.status, 400);
+    let priorities: Vec<i32> =
+        decode.generates().iter().map(|g| g.request.clone().expect("request").priority).collect();
+    assert_eq!(priorities, [5, 0, -10]);
+
+    let mut client = grpc(&router).await;
+    let mut request = tonic::Request::new(v1::GenerateRequest { priority: -1, ..text_request("w9", 1) });
+    request.metadata_mut().insert("authorization", "Bearer sk-alice".parse().expect("ascii"));
+    let status = client.generate(request).await.expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("priority"), "{}", status.message());
+}
+
+#[tokio::test]
 async fn grpc_generate_tokenize_list_models() {
     let prefill = InstantWorker::start("prefill").await;
     let decode = InstantWorker::start("decode").await;

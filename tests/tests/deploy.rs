@@ -182,7 +182,13 @@ fn the_helm_chart_lints_renders_and_validates_with_every_option_on() {
         "metrics": { "serviceMonitor": { "enabled": true, "labels": { "release": "prometheus" } } },
         "router": {
             "autoscaling": { "enabled": true },
-            "apiKeys": { "enabled": true, "keys": [{ "key": "sk-team-a", "tenant": "team-a" }] },
+            "apiKeys": {
+                "enabled": true,
+                "keys": [
+                    { "key": "sk-team-a", "tenant": "team-a" },
+                    { "key": "sk-chat", "tenant": "chat", "minPriority": -10 },
+                ],
+            },
         },
         "prefill": { "gpus": 1 },
         "decode": { "gpus": 1 },
@@ -198,7 +204,9 @@ fn the_helm_chart_lints_renders_and_validates_with_every_option_on() {
     assert_eq!(secrets, ["lcserve", "lcserve-tls"]);
     let secret = rendered["Secret"].iter().find(|s| s["metadata"]["name"] == "lcserve").expect("the Secret");
     assert_eq!(secret["stringData"]["redis-url"], "rediss://:password@redis.example.invalid:6380/0");
-    assert!(secret["stringData"]["api-keys"].as_str().unwrap_or_default().contains("sk-team-a team-a"), "{secret}");
+    let keys = secret["stringData"]["api-keys"].as_str().unwrap_or_default();
+    let lines: Vec<&str> = keys.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
+    assert_eq!(lines, ["sk-team-a team-a", "sk-chat chat min_priority=-10"], "{secret}");
 
     let env = |container: &Value| -> BTreeMap<String, Value> {
         let list = container["env"].as_array().expect("env");

@@ -174,7 +174,7 @@ mod tests {
 
     #[tokio::test]
     async fn responses_are_kept_per_tenant_and_the_oldest_dropped_past_the_budget() {
-        let (alice, bob) = (Tenant(Arc::from("alice")), Tenant(Arc::from("bob")));
+        let (alice, bob) = (Tenant::named("alice"), Tenant::named("bob"));
         let one = response("resp_1", "one");
         let size = one.to_string().len() + json!("hi").to_string().len();
         let store = ResponseStore::in_memory(2 * size + 1, HOUR);
@@ -202,7 +202,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_response_is_gone_once_its_time_to_live_has_passed() {
-        let alice = Tenant(Arc::from("alice"));
+        let alice = Tenant::named("alice");
         let one = response("resp_1", "one");
         let size = one.to_string().len() + json!("hi").to_string().len();
         let store = ResponseStore::in_memory(2 * size + 1, Duration::from_millis(200));

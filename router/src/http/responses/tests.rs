@@ -171,7 +171,7 @@ fn a_follow_up_continues_the_stored_conversation_it_names() {
         }
         other => panic!("an unknown response was not refused: {other:?}"),
     }
-    let elsewhere = translate_as(&Tenant("other".into()), &follow_up, &store);
+    let elsewhere = translate_as(&Tenant::named("other"), &follow_up, &store);
     assert!(matches!(elsewhere, Err(RouterError::UnknownResponse { .. })), "another tenant's response");
     match translate_with(&follow_up, &ResponseStore::in_memory(0, HOUR)) {
         Err(RouterError::BadBody { param, .. }) => assert_eq!(param.as_deref(), Some("previous_response_id")),

@@ -59,7 +59,7 @@ impl RedisStore {
     }
 
     fn key(&self, tenant: &Tenant, id: &str) -> String {
-        format!("{}{}:{id}", self.key_prefix, tenant.0)
+        format!("{}{}:{id}", self.key_prefix, tenant.name)
     }
 
     pub async fn put(&self, tenant: &Tenant, id: &str, stored: &Stored) -> Result<(), RouterError> {
