@@ -45,6 +45,9 @@ pub struct EngineStats {
     pub cached_blocks: usize,
     pub used_blocks: usize,
     pub evictions: u64,
+    /// Sequences preempted (by recompute) since start: for KV blocks, or for a request of
+    /// better priority.
+    pub preemptions: u64,
     pub running: usize,
     pub waiting: usize,
     /// Prompt tokens computed by the model since start (cached ones excluded).
@@ -67,6 +70,7 @@ pub(crate) struct Scheduler {
     patterns: HeadPatterns,
     /// The arrival number the next enqueued sequence gets.
     next_arrival: u64,
+    preemptions: u64,
 }
 
 /// What one sequence contributes to a step.
@@ -118,6 +122,7 @@ impl Scheduler {
             prefill_tokens: 0,
             patterns,
             next_arrival: 0,
+            preemptions: 0,
         })
     }
 
@@ -175,6 +180,7 @@ impl Scheduler {
         self.release_blocks(&mut victim);
         victim.reset_kv();
         self.insert_waiting(victim);
+        self.preemptions += 1;
         true
     }
 
@@ -185,6 +191,7 @@ impl Scheduler {
             cached_blocks: self.allocator.num_cached(),
             used_blocks: self.allocator.num_in_use(),
             evictions: self.allocator.evictions(),
+            preemptions: self.preemptions,
             running: self.running.len(),
             waiting: self.waiting.len(),
             prefill_tokens: self.prefill_tokens,
@@ -634,6 +641,7 @@ impl Scheduler {
                     } else {
                         seq.reset_kv();
                         self.insert_waiting(seq);
+                        self.preemptions += 1;
                     }
                     if victim == index {
                         return false;

@@ -108,6 +108,7 @@ fn preemption_under_a_small_pool_keeps_outputs_exact() {
         assert_eq!(got, expected[i], "sequence {i}");
     }
     wait_until(&tight, "after all finished", |s| s.used_blocks == 0);
+    assert!(tight.blocking_stats().expect("stats").preemptions > 0, "the pool was too small for all at once");
 }
 
 #[test]

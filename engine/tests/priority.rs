@@ -75,6 +75,7 @@ fn a_better_priority_preempts_a_full_batch_and_the_preempted_request_loses_nothi
     assert!(running.last_token < batch.first_token, "a worse priority waits, even when sent first");
     // (Its first token was read before the others were sent.)
     assert_eq!(running.completion.tokens, alone[1..], "preemption by recompute changes no token");
+    assert_eq!(engine.blocking_stats().expect("stats").preemptions, 1);
 }
 
 #[test]

@@ -237,6 +237,7 @@ fn every_service_exports_its_series_after_traffic_and_the_dashboard_queries_only
         worker.present("lcserve_worker_cache_misses_total");
         worker.present("lcserve_worker_speculative_proposed_tokens_total");
         worker.present("lcserve_worker_speculative_accepted_tokens_total");
+        worker.present("lcserve_worker_preemptions_total");
     }
     // The repeated prompt is found in the prefill worker's own pool; its blocks went to the
     // shared tier, and the decode worker read them from there.

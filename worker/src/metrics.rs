@@ -52,6 +52,7 @@ pub(crate) struct WorkerMetrics {
     generated_tokens: Counter,
     speculative_proposed: Counter,
     speculative_accepted: Counter,
+    preemptions: Counter,
     prefill_density: Histogram,
     device: Arc<DeviceCounters>,
 }
@@ -81,6 +82,11 @@ impl WorkerMetrics {
             counter(&mut registry, "speculative_proposed_tokens", "Draft tokens proposed by speculative decoding");
         let speculative_accepted =
             counter(&mut registry, "speculative_accepted_tokens", "Draft tokens the target model accepted");
+        let preemptions = counter(
+            &mut registry,
+            "preemptions",
+            "Sequences preempted by recompute: for KV blocks, or for a request of better priority",
+        );
         // 0.1 .. 1.0: dense prefill is 1; sparse patterns execute a fraction of the pairs.
         let prefill_density = Histogram::new(linear_buckets(0.1, 0.1, 10));
         registry.register(
@@ -104,6 +110,7 @@ impl WorkerMetrics {
             generated_tokens,
             speculative_proposed,
             speculative_accepted,
+            preemptions,
             prefill_density,
             device,
         }
@@ -142,6 +149,8 @@ impl MetricsSource for Worker {
             set(&metrics.running, stats.running);
             set(&metrics.blocks_used, stats.used_blocks);
             set(&metrics.blocks_free, stats.free_blocks);
+            // The engine counts; the counter catches up.
+            metrics.preemptions.inc_by(stats.preemptions.saturating_sub(metrics.preemptions.get()));
         }
     }
 
