@@ -90,7 +90,8 @@ pub struct EngineConfig {
     /// refused at once ([`EngineError::Overloaded`], retryable) instead of queueing without
     /// bound, so a router sends it elsewhere and an overloaded fleet answers promptly.
     pub max_waiting: usize,
-    /// Compute threads (rayon pool owned by the engine thread).
+    /// Compute threads: the size of the rayon pool the engine steps on, shared with the
+    /// process's other engines of this size.
     pub threads: usize,
     /// Keep finished sequences' full blocks findable by hash until evicted.
     pub prefix_caching: bool,

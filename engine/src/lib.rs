@@ -1,7 +1,9 @@
 //! The lcserve engine: one model on one device, serving many sequences at once.
 //!
-//! - [`EngineHandle`] starts the engine thread (which owns the model's compute pool) and takes
-//!   requests; each request's [`EventStream`] yields tokens and one terminal event.
+//! - [`EngineHandle`] starts the engine thread and takes requests; each request's
+//!   [`EventStream`] yields tokens and one terminal event. Steps run on a compute pool that the
+//!   process's engines of equal thread count share, so two engines do not oversubscribe the
+//!   cores (`lcserve serve` runs a prefill and a decode engine).
 //! - The scheduler (private) runs steps: admit waiting sequences after reusing their longest
 //!   cached prefix, stack decode tokens and prefill chunks into one forward pass, sample, stream,
 //!   retire. When the pool is full it preempts by recompute. Everything goes in

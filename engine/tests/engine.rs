@@ -255,3 +255,20 @@ fn min_tokens_holds_back_the_stop_tokens() -> Result<(), EngineError> {
         other => panic!("min_tokens above max_tokens gave {other:?}"),
     }
 }
+
+#[test]
+fn engines_sharing_the_compute_threads_take_turns() {
+    // Two engines of one process share one compute pool (here of one thread): a long busy
+    // period of one must not starve the other.
+    let (_dir, model) = tiny_model();
+    let vocab = model.config.vocab_size;
+    let single = |blocks| EngineConfig { threads: 1, ..config(16, blocks, &model) };
+    let busy = EngineHandle::start(model.clone(), single(256)).expect("engine");
+    let other = EngineHandle::start(model.clone(), single(64)).expect("engine");
+    let mut long = busy.submit(greedy(tokens(30, vocab, 1), 3000)).expect("long");
+    assert!(matches!(long.blocking_next(), Some(EngineEvent::Token { .. })), "the long request runs");
+    let short = collect(&other, greedy(tokens(30, vocab, 2), 4)).expect("short");
+    assert_eq!(short.tokens.len(), 4);
+    let stats = busy.blocking_stats().expect("stats");
+    assert_eq!(stats.running, 1, "the short request finished while the long one still ran");
+}
