@@ -588,9 +588,9 @@ fn compute_pool(threads: usize) -> Result<Arc<rayon::ThreadPool>, EngineError> {
     Ok(pool)
 }
 
-/// Longest a busy engine keeps driving from a worker of the compute pool before it lets the
-/// pool's queue go first: with more busy engines than threads, each gets its turn at least
-/// this often (or at the end of a longer step), for one thread handoff per slice.
+/// Longest a busy engine drives from a worker of the compute pool before it queues again
+/// behind the pool's other work: with more busy engines than threads, they take turns slice by
+/// slice (a step is never cut short), for one thread handoff per slice.
 const DRIVE_SLICE: Duration = Duration::from_millis(50);
 
 /// Why [`run_steps`] returned.
