@@ -235,16 +235,25 @@ impl Cluster {
         GenerationClient::new(channel)
     }
 
-    /// Waits until the router's `/ready` says yes.
+    /// Waits until the router's `/ready` says yes and it has seen every worker healthy: one
+    /// decode worker is enough to be ready, but a test that expects the prefill worker to take
+    /// its first prompt must not race the router's first poll of it.
     fn wait_ready(&self) {
+        let workers = self.prefill.len() + self.decode.len();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if http_status(self.http, "/ready") == Some(200) {
+            if http_status(self.http, "/ready") == Some(200) && self.healthy_workers() == workers {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("the router never became ready");
+        panic!("the router never became ready with all {workers} workers healthy");
+    }
+
+    /// How many workers the router's `/metrics` reports healthy.
+    fn healthy_workers(&self) -> usize {
+        let Some((200, body)) = Cluster::http_get(self.http, "/metrics") else { return 0 };
+        body.lines().filter(|l| l.starts_with("lcserve_router_worker_healthy{") && l.ends_with(" 1")).count()
     }
 }
 
